@@ -1,0 +1,1 @@
+//! Paths of the guest test programs built by build.rs.
