@@ -1,1 +1,36 @@
 //! Shared support for the end-to-end tests: spawning weir, mock upstreams, raw clients.
+//!
+//! Everything binds `127.0.0.1:0`. Nothing here sleeps to let things settle: waits are on events
+//! (a readiness line, a recorded request, a process exit) and bounded by [`within`].
+//!
+//! - [`weir`]: locating the binary, [`Weir`] (a running `weir run`), `weir check`, manifest builder.
+//! - [`upstream`]: mock upstreams: one echo server (h1/h2c; gRPC-style replies with trailers;
+//!   upgrades echoing bytes; held replies), misbehaving raw TCP servers, hanging connects, a closed port.
+//! - [`client`]: hyper h1 / h2c clients and a raw TCP client for malformed requests.
+
+pub mod client;
+pub mod upstream;
+pub mod weir;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use client::{H1Client, H2Client, RawClient, RawResponse, body_empty, body_full, collect};
+pub use upstream::{BlackholeListener, EchoServer, Fault, FaultyServer, Recorded, closed_port};
+pub use weir::{Manifest, Weir, check, weir_bin};
+
+/// Upper bound for any single awaited event in a test. Generous: CI machines are slow and shared.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, panicking with `what` if it takes longer than [`TIMEOUT`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    within_for(TIMEOUT, what, fut).await
+}
+
+/// Awaits `fut`, panicking with `what` if it takes longer than `limit`.
+pub async fn within_for<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?} waiting for: {what}"),
+    }
+}

@@ -1,0 +1,286 @@
+//! The echo upstream: hyper 1 serving HTTP/1.1 and h2c (prior knowledge) on one port. What it does
+//! depends on the request:
+//!
+//! | request | reply |
+//! |---|---|
+//! | `Upgrade:` header (HTTP/1.1) | `101`, then echoes every byte on the upgraded stream |
+//! | `content-type: application/grpc*` | `200`, the request body echoed, trailers `grpc-status: 0` |
+//! | path `/stream…` | `200` at once, the request body streamed back frame by frame (full duplex) |
+//! | path `/hold…` | recorded, then held until the test calls [`EchoServer::release`], then echoed |
+//! | path `/status/NNN` | status `NNN` |
+//! | path `/hop-response` | `200` carrying hop-by-hop headers that a proxy must strip |
+//! | anything else | `200`, the request body echoed (and request trailers as response trailers) |
+//!
+//! Every reply carries `x-upstream: <this server's address>` and `x-echo-conn: <connection index>`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::{Counted, Recorded};
+use crate::client::{Body, BoxError, body_empty, body_full};
+
+struct State {
+    addr: SocketAddr,
+    accepts: Counted<SocketAddr>,
+    requests: Counted<Recorded>,
+    hold: Semaphore,
+    in_flight: AtomicUsize,
+}
+
+/// A running echo upstream; stops accepting (and drops its connections) when dropped.
+pub struct EchoServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl EchoServer {
+    /// Starts an echo server speaking HTTP/1.1 and h2c (prior knowledge) on one port.
+    pub async fn start() -> EchoServer {
+        EchoServer::start_inner(false).await
+    }
+
+    /// Starts an echo server speaking h2c (prior knowledge) only, like a gRPC backend.
+    pub async fn start_h2() -> EchoServer {
+        EchoServer::start_inner(true).await
+    }
+
+    async fn start_inner(h2_only: bool) -> EchoServer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind echo upstream");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            addr,
+            accepts: Counted::new(),
+            requests: Counted::new(),
+            hold: Semaphore::new(0),
+            in_flight: AtomicUsize::new(0),
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            // Owned by this task: aborting it (on drop) aborts every connection too.
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let conn_id = st.accepts.len();
+                st.accepts.push(peer);
+                let st = st.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| handle(st.clone(), conn_id, peer, req));
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    if h2_only {
+                        builder = builder.http2_only();
+                    }
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        EchoServer { addr, state, task }
+    }
+
+    /// Number of TCP connections accepted so far.
+    pub fn accepts(&self) -> usize {
+        self.state.accepts.len()
+    }
+
+    /// Waits until at least `n` connections were accepted.
+    pub async fn wait_accepts(&self, n: usize) {
+        self.state
+            .accepts
+            .wait_len(n, &format!("{n} accepts at {}", self.addr))
+            .await;
+    }
+
+    /// Requests recorded so far, in arrival order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.snapshot()
+    }
+
+    /// Waits until at least `n` requests were recorded; returns all recorded.
+    pub async fn wait_requests(&self, n: usize) -> Vec<Recorded> {
+        self.state
+            .requests
+            .wait_len(n, &format!("{n} requests at {}", self.addr))
+            .await
+    }
+
+    /// Lets `n` held (`/hold…`) requests answer.
+    pub fn release(&self, n: usize) {
+        self.state.hold.add_permits(n);
+    }
+
+    /// Requests currently being handled (received, not yet answered).
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn record(conn: usize, peer: SocketAddr, parts: &http::request::Parts) -> Recorded {
+    Recorded {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body: Bytes::new(),
+        trailers: None,
+        conn,
+        peer,
+    }
+}
+
+async fn handle(
+    st: Arc<State>,
+    conn: usize,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    st.in_flight.fetch_add(1, Ordering::SeqCst);
+    let _guard = InFlight(&st.in_flight);
+    let mut resp = respond(&st, conn, peer, req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        "x-upstream",
+        HeaderValue::from_str(&st.addr.to_string()).unwrap(),
+    );
+    h.insert("x-echo-conn", HeaderValue::from(conn));
+    Ok(resp)
+}
+
+async fn respond(
+    st: &State,
+    conn: usize,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    if req.headers().contains_key(header::UPGRADE) {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let (parts, _) = req.into_parts();
+        st.requests.push(record(conn, peer, &parts));
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let proto = parts.headers.get(header::UPGRADE).cloned().unwrap();
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, proto)
+            .body(body_empty())
+            .unwrap();
+    }
+
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+
+    if path.starts_with("/stream") {
+        st.requests.push(record(conn, peer, &parts));
+        let echoed = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+        return Response::new(echoed);
+    }
+
+    let (data, trailers) = match body.collect().await {
+        Ok(c) => {
+            let t = c.trailers().cloned();
+            (c.to_bytes(), t)
+        }
+        Err(e) => {
+            return Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(body_full(format!(
+                    "echo: reading the request body failed: {e}"
+                )))
+                .unwrap();
+        }
+    };
+    let mut rec = record(conn, peer, &parts);
+    rec.body = data.clone();
+    rec.trailers = trailers.clone();
+    st.requests.push(rec);
+
+    let is_grpc = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if is_grpc {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        t.insert("grpc-message", HeaderValue::from_static("OK"));
+        let body = Full::new(data)
+            .map_err(|never| -> BoxError { match never {} })
+            .with_trailers(async move { Some(Ok(t)) })
+            .boxed_unsync();
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .body(body)
+            .unwrap();
+    }
+
+    if path.starts_with("/hold") {
+        st.hold.acquire().await.expect("semaphore open").forget();
+    }
+
+    if let Some(code) = path.strip_prefix("/status/") {
+        let code: u16 = code.parse().unwrap_or(500);
+        return Response::builder()
+            .status(code)
+            .body(body_full(format!("status {code}")))
+            .unwrap();
+    }
+
+    if path == "/hop-response" {
+        return Response::builder()
+            .header(header::CONNECTION, "x-hop-resp")
+            .header("x-hop-resp", "must be stripped")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-connection", "keep-alive")
+            .header("x-end-to-end", "kept")
+            .body(body_full("hop"))
+            .unwrap();
+    }
+
+    let body = match trailers {
+        Some(t) => Full::new(data)
+            .map_err(|never| -> BoxError { match never {} })
+            .with_trailers(async move { Some(Ok(t)) })
+            .boxed_unsync(),
+        None => body_full(data),
+    };
+    Response::new(body)
+}
