@@ -1,0 +1,299 @@
+//! `Runtime`: the process-wide part — one `Engine` (epoch interruption, a ticker thread), one
+//! `Linker` with every host function, a module cache keyed by sha256, shared data/queues and the
+//! metrics registry. `Module`: a compiled, ABI-checked module with its `InstancePre`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, ExternType, FuncType, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig, Store};
+
+use crate::config::{PluginConfig, RuntimeConfig};
+use crate::embedder::DefaultPluginHost;
+use crate::error::LoadError;
+use crate::metrics::{MetricsRegistry, VmMetrics};
+use crate::shared_data::SharedState;
+use crate::state::{HostState, PluginShared};
+
+/// Failure to build the engine.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot create the Wasm runtime: {0}")]
+pub struct RuntimeError(String);
+
+/// The process-wide Wasm host. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("config", &self.inner.config).field("cached_modules", &self.inner.cache.len()).finish()
+    }
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    /// (module, name) → host function type, for load-time import checks.
+    imports: HashMap<(String, String), FuncType>,
+    cache: DashMap<[u8; 32], Weak<Module>>,
+    shared: SharedState,
+    metrics: MetricsRegistry,
+    config: RuntimeConfig,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// A runtime with default settings and its own shared state.
+    pub fn new() -> Result<Self, RuntimeError> {
+        Self::with_config(RuntimeConfig::default(), SharedState::new())
+    }
+
+    /// A runtime with explicit settings and shared state (share one `SharedState` between
+    /// runtimes only if their VMs should see each other's shared data and queues).
+    pub fn with_config(config: RuntimeConfig, shared: SharedState) -> Result<Self, RuntimeError> {
+        let mut wc = Config::new();
+        wc.epoch_interruption(true);
+        wc.max_wasm_stack(config.max_wasm_stack);
+        if let Some(p) = config.pooling {
+            let mut pool = PoolingAllocationConfig::new();
+            pool.total_core_instances(p.max_instances)
+                .total_memories(p.max_instances)
+                .total_tables(p.max_instances)
+                .max_memory_size(p.max_memory_bytes);
+            wc.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&wc).map_err(|e| RuntimeError(format!("{e:?}")))?;
+        let mut linker = Linker::new(&engine);
+        crate::add_to_linker(&mut linker).map_err(|e| RuntimeError(format!("{e:?}")))?;
+
+        // Read the host functions' types back from the linker, so load checks can never disagree
+        // with what is actually defined.
+        let metrics = MetricsRegistry::new();
+        let mut store = Store::new(&engine, dummy_state(&shared, &metrics));
+        let funcs: Vec<_> = linker
+            .iter(&mut store)
+            .filter_map(|(m, n, ext)| match ext {
+                wasmtime::Extern::Func(f) => Some(((m.to_owned(), n.to_owned()), f)),
+                _ => None,
+            })
+            .collect();
+        let imports = funcs.into_iter().map(|(k, f)| (k, f.ty(&store))).collect();
+        drop(store);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), config.epoch_tick, stop.clone()).map_err(|e| RuntimeError(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner { engine, linker, imports, cache: DashMap::new(), shared, metrics, config, stop_ticker: stop }),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Process-wide shared data and queues of this runtime.
+    pub fn shared(&self) -> &SharedState {
+        &self.inner.shared
+    }
+
+    /// Guest-defined metrics of every plugin on this runtime.
+    pub fn metrics(&self) -> &MetricsRegistry {
+        &self.inner.metrics
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Epoch ticks for a deadline (rounded up, plus one for the partial current tick).
+    pub(crate) fn ticks(&self, d: Duration) -> u64 {
+        let tick = self.inner.config.epoch_tick.as_nanos().max(1);
+        (d.as_nanos().div_ceil(tick) as u64).saturating_add(1)
+    }
+
+    /// Compiles (or fetches from the cache) and checks a module (binary, or WAT text). Do this
+    /// off the data path: compiling takes milliseconds to seconds.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Arc<Module>, LoadError> {
+        let limit = self.inner.config.max_module_bytes;
+        if wasm.len() > limit {
+            return Err(LoadError::TooLarge { size: wasm.len(), limit });
+        }
+        let sha256: [u8; 32] = Sha256::digest(wasm).into();
+        if let Some(m) = self.inner.cache.get(&sha256).and_then(|w| w.upgrade()) {
+            return Ok(m);
+        }
+        let module = wasmtime::Module::new(&self.inner.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        check_exports(&module)?;
+        self.check_imports(&module)?;
+        let pre = self.inner.linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let m = Arc::new(Module { sha256, pre });
+        self.inner.cache.insert(sha256, Arc::downgrade(&m));
+        self.inner.cache.retain(|_, w| w.strong_count() > 0);
+        Ok(m)
+    }
+
+    fn check_imports(&self, module: &wasmtime::Module) -> Result<(), LoadError> {
+        for import in module.imports() {
+            let key = (import.module().to_owned(), import.name().to_owned());
+            let unknown = || LoadError::UnknownImport { module: key.0.clone(), name: key.1.clone() };
+            let ExternType::Func(found) = import.ty() else { return Err(unknown()) };
+            let expected = self.inner.imports.get(&key).ok_or_else(unknown)?;
+            if !same_type(expected, &found) {
+                return Err(LoadError::ImportType {
+                    module: key.0.clone(),
+                    name: key.1.clone(),
+                    expected: signature(expected),
+                    found: signature(&found),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn dummy_state(shared: &SharedState, metrics: &MetricsRegistry) -> HostState {
+    let cfg = PluginConfig::new("");
+    let plugin = Arc::new(PluginShared {
+        name: String::new(),
+        root_id: String::new(),
+        vm_id: String::new(),
+        vm_configuration: Vec::new(),
+        configuration: Vec::new(),
+        environ: Vec::new(),
+        limits: cfg.limits,
+    });
+    HostState::new(plugin, Box::new(DefaultPluginHost), shared.clone(), VmMetrics::new(metrics.clone()))
+}
+
+fn spawn_ticker(engine: Engine, period: Duration, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("weir-wasm-epoch".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(period);
+            engine.increment_epoch();
+        }
+    })?;
+    Ok(())
+}
+
+fn same_type(a: &FuncType, b: &FuncType) -> bool {
+    a.params().len() == b.params().len()
+        && a.results().len() == b.results().len()
+        && a.params().zip(b.params()).all(|(x, y)| x.matches(&y) && y.matches(&x))
+        && a.results().zip(b.results()).all(|(x, y)| x.matches(&y) && y.matches(&x))
+}
+
+fn signature(f: &FuncType) -> String {
+    let p: Vec<String> = f.params().map(|t| t.to_string()).collect();
+    let r: Vec<String> = f.results().map(|t| t.to_string()).collect();
+    format!("({}) -> ({})", p.join(", "), r.join(", "))
+}
+
+/// (params, results) of every callback export the host may call; all i32.
+const CALLBACKS: &[(&str, usize, usize)] = &[
+    ("proxy_on_memory_allocate", 1, 1),
+    ("malloc", 1, 1),
+    ("_initialize", 0, 0),
+    ("_start", 0, 0),
+    ("proxy_on_context_create", 2, 0),
+    ("proxy_on_vm_start", 2, 1),
+    ("proxy_on_configure", 2, 1),
+    ("proxy_on_tick", 1, 0),
+    ("proxy_on_queue_ready", 2, 0),
+    ("proxy_on_new_connection", 1, 1),
+    ("proxy_on_downstream_data", 3, 1),
+    ("proxy_on_upstream_data", 3, 1),
+    ("proxy_on_downstream_connection_close", 2, 0),
+    ("proxy_on_upstream_connection_close", 2, 0),
+    ("proxy_on_request_headers", 3, 1),
+    ("proxy_on_request_body", 3, 1),
+    ("proxy_on_request_trailers", 2, 1),
+    ("proxy_on_response_headers", 3, 1),
+    ("proxy_on_response_body", 3, 1),
+    ("proxy_on_response_trailers", 2, 1),
+    ("proxy_on_http_call_response", 5, 0),
+    ("proxy_on_grpc_receive_initial_metadata", 3, 0),
+    ("proxy_on_grpc_receive_trailing_metadata", 3, 0),
+    ("proxy_on_grpc_receive", 3, 0),
+    ("proxy_on_grpc_close", 3, 0),
+    ("proxy_on_foreign_function", 3, 0),
+    ("proxy_on_log", 1, 0),
+    ("proxy_on_done", 1, 1),
+    ("proxy_on_delete", 1, 0),
+];
+
+fn check_exports(module: &wasmtime::Module) -> Result<(), LoadError> {
+    let has_func = |name: &str| matches!(module.get_export(name), Some(ExternType::Func(_)));
+    if !has_func("proxy_abi_version_0_2_1") && !has_func("proxy_abi_version_0_2_0") {
+        return Err(LoadError::MissingAbiVersion);
+    }
+    if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
+        return Err(LoadError::MissingExport("memory"));
+    }
+    if !has_func("proxy_on_memory_allocate") && !has_func("malloc") {
+        return Err(LoadError::MissingAllocator);
+    }
+    if !has_func("_initialize") && !has_func("_start") {
+        return Err(LoadError::MissingInitialize);
+    }
+    for (name, params, results) in CALLBACKS {
+        let Some(ty) = module.get_export(name) else { continue };
+        let expected = format!("({}) -> ({})", vec!["i32"; *params].join(", "), vec!["i32"; *results].join(", "));
+        let ok = match &ty {
+            ExternType::Func(f) => {
+                f.params().len() == *params
+                    && f.results().len() == *results
+                    && f.params().chain(f.results()).all(|t| t.is_i32())
+            }
+            _ => false,
+        };
+        if !ok {
+            let found = match &ty {
+                ExternType::Func(f) => signature(f),
+                other => format!("{other:?}").split('(').next().unwrap_or("non-function").to_owned(),
+            };
+            return Err(LoadError::ExportType { name: (*name).to_owned(), expected, found });
+        }
+    }
+    Ok(())
+}
+
+/// A compiled module that passed the ABI checks, ready to instantiate quickly.
+pub struct Module {
+    sha256: [u8; 32],
+    pre: InstancePre<HostState>,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module").field("sha256", &self.sha256_hex()).finish()
+    }
+}
+
+impl Module {
+    /// SHA-256 of the module bytes (the cache key).
+    pub fn sha256(&self) -> [u8; 32] {
+        self.sha256
+    }
+
+    /// SHA-256 as lower-case hex.
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
+
+    pub(crate) fn pre(&self) -> &InstancePre<HostState> {
+        &self.pre
+    }
+}
