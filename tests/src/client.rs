@@ -269,16 +269,13 @@ impl RawClient {
         if self.eof {
             return false;
         }
-        let mut chunk = [0u8; 16 * 1024];
-        match self.stream.read(&mut chunk).await {
+        self.buf.reserve(16 * 1024);
+        match self.stream.read_buf(&mut self.buf).await {
             Ok(0) | Err(_) => {
                 self.eof = true;
                 false
             }
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
+            Ok(_) => true,
         }
     }
 

@@ -8,6 +8,7 @@
 //! | path `/stream…` | `200` at once, the request body streamed back frame by frame (full duplex) |
 //! | path `/hold…` | recorded, then held until the test calls [`EchoServer::release`], then echoed |
 //! | path `/status/NNN` | status `NNN` |
+//! | path `/close…` | `200` with `Connection: close`, then the connection is closed |
 //! | path `/hop-response` | `200` carrying hop-by-hop headers that a proxy must strip |
 //! | anything else | `200`, the request body echoed (and request trailers as response trailers) |
 //!
@@ -261,6 +262,14 @@ async fn respond(
         return Response::builder()
             .status(code)
             .body(body_full(format!("status {code}")))
+            .unwrap();
+    }
+
+    if path.starts_with("/close") {
+        // hyper closes the connection after a response carrying `Connection: close`.
+        return Response::builder()
+            .header(header::CONNECTION, "close")
+            .body(body_full("closing"))
             .unwrap();
     }
 

@@ -1,0 +1,167 @@
+//! `weir check FILE`: offline validation; `ok` on success, `error: <field.path>: <message>` lines
+//! and exit 1 on failure.
+
+use weir_tests::{Manifest, check};
+
+fn good() -> String {
+    Manifest::new(&[
+        "127.0.0.1:9001".parse().unwrap(),
+        "127.0.0.1:9002".parse().unwrap(),
+    ])
+    .lb("least_request")
+    .connect_timeout("1s")
+    .response_timeout("15s")
+    .limit("header_read_timeout", "10s")
+    .limit("max_request_headers_size", "60KiB")
+    .pool("max_idle", "64")
+    .pool("idle_timeout", "60s")
+    .drain_timeout("30s")
+    .yaml()
+}
+
+#[test]
+fn accepts_a_good_manifest() {
+    let out = check(&good());
+    assert!(
+        out.status.success(),
+        "exit {}; stderr:\n{}",
+        out.status,
+        out.stderr
+    );
+    assert_eq!(out.stdout.trim(), "ok");
+}
+
+#[test]
+fn accepts_the_full_example_manifest() {
+    let m = "workers: 2
+drain_timeout: 30s
+admin: { address: 127.0.0.1:0 }
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    default_cluster: web
+    chain: edge
+    limits:
+      max_request_headers_size: 60KiB
+      max_request_headers: 100
+      max_uri_length: 16KiB
+      header_read_timeout: 10s
+      idle_timeout: 300s
+      max_connections: 10000
+  - name: demo
+    address: 127.0.0.1:0
+    default_cluster: builtin
+clusters:
+  web:
+    endpoints: [127.0.0.1:9001, 127.0.0.1:9002]
+    protocol: http2
+    lb: round_robin
+    timeouts: { connect: 1s, response: 15s }
+    pool: { max_idle: 64, idle_timeout: 60s }
+  builtin:
+    demo: v1
+chains: { edge: [f1] }
+filters:
+  f1: { module: \"builtin:router\", config: {any: json}, failure_policy: fail_closed }
+";
+    let out = check(m);
+    assert!(
+        out.status.success(),
+        "exit {}; stderr:\n{}",
+        out.status,
+        out.stderr
+    );
+    assert_eq!(out.stdout.trim(), "ok");
+}
+
+/// Asserts a failed check whose stderr has an `error: <path>…` line mentioning every `needle`.
+#[track_caller]
+fn assert_rejected(manifest: &str, path: &str, needles: &[&str]) {
+    let out = check(manifest);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit status; stdout {:?} stderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        !out.stdout.contains("ok"),
+        "stdout says ok: {:?}",
+        out.stdout
+    );
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("error: {path}")))
+        .unwrap_or_else(|| panic!("no `error: {path}…` line in stderr:\n{}", out.stderr));
+    for n in needles {
+        assert!(
+            line.contains(n),
+            "error line {line:?} does not mention {n:?}"
+        );
+    }
+}
+
+#[test]
+fn rejects_an_unknown_field_by_naming_it() {
+    let m = good().replace("    address: 127.0.0.1:0\n", "    adress: 127.0.0.1:0\n");
+    assert!(m.contains("adress"));
+    assert_rejected(&m, "listeners[0]", &["adress"]);
+}
+
+#[test]
+fn rejects_an_unknown_top_level_field() {
+    let m = format!("{}bogus_section: 1\n", good());
+    assert_rejected(&m, "", &["bogus_section"]);
+}
+
+#[test]
+fn rejects_an_unknown_cluster_reference_with_its_path() {
+    let m = good().replace("default_cluster: web", "default_cluster: nowhere");
+    assert_rejected(&m, "listeners[0].default_cluster", &["nowhere"]);
+}
+
+#[test]
+fn rejects_an_unknown_chain_reference() {
+    let m = good().replace(
+        "default_cluster: web\n",
+        "default_cluster: web\n    chain: missing\n",
+    );
+    assert_rejected(&m, "listeners[0].chain", &["missing"]);
+}
+
+#[test]
+fn rejects_a_bad_duration_with_its_path() {
+    let m = good().replace("connect: 1s", "connect: soon");
+    assert_rejected(&m, "clusters.web.timeouts.connect", &[]);
+}
+
+#[test]
+fn reports_every_error() {
+    let m = good().replace(
+        "default_cluster: web\n",
+        "default_cluster: nowhere\n    chain: missing\n",
+    );
+    let out = check(&m);
+    assert_eq!(out.status.code(), Some(1));
+    for path in ["listeners[0].default_cluster", "listeners[0].chain"] {
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("error: {path}"))),
+            "no error for {path} in:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn rejects_a_missing_file() {
+    let out = std::process::Command::new(weir_tests::weir_bin())
+        .args(["check", "/nonexistent/weir.yaml"])
+        .output()
+        .expect("run weir check");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error:"));
+}

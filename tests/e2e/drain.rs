@@ -1,0 +1,115 @@
+//! Graceful drain on SIGTERM/SIGINT: in-flight requests finish, new connections are refused,
+//! weir exits 0; the drain timeout bounds how long it waits.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use weir_tests::{EchoServer, H1Client, H2Client, Manifest, within};
+
+/// Waits (bounded) until connecting to `addr` is refused, i.e. the listener socket is closed.
+/// Polls: there is no event to wait on from outside the process.
+async fn wait_refused(addr: SocketAddr) {
+    let t0 = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            _ => {}
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "new connections to {addr} still accepted 5s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_request_then_exits_zero() {
+    let up = EchoServer::start().await;
+    let mut weir = Manifest::new(&[up.addr]).drain_timeout("20s").start().await;
+    let addr = weir.listener_addr("main");
+    let held = tokio::spawn(async move {
+        let mut c = H1Client::connect(addr).await;
+        c.post("/hold", "in flight during drain").await
+    });
+    up.wait_requests(1).await;
+    weir.sigterm();
+    wait_refused(addr).await;
+    up.release(1);
+    let r = within("the in-flight response", held).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "in flight during drain");
+    // Well under drain_timeout (20s): the drain ends when the last request does.
+    let st = weir.wait_exit(Duration::from_secs(10)).await;
+    assert!(st.success(), "weir exited with {st} after a graceful drain");
+}
+
+#[tokio::test]
+async fn sigterm_drains_h2_streams_too() {
+    let up = EchoServer::start().await;
+    let mut weir = Manifest::new(&[up.addr]).drain_timeout("20s").start().await;
+    let addr = weir.listener_addr("main");
+    let c = H2Client::connect(addr).await;
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut c = c.clone();
+        held.push(tokio::spawn(async move {
+            c.post("/hold", format!("stream {i}")).await
+        }));
+    }
+    up.wait_requests(3).await;
+    weir.sigint();
+    wait_refused(addr).await;
+    up.release(3);
+    for (i, h) in held.into_iter().enumerate() {
+        let r = within("held h2 stream", h).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("stream {i}"));
+    }
+    let st = weir.wait_exit(Duration::from_secs(10)).await;
+    assert!(st.success(), "weir exited with {st} after SIGINT");
+}
+
+#[tokio::test]
+async fn sigterm_when_idle_exits_zero_promptly() {
+    let up = EchoServer::start().await;
+    let mut weir = Manifest::new(&[up.addr]).start().await;
+    // An idle keep-alive client must not hold the drain open.
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    assert_eq!(c.get("/").await.status, 200);
+    weir.sigterm();
+    let st = weir.wait_exit(Duration::from_secs(10)).await;
+    assert!(st.success(), "weir exited with {st}");
+}
+
+#[tokio::test]
+async fn drain_timeout_bounds_the_wait() {
+    let up = EchoServer::start().await;
+    let mut weir = Manifest::new(&[up.addr]).drain_timeout("1s").start().await;
+    let addr = weir.listener_addr("main");
+    let held = tokio::spawn(async move {
+        let mut c = H1Client::connect(addr).await;
+        let req = c
+            .request("GET", "/hold")
+            .body(weir_tests::body_empty())
+            .unwrap();
+        c.send(req).await.map(|_| ())
+    });
+    up.wait_requests(1).await;
+    let t0 = Instant::now();
+    weir.sigterm();
+    // Never released: weir must give up at drain_timeout (1s), not hang.
+    let st = weir.wait_exit(Duration::from_secs(10)).await;
+    eprintln!(
+        "exited {:?} after SIGTERM with a 1s drain_timeout: {st}",
+        t0.elapsed()
+    );
+    assert!(
+        st.success(),
+        "weir exited with {st} after the drain timeout"
+    );
+    // The stuck client gets an error (connection closed), not a hang.
+    let _ = within("client after forced close", held).await;
+    up.release(1);
+}

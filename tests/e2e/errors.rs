@@ -1,0 +1,132 @@
+//! Upstream failures become weir errors: a status, `x-weir-error: <reason>` and a body
+//! `weir: <reason>…`.
+
+use std::time::{Duration, Instant};
+
+use weir_tests::{
+    BlackholeListener, EchoServer, Fault, FaultyServer, H1Client, H2Client, Manifest, closed_port,
+};
+
+use crate::assert_error;
+
+#[tokio::test]
+async fn refused_connect_is_503_connect_failure() {
+    let weir = Manifest::new(&[closed_port()]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    assert_error(&c.get("/").await, 503, "upstream_connect_failure");
+    // The client connection survives an upstream failure.
+    assert_error(&c.get("/again").await, 503, "upstream_connect_failure");
+}
+
+#[tokio::test]
+async fn refused_connect_over_h2_is_503() {
+    let weir = Manifest::new(&[closed_port()]).start().await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    assert_error(&c.get("/").await, 503, "upstream_connect_failure");
+}
+
+#[tokio::test]
+async fn hanging_connect_is_503_connect_timeout() {
+    let Some(hole) = BlackholeListener::start().await else {
+        eprintln!("SKIPPED: could not make a loopback connect hang on this kernel");
+        return;
+    };
+    let weir = Manifest::new(&[hole.addr])
+        .connect_timeout("300ms")
+        .start()
+        .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let t0 = Instant::now();
+    let r = c.get("/").await;
+    assert_error(&r, 503, "upstream_connect_timeout");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?} for a 300ms connect timeout",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn silent_upstream_is_504_response_timeout() {
+    let up = FaultyServer::start(Fault::Silent).await;
+    let weir = Manifest::new(&[up.addr])
+        .response_timeout("300ms")
+        .start()
+        .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let t0 = Instant::now();
+    let r = c.get("/").await;
+    assert_error(&r, 504, "upstream_response_timeout");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?} for a 300ms response timeout",
+        t0.elapsed()
+    );
+    assert_eq!(
+        up.wait_heads(1).await.len(),
+        1,
+        "the request reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn slow_upstream_within_the_timeout_is_fine() {
+    let up = FaultyServer::start(Fault::Slow(Duration::from_millis(100))).await;
+    let weir = Manifest::new(&[up.addr])
+        .response_timeout("5s")
+        .start()
+        .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let r = c.get("/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "slow");
+}
+
+#[tokio::test]
+async fn garbage_from_upstream_is_502_protocol_error() {
+    let up = FaultyServer::start(Fault::Garbage).await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    assert_error(&c.get("/").await, 502, "upstream_protocol_error");
+}
+
+#[tokio::test]
+async fn reset_before_response_is_502_upstream_reset() {
+    let up = FaultyServer::start(Fault::ResetBeforeResponse).await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    assert_error(&c.get("/").await, 502, "upstream_reset");
+}
+
+#[tokio::test]
+async fn close_before_response_is_502() {
+    let up = FaultyServer::start(Fault::CloseBeforeResponse).await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let r = c.get("/").await;
+    assert_eq!(r.status, 502, "body {:?}", r.text());
+    let reason = r.header("x-weir-error").unwrap_or_default();
+    assert!(
+        reason == "upstream_reset" || reason == "upstream_protocol_error",
+        "x-weir-error {reason:?}"
+    );
+}
+
+#[tokio::test]
+async fn proxy_keeps_serving_after_upstream_errors() {
+    let bad = FaultyServer::start(Fault::Garbage).await;
+    let good = EchoServer::start().await;
+    // Round robin over a bad and a good endpoint: the good one keeps answering.
+    let weir = Manifest::new(&[bad.addr, good.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let mut ok = 0;
+    for _ in 0..6 {
+        let r = c.get("/").await;
+        if r.status == 200 {
+            ok += 1;
+        } else {
+            assert_error(&r, 502, "upstream_protocol_error");
+        }
+    }
+    assert_eq!(ok, 3, "round robin over one good and one bad endpoint");
+}

@@ -1,0 +1,201 @@
+//! Downstream limits and malformed HTTP/1.1: oversized heads (431), long request targets (414),
+//! smuggling shapes (400, connection closed, nothing forwarded), and the slow-header timeout.
+
+use std::time::{Duration, Instant};
+
+use weir_tests::client::raw_request;
+use weir_tests::{EchoServer, H1Client, Manifest, RawClient};
+
+use crate::assert_raw_error;
+
+/// Proves nothing reached `up` before now: a sentinel request through weir must be the first
+/// (and only) request the upstream ever saw.
+async fn assert_nothing_forwarded(addr: std::net::SocketAddr, up: &EchoServer) {
+    let mut c = H1Client::connect(addr).await;
+    assert_eq!(c.get("/sentinel").await.status, 200);
+    let seen = up.wait_requests(1).await;
+    let paths: Vec<String> = seen.iter().map(|r| r.uri.to_string()).collect();
+    assert_eq!(
+        paths,
+        ["/sentinel"],
+        "the upstream saw more than the sentinel"
+    );
+}
+
+fn request_with_header(path: &str, name: &str, value_len: usize) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: weir.test\r\n{name}: {}\r\n\r\n",
+        "v".repeat(value_len)
+    )
+    .into_bytes()
+}
+
+/// Writes `req` (ignoring a write error: weir may close before reading it all) and reads the
+/// response.
+async fn send_raw(addr: std::net::SocketAddr, req: &[u8]) -> (RawClient, weir_tests::RawResponse) {
+    let mut c = RawClient::connect(addr).await;
+    let _ = c.write(req).await;
+    let r = c.read_response().await;
+    (c, r)
+}
+
+#[tokio::test]
+async fn oversized_headers_are_431_by_default() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let addr = weir.listener_addr("main");
+    // Default max_request_headers_size is 60 KiB.
+    let (_c, r) = send_raw(addr, &request_with_header("/big-head", "x-big", 70 * 1024)).await;
+    assert_eq!(r.status, 431, "head: {}", r.head);
+    assert_nothing_forwarded(addr, &up).await;
+}
+
+#[tokio::test]
+async fn configured_header_size_limit_applies() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr])
+        .limit("max_request_headers_size", "8KiB")
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let (_c, r) = send_raw(addr, &request_with_header("/ok", "x-mid", 4 * 1024)).await;
+    assert_eq!(r.status, 200, "a 4 KiB header is under an 8 KiB limit");
+    let (_c, r) = send_raw(addr, &request_with_header("/big", "x-big", 10 * 1024)).await;
+    assert_eq!(r.status, 431, "head: {}", r.head);
+}
+
+#[tokio::test]
+async fn too_many_headers_are_431() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr])
+        .limit("max_request_headers", "20")
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let headers = |n: usize| -> Vec<u8> {
+        let mut s = String::from("GET /many HTTP/1.1\r\nHost: weir.test\r\n");
+        for i in 0..n {
+            s.push_str(&format!("x-h{i}: {i}\r\n"));
+        }
+        s.push_str("\r\n");
+        s.into_bytes()
+    };
+    let (_c, r) = send_raw(addr, &headers(10)).await;
+    assert_eq!(r.status, 200);
+    let (_c, r) = send_raw(addr, &headers(30)).await;
+    assert_eq!(r.status, 431, "head: {}", r.head);
+}
+
+#[tokio::test]
+async fn long_uri_is_414() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let addr = weir.listener_addr("main");
+    // Default max_uri_length is 16 KiB.
+    let path = format!("/{}", "a".repeat(17 * 1024));
+    let (_c, r) = send_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: weir.test\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_raw_error(&r, 414, "uri_too_long");
+    assert_nothing_forwarded(addr, &up).await;
+}
+
+#[tokio::test]
+async fn configured_uri_limit_applies() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr])
+        .limit("max_uri_length", "1KiB")
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let ok = format!("/{}", "a".repeat(500));
+    let (_c, r) = send_raw(
+        addr,
+        format!("GET {ok} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let long = format!("/{}", "a".repeat(2000));
+    let (_c, r) = send_raw(
+        addr,
+        format!("GET {long} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_raw_error(&r, 414, "uri_too_long");
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_400_and_closed() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let addr = weir.listener_addr("main");
+    let smuggle = b"POST /smuggle HTTP/1.1\r\nHost: weir.test\r\nContent-Length: 5\r\n\
+Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: weir.test\r\n\r\n";
+    let (mut c, r) = raw_request(addr, smuggle).await;
+    assert_raw_error(&r, 400, "conflicting_framing");
+    assert!(
+        c.wait_closed(Duration::from_secs(5)).await,
+        "connection left open after CL+TE"
+    );
+    assert_nothing_forwarded(addr, &up).await;
+}
+
+#[tokio::test]
+async fn malformed_request_is_400_and_nothing_forwarded() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let addr = weir.listener_addr("main");
+    for bad in [
+        &b"GET / HTTP/1.1\r\nHost: weir.test\r\nthis line has no colon\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: weir.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"GET / HTTP/1.1\r\nHost: weir.test\r\nbad header\x01name: v\r\n\r\n",
+    ] {
+        let (mut c, r) = send_raw(addr, bad).await;
+        // hyper's own parser may answer this one, so only the status is asserted.
+        assert_eq!(r.status, 400, "for {:?}: head {}", String::from_utf8_lossy(bad), r.head);
+        assert!(c.wait_closed(Duration::from_secs(5)).await, "connection left open after a 400");
+    }
+    assert_nothing_forwarded(addr, &up).await;
+}
+
+#[tokio::test]
+async fn slow_request_head_is_closed_at_header_read_timeout() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr])
+        .limit("header_read_timeout", "500ms")
+        .start()
+        .await;
+    let mut c = RawClient::connect(weir.listener_addr("main")).await;
+    c.write(b"GET /slow HTTP/1.1\r\nHost: weir.test\r\nX-Partial: ")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    // Generous upper bound only: a lower bound would flake on a loaded machine.
+    assert!(
+        c.wait_closed(Duration::from_secs(5)).await,
+        "a stalled request head was not closed within 5s (header_read_timeout 500ms)"
+    );
+    eprintln!("slow head closed after {:?} (timeout 500ms)", t0.elapsed());
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn idle_keepalive_connection_is_closed_at_idle_timeout() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr])
+        .limit("idle_timeout", "500ms")
+        .start()
+        .await;
+    let (mut c, r) = raw_request(
+        weir.listener_addr("main"),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        c.wait_closed(Duration::from_secs(5)).await,
+        "an idle keep-alive connection was not closed within 5s (idle_timeout 500ms)"
+    );
+}

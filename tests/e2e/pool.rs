@@ -1,0 +1,75 @@
+//! Upstream connection pooling: keep-alive reuse per worker, counted as upstream accepts.
+
+use weir_tests::{EchoServer, H1Client, H2Client, Manifest};
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_upstream_connection() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).workers(Some(1)).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    for i in 0..20 {
+        let r = c.get(&format!("/r/{i}")).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.wait_requests(20).await.len(), 20);
+    assert_eq!(
+        up.accepts(),
+        1,
+        "20 sequential requests through 1 worker opened {} upstream connections",
+        up.accepts()
+    );
+}
+
+#[tokio::test]
+async fn pooled_connection_is_shared_across_client_connections() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).workers(Some(1)).start().await;
+    for i in 0..5 {
+        let mut c = H1Client::connect(weir.listener_addr("main")).await;
+        assert_eq!(c.get(&format!("/c/{i}")).await.status, 200);
+    }
+    for i in 0..5 {
+        let mut c = H2Client::connect(weir.listener_addr("main")).await;
+        assert_eq!(c.get(&format!("/h2/{i}")).await.status, 200);
+    }
+    up.wait_requests(10).await;
+    assert_eq!(
+        up.accepts(),
+        1,
+        "one worker, sequential requests: expected 1 upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn http2_cluster_reuses_one_connection() {
+    let up = EchoServer::start_h2().await;
+    let weir = Manifest::new(&[up.addr])
+        .protocol("http2")
+        .workers(Some(1))
+        .start()
+        .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    for i in 0..10 {
+        assert_eq!(c.get(&format!("/r/{i}")).await.status, 200);
+    }
+    up.wait_requests(10).await;
+    assert_eq!(up.accepts(), 1);
+}
+
+#[tokio::test]
+async fn upstream_close_is_survived_by_opening_a_new_connection() {
+    // The upstream answers and closes (Connection: close); the next request must not fail on the
+    // dead pooled connection.
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).workers(Some(1)).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    for i in 0..5 {
+        let req = c
+            .request("GET", &format!("/close/{i}"))
+            .body(weir_tests::body_empty())
+            .unwrap();
+        let r = weir_tests::collect(c.send(req).await.unwrap()).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.wait_requests(5).await.len(), 5);
+}

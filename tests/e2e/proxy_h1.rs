@@ -1,0 +1,249 @@
+//! HTTP/1.1 proxying: requests and bodies both ways, streaming, hop-by-hop stripping, the
+//! forwarded headers, status pass-through, and the admin endpoints.
+
+use bytes::Bytes;
+use weir_tests::client::body_channel;
+use weir_tests::{EchoServer, H1Client, Manifest, within};
+
+use crate::{is_uuid_v4, pattern};
+
+#[tokio::test]
+async fn get_is_forwarded_with_path_and_query() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let r = c.get("/hello/world?x=1&y=two").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-upstream"), Some(up.addr.to_string().as_str()));
+    let seen = up.wait_requests(1).await;
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(seen[0].uri, "/hello/world?x=1&y=two");
+    assert!(seen[0].body.is_empty());
+}
+
+#[tokio::test]
+async fn post_body_goes_up_and_response_body_comes_back() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let r = c.post("/echo", "hello through weir").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "hello through weir");
+    assert_eq!(up.wait_requests(1).await[0].body, "hello through weir");
+}
+
+#[tokio::test]
+async fn one_mib_body_both_directions() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let data = Bytes::from(pattern(1 << 20));
+    let r = c.post("/big", data.clone()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), data.len(), "response body length");
+    assert!(r.body == data, "response body differs from what was sent");
+    let seen = up.wait_requests(1).await;
+    assert!(
+        seen[0].body == data,
+        "upstream received a different body ({} bytes)",
+        seen[0].body.len()
+    );
+}
+
+#[tokio::test]
+async fn chunked_request_body_is_streamed_not_buffered() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let (mut tx, body) = body_channel();
+    let req = c.request("POST", "/stream").body(body).unwrap();
+    tx.send_data(Bytes::from_static(b"first part;"))
+        .await
+        .unwrap();
+    let pending = tokio::spawn(async move { c.send(req).await.map(|r| (r, c)) });
+    // The upstream gets the request head while the client is still holding the body open.
+    let seen = up.wait_requests(1).await;
+    assert_eq!(seen[0].uri, "/stream");
+    tx.send_data(Bytes::from_static(b"second part"))
+        .await
+        .unwrap();
+    drop(tx);
+    let (resp, _c) = within("response", pending)
+        .await
+        .unwrap()
+        .expect("response");
+    let r = weir_tests::collect(resp).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "first part;second part");
+}
+
+#[tokio::test]
+async fn hop_by_hop_request_headers_are_stripped_and_forwarded_headers_set() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let req = c
+        .request("GET", "/h")
+        .header("connection", "keep-alive, x-hop-req")
+        .header("x-hop-req", "named by Connection")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "gzip")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-end-to-end", "kept")
+        .body(weir_tests::body_empty())
+        .unwrap();
+    let r = weir_tests::collect(c.send(req).await.unwrap()).await;
+    assert_eq!(r.status, 200);
+    let seen = &up.wait_requests(1).await[0];
+    for h in [
+        "x-hop-req",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ] {
+        assert!(
+            seen.headers.get(h).is_none(),
+            "{h} reached the upstream: {:?}",
+            seen.headers
+        );
+    }
+    if let Some(conn) = seen.header("connection") {
+        assert!(
+            !conn.contains("x-hop-req"),
+            "Connection forwarded as {conn:?}"
+        );
+    }
+    assert_eq!(seen.header("x-end-to-end"), Some("kept"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("10.1.2.3, 127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    let id = seen.header("x-request-id").expect("x-request-id generated");
+    assert!(is_uuid_v4(id), "x-request-id {id:?} is not a UUID v4");
+}
+
+#[tokio::test]
+async fn forwarded_for_is_created_when_absent_and_request_id_kept_when_present() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let req = c
+        .request("GET", "/id")
+        .header("x-request-id", "client-chosen-id-42")
+        .header("te", "trailers")
+        .body(weir_tests::body_empty())
+        .unwrap();
+    assert_eq!(
+        weir_tests::collect(c.send(req).await.unwrap()).await.status,
+        200
+    );
+    let seen = &up.wait_requests(1).await[0];
+    assert_eq!(seen.header("x-request-id"), Some("client-chosen-id-42"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(
+        seen.header("te"),
+        Some("trailers"),
+        "`te: trailers` must be kept"
+    );
+}
+
+#[tokio::test]
+async fn each_request_gets_its_own_generated_request_id() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    c.get("/1").await;
+    c.get("/2").await;
+    let seen = up.wait_requests(2).await;
+    let (a, b) = (
+        seen[0].header("x-request-id"),
+        seen[1].header("x-request-id"),
+    );
+    assert!(
+        a.is_some() && b.is_some() && a != b,
+        "request ids {a:?} {b:?}"
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_are_stripped() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let r = c.get("/hop-response").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "hop");
+    for h in ["x-hop-resp", "keep-alive", "proxy-connection"] {
+        assert!(
+            r.headers.get(h).is_none(),
+            "{h} reached the client: {:?}",
+            r.headers
+        );
+    }
+    assert_eq!(r.header("x-end-to-end"), Some("kept"));
+    // The client connection is still usable (the upstream's Connection header did not leak).
+    assert_eq!(c.get("/again").await.status, 200);
+}
+
+#[tokio::test]
+async fn upstream_status_and_body_pass_through() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let r = c.get("/status/404").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body, "status 404");
+    assert!(
+        r.headers.get("x-weir-error").is_none(),
+        "upstream 404 is not a weir error"
+    );
+    let r = c.get("/status/503").await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.headers.get("x-weir-error").is_none(),
+        "upstream 503 is not a weir error"
+    );
+}
+
+#[tokio::test]
+async fn two_workers_serve_many_connections() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).workers(Some(2)).start().await;
+    let addr = weir.listener_addr("main");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = H1Client::connect(addr).await;
+            for j in 0..5 {
+                let r = c.post("/w", format!("{i}-{j}")).await;
+                assert_eq!(r.status, 200);
+                assert_eq!(r.text(), format!("{i}-{j}"));
+            }
+        }));
+    }
+    for t in tasks {
+        within("client task", t).await.unwrap();
+    }
+    assert_eq!(up.wait_requests(40).await.len(), 40);
+}
+
+#[tokio::test]
+async fn workers_flag_overrides_the_manifest() {
+    let up = EchoServer::start().await;
+    let weir =
+        weir_tests::Weir::start_with_args(&Manifest::new(&[up.addr]).yaml(), &["--workers", "2"])
+            .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    assert_eq!(c.get("/").await.status, 200);
+}
+
+#[tokio::test]
+async fn admin_ready_and_healthz() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut a = H1Client::connect(weir.admin_addr()).await;
+    let r = a.get("/ready").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text().trim(), "ready");
+    assert_eq!(a.get("/healthz").await.status, 200);
+}

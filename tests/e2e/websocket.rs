@@ -1,0 +1,83 @@
+//! HTTP/1.1 `Upgrade: websocket` tunnelling: the 101 comes back and bytes flow both ways.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_tests::{EchoServer, Manifest, RawClient, within};
+
+use crate::pattern;
+
+const UPGRADE_REQUEST: &[u8] = b"GET /chat HTTP/1.1\r\nHost: weir.test\r\nConnection: Upgrade\r\n\
+Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled_both_ways() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = RawClient::connect(weir.listener_addr("main")).await;
+    c.write(UPGRADE_REQUEST).await.unwrap();
+    let r = c.read_response().await;
+    assert_eq!(r.status, 101, "head: {}", r.head);
+    assert_eq!(
+        r.header("upgrade").map(str::to_ascii_lowercase).as_deref(),
+        Some("websocket")
+    );
+    assert!(
+        c.buffered().is_empty(),
+        "bytes after the 101 before any were sent"
+    );
+
+    let seen = &up.wait_requests(1).await[0];
+    assert_eq!(
+        seen.header("upgrade"),
+        Some("websocket"),
+        "Upgrade must be forwarded on upgrades"
+    );
+    assert!(
+        seen.header("connection")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade")),
+        "Connection: upgrade must be forwarded, got {:?}",
+        seen.header("connection")
+    );
+    assert_eq!(
+        seen.header("sec-websocket-key"),
+        Some("dGhlIHNhbXBsZSBub25jZQ==")
+    );
+
+    // Small messages, one at a time: each echo must arrive before the next is sent.
+    for i in 0..5 {
+        let msg = format!("message {i}");
+        c.stream().write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        within("echo over the tunnel", c.stream().read_exact(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+    // A bigger payload, written and read concurrently.
+    let data = pattern(256 * 1024);
+    let (mut r, mut w) = c.stream().split();
+    let write = async {
+        w.write_all(&data).await.unwrap();
+    };
+    let read = async {
+        let mut got = vec![0u8; data.len()];
+        r.read_exact(&mut got).await.unwrap();
+        got
+    };
+    let ((), got) = within("256 KiB echo", async { tokio::join!(write, read) }).await;
+    assert!(got == data, "tunnelled bytes differ");
+}
+
+#[tokio::test]
+async fn tunnel_closes_when_the_client_closes() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = RawClient::connect(weir.listener_addr("main")).await;
+    c.write(UPGRADE_REQUEST).await.unwrap();
+    assert_eq!(c.read_response().await.status, 101);
+    c.stream().shutdown().await.unwrap();
+    // The upstream echo sees EOF, closes its side; weir must propagate that close to us.
+    assert!(
+        c.wait_closed(std::time::Duration::from_secs(5)).await,
+        "tunnel still open 5s after the client half-closed"
+    );
+}
