@@ -1,0 +1,154 @@
+//! Wiring and lifecycle: start the built-in demo upstreams, bind every listener once per worker,
+//! start the workers and the admin endpoint, announce readiness, and on SIGTERM/SIGINT drain.
+//! The control work runs on the main thread's own runtime, never on a worker.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, Endpoints};
+use crate::worker::{self, WorkerSpec};
+
+/// Why the proxy could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot bind listener {name} on {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the demo upstream for cluster {cluster}: {source}")]
+    Demo {
+        cluster: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// Runs the proxy until a signal drains it.
+pub fn run(config: Config, workers_override: Option<usize>) -> Result<(), AppError> {
+    let workers = workers_override
+        .or(config.workers)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("weir-control")
+        .build()?;
+    rt.block_on(serve(Arc::new(config), workers))
+}
+
+async fn serve(config: Arc<Config>, workers: usize) -> Result<(), AppError> {
+    // Built-in demo origins first: their addresses become cluster endpoints.
+    let mut endpoints = Vec::with_capacity(config.clusters.len());
+    for c in &config.clusters {
+        endpoints.push(match &c.endpoints {
+            Endpoints::Static(a) => a.clone(),
+            Endpoints::Demo(label) => {
+                vec![
+                    crate::demo::start(label.clone())
+                        .await
+                        .map_err(|source| AppError::Demo {
+                            cluster: c.name.clone(),
+                            source,
+                        })?,
+                ]
+            }
+        });
+    }
+    let endpoints = Arc::new(endpoints);
+
+    // Every listener bound before any worker starts: a bind error stops start-up cleanly.
+    let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut announce = Vec::new();
+    for (li, l) in config.listeners.iter().enumerate() {
+        let socks = crate::listener::bind_reuseport(l.address, workers).map_err(|source| {
+            AppError::Bind {
+                name: l.name.clone(),
+                addr: l.address,
+                source,
+            }
+        })?;
+        let bound = socks[0].local_addr()?;
+        announce.push(format!("weir: listener {} listening on {bound}", l.name));
+        for (w, s) in socks.into_iter().enumerate() {
+            per_worker[w].push((li, s));
+        }
+    }
+    let admin_state = Arc::new(AdminState::default());
+    if let Some(a) = &config.admin {
+        let l = tokio::net::TcpListener::bind(a.address)
+            .await
+            .map_err(|source| AppError::Bind {
+                name: "admin".into(),
+                addr: a.address,
+                source,
+            })?;
+        announce.push(format!("weir: admin listening on {}", l.local_addr()?));
+        admin::start(l, admin_state.clone());
+    }
+
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut handles = Vec::with_capacity(workers);
+    for (id, sockets) in per_worker.into_iter().enumerate() {
+        handles.push(worker::spawn(WorkerSpec {
+            id,
+            workers,
+            config: config.clone(),
+            endpoints: endpoints.clone(),
+            sockets,
+            drain: drain_rx.clone(),
+        })?);
+    }
+
+    {
+        let mut out = std::io::stdout().lock();
+        for line in &announce {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(out, "weir: ready");
+        let _ = out.flush();
+    }
+    tracing::info!(
+        workers,
+        listeners = config.listeners.len(),
+        "weir is serving"
+    );
+
+    wait_for_signal().await?;
+    tracing::info!(timeout = ?config.drain_timeout, "draining");
+    admin_state.draining.store(true, Ordering::Relaxed);
+    let _ = drain_tx.send(true);
+    let joined = tokio::task::spawn_blocking(move || {
+        for h in handles {
+            let _ = h.join();
+        }
+    });
+    // Workers bound their own wait by the drain timeout; this is a backstop.
+    let _ = tokio::time::timeout(
+        config.drain_timeout + std::time::Duration::from_secs(5),
+        joined,
+    )
+    .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

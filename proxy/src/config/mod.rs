@@ -1,0 +1,317 @@
+//! Configuration: the YAML manifest (`raw`), human units (`units`) and the validated runtime types
+//! the rest of the proxy uses (this module). Parsing never panics; every problem comes back as a
+//! [`ConfigError`] listing each field path and what is wrong with it.
+
+pub mod raw;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use raw::{FailurePolicy, LbPolicy, Protocol};
+pub use validate::validate;
+
+/// The manifest `weir run` uses when no `--config` is given: a working proxy in front of the
+/// built-in demo upstream.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");
+
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_REQUEST_HEADERS_SIZE: u64 = 60 * 1024;
+pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 100;
+pub const DEFAULT_MAX_URI_LENGTH: u64 = 16 * 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DEFAULT_POOL_MAX_IDLE: usize = 128;
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_FILTER_MEMORY: u64 = 64 << 20;
+pub const DEFAULT_FILTER_CALLBACK_DEADLINE: Duration = Duration::from_millis(10);
+
+/// A validated manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Worker threads; `None` = one per available core.
+    pub workers: Option<usize>,
+    #[serde(serialize_with = "ser_duration")]
+    pub drain_timeout: Duration,
+    pub admin: Option<AdminConfig>,
+    pub listeners: Vec<ListenerConfig>,
+    pub clusters: Vec<ClusterConfig>,
+    pub chains: Vec<ChainConfig>,
+    pub filters: Vec<FilterConfig>,
+}
+
+impl Config {
+    /// The index of a cluster by name.
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.clusters.iter().position(|c| c.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Index into [`Config::clusters`].
+    #[serde(skip)]
+    pub default_cluster: usize,
+    #[serde(rename = "default_cluster")]
+    pub default_cluster_name: String,
+    pub chain: Option<String>,
+    pub limits: ListenerLimits,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerLimits {
+    pub max_request_headers_size: u64,
+    pub max_request_headers: usize,
+    pub max_uri_length: u64,
+    #[serde(serialize_with = "ser_duration")]
+    pub header_read_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            max_request_headers_size: DEFAULT_MAX_REQUEST_HEADERS_SIZE,
+            max_request_headers: DEFAULT_MAX_REQUEST_HEADERS,
+            max_uri_length: DEFAULT_MAX_URI_LENGTH,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub endpoints: Endpoints,
+    pub protocol: Protocol,
+    pub lb: LbPolicy,
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub response_timeout: Duration,
+    pub pool_max_idle: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub pool_idle_timeout: Duration,
+}
+
+/// Where a cluster's endpoints come from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoints {
+    Static(Vec<SocketAddr>),
+    /// The built-in demo upstream with this label; started by the proxy on 127.0.0.1:0.
+    Demo(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainConfig {
+    pub name: String,
+    pub filters: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FilterConfig {
+    pub name: String,
+    pub module: ModuleRef,
+    pub sha256: Option<String>,
+    pub config: Option<serde_json::Value>,
+    pub vm_config: Option<serde_json::Value>,
+    pub failure_policy: FailurePolicy,
+    pub memory_limit: u64,
+    #[serde(serialize_with = "ser_duration")]
+    pub callback_deadline: Duration,
+}
+
+/// A filter's module: embedded in the binary, or a file.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleRef {
+    Builtin(String),
+    File(PathBuf),
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+/// One problem in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Where: `listeners[0].address`, `clusters.web.timeouts.connect`, … (empty = whole document).
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a manifest.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid manifest {}:", self.source_name)?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(source_name: &str, path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            source_name: source_name.to_owned(),
+            errors: vec![FieldError {
+                path: path.into(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// Parses and validates manifest text. `base_dir` resolves relative module paths.
+pub fn parse(text: &str, source_name: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let manifest: raw::Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let mut message = inner.to_string();
+        // serde_yaml_ng appends " at line L column C"; keep it, it is what an operator needs.
+        if let Some(loc) = inner.location()
+            && !message.contains("line")
+        {
+            message = format!("{message} (line {}, column {})", loc.line(), loc.column());
+        }
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::one(source_name, path, message)
+    })?;
+    validate(manifest, base_dir).map_err(|errors| ConfigError {
+        source_name: source_name.to_owned(),
+        errors,
+    })
+}
+
+/// Reads, parses and validates a manifest file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one(&name, "", format!("cannot read: {e}")))?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    parse(&text, &name, base)
+}
+
+/// The embedded default manifest, validated.
+pub fn embedded_default() -> Config {
+    parse(EMBEDDED_DEFAULT, "<embedded default>", Path::new("."))
+        .expect("the embedded default manifest is valid (covered by a unit test)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(yaml: &str) -> Vec<String> {
+        match parse(yaml, "t", Path::new(".")) {
+            Ok(_) => vec![],
+            Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = embedded_default();
+        assert!(!c.listeners.is_empty());
+        assert!(c.admin.is_some());
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_path() {
+        let e = errs(
+            "listeners:\n  - name: a\n    adress: 127.0.0.1:0\n    default_cluster: c\nclusters:\n  c: {endpoints: [127.0.0.1:1]}\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("listeners[0]"), "{e:?}");
+        assert!(e[0].contains("unknown field `adress`"), "{e:?}");
+        assert!(e[0].contains("line 3"), "{e:?}");
+    }
+
+    #[test]
+    fn all_semantic_errors_are_reported() {
+        let e = errs(concat!(
+            "listeners:\n",
+            "  - {name: a, address: nope, default_cluster: missing, chain: nochain}\n",
+            "  - {name: a, address: 127.0.0.1:0, default_cluster: c}\n",
+            "clusters:\n",
+            "  c: {endpoints: []}\n",
+            "  d: {endpoints: [127.0.0.1:1], demo: v1, timeouts: {connect: 0s}}\n",
+            "chains:\n  x: [nofilter]\n",
+            "filters:\n  f: {module: builtin:router, sha256: abc}\n",
+        ));
+        let joined = e.join("\n");
+        for want in [
+            "listeners[0].address",
+            "listeners[0].default_cluster",
+            "listeners[0].chain",
+            "listeners[1].name",
+            "clusters.c.endpoints",
+            "clusters.d",
+            "clusters.d.timeouts.connect",
+            "chains.x[0]",
+            "filters.f.sha256",
+        ] {
+            assert!(joined.contains(want), "missing {want} in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn units_and_defaults() {
+        let c = parse(
+            "workers: 3\nlisteners:\n  - name: a\n    address: 127.0.0.1:0\n    default_cluster: c\n    limits: {max_request_headers_size: 8KiB, header_read_timeout: 500ms}\nclusters:\n  c: {endpoints: [127.0.0.1:1], protocol: http2, lb: least_request}\n",
+            "t",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.workers, Some(3));
+        let l = &c.listeners[0];
+        assert_eq!(l.limits.max_request_headers_size, 8192);
+        assert_eq!(l.limits.header_read_timeout, Duration::from_millis(500));
+        assert_eq!(l.limits.max_request_headers, DEFAULT_MAX_REQUEST_HEADERS);
+        assert_eq!(c.clusters[0].protocol, Protocol::Http2);
+        assert_eq!(c.clusters[0].lb, LbPolicy::LeastRequest);
+        assert_eq!(c.clusters[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    }
+}

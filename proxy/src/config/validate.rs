@@ -1,0 +1,337 @@
+//! Raw manifest → validated [`Config`]. Collects every problem rather than stopping at the first,
+//! so `weir check` shows an operator the whole list at once.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use super::raw;
+use super::*;
+
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Validates a parsed manifest. `base_dir` resolves relative module paths.
+pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldError>> {
+    let mut errs = Errors(Vec::new());
+
+    if m.workers == Some(0) {
+        errs.push("workers", "must be at least 1");
+    }
+    if m.workers.is_some_and(|w| w > 1024) {
+        errs.push("workers", "must be at most 1024");
+    }
+
+    let admin = m.admin.map(|a| AdminConfig {
+        address: socket_addr(&a.address, "admin.address", &mut errs),
+    });
+
+    // Clusters first: listeners refer to them.
+    let mut clusters = Vec::with_capacity(m.clusters.len());
+    for (name, c) in m.clusters {
+        let p = format!("clusters.{name}");
+        check_name(&name, &p, &mut errs);
+        let endpoints = match (c.endpoints, c.demo) {
+            (Some(_), Some(_)) => {
+                errs.push(&p, "give either `endpoints` or `demo`, not both");
+                Endpoints::Static(vec![])
+            }
+            (None, None) => {
+                errs.push(&p, "needs `endpoints` (a list of ip:port) or `demo: LABEL`");
+                Endpoints::Static(vec![])
+            }
+            (None, Some(label)) => Endpoints::Demo(label),
+            (Some(list), None) => {
+                if list.is_empty() {
+                    errs.push(format!("{p}.endpoints"), "must list at least one endpoint");
+                }
+                let mut addrs = Vec::with_capacity(list.len());
+                for (i, e) in list.iter().enumerate() {
+                    addrs.push(endpoint_addr(e, &format!("{p}.endpoints[{i}]"), &mut errs));
+                }
+                Endpoints::Static(addrs)
+            }
+        };
+        let connect_timeout = positive(
+            c.timeouts.connect.map(|d| d.0),
+            DEFAULT_CONNECT_TIMEOUT,
+            &format!("{p}.timeouts.connect"),
+            &mut errs,
+        );
+        let response_timeout = positive(
+            c.timeouts.response.map(|d| d.0),
+            DEFAULT_RESPONSE_TIMEOUT,
+            &format!("{p}.timeouts.response"),
+            &mut errs,
+        );
+        let pool_idle_timeout = positive(
+            c.pool.idle_timeout.map(|d| d.0),
+            DEFAULT_POOL_IDLE_TIMEOUT,
+            &format!("{p}.pool.idle_timeout"),
+            &mut errs,
+        );
+        clusters.push(ClusterConfig {
+            name,
+            endpoints,
+            protocol: c.protocol,
+            lb: c.lb,
+            connect_timeout,
+            response_timeout,
+            pool_max_idle: c.pool.max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
+            pool_idle_timeout,
+        });
+    }
+
+    // Filters and chains: schema and references (executed once the filter chain lands).
+    let mut filters = Vec::with_capacity(m.filters.len());
+    for (name, f) in m.filters {
+        let p = format!("filters.{name}");
+        check_name(&name, &p, &mut errs);
+        let module = if let Some(b) = f.module.strip_prefix("builtin:") {
+            if b.is_empty() {
+                errs.push(format!("{p}.module"), "`builtin:` needs a filter name");
+            }
+            ModuleRef::Builtin(b.to_owned())
+        } else {
+            let path = base_dir.join(&f.module);
+            if !path.is_file() {
+                errs.push(
+                    format!("{p}.module"),
+                    format!(
+                        "no module file at {} (or write builtin:NAME)",
+                        path.display()
+                    ),
+                );
+            }
+            ModuleRef::File(path)
+        };
+        if let Some(h) = &f.sha256
+            && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            errs.push(format!("{p}.sha256"), "must be 64 hex digits");
+        }
+        let memory_limit = f.limits.memory.map_or(DEFAULT_FILTER_MEMORY, |s| s.0);
+        if memory_limit < 64 * 1024 {
+            errs.push(
+                format!("{p}.limits.memory"),
+                "must be at least 64KiB (one Wasm page)",
+            );
+        }
+        let callback_deadline = positive(
+            f.limits.callback_deadline.map(|d| d.0),
+            DEFAULT_FILTER_CALLBACK_DEADLINE,
+            &format!("{p}.limits.callback_deadline"),
+            &mut errs,
+        );
+        filters.push(FilterConfig {
+            name,
+            module,
+            sha256: f.sha256.map(|h| h.to_ascii_lowercase()),
+            config: f.config,
+            vm_config: f.vm_config,
+            failure_policy: f.failure_policy,
+            memory_limit,
+            callback_deadline,
+        });
+    }
+    let mut chains = Vec::with_capacity(m.chains.len());
+    for (name, list) in m.chains {
+        let p = format!("chains.{name}");
+        check_name(&name, &p, &mut errs);
+        for (i, f) in list.iter().enumerate() {
+            if !filters.iter().any(|x| &x.name == f) {
+                errs.push(format!("{p}[{i}]"), format!("unknown filter `{f}`"));
+            }
+        }
+        chains.push(ChainConfig {
+            name,
+            filters: list,
+        });
+    }
+
+    if m.listeners.is_empty() {
+        errs.push("listeners", "at least one listener is needed");
+    }
+    let mut names = BTreeSet::new();
+    let mut listeners = Vec::with_capacity(m.listeners.len());
+    for (i, l) in m.listeners.into_iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        check_name(&l.name, &format!("{p}.name"), &mut errs);
+        if !names.insert(l.name.clone()) {
+            errs.push(
+                format!("{p}.name"),
+                format!("duplicate listener name `{}`", l.name),
+            );
+        }
+        let address = socket_addr(&l.address, &format!("{p}.address"), &mut errs);
+        let default_cluster = match clusters.iter().position(|c| c.name == l.default_cluster) {
+            Some(ix) => ix,
+            None => {
+                errs.push(
+                    format!("{p}.default_cluster"),
+                    format!("unknown cluster `{}`", l.default_cluster),
+                );
+                0
+            }
+        };
+        if let Some(ch) = &l.chain
+            && !chains.iter().any(|c| &c.name == ch)
+        {
+            errs.push(format!("{p}.chain"), format!("unknown chain `{ch}`"));
+        }
+        let limits = listener_limits(&l.limits, &format!("{p}.limits"), &mut errs);
+        listeners.push(ListenerConfig {
+            name: l.name,
+            address,
+            default_cluster,
+            default_cluster_name: l.default_cluster,
+            chain: l.chain,
+            limits,
+        });
+    }
+    // Two listeners on one fixed address would fail to bind at start; say so now.
+    let mut seen = BTreeSet::new();
+    for (i, l) in listeners.iter().enumerate() {
+        if l.address.port() != 0 && !seen.insert(l.address) {
+            errs.push(
+                format!("listeners[{i}].address"),
+                format!("{} is used twice", l.address),
+            );
+        }
+    }
+
+    let drain_timeout = positive(
+        m.drain_timeout.map(|d| d.0),
+        DEFAULT_DRAIN_TIMEOUT,
+        "drain_timeout",
+        &mut errs,
+    );
+
+    if errs.0.is_empty() {
+        Ok(Config {
+            workers: m.workers,
+            drain_timeout,
+            admin,
+            listeners,
+            clusters,
+            chains,
+            filters,
+        })
+    } else {
+        Err(errs.0)
+    }
+}
+
+fn listener_limits(r: &raw::ListenerLimits, p: &str, errs: &mut Errors) -> ListenerLimits {
+    let d = ListenerLimits::default();
+    let l = ListenerLimits {
+        max_request_headers_size: r
+            .max_request_headers_size
+            .map_or(d.max_request_headers_size, |s| s.0),
+        max_request_headers: r.max_request_headers.unwrap_or(d.max_request_headers),
+        max_uri_length: r.max_uri_length.map_or(d.max_uri_length, |s| s.0),
+        header_read_timeout: positive(
+            r.header_read_timeout.map(|x| x.0),
+            d.header_read_timeout,
+            &format!("{p}.header_read_timeout"),
+            errs,
+        ),
+        idle_timeout: positive(
+            r.idle_timeout.map(|x| x.0),
+            d.idle_timeout,
+            &format!("{p}.idle_timeout"),
+            errs,
+        ),
+        max_connections: r.max_connections.unwrap_or(d.max_connections),
+        h2_max_concurrent_streams: r
+            .h2_max_concurrent_streams
+            .unwrap_or(d.h2_max_concurrent_streams),
+    };
+    // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+    if !(8 * 1024..=1024 * 1024).contains(&l.max_request_headers_size) {
+        errs.push(
+            format!("{p}.max_request_headers_size"),
+            "must be between 8KiB and 1MiB",
+        );
+    }
+    if l.max_request_headers == 0 || l.max_request_headers > 10_000 {
+        errs.push(
+            format!("{p}.max_request_headers"),
+            "must be between 1 and 10000",
+        );
+    }
+    if l.max_uri_length < 64 {
+        errs.push(format!("{p}.max_uri_length"), "must be at least 64 bytes");
+    }
+    if l.max_connections == 0 {
+        errs.push(format!("{p}.max_connections"), "must be at least 1");
+    }
+    if l.h2_max_concurrent_streams == 0 {
+        errs.push(
+            format!("{p}.h2_max_concurrent_streams"),
+            "must be at least 1",
+        );
+    }
+    l
+}
+
+fn positive(v: Option<Duration>, default: Duration, path: &str, errs: &mut Errors) -> Duration {
+    match v {
+        Some(d) if d.is_zero() => {
+            errs.push(path, "must be greater than zero");
+            default
+        }
+        Some(d) => d,
+        None => default,
+    }
+}
+
+fn check_name(name: &str, path: &str, errs: &mut Errors) {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        errs.push(
+            path,
+            format!("`{name}` is not a valid name (1-128 of A-Z a-z 0-9 - _ .)"),
+        );
+    }
+}
+
+fn socket_addr(s: &str, path: &str, errs: &mut Errors) -> SocketAddr {
+    s.parse().unwrap_or_else(|_| {
+        errs.push(path, format!("`{s}` is not an ip:port address"));
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    })
+}
+
+/// An endpoint is `ip:port` or `host:port` (resolved once, at load time).
+fn endpoint_addr(s: &str, path: &str, errs: &mut Errors) -> SocketAddr {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            errs.push(path, "endpoint port must not be 0");
+        }
+        return a;
+    }
+    match s.to_socket_addrs().map(|mut it| it.next()) {
+        Ok(Some(a)) => a,
+        _ => {
+            errs.push(
+                path,
+                format!("`{s}` is not an ip:port or resolvable host:port"),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! One downstream connection: the byte stream (with activity tracking and the HTTP/1.1 framing
+//! watcher), hyper's HTTP/1.1 + HTTP/2 server on it, and its end — by the peer, by the idle or
+//! first-byte timeout, or by a drain.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::http::framing::FramingWatcher;
+use crate::http::service::ProxyService;
+use crate::listener::ListenerCtx;
+use crate::worker::WorkerCtx;
+
+/// What the connection's byte stream tells the request layer. Atomics only because hyper's
+/// upgrade support needs a `Send` socket type; every access is from the worker's one thread.
+#[derive(Default)]
+pub struct ConnState {
+    /// Bumped on every read or write that moved bytes; the idle timer compares snapshots.
+    activity: AtomicU64,
+    /// Requests handed to the service so far.
+    served: AtomicU64,
+    /// 1 + index of the first request head with both `Content-Length` and `Transfer-Encoding`
+    /// (0: none). The connection is closed after that request, so one slot is enough.
+    first_conflict: AtomicU64,
+}
+
+impl ConnState {
+    /// Called once per request, in order: whether its head carried conflicting framing.
+    pub fn take_conflicting_framing(&self) -> bool {
+        let index = self.served.fetch_add(1, Relaxed);
+        self.first_conflict.load(Relaxed) == index + 1
+    }
+
+    fn bump(&self) {
+        self.activity
+            .store(self.activity.load(Relaxed) + 1, Relaxed);
+    }
+}
+
+/// The socket, seen through [`ConnState`] and the framing watcher.
+struct ConnIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+    framing: FramingWatcher,
+    heads: u64,
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            this.state.bump();
+            if this.framing.is_on() {
+                this.framing.feed(new);
+                while let Some(conflict) = this.framing.pop_verdict() {
+                    this.heads += 1;
+                    if conflict && this.state.first_conflict.load(Relaxed) == 0 {
+                        this.state.first_conflict.store(this.heads, Relaxed);
+                    }
+                }
+            }
+        }
+        r
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.state.bump();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.state.bump();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    worker: Rc<WorkerCtx>,
+    listener: Rc<ListenerCtx>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let state = Arc::new(ConnState::default());
+    let io = TokioIo::new(ConnIo {
+        inner: stream,
+        state: state.clone(),
+        framing: FramingWatcher::default(),
+        heads: 0,
+    });
+    let svc = ProxyService::new(worker, listener.clone(), state.clone(), peer);
+    let conn = listener.http.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+
+    let limits = &listener.limits;
+    // First period: a client that sends nothing at all within the header-read timeout is dropped
+    // (hyper's own header timer starts only once it knows the protocol). Then: idle periods.
+    let mut period = limits.header_read_timeout;
+    let mut last_seen = 0;
+    let mut closing = *drain.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            biased;
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "downstream connection ended with an error");
+                }
+                return;
+            }
+            _ = drain.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(period) => {
+                let seen = state.activity.load(Relaxed);
+                if seen == last_seen {
+                    if seen == 0 || closing {
+                        tracing::debug!(%peer, "closing a silent connection");
+                        return;
+                    }
+                    tracing::debug!(%peer, "closing an idle connection");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                last_seen = seen;
+                period = limits.idle_timeout;
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! An HTTP/1.1 request-framing watcher that sees the raw bytes of a downstream connection.
+//!
+//! hyper follows RFC 9112 §6.3 and *repairs* a request that carries both `Content-Length` and
+//! `Transfer-Encoding` (it drops the length). A proxy must refuse such a request instead: it is the
+//! classic request-smuggling shape, and the next hop may frame it the other way. hyper does not
+//! expose the raw head, so this watcher follows the message boundaries of the byte stream itself
+//! (heads, fixed-length bodies, chunked bodies) and records, for every request head, whether its
+//! framing conflicts. The service pops one verdict per request, in order. On anything it does not
+//! understand (HTTP/2, an upgrade, a head hyper will reject anyway) it switches itself off and
+//! reports no conflicts, leaving the judgement to hyper.
+
+use std::collections::VecDeque;
+
+/// Largest head the watcher buffers; past it hyper answers 431 anyway.
+const MAX_HEAD: usize = 1 << 20;
+const MAX_HEADERS: usize = 256;
+
+#[derive(Debug)]
+enum State {
+    Head,
+    Body(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkDataEnd,
+    Trailers,
+    Off,
+}
+
+/// Follows request framing on one HTTP/1.1 connection.
+#[derive(Debug)]
+pub struct FramingWatcher {
+    state: State,
+    /// Bytes of the current head (or chunk-size / trailer line) not yet complete.
+    line: Vec<u8>,
+    verdicts: VecDeque<bool>,
+}
+
+impl Default for FramingWatcher {
+    fn default() -> Self {
+        Self {
+            state: State::Head,
+            line: Vec::new(),
+            verdicts: VecDeque::new(),
+        }
+    }
+}
+
+impl FramingWatcher {
+    /// Whether the watcher still follows the stream.
+    pub fn is_on(&self) -> bool {
+        !matches!(self.state, State::Off)
+    }
+
+    /// The verdict for the next complete head, in order: `true` if it had both framings.
+    pub fn pop_verdict(&mut self) -> Option<bool> {
+        self.verdicts.pop_front()
+    }
+
+    /// Feeds bytes as they are read from the socket.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match self.state {
+                State::Off => return,
+                State::Body(n) => {
+                    let take = (n.min(data.len() as u64)) as usize;
+                    data = &data[take..];
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Body(left)
+                    };
+                }
+                State::ChunkData(n) => {
+                    let take = (n.min(data.len() as u64)) as usize;
+                    data = &data[take..];
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        State::ChunkDataEnd
+                    } else {
+                        State::ChunkData(left)
+                    };
+                }
+                State::Head => {
+                    // Skip the empty lines RFC 9112 §2.2 lets a client send between requests.
+                    if self.line.is_empty() {
+                        let skip = data
+                            .iter()
+                            .take_while(|b| matches!(b, b'\r' | b'\n'))
+                            .count();
+                        data = &data[skip..];
+                        if data.is_empty() {
+                            return;
+                        }
+                    }
+                    let start = self.line.len().saturating_sub(3);
+                    let (used, done) = take_until(&mut self.line, data, b"\r\n\r\n", start);
+                    data = &data[used..];
+                    if self.line.len() > MAX_HEAD {
+                        self.off();
+                    } else if done {
+                        self.on_head();
+                    }
+                }
+                State::ChunkSize | State::ChunkDataEnd | State::Trailers => {
+                    let start = self.line.len().saturating_sub(1);
+                    let (used, done) = take_until(&mut self.line, data, b"\r\n", start);
+                    data = &data[used..];
+                    if self.line.len() > 4096 {
+                        self.off();
+                    } else if done {
+                        self.on_line();
+                    }
+                }
+            }
+        }
+    }
+
+    fn off(&mut self) {
+        self.state = State::Off;
+        self.line = Vec::new();
+    }
+
+    fn on_head(&mut self) {
+        let head = std::mem::take(&mut self.line);
+        if head.starts_with(b"PRI * HTTP/2.0") {
+            return self.off();
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        if !matches!(req.parse(&head), Ok(httparse::Status::Complete(_))) {
+            return self.off(); // hyper rejects it and closes
+        }
+        let (mut cl, mut te, mut upgrade) = (None::<u64>, false, false);
+        let mut te_chunked_last = false;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                match v {
+                    Some(n) => cl = Some(n),
+                    None => return self.off(),
+                }
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te = true;
+                te_chunked_last = h
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        self.verdicts.push_back(te && cl.is_some());
+        let connect = req
+            .method
+            .is_some_and(|m| m.eq_ignore_ascii_case("CONNECT"));
+        if upgrade || connect {
+            return self.off(); // the rest may be a tunnel
+        }
+        self.state = match (te, cl) {
+            (true, _) if te_chunked_last => State::ChunkSize,
+            (true, _) => return self.off(),
+            (false, Some(n)) if n > 0 => State::Body(n),
+            _ => State::Head,
+        };
+    }
+
+    fn on_line(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        let line = line.strip_suffix(b"\r\n").unwrap_or(&line);
+        self.state = match self.state {
+            State::ChunkSize => {
+                let hex = line
+                    .split(|&b| b == b';')
+                    .next()
+                    .unwrap_or(&[])
+                    .trim_ascii();
+                match std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                {
+                    Some(0) => State::Trailers,
+                    Some(n) => State::ChunkData(n),
+                    None => return self.off(),
+                }
+            }
+            State::ChunkDataEnd if line.is_empty() => State::ChunkSize,
+            State::ChunkDataEnd => return self.off(),
+            State::Trailers if line.is_empty() => State::Head,
+            State::Trailers => State::Trailers,
+            _ => return self.off(),
+        };
+    }
+}
+
+/// Appends bytes to `acc` up to and including the first `pat` (searching from `from` in `acc`).
+/// Returns how many bytes of `data` were used and whether `pat` was found.
+fn take_until(acc: &mut Vec<u8>, data: &[u8], pat: &[u8], from: usize) -> (usize, bool) {
+    let old = acc.len();
+    acc.extend_from_slice(data);
+    match acc[from..].windows(pat.len()).position(|w| w == pat) {
+        Some(i) => {
+            let end = from + i + pat.len();
+            acc.truncate(end);
+            (end - old, true)
+        }
+        None => (data.len(), false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdicts(stream: &[u8], split: usize) -> (Vec<bool>, bool) {
+        let mut w = FramingWatcher::default();
+        for chunk in stream.chunks(split) {
+            w.feed(chunk);
+        }
+        let on = w.is_on();
+        (w.verdicts.into_iter().collect(), on)
+    }
+
+    #[test]
+    fn follows_pipelined_requests_across_any_split() {
+        let stream = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+GET /b HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nx-t: 1\r\n\r\n\
+POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+GET /e HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in [1, 2, 3, 7, 64, stream.len()] {
+            let (v, on) = verdicts(stream, split);
+            assert_eq!(v, [false, false, false, true, false], "split {split}");
+            assert!(on);
+        }
+    }
+
+    #[test]
+    fn body_text_that_looks_like_a_head_is_not_a_head() {
+        let body = b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut s =
+            format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        s.extend_from_slice(body);
+        s.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(verdicts(&s, 5).0, [false, false]);
+    }
+
+    #[test]
+    fn switches_off_for_h2_upgrades_and_garbage() {
+        assert!(!verdicts(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 4).1);
+        assert!(
+            !verdicts(
+                b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nxx",
+                4
+            )
+            .1
+        );
+        assert!(!verdicts(b"GET / HTTP/1.1\r\nContent-Length: nope\r\n\r\n", 4).1);
+        let mut w = FramingWatcher::default();
+        w.feed(b"\x16\x03\x01garbage\r\n\r\n");
+        assert!(!w.is_on());
+        assert_eq!(w.pop_verdict(), None);
+    }
+}

@@ -1,0 +1,189 @@
+//! Header rules of a forwarding proxy: hop-by-hop removal (RFC 9110 §7.6.1), the `x-forwarded-*`
+//! headers, and `x-request-id`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The request id header; generated when absent, forwarded when present.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers. With `keep_upgrade` (a tunnelled upgrade) `Upgrade` and
+/// `Connection: upgrade` survive; `te: trailers` always survives (gRPC needs it).
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers the peer nominated in `Connection` are hop-by-hop too. `host` is never removed
+    // this way: dropping it would only break routing.
+    if h.contains_key(header::CONNECTION) {
+        let nominated: Vec<HeaderValue> = h.get_all(header::CONNECTION).iter().cloned().collect();
+        h.remove(header::CONNECTION);
+        for v in &nominated {
+            let Ok(s) = v.to_str() else { continue };
+            for token in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if token.eq_ignore_ascii_case("upgrade") && keep_upgrade {
+                    continue;
+                }
+                if token.eq_ignore_ascii_case("host") {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    if name == header::TE {
+                        continue; // handled below, keeping `trailers`
+                    }
+                    h.remove(name);
+                }
+            }
+        }
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TRANSFER_ENCODING);
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+    if let Some(te) = h.get(header::TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        let keeps_trailers = te
+            .to_str()
+            .map(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+            .unwrap_or(false);
+        if keeps_trailers {
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            h.remove(header::TE);
+        }
+    }
+}
+
+/// True when the request asks to switch to WebSocket (the one upgrade Weir tunnels; `h2c`
+/// upgrades and others are stripped and the request forwarded as plain HTTP/1.1).
+pub fn is_websocket_upgrade(h: &HeaderMap) -> bool {
+    let upgrade = h
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    upgrade
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto`.
+pub fn set_forwarded(h: &mut HeaderMap, client: IpAddr, proto: &'static str) {
+    let mut buf = String::with_capacity(64);
+    if let Some(prev) = h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        buf.push_str(prev);
+        buf.push_str(", ");
+    }
+    use std::fmt::Write;
+    let _ = write!(buf, "{client}");
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)) {
+        h.insert(&X_FORWARDED_FOR, v);
+    }
+    h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+}
+
+/// Sets `x-request-id` to a fresh UUID v4 unless the request already carries one.
+pub fn ensure_request_id(h: &mut HeaderMap) {
+    if h.contains_key(&X_REQUEST_ID) {
+        return;
+    }
+    let id = uuid_v4(fastrand::u128(..));
+    h.insert(
+        &X_REQUEST_ID,
+        HeaderValue::from_bytes(&id).expect("a UUID is a valid header value"),
+    );
+}
+
+/// Formats 128 random bits as a version-4 UUID, without allocating.
+fn uuid_v4(r: u128) -> [u8; 36] {
+    let r = (r & !(0xF << 76) | (0x4 << 76)) // version 4
+        & !(0x3 << 62)
+        | (0x2 << 62); // variant 10
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut nibble = 32;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        nibble -= 1;
+        *slot = HEX[((r >> (nibble * 4)) & 0xF) as usize];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_nominated_headers_go() {
+        let mut h = map(&[
+            ("connection", "x-secret, keep-alive"),
+            ("connection", "host"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip, trailers"),
+            ("host", "example"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["te", "host", "x-keep"], "{h:?}");
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrade_kept_for_websocket() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_websocket_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(!is_websocket_upgrade(&map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "h2c")
+        ])));
+    }
+
+    #[test]
+    fn forwarded_and_request_id() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        ensure_request_id(&mut h);
+        let id = h["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        ensure_request_id(&mut h);
+        assert_eq!(h["x-request-id"], id.as_str());
+    }
+}

@@ -1,0 +1,160 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every error the data path can meet is a [`ProxyError`]; its [`kind`](ProxyError::kind) says whose
+//! fault it was (and so, later, whether a retry may help), its status and a short `reason` token an
+//! operator can grep for in the `x-weir-error` header, the body and the logs. Details that could
+//! reveal internal addresses stay in the logs, not in the response.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ProxyBody;
+
+/// The response header that carries an error's reason token.
+pub const ERROR_HEADER: &str = "x-weir-error";
+
+/// Whose fault an error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The upstream could not be reached or misbehaved.
+    Upstream,
+    /// Weir itself.
+    Internal,
+}
+
+/// Everything that can end a request with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("request carries both Content-Length and Transfer-Encoding")]
+    ConflictingFraming,
+    #[error("request target is longer than {0} bytes")]
+    UriTooLong(u64),
+    #[error("no endpoint available in cluster {0}")]
+    NoHealthyUpstream(String),
+    #[error("connect to {addr} failed: {source}")]
+    ConnectFailure {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("upstream did not answer within {0:?}")]
+    ResponseTimeout(Duration),
+    #[error("upstream reset the connection: {0}")]
+    UpstreamReset(#[source] hyper::Error),
+    #[error("upstream sent an invalid response: {0}")]
+    UpstreamProtocol(#[source] hyper::Error),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl ProxyError {
+    /// Classifies a hyper error met while talking to an upstream.
+    pub fn from_upstream(e: hyper::Error) -> Self {
+        if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() || e.is_user() {
+            ProxyError::UpstreamProtocol(e)
+        } else {
+            ProxyError::UpstreamReset(e)
+        }
+    }
+
+    /// Whose fault it was.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::ConflictingFraming
+            | ProxyError::UriTooLong(_) => ErrorKind::Downstream,
+            ProxyError::Internal(_) => ErrorKind::Internal,
+            _ => ErrorKind::Upstream,
+        }
+    }
+
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::ConflictingFraming => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::NoHealthyUpstream(_)
+            | ProxyError::ConnectFailure { .. }
+            | ProxyError::ConnectTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The short token for headers, bodies and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::ConflictingFraming => "conflicting_framing",
+            ProxyError::UriTooLong(_) => "uri_too_long",
+            ProxyError::NoHealthyUpstream(_) => "no_healthy_upstream",
+            ProxyError::ConnectFailure { .. } => "upstream_connect_failure",
+            ProxyError::ConnectTimeout(_) => "upstream_connect_timeout",
+            ProxyError::ResponseTimeout(_) => "upstream_response_timeout",
+            ProxyError::UpstreamReset(_) => "upstream_reset",
+            ProxyError::UpstreamProtocol(_) => "upstream_protocol_error",
+            ProxyError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+/// Builds the response for an error. A downstream error also closes the connection: after a
+/// malformed request the byte stream cannot be trusted.
+pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
+    let reason = e.reason();
+    match e.kind() {
+        ErrorKind::Downstream => tracing::debug!(error = %e, reason, "rejected request"),
+        _ => tracing::warn!(error = %e, reason, "request failed"),
+    }
+    let body = bytes::Bytes::from(format!("weir: {reason}\n"));
+    let mut resp = Response::new(ProxyBody::from(body));
+    *resp.status_mut() = e.status();
+    let h = resp.headers_mut();
+    h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if e.kind() == ErrorKind::Downstream {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_reasons() {
+        let cases = [
+            (ProxyError::ConflictingFraming, 400, "conflicting_framing"),
+            (ProxyError::UriTooLong(10), 414, "uri_too_long"),
+            (
+                ProxyError::ConnectTimeout(([127, 0, 0, 1], 1).into()),
+                503,
+                "upstream_connect_timeout",
+            ),
+            (
+                ProxyError::ResponseTimeout(Duration::from_secs(1)),
+                504,
+                "upstream_response_timeout",
+            ),
+        ];
+        for (e, status, reason) in cases {
+            let r = error_response(&e);
+            assert_eq!(r.status().as_u16(), status);
+            assert_eq!(r.headers()[ERROR_HEADER], reason);
+        }
+        let r = error_response(&ProxyError::ConflictingFraming);
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+    }
+}

@@ -1,0 +1,128 @@
+//! The per-request service: checks the request, applies the forwarding header rules, picks the
+//! cluster and endpoint, sends upstream and shapes the response. It never fails: every error is
+//! turned into a response by [`respond::error_response`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::body::ProxyBody;
+use super::headers::{ensure_request_id, is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
+use super::respond::{self, ProxyError};
+use crate::conn::ConnState;
+use crate::listener::ListenerCtx;
+use crate::upstream::{self, Cluster, Endpoint};
+use crate::worker::WorkerCtx;
+
+/// The hyper service of one downstream connection.
+#[derive(Clone)]
+pub struct ProxyService {
+    worker: Rc<WorkerCtx>,
+    listener: Rc<ListenerCtx>,
+    conn: Arc<ConnState>,
+    peer: SocketAddr,
+}
+
+impl ProxyService {
+    pub fn new(
+        worker: Rc<WorkerCtx>,
+        listener: Rc<ListenerCtx>,
+        conn: Arc<ConnState>,
+        peer: SocketAddr,
+    ) -> Self {
+        Self {
+            worker,
+            listener,
+            conn,
+            peer,
+        }
+    }
+
+    async fn proxy(self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let limits = &self.listener.limits;
+        if self.conn.take_conflicting_framing() {
+            return Err(ProxyError::ConflictingFraming);
+        }
+        let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+            + req.uri().authority().map_or(0, |a| a.as_str().len());
+        if uri_len as u64 > limits.max_uri_length {
+            return Err(ProxyError::UriTooLong(limits.max_uri_length));
+        }
+        let upgrade = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
+        let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        set_forwarded(&mut parts.headers, self.peer.ip(), "http");
+        ensure_request_id(&mut parts.headers);
+
+        let cluster = &self.worker.clusters[self.listener.default_cluster];
+        let ep = cluster
+            .pick()
+            .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.clone()))?
+            .clone();
+        let req = Request::from_parts(parts, ProxyBody::Incoming(body));
+        if let Some(down) = on_upgrade {
+            return tunnel(cluster, &ep, req, down).await;
+        }
+        let resp = upstream::send(cluster, &ep, req).await?;
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        parts.version = Version::HTTP_11;
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// Forwards an upgrade request on its own connection; on `101` splices the two upgraded byte
+/// streams together until either side closes.
+async fn tunnel(
+    cluster: &Cluster,
+    ep: &Rc<Endpoint>,
+    req: Request<ProxyBody>,
+    down: OnUpgrade,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut resp = upstream::client::send_upgrade(cluster, ep, req).await?;
+    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switched {
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::task::spawn_local(async move {
+            match tokio::try_join!(down, up) {
+                Ok((d, u)) => {
+                    let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                        tracing::debug!(error = %e, "upgraded tunnel ended with an error");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+            }
+        });
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, switched);
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(parts, ProxyBody::Incoming(body)))
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            Ok(match this.proxy(req).await {
+                Ok(r) => r,
+                Err(e) => respond::error_response(&e),
+            })
+        })
+    }
+}

@@ -1,0 +1,23 @@
+//! Weir's data plane.
+//!
+//! ```text
+//! listener ─▶ conn (limits, idle, drain) ─▶ http (hyper-util auto: h1/h2c) ─▶ service
+//!   ─▶ [filter chain — request phases] ─▶ route: the listener's default cluster
+//!   ─▶ upstream (balance ─▶ pooled connection h1/h2) ─▶ [filter chain — response phases]
+//!   ─▶ downstream
+//! ```
+//! Modules follow that line: [`listener`], [`conn`], [`http`] (service, body, headers, the one
+//! error-to-response mapping in `respond`), [`upstream`] (cluster, balance, pool, connect, client).
+//! [`worker`] runs one copy of the data path per core; [`app`] wires them and owns the lifecycle;
+//! [`config`] turns a manifest into validated types.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod conn;
+pub mod demo;
+pub mod http;
+pub mod listener;
+pub mod rt;
+pub mod upstream;
+pub mod worker;

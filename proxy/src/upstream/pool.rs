@@ -1,0 +1,130 @@
+//! Per-worker, per-endpoint connection pools.
+//!
+//! HTTP/1.1: a LIFO stack of idle connections (the most recently used is the warmest and the least
+//! likely to have been closed by the peer), capped at `max_idle`, entries older than `idle_timeout`
+//! dropped when met. A connection goes back only when its response body was read to the end
+//! ([`ResponseGuard::complete`]); a connection abandoned mid-response is closed instead.
+//! HTTP/2: one shared multiplexed connection per endpoint, replaced when it closes.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use tokio::time::Instant;
+
+use super::Endpoint;
+use crate::http::body::ProxyBody;
+
+/// An idle HTTP/1.1 connection, ready for its next request.
+pub type H1Sender = http1::SendRequest<ProxyBody>;
+/// A multiplexed HTTP/2 connection.
+pub type H2Sender = http2::SendRequest<ProxyBody>;
+
+/// One endpoint's pooled connections on one worker.
+pub struct Pool {
+    idle: RefCell<VecDeque<(H1Sender, Instant)>>,
+    h2: RefCell<Option<H2Sender>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+        Self {
+            idle: RefCell::new(VecDeque::new()),
+            h2: RefCell::new(None),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// The warmest idle HTTP/1.1 connection that is still open, if any.
+    pub fn checkout_h1(&self) -> Option<H1Sender> {
+        let mut idle = self.idle.borrow_mut();
+        while let Some((s, since)) = idle.pop_back() {
+            if !s.is_closed() && since.elapsed() < self.idle_timeout {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last response was fully read.
+    pub fn checkin_h1(&self, s: H1Sender) {
+        if s.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.borrow_mut();
+        // The front holds the oldest: drop the stale and the closed there.
+        while let Some((f, since)) = idle.front() {
+            if f.is_closed() || now.duration_since(*since) >= self.idle_timeout {
+                idle.pop_front();
+            } else {
+                break;
+            }
+        }
+        if idle.len() >= self.max_idle {
+            idle.pop_front();
+        }
+        idle.push_back((s, now));
+    }
+
+    /// Idle HTTP/1.1 connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().len()
+    }
+
+    /// The shared HTTP/2 connection, if one is open.
+    pub fn h2(&self) -> Option<H2Sender> {
+        let mut slot = self.h2.borrow_mut();
+        match &*slot {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                *slot = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Stores a freshly opened HTTP/2 connection for the next requests.
+    pub fn set_h2(&self, s: H2Sender) {
+        *self.h2.borrow_mut() = Some(s);
+    }
+}
+
+/// Held from the moment a request is sent to an endpoint until its response body ends: counts the
+/// request as active (least-request balancing) and hands a clean HTTP/1.1 connection back.
+pub struct ResponseGuard {
+    ep: Rc<Endpoint>,
+    conn: Option<H1Sender>,
+}
+
+impl ResponseGuard {
+    /// Marks a request to `ep` as in flight.
+    pub fn new(ep: Rc<Endpoint>) -> Self {
+        ep.active.set(ep.active.get() + 1);
+        Self { ep, conn: None }
+    }
+
+    /// Attaches the HTTP/1.1 connection to return when the response completes.
+    pub fn set_conn(&mut self, s: H1Sender) {
+        self.conn = Some(s);
+    }
+
+    /// The response was read to its end: the connection may serve another request.
+    pub fn complete(mut self) {
+        if let Some(s) = self.conn.take() {
+            self.ep.pool.checkin_h1(s);
+        }
+    }
+}
+
+impl Drop for ResponseGuard {
+    fn drop(&mut self) {
+        self.ep.active.set(self.ep.active.get().saturating_sub(1));
+    }
+}

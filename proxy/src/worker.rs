@@ -1,0 +1,118 @@
+//! Workers: one OS thread each with a current-thread tokio runtime and a `LocalSet`. A worker owns
+//! its listener sockets, its view of every cluster (pools, balancer state) and, later, its filter
+//! VMs; a stream lives on one worker from accept to log, so nothing on the request path is shared.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::config::Config;
+use crate::listener::{ListenerCtx, accept_loop};
+use crate::upstream::Cluster;
+
+/// One worker's state, shared by its tasks through `Rc`.
+pub struct WorkerCtx {
+    pub id: usize,
+    /// Indexed like `Config::clusters`.
+    pub clusters: Vec<Cluster>,
+    conns: Cell<usize>,
+    all_closed: Notify,
+}
+
+impl WorkerCtx {
+    pub(crate) fn conn_opened(&self) {
+        self.conns.set(self.conns.get() + 1);
+    }
+
+    pub(crate) fn conn_closed(&self) {
+        let n = self.conns.get() - 1;
+        self.conns.set(n);
+        if n == 0 {
+            self.all_closed.notify_waiters();
+        }
+    }
+
+    async fn all_connections_closed(&self) {
+        while self.conns.get() > 0 {
+            self.all_closed.notified().await;
+        }
+    }
+}
+
+/// What a worker thread starts with.
+pub struct WorkerSpec {
+    pub id: usize,
+    pub workers: usize,
+    pub config: Arc<Config>,
+    /// Resolved endpoint addresses, indexed like `Config::clusters`.
+    pub endpoints: Arc<Vec<Vec<SocketAddr>>>,
+    /// `(listener index, socket)` pairs for this worker.
+    pub sockets: Vec<(usize, std::net::TcpListener)>,
+    pub drain: watch::Receiver<bool>,
+}
+
+/// Starts a worker thread; it returns once drained.
+pub fn spawn(spec: WorkerSpec) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("weir-worker-{}", spec.id))
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime builds");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, run(spec));
+        })
+}
+
+async fn run(spec: WorkerSpec) {
+    let WorkerSpec {
+        id,
+        workers,
+        config,
+        endpoints,
+        sockets,
+        mut drain,
+    } = spec;
+    let worker = std::rc::Rc::new(WorkerCtx {
+        id,
+        clusters: config
+            .clusters
+            .iter()
+            .zip(endpoints.iter())
+            .map(|(c, addrs)| Cluster::new(c, addrs))
+            .collect(),
+        conns: Cell::new(0),
+        all_closed: Notify::new(),
+    });
+    for (li, sock) in sockets {
+        let listener = match TcpListener::from_std(sock) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(worker = id, error = %e, "cannot register listener socket");
+                continue;
+            }
+        };
+        let ctx = std::rc::Rc::new(ListenerCtx::new(&config.listeners[li], workers));
+        tokio::task::spawn_local(accept_loop(listener, ctx, worker.clone(), drain.clone()));
+    }
+    tracing::debug!(worker = id, "worker started");
+    let _ = drain.wait_for(|d| *d).await;
+    // The accept loops have seen the same signal and dropped their sockets; connections are
+    // finishing their in-flight requests. Bound the wait, then drop whatever is left.
+    if tokio::time::timeout(config.drain_timeout, worker.all_connections_closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            worker = id,
+            open = worker.conns.get(),
+            "drain timeout: closing remaining connections"
+        );
+    }
+    tracing::debug!(worker = id, "worker drained");
+}
