@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use weir_tests::{
     BlackholeListener, EchoServer, Fault, FaultyServer, H1Client, H2Client, Manifest, closed_port,
+    within,
 };
 
 use crate::assert_error;
@@ -129,4 +130,52 @@ async fn proxy_keeps_serving_after_upstream_errors() {
         }
     }
     assert_eq!(ok, 3, "round robin over one good and one bad endpoint");
+}
+
+/// What a client made of a response whose upstream body was cut short.
+async fn truncated_outcome(resp: hyper::Result<http::Response<hyper::body::Incoming>>) -> String {
+    use http_body_util::BodyExt;
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => return format!("abort before head: {e}"),
+    };
+    let status = resp.status();
+    match within("truncated body", resp.into_body().collect()).await {
+        Ok(b) => format!(
+            "clean end: status {status}, {} body bytes",
+            b.to_bytes().len()
+        ),
+        Err(e) => format!("abort: status {status}, {e}"),
+    }
+}
+
+#[tokio::test]
+async fn truncated_upstream_body_is_an_abort_never_a_clean_end() {
+    for chunked in [false, true] {
+        let up = FaultyServer::start(Fault::TruncatedBody { chunked }).await;
+        let weir = Manifest::new(&[up.addr]).start().await;
+        let addr = weir.listener_addr("main");
+
+        let mut c = H1Client::connect(addr).await;
+        let req = c
+            .request("GET", "/cut")
+            .body(weir_tests::body_empty())
+            .unwrap();
+        let h1 = truncated_outcome(c.send(req).await).await;
+        let mut c = H2Client::connect(addr).await;
+        let req = c
+            .request("GET", "/cut")
+            .body(weir_tests::body_empty())
+            .unwrap();
+        let h2 = truncated_outcome(c.send(req).await).await;
+
+        // A 502 before the head is fine; a 200 whose body ends cleanly is a silent truncation.
+        for (proto, outcome) in [("h1", &h1), ("h2", &h2)] {
+            assert!(
+                !outcome.starts_with("clean end: status 200"),
+                "{proto} client, upstream {} body cut short: {outcome}",
+                if chunked { "chunked" } else { "content-length" }
+            );
+        }
+    }
 }

@@ -24,6 +24,12 @@ pub enum Fault {
     Silent,
     /// Reads the request head, waits this long, then answers a valid `200` with body `slow`.
     Slow(Duration),
+    /// Reads the request head, answers a `200` whose body stops early (10 of 100 bytes announced
+    /// by Content-Length, or a chunked body without its last chunk), then closes cleanly (FIN).
+    TruncatedBody {
+        /// Chunked framing instead of Content-Length.
+        chunked: bool,
+    },
 }
 
 /// A raw TCP upstream that misbehaves as told; stops (dropping its connections) when dropped.
@@ -128,6 +134,15 @@ async fn serve(mut tcp: TcpStream, fault: Fault, heads: Arc<Counted<String>>) {
                     break;
                 }
             }
+        }
+        Fault::TruncatedBody { chunked } => {
+            let resp: &[u8] = if chunked {
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789"
+            };
+            let _ = tcp.write_all(resp).await;
+            let _ = tcp.shutdown().await;
         }
         Fault::Slow(d) => {
             tokio::time::sleep(d).await;
