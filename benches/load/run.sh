@@ -12,13 +12,15 @@
 #   SHARED_BENCH    path of the shared harness (default: <repo>/../shared/bench/run.sh)
 #   WEIR_LOG_LEVEL  --log-level for weir (default: warn, so logging stays off the request path)
 #   WORKERS         weir `workers:` (default 1, like the peers' single worker)
+#   RUN_DIR         scratch dir (default /tmp/weir-load-bench rather than the harness's own
+#                   default, so this never stops processes another run recorded there)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(git -C "$HERE" rev-parse --show-toplevel)
 SHARED_BENCH=${SHARED_BENCH:-$ROOT/../shared/bench/run.sh}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
-export RUN_DIR=${RUN_DIR:-/tmp/peers-bench}
+export RUN_DIR=${RUN_DIR:-/tmp/weir-load-bench}
 export WORKERS=${WORKERS:-1}
 export WEIR_LOG_LEVEL=${WEIR_LOG_LEVEL:-warn}
 
