@@ -487,10 +487,14 @@ mod callout {
         assert_eq!(text(&req, "x-auth-body").as_deref(), Some("ok-body"));
         assert_eq!(text(&req, "x-auth-trailers").as_deref(), Some("x-t=1"));
         assert_eq!(
-            f.plugin.logs_with_prefix("callout: response"),
-            [format!(
-                "callout: response token={token} headers=2 body=ok-body trailers=1 status=200"
-            )]
+            f.plugin.logs_with_prefix("callout: "),
+            [
+                format!("callout: dispatched token={token}"),
+                format!(
+                    "callout: response token={token} headers=2 body=ok-body trailers=1 status=200"
+                ),
+                "callout: get_status code=0 message=".to_owned(),
+            ]
         );
         assert_eq!(
             f.vm.http_call_context(token),
@@ -516,10 +520,12 @@ mod callout {
                 .contains(&(b"x-auth-status".to_vec(), b"none".to_vec()))
         );
         assert_eq!(
-            f.plugin.logs_with_prefix("callout: response"),
-            [format!(
-                "callout: response token={token} headers=0 body= trailers=0 status=none"
-            )]
+            f.plugin.logs_with_prefix("callout: "),
+            [
+                format!("callout: dispatched token={token}"),
+                format!("callout: response token={token} headers=0 body= trailers=0 status=none"),
+                "callout: get_status code=11 message=reset".to_owned(),
+            ]
         );
     }
 
@@ -1159,6 +1165,25 @@ mod lifecycle {
     }
 
     #[test]
+    fn root_shutdown_waits_for_proxy_done() {
+        let mut f = start("lifecycle-done", &json!({"delay_done": true}));
+        assert!(!f.vm.shutdown().unwrap(), "on_done returned false");
+        assert_eq!(f.vm.tick_period(), Some(Duration::from_millis(10)));
+        f.fire_tick().unwrap().expect("tick");
+        assert!(f.vm.shutdown().unwrap(), "proxy_done was called");
+        let tail: Vec<String> = lifecycle(&f).into_iter().skip(3).collect();
+        assert_eq!(
+            tail,
+            [
+                "on_done ctx=1",
+                "on_tick ctx=1",
+                "proxy_done ctx=1",
+                "on_delete ctx=1"
+            ]
+        );
+    }
+
+    #[test]
     fn rejected_configurations_fail_the_start() {
         use weir_host_abi::StartError;
         let start_err = |config: PluginConfig| {
@@ -1229,6 +1254,61 @@ mod traps {
         let (out, mut s) = request(&mut g, get_request());
         assert_eq!(out, continued());
         assert_eq!(text(&s.mem().request_headers, "x-sum").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn reload_policy_rebuilds_a_fresh_vm_after_a_real_panic() {
+        use std::sync::Mutex;
+        use std::time::Instant;
+        use support::{FakeClock, MemPlugin, PluginHandle};
+        use weir_host_abi::{Availability, FailurePolicy, Plugin, PluginHost};
+
+        let handles: Arc<Mutex<Vec<PluginHandle>>> = Arc::default();
+        let factory_handles = handles.clone();
+        let factory = Box::new(move || -> Box<dyn PluginHost> {
+            let (plugin, handle) = MemPlugin::new(FakeClock::at(support::driver::EPOCH_START));
+            factory_handles.lock().unwrap().push(handle);
+            Box::new(plugin)
+        });
+        let mut config = plugin(
+            "trap-reload",
+            &json!({"scenario": "headers", "panic_in": "on_request_headers"}),
+        );
+        config.failure_policy = FailurePolicy::Reload;
+        let mut p = Plugin::new(runtime(), conformance(), config, factory).unwrap();
+
+        let now = Instant::now();
+        let Availability::Ready(vm) = p.vm_at(now) else {
+            panic!("the first VM runs")
+        };
+        let ctx = vm.create_http_stream().unwrap();
+        let mut stream: weir_host_abi::StreamBox = Box::new(get_request());
+        let failure = match vm.on_request_headers(ctx, &mut stream, 3, true) {
+            Err(VmError::Failed(f)) => f,
+            other => panic!("expected a trap, got {other:?}"),
+        };
+        assert_eq!(failure.live_streams, vec![ctx]);
+        assert_eq!(
+            p.on_failure_at(&failure, now),
+            weir_host_abi::Verdict::FailClosed
+        );
+        assert!(
+            matches!(p.vm_at(now), Availability::Unavailable(_)),
+            "down during the backoff"
+        );
+
+        let at = p.next_rebuild().expect("a rebuild is scheduled");
+        let Availability::Ready(vm) = p.vm_at(at) else {
+            panic!("rebuilt after the backoff")
+        };
+        assert!(!vm.is_failed());
+        assert_eq!(p.stats().snapshot().vm_rebuilds, 1);
+        let handles = handles.lock().unwrap();
+        assert_eq!(handles.len(), 2, "the rebuilt VM got a fresh plugin host");
+        assert_eq!(
+            handles[1].logs_with_prefix("lifecycle: on_configure"),
+            ["lifecycle: on_configure ctx=1"]
+        );
     }
 
     #[test]
@@ -1307,6 +1387,39 @@ mod foreign {
             text(&s.mem().request_headers, "x-foreign").as_deref(),
             Some("ok:ARGS")
         );
+    }
+}
+
+mod foreign_callback {
+    use super::*;
+
+    #[test]
+    fn on_foreign_function_reads_its_arguments() {
+        let mut f = start("foreign-callback", &json!({}));
+        let out = f.vm.on_foreign_function(7, b"payload".to_vec()).unwrap();
+        assert_eq!(out, continued());
+        assert_eq!(
+            f.plugin.logs_with_prefix("foreign: "),
+            ["foreign: on_foreign_function id=7 args=payload"]
+        );
+    }
+}
+
+mod random {
+    use super::*;
+
+    fn sample(name: &str) -> String {
+        let mut f = start(name, &json!({"scenario": "random"}));
+        let (_, mut s) = request(&mut f, get_request());
+        text(&s.mem().request_headers, "x-random").unwrap()
+    }
+
+    #[test]
+    fn wasi_random_differs_between_vms() {
+        let a = sample("random-a");
+        let b = sample("random-b");
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, b, "RandomState keys come from random_get");
     }
 }
 

@@ -22,6 +22,11 @@
 //!   `on_request_trailers`, `on_response_headers`, `on_response_body`, `on_response_trailers`,
 //!   `on_log`, `on_done`, `on_tick`, `on_queue_ready`, `on_http_call_response`, …). The SDK's panic
 //!   hook logs the message at CRITICAL and the module traps (`unreachable`).
+//! * **`"delay_done": true`** (any scenario): the root's `on_done` returns false and sets a 10 ms
+//!   tick; the next `on_tick` disables the tick, logs `lifecycle: proxy_done ctx=<root>` and calls
+//!   `proxy_done` (the delayed root shutdown of the ABI).
+//! * **Foreign-function callback** (any scenario): the root's `on_foreign_function(id, size)` reads
+//!   buffer 8 (`CallData`) and logs `foreign: on_foreign_function id=<id> args=<text>`.
 //! * The log crate is enabled at TRACE (`proxy_wasm::set_log_level`), so every `log::*!` line
 //!   below reaches `proxy_log`.
 //!
@@ -34,7 +39,7 @@
 //! | `trailers` | | request trailers: reads `x-trailer-in`, adds `x-trailer-seen: <value or "none">`, logs `trailers: request trailers=<n>`. Response body at `end_of_stream`: adds response trailer `x-response-trailer: added` (Envoy allows adding trailers at end of stream when there are none). Response trailers: adds `x-filter-trailer: conformance`. |
 //! | `local_reply` | `grpc` (false), `status` (403) | request headers: `send_http_response(status, [("x-denied","1")], "denied")` and Pause; with `grpc: true`: `send_grpc_response(PermissionDenied (7), "denied", [("x-denied","1")])`. Response headers (the local reply flowing back through the filter) log `local_reply: response status=<:status>`. |
 //! | `properties` | `cluster` (`v2`) | request headers: `get_property` of `request.path`, `request.method`, `source.address`, `plugin_name`, `plugin_root_id`, `plugin_vm_id`, `xds.node.id`, `node.id` (strings, raw), `source.port` (int, 8-byte LE), `connection.mtls` (bool, 1 byte); logs `properties: <name>=<value>` or `properties: <name> not found`; `set_property(["weir","route","cluster"], cluster)` then reads it back as `weir.route.cluster`. Response headers: adds `x-prop-<name>: <value>` for every property found (ints in decimal, bools `true`/`false`, a wrong length as `bad-length-<n>`) and `x-prop-response.code: <int>`. `on_log`: logs `properties: on_log response.code=<int>`. `on_configure` logs `properties: root <name>=<value>` for the three `plugin_*` properties. |
-//! | `callout` | `upstream` (`auth`), `timeout_ms` (1000), `from_tick` (false), `tick_ms` (10) | request headers: `dispatch_http_call(upstream, [(":method","GET"), (":path","/check"), (":authority","auth"), ("x-token", <request x-token or "">)], body "check", trailers [("x-callout-trailer","1")], timeout)`, logs `callout: dispatched token=<t>`, returns Pause; a dispatch error sends 500 with `x-callout-error: <Status:?>`. `on_http_call_response`: reads the callout headers, body and trailers, logs `callout: response token=<t> headers=<n> body=<text> trailers=<n> status=<:status or none>`; `:status` 200 → adds request headers `x-auth: ok`, `x-auth-body: <body>`, `x-auth-trailers: <k=v,...>` and resumes the request; anything else (incl. a failed call: no headers) → `send_http_response(403, [("x-auth","denied"), ("x-auth-status", <:status or "none">)], "forbidden")`. With `from_tick: true` the stream does nothing; the root sets `tick_ms` in `on_configure`, dispatches the same call from its first `on_tick` (logs `callout: tick dispatched token=<t>`), disables the tick, and logs `callout: root response status=<s> body=<text>` when the answer arrives. |
+//! | `callout` | `upstream` (`auth`), `timeout_ms` (1000), `from_tick` (false), `tick_ms` (10) | request headers: `dispatch_http_call(upstream, [(":method","GET"), (":path","/check"), (":authority","auth"), ("x-token", <request x-token or "">)], body "check", trailers [("x-callout-trailer","1")], timeout)`, logs `callout: dispatched token=<t>`, returns Pause; a dispatch error sends 500 with `x-callout-error: <Status:?>`. `on_http_call_response`: reads the callout headers, body and trailers, logs `callout: response token=<t> headers=<n> body=<text> trailers=<n> status=<:status or none>` and then `callout: get_status code=<c> message=<m>` (`proxy_get_status`); `:status` 200 → adds request headers `x-auth: ok`, `x-auth-body: <body>`, `x-auth-trailers: <k=v,...>` and resumes the request; anything else (incl. a failed call: no headers) → `send_http_response(403, [("x-auth","denied"), ("x-auth-status", <:status or "none">)], "forbidden")`. With `from_tick: true` the stream does nothing; the root sets `tick_ms` in `on_configure`, dispatches the same call from its first `on_tick` (logs `callout: tick dispatched token=<t>`), disables the tick, and logs `callout: root response status=<s> body=<text>` when the answer arrives. |
 //! | `grpc` | `mode`: `call`, `stream`, `cancel` (`call`); `upstream` (`grpc`), `timeout_ms` (1000) | `call`: request headers dispatch `dispatch_grpc_call(upstream, "weir.test.Echo", "Say", [("x-md","1")], "ping", timeout)` and Pause; `on_grpc_call_response` with status 0 adds request header `x-grpc-reply: <message>` and resumes; a non-zero status sends 503 with `x-grpc-status: <status>` and `x-grpc-message: <get_grpc_status message or "">`. `stream`: opens `open_grpc_stream(upstream, "weir.test.Echo", "Chat", [("x-md","1")])`, sends `hello` (not end of stream) and Pauses; initial/trailing metadata are logged as `grpc: initial <k>=<v>` / `grpc: trailing <k>=<v>`; every received message `m` is logged (`grpc: message <m>`) and answered with `ack:<m>`, except `bye`, which half-closes the stream (`close_grpc_stream`); on close adds `x-grpc-messages: <m1,m2,...>` and `x-grpc-close: <status>` and resumes. `cancel`: dispatches the unary call and cancels it at once (`cancel_grpc_call`), adds `x-grpc: cancelled`, Continue. |
 //! | `shared_data` | `mode`: `increment`, `cas_conflict`, `remove` (`increment`); `key` (`conformance.counter`) | `increment`: CAS loop `get_shared_data(key)` → `set_shared_data(key, n+1, cas)` retrying on CasMismatch (max 100); adds `x-shared-value: <n+1>` and `x-shared-retries: <retries>`. `cas_conflict`: `set(key,"init",None)`, `get` → cas1, `set(key,"first",cas1)` → `x-shared-cas-first: ok`, `set(key,"second",cas1)` (stale) → `x-shared-cas-second: mismatch` (or `ok` / `error:<Status:?>` if the host got it wrong), final `get` → `x-shared-final: <value>`. `remove`: `set(key,"x",None)`, `remove_shared_data(key, None)`, `get` → `x-shared-removed: value=<none or text> cas=<none or some>`. All Continue. |
 //! | `queue` | `mode`: `register`, `resolve` (`register`); `queue` (`q`); `vm_id` (`""`, for resolve) | `register`: the root registers `queue` in `on_configure` (logs `queue: registered id=<id>`); each request enqueues its `:path` and adds `x-queue: enqueued`. `resolve`: registers nothing; each request calls `resolve_shared_queue(vm_id, queue)` and enqueues its `:path` (`x-queue: enqueued`), or adds `x-queue: not-found`. `on_queue_ready(id)` (root) dequeues until empty, logging `queue: dequeued <item>` each, then `queue: drained <n> from <id>`. |
@@ -45,6 +50,7 @@
 //! | `close_stream` | `side`: `request`, `response` (`request`) | `request`: request headers call `reset_http_request` and Pause. `response`: response headers call `reset_http_response` and Pause. |
 //! | `foreign` | `function` (`unknown_fn`) | request headers: `call_foreign_function(function, "args")` → `x-foreign: not-found` (NOT_FOUND), `ok:<result>` or `error:<Status:?>`. |
 //! | `env` | `var` (`WEIR_TEST`) | request headers: `std::env::var(var)` (WASI environ) → `x-env: <value>` or `x-env: <unset>`; `on_configure` logs `env: <var>=<value or <unset>>`. |
+//! | `random` | | request headers: hashes `"weir"` with a fresh `std::hash::RandomState` (keys from WASI `random_get`) and adds `x-random: <16 hex digits>`; Continue. Two VMs give different values unless the host's randomness is constant. |
 //! | `tcp` | | the root's `get_type` returns StreamContext. `on_new_connection` logs `tcp: source.address=<v>`; `on_downstream_data` logs `tcp: downstream <data> eos=<b>` and prepends `D:` (`set_downstream_data(0,0,..)`); `on_upstream_data` logs `tcp: upstream <data> eos=<b>` and appends `:U` (`set_upstream_data(len,0,..)`); both return Continue; closes log `tcp: downstream close peer=<PeerType:?>` / `tcp: upstream close peer=<..>`. |
 
 use std::cell::Cell;
@@ -55,7 +61,7 @@ use log::{debug, error, info, trace, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{
-    Action, ContextType, GrpcStatusCode, LogLevel, MetricType, PeerType, Status,
+    Action, BufferType, ContextType, GrpcStatusCode, LogLevel, MetricType, PeerType, Status,
 };
 use serde_json::Value;
 
@@ -171,6 +177,8 @@ struct Root {
     ticks: u64,
     tick_callout: Option<u32>,
     queue: Option<u32>,
+    /// `delay_done`: `on_done` returned false; the next tick calls `proxy_done`.
+    done_pending: bool,
 }
 
 impl Root {
@@ -184,6 +192,7 @@ impl Root {
             ticks: 0,
             tick_callout: None,
             queue: None,
+            done_pending: false,
         }
     }
 
@@ -221,7 +230,24 @@ impl Context for Root {
 
     fn on_done(&mut self) -> bool {
         self.config.enter("on_done", self.id);
+        if self.config.bool_or("delay_done", false) {
+            // Finish later, from a tick, as a plugin flushing state at shutdown would.
+            self.done_pending = true;
+            self.set_tick_period(Duration::from_millis(10));
+            return false;
+        }
         true
+    }
+
+    fn on_foreign_function(&mut self, function_id: u32, arguments_size: usize) {
+        self.config.enter("on_foreign_function", self.id);
+        let args = hostcalls::get_buffer(BufferType::CallData, 0, arguments_size)
+            .unwrap()
+            .unwrap_or_default();
+        info!(
+            "foreign: on_foreign_function id={function_id} args={}",
+            text(&args)
+        );
     }
 }
 
@@ -301,7 +327,12 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         self.config.enter("on_tick", self.id);
-        if self.config.is("tick") {
+        if self.done_pending {
+            self.done_pending = false;
+            self.set_tick_period(Duration::ZERO);
+            info!("lifecycle: proxy_done ctx={}", self.id);
+            self.done();
+        } else if self.config.is("tick") {
             self.ticks += 1;
             if let Some(id) = self.tick_counter {
                 hostcalls::increment_metric(id, 1).unwrap();
@@ -694,6 +725,11 @@ impl Context for Http {
             "callout: response token={token_id} headers={num_headers} body={body} trailers={num_trailers} status={}",
             status.as_deref().unwrap_or("none")
         );
+        let (code, message) = self.get_grpc_status();
+        info!(
+            "callout: get_status code={code} message={}",
+            message.unwrap_or_default()
+        );
         if status.as_deref() == Some("200") {
             let trailers: Vec<String> = trailers.iter().map(|(k, v)| format!("{k}={v}")).collect();
             self.add_http_request_header("x-auth", "ok");
@@ -817,6 +853,12 @@ impl HttpContext for Http {
                 Action::Pause
             }
             "foreign" => self.request_headers_foreign(),
+            "random" => {
+                // std's RandomState takes its keys from WASI random_get once per instance.
+                let hash = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), "weir");
+                self.add_http_request_header("x-random", &format!("{hash:016x}"));
+                Action::Continue
+            }
             "env" => {
                 let var = self.config.str_or("var", "WEIR_TEST");
                 let value = std::env::var(&var).unwrap_or_else(|_| "<unset>".to_string());
