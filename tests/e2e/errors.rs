@@ -179,3 +179,34 @@ async fn truncated_upstream_body_is_an_abort_never_a_clean_end() {
         }
     }
 }
+
+#[tokio::test]
+async fn upstream_errors_over_h2_downstream() {
+    let silent = FaultyServer::start(Fault::Silent).await;
+    let weir = Manifest::new(&[silent.addr])
+        .response_timeout("300ms")
+        .start()
+        .await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    assert_error(&c.get("/").await, 504, "upstream_response_timeout");
+
+    let garbage = FaultyServer::start(Fault::Garbage).await;
+    let weir = Manifest::new(&[garbage.addr]).start().await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    assert_error(&c.get("/").await, 502, "upstream_protocol_error");
+
+    let reset = FaultyServer::start(Fault::ResetBeforeResponse).await;
+    let weir = Manifest::new(&[reset.addr]).start().await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    assert_error(&c.get("/").await, 502, "upstream_reset");
+}
+
+#[tokio::test]
+async fn refused_h2_cluster_is_503() {
+    let weir = Manifest::new(&[closed_port()])
+        .protocol("http2")
+        .start()
+        .await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    assert_error(&c.get("/").await, 503, "upstream_connect_failure");
+}

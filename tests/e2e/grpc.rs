@@ -100,3 +100,33 @@ async fn many_grpc_calls_multiplexed() {
         weir_tests::within("grpc call", t).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn trailers_only_grpc_error_reaches_the_client() {
+    let up = EchoServer::start_h2().await;
+    let weir = Manifest::new(&[up.addr]).protocol("http2").start().await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    let req = c
+        .request("POST", "/weir.test.Echo/Fail")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body_full(grpc_frame(b"x")))
+        .unwrap();
+    let r = collect(c.send(req).await.expect("grpc call")).await;
+    assert_eq!(r.status, 200);
+    // Trailers-only: grpc-status arrives in the (only) header block.
+    let status = r.header("grpc-status").map(str::to_string).or_else(|| {
+        r.trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .map(|v| v.to_str().unwrap().to_string())
+    });
+    assert_eq!(
+        status.as_deref(),
+        Some("5"),
+        "headers {:?} trailers {:?}",
+        r.headers,
+        r.trailers
+    );
+    assert!(r.body.is_empty());
+}

@@ -73,3 +73,42 @@ async fn upstream_close_is_survived_by_opening_a_new_connection() {
     }
     assert_eq!(up.wait_requests(5).await.len(), 5);
 }
+
+#[tokio::test]
+async fn idle_upstream_connection_is_closed_after_pool_idle_timeout() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr])
+        .pool("idle_timeout", "300ms")
+        .start()
+        .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    assert_eq!(c.get("/once").await.status, 200);
+    assert_eq!(up.accepts(), 1);
+    // No further traffic: the idle pooled connection must be closed by weir, not kept forever.
+    up.wait_closes(1).await;
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_upstream_request() {
+    for h2 in [false, true] {
+        let up = EchoServer::start().await;
+        let weir = Manifest::new(&[up.addr]).start().await;
+        let addr = weir.listener_addr("main");
+        let pending = tokio::spawn(async move {
+            if h2 {
+                let mut c = H2Client::connect(addr).await;
+                let _ = c.get("/hold").await;
+            } else {
+                let mut c = H1Client::connect(addr).await;
+                let _ = c.get("/hold").await;
+            }
+        });
+        up.wait_requests(1).await;
+        assert_eq!(up.in_flight(), 1);
+        // The client goes away (its task and connection are dropped) while the upstream holds.
+        pending.abort();
+        let _ = pending.await;
+        up.wait_in_flight(0).await;
+        assert_eq!(up.requests().len(), 1, "h2={h2}");
+    }
+}

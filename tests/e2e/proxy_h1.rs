@@ -403,3 +403,31 @@ async fn max_connections_defers_the_extra_connection() {
         .unwrap();
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn client_supplied_forwarded_proto_is_overwritten() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let req = c
+        .request("GET", "/spoof")
+        .header("x-forwarded-proto", "https")
+        .body(weir_tests::body_empty())
+        .unwrap();
+    assert_eq!(
+        weir_tests::collect(c.send(req).await.unwrap()).await.status,
+        200
+    );
+    let seen = &up.wait_requests(1).await[0];
+    let protos: Vec<_> = seen
+        .headers
+        .get_all("x-forwarded-proto")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        protos,
+        ["http"],
+        "x-forwarded-proto must be set by weir, not trusted from the client"
+    );
+}

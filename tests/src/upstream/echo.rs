@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `Upgrade:` header (HTTP/1.1) | `101`, then echoes every byte on the upgraded stream |
 //! | `content-type: application/grpc*` | `200`, the request body echoed, trailers `grpc-status: 0` |
+//! | the same, path ending `/Fail` | trailers-only `grpc-status: 5` (in the headers, no body) |
 //! | path `/stream…` | `200` at once, the request body streamed back frame by frame (full duplex) |
 //! | path `/hold…` | recorded, then held until the test calls [`EchoServer::release`], then echoed |
 //! | path `/status/NNN` | status `NNN` |
@@ -17,7 +18,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
@@ -27,7 +27,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{Counted, Recorded};
@@ -38,7 +38,8 @@ struct State {
     accepts: Counted<SocketAddr>,
     requests: Counted<Recorded>,
     hold: Semaphore,
-    in_flight: AtomicUsize,
+    closes: Counted<usize>,
+    in_flight: watch::Sender<usize>,
 }
 
 /// A running echo upstream; stops accepting (and drops its connections) when dropped.
@@ -70,7 +71,8 @@ impl EchoServer {
             accepts: Counted::new(),
             requests: Counted::new(),
             hold: Semaphore::new(0),
-            in_flight: AtomicUsize::new(0),
+            closes: Counted::new(),
+            in_flight: watch::channel(0).0,
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -82,7 +84,7 @@ impl EchoServer {
                 };
                 let conn_id = st.accepts.len();
                 st.accepts.push(peer);
-                let st = st.clone();
+                let (st, st2) = (st.clone(), st.clone());
                 conns.spawn(async move {
                     let svc = service_fn(move |req| handle(st.clone(), conn_id, peer, req));
                     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -92,6 +94,7 @@ impl EchoServer {
                     let _ = builder
                         .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
                         .await;
+                    st2.closes.push(conn_id);
                 });
                 while conns.try_join_next().is_some() {}
             }
@@ -130,9 +133,33 @@ impl EchoServer {
         self.state.hold.add_permits(n);
     }
 
-    /// Requests currently being handled (received, not yet answered).
+    /// Requests currently being handled (received, not yet answered or abandoned).
     pub fn in_flight(&self) -> usize {
-        self.state.in_flight.load(Ordering::SeqCst)
+        *self.state.in_flight.borrow()
+    }
+
+    /// Waits until exactly `n` requests are being handled (e.g. 0: a held request was cancelled).
+    pub async fn wait_in_flight(&self, n: usize) {
+        let mut rx = self.state.in_flight.subscribe();
+        crate::within(
+            &format!("{n} requests in flight at {}", self.addr),
+            rx.wait_for(|v| *v == n),
+        )
+        .await
+        .expect("sender alive");
+    }
+
+    /// Number of connections that have ended (closed by either side).
+    pub fn closes(&self) -> usize {
+        self.state.closes.len()
+    }
+
+    /// Waits until at least `n` connections have ended.
+    pub async fn wait_closes(&self, n: usize) {
+        self.state
+            .closes
+            .wait_len(n, &format!("{n} closed connections at {}", self.addr))
+            .await;
     }
 }
 
@@ -142,11 +169,19 @@ impl Drop for EchoServer {
     }
 }
 
-struct InFlight<'a>(&'a AtomicUsize);
+/// Counts a request as in flight while alive (dropped when answered or when hyper abandons it).
+struct InFlight<'a>(&'a watch::Sender<usize>);
+
+impl<'a> InFlight<'a> {
+    fn new(tx: &'a watch::Sender<usize>) -> Self {
+        tx.send_modify(|v| *v += 1);
+        InFlight(tx)
+    }
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.send_modify(|v| *v -= 1);
     }
 }
 
@@ -169,8 +204,7 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    st.in_flight.fetch_add(1, Ordering::SeqCst);
-    let _guard = InFlight(&st.in_flight);
+    let _guard = InFlight::new(&st.in_flight);
     let mut resp = respond(&st, conn, peer, req).await;
     let h = resp.headers_mut();
     h.insert(
@@ -239,6 +273,15 @@ async fn respond(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
+    if is_grpc && path.ends_with("/Fail") {
+        // A trailers-only gRPC error: status in the headers, no body, END_STREAM on HEADERS.
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header("grpc-status", "5")
+            .header("grpc-message", "not found")
+            .body(body_empty())
+            .unwrap();
+    }
     if is_grpc {
         let mut t = HeaderMap::new();
         t.insert("grpc-status", HeaderValue::from_static("0"));
