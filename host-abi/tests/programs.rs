@@ -1256,6 +1256,76 @@ mod traps {
         assert_eq!(text(&s.mem().request_headers, "x-sum").as_deref(), Some(""));
     }
 
+    type Trigger = fn(&mut Filter) -> Result<(), VmError>;
+
+    #[test]
+    fn a_panic_in_any_callback_is_reported_with_that_callback() {
+        let cases: [(&str, &str, &str, Trigger); 7] = [
+            (
+                "on_context_create",
+                "none",
+                "proxy_on_context_create",
+                |f| f.vm.create_http_stream().map(drop),
+            ),
+            ("on_request_body", "body", "proxy_on_request_body", |f| {
+                let (_, mut s) = request(f, get_request());
+                f.request_body(&mut s, b"x", true).map(drop)
+            }),
+            (
+                "on_response_headers",
+                "headers",
+                "proxy_on_response_headers",
+                |f| {
+                    let (_, mut s) = request(f, get_request());
+                    f.response_headers(&mut s, headers(&[(":status", "200")]), true)
+                        .map(drop)
+                },
+            ),
+            ("on_log", "none", "proxy_on_log", |f| {
+                let (_, mut s) = request(f, get_request());
+                f.finish(&mut s)
+            }),
+            ("on_tick", "tick", "proxy_on_tick", |f| {
+                f.fire_tick().map(drop)
+            }),
+            (
+                "on_http_call_response",
+                "callout",
+                "proxy_on_http_call_response",
+                |f| {
+                    let (_, mut s) = request(f, get_request());
+                    let token = f.plugin.http_calls()[0].token;
+                    f.answer_http_call(token, callout_response(200, &[], b"", &[]), Some(&mut s))
+                        .map(drop)
+                },
+            ),
+            ("on_queue_ready", "queue", "proxy_on_queue_ready", |f| {
+                request(f, get_request());
+                f.deliver_queue_ready(Duration::from_secs(5)).map(drop)
+            }),
+        ];
+        for (callback, scenario, export, trigger) in cases {
+            let name = format!("trap-{callback}");
+            let mut f = start(&name, &json!({"scenario": scenario, "panic_in": callback}));
+            let failure = match trigger(&mut f) {
+                Err(VmError::Failed(failure)) => failure,
+                other => panic!("{callback}: expected a VM failure, got {other:?}"),
+            };
+            assert_eq!(failure.callback, export, "{callback}");
+            assert_eq!(failure.reason, FailureReason::Trap, "{callback}");
+            assert_eq!(failure.plugin, name);
+            assert!(f.vm.is_failed(), "{callback}");
+            let panic_logged = f.plugin.record().logs.iter().any(|(level, m)| {
+                *level == LogLevel::Critical
+                    && m.contains(&format!("conformance: panic in {callback}"))
+            });
+            assert!(
+                panic_logged,
+                "{callback}: the SDK's panic hook logged the panic"
+            );
+        }
+    }
+
     #[test]
     fn reload_policy_rebuilds_a_fresh_vm_after_a_real_panic() {
         use std::sync::Mutex;
