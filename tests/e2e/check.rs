@@ -165,3 +165,66 @@ fn rejects_a_missing_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error:"));
 }
+
+#[test]
+fn run_with_an_invalid_manifest_exits_1_with_the_errors() {
+    let m = good().replace("default_cluster: web", "default_cluster: nowhere");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, m).unwrap();
+    let out = std::process::Command::new(weir_tests::weir_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run weir");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("error: listeners[0].default_cluster")),
+        "stderr:\n{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("weir: ready"));
+}
+
+#[tokio::test]
+async fn run_exits_nonzero_when_a_listener_cannot_bind() {
+    // A plain listener (no SO_REUSEPORT) holds the port, so weir's bind must fail.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap();
+    let m = good().replace(
+        "address: 127.0.0.1:0\n    default_cluster",
+        &format!("address: {taken}\n    default_cluster"),
+    );
+    assert!(m.contains(&taken.to_string()));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("taken.yaml");
+    std::fs::write(&path, m).unwrap();
+    let child = tokio::process::Command::new(weir_tests::weir_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = weir_tests::within("weir to exit on a bind failure", child.wait_with_output())
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("weir: ready"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&taken.to_string()) || stderr.to_lowercase().contains("address"),
+        "stderr:\n{stderr}"
+    );
+    drop(holder);
+}

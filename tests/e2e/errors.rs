@@ -210,3 +210,63 @@ async fn refused_h2_cluster_is_503() {
     let mut c = H2Client::connect(weir.listener_addr("main")).await;
     assert_error(&c.get("/").await, 503, "upstream_connect_failure");
 }
+
+#[tokio::test]
+async fn upstream_response_with_conflicting_framing_is_not_passed_on() {
+    let up = FaultyServer::start(Fault::Respond(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ))
+    .await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let (_c, r) = weir_tests::client::raw_request(
+        weir.listener_addr("main"),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    // Either refused (502) or re-framed with exactly one framing header: never both downstream.
+    assert!(
+        !(r.header("content-length").is_some() && r.header("transfer-encoding").is_some()),
+        "both Content-Length and Transfer-Encoding reached the client: {}",
+        r.head
+    );
+    if r.status != 502 {
+        assert_eq!(r.text(), "hello", "head {}", r.head);
+    }
+}
+
+#[tokio::test]
+async fn invalid_upstream_responses_are_502() {
+    let shapes: &[(&str, &'static [u8])] = &[
+        (
+            "two different Content-Length",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        ),
+        (
+            "bad status code",
+            b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
+        ),
+        ("no status line", b"Content-Length: 0\r\n\r\n"),
+        (
+            "header without colon",
+            b"HTTP/1.1 200 OK\r\nnot a header\r\nContent-Length: 0\r\n\r\n",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, bytes) in shapes {
+        let up = FaultyServer::start(Fault::Respond(bytes)).await;
+        let weir = Manifest::new(&[up.addr]).start().await;
+        let mut c = H1Client::connect(weir.listener_addr("main")).await;
+        let r = c.get("/").await;
+        if r.status != 502 || r.header("x-weir-error") != Some("upstream_protocol_error") {
+            wrong.push(format!(
+                "{name}: {} {:?}",
+                r.status,
+                r.header("x-weir-error")
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "expected 502 upstream_protocol_error: {wrong:#?}"
+    );
+}

@@ -199,3 +199,90 @@ async fn idle_keepalive_connection_is_closed_at_idle_timeout() {
         "an idle keep-alive connection was not closed within 5s (idle_timeout 500ms)"
     );
 }
+
+#[tokio::test]
+async fn request_smuggling_shapes_are_rejected_and_not_forwarded() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let addr = weir.listener_addr("main");
+    let shapes: &[(&str, &[u8])] = &[
+        ("TE then CL", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n"),
+        ("TE list + CL", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+        ("TE not ending in chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
+        ("space before colon", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  b\r\n\r\n"),
+        ("signed Content-Length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc"),
+        ("negative Content-Length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"),
+        ("NUL in a header value", b"GET / HTTP/1.1\r\nHost: x\r\nX-Nul: a\x00b\r\n\r\n"),
+    ];
+    let mut wrong = Vec::new();
+    for (name, bytes) in shapes {
+        let mut c = RawClient::connect(addr).await;
+        let _ = c.write(bytes).await;
+        // A 4xx status, or a close without any response, both refuse the request.
+        let got = c.try_read_response().await.map(|r| r.status);
+        match got {
+            None => {}
+            Some(s) if (400..500).contains(&s) || s == 501 => {}
+            other => wrong.push(format!("{name}: {other:?}")),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "shapes not refused with 400/501: {wrong:#?}"
+    );
+    assert_nothing_forwarded(addr, &up).await;
+}
+
+#[tokio::test]
+async fn duplicate_or_missing_host_is_400() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let addr = weir.listener_addr("main");
+    // RFC 9112 §3.2: a server MUST respond 400 to an HTTP/1.1 request with no Host or several.
+    let (_c, two) = send_raw(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+    )
+    .await;
+    let (_c, none) = send_raw(addr, b"GET / HTTP/1.1\r\nX-No-Host: 1\r\n\r\n").await;
+    assert_eq!(
+        (two.status, none.status),
+        (400, 400),
+        "(two Host headers, no Host header) statuses; heads:\n{}\n{}",
+        two.head,
+        none.head
+    );
+    assert_nothing_forwarded(addr, &up).await;
+}
+
+#[tokio::test]
+async fn trickling_request_head_is_closed_at_header_read_timeout() {
+    // Slowloris proper: a byte every 100 ms keeps the socket busy; the timeout covers the whole
+    // head, so weir must still close at ~500 ms, not reset the clock on every read.
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr])
+        .limit("header_read_timeout", "500ms")
+        .start()
+        .await;
+    let mut c = RawClient::connect(weir.listener_addr("main")).await;
+    c.write(b"GET /trickle HTTP/1.1\r\nHost: weir.test\r\n")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let mut closed = false;
+    while t0.elapsed() < Duration::from_secs(5) {
+        if c.write(b"X").await.is_err() || c.wait_closed(Duration::from_millis(100)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a trickling head kept the connection open for 5s (header_read_timeout 500ms)"
+    );
+    eprintln!(
+        "trickling head closed after {:?} (timeout 500ms)",
+        t0.elapsed()
+    );
+}

@@ -281,19 +281,27 @@ impl RawClient {
 
     /// Reads one response (head and body). Panics if the connection ends before a full head.
     pub async fn read_response(&mut self) -> RawResponse {
+        match self.try_read_response().await {
+            Some(r) => r,
+            None => panic!(
+                "connection closed before a response head; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
+    }
+
+    /// Reads one response, or `None` if the connection ends before a full head.
+    pub async fn try_read_response(&mut self) -> Option<RawResponse> {
         crate::within("raw response", self.read_response_inner()).await
     }
 
-    async fn read_response_inner(&mut self) -> RawResponse {
+    async fn read_response_inner(&mut self) -> Option<RawResponse> {
         let head_end = loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {
                 break i + 4;
             }
             if !self.fill().await {
-                panic!(
-                    "connection closed before a response head; got {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
+                return None;
             }
         };
         let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
@@ -319,7 +327,7 @@ impl RawClient {
         let no_body =
             status == 101 || status == 204 || status == 304 || (100..200).contains(&status);
         if no_body {
-            return resp;
+            return Some(resp);
         }
         if let Some(len) = resp
             .header("content-length")
@@ -341,7 +349,7 @@ impl RawClient {
             while self.fill().await {}
             resp.body = std::mem::take(&mut self.buf);
         }
-        resp
+        Some(resp)
     }
 
     async fn read_chunked(&mut self) -> Vec<u8> {

@@ -30,6 +30,8 @@ pub enum Fault {
         /// Chunked framing instead of Content-Length.
         chunked: bool,
     },
+    /// Reads the request head, writes these exact bytes, then closes cleanly (FIN).
+    Respond(&'static [u8]),
 }
 
 /// A raw TCP upstream that misbehaves as told; stops (dropping its connections) when dropped.
@@ -142,6 +144,10 @@ async fn serve(mut tcp: TcpStream, fault: Fault, heads: Arc<Counted<String>>) {
                 b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789"
             };
             let _ = tcp.write_all(resp).await;
+            let _ = tcp.shutdown().await;
+        }
+        Fault::Respond(bytes) => {
+            let _ = tcp.write_all(bytes).await;
             let _ = tcp.shutdown().await;
         }
         Fault::Slow(d) => {
