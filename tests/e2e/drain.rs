@@ -113,3 +113,19 @@ async fn drain_timeout_bounds_the_wait() {
     let _ = within("client after forced close", held).await;
     up.release(1);
 }
+
+#[tokio::test]
+async fn sigterm_right_after_ready_is_a_graceful_exit() {
+    // The signal handlers must be in place before `weir: ready` is printed: a supervisor may
+    // signal as soon as it reads that line.
+    let up = EchoServer::start().await;
+    for round in 0..5 {
+        let mut weir = Manifest::new(&[up.addr]).start().await;
+        weir.sigterm();
+        let st = weir.wait_exit(Duration::from_secs(10)).await;
+        assert!(
+            st.success(),
+            "round {round}: SIGTERM just after ready gave {st}"
+        );
+    }
+}

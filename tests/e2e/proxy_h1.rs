@@ -431,3 +431,25 @@ async fn client_supplied_forwarded_proto_is_overwritten() {
         "x-forwarded-proto must be set by weir, not trusted from the client"
     );
 }
+
+#[tokio::test]
+async fn hundred_concurrent_connections() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).workers(Some(2)).start().await;
+    let addr = weir.listener_addr("main");
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = H1Client::connect(addr).await;
+            for j in 0..3 {
+                let r = c.post("/many", format!("{i}/{j}")).await;
+                assert_eq!(r.status, 200);
+                assert_eq!(r.text(), format!("{i}/{j}"));
+            }
+        }));
+    }
+    for t in tasks {
+        within("client", t).await.unwrap();
+    }
+    assert_eq!(up.wait_requests(300).await.len(), 300);
+}

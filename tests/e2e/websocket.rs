@@ -81,3 +81,44 @@ async fn tunnel_closes_when_the_client_closes() {
         "tunnel still open 5s after the client half-closed"
     );
 }
+
+#[tokio::test]
+async fn refused_upgrade_passes_through_and_the_connection_stays_usable() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = RawClient::connect(weir.listener_addr("main")).await;
+    c.write(
+        b"GET /no-upgrade/status/426 HTTP/1.1\r\nHost: weir.test\r\nConnection: Upgrade\r\n\
+Upgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let r = c.read_response().await;
+    assert_eq!(r.status, 426, "head: {}", r.head);
+    // No tunnel was set up: the same connection carries a normal request next.
+    c.write(b"GET /after HTTP/1.1\r\nHost: weir.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(c.read_response().await.status, 200);
+}
+
+#[tokio::test]
+async fn upgraded_upstream_connection_is_never_pooled() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let addr = weir.listener_addr("main");
+    let mut ws = RawClient::connect(addr).await;
+    ws.write(UPGRADE_REQUEST).await.unwrap();
+    assert_eq!(ws.read_response().await.status, 101);
+    // While the tunnel is open, a plain request needs (and gets) its own upstream connection.
+    let mut c = weir_tests::H1Client::connect(addr).await;
+    let r = c.get("/plain").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.accepts(), 2);
+    ws.stream().write_all(b"still tunnelled").await.unwrap();
+    let mut buf = [0u8; 15];
+    within("tunnel echo", ws.stream().read_exact(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf, b"still tunnelled");
+}

@@ -4,6 +4,7 @@
 //! | request | reply |
 //! |---|---|
 //! | `Upgrade:` header (HTTP/1.1) | `101`, then echoes every byte on the upgraded stream |
+//! | the same on a path `/no-upgrade…` | upgrade ignored: `426` (see `/status/NNN`) |
 //! | `content-type: application/grpc*` | `200`, the request body echoed, trailers `grpc-status: 0` |
 //! | the same, path ending `/Fail` | trailers-only `grpc-status: 5` (in the headers, no body) |
 //! | path `/stream…` | `200` at once, the request body streamed back frame by frame (full duplex) |
@@ -221,7 +222,7 @@ async fn respond(
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    if req.headers().contains_key(header::UPGRADE) {
+    if req.headers().contains_key(header::UPGRADE) && !req.uri().path().starts_with("/no-upgrade") {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let (parts, _) = req.into_parts();
         st.requests.push(record(conn, peer, &parts));
@@ -242,6 +243,18 @@ async fn respond(
 
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
+
+    if let Some(rest) = path.strip_prefix("/no-upgrade") {
+        // Served as a normal request: `/no-upgrade/status/426` answers 426.
+        if let Some(code) = rest.strip_prefix("/status/") {
+            let code: u16 = code.parse().unwrap_or(500);
+            st.requests.push(record(conn, peer, &parts));
+            return Response::builder()
+                .status(code)
+                .body(body_full(format!("status {code}")))
+                .unwrap();
+        }
+    }
 
     if path.starts_with("/stream") {
         st.requests.push(record(conn, peer, &parts));
