@@ -286,3 +286,163 @@ async fn trickling_request_head_is_closed_at_header_read_timeout() {
         t0.elapsed()
     );
 }
+
+const CL_TE: &[u8] = b"POST /smuggle HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+
+/// Reads the response to `CL_TE` on `c`: `None` if refused as it must be, else what came back.
+async fn cl_te_outcome(c: &mut RawClient) -> Option<String> {
+    match c.try_read_response().await {
+        Some(r) if r.status == 400 && r.header("x-weir-error") == Some("conflicting_framing") => {
+            None
+        }
+        Some(r) => Some(format!(
+            "answered {} {:?}",
+            r.status,
+            r.header("x-weir-error")
+        )),
+        None => Some("closed without the 400".to_string()),
+    }
+}
+
+/// Reads the response to `CL_TE` on `c` and checks it is refused.
+async fn assert_cl_te_refused(c: &mut RawClient, context: &str) {
+    if let Some(wrong) = cl_te_outcome(c).await {
+        panic!("{context}: CL+TE {wrong}");
+    }
+}
+
+#[tokio::test]
+async fn conflicting_framing_is_caught_on_later_requests_of_a_connection() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let addr = weir.listener_addr("main");
+    // (what goes first on the connection, its expected status); then CL+TE must be refused.
+    let firsts: &[(&str, &[u8], u16)] = &[
+        (
+            "a plain GET",
+            b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n",
+            200,
+        ),
+        (
+            "a Content-Length body",
+            b"POST /cl HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+            200,
+        ),
+        (
+            "a chunked body with extensions, upper-case hex and trailers",
+            b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+A;ext=1\r\n0123456789\r\n3;a=\"b\"\r\nxyz\r\n0\r\nX-Trailer: t\r\n\r\n",
+            200,
+        ),
+        (
+            "a websocket upgrade the upstream refused",
+            b"GET /no-upgrade/status/426 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+Upgrade: websocket\r\n\r\n",
+            426,
+        ),
+        (
+            "an h2c upgrade (served as plain HTTP/1.1)",
+            b"GET /h2c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+            200,
+        ),
+        (
+            "a head with bare-LF line ends",
+            b"GET /lf HTTP/1.1\nHost: x\nX-A: 1\n\n",
+            200,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, first, status) in firsts {
+        for pipelined in [false, true] {
+            let mut c = RawClient::connect(addr).await;
+            if pipelined {
+                c.write(&[*first, CL_TE].concat()).await.unwrap();
+            } else {
+                c.write(first).await.unwrap();
+            }
+            let Some(r) = c.try_read_response().await else {
+                wrong.push(format!("after {name}: the first request got no response"));
+                continue;
+            };
+            if r.status != *status {
+                wrong.push(format!("after {name}: first request answered {}", r.status));
+                continue;
+            }
+            if !pipelined && c.write(CL_TE).await.is_err() {
+                wrong.push(format!(
+                    "after {name}: connection closed after the first response"
+                ));
+                continue;
+            }
+            if let Some(w) = cl_te_outcome(&mut c).await {
+                let how = if pipelined { "pipelined" } else { "sequential" };
+                wrong.push(format!("after {name} ({how}): CL+TE {w}"));
+            }
+        }
+    }
+    let smuggled: Vec<String> = up
+        .requests()
+        .iter()
+        .map(|r| r.uri.to_string())
+        .filter(|p| p.contains("smuggle"))
+        .collect();
+    assert!(
+        wrong.is_empty() && smuggled.is_empty(),
+        "CL+TE not refused on a reused connection: {wrong:#?}\nreached the upstream: {smuggled:?}"
+    );
+}
+
+#[tokio::test]
+async fn conflicting_framing_split_across_writes_is_caught() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = RawClient::connect(weir.listener_addr("main")).await;
+    let (a, b) = CL_TE.split_at(40);
+    c.write(a).await.unwrap();
+    // A slow client, not a settle: weir is meant to see the head in two reads (if it reads both
+    // at once, the test is merely weaker).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.write(b).await.unwrap();
+    assert_cl_te_refused(&mut c, "head split across two writes").await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = RawClient::connect(weir.listener_addr("main")).await;
+    c.write(
+        b"POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\none\
+GET /status/404 HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nthree\r\n0\r\n\r\n\
+HEAD /4 HTTP/1.1\r\nHost: x\r\n\r\n\
+GET /5 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nfive",
+    )
+    .await
+    .unwrap();
+    let r1 = c.read_response().await;
+    assert_eq!((r1.status, r1.text().as_str()), (200, "one"));
+    let r2 = c.read_response().await;
+    assert_eq!((r2.status, r2.text().as_str()), (404, "status 404"));
+    let r3 = c.read_response().await;
+    assert_eq!((r3.status, r3.text().as_str()), (200, "three"));
+    // HEAD: a head only (the raw reader would otherwise take the next response as its body).
+    let r4 = c.read_response_to_head().await;
+    assert_eq!(r4.status, 200);
+    let r5 = c.read_response().await;
+    assert_eq!((r5.status, r5.text().as_str()), (200, "five"));
+}
+
+#[tokio::test]
+async fn http_1_0_request_is_served_and_closed() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let (mut c, r) = raw_request(weir.listener_addr("main"), b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.status, 200, "head {}", r.head);
+    assert!(
+        c.wait_closed(Duration::from_secs(5)).await,
+        "HTTP/1.0 without keep-alive left open"
+    );
+}

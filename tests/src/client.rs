@@ -242,6 +242,7 @@ pub struct RawClient {
     stream: TcpStream,
     buf: Vec<u8>,
     eof: bool,
+    head_only: bool,
 }
 
 impl RawClient {
@@ -255,6 +256,7 @@ impl RawClient {
             stream,
             buf: Vec::new(),
             eof: false,
+            head_only: false,
         }
     }
 
@@ -288,6 +290,14 @@ impl RawClient {
                 String::from_utf8_lossy(&self.buf)
             ),
         }
+    }
+
+    /// Reads one response head only (for a `HEAD` request: no body follows whatever it says).
+    pub async fn read_response_to_head(&mut self) -> RawResponse {
+        self.head_only = true;
+        let r = self.read_response().await;
+        self.head_only = false;
+        r
     }
 
     /// Reads one response, or `None` if the connection ends before a full head.
@@ -324,8 +334,11 @@ impl RawClient {
             headers,
             body: Vec::new(),
         };
-        let no_body =
-            status == 101 || status == 204 || status == 304 || (100..200).contains(&status);
+        let no_body = self.head_only
+            || status == 101
+            || status == 204
+            || status == 304
+            || (100..200).contains(&status);
         if no_body {
             return Some(resp);
         }
