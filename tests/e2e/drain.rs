@@ -129,3 +129,30 @@ async fn sigterm_right_after_ready_is_a_graceful_exit() {
         );
     }
 }
+
+#[tokio::test]
+async fn request_on_an_idle_connection_during_drain_is_answered_or_closed() {
+    let up = EchoServer::start().await;
+    let mut weir = Manifest::new(&[up.addr]).drain_timeout("20s").start().await;
+    let addr = weir.listener_addr("main");
+    // An idle keep-alive connection, opened before the drain.
+    let mut idle = weir_tests::RawClient::connect(addr).await;
+    idle.write(b"GET /before HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(idle.read_response().await.status, 200);
+    // A held request keeps the drain going.
+    let held = tokio::spawn(async move { H1Client::connect(addr).await.get("/hold").await });
+    up.wait_requests(2).await;
+    weir.sigterm();
+    wait_refused(addr).await;
+    // A new request on the idle connection: served, or the connection is closed, never a hang.
+    let _ = idle.write(b"GET /during HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    // (None: closed by the drain, which is fine.)
+    if let Some(r) = idle.try_read_response().await {
+        assert_eq!(r.status, 200, "head {}", r.head);
+    }
+    up.release(1);
+    assert_eq!(within("held", held).await.unwrap().status, 200);
+    assert!(weir.wait_exit(Duration::from_secs(10)).await.success());
+}

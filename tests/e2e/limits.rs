@@ -210,6 +210,9 @@ async fn request_smuggling_shapes_are_rejected_and_not_forwarded() {
         ("TE list + CL", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
         ("TE not ending in chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
         ("space before colon", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
+        ("CHUNKED + CL", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: CHUNKED\r\n\r\n0\r\n\r\n"),
+        ("TE split over two fields + CL", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("TE identity + CL", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\nContent-Length: 3\r\n\r\nabc"),
         ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  b\r\n\r\n"),
         ("signed Content-Length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc"),
         ("negative Content-Length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"),
@@ -433,6 +436,27 @@ GET /5 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nfive",
     assert_eq!(r4.status, 200);
     let r5 = c.read_response().await;
     assert_eq!((r5.status, r5.text().as_str()), (200, "five"));
+
+    // A long pipeline in one write.
+    let mut batch = Vec::new();
+    for i in 0..100 {
+        batch.extend_from_slice(
+            format!(
+                "POST /p/{i} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{i}",
+                i.to_string().len()
+            )
+            .as_bytes(),
+        );
+    }
+    c.write(&batch).await.unwrap();
+    for i in 0..100 {
+        let r = c.read_response().await;
+        assert_eq!(
+            (r.status, r.text()),
+            (200, i.to_string()),
+            "pipelined response {i}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -112,3 +112,24 @@ async fn client_disconnect_cancels_the_upstream_request() {
         assert_eq!(up.requests().len(), 1, "h2={h2}");
     }
 }
+
+#[tokio::test]
+async fn pooled_connection_closed_by_the_upstream_is_not_reused() {
+    for protocol in ["http1", "http2"] {
+        let up = EchoServer::start().await;
+        let weir = Manifest::new(&[up.addr]).protocol(protocol).start().await;
+        let mut c = H1Client::connect(weir.listener_addr("main")).await;
+        assert_eq!(c.get("/before").await.status, 200);
+        // The upstream restarts its connections while weir holds one idle in its pool.
+        up.drop_connections().await;
+        let r = c.get("/after").await;
+        assert_eq!(
+            r.status,
+            200,
+            "cluster {protocol}: {:?} {:?}",
+            r.header("x-weir-error"),
+            r.text()
+        );
+        assert_eq!(up.accepts(), 2, "cluster {protocol}");
+    }
+}

@@ -41,6 +41,7 @@ struct State {
     hold: Semaphore,
     closes: Counted<usize>,
     in_flight: watch::Sender<usize>,
+    kick: watch::Sender<u64>,
 }
 
 /// A running echo upstream; stops accepting (and drops its connections) when dropped.
@@ -74,6 +75,7 @@ impl EchoServer {
             hold: Semaphore::new(0),
             closes: Counted::new(),
             in_flight: watch::channel(0).0,
+            kick: watch::channel(0).0,
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -92,9 +94,17 @@ impl EchoServer {
                     if h2_only {
                         builder = builder.http2_only();
                     }
-                    let _ = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                        .await;
+                    let mut kick = st2.kick.subscribe();
+                    let serve = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+                    let mut serve = std::pin::pin!(serve);
+                    tokio::select! {
+                        _ = serve.as_mut() => {}
+                        _ = kick.changed() => {
+                            // Like a restarting server: h2 GOAWAY, h1 close once idle.
+                            serve.as_mut().graceful_shutdown();
+                            let _ = serve.await;
+                        }
+                    }
                     st2.closes.push(conn_id);
                 });
                 while conns.try_join_next().is_some() {}
@@ -148,6 +158,17 @@ impl EchoServer {
         )
         .await
         .expect("sender alive");
+    }
+
+    /// Shuts every open connection down gracefully, as a restarting upstream would (h2: GOAWAY;
+    /// h1: closed once idle), and waits until they are all closed on this side.
+    pub async fn drop_connections(&self) {
+        self.state.kick.send_modify(|k| *k += 1);
+        let n = self.accepts();
+        self.state
+            .closes
+            .wait_len(n, &format!("{n} connections closed at {}", self.addr))
+            .await;
     }
 
     /// Number of connections that have ended (closed by either side).
