@@ -79,3 +79,16 @@ async fn upgrade_echo_direct() {
         .unwrap();
     assert_eq!(&buf, b"ping");
 }
+
+#[tokio::test]
+#[should_panic(expected = "error: listeners[0]")]
+async fn failed_start_panics_with_weir_stderr() {
+    // weir exits 1 on an invalid manifest: Weir::start must say so and show weir's stderr.
+    let m = weir_tests::Manifest::new(&[weir_tests::closed_port()])
+        .yaml()
+        .replace(
+            "address: 127.0.0.1:0\n    default_cluster",
+            "adress: 127.0.0.1:0\n    default_cluster",
+        );
+    weir_tests::Weir::start(&m).await;
+}

@@ -78,7 +78,7 @@ impl Weir {
         let stderr = Arc::new(Mutex::new(String::new()));
         let err_pipe = child.stderr.take().expect("stderr piped");
         let sink = stderr.clone();
-        tokio::spawn(async move {
+        let mut stderr_task = tokio::spawn(async move {
             let mut lines = BufReader::new(err_pipe).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let mut s = sink.lock().unwrap();
@@ -119,13 +119,8 @@ impl Weir {
         .await;
         if ready != Ok(true) {
             let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-            // Give the stderr reader a moment to drain what the process wrote before it died.
-            let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                while Arc::strong_count(&stderr) > 1 {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await;
+            // Let the stderr reader drain what the process wrote before it died.
+            let _ = tokio::time::timeout(Duration::from_millis(500), &mut stderr_task).await;
             panic!(
                 "weir did not print `weir: ready` within {READY_TIMEOUT:?} ({}).\nstdout so far: \
                  {seen:#?}\nmanifest:\n{manifest}\nstderr:\n{}",
