@@ -453,3 +453,74 @@ async fn hundred_concurrent_connections() {
     }
     assert_eq!(up.wait_requests(300).await.len(), 300);
 }
+
+#[tokio::test]
+async fn each_listener_uses_its_own_default_cluster_and_announces_itself() {
+    let (a, b) = (EchoServer::start().await, EchoServer::start().await);
+    let m = format!(
+        "workers: 1
+admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, default_cluster: web }}
+  - {{ name: second, address: 127.0.0.1:0, default_cluster: other }}
+clusters:
+  web: {{ endpoints: [{}] }}
+  other: {{ endpoints: [{}] }}
+",
+        a.addr, b.addr
+    );
+    let weir = weir_tests::Weir::start(&m).await;
+    let lines = weir.readiness_lines();
+    assert_eq!(lines.len(), 4, "readiness lines: {lines:#?}");
+    assert_eq!(lines[3], "weir: ready");
+    for (i, name) in ["main", "second"].into_iter().enumerate() {
+        let want = format!(
+            "weir: listener {name} listening on {}",
+            weir.listener_addr(name)
+        );
+        assert_eq!(lines[i], want);
+    }
+    assert_eq!(
+        lines[2],
+        format!("weir: admin listening on {}", weir.admin_addr())
+    );
+
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    assert_eq!(
+        c.get("/m").await.header("x-upstream"),
+        Some(a.addr.to_string().as_str())
+    );
+    let mut c = H1Client::connect(weir.listener_addr("second")).await;
+    assert_eq!(
+        c.get("/s").await.header("x-upstream"),
+        Some(b.addr.to_string().as_str())
+    );
+}
+
+#[tokio::test]
+async fn logs_go_to_stderr_and_stdout_has_only_the_readiness_lines() {
+    let up = EchoServer::start().await;
+    let mut weir = weir_tests::Weir::start_with_args(
+        &Manifest::new(&[up.addr]).yaml(),
+        &["--log-level", "debug"],
+    )
+    .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    for i in 0..3 {
+        assert_eq!(c.get(&format!("/log/{i}")).await.status, 200);
+    }
+    drop(c);
+    up.wait_requests(3).await;
+    weir.sigterm();
+    let st = weir.wait_exit(std::time::Duration::from_secs(10)).await;
+    assert!(st.success(), "{st}");
+    assert!(
+        weir.stdout_after_ready().is_empty(),
+        "stdout after ready: {:?}",
+        weir.stdout_after_ready()
+    );
+    assert!(
+        !weir.stderr().is_empty(),
+        "debug logging wrote nothing to stderr"
+    );
+}

@@ -48,6 +48,8 @@ pub struct Weir {
     admin: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
     stdout_extra: Arc<Mutex<Vec<String>>>,
+    stdout_task: Option<tokio::task::JoinHandle<()>>,
+    readiness: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -134,7 +136,7 @@ impl Weir {
         // Keep draining stdout so a chatty process never blocks on a full pipe.
         let stdout_extra = Arc::new(Mutex::new(Vec::new()));
         let extra = stdout_extra.clone();
-        tokio::spawn(async move {
+        let stdout_task = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 extra.lock().unwrap().push(line);
             }
@@ -146,6 +148,8 @@ impl Weir {
             admin,
             stderr,
             stdout_extra,
+            stdout_task: Some(stdout_task),
+            readiness: seen,
             _dir: dir,
         }
     }
@@ -176,7 +180,13 @@ impl Weir {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Lines weir printed to stdout after `weir: ready`.
+    /// The stdout lines up to and including `weir: ready`.
+    pub fn readiness_lines(&self) -> &[String] {
+        &self.readiness
+    }
+
+    /// Lines weir printed to stdout after `weir: ready` (complete once [`Weir::wait_exit`]
+    /// returned).
     pub fn stdout_after_ready(&self) -> Vec<String> {
         self.stdout_extra.lock().unwrap().clone()
     }
@@ -202,13 +212,18 @@ impl Weir {
 
     /// Waits (at most `limit`) for the process to exit and returns its status.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        match tokio::time::timeout(limit, self.child.wait()).await {
+        let status = match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(r) => r.expect("wait for weir"),
             Err(_) => panic!(
                 "weir did not exit within {limit:?}; stderr:\n{}",
                 self.stderr()
             ),
+        };
+        // The process is gone, so stdout is at EOF: let its reader finish.
+        if let Some(t) = self.stdout_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
+        status
     }
 }
 
