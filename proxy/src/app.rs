@@ -46,6 +46,8 @@ pub fn run(config: Config, workers_override: Option<usize>) -> Result<(), AppErr
 }
 
 async fn serve(config: Arc<Config>, workers: usize) -> Result<(), AppError> {
+    // Handlers first: a SIGTERM that arrives right after "ready" must drain, not kill.
+    let signals = Signals::install()?;
     // Built-in demo origins first: their addresses become cluster endpoints.
     let mut endpoints = Vec::with_capacity(config.clusters.len());
     for c in &config.clusters {
@@ -123,7 +125,7 @@ async fn serve(config: Arc<Config>, workers: usize) -> Result<(), AppError> {
         "weir is serving"
     );
 
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!(timeout = ?config.drain_timeout, "draining");
     admin_state.draining.store(true, Ordering::Relaxed);
     let _ = drain_tx.send(true);
@@ -142,13 +144,25 @@ async fn serve(config: Arc<Config>, workers: usize) -> Result<(), AppError> {
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, both meaning "drain and exit".
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -7,14 +7,15 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::http::framing::FramingWatcher;
 use crate::http::service::ProxyService;
@@ -23,7 +24,6 @@ use crate::worker::WorkerCtx;
 
 /// What the connection's byte stream tells the request layer. Atomics only because hyper's
 /// upgrade support needs a `Send` socket type; every access is from the worker's one thread.
-#[derive(Default)]
 pub struct ConnState {
     /// Bumped on every read or write that moved bytes; the idle timer compares snapshots.
     activity: AtomicU64,
@@ -32,13 +32,35 @@ pub struct ConnState {
     /// 1 + index of the first request head with both `Content-Length` and `Transfer-Encoding`
     /// (0: none). The connection is closed after that request, so one slot is enough.
     first_conflict: AtomicU64,
+    /// Request heads the watcher has seen, and whether it still follows the stream.
+    heads: AtomicU64,
+    following: AtomicBool,
+}
+
+/// What the framing watcher says about the request the service is about to handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Its head was seen and is unambiguous.
+    Clean,
+    /// Its head carried both `Content-Length` and `Transfer-Encoding`.
+    Conflicting,
+    /// The watcher could not follow the byte stream up to this request (an upgrade that may not
+    /// have happened, a head it could not parse): serve it, then close — fail closed rather than
+    /// serve later requests on a stream nobody checked.
+    Unwatched,
 }
 
 impl ConnState {
-    /// Called once per request, in order: whether its head carried conflicting framing.
-    pub fn take_conflicting_framing(&self) -> bool {
+    /// Called once per HTTP/1 request, in order.
+    pub fn framing_of_next_request(&self) -> Framing {
         let index = self.served.fetch_add(1, Relaxed);
-        self.first_conflict.load(Relaxed) == index + 1
+        if self.first_conflict.load(Relaxed) == index + 1 {
+            Framing::Conflicting
+        } else if !self.following.load(Relaxed) || self.heads.load(Relaxed) <= index {
+            Framing::Unwatched
+        } else {
+            Framing::Clean
+        }
     }
 
     fn bump(&self) {
@@ -52,7 +74,6 @@ struct ConnIo {
     inner: TcpStream,
     state: Arc<ConnState>,
     framing: FramingWatcher,
-    heads: u64,
 }
 
 impl AsyncRead for ConnIo {
@@ -69,12 +90,15 @@ impl AsyncRead for ConnIo {
             this.state.bump();
             if this.framing.is_on() {
                 this.framing.feed(new);
+                let st = &this.state;
                 while let Some(conflict) = this.framing.pop_verdict() {
-                    this.heads += 1;
-                    if conflict && this.state.first_conflict.load(Relaxed) == 0 {
-                        this.state.first_conflict.store(this.heads, Relaxed);
+                    let heads = st.heads.load(Relaxed) + 1;
+                    st.heads.store(heads, Relaxed);
+                    if conflict && st.first_conflict.load(Relaxed) == 0 {
+                        st.first_conflict.store(heads, Relaxed);
                     }
                 }
+                st.following.store(this.framing.is_on(), Relaxed);
             }
         }
         r
@@ -129,22 +153,30 @@ pub async fn serve(
     listener: Rc<ListenerCtx>,
     mut drain: watch::Receiver<bool>,
 ) {
-    let state = Arc::new(ConnState::default());
+    let state = Arc::new(ConnState {
+        activity: AtomicU64::new(0),
+        served: AtomicU64::new(0),
+        first_conflict: AtomicU64::new(0),
+        heads: AtomicU64::new(0),
+        following: AtomicBool::new(true),
+    });
     let io = TokioIo::new(ConnIo {
         inner: stream,
         state: state.clone(),
         framing: FramingWatcher::default(),
-        heads: 0,
     });
     let svc = ProxyService::new(worker, listener.clone(), state.clone(), peer);
     let conn = listener.http.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
 
     let limits = &listener.limits;
-    // First period: a client that sends nothing at all within the header-read timeout is dropped
-    // (hyper's own header timer starts only once it knows the protocol). Then: idle periods.
-    let mut period = limits.header_read_timeout;
+    // Two clocks: a client that sends nothing at all within the header-read timeout is dropped
+    // (hyper's own header timer starts only once it knows the protocol), and a connection that
+    // moves no byte for the idle timeout is closed gracefully (forcibly one idle period later).
+    let start = Instant::now();
+    let tick = limits.header_read_timeout.min(limits.idle_timeout) / 4;
     let mut last_seen = 0;
+    let mut last_change = start;
     let mut closing = *drain.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
@@ -162,19 +194,25 @@ pub async fn serve(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep(period) => {
+            _ = tokio::time::sleep(tick) => {
+                let now = Instant::now();
                 let seen = state.activity.load(Relaxed);
-                if seen == last_seen {
-                    if seen == 0 || closing {
-                        tracing::debug!(%peer, "closing a silent connection");
+                if seen != last_seen {
+                    last_seen = seen;
+                    last_change = now;
+                } else if seen == 0 && now - start >= limits.header_read_timeout {
+                    tracing::debug!(%peer, "closing a connection that sent nothing");
+                    return;
+                } else if seen != 0 && now - last_change >= limits.idle_timeout {
+                    if closing {
+                        tracing::debug!(%peer, "closing an idle connection that did not wind down");
                         return;
                     }
                     tracing::debug!(%peer, "closing an idle connection");
                     closing = true;
+                    last_change = now;
                     conn.as_mut().graceful_shutdown();
                 }
-                last_seen = seen;
-                period = limits.idle_timeout;
             }
         }
     }

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: measured faster than glibc malloc on the request path (see benches/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Weir: a WebAssembly-extensible programmable proxy for service meshes.
 #[derive(Parser)]
 #[command(name = "weir", version, about, long_about = None)]

@@ -100,6 +100,7 @@ async fn run(spec: WorkerSpec) {
         let ctx = std::rc::Rc::new(ListenerCtx::new(&config.listeners[li], workers));
         tokio::task::spawn_local(accept_loop(listener, ctx, worker.clone(), drain.clone()));
     }
+    tokio::task::spawn_local(sweep_pools(worker.clone()));
     tracing::debug!(worker = id, "worker started");
     let _ = drain.wait_for(|d| *d).await;
     // The accept loops have seen the same signal and dropped their sockets; connections are
@@ -115,4 +116,25 @@ async fn run(spec: WorkerSpec) {
         );
     }
     tracing::debug!(worker = id, "worker drained");
+}
+
+/// Closes pooled upstream connections once idle past their cluster's `pool.idle_timeout`, so idle
+/// connections do not linger when traffic stops (checkout and checkin also drop stale ones).
+async fn sweep_pools(worker: std::rc::Rc<WorkerCtx>) {
+    let shortest = worker
+        .clusters
+        .iter()
+        .flat_map(|c| c.endpoints.iter().map(|e| e.pool.idle_timeout()))
+        .min();
+    let Some(shortest) = shortest else { return };
+    let mut every = tokio::time::interval((shortest / 4).max(std::time::Duration::from_millis(10)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let now = every.tick().await;
+        for c in &worker.clusters {
+            for e in &c.endpoints {
+                e.pool.evict_stale(now);
+            }
+        }
+    }
 }

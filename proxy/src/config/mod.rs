@@ -217,6 +217,11 @@ pub fn parse(text: &str, source_name: &str, base_dir: &Path) -> Result<Config, C
             message = format!("{message} (line {}, column {})", loc.line(), loc.column());
         }
         let path = if path == "." { String::new() } else { path };
+        // serde_yaml_ng already prefixes some messages with the path; say it once.
+        let message = message
+            .strip_prefix(&format!("{path}: "))
+            .map(str::to_owned)
+            .unwrap_or(message);
         ConfigError::one(source_name, path, message)
     })?;
     validate(manifest, base_dir).map_err(|errors| ConfigError {

@@ -92,19 +92,27 @@ impl FramingWatcher {
                         if data.is_empty() {
                             return;
                         }
+                        // The common case: the whole head arrived in one read; parse it in place.
+                        if let Some(end) = head_end(data, 0) {
+                            let (head, rest) = data.split_at(end);
+                            self.on_head(head);
+                            data = rest;
+                            continue;
+                        }
                     }
-                    let start = self.line.len().saturating_sub(3);
-                    let (used, done) = take_until(&mut self.line, data, b"\r\n\r\n", start);
+                    let start = self.line.len().saturating_sub(2);
+                    let (used, done) = take_until(&mut self.line, data, start, head_end);
                     data = &data[used..];
                     if self.line.len() > MAX_HEAD {
                         self.off();
                     } else if done {
-                        self.on_head();
+                        let head = std::mem::take(&mut self.line);
+                        self.on_head(&head);
                     }
                 }
                 State::ChunkSize | State::ChunkDataEnd | State::Trailers => {
-                    let start = self.line.len().saturating_sub(1);
-                    let (used, done) = take_until(&mut self.line, data, b"\r\n", start);
+                    let start = self.line.len();
+                    let (used, done) = take_until(&mut self.line, data, start, line_end);
                     data = &data[used..];
                     if self.line.len() > 4096 {
                         self.off();
@@ -121,14 +129,13 @@ impl FramingWatcher {
         self.line = Vec::new();
     }
 
-    fn on_head(&mut self) {
-        let head = std::mem::take(&mut self.line);
+    fn on_head(&mut self, head: &[u8]) {
         if head.starts_with(b"PRI * HTTP/2.0") {
             return self.off();
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(&head), Ok(httparse::Status::Complete(_))) {
+        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
             return self.off(); // hyper rejects it and closes
         }
         let (mut cl, mut te, mut upgrade) = (None::<u64>, false, false);
@@ -170,7 +177,8 @@ impl FramingWatcher {
 
     fn on_line(&mut self) {
         let line = std::mem::take(&mut self.line);
-        let line = line.strip_suffix(b"\r\n").unwrap_or(&line);
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         self.state = match self.state {
             State::ChunkSize => {
                 let hex = line
@@ -196,14 +204,38 @@ impl FramingWatcher {
     }
 }
 
-/// Appends bytes to `acc` up to and including the first `pat` (searching from `from` in `acc`).
-/// Returns how many bytes of `data` were used and whether `pat` was found.
-fn take_until(acc: &mut Vec<u8>, data: &[u8], pat: &[u8], from: usize) -> (usize, bool) {
+/// End (exclusive) of the first empty line at or after `from`: the end of a head. Like httparse,
+/// accepts LF as well as CRLF line ends, so a head the parser takes is a head the watcher sees.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(i) = memchr::memchr(b'\n', &buf[at..]) {
+        let nl = at + i;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            _ => at = nl + 1,
+        }
+    }
+    None
+}
+
+/// End (exclusive) of the first line at or after `from`.
+fn line_end(buf: &[u8], from: usize) -> Option<usize> {
+    memchr::memchr(b'\n', &buf[from..]).map(|i| from + i + 1)
+}
+
+/// Appends bytes to `acc` up to the end `find` reports (searching from `from` in `acc`).
+/// Returns how many bytes of `data` were used and whether the end was found.
+fn take_until(
+    acc: &mut Vec<u8>,
+    data: &[u8],
+    from: usize,
+    find: fn(&[u8], usize) -> Option<usize>,
+) -> (usize, bool) {
     let old = acc.len();
     acc.extend_from_slice(data);
-    match acc[from..].windows(pat.len()).position(|w| w == pat) {
-        Some(i) => {
-            let end = from + i + pat.len();
+    match find(acc, from.min(old)) {
+        Some(end) => {
             acc.truncate(end);
             (end - old, true)
         }
@@ -234,6 +266,17 @@ GET /e HTTP/1.1\r\nHost: x\r\n\r\n";
         for split in [1, 2, 3, 7, 64, stream.len()] {
             let (v, on) = verdicts(stream, split);
             assert_eq!(v, [false, false, false, true, false], "split {split}");
+            assert!(on);
+        }
+    }
+
+    #[test]
+    fn bare_lf_heads_and_chunk_lines_are_followed() {
+        let stream = b"GET /lf HTTP/1.1\nHost: x\n\nPOST /c HTTP/1.1\nTransfer-Encoding: chunked\n\n3\nabc\n0\n\n\
+POST /s HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for split in [1, 3, stream.len()] {
+            let (v, on) = verdicts(stream, split);
+            assert_eq!(v, [false, false, true], "split {split}");
             assert!(on);
         }
     }

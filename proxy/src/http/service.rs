@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use super::body::ProxyBody;
 use super::headers::{ensure_request_id, is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
 use super::respond::{self, ProxyError};
-use crate::conn::ConnState;
+use crate::conn::{ConnState, Framing};
 use crate::listener::ListenerCtx;
 use crate::upstream::{self, Cluster, Endpoint};
 use crate::worker::WorkerCtx;
@@ -48,8 +48,8 @@ impl ProxyService {
 
     async fn proxy(self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
         let limits = &self.listener.limits;
-        if self.conn.take_conflicting_framing() {
-            return Err(ProxyError::ConflictingFraming);
+        if req.version() <= Version::HTTP_11 {
+            check_host(&req)?;
         }
         let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
             + req.uri().authority().map_or(0, |a| a.as_str().len());
@@ -118,11 +118,36 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
+        let framing = if req.version() <= Version::HTTP_11 {
+            this.conn.framing_of_next_request()
+        } else {
+            Framing::Clean
+        };
         Box::pin(async move {
-            Ok(match this.proxy(req).await {
+            if framing == Framing::Conflicting {
+                return Ok(respond::error_response(&ProxyError::ConflictingFraming));
+            }
+            let mut resp = match this.proxy(req).await {
                 Ok(r) => r,
                 Err(e) => respond::error_response(&e),
-            })
+            };
+            if framing == Framing::Unwatched && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(resp)
         })
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`; HTTP/1.0 at most one.
+fn check_host(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
+        (None, _) if req.version() == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("missing Host header"))
+        }
+        _ => Ok(()),
     }
 }

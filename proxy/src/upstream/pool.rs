@@ -72,6 +72,18 @@ impl Pool {
         idle.push_back((s, now));
     }
 
+    /// Drops idle connections that have been idle too long or were closed by the peer.
+    pub fn evict_stale(&self, now: Instant) {
+        self.idle
+            .borrow_mut()
+            .retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < self.idle_timeout);
+    }
+
+    /// The pool's idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
     /// Idle HTTP/1.1 connections held now.
     pub fn idle_count(&self) -> usize {
         self.idle.borrow().len()

@@ -1,0 +1,34 @@
+# Weir's task runner: CI calls these targets verbatim (see .ci/run).
+#   make run    start Weir on the embedded default manifest (http://127.0.0.1:8080, admin :9901)
+#   make test   run every test (builds the wasm32-wasip1 guest programs on the way)
+#   make lint   rustfmt + clippy with warnings denied
+#   make bench  the load harness (Weir vs direct vs nginx) and the criterion micro-benchmarks
+SHELL := /bin/bash
+CARGO ?= cargo
+WEIR_ARGS ?=
+
+.PHONY: run test lint bench bench-load bench-micro toolchain
+
+# rustup here does not auto-install targets, so every entry point makes sure of them first.
+toolchain:
+	@rustup target add wasm32-wasip1 >/dev/null 2>&1 || rustup target add wasm32-wasip1
+	@rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+run: toolchain
+	$(CARGO) run -p weir -- run $(WEIR_ARGS)
+
+test: toolchain
+	$(CARGO) build -p weir
+	$(CARGO) test --workspace --no-fail-fast
+
+lint: toolchain
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: bench-micro bench-load
+
+bench-micro: toolchain
+	$(CARGO) bench -p weir-benches
+
+bench-load: toolchain
+	bash benches/load/run.sh
