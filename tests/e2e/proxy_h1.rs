@@ -524,3 +524,20 @@ async fn logs_go_to_stderr_and_stdout_has_only_the_readiness_lines() {
         "debug logging wrote nothing to stderr"
     );
 }
+
+#[tokio::test]
+async fn absolute_form_target_becomes_origin_form_with_its_authority_as_host() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let (_c, r) = weir_tests::client::raw_request(
+        weir.listener_addr("main"),
+        b"GET http://service.test/abs?q=1 HTTP/1.1\r\nHost: other.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "head {}", r.head);
+    let seen = &up.wait_requests(1).await[0];
+    assert_eq!(seen.uri, "/abs?q=1", "the upstream gets origin-form");
+    // RFC 9112 §3.2.2: with an absolute-form target the Host field is ignored and replaced by the
+    // target's authority, so every hop agrees on the host.
+    assert_eq!(seen.header("host"), Some("service.test"));
+}
