@@ -57,7 +57,10 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// Per-callback time budgets.
+/// Per-callback time budgets. A callback is interrupted (and its VM fails) once its wall-clock
+/// budget has passed *and*, on Linux, it has since consumed a full budget of CPU time — so CPU
+/// contention on a busy machine does not kill well-behaved filters; a spinning guest is stopped
+/// after about twice its budget, and never later than 51 budgets of wall time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
     /// Request/response headers and trailers.

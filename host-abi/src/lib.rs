@@ -48,6 +48,7 @@
 
 mod buffers;
 mod config;
+mod deadline;
 mod embedder;
 mod error;
 mod grpc;

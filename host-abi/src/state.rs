@@ -7,6 +7,7 @@ use std::time::Duration;
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
 use crate::config::Limits;
+use crate::deadline::DeadlineState;
 use crate::embedder::{CalloutResponse, NoStream, PluginHost, StreamBox};
 use crate::metrics::VmMetrics;
 use crate::shared_data::{KvSpace, SharedState};
@@ -126,6 +127,7 @@ pub(crate) struct HostState {
     /// The root returned false from `on_done` and may call `proxy_done`.
     pub(crate) root_done_pending: bool,
     pub(crate) root_done_called: bool,
+    pub(crate) deadline: DeadlineState,
 }
 
 impl HostState {
@@ -152,6 +154,7 @@ impl HostState {
             metrics,
             root_done_pending: false,
             root_done_called: false,
+            deadline: DeadlineState::default(),
         }
     }
 

@@ -155,8 +155,10 @@ impl Vm {
         let state = HostState::new(plugin, host, runtime.shared().clone(), VmMetrics::new(runtime.metrics().clone()));
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(runtime.ticks(config.limits.deadlines.start));
+        store.epoch_deadline_callback(|mut ctx| Ok(crate::deadline::on_expiry(ctx.data_mut())));
+        let start_ticks = runtime.ticks(config.limits.deadlines.start);
+        store.data_mut().deadline.arm(start_ticks, config.limits.deadlines.start);
+        store.set_epoch_deadline(start_ticks);
         let instance = module.pre().instantiate(&mut store).map_err(|e| StartError::Instantiate(format!("{e:?}")))?;
 
         let memory = instance.get_memory(&mut store, "memory");
@@ -361,7 +363,9 @@ impl Vm {
             std::mem::swap(&mut st.stream, *s);
             st.stream_ctx = Some(*sctx);
         }
-        self.store.set_epoch_deadline(self.runtime.ticks(deadline));
+        let ticks = self.runtime.ticks(deadline);
+        self.store.data_mut().deadline.arm(ticks, deadline);
+        self.store.set_epoch_deadline(ticks);
         let started = Instant::now();
         let result = func.call(&mut self.store, params);
         let elapsed = started.elapsed();

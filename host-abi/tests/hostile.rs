@@ -855,3 +855,37 @@ fn a_vm_noticed_failed_by_the_plugin_is_replaced_even_without_on_failure() {
     assert!(matches!(plugin.vm_at(t0), Availability::Unavailable(Verdict::FailClosed)));
     assert!(matches!(plugin.vm_at(t0 + Duration::from_millis(100)), Availability::Ready(_)));
 }
+
+/// A plugin host whose logging blocks the thread (as a descheduled worker would look to the guest).
+struct SlowHost;
+impl PluginHost for SlowHost {
+    fn log(&mut self, _level: weir_host_abi::LogLevel, _message: &str) {
+        std::thread::sleep(Duration::from_millis(15));
+    }
+}
+
+#[test]
+fn time_off_cpu_is_not_charged_to_the_guest() {
+    let rt = runtime();
+    // Five slow host calls (75 ms of wall time, almost no guest CPU) against a 10 ms budget, with
+    // a guest function call after each so the epoch deadline is checked.
+    let step = "(drop (call $log (i32.const 2) (i32.const 100) (i32.const 1))) (call $nop)";
+    let body = format!("{step} {step} {step} {step} {step} i32.const 0");
+    let wat = module(
+        r#"(import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))"#,
+        &[("proxy_on_request_headers", &body)],
+        "(func $nop)",
+    );
+    let module = rt.compile(wat.as_bytes()).unwrap();
+    let mut config = PluginConfig::new("slow-host");
+    config.limits.deadlines.headers = Duration::from_millis(10);
+    let mut vm = Vm::new(&rt, module, config, Box::new(SlowHost)).unwrap();
+    let ctx = vm.create_http_stream().unwrap();
+    let mut s = Stream::boxed();
+    let t0 = Instant::now();
+    let out = vm.on_request_headers(ctx, &mut s, 0, false);
+    assert!(t0.elapsed() >= Duration::from_millis(75));
+    if cfg!(target_os = "linux") {
+        assert_eq!(out.unwrap().action, Action::Continue, "a guest that used little CPU keeps running");
+    }
+}
