@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
@@ -22,19 +23,35 @@ use crate::http::service::ProxyService;
 use crate::listener::ListenerCtx;
 use crate::worker::WorkerCtx;
 
-/// What the connection's byte stream tells the request layer. Atomics only because hyper's
-/// upgrade support needs a `Send` socket type; every access is from the worker's one thread.
+/// What the connection's byte stream tells the request layer. `Sync` only because hyper's
+/// upgrade support needs a `Send` socket type: every access is from the worker's one thread, so
+/// the lock is never contended.
 pub struct ConnState {
     /// Bumped on every read or write that moved bytes; the idle timer compares snapshots.
     activity: AtomicU64,
+    framing: Mutex<FramingTrack>,
+}
+
+struct FramingTrack {
+    watcher: FramingWatcher,
+    /// Request heads the watcher has seen.
+    heads: u64,
     /// Requests handed to the service so far.
-    served: AtomicU64,
-    /// 1 + index of the first request head with both `Content-Length` and `Transfer-Encoding`
-    /// (0: none). The connection is closed after that request, so one slot is enough.
-    first_conflict: AtomicU64,
-    /// Request heads the watcher has seen, and whether it still follows the stream.
-    heads: AtomicU64,
-    following: AtomicBool,
+    served: u64,
+    /// 1 + index of the first head with both `Content-Length` and `Transfer-Encoding` (0: none).
+    /// The connection is closed after that request, so one slot is enough.
+    first_conflict: u64,
+}
+
+impl FramingTrack {
+    fn absorb_verdicts(&mut self) {
+        while let Some(conflict) = self.watcher.pop_verdict() {
+            self.heads += 1;
+            if conflict && self.first_conflict == 0 {
+                self.first_conflict = self.heads;
+            }
+        }
+    }
 }
 
 /// What the framing watcher says about the request the service is about to handle.
@@ -44,36 +61,76 @@ pub enum Framing {
     Clean,
     /// Its head carried both `Content-Length` and `Transfer-Encoding`.
     Conflicting,
-    /// The watcher could not follow the byte stream up to this request (an upgrade that may not
-    /// have happened, a head it could not parse): serve it, then close — fail closed rather than
-    /// serve later requests on a stream nobody checked.
+    /// The watcher could not follow the byte stream up to this request (a head it could not
+    /// parse, too much data after an upgrade request): serve it, then close — fail closed rather
+    /// than serve later requests on a stream nobody checked.
     Unwatched,
 }
 
 impl ConnState {
-    /// Called once per HTTP/1 request, in order.
-    pub fn framing_of_next_request(&self) -> Framing {
-        let index = self.served.fetch_add(1, Relaxed);
-        if self.first_conflict.load(Relaxed) == index + 1 {
-            Framing::Conflicting
-        } else if !self.following.load(Relaxed) || self.heads.load(Relaxed) <= index {
-            Framing::Unwatched
-        } else {
-            Framing::Clean
+    fn new() -> Self {
+        Self {
+            activity: AtomicU64::new(0),
+            framing: Mutex::new(FramingTrack {
+                watcher: FramingWatcher::default(),
+                heads: 0,
+                served: 0,
+                first_conflict: 0,
+            }),
         }
     }
 
-    fn bump(&self) {
+    fn track(&self) -> std::sync::MutexGuard<'_, FramingTrack> {
+        self.framing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn bytes_read(&self, data: &[u8]) {
+        self.activity
+            .store(self.activity.load(Relaxed) + 1, Relaxed);
+        let mut t = self.track();
+        if t.watcher.is_on() {
+            t.watcher.feed(data);
+            t.absorb_verdicts();
+        }
+    }
+
+    fn bytes_written(&self) {
         self.activity
             .store(self.activity.load(Relaxed) + 1, Relaxed);
     }
+
+    /// Called once per HTTP/1 request, in order; also returns the request's index.
+    pub fn framing_of_next_request(&self) -> (Framing, u64) {
+        let mut t = self.track();
+        let index = t.served;
+        t.served += 1;
+        let f = if t.first_conflict == index + 1 {
+            Framing::Conflicting
+        } else if !t.watcher.is_on() || t.heads <= index {
+            Framing::Unwatched
+        } else {
+            Framing::Clean
+        };
+        (f, index)
+    }
+
+    /// Request `index` was answered without switching protocols: if its head asked for an
+    /// upgrade, what followed it are requests, which the watcher now reads.
+    pub fn not_upgraded(&self, index: u64) {
+        let mut t = self.track();
+        if t.watcher.awaits_upgrade() && t.heads == index + 1 {
+            t.watcher.resume();
+            t.absorb_verdicts();
+        }
+    }
 }
 
-/// The socket, seen through [`ConnState`] and the framing watcher.
+/// The socket, seen through [`ConnState`].
 struct ConnIo {
     inner: TcpStream,
     state: Arc<ConnState>,
-    framing: FramingWatcher,
 }
 
 impl AsyncRead for ConnIo {
@@ -87,19 +144,7 @@ impl AsyncRead for ConnIo {
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         let new = &buf.filled()[before..];
         if !new.is_empty() {
-            this.state.bump();
-            if this.framing.is_on() {
-                this.framing.feed(new);
-                let st = &this.state;
-                while let Some(conflict) = this.framing.pop_verdict() {
-                    let heads = st.heads.load(Relaxed) + 1;
-                    st.heads.store(heads, Relaxed);
-                    if conflict && st.first_conflict.load(Relaxed) == 0 {
-                        st.first_conflict.store(heads, Relaxed);
-                    }
-                }
-                st.following.store(this.framing.is_on(), Relaxed);
-            }
+            this.state.bytes_read(new);
         }
         r
     }
@@ -114,7 +159,7 @@ impl AsyncWrite for ConnIo {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.bump();
+            this.state.bytes_written();
         }
         r
     }
@@ -127,7 +172,7 @@ impl AsyncWrite for ConnIo {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.bump();
+            this.state.bytes_written();
         }
         r
     }
@@ -153,17 +198,10 @@ pub async fn serve(
     listener: Rc<ListenerCtx>,
     mut drain: watch::Receiver<bool>,
 ) {
-    let state = Arc::new(ConnState {
-        activity: AtomicU64::new(0),
-        served: AtomicU64::new(0),
-        first_conflict: AtomicU64::new(0),
-        heads: AtomicU64::new(0),
-        following: AtomicBool::new(true),
-    });
+    let state = Arc::new(ConnState::new());
     let io = TokioIo::new(ConnIo {
         inner: stream,
         state: state.clone(),
-        framing: FramingWatcher::default(),
     });
     let svc = ProxyService::new(worker, listener.clone(), state.clone(), peer);
     let conn = listener.http.serve_connection_with_upgrades(io, svc);

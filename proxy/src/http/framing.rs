@@ -13,6 +13,8 @@ use std::collections::VecDeque;
 
 /// Largest head the watcher buffers; past it hyper answers 431 anyway.
 const MAX_HEAD: usize = 1 << 20;
+/// Bytes held after an upgrade head until the service knows whether the upgrade happened.
+const MAX_HELD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 256;
 
 #[derive(Debug)]
@@ -23,6 +25,10 @@ enum State {
     ChunkData(u64),
     ChunkDataEnd,
     Trailers,
+    /// After a head asking for an upgrade (or CONNECT): the bytes that follow are a tunnel if the
+    /// upstream agreed, the next request if not. Only [`FramingWatcher::resume`] (the service saw
+    /// no `101`) brings the watcher back; any byte before that switches it off.
+    AwaitUpgrade,
     Off,
 }
 
@@ -32,6 +38,7 @@ pub struct FramingWatcher {
     state: State,
     /// Bytes of the current head (or chunk-size / trailer line) not yet complete.
     line: Vec<u8>,
+    held: Vec<u8>,
     verdicts: VecDeque<bool>,
 }
 
@@ -40,6 +47,7 @@ impl Default for FramingWatcher {
         Self {
             state: State::Head,
             line: Vec::new(),
+            held: Vec::new(),
             verdicts: VecDeque::new(),
         }
     }
@@ -49,6 +57,20 @@ impl FramingWatcher {
     /// Whether the watcher still follows the stream.
     pub fn is_on(&self) -> bool {
         !matches!(self.state, State::Off)
+    }
+
+    /// Whether it waits to learn if the last head's upgrade happened.
+    pub fn awaits_upgrade(&self) -> bool {
+        matches!(self.state, State::AwaitUpgrade)
+    }
+
+    /// The last head's upgrade did not happen: the bytes after it are new requests.
+    pub fn resume(&mut self) {
+        if self.awaits_upgrade() {
+            self.state = State::Head;
+            let held = std::mem::take(&mut self.held);
+            self.feed(&held);
+        }
     }
 
     /// The verdict for the next complete head, in order: `true` if it had both framings.
@@ -61,6 +83,13 @@ impl FramingWatcher {
         while !data.is_empty() {
             match self.state {
                 State::Off => return,
+                State::AwaitUpgrade => {
+                    if self.held.len() + data.len() > MAX_HELD {
+                        return self.off();
+                    }
+                    self.held.extend_from_slice(data);
+                    return;
+                }
                 State::Body(n) => {
                     let take = (n.min(data.len() as u64)) as usize;
                     data = &data[take..];
@@ -127,6 +156,7 @@ impl FramingWatcher {
     fn off(&mut self) {
         self.state = State::Off;
         self.line = Vec::new();
+        self.held = Vec::new();
     }
 
     fn on_head(&mut self, head: &[u8]) {
@@ -165,7 +195,8 @@ impl FramingWatcher {
             .method
             .is_some_and(|m| m.eq_ignore_ascii_case("CONNECT"));
         if upgrade || connect {
-            return self.off(); // the rest may be a tunnel
+            self.state = State::AwaitUpgrade; // the rest may be a tunnel
+            return;
         }
         self.state = match (te, cl) {
             (true, _) if te_chunked_last => State::ChunkSize,
@@ -292,7 +323,7 @@ POST /s HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n
     }
 
     #[test]
-    fn switches_off_for_h2_upgrades_and_garbage() {
+    fn switches_off_for_h2_tunnels_and_garbage() {
         assert!(!verdicts(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 4).1);
         assert!(
             !verdicts(

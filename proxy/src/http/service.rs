@@ -118,11 +118,12 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        let framing = if req.version() <= Version::HTTP_11 {
+        let (framing, index) = if req.version() <= Version::HTTP_11 {
             this.conn.framing_of_next_request()
         } else {
-            Framing::Clean
+            (Framing::Clean, 0)
         };
+        let conn = self.conn.clone();
         Box::pin(async move {
             if framing == Framing::Conflicting {
                 return Ok(respond::error_response(&ProxyError::ConflictingFraming));
@@ -131,9 +132,15 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                 Ok(r) => r,
                 Err(e) => respond::error_response(&e),
             };
-            if framing == Framing::Unwatched && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                match framing {
+                    Framing::Unwatched => {
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Framing::Clean => conn.not_upgraded(index),
+                    Framing::Conflicting => {}
+                }
             }
             Ok(resp)
         })

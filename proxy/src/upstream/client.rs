@@ -123,13 +123,15 @@ fn prepare(req: &mut Request<ProxyBody>, protocol: Protocol) {
     match protocol {
         Protocol::Http1 => {
             *req.version_mut() = Version::HTTP_11;
-            if !req.headers().contains_key(header::HOST)
+            // RFC 9112 §3.2.2: with an absolute-form target, its authority replaces `Host`.
+            let absolute = req.uri().authority().is_some();
+            if (absolute || !req.headers().contains_key(header::HOST))
                 && let Some(a) = &authority
                 && let Ok(v) = HeaderValue::from_str(a.as_str())
             {
                 req.headers_mut().insert(header::HOST, v);
             }
-            if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            if absolute || req.uri().scheme().is_some() {
                 *req.uri_mut() = Uri::from(pq);
             }
         }
