@@ -35,6 +35,8 @@ pub enum ProxyError {
     ConflictingFraming,
     #[error("request target is longer than {0} bytes")]
     UriTooLong(u64),
+    #[error("method {0} is not served by a reverse proxy")]
+    MethodNotAllowed(http::Method),
     #[error("no endpoint available in cluster {0}")]
     NoHealthyUpstream(String),
     #[error("connect to {addr} failed: {source}")]
@@ -81,6 +83,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ConflictingFraming => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoHealthyUpstream(_)
             | ProxyError::ConnectFailure { .. }
             | ProxyError::ConnectTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -98,6 +101,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ConflictingFraming => "conflicting_framing",
             ProxyError::UriTooLong(_) => "uri_too_long",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::NoHealthyUpstream(_) => "no_healthy_upstream",
             ProxyError::ConnectFailure { .. } => "upstream_connect_failure",
             ProxyError::ConnectTimeout(_) => "upstream_connect_timeout",

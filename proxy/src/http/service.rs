@@ -51,6 +51,10 @@ impl ProxyService {
         if req.version() <= Version::HTTP_11 {
             check_host(&req)?;
         }
+        // A reverse proxy does not open tunnels to arbitrary hosts.
+        if req.method() == http::Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed(http::Method::CONNECT));
+        }
         let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
             + req.uri().authority().map_or(0, |a| a.as_str().len());
         if uri_len as u64 > limits.max_uri_length {
