@@ -355,6 +355,12 @@ Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
             b"GET /lf HTTP/1.1\nHost: x\nX-A: 1\n\n",
             200,
         ),
+        (
+            "a Content-Length body that looks like a CL+TE request",
+            b"POST /decoy HTTP/1.1\r\nHost: x\r\nContent-Length: 87\r\n\r\n\
+POST /smuggle HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            200,
+        ),
     ];
     let mut wrong = Vec::new();
     for (name, first, status) in firsts {
@@ -565,4 +571,36 @@ async fn h2_rapid_reset_does_not_take_weir_down() {
     assert_eq!(c.get("/after-rapid-reset").await.status, 200);
     let mut c = H1Client::connect(addr).await;
     assert_eq!(c.get("/after-rapid-reset-h1").await.status, 200);
+}
+
+#[tokio::test]
+async fn malformed_chunked_body_is_a_400_not_an_upstream_error() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let addr = weir.listener_addr("main");
+    let shapes: &[(&str, &[u8])] = &[
+        ("bare-LF chunk lines", b"POST /bad HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n"),
+        ("non-hex chunk size", b"POST /bad HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
+        ("chunk longer than its size", b"POST /bad HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n"),
+    ];
+    let mut wrong = Vec::new();
+    for (name, bytes) in shapes {
+        let mut c = RawClient::connect(addr).await;
+        let _ = c.write(bytes).await;
+        // The client's body is at fault: a 400 (or a plain close), never a 5xx blaming the upstream.
+        match c.try_read_response().await {
+            None => {}
+            Some(r) if r.status == 400 => {}
+            Some(r) => wrong.push(format!(
+                "{name}: {} {:?} {:?}",
+                r.status,
+                r.header("x-weir-error"),
+                r.text()
+            )),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "malformed request bodies answered as: {wrong:#?}"
+    );
 }
