@@ -133,3 +133,41 @@ async fn pooled_connection_closed_by_the_upstream_is_not_reused() {
         assert_eq!(up.accepts(), 2, "cluster {protocol}");
     }
 }
+
+#[tokio::test]
+async fn client_abort_mid_body_never_desyncs_a_pooled_connection() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).workers(Some(1)).start().await;
+    let addr = weir.listener_addr("main");
+    // Warm the pool so the aborted request rides a pooled connection.
+    let mut c = H1Client::connect(addr).await;
+    assert_eq!(c.get("/warm").await.status, 200);
+    // A request announcing 100 body bytes, sending 10, then the client vanishes.
+    let mut raw = weir_tests::RawClient::connect(addr).await;
+    raw.write(b"POST /partial HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    // Once the upstream handler is running, drop the client.
+    up.wait_in_flight(1).await;
+    drop(raw);
+    // Weir must abandon the half-sent upstream request (not leave it waiting for 90 bytes)...
+    up.wait_in_flight(0).await;
+    // ...and the next request must arrive as a request of its own, not as the missing body.
+    for i in 0..3 {
+        let r = c.post(&format!("/next/{i}"), "fresh").await;
+        assert_eq!((r.status.as_u16(), r.text()), (200, "fresh".to_string()));
+    }
+    let seen: Vec<String> = up
+        .requests()
+        .iter()
+        .map(|r| r.uri.path().to_string())
+        .collect();
+    assert!(
+        !seen.contains(&"/partial".to_string()),
+        "the aborted request completed upstream: {seen:?}"
+    );
+    assert!(
+        seen.ends_with(&["/next/0".into(), "/next/1".into(), "/next/2".into()]),
+        "{seen:?}"
+    );
+}
