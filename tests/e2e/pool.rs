@@ -171,3 +171,26 @@ async fn client_abort_mid_body_never_desyncs_a_pooled_connection() {
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn client_abort_mid_response_never_desyncs_a_pooled_connection() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).workers(Some(1)).start().await;
+    let addr = weir.listener_addr("main");
+    // A 4 MiB response; the client reads its head and a little, then goes away.
+    let mut c = H1Client::connect(addr).await;
+    let req = c
+        .request("POST", "/big-echo")
+        .body(weir_tests::body_full(vec![b'x'; 4 << 20]))
+        .unwrap();
+    let resp = c.send(req).await.expect("response head");
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    drop(c);
+    // Requests after it get their own, complete responses.
+    let mut c = H1Client::connect(addr).await;
+    for i in 0..3 {
+        let r = c.post(&format!("/after/{i}"), format!("fresh {i}")).await;
+        assert_eq!((r.status.as_u16(), r.text()), (200, format!("fresh {i}")));
+    }
+}
