@@ -604,3 +604,59 @@ async fn malformed_chunked_body_is_a_400_not_an_upstream_error() {
         "malformed request bodies answered as: {wrong:#?}"
     );
 }
+
+/// Resident memory of a process in KiB (from /proc).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
+#[tokio::test]
+async fn slow_reader_gets_backpressure_not_buffering() {
+    // The client streams a body to an echoing upstream and never reads the echo: every hop must
+    // push back, so the client's writes stall long before 256 MiB and weir's memory stays flat.
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let before = rss_kib(weir.pid());
+    let mut c = RawClient::connect(weir.listener_addr("main")).await;
+    c.write(b"POST /stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = [
+        format!("{:x}\r\n", 64 * 1024).into_bytes(),
+        vec![b'z'; 64 * 1024],
+        b"\r\n".to_vec(),
+    ]
+    .concat();
+    let mut sent: usize = 0;
+    let mut stalled = false;
+    while sent < 256 << 20 {
+        // A write that makes no progress for a second means the pipeline is full (backpressure).
+        match tokio::time::timeout(Duration::from_secs(1), c.write(&chunk)).await {
+            Ok(Ok(())) => sent += 64 * 1024,
+            Ok(Err(e)) => panic!("write failed after {sent} bytes: {e}"),
+            Err(_) => {
+                stalled = true;
+                break;
+            }
+        }
+    }
+    let after = rss_kib(weir.pid());
+    eprintln!(
+        "slow reader: {} MiB accepted before the stall; weir RSS {before} KiB -> {after} KiB",
+        sent >> 20
+    );
+    assert!(
+        stalled,
+        "256 MiB were accepted from a client that reads nothing: no backpressure"
+    );
+    assert!(
+        after.saturating_sub(before) < 64 * 1024,
+        "weir grew by {} KiB holding a slow reader's data",
+        after.saturating_sub(before)
+    );
+}
