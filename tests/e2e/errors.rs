@@ -270,3 +270,29 @@ async fn invalid_upstream_responses_are_502() {
         "expected 502 upstream_protocol_error: {wrong:#?}"
     );
 }
+
+#[tokio::test]
+async fn error_responses_never_reveal_upstream_addresses() {
+    let refused = closed_port();
+    let silent = FaultyServer::start(Fault::Silent).await;
+    let garbage = FaultyServer::start(Fault::Garbage).await;
+    for (addr, timeout) in [
+        (refused, "1s"),
+        (silent.addr, "300ms"),
+        (garbage.addr, "1s"),
+    ] {
+        let weir = Manifest::new(&[addr])
+            .response_timeout(timeout)
+            .start()
+            .await;
+        let mut c = H1Client::connect(weir.listener_addr("main")).await;
+        let r = c.get("/").await;
+        assert!(r.status.is_server_error(), "{addr}: {}", r.status);
+        let port = format!(":{}", addr.port());
+        let all = format!("{:?} {}", r.headers, r.text());
+        assert!(
+            !all.contains(&port),
+            "the error response names the upstream ({addr}): {all}"
+        );
+    }
+}

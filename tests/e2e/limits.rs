@@ -256,6 +256,15 @@ async fn duplicate_or_missing_host_is_400() {
         two.head,
         none.head
     );
+    assert_raw_error(&two, 400, "bad_request");
+    assert_raw_error(&none, 400, "bad_request");
+    assert_eq!(
+        (two.status, none.status),
+        (400, 400),
+        "(two Host headers, no Host header) statuses; heads:\n{}\n{}",
+        two.head,
+        none.head
+    );
     assert_nothing_forwarded(addr, &up).await;
 }
 
@@ -659,4 +668,18 @@ async fn slow_reader_gets_backpressure_not_buffering() {
         "weir grew by {} KiB holding a slow reader's data",
         after.saturating_sub(before)
     );
+}
+
+#[tokio::test]
+async fn connect_is_405_and_never_tunnelled() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let addr = weir.listener_addr("main");
+    let (_c, r) = send_raw(
+        addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert_raw_error(&r, 405, "method_not_allowed");
+    assert_nothing_forwarded(addr, &up).await;
 }
