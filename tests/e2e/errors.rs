@@ -296,3 +296,41 @@ async fn error_responses_never_reveal_upstream_addresses() {
         );
     }
 }
+
+#[tokio::test]
+async fn unusual_but_valid_upstream_responses_pass() {
+    let shapes: &[(&str, &'static [u8], &str)] = &[
+        (
+            "103 Early Hints before the response",
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            "ok",
+        ),
+        (
+            "a close-delimited body (no length, no chunking)",
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nread until the upstream closes",
+            "read until the upstream closes",
+        ),
+        (
+            "an HTTP/1.0 response",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nold ok",
+            "old ok",
+        ),
+    ];
+    for (name, bytes, body) in shapes {
+        let up = FaultyServer::start(Fault::Respond(bytes)).await;
+        let weir = Manifest::new(&[up.addr]).start().await;
+        let addr = weir.listener_addr("main");
+        let r = H1Client::connect(addr).await.get("/").await;
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, *body),
+            "{name} (h1 client)"
+        );
+        let r = H2Client::connect(addr).await.get("/").await;
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, *body),
+            "{name} (h2 client)"
+        );
+    }
+}
