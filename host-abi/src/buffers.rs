@@ -11,19 +11,39 @@ use crate::state::HostState;
 use crate::types::{BufferType, Status};
 
 /// Runs `f` over the current contents of `buffer`, or returns `NotFound` when it is not available.
-fn with_buffer<R>(st: &mut HostState, buffer: BufferType, f: impl FnOnce(&[u8]) -> R) -> Result<R, Status> {
+fn with_buffer<R>(
+    st: &mut HostState,
+    buffer: BufferType,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<R, Status> {
     match buffer {
-        BufferType::HttpRequestBody | BufferType::HttpResponseBody | BufferType::DownstreamData | BufferType::UpstreamData => {
+        BufferType::HttpRequestBody
+        | BufferType::HttpResponseBody
+        | BufferType::DownstreamData
+        | BufferType::UpstreamData => {
             let stream = st.acting_stream().ok_or(Status::NotFound)?;
             stream.buffer(buffer).map(f).ok_or(Status::NotFound)
         }
-        BufferType::HttpCallResponseBody => st.call.callout.as_ref().map(|c| f(&c.body)).ok_or(Status::NotFound),
-        BufferType::GrpcReceiveBuffer => {
-            st.call.grpc.as_ref().and_then(|g| g.message.as_deref()).map(f).ok_or(Status::NotFound)
-        }
+        BufferType::HttpCallResponseBody => st
+            .call
+            .callout
+            .as_ref()
+            .map(|c| f(&c.body))
+            .ok_or(Status::NotFound),
+        BufferType::GrpcReceiveBuffer => st
+            .call
+            .grpc
+            .as_ref()
+            .and_then(|g| g.message.as_deref())
+            .map(f)
+            .ok_or(Status::NotFound),
         BufferType::VmConfiguration => Ok(f(&st.plugin.vm_configuration)),
         BufferType::PluginConfiguration => {
-            if st.call.in_configure { Ok(f(&st.plugin.configuration)) } else { Err(Status::NotFound) }
+            if st.call.in_configure {
+                Ok(f(&st.plugin.configuration))
+            } else {
+                Err(Status::NotFound)
+            }
         }
         BufferType::CallData => st.call.call_data.as_deref().map(f).ok_or(Status::NotFound),
     }
@@ -40,11 +60,19 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
-        |mut caller: Caller<'_, HostState>, kind: u32, start: u32, max: u32, dp: u32, sp: u32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         kind: u32,
+         start: u32,
+         max: u32,
+         dp: u32,
+         sp: u32|
+         -> wasmtime::Result<i32> {
             const F: &str = "proxy_get_buffer_bytes";
             memory::not_in_allocator(&caller, F)?;
             memory::check_out(&mut caller, F, &[dp, sp])?;
-            let Some(kind) = BufferType::from_raw(kind) else { return Ok(Status::BadArgument.raw()) };
+            let Some(kind) = BufferType::from_raw(kind) else {
+                return Ok(Status::BadArgument.raw());
+            };
             let cap = caller.data().plugin.limits.max_copy_bytes;
             let bytes = with_buffer(caller.data_mut(), kind, |b| {
                 let r = clamp(b.len(), start, max);
@@ -63,21 +91,32 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         "env",
         "proxy_set_buffer_bytes",
-        |mut caller: Caller<'_, HostState>, kind: u32, start: u32, size: u32, dp: u32, dl: u32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         kind: u32,
+         start: u32,
+         size: u32,
+         dp: u32,
+         dl: u32|
+         -> wasmtime::Result<i32> {
             const F: &str = "proxy_set_buffer_bytes";
             memory::not_in_allocator(&caller, F)?;
-            let Some(kind) = BufferType::from_raw(kind) else { return Ok(Status::BadArgument.raw()) };
+            let Some(kind) = BufferType::from_raw(kind) else {
+                return Ok(Status::BadArgument.raw());
+            };
             if dl as usize > caller.data().plugin.limits.max_copy_bytes {
                 return Ok(Status::BadArgument.raw());
             }
             memory::with_bytes(&mut caller, F, dp, dl, |data, st| {
                 let r = match kind {
-                    BufferType::HttpRequestBody | BufferType::HttpResponseBody | BufferType::DownstreamData | BufferType::UpstreamData => {
-                        match st.acting_stream() {
-                            Some(stream) => stream.set_buffer(kind, start as usize, size as usize, data),
-                            None => Err(Status::NotFound),
+                    BufferType::HttpRequestBody
+                    | BufferType::HttpResponseBody
+                    | BufferType::DownstreamData
+                    | BufferType::UpstreamData => match st.acting_stream() {
+                        Some(stream) => {
+                            stream.set_buffer(kind, start as usize, size as usize, data)
                         }
-                    }
+                        None => Err(Status::NotFound),
+                    },
                     // Host-owned buffers are read-only.
                     _ => Err(Status::BadArgument),
                 };
@@ -95,7 +134,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             const F: &str = "proxy_get_buffer_status";
             memory::not_in_allocator(&caller, F)?;
             memory::check_out(&mut caller, F, &[lp, fp])?;
-            let Some(kind) = BufferType::from_raw(kind) else { return Ok(Status::BadArgument.raw()) };
+            let Some(kind) = BufferType::from_raw(kind) else {
+                return Ok(Status::BadArgument.raw());
+            };
             match with_buffer(caller.data_mut(), kind, |b| b.len()) {
                 Ok(len) => {
                     memory::write_u32(&mut caller, F, lp, len.min(u32::MAX as usize) as u32)?;

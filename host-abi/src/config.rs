@@ -42,7 +42,10 @@ pub struct PoolingConfig {
 
 impl Default for PoolingConfig {
     fn default() -> Self {
-        Self { max_instances: 1000, max_memory_bytes: DEFAULT_MEMORY_BYTES }
+        Self {
+            max_instances: 1000,
+            max_memory_bytes: DEFAULT_MEMORY_BYTES,
+        }
     }
 }
 
@@ -135,7 +138,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { initial: Duration::from_millis(100), max: Duration::from_secs(30) }
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        }
     }
 }
 

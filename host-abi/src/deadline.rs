@@ -51,10 +51,14 @@ pub(crate) fn on_expiry(st: &mut HostState) -> UpdateDeadline {
     if d.extensions >= MAX_EXTENSIONS {
         return UpdateDeadline::Interrupt;
     }
-    let Some(cpu) = thread_cpu_nanos() else { return UpdateDeadline::Interrupt };
+    let Some(cpu) = thread_cpu_nanos() else {
+        return UpdateDeadline::Interrupt;
+    };
     match d.cpu_at_expiry {
         None => d.cpu_at_expiry = Some(cpu),
-        Some(start) if cpu.saturating_sub(start) >= d.budget.as_nanos() as u64 => return UpdateDeadline::Interrupt,
+        Some(start) if cpu.saturating_sub(start) >= d.budget.as_nanos() as u64 => {
+            return UpdateDeadline::Interrupt;
+        }
         Some(_) => {}
     }
     d.extensions += 1;

@@ -46,7 +46,11 @@ pub trait StreamHost: Any + Send {
     /// The first value of `key` (ASCII case-insensitive) in `map`, `Ok(None)` if absent.
     /// The default scans [`StreamHost::header_map`]; override it to avoid the copy.
     fn header_value(&mut self, map: MapType, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
-        Ok(self.header_map(map)?.into_iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+        Ok(self
+            .header_map(map)?
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v))
     }
 
     /// Replaces the whole map.
@@ -80,7 +84,13 @@ pub trait StreamHost: Any + Send {
     }
 
     /// Edits a buffer with Envoy's semantics (see [`edit_buffer`], which implementations can call).
-    fn set_buffer(&mut self, buffer: BufferType, start: usize, size: usize, data: &[u8]) -> Result<(), Status> {
+    fn set_buffer(
+        &mut self,
+        buffer: BufferType,
+        start: usize,
+        size: usize,
+        data: &[u8],
+    ) -> Result<(), Status> {
         let _ = (buffer, start, size, data);
         Err(Status::NotFound)
     }
@@ -103,7 +113,12 @@ pub trait StreamHost: Any + Send {
 
 /// Applies Envoy's `proxy_set_buffer_bytes` semantics to `buf`: `start == 0` drains `size` bytes
 /// (clamped) then prepends `data`; `start >= len` appends; anything else is `BadArgument`.
-pub fn edit_buffer(buf: &mut Vec<u8>, start: usize, size: usize, data: &[u8]) -> Result<(), Status> {
+pub fn edit_buffer(
+    buf: &mut Vec<u8>,
+    start: usize,
+    size: usize,
+    data: &[u8],
+) -> Result<(), Status> {
     if start == 0 {
         let drain = size.min(buf.len());
         buf.splice(0..drain, data.iter().copied());
@@ -181,7 +196,10 @@ pub struct CalloutResponse {
 impl CalloutResponse {
     /// A failed callout (reset / no upstream): the guest sees 0 headers, 0 body, 0 trailers.
     pub fn failure(message: impl Into<String>) -> Self {
-        Self { status: Some((11, message.into())), ..Self::default() }
+        Self {
+            status: Some((11, message.into())),
+            ..Self::default()
+        }
     }
 }
 

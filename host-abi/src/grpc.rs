@@ -47,7 +47,17 @@ fn dispatch(
     let streaming = message.is_none();
     let token = st.next_token(if streaming { 2 } else { 1 });
     let context = st.acting_context();
-    let request = GrpcCallRequest { token, context, upstream, service, method, initial_metadata, message: msg, timeout, streaming };
+    let request = GrpcCallRequest {
+        token,
+        context,
+        upstream,
+        service,
+        method,
+        initial_metadata,
+        message: msg,
+        timeout,
+        streaming,
+    };
     match st.host.dispatch_grpc(request) {
         Ok(()) => {
             st.grpc_calls.insert(token, context);
@@ -85,20 +95,55 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
          timeout: u32,
          tokp: u32|
          -> wasmtime::Result<i32> {
-            dispatch(&mut caller, "proxy_grpc_call", (up, ul), (sp, sl), (mp, ml), (mdp, mdl), Some((msgp, msgl)), timeout, tokp)
+            dispatch(
+                &mut caller,
+                "proxy_grpc_call",
+                (up, ul),
+                (sp, sl),
+                (mp, ml),
+                (mdp, mdl),
+                Some((msgp, msgl)),
+                timeout,
+                tokp,
+            )
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_grpc_stream",
-        |mut caller: Caller<'_, HostState>, up: u32, ul: u32, sp: u32, sl: u32, mp: u32, ml: u32, mdp: u32, mdl: u32, tokp: u32| -> wasmtime::Result<i32> {
-            dispatch(&mut caller, "proxy_grpc_stream", (up, ul), (sp, sl), (mp, ml), (mdp, mdl), None, 0, tokp)
+        |mut caller: Caller<'_, HostState>,
+         up: u32,
+         ul: u32,
+         sp: u32,
+         sl: u32,
+         mp: u32,
+         ml: u32,
+         mdp: u32,
+         mdl: u32,
+         tokp: u32|
+         -> wasmtime::Result<i32> {
+            dispatch(
+                &mut caller,
+                "proxy_grpc_stream",
+                (up, ul),
+                (sp, sl),
+                (mp, ml),
+                (mdp, mdl),
+                None,
+                0,
+                tokp,
+            )
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_grpc_send",
-        |mut caller: Caller<'_, HostState>, token: u32, p: u32, l: u32, end: u32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         token: u32,
+         p: u32,
+         l: u32,
+         end: u32|
+         -> wasmtime::Result<i32> {
             const F: &str = "proxy_grpc_send";
             memory::not_in_allocator(&caller, F)?;
             let cap = caller.data().plugin.limits.max_copy_bytes;
@@ -107,24 +152,31 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             if !st.grpc_calls.contains_key(&token) {
                 return Ok(Status::NotFound.raw());
             }
-            Ok(code(st.host.grpc_send(token, &msg, end != 0), &[Status::BadArgument, Status::NotFound]))
+            Ok(code(
+                st.host.grpc_send(token, &msg, end != 0),
+                &[Status::BadArgument, Status::NotFound],
+            ))
         },
     )?;
     for (name, close) in [("proxy_grpc_cancel", false), ("proxy_grpc_close", true)] {
-        linker.func_wrap("env", name, move |mut caller: Caller<'_, HostState>, token: u32| -> wasmtime::Result<i32> {
-            memory::not_in_allocator(&caller, name)?;
-            let st = caller.data_mut();
-            if !st.grpc_calls.contains_key(&token) {
-                return Ok(Status::NotFound.raw());
-            }
-            let r = if close {
-                st.host.grpc_close(token)
-            } else {
-                st.grpc_calls.remove(&token);
-                st.host.grpc_cancel(token)
-            };
-            Ok(code(r, &[Status::NotFound]))
-        })?;
+        linker.func_wrap(
+            "env",
+            name,
+            move |mut caller: Caller<'_, HostState>, token: u32| -> wasmtime::Result<i32> {
+                memory::not_in_allocator(&caller, name)?;
+                let st = caller.data_mut();
+                if !st.grpc_calls.contains_key(&token) {
+                    return Ok(Status::NotFound.raw());
+                }
+                let r = if close {
+                    st.host.grpc_close(token)
+                } else {
+                    st.grpc_calls.remove(&token);
+                    st.host.grpc_cancel(token)
+                };
+                Ok(code(r, &[Status::NotFound]))
+            },
+        )?;
     }
     Ok(())
 }

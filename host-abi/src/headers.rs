@@ -10,7 +10,10 @@ use crate::state::HostState;
 use crate::types::{MapType, Pairs, Status};
 
 pub(crate) fn caps(st: &HostState) -> PairsCaps {
-    PairsCaps { max_entries: st.plugin.limits.max_map_entries, max_bytes: st.plugin.limits.max_map_bytes }
+    PairsCaps {
+        max_entries: st.plugin.limits.max_map_entries,
+        max_bytes: st.plugin.limits.max_map_bytes,
+    }
 }
 
 /// A host-owned map available in the running callback.
@@ -18,8 +21,16 @@ fn host_map(st: &HostState, map: MapType) -> Option<&Pairs> {
     match map {
         MapType::HttpCallResponseHeaders => st.call.callout.as_ref().map(|c| &c.headers),
         MapType::HttpCallResponseTrailers => st.call.callout.as_ref().map(|c| &c.trailers),
-        MapType::GrpcReceiveInitialMetadata => st.call.grpc.as_ref().and_then(|g| g.initial_metadata.as_ref()),
-        MapType::GrpcReceiveTrailingMetadata => st.call.grpc.as_ref().and_then(|g| g.trailing_metadata.as_ref()),
+        MapType::GrpcReceiveInitialMetadata => st
+            .call
+            .grpc
+            .as_ref()
+            .and_then(|g| g.initial_metadata.as_ref()),
+        MapType::GrpcReceiveTrailingMetadata => st
+            .call
+            .grpc
+            .as_ref()
+            .and_then(|g| g.trailing_metadata.as_ref()),
         _ => None,
     }
 }
@@ -27,14 +38,19 @@ fn host_map(st: &HostState, map: MapType) -> Option<&Pairs> {
 fn is_stream_map(map: MapType) -> bool {
     matches!(
         map,
-        MapType::HttpRequestHeaders | MapType::HttpRequestTrailers | MapType::HttpResponseHeaders | MapType::HttpResponseTrailers
+        MapType::HttpRequestHeaders
+            | MapType::HttpRequestTrailers
+            | MapType::HttpResponseHeaders
+            | MapType::HttpResponseTrailers
     )
 }
 
 /// All pairs of `map`; an unavailable map is empty (Envoy: OK + empty).
 fn get_pairs(st: &mut HostState, map: MapType) -> Pairs {
     if is_stream_map(map) {
-        st.acting_stream().and_then(|s| s.header_map(map).ok()).unwrap_or_default()
+        st.acting_stream()
+            .and_then(|s| s.header_map(map).ok())
+            .unwrap_or_default()
     } else {
         host_map(st, map).cloned().unwrap_or_default()
     }
@@ -42,9 +58,14 @@ fn get_pairs(st: &mut HostState, map: MapType) -> Pairs {
 
 fn get_value(st: &mut HostState, map: MapType, key: &[u8]) -> Option<Vec<u8>> {
     if is_stream_map(map) {
-        st.acting_stream().and_then(|s| s.header_value(map, key).ok().flatten())
+        st.acting_stream()
+            .and_then(|s| s.header_value(map, key).ok().flatten())
     } else {
-        host_map(st, map).and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone()))
+        host_map(st, map).and_then(|m| {
+            m.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.clone())
+        })
     }
 }
 
@@ -56,7 +77,11 @@ fn code(r: Result<(), Status>) -> i32 {
 }
 
 /// Runs a mutation on the acting stream's map; host maps are read-only.
-fn mutate(st: &mut HostState, map: MapType, f: impl FnOnce(&mut crate::StreamBox) -> Result<(), Status>) -> i32 {
+fn mutate(
+    st: &mut HostState,
+    map: MapType,
+    f: impl FnOnce(&mut crate::StreamBox) -> Result<(), Status>,
+) -> i32 {
     if !is_stream_map(map) {
         return Status::BadArgument.raw();
     }
@@ -74,7 +99,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             const F: &str = "proxy_get_header_map_pairs";
             memory::not_in_allocator(&caller, F)?;
             memory::check_out(&mut caller, F, &[dp, sp])?;
-            let Some(map) = MapType::from_raw(map) else { return Ok(Status::BadArgument.raw()) };
+            let Some(map) = MapType::from_raw(map) else {
+                return Ok(Status::BadArgument.raw());
+            };
             let st = caller.data_mut();
             let pairs = get_pairs(st, map);
             if pairs.is_empty() {
@@ -96,8 +123,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         |mut caller: Caller<'_, HostState>, map: u32, dp: u32, dl: u32| -> wasmtime::Result<i32> {
             const F: &str = "proxy_set_header_map_pairs";
             memory::not_in_allocator(&caller, F)?;
-            let Some(map) = MapType::from_raw(map) else { return Ok(Status::BadArgument.raw()) };
-            memory::with_bytes(&mut caller, F, dp, dl, |data, st| match pairs::deserialize(data, caps(st)) {
+            let Some(map) = MapType::from_raw(map) else {
+                return Ok(Status::BadArgument.raw());
+            };
+            memory::with_bytes(&mut caller, F, dp, dl, |data, st| match pairs::deserialize(
+                data,
+                caps(st),
+            ) {
                 Ok(mut pairs) => {
                     for (k, _) in &mut pairs {
                         k.make_ascii_lowercase();
@@ -111,17 +143,28 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         "env",
         "proxy_get_header_map_value",
-        |mut caller: Caller<'_, HostState>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         map: u32,
+         kp: u32,
+         kl: u32,
+         vp: u32,
+         vl: u32|
+         -> wasmtime::Result<i32> {
             const F: &str = "proxy_get_header_map_value";
             memory::not_in_allocator(&caller, F)?;
             memory::check_out(&mut caller, F, &[vp, vl])?;
-            let Some(map) = MapType::from_raw(map) else { return Ok(Status::BadArgument.raw()) };
+            let Some(map) = MapType::from_raw(map) else {
+                return Ok(Status::BadArgument.raw());
+            };
             if kl as usize > caller.data().plugin.limits.max_map_bytes {
                 return Ok(Status::BadArgument.raw());
             }
-            let value = memory::with_bytes(&mut caller, F, kp, kl, |key, st| get_value(st, map, key))?;
+            let value =
+                memory::with_bytes(&mut caller, F, kp, kl, |key, st| get_value(st, map, key))?;
             match value {
-                Some(v) if v.len() > caller.data().plugin.limits.max_map_bytes => Ok(Status::BadArgument.raw()),
+                Some(v) if v.len() > caller.data().plugin.limits.max_map_bytes => {
+                    Ok(Status::BadArgument.raw())
+                }
                 Some(v) => {
                     memory::return_bytes(&mut caller, F, &v, vp, vl)?;
                     Ok(Status::Ok.raw())
@@ -130,19 +173,37 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             }
         },
     )?;
-    for (name, replace) in [("proxy_add_header_map_value", false), ("proxy_replace_header_map_value", true)] {
+    for (name, replace) in [
+        ("proxy_add_header_map_value", false),
+        ("proxy_replace_header_map_value", true),
+    ] {
         linker.func_wrap(
             "env",
             name,
-            move |mut caller: Caller<'_, HostState>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| -> wasmtime::Result<i32> {
+            move |mut caller: Caller<'_, HostState>,
+                  map: u32,
+                  kp: u32,
+                  kl: u32,
+                  vp: u32,
+                  vl: u32|
+                  -> wasmtime::Result<i32> {
                 memory::not_in_allocator(&caller, name)?;
-                let Some(map) = MapType::from_raw(map) else { return Ok(Status::BadArgument.raw()) };
-                if u64::from(kl) + u64::from(vl) > caller.data().plugin.limits.max_map_bytes as u64 {
+                let Some(map) = MapType::from_raw(map) else {
+                    return Ok(Status::BadArgument.raw());
+                };
+                if u64::from(kl) + u64::from(vl) > caller.data().plugin.limits.max_map_bytes as u64
+                {
                     return Ok(Status::BadArgument.raw());
                 }
                 memory::with_two(&mut caller, name, (kp, kl), (vp, vl), |key, value, st| {
                     let key = key.to_ascii_lowercase();
-                    mutate(st, map, |s| if replace { s.replace_header(map, &key, value) } else { s.add_header(map, &key, value) })
+                    mutate(st, map, |s| {
+                        if replace {
+                            s.replace_header(map, &key, value)
+                        } else {
+                            s.add_header(map, &key, value)
+                        }
+                    })
                 })
             },
         )?;
@@ -153,8 +214,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         |mut caller: Caller<'_, HostState>, map: u32, kp: u32, kl: u32| -> wasmtime::Result<i32> {
             const F: &str = "proxy_remove_header_map_value";
             memory::not_in_allocator(&caller, F)?;
-            let Some(map) = MapType::from_raw(map) else { return Ok(Status::BadArgument.raw()) };
-            memory::with_bytes(&mut caller, F, kp, kl, |key, st| mutate(st, map, |s| s.remove_header(map, key)))
+            let Some(map) = MapType::from_raw(map) else {
+                return Ok(Status::BadArgument.raw());
+            };
+            memory::with_bytes(&mut caller, F, kp, kl, |key, st| {
+                mutate(st, map, |s| s.remove_header(map, key))
+            })
         },
     )?;
     linker.func_wrap(
@@ -164,7 +229,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             const F: &str = "proxy_get_header_map_size";
             memory::not_in_allocator(&caller, F)?;
             memory::check_out(&mut caller, F, &[sp])?;
-            let Some(map) = MapType::from_raw(map) else { return Ok(Status::BadArgument.raw()) };
+            let Some(map) = MapType::from_raw(map) else {
+                return Ok(Status::BadArgument.raw());
+            };
             let pairs = get_pairs(caller.data_mut(), map);
             let size = pairs::serialized_len(&pairs).min(u64::from(u32::MAX)) as u32;
             memory::write_u32(&mut caller, F, sp, size)?;

@@ -15,7 +15,11 @@ use crate::types::{Pairs, Status};
 const REQUIRED: [&[u8]; 3] = [b":method", b":path", b":authority"];
 
 pub(crate) fn has_required_headers(headers: &Pairs) -> bool {
-    REQUIRED.iter().all(|r| headers.iter().any(|(k, v)| k.as_slice() == *r && !v.is_empty()))
+    REQUIRED.iter().all(|r| {
+        headers
+            .iter()
+            .any(|(k, v)| k.as_slice() == *r && !v.is_empty())
+    })
 }
 
 /// Envoy reads the timeout as a signed 32-bit value: ≥ 2^31 is invalid; 0 means none.
@@ -52,7 +56,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             let trailers = memory::read(&mut caller, F, tp, tl, limits.max_map_bytes)?;
             let st = caller.data_mut();
             let caps = crate::headers::caps(st);
-            let (Ok(mut headers), Ok(trailers)) = (pairs::deserialize(&headers, caps), pairs::deserialize(&trailers, caps)) else {
+            let (Ok(mut headers), Ok(trailers)) = (
+                pairs::deserialize(&headers, caps),
+                pairs::deserialize(&trailers, caps),
+            ) else {
                 return Ok(Status::BadArgument.raw());
             };
             for (k, _) in &mut headers {
@@ -65,10 +72,20 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 Ok(t) => t,
                 Err(s) => return Ok(s.raw()),
             };
-            let Ok(upstream) = String::from_utf8(upstream) else { return Ok(Status::BadArgument.raw()) };
+            let Ok(upstream) = String::from_utf8(upstream) else {
+                return Ok(Status::BadArgument.raw());
+            };
             let token = st.next_token(0);
             let context = st.acting_context();
-            let request = HttpCallRequest { token, context, upstream, headers, body, trailers, timeout };
+            let request = HttpCallRequest {
+                token,
+                context,
+                upstream,
+                headers,
+                body,
+                trailers,
+                timeout,
+            };
             match st.host.dispatch_http_call(request) {
                 Ok(()) => {
                     st.http_calls.insert(token, context);

@@ -73,13 +73,13 @@ mod vm;
 mod wasi;
 
 pub use config::{
-    Backoff, DEFAULT_MAX_COPY_BYTES, DEFAULT_MAX_MAP_BYTES, DEFAULT_MAX_MAP_ENTRIES, DEFAULT_MAX_MODULE_BYTES,
-    DEFAULT_MAX_WASM_STACK, DEFAULT_MEMORY_BYTES, Deadlines, FailurePolicy, Limits, PluginConfig, PoolingConfig,
-    RuntimeConfig,
+    Backoff, DEFAULT_MAX_COPY_BYTES, DEFAULT_MAX_MAP_BYTES, DEFAULT_MAX_MAP_ENTRIES,
+    DEFAULT_MAX_MODULE_BYTES, DEFAULT_MAX_WASM_STACK, DEFAULT_MEMORY_BYTES, Deadlines,
+    FailurePolicy, Limits, PluginConfig, PoolingConfig, RuntimeConfig,
 };
 pub use embedder::{
-    CalloutResponse, DefaultPluginHost, GrpcCallRequest, HttpCallRequest, PluginHost, QueueNotifier, StreamBox, StreamHost,
-    downcast_stream, edit_buffer,
+    CalloutResponse, DefaultPluginHost, GrpcCallRequest, HttpCallRequest, PluginHost,
+    QueueNotifier, StreamBox, StreamHost, downcast_stream, edit_buffer,
 };
 pub use error::{FailureReason, LoadError, StartError, VmError, VmFailed};
 pub use metrics::{MetricSample, MetricValue, MetricsRegistry};
@@ -88,7 +88,10 @@ pub use runtime::{Module, Runtime, RuntimeError};
 pub use shared_data::SharedState;
 pub use stats::{FilterStats, StatsSnapshot};
 pub use time::monotonic_nanos;
-pub use types::{Action, BufferType, ContextId, LogLevel, MapType, MetricType, Pairs, PeerType, Status, StreamType};
+pub use types::{
+    Action, BufferType, ContextId, LogLevel, MapType, MetricType, Pairs, PeerType, Status,
+    StreamType,
+};
 pub use vm::{Deferred, Effect, LocalReply, Outcome, Vm};
 
 /// Registers every host function (one call per ABI area) on the runtime's linker.

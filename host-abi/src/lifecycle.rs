@@ -9,29 +9,44 @@ use crate::state::HostState;
 use crate::types::Status;
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap("env", "proxy_set_effective_context", |mut caller: Caller<'_, HostState>, ctx: u32| -> wasmtime::Result<i32> {
-        memory::not_in_allocator(&caller, "proxy_set_effective_context")?;
-        let st = caller.data_mut();
-        if !st.contexts.contains_key(&ctx) {
-            return Ok(Status::BadArgument.raw());
-        }
-        st.call.effective = Some(ctx);
-        Ok(Status::Ok.raw())
-    })?;
-    linker.func_wrap("env", "proxy_done", |mut caller: Caller<'_, HostState>| -> wasmtime::Result<i32> {
-        memory::not_in_allocator(&caller, "proxy_done")?;
-        let st = caller.data_mut();
-        if !st.root_done_pending {
-            return Ok(Status::NotFound.raw());
-        }
-        st.root_done_pending = false;
-        st.root_done_called = true;
-        Ok(Status::Ok.raw())
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut caller: Caller<'_, HostState>, ctx: u32| -> wasmtime::Result<i32> {
+            memory::not_in_allocator(&caller, "proxy_set_effective_context")?;
+            let st = caller.data_mut();
+            if !st.contexts.contains_key(&ctx) {
+                return Ok(Status::BadArgument.raw());
+            }
+            st.call.effective = Some(ctx);
+            Ok(Status::Ok.raw())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_done",
+        |mut caller: Caller<'_, HostState>| -> wasmtime::Result<i32> {
+            memory::not_in_allocator(&caller, "proxy_done")?;
+            let st = caller.data_mut();
+            if !st.root_done_pending {
+                return Ok(Status::NotFound.raw());
+            }
+            st.root_done_pending = false;
+            st.root_done_called = true;
+            Ok(Status::Ok.raw())
+        },
+    )?;
     linker.func_wrap(
         "env",
         "proxy_call_foreign_function",
-        |mut caller: Caller<'_, HostState>, np: u32, nl: u32, ap: u32, al: u32, rp: u32, rl: u32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         np: u32,
+         nl: u32,
+         ap: u32,
+         al: u32,
+         rp: u32,
+         rl: u32|
+         -> wasmtime::Result<i32> {
             const F: &str = "proxy_call_foreign_function";
             memory::not_in_allocator(&caller, F)?;
             memory::check_out(&mut caller, F, &[rp, rl])?;
@@ -49,7 +64,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     Ok(Status::Ok.raw())
                 }
                 Err(
-                    s @ (Status::NotFound | Status::BadArgument | Status::SerializationFailure | Status::InternalFailure),
+                    s @ (Status::NotFound
+                    | Status::BadArgument
+                    | Status::SerializationFailure
+                    | Status::InternalFailure),
                 ) => Ok(s.raw()),
                 Err(_) => Ok(Status::InternalFailure.raw()),
             }

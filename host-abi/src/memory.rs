@@ -21,7 +21,10 @@ pub(crate) struct HostTrap {
 
 /// Builds the trap for an ABI violation.
 pub(crate) fn abi_trap(message: impl Into<String>) -> wasmtime::Error {
-    wasmtime::Error::new(HostTrap { reason: FailureReason::AbiViolation, message: message.into() })
+    wasmtime::Error::new(HostTrap {
+        reason: FailureReason::AbiViolation,
+        message: message.into(),
+    })
 }
 
 /// Builds the trap for a pointer/length outside guest memory.
@@ -42,20 +45,32 @@ pub(crate) fn range(mem_len: usize, ptr: u32, len: u64) -> Option<std::ops::Rang
 }
 
 fn memory(caller: &Caller<'_, HostState>) -> wasmtime::Result<Memory> {
-    caller.data().memory.ok_or_else(|| abi_trap("module has no exported memory"))
+    caller
+        .data()
+        .memory
+        .ok_or_else(|| abi_trap("module has no exported memory"))
 }
 
 /// Copies `[ptr, ptr+len)` out of guest memory. Traps on a bad range or a copy above `cap`.
-pub(crate) fn read(caller: &mut Caller<'_, HostState>, func: &str, ptr: u32, len: u32, cap: usize) -> wasmtime::Result<Vec<u8>> {
+pub(crate) fn read(
+    caller: &mut Caller<'_, HostState>,
+    func: &str,
+    ptr: u32,
+    len: u32,
+    cap: usize,
+) -> wasmtime::Result<Vec<u8>> {
     if len == 0 {
         return Ok(Vec::new());
     }
     if len as usize > cap {
-        return Err(abi_trap(format!("{func}: guest passed {len} bytes, more than the copy cap of {cap}")));
+        return Err(abi_trap(format!(
+            "{func}: guest passed {len} bytes, more than the copy cap of {cap}"
+        )));
     }
     let mem = memory(caller)?;
     let data = mem.data(&*caller);
-    let r = range(data.len(), ptr, u64::from(len)).ok_or_else(|| bad_pointer(func, ptr, u64::from(len)))?;
+    let r = range(data.len(), ptr, u64::from(len))
+        .ok_or_else(|| bad_pointer(func, ptr, u64::from(len)))?;
     Ok(data[r].to_vec())
 }
 
@@ -72,7 +87,8 @@ pub(crate) fn with_bytes<R>(
     if len == 0 {
         return Ok(f(&[], state));
     }
-    let r = range(data.len(), ptr, u64::from(len)).ok_or_else(|| bad_pointer(func, ptr, u64::from(len)))?;
+    let r = range(data.len(), ptr, u64::from(len))
+        .ok_or_else(|| bad_pointer(func, ptr, u64::from(len)))?;
     Ok(f(&data[r], state))
 }
 
@@ -86,32 +102,60 @@ pub(crate) fn with_two<R>(
 ) -> wasmtime::Result<R> {
     let mem = memory(caller)?;
     let (data, state) = mem.data_and_store_mut(caller);
-    let a = if l1 == 0 { 0..0 } else { range(data.len(), p1, u64::from(l1)).ok_or_else(|| bad_pointer(func, p1, u64::from(l1)))? };
-    let b = if l2 == 0 { 0..0 } else { range(data.len(), p2, u64::from(l2)).ok_or_else(|| bad_pointer(func, p2, u64::from(l2)))? };
+    let a = if l1 == 0 {
+        0..0
+    } else {
+        range(data.len(), p1, u64::from(l1)).ok_or_else(|| bad_pointer(func, p1, u64::from(l1)))?
+    };
+    let b = if l2 == 0 {
+        0..0
+    } else {
+        range(data.len(), p2, u64::from(l2)).ok_or_else(|| bad_pointer(func, p2, u64::from(l2)))?
+    };
     Ok(f(&data[a], &data[b], state))
 }
 
 /// Writes raw bytes at `ptr` (used for out-params and WASI buffers).
-pub(crate) fn write(caller: &mut Caller<'_, HostState>, func: &str, ptr: u32, bytes: &[u8]) -> wasmtime::Result<()> {
+pub(crate) fn write(
+    caller: &mut Caller<'_, HostState>,
+    func: &str,
+    ptr: u32,
+    bytes: &[u8],
+) -> wasmtime::Result<()> {
     let mem = memory(caller)?;
     let data = mem.data_mut(caller);
-    let r = range(data.len(), ptr, bytes.len() as u64).ok_or_else(|| bad_pointer(func, ptr, bytes.len() as u64))?;
+    let r = range(data.len(), ptr, bytes.len() as u64)
+        .ok_or_else(|| bad_pointer(func, ptr, bytes.len() as u64))?;
     data[r].copy_from_slice(bytes);
     Ok(())
 }
 
 /// Writes a little-endian u32 out-param.
-pub(crate) fn write_u32(caller: &mut Caller<'_, HostState>, func: &str, ptr: u32, v: u32) -> wasmtime::Result<()> {
+pub(crate) fn write_u32(
+    caller: &mut Caller<'_, HostState>,
+    func: &str,
+    ptr: u32,
+    v: u32,
+) -> wasmtime::Result<()> {
     write(caller, func, ptr, &v.to_le_bytes())
 }
 
 /// Writes a little-endian u64 out-param.
-pub(crate) fn write_u64(caller: &mut Caller<'_, HostState>, func: &str, ptr: u32, v: u64) -> wasmtime::Result<()> {
+pub(crate) fn write_u64(
+    caller: &mut Caller<'_, HostState>,
+    func: &str,
+    ptr: u32,
+    v: u64,
+) -> wasmtime::Result<()> {
     write(caller, func, ptr, &v.to_le_bytes())
 }
 
 /// Checks that out-params can be written before doing any work with side effects.
-pub(crate) fn check_out(caller: &mut Caller<'_, HostState>, func: &str, ptrs: &[u32]) -> wasmtime::Result<()> {
+pub(crate) fn check_out(
+    caller: &mut Caller<'_, HostState>,
+    func: &str,
+    ptrs: &[u32],
+) -> wasmtime::Result<()> {
     let mem = memory(caller)?;
     let len = mem.data_size(&*caller);
     for &p in ptrs {
@@ -134,9 +178,17 @@ pub(crate) fn return_bytes(
         write_u32(caller, func, ptr_out, 0)?;
         return write_u32(caller, func, size_out, 0);
     }
-    let cap = caller.data().plugin.limits.max_copy_bytes.max(caller.data().plugin.limits.max_map_bytes);
+    let cap = caller
+        .data()
+        .plugin
+        .limits
+        .max_copy_bytes
+        .max(caller.data().plugin.limits.max_map_bytes);
     if bytes.len() > cap || bytes.len() > u32::MAX as usize {
-        return Err(abi_trap(format!("{func}: result of {} bytes exceeds the copy cap of {cap}", bytes.len())));
+        return Err(abi_trap(format!(
+            "{func}: result of {} bytes exceeds the copy cap of {cap}",
+            bytes.len()
+        )));
     }
     let ptr = allocate(caller, func, bytes.len() as u32)?;
     write(caller, func, ptr, bytes)?;
@@ -145,18 +197,30 @@ pub(crate) fn return_bytes(
 }
 
 /// Calls the guest allocator (re-entrantly). A null or out-of-bounds result is an ABI violation.
-pub(crate) fn allocate(caller: &mut Caller<'_, HostState>, func: &str, size: u32) -> wasmtime::Result<u32> {
-    let alloc = caller.data().alloc.clone().ok_or_else(|| abi_trap("module has no allocator"))?;
+pub(crate) fn allocate(
+    caller: &mut Caller<'_, HostState>,
+    func: &str,
+    size: u32,
+) -> wasmtime::Result<u32> {
+    let alloc = caller
+        .data()
+        .alloc
+        .clone()
+        .ok_or_else(|| abi_trap("module has no allocator"))?;
     caller.data_mut().in_allocator = true;
     let result = alloc.call(&mut *caller, size);
     caller.data_mut().in_allocator = false;
     let ptr = result?;
     if ptr == 0 {
-        return Err(abi_trap(format!("{func}: guest allocator returned null for {size} bytes")));
+        return Err(abi_trap(format!(
+            "{func}: guest allocator returned null for {size} bytes"
+        )));
     }
     let mem = memory(caller)?;
     if range(mem.data_size(&*caller), ptr, u64::from(size)).is_none() {
-        return Err(abi_trap(format!("{func}: guest allocator returned {ptr:#x}, outside memory, for {size} bytes")));
+        return Err(abi_trap(format!(
+            "{func}: guest allocator returned {ptr:#x}, outside memory, for {size} bytes"
+        )));
     }
     Ok(ptr)
 }
@@ -164,7 +228,9 @@ pub(crate) fn allocate(caller: &mut Caller<'_, HostState>, func: &str, size: u32
 /// Traps if a host call other than the few cpp-host allows is made from inside the allocator.
 pub(crate) fn not_in_allocator(caller: &Caller<'_, HostState>, func: &str) -> wasmtime::Result<()> {
     if caller.data().in_allocator {
-        return Err(abi_trap(format!("{func} called from inside the guest allocator")));
+        return Err(abi_trap(format!(
+            "{func} called from inside the guest allocator"
+        )));
     }
     Ok(())
 }
@@ -180,6 +246,9 @@ mod tests {
         assert_eq!(range(100, 100, 0), Some(100..100));
         assert_eq!(range(100, 100, 1), None);
         assert_eq!(range(100, u32::MAX, u64::from(u32::MAX)), None);
-        assert_eq!(range(usize::MAX, u32::MAX, 1), Some(u32::MAX as usize..u32::MAX as usize + 1));
+        assert_eq!(
+            range(usize::MAX, u32::MAX, 1),
+            Some(u32::MAX as usize..u32::MAX as usize + 1)
+        );
     }
 }

@@ -28,7 +28,12 @@ pub struct Metric {
 
 impl Metric {
     fn new(kind: MetricType) -> Self {
-        Self { kind, value: AtomicI64::new(0), count: AtomicU64::new(0), sum: AtomicU64::new(0) }
+        Self {
+            kind,
+            value: AtomicI64::new(0),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
     }
 
     /// Its current value.
@@ -36,7 +41,10 @@ impl Metric {
         match self.kind {
             MetricType::Counter => MetricValue::Counter(self.value.load(Relaxed) as u64),
             MetricType::Gauge => MetricValue::Gauge(self.value.load(Relaxed)),
-            MetricType::Histogram => MetricValue::Histogram { count: self.count.load(Relaxed), sum: self.sum.load(Relaxed) },
+            MetricType::Histogram => MetricValue::Histogram {
+                count: self.count.load(Relaxed),
+                sum: self.sum.load(Relaxed),
+            },
         }
     }
 }
@@ -92,7 +100,11 @@ impl MetricsRegistry {
         let mut out: Vec<MetricSample> = self
             .metrics
             .iter()
-            .map(|e| MetricSample { plugin: e.key().0.clone(), name: e.key().1.clone(), value: e.value().value() })
+            .map(|e| MetricSample {
+                plugin: e.key().0.clone(),
+                name: e.key().1.clone(),
+                value: e.value().value(),
+            })
             .collect();
         out.sort_by(|a, b| (&a.plugin, &a.name).cmp(&(&b.plugin, &b.name)));
         out
@@ -100,7 +112,10 @@ impl MetricsRegistry {
 
     /// One metric's value.
     pub fn get(&self, plugin: &str, name: &str) -> Option<MetricValue> {
-        self.metrics.iter().find(|e| e.key().0 == plugin && e.key().1 == name).map(|e| e.value().value())
+        self.metrics
+            .iter()
+            .find(|e| e.key().0 == plugin && e.key().1 == name)
+            .map(|e| e.value().value())
     }
 }
 
@@ -113,11 +128,16 @@ pub(crate) struct VmMetrics {
 
 impl VmMetrics {
     pub(crate) fn new(registry: MetricsRegistry) -> Self {
-        Self { registry, by_index: Vec::new() }
+        Self {
+            registry,
+            by_index: Vec::new(),
+        }
     }
 
     pub(crate) fn define(&mut self, plugin: &str, name: &str, kind: MetricType) -> Option<u32> {
-        let n = u32::try_from(self.by_index.len() + 1).ok().filter(|n| *n <= u32::MAX >> 2)?;
+        let n = u32::try_from(self.by_index.len() + 1)
+            .ok()
+            .filter(|n| *n <= u32::MAX >> 2)?;
         self.by_index.push(self.registry.define(plugin, name, kind));
         Some((n << 2) | kind as u32)
     }
@@ -179,40 +199,61 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         "env",
         "proxy_define_metric",
-        |mut caller: Caller<'_, HostState>, kind: u32, np: u32, nl: u32, idp: u32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         kind: u32,
+         np: u32,
+         nl: u32,
+         idp: u32|
+         -> wasmtime::Result<i32> {
             const F: &str = "proxy_define_metric";
             memory::not_in_allocator(&caller, F)?;
             memory::check_out(&mut caller, F, &[idp])?;
-            let Some(kind) = MetricType::from_raw(kind) else { return Ok(Status::BadArgument.raw()) };
+            let Some(kind) = MetricType::from_raw(kind) else {
+                return Ok(Status::BadArgument.raw());
+            };
             let name = memory::read(&mut caller, F, np, nl, 64 << 10)?;
             let name = String::from_utf8_lossy(&name).into_owned();
             let st = caller.data_mut();
             let plugin = st.plugin.clone();
-            let Some(id) = st.metrics.define(&plugin.name, &name, kind) else { return Ok(Status::InternalFailure.raw()) };
+            let Some(id) = st.metrics.define(&plugin.name, &name, kind) else {
+                return Ok(Status::InternalFailure.raw());
+            };
             memory::write_u32(&mut caller, F, idp, id)?;
             Ok(Status::Ok.raw())
         },
     )?;
-    linker.func_wrap("env", "proxy_get_metric", |mut caller: Caller<'_, HostState>, id: u32, vp: u32| -> wasmtime::Result<i32> {
-        const F: &str = "proxy_get_metric";
-        memory::not_in_allocator(&caller, F)?;
-        memory::check_out(&mut caller, F, &[vp])?;
-        match caller.data().metrics.get(id) {
-            Ok(v) => {
-                memory::write_u64(&mut caller, F, vp, v)?;
-                Ok(Status::Ok.raw())
+    linker.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut caller: Caller<'_, HostState>, id: u32, vp: u32| -> wasmtime::Result<i32> {
+            const F: &str = "proxy_get_metric";
+            memory::not_in_allocator(&caller, F)?;
+            memory::check_out(&mut caller, F, &[vp])?;
+            match caller.data().metrics.get(id) {
+                Ok(v) => {
+                    memory::write_u64(&mut caller, F, vp, v)?;
+                    Ok(Status::Ok.raw())
+                }
+                Err(s) => Ok(s.raw()),
             }
-            Err(s) => Ok(s.raw()),
-        }
-    })?;
-    linker.func_wrap("env", "proxy_record_metric", |caller: Caller<'_, HostState>, id: u32, v: i64| -> wasmtime::Result<i32> {
-        memory::not_in_allocator(&caller, "proxy_record_metric")?;
-        Ok(status(caller.data().metrics.record(id, v as u64)))
-    })?;
-    linker.func_wrap("env", "proxy_increment_metric", |caller: Caller<'_, HostState>, id: u32, d: i64| -> wasmtime::Result<i32> {
-        memory::not_in_allocator(&caller, "proxy_increment_metric")?;
-        Ok(status(caller.data().metrics.increment(id, d)))
-    })?;
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |caller: Caller<'_, HostState>, id: u32, v: i64| -> wasmtime::Result<i32> {
+            memory::not_in_allocator(&caller, "proxy_record_metric")?;
+            Ok(status(caller.data().metrics.record(id, v as u64)))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |caller: Caller<'_, HostState>, id: u32, d: i64| -> wasmtime::Result<i32> {
+            memory::not_in_allocator(&caller, "proxy_increment_metric")?;
+            Ok(status(caller.data().metrics.increment(id, d)))
+        },
+    )?;
     Ok(())
 }
 
@@ -256,7 +297,10 @@ mod tests {
         let c2 = vm2.define("p", "reqs", MetricType::Counter).unwrap();
         vm2.increment(c2, 1).unwrap();
         assert_eq!(reg.get("p", "reqs"), Some(MetricValue::Counter(6)));
-        assert_eq!(reg.get("p", "lat"), Some(MetricValue::Histogram { count: 2, sum: 150 }));
+        assert_eq!(
+            reg.get("p", "lat"),
+            Some(MetricValue::Histogram { count: 2, sum: 150 })
+        );
         assert_eq!(reg.snapshot().len(), 3);
     }
 }

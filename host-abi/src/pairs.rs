@@ -46,7 +46,10 @@ pub struct PairsCaps {
 
 impl PairsCaps {
     /// No practical limit (for tests and fuzzing).
-    pub const UNLIMITED: Self = Self { max_entries: usize::MAX, max_bytes: usize::MAX };
+    pub const UNLIMITED: Self = Self {
+        max_entries: usize::MAX,
+        max_bytes: usize::MAX,
+    };
 }
 
 /// The exact serialized size of `pairs` (computed in u64 so it cannot overflow).
@@ -60,13 +63,22 @@ pub fn serialized_len<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> u64 {
 
 /// Serializes a map. An empty map gives `[0, 0, 0, 0]` (N = 0); callers that want Envoy's
 /// "size 0, null pointer" answer for an empty map check `pairs.is_empty()` first.
-pub fn serialize<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)], caps: PairsCaps) -> Result<Vec<u8>, PairsError> {
+pub fn serialize<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    pairs: &[(K, V)],
+    caps: PairsCaps,
+) -> Result<Vec<u8>, PairsError> {
     if pairs.len() > caps.max_entries {
-        return Err(PairsError::TooManyEntries { count: pairs.len() as u64, cap: caps.max_entries });
+        return Err(PairsError::TooManyEntries {
+            count: pairs.len() as u64,
+            cap: caps.max_entries,
+        });
     }
     let size = serialized_len(pairs);
     if size > caps.max_bytes as u64 || size > u32::MAX as u64 {
-        return Err(PairsError::TooLarge { size, cap: caps.max_bytes });
+        return Err(PairsError::TooLarge {
+            size,
+            cap: caps.max_bytes,
+        });
     }
     let mut out = Vec::with_capacity(size as usize);
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
@@ -87,14 +99,20 @@ pub fn serialize<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)], caps: PairsCa
 /// so is the spec's one-byte form `[0]`. Trailing bytes after the last entry are ignored.
 pub fn deserialize(data: &[u8], caps: PairsCaps) -> Result<Pairs, PairsError> {
     if data.len() > caps.max_bytes {
-        return Err(PairsError::TooLarge { size: data.len() as u64, cap: caps.max_bytes });
+        return Err(PairsError::TooLarge {
+            size: data.len() as u64,
+            cap: caps.max_bytes,
+        });
     }
     if data.is_empty() || data == [0] {
         return Ok(Vec::new());
     }
     let count = u64::from(read_u32(data, 0)?);
     if count > caps.max_entries as u64 {
-        return Err(PairsError::TooManyEntries { count, cap: caps.max_entries });
+        return Err(PairsError::TooManyEntries {
+            count,
+            cap: caps.max_entries,
+        });
     }
     // Every entry needs at least 8 header bytes and 2 NULs: reject absurd counts before allocating.
     if 4 + count * 10 > data.len() as u64 {
@@ -118,7 +136,9 @@ pub fn deserialize(data: &[u8], caps: PairsCaps) -> Result<Pairs, PairsError> {
 }
 
 fn read_u32(data: &[u8], at: usize) -> Result<u32, PairsError> {
-    let bytes = data.get(at..at.checked_add(4).ok_or(PairsError::Truncated)?).ok_or(PairsError::Truncated)?;
+    let bytes = data
+        .get(at..at.checked_add(4).ok_or(PairsError::Truncated)?)
+        .ok_or(PairsError::Truncated)?;
     Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
 }
 
@@ -154,7 +174,8 @@ mod tests {
     fn matches_the_documented_example() {
         let bytes = serialize(&[("a", "1"), ("b", "22")], U).unwrap();
         let expected: Vec<u8> = vec![
-            2, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, b'a', 0, b'1', 0, b'b', 0, b'2', b'2', 0,
+            2, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, b'a', 0, b'1', 0, b'b', 0,
+            b'2', b'2', 0,
         ];
         assert_eq!(bytes, expected);
         assert_eq!(bytes.len(), 29);
@@ -186,7 +207,10 @@ mod tests {
         // one entry announced, no room for it
         assert_eq!(deserialize(&[1, 0, 0, 0], U), Err(PairsError::Truncated));
         // absurd count is rejected without allocating
-        assert_eq!(deserialize(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0], U), Err(PairsError::Truncated));
+        assert_eq!(
+            deserialize(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0], U),
+            Err(PairsError::Truncated)
+        );
         // lengths pointing past the end
         let mut bad = serialize(&[("a", "b")], U).unwrap();
         bad[4] = 200;
@@ -205,18 +229,33 @@ mod tests {
 
     #[test]
     fn caps_are_enforced_both_ways() {
-        let caps = PairsCaps { max_entries: 1, max_bytes: 64 };
+        let caps = PairsCaps {
+            max_entries: 1,
+            max_bytes: 64,
+        };
         let two = [("a", "1"), ("b", "2")];
-        assert!(matches!(serialize(&two, caps), Err(PairsError::TooManyEntries { .. })));
+        assert!(matches!(
+            serialize(&two, caps),
+            Err(PairsError::TooManyEntries { .. })
+        ));
         let bytes = serialize(&two, U).unwrap();
-        assert!(matches!(deserialize(&bytes, caps), Err(PairsError::TooManyEntries { .. })));
+        assert!(matches!(
+            deserialize(&bytes, caps),
+            Err(PairsError::TooManyEntries { .. })
+        ));
         let big = [("k", "v".repeat(100))];
-        assert!(matches!(serialize(&big, caps), Err(PairsError::TooLarge { .. })));
+        assert!(matches!(
+            serialize(&big, caps),
+            Err(PairsError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn property_paths() {
-        assert_eq!(split_path(b"request\0path"), vec![&b"request"[..], &b"path"[..]]);
+        assert_eq!(
+            split_path(b"request\0path"),
+            vec![&b"request"[..], &b"path"[..]]
+        );
         assert_eq!(split_path(b"plugin_name"), vec![&b"plugin_name"[..]]);
         assert!(split_path(b"").is_empty());
     }

@@ -37,11 +37,13 @@ pub enum Availability<'a> {
 }
 
 enum State {
-    Running(Vm),
+    Running(Box<Vm>),
     /// Failed with `FailClosed` / `FailOpen`: stays down until the plugin is replaced.
     Down(Verdict),
     /// `Reload`: rebuild at `at`.
-    Backoff { at: Instant },
+    Backoff {
+        at: Instant,
+    },
 }
 
 /// One filter instance on one worker thread.
@@ -62,16 +64,32 @@ impl std::fmt::Debug for Plugin {
             State::Down(_) => "down",
             State::Backoff { .. } => "backoff",
         };
-        f.debug_struct("Plugin").field("name", &self.config.name).field("state", &state).finish()
+        f.debug_struct("Plugin")
+            .field("name", &self.config.name)
+            .field("state", &state)
+            .finish()
     }
 }
 
 impl Plugin {
     /// Starts the first VM; a start failure (including a rejected configuration) is returned, so
     /// a bad plugin never goes live.
-    pub fn new(runtime: &Runtime, module: Arc<Module>, config: PluginConfig, mut factory: HostFactory) -> Result<Self, StartError> {
+    pub fn new(
+        runtime: &Runtime,
+        module: Arc<Module>,
+        config: PluginConfig,
+        mut factory: HostFactory,
+    ) -> Result<Self, StartError> {
         let vm = Vm::new(runtime, module.clone(), config.clone(), factory())?;
-        Ok(Self { runtime: runtime.clone(), module, config, factory, state: State::Running(vm), last_failure: None, last_delay: None })
+        Ok(Self {
+            runtime: runtime.clone(),
+            module,
+            config,
+            factory,
+            state: State::Running(Box::new(vm)),
+            last_failure: None,
+            last_delay: None,
+        })
     }
 
     /// The plugin's configuration.
@@ -91,22 +109,28 @@ impl Plugin {
 
     /// [`Plugin::vm`] with an explicit clock (for tests).
     pub fn vm_at(&mut self, now: Instant) -> Availability<'_> {
-        if let State::Running(vm) = &self.state {
-            if let Some(f) = vm.failure().cloned() {
-                self.on_failure_at(&f, now);
-            }
+        if let State::Running(vm) = &self.state
+            && let Some(f) = vm.failure().cloned()
+        {
+            self.on_failure_at(&f, now);
         }
-        if let State::Backoff { at } = self.state {
-            if now >= at {
-                match Vm::new(&self.runtime, self.module.clone(), self.config.clone(), (self.factory)()) {
-                    Ok(vm) => {
-                        FilterStats::add(&self.config.stats.vm_rebuilds, 1);
-                        self.state = State::Running(vm);
-                    }
-                    Err(e) => {
-                        tracing::warn!(plugin = %self.config.name, "filter VM rebuild failed: {e}");
-                        self.schedule(now);
-                    }
+        if let State::Backoff { at } = self.state
+            && now >= at
+        {
+            let host = (self.factory)();
+            match Vm::new(
+                &self.runtime,
+                self.module.clone(),
+                self.config.clone(),
+                host,
+            ) {
+                Ok(vm) => {
+                    FilterStats::add(&self.config.stats.vm_rebuilds, 1);
+                    self.state = State::Running(Box::new(vm));
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %self.config.name, "filter VM rebuild failed: {e}");
+                    self.schedule(now);
                 }
             }
         }
@@ -149,7 +173,9 @@ impl Plugin {
     /// plugin has run failure-free for longer than the cap.
     fn schedule(&mut self, now: Instant) {
         let b = self.config.backoff;
-        let fresh = self.last_failure.is_none_or(|t| now.saturating_duration_since(t) > b.max);
+        let fresh = self
+            .last_failure
+            .is_none_or(|t| now.saturating_duration_since(t) > b.max);
         let delay = match (fresh, self.last_delay) {
             (false, Some(d)) => (d * 2).min(b.max),
             _ => b.initial,

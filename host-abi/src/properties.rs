@@ -31,7 +31,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         "env",
         "proxy_get_property",
-        |mut caller: Caller<'_, HostState>, pp: u32, pl: u32, vp: u32, vl: u32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         pp: u32,
+         pl: u32,
+         vp: u32,
+         vl: u32|
+         -> wasmtime::Result<i32> {
             const F: &str = "proxy_get_property";
             memory::not_in_allocator(&caller, F)?;
             memory::check_out(&mut caller, F, &[vp, vl])?;
@@ -51,7 +56,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         "env",
         "proxy_set_property",
-        |mut caller: Caller<'_, HostState>, pp: u32, pl: u32, vp: u32, vl: u32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         pp: u32,
+         pl: u32,
+         vp: u32,
+         vl: u32|
+         -> wasmtime::Result<i32> {
             const F: &str = "proxy_set_property";
             memory::not_in_allocator(&caller, F)?;
             if pl as usize > MAX_PATH || vl as usize > caller.data().plugin.limits.max_copy_bytes {

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine, ExternType, FuncType, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Engine, ExternType, FuncType, InstanceAllocationStrategy, InstancePre, Linker,
+    PoolingAllocationConfig, Store,
+};
 
 use crate::config::{PluginConfig, RuntimeConfig};
 use crate::embedder::DefaultPluginHost;
@@ -31,7 +34,10 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("config", &self.inner.config).field("cached_modules", &self.inner.cache.len()).finish()
+        f.debug_struct("Runtime")
+            .field("config", &self.inner.config)
+            .field("cached_modules", &self.inner.cache.len())
+            .finish()
     }
 }
 
@@ -92,9 +98,19 @@ impl Runtime {
         drop(store);
 
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_ticker(engine.clone(), config.epoch_tick, stop.clone()).map_err(|e| RuntimeError(e.to_string()))?;
+        spawn_ticker(engine.clone(), config.epoch_tick, stop.clone())
+            .map_err(|e| RuntimeError(e.to_string()))?;
         Ok(Self {
-            inner: Arc::new(Inner { engine, linker, imports, cache: DashMap::new(), shared, metrics, config, stop_ticker: stop }),
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                imports,
+                cache: DashMap::new(),
+                shared,
+                metrics,
+                config,
+                stop_ticker: stop,
+            }),
         })
     }
 
@@ -129,16 +145,24 @@ impl Runtime {
     pub fn compile(&self, wasm: &[u8]) -> Result<Arc<Module>, LoadError> {
         let limit = self.inner.config.max_module_bytes;
         if wasm.len() > limit {
-            return Err(LoadError::TooLarge { size: wasm.len(), limit });
+            return Err(LoadError::TooLarge {
+                size: wasm.len(),
+                limit,
+            });
         }
         let sha256: [u8; 32] = Sha256::digest(wasm).into();
         if let Some(m) = self.inner.cache.get(&sha256).and_then(|w| w.upgrade()) {
             return Ok(m);
         }
-        let module = wasmtime::Module::new(&self.inner.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let module = wasmtime::Module::new(&self.inner.engine, wasm)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         check_exports(&module)?;
         self.check_imports(&module)?;
-        let pre = self.inner.linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let m = Arc::new(Module { sha256, pre });
         self.inner.cache.insert(sha256, Arc::downgrade(&m));
         self.inner.cache.retain(|_, w| w.strong_count() > 0);
@@ -148,8 +172,13 @@ impl Runtime {
     fn check_imports(&self, module: &wasmtime::Module) -> Result<(), LoadError> {
         for import in module.imports() {
             let key = (import.module().to_owned(), import.name().to_owned());
-            let unknown = || LoadError::UnknownImport { module: key.0.clone(), name: key.1.clone() };
-            let ExternType::Func(found) = import.ty() else { return Err(unknown()) };
+            let unknown = || LoadError::UnknownImport {
+                module: key.0.clone(),
+                name: key.1.clone(),
+            };
+            let ExternType::Func(found) = import.ty() else {
+                return Err(unknown());
+            };
             let expected = self.inner.imports.get(&key).ok_or_else(unknown)?;
             if !same_type(expected, &found) {
                 return Err(LoadError::ImportType {
@@ -175,24 +204,35 @@ fn dummy_state(shared: &SharedState, metrics: &MetricsRegistry) -> HostState {
         environ: Vec::new(),
         limits: cfg.limits,
     });
-    HostState::new(plugin, Box::new(DefaultPluginHost), shared.clone(), VmMetrics::new(metrics.clone()))
+    HostState::new(
+        plugin,
+        Box::new(DefaultPluginHost),
+        shared.clone(),
+        VmMetrics::new(metrics.clone()),
+    )
 }
 
 fn spawn_ticker(engine: Engine, period: Duration, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("weir-wasm-epoch".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(period);
-            engine.increment_epoch();
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("weir-wasm-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(period);
+                engine.increment_epoch();
+            }
+        })?;
     Ok(())
 }
 
 fn same_type(a: &FuncType, b: &FuncType) -> bool {
     a.params().len() == b.params().len()
         && a.results().len() == b.results().len()
-        && a.params().zip(b.params()).all(|(x, y)| x.matches(&y) && y.matches(&x))
-        && a.results().zip(b.results()).all(|(x, y)| x.matches(&y) && y.matches(&x))
+        && a.params()
+            .zip(b.params())
+            .all(|(x, y)| x.matches(&y) && y.matches(&x))
+        && a.results()
+            .zip(b.results())
+            .all(|(x, y)| x.matches(&y) && y.matches(&x))
 }
 
 fn signature(f: &FuncType) -> String {
@@ -249,8 +289,14 @@ fn check_exports(module: &wasmtime::Module) -> Result<(), LoadError> {
         return Err(LoadError::MissingInitialize);
     }
     for (name, params, results) in CALLBACKS {
-        let Some(ty) = module.get_export(name) else { continue };
-        let expected = format!("({}) -> ({})", vec!["i32"; *params].join(", "), vec!["i32"; *results].join(", "));
+        let Some(ty) = module.get_export(name) else {
+            continue;
+        };
+        let expected = format!(
+            "({}) -> ({})",
+            vec!["i32"; *params].join(", "),
+            vec!["i32"; *results].join(", ")
+        );
         let ok = match &ty {
             ExternType::Func(f) => {
                 f.params().len() == *params
@@ -262,9 +308,17 @@ fn check_exports(module: &wasmtime::Module) -> Result<(), LoadError> {
         if !ok {
             let found = match &ty {
                 ExternType::Func(f) => signature(f),
-                other => format!("{other:?}").split('(').next().unwrap_or("non-function").to_owned(),
+                other => format!("{other:?}")
+                    .split('(')
+                    .next()
+                    .unwrap_or("non-function")
+                    .to_owned(),
             };
-            return Err(LoadError::ExportType { name: (*name).to_owned(), expected, found });
+            return Err(LoadError::ExportType {
+                name: (*name).to_owned(),
+                expected,
+                found,
+            });
         }
     }
     Ok(())
@@ -278,7 +332,9 @@ pub struct Module {
 
 impl std::fmt::Debug for Module {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Module").field("sha256", &self.sha256_hex()).finish()
+        f.debug_struct("Module")
+            .field("sha256", &self.sha256_hex())
+            .finish()
     }
 }
 

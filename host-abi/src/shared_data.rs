@@ -25,7 +25,9 @@ pub struct SharedState {
 
 impl std::fmt::Debug for SharedState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedState").field("vm_ids", &self.inner.kv.len()).finish()
+        f.debug_struct("SharedState")
+            .field("vm_ids", &self.inner.kv.len())
+            .finish()
     }
 }
 
@@ -51,7 +53,11 @@ impl SharedState {
 
     fn next_cas(&self) -> u32 {
         loop {
-            let cas = self.inner.cas.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            let cas = self
+                .inner
+                .cas
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
             if cas != 0 {
                 return cas;
             }
@@ -70,7 +76,13 @@ impl SharedState {
     }
 }
 
-fn set_in(shared: &SharedState, space: &KvSpace, key: &[u8], value: &[u8], cas: u32) -> Result<u32, Status> {
+fn set_in(
+    shared: &SharedState,
+    space: &KvSpace,
+    key: &[u8],
+    value: &[u8],
+    cas: u32,
+) -> Result<u32, Status> {
     // `entry` holds the shard lock, so check-and-set is atomic against other threads.
     match space.entry(key.to_vec()) {
         dashmap::Entry::Occupied(mut e) => {
@@ -93,12 +105,22 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         "env",
         "proxy_get_shared_data",
-        |mut caller: Caller<'_, HostState>, kp: u32, kl: u32, vp: u32, vl: u32, casp: u32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         kp: u32,
+         kl: u32,
+         vp: u32,
+         vl: u32,
+         casp: u32|
+         -> wasmtime::Result<i32> {
             const F: &str = "proxy_get_shared_data";
             memory::not_in_allocator(&caller, F)?;
             memory::check_out(&mut caller, F, &[vp, vl, casp])?;
-            let found = memory::with_bytes(&mut caller, F, kp, kl, |key, st| st.kv.get(key).map(|e| e.value().clone()))?;
-            let Some((value, cas)) = found else { return Ok(Status::NotFound.raw()) };
+            let found = memory::with_bytes(&mut caller, F, kp, kl, |key, st| {
+                st.kv.get(key).map(|e| e.value().clone())
+            })?;
+            let Some((value, cas)) = found else {
+                return Ok(Status::NotFound.raw());
+            };
             memory::return_bytes(&mut caller, F, &value, vp, vl)?;
             memory::write_u32(&mut caller, F, casp, cas)?;
             Ok(Status::Ok.raw())
@@ -107,19 +129,29 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         "env",
         "proxy_set_shared_data",
-        |mut caller: Caller<'_, HostState>, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         kp: u32,
+         kl: u32,
+         vp: u32,
+         vl: u32,
+         cas: u32|
+         -> wasmtime::Result<i32> {
             const F: &str = "proxy_set_shared_data";
             memory::not_in_allocator(&caller, F)?;
             let cap = caller.data().plugin.limits.max_copy_bytes;
             if vl as usize > cap || kl as usize > cap {
                 return Ok(Status::BadArgument.raw());
             }
-            memory::with_two(&mut caller, F, (kp, kl), (vp, vl), |key, value, st| {
-                match set_in(&st.shared, &st.kv, key, value, cas) {
+            memory::with_two(
+                &mut caller,
+                F,
+                (kp, kl),
+                (vp, vl),
+                |key, value, st| match set_in(&st.shared, &st.kv, key, value, cas) {
                     Ok(_) => Status::Ok.raw(),
                     Err(s) => s.raw(),
-                }
-            })
+                },
+            )
         },
     )?;
     Ok(())

@@ -32,13 +32,21 @@ impl SharedState {
     /// notified on enqueue (last registration wins). Returns the queue token.
     pub fn register_queue(&self, vm_id: &str, name: &[u8], receiver: Option<QueueNotifier>) -> u32 {
         let q = &self.inner.queues;
-        let token = *q.by_name.entry((vm_id.to_owned(), name.to_vec())).or_insert_with(|| loop {
-            let t = q.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-            if t != 0 {
-                break t;
-            }
+        let token = *q
+            .by_name
+            .entry((vm_id.to_owned(), name.to_vec()))
+            .or_insert_with(|| {
+                loop {
+                    let t = q.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+                    if t != 0 {
+                        break t;
+                    }
+                }
+            });
+        let mut entry = q.queues.entry(token).or_insert_with(|| Queue {
+            items: VecDeque::new(),
+            receiver: None,
         });
-        let mut entry = q.queues.entry(token).or_insert_with(|| Queue { items: VecDeque::new(), receiver: None });
         if receiver.is_some() {
             entry.receiver = receiver;
         }
@@ -47,13 +55,22 @@ impl SharedState {
 
     /// The token of queue `name` in `vm_id`, if registered.
     pub fn resolve_queue(&self, vm_id: &str, name: &[u8]) -> Option<u32> {
-        self.inner.queues.by_name.get(&(vm_id.to_owned(), name.to_vec())).map(|t| *t)
+        self.inner
+            .queues
+            .by_name
+            .get(&(vm_id.to_owned(), name.to_vec()))
+            .map(|t| *t)
     }
 
     /// Appends an item and notifies the receiver (outside any lock).
     pub fn enqueue(&self, token: u32, item: Vec<u8>) -> Result<(), Status> {
         let notifier = {
-            let mut q = self.inner.queues.queues.get_mut(&token).ok_or(Status::NotFound)?;
+            let mut q = self
+                .inner
+                .queues
+                .queues
+                .get_mut(&token)
+                .ok_or(Status::NotFound)?;
             q.items.push_back(item);
             q.receiver.clone()
         };
@@ -65,7 +82,12 @@ impl SharedState {
 
     /// Removes the oldest item: `NotFound` for a bad token, `Empty` when there is none.
     pub fn dequeue(&self, token: u32) -> Result<Vec<u8>, Status> {
-        let mut q = self.inner.queues.queues.get_mut(&token).ok_or(Status::NotFound)?;
+        let mut q = self
+            .inner
+            .queues
+            .queues
+            .get_mut(&token)
+            .ok_or(Status::NotFound)?;
         q.items.pop_front().ok_or(Status::Empty)
     }
 }
@@ -89,12 +111,22 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         "env",
         "proxy_resolve_shared_queue",
-        |mut caller: Caller<'_, HostState>, vp: u32, vl: u32, np: u32, nl: u32, idp: u32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         vp: u32,
+         vl: u32,
+         np: u32,
+         nl: u32,
+         idp: u32|
+         -> wasmtime::Result<i32> {
             const F: &str = "proxy_resolve_shared_queue";
             memory::not_in_allocator(&caller, F)?;
             memory::check_out(&mut caller, F, &[idp])?;
             let found = memory::with_two(&mut caller, F, (vp, vl), (np, nl), |vm_id, name, st| {
-                let vm_id = if vm_id.is_empty() { st.plugin.vm_id.clone() } else { String::from_utf8_lossy(vm_id).into_owned() };
+                let vm_id = if vm_id.is_empty() {
+                    st.plugin.vm_id.clone()
+                } else {
+                    String::from_utf8_lossy(vm_id).into_owned()
+                };
                 st.shared.resolve_queue(&vm_id, name)
             })?;
             match found {
@@ -109,7 +141,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         "env",
         "proxy_enqueue_shared_queue",
-        |mut caller: Caller<'_, HostState>, token: u32, vp: u32, vl: u32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         token: u32,
+         vp: u32,
+         vl: u32|
+         -> wasmtime::Result<i32> {
             const F: &str = "proxy_enqueue_shared_queue";
             memory::not_in_allocator(&caller, F)?;
             let cap = caller.data().plugin.limits.max_copy_bytes;
@@ -124,7 +160,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         "env",
         "proxy_dequeue_shared_queue",
-        |mut caller: Caller<'_, HostState>, token: u32, vp: u32, vl: u32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         token: u32,
+         vp: u32,
+         vl: u32|
+         -> wasmtime::Result<i32> {
             const F: &str = "proxy_dequeue_shared_queue";
             memory::not_in_allocator(&caller, F)?;
             memory::check_out(&mut caller, F, &[vp, vl])?;
@@ -152,8 +192,16 @@ mod tests {
         let seen_a = Arc::new(Mutex::new(Vec::new()));
         let seen_b = Arc::new(Mutex::new(Vec::new()));
         let (a, b) = (seen_a.clone(), seen_b.clone());
-        let t1 = s.register_queue("vm", b"q", Some(Arc::new(move |t| a.lock().unwrap().push(t))));
-        let t2 = s.register_queue("vm", b"q", Some(Arc::new(move |t| b.lock().unwrap().push(t))));
+        let t1 = s.register_queue(
+            "vm",
+            b"q",
+            Some(Arc::new(move |t| a.lock().unwrap().push(t))),
+        );
+        let t2 = s.register_queue(
+            "vm",
+            b"q",
+            Some(Arc::new(move |t| b.lock().unwrap().push(t))),
+        );
         assert_eq!(t1, t2);
         assert_ne!(t1, 0);
         assert_eq!(s.resolve_queue("vm", b"q"), Some(t1));

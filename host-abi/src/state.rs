@@ -75,7 +75,12 @@ pub(crate) struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_cap {
             self.hit = true;
             return Ok(false);
@@ -83,7 +88,12 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         // Tables hold function references; 64Ki entries is far beyond any real filter.
         Ok(desired <= 65_536)
     }
@@ -131,10 +141,18 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
-    pub(crate) fn new(plugin: Arc<PluginShared>, host: Box<dyn PluginHost>, shared: SharedState, metrics: VmMetrics) -> Self {
+    pub(crate) fn new(
+        plugin: Arc<PluginShared>,
+        host: Box<dyn PluginHost>,
+        shared: SharedState,
+        metrics: VmMetrics,
+    ) -> Self {
         let kv = shared.kv_space(&plugin.vm_id);
         Self {
-            limiter: Limiter { memory_cap: plugin.limits.memory_bytes, hit: false },
+            limiter: Limiter {
+                memory_cap: plugin.limits.memory_bytes,
+                hit: false,
+            },
             memory: None,
             alloc: None,
             in_allocator: false,
@@ -166,7 +184,11 @@ impl HostState {
     /// The lent stream if it belongs to the acting context.
     pub(crate) fn acting_stream(&mut self) -> Option<&mut StreamBox> {
         let ctx = self.acting_context();
-        if self.stream_ctx == Some(ctx) { Some(&mut self.stream) } else { None }
+        if self.stream_ctx == Some(ctx) {
+            Some(&mut self.stream)
+        } else {
+            None
+        }
     }
 
     /// Records a deferred effect for the acting context.
@@ -193,6 +215,10 @@ impl HostState {
 
     /// Continue/close effect helper.
     pub(crate) fn defer_stream(&mut self, close: bool, stream: StreamType) {
-        self.defer(if close { Effect::CloseStream(stream) } else { Effect::ContinueStream(stream) });
+        self.defer(if close {
+            Effect::CloseStream(stream)
+        } else {
+            Effect::ContinueStream(stream)
+        });
     }
 }

@@ -11,14 +11,23 @@ use crate::types::{Status, StreamType};
 use crate::vm::LocalReply;
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    for (name, close) in [("proxy_continue_stream", false), ("proxy_close_stream", true)] {
-        linker.func_wrap("env", name, move |caller: Caller<'_, HostState>, kind: u32| -> wasmtime::Result<i32> {
-            memory::not_in_allocator(&caller, name)?;
-            let Some(kind) = StreamType::from_raw(kind) else { return Ok(Status::BadArgument.raw()) };
-            let mut caller = caller;
-            caller.data_mut().defer_stream(close, kind);
-            Ok(Status::Ok.raw())
-        })?;
+    for (name, close) in [
+        ("proxy_continue_stream", false),
+        ("proxy_close_stream", true),
+    ] {
+        linker.func_wrap(
+            "env",
+            name,
+            move |caller: Caller<'_, HostState>, kind: u32| -> wasmtime::Result<i32> {
+                memory::not_in_allocator(&caller, name)?;
+                let Some(kind) = StreamType::from_raw(kind) else {
+                    return Ok(Status::BadArgument.raw());
+                };
+                let mut caller = caller;
+                caller.data_mut().defer_stream(close, kind);
+                Ok(Status::Ok.raw())
+            },
+        )?;
     }
     linker.func_wrap(
         "env",

@@ -18,23 +18,35 @@ pub fn monotonic_nanos() -> u64 {
 
 /// Wall-clock nanoseconds since the Unix epoch of the embedder's clock.
 pub(crate) fn realtime_nanos(st: &HostState) -> u64 {
-    st.host.now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    st.host
+        .now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut caller: Caller<'_, HostState>, out: u32| -> wasmtime::Result<i32> {
-        const F: &str = "proxy_get_current_time_nanoseconds";
-        let now = realtime_nanos(caller.data());
-        memory::write_u64(&mut caller, F, out, now)?;
-        Ok(Status::Ok.raw())
-    })?;
-    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut caller: Caller<'_, HostState>, ms: u32| -> wasmtime::Result<i32> {
-        memory::not_in_allocator(&caller, "proxy_set_tick_period_milliseconds")?;
-        let period = (ms != 0).then(|| Duration::from_millis(u64::from(ms)));
-        let st = caller.data_mut();
-        st.tick_period = period;
-        st.host.set_tick_period(period);
-        Ok(Status::Ok.raw())
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut caller: Caller<'_, HostState>, out: u32| -> wasmtime::Result<i32> {
+            const F: &str = "proxy_get_current_time_nanoseconds";
+            let now = realtime_nanos(caller.data());
+            memory::write_u64(&mut caller, F, out, now)?;
+            Ok(Status::Ok.raw())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut caller: Caller<'_, HostState>, ms: u32| -> wasmtime::Result<i32> {
+            memory::not_in_allocator(&caller, "proxy_set_tick_period_milliseconds")?;
+            let period = (ms != 0).then(|| Duration::from_millis(u64::from(ms)));
+            let st = caller.data_mut();
+            st.tick_period = period;
+            st.host.set_tick_period(period);
+            Ok(Status::Ok.raw())
+        },
+    )?;
     Ok(())
 }

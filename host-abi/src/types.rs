@@ -86,7 +86,11 @@ pub enum Action {
 
 impl Action {
     pub(crate) fn from_raw(raw: i32) -> Self {
-        if raw == 0 { Self::Continue } else { Self::Pause }
+        if raw == 0 {
+            Self::Continue
+        } else {
+            Self::Pause
+        }
     }
 }
 

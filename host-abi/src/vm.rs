@@ -77,7 +77,11 @@ impl Outcome {
     }
 }
 
+/// `(context, size_or_count, end_of_stream) -> Action`, the shape of most stream callbacks.
+type StreamCallback = TypedFunc<(u32, u32, u32), u32>;
+
 /// The callback exports, looked up once per instance (absent ones behave like the SDK's defaults).
+#[allow(clippy::type_complexity)] // one field per export, typed exactly as the ABI declares it
 struct Exports {
     initialize: Option<TypedFunc<(), ()>>,
     context_create: Option<TypedFunc<(u32, u32), ()>>,
@@ -142,9 +146,18 @@ impl std::fmt::Debug for Vm {
 impl Vm {
     /// Instantiates `module` and runs the start sequence: `_initialize` (or `_start`),
     /// `proxy_on_context_create(root, 0)`, `proxy_on_vm_start`, `proxy_on_configure`.
-    pub fn new(runtime: &Runtime, module: Arc<Module>, config: PluginConfig, host: Box<dyn PluginHost>) -> Result<Vm, StartError> {
+    pub fn new(
+        runtime: &Runtime,
+        module: Arc<Module>,
+        config: PluginConfig,
+        host: Box<dyn PluginHost>,
+    ) -> Result<Vm, StartError> {
         let plugin = Arc::new(PluginShared {
-            environ: config.environment.iter().map(|(k, v)| format!("{k}={v}").into_bytes()).collect(),
+            environ: config
+                .environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}").into_bytes())
+                .collect(),
             name: config.name,
             root_id: config.root_id,
             vm_id: config.vm_id,
@@ -152,14 +165,25 @@ impl Vm {
             configuration: config.configuration,
             limits: config.limits,
         });
-        let state = HostState::new(plugin, host, runtime.shared().clone(), VmMetrics::new(runtime.metrics().clone()));
+        let state = HostState::new(
+            plugin,
+            host,
+            runtime.shared().clone(),
+            VmMetrics::new(runtime.metrics().clone()),
+        );
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut ctx| Ok(crate::deadline::on_expiry(ctx.data_mut())));
         let start_ticks = runtime.ticks(config.limits.deadlines.start);
-        store.data_mut().deadline.arm(start_ticks, config.limits.deadlines.start);
+        store
+            .data_mut()
+            .deadline
+            .arm(start_ticks, config.limits.deadlines.start);
         store.set_epoch_deadline(start_ticks);
-        let instance = module.pre().instantiate(&mut store).map_err(|e| StartError::Instantiate(format!("{e:?}")))?;
+        let instance = module
+            .pre()
+            .instantiate(&mut store)
+            .map_err(|e| StartError::Instantiate(format!("{e:?}")))?;
 
         let memory = instance.get_memory(&mut store, "memory");
         let alloc = instance
@@ -205,29 +229,78 @@ impl Vm {
             delete: export!("proxy_on_delete"),
         };
         let stats = config.stats;
-        let mut vm = Vm { runtime: runtime.clone(), module, store, exports, root: 1, next_context: 2, failed: None, stats };
+        let mut vm = Vm {
+            runtime: runtime.clone(),
+            module,
+            store,
+            exports,
+            root: 1,
+            next_context: 2,
+            failed: None,
+            stats,
+        };
         vm.store.data_mut().root = 1;
         vm.store.data_mut().contexts.insert(1, ContextKind::Root);
 
-        let fail = |phase: &'static str| move |e: VmError| match e {
-            VmError::Failed(failure) => StartError::Failed { phase, failure: *failure },
-            other => StartError::Instantiate(other.to_string()),
+        let fail = |phase: &'static str| {
+            move |e: VmError| match e {
+                VmError::Failed(failure) => StartError::Failed {
+                    phase,
+                    failure: *failure,
+                },
+                other => StartError::Instantiate(other.to_string()),
+            }
         };
         let init = vm.exports.initialize.clone();
-        vm.invoke("_initialize", init.as_ref(), 0, Budget::Start, (), None, |_| {}).map_err(fail("_initialize"))?;
+        vm.invoke(
+            "_initialize",
+            init.as_ref(),
+            0,
+            Budget::Start,
+            (),
+            None,
+            |_| {},
+        )
+        .map_err(fail("_initialize"))?;
         let f = vm.exports.context_create.clone();
-        vm.invoke("proxy_on_context_create", f.as_ref(), 1, Budget::Start, (1, 0), None, |_| {})
-            .map_err(fail("proxy_on_context_create"))?;
+        vm.invoke(
+            "proxy_on_context_create",
+            f.as_ref(),
+            1,
+            Budget::Start,
+            (1, 0),
+            None,
+            |_| {},
+        )
+        .map_err(fail("proxy_on_context_create"))?;
         let size = vm.store.data().plugin.vm_configuration.len() as u32;
         let f = vm.exports.vm_start.clone();
-        let (ok, _) = vm.invoke("proxy_on_vm_start", f.as_ref(), 1, Budget::Start, (1, size), None, |_| {}).map_err(fail("proxy_on_vm_start"))?;
+        let (ok, _) = vm
+            .invoke(
+                "proxy_on_vm_start",
+                f.as_ref(),
+                1,
+                Budget::Start,
+                (1, size),
+                None,
+                |_| {},
+            )
+            .map_err(fail("proxy_on_vm_start"))?;
         if ok == Some(0) {
             return Err(StartError::VmStartRejected);
         }
         let size = vm.store.data().plugin.configuration.len() as u32;
         let f = vm.exports.configure.clone();
         let (ok, _) = vm
-            .invoke("proxy_on_configure", f.as_ref(), 1, Budget::Start, (1, size), None, |c| c.in_configure = true)
+            .invoke(
+                "proxy_on_configure",
+                f.as_ref(),
+                1,
+                Budget::Start,
+                (1, size),
+                None,
+                |c| c.in_configure = true,
+            )
             .map_err(fail("proxy_on_configure"))?;
         if ok == Some(0) {
             return Err(StartError::ConfigureRejected);
@@ -272,8 +345,14 @@ impl Vm {
 
     /// Live stream contexts.
     pub fn live_streams(&self) -> Vec<ContextId> {
-        let mut v: Vec<ContextId> =
-            self.store.data().contexts.iter().filter(|(_, k)| **k != ContextKind::Root).map(|(id, _)| *id).collect();
+        let mut v: Vec<ContextId> = self
+            .store
+            .data()
+            .contexts
+            .iter()
+            .filter(|(_, k)| **k != ContextKind::Root)
+            .map(|(id, _)| *id)
+            .collect();
         v.sort_unstable();
         v
     }
@@ -291,7 +370,11 @@ impl Vm {
 
     /// Current linear memory size in bytes.
     pub fn memory_bytes(&self) -> usize {
-        self.store.data().memory.map(|m| m.data_size(&self.store)).unwrap_or(0)
+        self.store
+            .data()
+            .memory
+            .map(|m| m.data_size(&self.store))
+            .unwrap_or(0)
     }
 
     fn new_context(&mut self, kind: ContextKind) -> Result<ContextId, VmError> {
@@ -300,7 +383,15 @@ impl Vm {
         self.next_context = self.next_context.checked_add(1).unwrap_or(2);
         self.store.data_mut().contexts.insert(id, kind);
         let f = self.exports.context_create.clone();
-        self.invoke("proxy_on_context_create", f.as_ref(), id, Budget::Other, (id, self.root), None, |_| {})?;
+        self.invoke(
+            "proxy_on_context_create",
+            f.as_ref(),
+            id,
+            Budget::Other,
+            (id, self.root),
+            None,
+            |_| {},
+        )?;
         Ok(id)
     }
 
@@ -344,7 +435,9 @@ impl Vm {
         setup: impl FnOnce(&mut CallState),
     ) -> Result<(Option<R>, CallState), VmError> {
         self.check_alive()?;
-        let Some(func) = func else { return Ok((None, CallState::default())) };
+        let Some(func) = func else {
+            return Ok((None, CallState::default()));
+        };
         let limits = self.store.data().plugin.limits;
         let deadline = match budget {
             Budget::Start => limits.deadlines.start,
@@ -354,7 +447,11 @@ impl Vm {
         };
         {
             let st = self.store.data_mut();
-            st.call = CallState { current: ctx, status: (0, String::new()), ..CallState::default() };
+            st.call = CallState {
+                current: ctx,
+                status: (0, String::new()),
+                ..CallState::default()
+            };
             setup(&mut st.call);
         }
         let mut lent = stream;
@@ -413,19 +510,24 @@ impl Vm {
     }
 
     fn outcome(&mut self, raw: Option<u32>, call: CallState) -> Outcome {
-        self.stats.memory_bytes.store(self.memory_bytes() as u64, Relaxed);
+        self.stats
+            .memory_bytes
+            .store(self.memory_bytes() as u64, Relaxed);
         let mut action = raw.map(|r| Action::from_raw(r as i32)).unwrap_or_default();
         if call.local_reply {
             action = Action::Pause;
         }
-        Outcome { action, effects: call.effects }
+        Outcome {
+            action,
+            effects: call.effects,
+        }
     }
 
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::too_many_arguments)]
     fn stream_call3(
         &mut self,
         name: &'static str,
-        pick: fn(&Exports) -> &Option<TypedFunc<(u32, u32, u32), u32>>,
+        pick: fn(&Exports) -> &Option<StreamCallback>,
         kind: ContextKind,
         ctx: ContextId,
         stream: &mut StreamBox,
@@ -435,80 +537,272 @@ impl Vm {
     ) -> Result<Outcome, VmError> {
         self.check_stream(ctx, kind)?;
         let f = pick(&self.exports).clone();
-        let (r, call) = self.invoke(name, f.as_ref(), ctx, budget, (ctx, a, u32::from(b)), Some((ctx, stream)), |_| {})?;
+        let (r, call) = self.invoke(
+            name,
+            f.as_ref(),
+            ctx,
+            budget,
+            (ctx, a, u32::from(b)),
+            Some((ctx, stream)),
+            |_| {},
+        )?;
         Ok(self.outcome(r, call))
     }
 
     /// `proxy_on_request_headers`.
-    pub fn on_request_headers(&mut self, ctx: ContextId, stream: &mut StreamBox, num_headers: usize, end_of_stream: bool) -> Result<Outcome, VmError> {
-        self.stream_call3("proxy_on_request_headers", |e| &e.request_headers, ContextKind::Http, ctx, stream, Budget::Headers, clamp(num_headers), end_of_stream)
+    pub fn on_request_headers(
+        &mut self,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+        num_headers: usize,
+        end_of_stream: bool,
+    ) -> Result<Outcome, VmError> {
+        self.stream_call3(
+            "proxy_on_request_headers",
+            |e| &e.request_headers,
+            ContextKind::Http,
+            ctx,
+            stream,
+            Budget::Headers,
+            clamp(num_headers),
+            end_of_stream,
+        )
     }
 
     /// `proxy_on_request_body` (`body_size` = bytes buffered so far, cumulative while paused).
-    pub fn on_request_body(&mut self, ctx: ContextId, stream: &mut StreamBox, body_size: usize, end_of_stream: bool) -> Result<Outcome, VmError> {
-        self.stream_call3("proxy_on_request_body", |e| &e.request_body, ContextKind::Http, ctx, stream, Budget::Body, clamp(body_size), end_of_stream)
+    pub fn on_request_body(
+        &mut self,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Result<Outcome, VmError> {
+        self.stream_call3(
+            "proxy_on_request_body",
+            |e| &e.request_body,
+            ContextKind::Http,
+            ctx,
+            stream,
+            Budget::Body,
+            clamp(body_size),
+            end_of_stream,
+        )
     }
 
     /// `proxy_on_response_headers`.
-    pub fn on_response_headers(&mut self, ctx: ContextId, stream: &mut StreamBox, num_headers: usize, end_of_stream: bool) -> Result<Outcome, VmError> {
-        self.stream_call3("proxy_on_response_headers", |e| &e.response_headers, ContextKind::Http, ctx, stream, Budget::Headers, clamp(num_headers), end_of_stream)
+    pub fn on_response_headers(
+        &mut self,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+        num_headers: usize,
+        end_of_stream: bool,
+    ) -> Result<Outcome, VmError> {
+        self.stream_call3(
+            "proxy_on_response_headers",
+            |e| &e.response_headers,
+            ContextKind::Http,
+            ctx,
+            stream,
+            Budget::Headers,
+            clamp(num_headers),
+            end_of_stream,
+        )
     }
 
     /// `proxy_on_response_body`.
-    pub fn on_response_body(&mut self, ctx: ContextId, stream: &mut StreamBox, body_size: usize, end_of_stream: bool) -> Result<Outcome, VmError> {
-        self.stream_call3("proxy_on_response_body", |e| &e.response_body, ContextKind::Http, ctx, stream, Budget::Body, clamp(body_size), end_of_stream)
+    pub fn on_response_body(
+        &mut self,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Result<Outcome, VmError> {
+        self.stream_call3(
+            "proxy_on_response_body",
+            |e| &e.response_body,
+            ContextKind::Http,
+            ctx,
+            stream,
+            Budget::Body,
+            clamp(body_size),
+            end_of_stream,
+        )
     }
 
     /// `proxy_on_downstream_data` (downstream → upstream bytes of an L4 stream).
-    pub fn on_downstream_data(&mut self, ctx: ContextId, stream: &mut StreamBox, data_size: usize, end_of_stream: bool) -> Result<Outcome, VmError> {
-        self.stream_call3("proxy_on_downstream_data", |e| &e.downstream_data, ContextKind::Tcp, ctx, stream, Budget::Body, clamp(data_size), end_of_stream)
+    pub fn on_downstream_data(
+        &mut self,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+        data_size: usize,
+        end_of_stream: bool,
+    ) -> Result<Outcome, VmError> {
+        self.stream_call3(
+            "proxy_on_downstream_data",
+            |e| &e.downstream_data,
+            ContextKind::Tcp,
+            ctx,
+            stream,
+            Budget::Body,
+            clamp(data_size),
+            end_of_stream,
+        )
     }
 
     /// `proxy_on_upstream_data` (upstream → downstream bytes of an L4 stream).
-    pub fn on_upstream_data(&mut self, ctx: ContextId, stream: &mut StreamBox, data_size: usize, end_of_stream: bool) -> Result<Outcome, VmError> {
-        self.stream_call3("proxy_on_upstream_data", |e| &e.upstream_data, ContextKind::Tcp, ctx, stream, Budget::Body, clamp(data_size), end_of_stream)
+    pub fn on_upstream_data(
+        &mut self,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+        data_size: usize,
+        end_of_stream: bool,
+    ) -> Result<Outcome, VmError> {
+        self.stream_call3(
+            "proxy_on_upstream_data",
+            |e| &e.upstream_data,
+            ContextKind::Tcp,
+            ctx,
+            stream,
+            Budget::Body,
+            clamp(data_size),
+            end_of_stream,
+        )
     }
 
-    fn trailers(&mut self, name: &'static str, response: bool, ctx: ContextId, stream: &mut StreamBox, n: usize) -> Result<Outcome, VmError> {
+    fn trailers(
+        &mut self,
+        name: &'static str,
+        response: bool,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+        n: usize,
+    ) -> Result<Outcome, VmError> {
         self.check_stream(ctx, ContextKind::Http)?;
-        let f = if response { self.exports.response_trailers.clone() } else { self.exports.request_trailers.clone() };
-        let (r, call) = self.invoke(name, f.as_ref(), ctx, Budget::Headers, (ctx, clamp(n)), Some((ctx, stream)), |_| {})?;
+        let f = if response {
+            self.exports.response_trailers.clone()
+        } else {
+            self.exports.request_trailers.clone()
+        };
+        let (r, call) = self.invoke(
+            name,
+            f.as_ref(),
+            ctx,
+            Budget::Headers,
+            (ctx, clamp(n)),
+            Some((ctx, stream)),
+            |_| {},
+        )?;
         Ok(self.outcome(r, call))
     }
 
     /// `proxy_on_request_trailers`.
-    pub fn on_request_trailers(&mut self, ctx: ContextId, stream: &mut StreamBox, num_trailers: usize) -> Result<Outcome, VmError> {
-        self.trailers("proxy_on_request_trailers", false, ctx, stream, num_trailers)
+    pub fn on_request_trailers(
+        &mut self,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+        num_trailers: usize,
+    ) -> Result<Outcome, VmError> {
+        self.trailers(
+            "proxy_on_request_trailers",
+            false,
+            ctx,
+            stream,
+            num_trailers,
+        )
     }
 
     /// `proxy_on_response_trailers`.
-    pub fn on_response_trailers(&mut self, ctx: ContextId, stream: &mut StreamBox, num_trailers: usize) -> Result<Outcome, VmError> {
-        self.trailers("proxy_on_response_trailers", true, ctx, stream, num_trailers)
+    pub fn on_response_trailers(
+        &mut self,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+        num_trailers: usize,
+    ) -> Result<Outcome, VmError> {
+        self.trailers(
+            "proxy_on_response_trailers",
+            true,
+            ctx,
+            stream,
+            num_trailers,
+        )
     }
 
     /// `proxy_on_new_connection` for a context made by [`Vm::create_tcp_stream`].
-    pub fn on_new_connection(&mut self, ctx: ContextId, stream: &mut StreamBox) -> Result<Outcome, VmError> {
+    pub fn on_new_connection(
+        &mut self,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+    ) -> Result<Outcome, VmError> {
         self.check_stream(ctx, ContextKind::Tcp)?;
         let f = self.exports.new_connection.clone();
-        let (r, call) = self.invoke("proxy_on_new_connection", f.as_ref(), ctx, Budget::Headers, ctx, Some((ctx, stream)), |_| {})?;
+        let (r, call) = self.invoke(
+            "proxy_on_new_connection",
+            f.as_ref(),
+            ctx,
+            Budget::Headers,
+            ctx,
+            Some((ctx, stream)),
+            |_| {},
+        )?;
         Ok(self.outcome(r, call))
     }
 
-    fn close(&mut self, name: &'static str, upstream: bool, ctx: ContextId, stream: &mut StreamBox, peer: PeerType) -> Result<Outcome, VmError> {
+    fn close(
+        &mut self,
+        name: &'static str,
+        upstream: bool,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+        peer: PeerType,
+    ) -> Result<Outcome, VmError> {
         self.check_stream(ctx, ContextKind::Tcp)?;
-        let f = if upstream { self.exports.upstream_close.clone() } else { self.exports.downstream_close.clone() };
-        let (_, call) = self.invoke(name, f.as_ref(), ctx, Budget::Other, (ctx, peer as u32), Some((ctx, stream)), |_| {})?;
+        let f = if upstream {
+            self.exports.upstream_close.clone()
+        } else {
+            self.exports.downstream_close.clone()
+        };
+        let (_, call) = self.invoke(
+            name,
+            f.as_ref(),
+            ctx,
+            Budget::Other,
+            (ctx, peer as u32),
+            Some((ctx, stream)),
+            |_| {},
+        )?;
         Ok(self.outcome(None, call))
     }
 
     /// `proxy_on_downstream_connection_close`.
-    pub fn on_downstream_connection_close(&mut self, ctx: ContextId, stream: &mut StreamBox, peer: PeerType) -> Result<Outcome, VmError> {
-        self.close("proxy_on_downstream_connection_close", false, ctx, stream, peer)
+    pub fn on_downstream_connection_close(
+        &mut self,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+        peer: PeerType,
+    ) -> Result<Outcome, VmError> {
+        self.close(
+            "proxy_on_downstream_connection_close",
+            false,
+            ctx,
+            stream,
+            peer,
+        )
     }
 
     /// `proxy_on_upstream_connection_close`.
-    pub fn on_upstream_connection_close(&mut self, ctx: ContextId, stream: &mut StreamBox, peer: PeerType) -> Result<Outcome, VmError> {
-        self.close("proxy_on_upstream_connection_close", true, ctx, stream, peer)
+    pub fn on_upstream_connection_close(
+        &mut self,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+        peer: PeerType,
+    ) -> Result<Outcome, VmError> {
+        self.close(
+            "proxy_on_upstream_connection_close",
+            true,
+            ctx,
+            stream,
+            peer,
+        )
     }
 
     fn any_stream(&self, ctx: ContextId) -> Result<(), VmError> {
@@ -523,7 +817,15 @@ impl Vm {
     pub fn on_log(&mut self, ctx: ContextId, stream: &mut StreamBox) -> Result<(), VmError> {
         self.any_stream(ctx)?;
         let f = self.exports.log.clone();
-        self.invoke("proxy_on_log", f.as_ref(), ctx, Budget::Other, ctx, Some((ctx, stream)), |_| {})?;
+        self.invoke(
+            "proxy_on_log",
+            f.as_ref(),
+            ctx,
+            Budget::Other,
+            ctx,
+            Some((ctx, stream)),
+            |_| {},
+        )?;
         Ok(())
     }
 
@@ -531,7 +833,15 @@ impl Vm {
     pub fn on_done(&mut self, ctx: ContextId, stream: &mut StreamBox) -> Result<(), VmError> {
         self.any_stream(ctx)?;
         let f = self.exports.done.clone();
-        self.invoke("proxy_on_done", f.as_ref(), ctx, Budget::Other, ctx, Some((ctx, stream)), |_| {})?;
+        self.invoke(
+            "proxy_on_done",
+            f.as_ref(),
+            ctx,
+            Budget::Other,
+            ctx,
+            Some((ctx, stream)),
+            |_| {},
+        )?;
         Ok(())
     }
 
@@ -539,7 +849,15 @@ impl Vm {
     pub fn on_delete(&mut self, ctx: ContextId) -> Result<(), VmError> {
         self.any_stream(ctx)?;
         let f = self.exports.delete.clone();
-        let r = self.invoke("proxy_on_delete", f.as_ref(), ctx, Budget::Other, ctx, None, |_| {});
+        let r = self.invoke(
+            "proxy_on_delete",
+            f.as_ref(),
+            ctx,
+            Budget::Other,
+            ctx,
+            None,
+            |_| {},
+        );
         if r.is_ok() {
             self.store.data_mut().contexts.remove(&ctx);
         }
@@ -547,7 +865,11 @@ impl Vm {
     }
 
     /// Ends an HTTP stream in Envoy's order: `on_log` → `on_done` → `on_delete`.
-    pub fn finish_http_stream(&mut self, ctx: ContextId, stream: &mut StreamBox) -> Result<(), VmError> {
+    pub fn finish_http_stream(
+        &mut self,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+    ) -> Result<(), VmError> {
         self.check_stream(ctx, ContextKind::Http)?;
         self.on_log(ctx, stream)?;
         self.on_done(ctx, stream)?;
@@ -555,7 +877,11 @@ impl Vm {
     }
 
     /// Ends an L4 stream in Envoy's order: `on_done` → `on_log` → `on_delete`.
-    pub fn finish_tcp_stream(&mut self, ctx: ContextId, stream: &mut StreamBox) -> Result<(), VmError> {
+    pub fn finish_tcp_stream(
+        &mut self,
+        ctx: ContextId,
+        stream: &mut StreamBox,
+    ) -> Result<(), VmError> {
         self.check_stream(ctx, ContextKind::Tcp)?;
         self.on_done(ctx, stream)?;
         self.on_log(ctx, stream)?;
@@ -565,14 +891,30 @@ impl Vm {
     /// `proxy_on_tick` on the root context.
     pub fn on_tick(&mut self) -> Result<Outcome, VmError> {
         let f = self.exports.tick.clone();
-        let (_, call) = self.invoke("proxy_on_tick", f.as_ref(), self.root, Budget::Other, self.root, None, |_| {})?;
+        let (_, call) = self.invoke(
+            "proxy_on_tick",
+            f.as_ref(),
+            self.root,
+            Budget::Other,
+            self.root,
+            None,
+            |_| {},
+        )?;
         Ok(self.outcome(None, call))
     }
 
     /// `proxy_on_queue_ready(root, queue_id)`; call it on the VM's thread when its notifier fired.
     pub fn on_queue_ready(&mut self, queue_id: u32) -> Result<Outcome, VmError> {
         let f = self.exports.queue_ready.clone();
-        let (_, call) = self.invoke("proxy_on_queue_ready", f.as_ref(), self.root, Budget::Other, (self.root, queue_id), None, |_| {})?;
+        let (_, call) = self.invoke(
+            "proxy_on_queue_ready",
+            f.as_ref(),
+            self.root,
+            Budget::Other,
+            (self.root, queue_id),
+            None,
+            |_| {},
+        )?;
         Ok(self.outcome(None, call))
     }
 
@@ -581,20 +923,42 @@ impl Vm {
     /// Pass the dispatching stream (see [`Vm::http_call_context`]) if it is still alive so the
     /// guest can edit it and resume it. An unknown token is `Ok` with an empty outcome and no call
     /// (the SDK would panic on it).
-    pub fn on_http_call_response(&mut self, token: u32, response: CalloutResponse, stream: Option<&mut StreamBox>) -> Result<Outcome, VmError> {
+    pub fn on_http_call_response(
+        &mut self,
+        token: u32,
+        response: CalloutResponse,
+        stream: Option<&mut StreamBox>,
+    ) -> Result<Outcome, VmError> {
         self.check_alive()?;
-        let Some(origin) = self.store.data_mut().http_calls.remove(&token) else { return Ok(Outcome::default()) };
-        let params = (self.root, token, clamp(response.headers.len()), clamp(response.body.len()), clamp(response.trailers.len()));
+        let Some(origin) = self.store.data_mut().http_calls.remove(&token) else {
+            return Ok(Outcome::default());
+        };
+        let params = (
+            self.root,
+            token,
+            clamp(response.headers.len()),
+            clamp(response.body.len()),
+            clamp(response.trailers.len()),
+        );
         let status = response.status.clone().unwrap_or((0, String::new()));
         let f = self.exports.http_call_response.clone();
         let lent = stream.map(|s| (origin, s));
-        let (_, call) = self.invoke("proxy_on_http_call_response", f.as_ref(), self.root, Budget::Headers, params, lent, |c| {
-            c.callout = Some(response);
-            c.status = status;
-        })?;
+        let (_, call) = self.invoke(
+            "proxy_on_http_call_response",
+            f.as_ref(),
+            self.root,
+            Budget::Headers,
+            params,
+            lent,
+            |c| {
+                c.callout = Some(response);
+                c.status = status;
+            },
+        )?;
         Ok(self.outcome(None, call))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn grpc_event(
         &mut self,
         name: &'static str,
@@ -606,8 +970,14 @@ impl Vm {
         close: bool,
     ) -> Result<Outcome, VmError> {
         self.check_alive()?;
-        let origin = if close { self.store.data_mut().grpc_calls.remove(&token) } else { self.store.data().grpc_calls.get(&token).copied() };
-        let Some(origin) = origin else { return Ok(Outcome::default()) };
+        let origin = if close {
+            self.store.data_mut().grpc_calls.remove(&token)
+        } else {
+            self.store.data().grpc_calls.get(&token).copied()
+        };
+        let Some(origin) = origin else {
+            return Ok(Outcome::default());
+        };
         let f = match name {
             "proxy_on_grpc_receive_initial_metadata" => self.exports.grpc_initial.clone(),
             "proxy_on_grpc_receive_trailing_metadata" => self.exports.grpc_trailing.clone(),
@@ -615,46 +985,126 @@ impl Vm {
             _ => self.exports.grpc_close.clone(),
         };
         let lent = stream.map(|s| (origin, s));
-        let (_, call) = self.invoke(name, f.as_ref(), self.root, Budget::Other, (self.root, token, arg), lent, |c| {
-            c.grpc = Some(data);
-            c.status = status;
-        })?;
+        let (_, call) = self.invoke(
+            name,
+            f.as_ref(),
+            self.root,
+            Budget::Other,
+            (self.root, token, arg),
+            lent,
+            |c| {
+                c.grpc = Some(data);
+                c.status = status;
+            },
+        )?;
         Ok(self.outcome(None, call))
     }
 
     /// gRPC initial metadata arrived (map 4 during the call).
-    pub fn on_grpc_receive_initial_metadata(&mut self, token: u32, metadata: Pairs, stream: Option<&mut StreamBox>) -> Result<Outcome, VmError> {
+    pub fn on_grpc_receive_initial_metadata(
+        &mut self,
+        token: u32,
+        metadata: Pairs,
+        stream: Option<&mut StreamBox>,
+    ) -> Result<Outcome, VmError> {
         let n = clamp(metadata.len());
-        let data = GrpcData { initial_metadata: Some(metadata), ..GrpcData::default() };
-        self.grpc_event("proxy_on_grpc_receive_initial_metadata", token, n, data, (0, String::new()), stream, false)
+        let data = GrpcData {
+            initial_metadata: Some(metadata),
+            ..GrpcData::default()
+        };
+        self.grpc_event(
+            "proxy_on_grpc_receive_initial_metadata",
+            token,
+            n,
+            data,
+            (0, String::new()),
+            stream,
+            false,
+        )
     }
 
     /// A gRPC message arrived (buffer 5 during the call).
-    pub fn on_grpc_receive(&mut self, token: u32, message: Vec<u8>, stream: Option<&mut StreamBox>) -> Result<Outcome, VmError> {
+    pub fn on_grpc_receive(
+        &mut self,
+        token: u32,
+        message: Vec<u8>,
+        stream: Option<&mut StreamBox>,
+    ) -> Result<Outcome, VmError> {
         let n = clamp(message.len());
-        let data = GrpcData { message: Some(message), ..GrpcData::default() };
-        self.grpc_event("proxy_on_grpc_receive", token, n, data, (0, String::new()), stream, false)
+        let data = GrpcData {
+            message: Some(message),
+            ..GrpcData::default()
+        };
+        self.grpc_event(
+            "proxy_on_grpc_receive",
+            token,
+            n,
+            data,
+            (0, String::new()),
+            stream,
+            false,
+        )
     }
 
     /// gRPC trailing metadata arrived (map 5 during the call).
-    pub fn on_grpc_receive_trailing_metadata(&mut self, token: u32, metadata: Pairs, stream: Option<&mut StreamBox>) -> Result<Outcome, VmError> {
+    pub fn on_grpc_receive_trailing_metadata(
+        &mut self,
+        token: u32,
+        metadata: Pairs,
+        stream: Option<&mut StreamBox>,
+    ) -> Result<Outcome, VmError> {
         let n = clamp(metadata.len());
-        let data = GrpcData { trailing_metadata: Some(metadata), ..GrpcData::default() };
-        self.grpc_event("proxy_on_grpc_receive_trailing_metadata", token, n, data, (0, String::new()), stream, false)
+        let data = GrpcData {
+            trailing_metadata: Some(metadata),
+            ..GrpcData::default()
+        };
+        self.grpc_event(
+            "proxy_on_grpc_receive_trailing_metadata",
+            token,
+            n,
+            data,
+            (0, String::new()),
+            stream,
+            false,
+        )
     }
 
     /// The gRPC call/stream closed with `status` (`proxy_get_status` reports `(status, message)`).
-    pub fn on_grpc_close(&mut self, token: u32, status: u32, message: impl Into<String>, stream: Option<&mut StreamBox>) -> Result<Outcome, VmError> {
-        self.grpc_event("proxy_on_grpc_close", token, status, GrpcData::default(), (status, message.into()), stream, true)
+    pub fn on_grpc_close(
+        &mut self,
+        token: u32,
+        status: u32,
+        message: impl Into<String>,
+        stream: Option<&mut StreamBox>,
+    ) -> Result<Outcome, VmError> {
+        self.grpc_event(
+            "proxy_on_grpc_close",
+            token,
+            status,
+            GrpcData::default(),
+            (status, message.into()),
+            stream,
+            true,
+        )
     }
 
     /// `proxy_on_foreign_function(root, function_id, args_size)` with buffer 8 = `args`.
-    pub fn on_foreign_function(&mut self, function_id: u32, args: Vec<u8>) -> Result<Outcome, VmError> {
+    pub fn on_foreign_function(
+        &mut self,
+        function_id: u32,
+        args: Vec<u8>,
+    ) -> Result<Outcome, VmError> {
         let f = self.exports.foreign.clone();
         let size = clamp(args.len());
-        let (_, call) = self.invoke("proxy_on_foreign_function", f.as_ref(), self.root, Budget::Other, (self.root, function_id, size), None, |c| {
-            c.call_data = Some(args)
-        })?;
+        let (_, call) = self.invoke(
+            "proxy_on_foreign_function",
+            f.as_ref(),
+            self.root,
+            Budget::Other,
+            (self.root, function_id, size),
+            None,
+            |c| c.call_data = Some(args),
+        )?;
         Ok(self.outcome(None, call))
     }
 
@@ -668,7 +1118,15 @@ impl Vm {
             true
         } else {
             let f = self.exports.done.clone();
-            let (r, _) = self.invoke("proxy_on_done", f.as_ref(), root, Budget::Other, root, None, |_| {})?;
+            let (r, _) = self.invoke(
+                "proxy_on_done",
+                f.as_ref(),
+                root,
+                Budget::Other,
+                root,
+                None,
+                |_| {},
+            )?;
             let done = r.unwrap_or(1) != 0;
             self.store.data_mut().root_done_pending = !done;
             done
@@ -677,7 +1135,15 @@ impl Vm {
             return Ok(false);
         }
         let f = self.exports.delete.clone();
-        self.invoke("proxy_on_delete", f.as_ref(), root, Budget::Other, root, None, |_| {})?;
+        self.invoke(
+            "proxy_on_delete",
+            f.as_ref(),
+            root,
+            Budget::Other,
+            root,
+            None,
+            |_| {},
+        )?;
         self.store.data_mut().contexts.remove(&root);
         Ok(true)
     }
@@ -685,7 +1151,11 @@ impl Vm {
     /// Which of this VM's outstanding callouts would be cancelled by dropping it.
     pub fn outstanding_callouts(&self) -> HashMap<u32, ContextId> {
         let st = self.store.data();
-        st.http_calls.iter().chain(st.grpc_calls.iter()).map(|(t, c)| (*t, *c)).collect()
+        st.http_calls
+            .iter()
+            .chain(st.grpc_calls.iter())
+            .map(|(t, c)| (*t, *c))
+            .collect()
     }
 }
 

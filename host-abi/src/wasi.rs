@@ -25,7 +25,9 @@ const MAX_RANDOM: u32 = 64 << 10;
 
 /// Writes bytes at `ptr`, or reports FAULT.
 fn put(caller: &mut Caller<'_, HostState>, ptr: u32, bytes: &[u8]) -> Result<(), i32> {
-    let Some(mem) = caller.data().memory else { return Err(FAULT) };
+    let Some(mem) = caller.data().memory else {
+        return Err(FAULT);
+    };
     let data = mem.data_mut(caller);
     let r = memory::range(data.len(), ptr, bytes.len() as u64).ok_or(FAULT)?;
     data[r].copy_from_slice(bytes);
@@ -36,13 +38,21 @@ fn errno(r: Result<(), i32>) -> i32 {
     r.err().unwrap_or(SUCCESS)
 }
 
-fn fd_write(caller: &mut Caller<'_, HostState>, fd: u32, iovs: u32, n: u32, nwritten: u32) -> Result<(), i32> {
+fn fd_write(
+    caller: &mut Caller<'_, HostState>,
+    fd: u32,
+    iovs: u32,
+    n: u32,
+    nwritten: u32,
+) -> Result<(), i32> {
     let level = match fd {
         1 => LogLevel::Info,
         2 => LogLevel::Error,
         _ => return Err(BADF),
     };
-    let Some(mem) = caller.data().memory else { return Err(FAULT) };
+    let Some(mem) = caller.data().memory else {
+        return Err(FAULT);
+    };
     let cap = caller.data().plugin.limits.max_copy_bytes;
     let (data, st) = mem.data_and_store_mut(&mut *caller);
     let table = memory::range(data.len(), iovs, u64::from(n) * 8).ok_or(FAULT)?;
@@ -78,7 +88,11 @@ fn environ_get(caller: &mut Caller<'_, HostState>, ptrs: u32, buf: u32) -> Resul
     let mut at = u64::from(buf);
     for (i, e) in plugin.environ.iter().enumerate() {
         let p = u32::try_from(at).map_err(|_| FAULT)?;
-        put(caller, ptrs.checked_add(i as u32 * 4).ok_or(FAULT)?, &p.to_le_bytes())?;
+        put(
+            caller,
+            ptrs.checked_add(i as u32 * 4).ok_or(FAULT)?,
+            &p.to_le_bytes(),
+        )?;
         let mut s = e.clone();
         s.push(0);
         put(caller, p, &s)?;
@@ -118,40 +132,94 @@ fn fdstat(caller: &mut Caller<'_, HostState>, fd: u32, out: u32) -> Result<(), i
 }
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(M, "fd_write", |mut c: Caller<'_, HostState>, fd: u32, iovs: u32, n: u32, nw: u32| -> i32 {
-        errno(fd_write(&mut c, fd, iovs, n, nw))
+    linker.func_wrap(
+        M,
+        "fd_write",
+        |mut c: Caller<'_, HostState>, fd: u32, iovs: u32, n: u32, nw: u32| -> i32 {
+            errno(fd_write(&mut c, fd, iovs, n, nw))
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "environ_sizes_get",
+        |mut c: Caller<'_, HostState>, count: u32, size: u32| -> i32 {
+            errno(environ_sizes(&mut c, count, size))
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "environ_get",
+        |mut c: Caller<'_, HostState>, ptrs: u32, buf: u32| -> i32 {
+            errno(environ_get(&mut c, ptrs, buf))
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "args_sizes_get",
+        |mut c: Caller<'_, HostState>, count: u32, size: u32| -> i32 {
+            errno(
+                put(&mut c, count, &0u32.to_le_bytes())
+                    .and_then(|()| put(&mut c, size, &0u32.to_le_bytes())),
+            )
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "args_get",
+        |_c: Caller<'_, HostState>, _ptrs: u32, _buf: u32| -> i32 { SUCCESS },
+    )?;
+    linker.func_wrap(
+        M,
+        "clock_time_get",
+        |mut c: Caller<'_, HostState>, id: u32, _precision: i64, out: u32| -> i32 {
+            errno(clock_time_get(&mut c, id, out))
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "random_get",
+        |mut c: Caller<'_, HostState>, buf: u32, len: u32| -> i32 {
+            errno(random_get(&mut c, buf, len))
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "proc_exit",
+        |_c: Caller<'_, HostState>, code: u32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::new(HostTrap {
+                reason: FailureReason::Trap,
+                message: format!("guest called proc_exit({code})"),
+            }))
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "fd_close",
+        |_c: Caller<'_, HostState>, _fd: u32| -> i32 { BADF },
+    )?;
+    linker.func_wrap(
+        M,
+        "fd_seek",
+        |_c: Caller<'_, HostState>, fd: u32, _off: i64, _whence: u32, _out: u32| -> i32 {
+            if fd <= 2 { SPIPE } else { BADF }
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "fd_fdstat_get",
+        |mut c: Caller<'_, HostState>, fd: u32, out: u32| -> i32 { errno(fdstat(&mut c, fd, out)) },
+    )?;
+    linker.func_wrap(M, "sched_yield", |_c: Caller<'_, HostState>| -> i32 {
+        SUCCESS
     })?;
-    linker.func_wrap(M, "environ_sizes_get", |mut c: Caller<'_, HostState>, count: u32, size: u32| -> i32 {
-        errno(environ_sizes(&mut c, count, size))
-    })?;
-    linker.func_wrap(M, "environ_get", |mut c: Caller<'_, HostState>, ptrs: u32, buf: u32| -> i32 {
-        errno(environ_get(&mut c, ptrs, buf))
-    })?;
-    linker.func_wrap(M, "args_sizes_get", |mut c: Caller<'_, HostState>, count: u32, size: u32| -> i32 {
-        errno(put(&mut c, count, &0u32.to_le_bytes()).and_then(|()| put(&mut c, size, &0u32.to_le_bytes())))
-    })?;
-    linker.func_wrap(M, "args_get", |_c: Caller<'_, HostState>, _ptrs: u32, _buf: u32| -> i32 { SUCCESS })?;
-    linker.func_wrap(M, "clock_time_get", |mut c: Caller<'_, HostState>, id: u32, _precision: i64, out: u32| -> i32 {
-        errno(clock_time_get(&mut c, id, out))
-    })?;
-    linker.func_wrap(M, "random_get", |mut c: Caller<'_, HostState>, buf: u32, len: u32| -> i32 {
-        errno(random_get(&mut c, buf, len))
-    })?;
-    linker.func_wrap(M, "proc_exit", |_c: Caller<'_, HostState>, code: u32| -> wasmtime::Result<()> {
-        Err(wasmtime::Error::new(HostTrap { reason: FailureReason::Trap, message: format!("guest called proc_exit({code})") }))
-    })?;
-    linker.func_wrap(M, "fd_close", |_c: Caller<'_, HostState>, _fd: u32| -> i32 { BADF })?;
-    linker.func_wrap(M, "fd_seek", |_c: Caller<'_, HostState>, fd: u32, _off: i64, _whence: u32, _out: u32| -> i32 {
-        if fd <= 2 { SPIPE } else { BADF }
-    })?;
-    linker.func_wrap(M, "fd_fdstat_get", |mut c: Caller<'_, HostState>, fd: u32, out: u32| -> i32 {
-        errno(fdstat(&mut c, fd, out))
-    })?;
-    linker.func_wrap(M, "sched_yield", |_c: Caller<'_, HostState>| -> i32 { SUCCESS })?;
-    linker.func_wrap(M, "poll_oneoff", |mut c: Caller<'_, HostState>, _in: u32, _out: u32, _n: u32, nevents: u32| -> i32 {
-        // Filters must not block a worker: report no events and NOTSUP.
-        let _ = put(&mut c, nevents, &0u32.to_le_bytes());
-        NOTSUP
-    })?;
+    linker.func_wrap(
+        M,
+        "poll_oneoff",
+        |mut c: Caller<'_, HostState>, _in: u32, _out: u32, _n: u32, nevents: u32| -> i32 {
+            // Filters must not block a worker: report no events and NOTSUP.
+            let _ = put(&mut c, nevents, &0u32.to_le_bytes());
+            NOTSUP
+        },
+    )?;
     Ok(())
 }

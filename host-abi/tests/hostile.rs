@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weir_host_abi::{
-    Action, Availability, BufferType, DefaultPluginHost, FailurePolicy, FailureReason, HttpCallRequest, LoadError,
-    MapType, Pairs, PeerType, Plugin, PluginConfig, PluginHost, Runtime, StartError, Status, StreamBox, StreamHost, Verdict,
-    Vm, VmError, VmFailed, edit_buffer,
+    Action, Availability, BufferType, DefaultPluginHost, FailurePolicy, FailureReason,
+    HttpCallRequest, LoadError, MapType, Pairs, PeerType, Plugin, PluginConfig, PluginHost,
+    Runtime, StartError, Status, StreamBox, StreamHost, Verdict, Vm, VmError, VmFailed,
+    edit_buffer,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -25,7 +26,10 @@ struct Stream {
 impl Stream {
     fn boxed() -> StreamBox {
         Box::new(Stream {
-            headers: vec![(b":path".to_vec(), b"/".to_vec()), (b"x-a".to_vec(), b"1".to_vec())],
+            headers: vec![
+                (b":path".to_vec(), b"/".to_vec()),
+                (b"x-a".to_vec(), b"1".to_vec()),
+            ],
             body: b"hello".to_vec(),
         })
     }
@@ -57,7 +61,13 @@ impl StreamHost for Stream {
     fn buffer(&mut self, _buffer: BufferType) -> Option<&[u8]> {
         Some(&self.body)
     }
-    fn set_buffer(&mut self, _buffer: BufferType, start: usize, size: usize, data: &[u8]) -> Result<(), Status> {
+    fn set_buffer(
+        &mut self,
+        _buffer: BufferType,
+        start: usize,
+        size: usize,
+        data: &[u8],
+    ) -> Result<(), Status> {
         edit_buffer(&mut self.body, start, size, data)
     }
     fn get_property(&mut self, _path: &[&[u8]]) -> Option<Vec<u8>> {
@@ -80,7 +90,11 @@ impl PluginHost for Host {
         Ok(())
     }
     fn call_foreign_function(&mut self, name: &str, args: &[u8]) -> Result<Vec<u8>, Status> {
-        if name == "echo" { Ok(args.to_vec()) } else { Err(Status::NotFound) }
+        if name == "echo" {
+            Ok(args.to_vec())
+        } else {
+            Err(Status::NotFound)
+        }
     }
 }
 
@@ -108,29 +122,97 @@ const PRELUDE: &str = r#"
 /// Every callback export with its signature and a neutral body (Continue / true / nothing).
 const CALLBACKS: &[(&str, &str, Option<&str>)] = &[
     ("proxy_on_context_create", "(param i32 i32)", None),
-    ("proxy_on_vm_start", "(param i32 i32) (result i32)", Some("i32.const 1")),
-    ("proxy_on_configure", "(param i32 i32) (result i32)", Some("i32.const 1")),
+    (
+        "proxy_on_vm_start",
+        "(param i32 i32) (result i32)",
+        Some("i32.const 1"),
+    ),
+    (
+        "proxy_on_configure",
+        "(param i32 i32) (result i32)",
+        Some("i32.const 1"),
+    ),
     ("proxy_on_tick", "(param i32)", None),
     ("proxy_on_queue_ready", "(param i32 i32)", None),
-    ("proxy_on_new_connection", "(param i32) (result i32)", Some("i32.const 0")),
-    ("proxy_on_downstream_data", "(param i32 i32 i32) (result i32)", Some("i32.const 0")),
-    ("proxy_on_upstream_data", "(param i32 i32 i32) (result i32)", Some("i32.const 0")),
-    ("proxy_on_downstream_connection_close", "(param i32 i32)", None),
-    ("proxy_on_upstream_connection_close", "(param i32 i32)", None),
-    ("proxy_on_request_headers", "(param i32 i32 i32) (result i32)", Some("i32.const 0")),
-    ("proxy_on_request_body", "(param i32 i32 i32) (result i32)", Some("i32.const 0")),
-    ("proxy_on_request_trailers", "(param i32 i32) (result i32)", Some("i32.const 0")),
-    ("proxy_on_response_headers", "(param i32 i32 i32) (result i32)", Some("i32.const 0")),
-    ("proxy_on_response_body", "(param i32 i32 i32) (result i32)", Some("i32.const 0")),
-    ("proxy_on_response_trailers", "(param i32 i32) (result i32)", Some("i32.const 0")),
-    ("proxy_on_http_call_response", "(param i32 i32 i32 i32 i32)", None),
-    ("proxy_on_grpc_receive_initial_metadata", "(param i32 i32 i32)", None),
-    ("proxy_on_grpc_receive_trailing_metadata", "(param i32 i32 i32)", None),
+    (
+        "proxy_on_new_connection",
+        "(param i32) (result i32)",
+        Some("i32.const 0"),
+    ),
+    (
+        "proxy_on_downstream_data",
+        "(param i32 i32 i32) (result i32)",
+        Some("i32.const 0"),
+    ),
+    (
+        "proxy_on_upstream_data",
+        "(param i32 i32 i32) (result i32)",
+        Some("i32.const 0"),
+    ),
+    (
+        "proxy_on_downstream_connection_close",
+        "(param i32 i32)",
+        None,
+    ),
+    (
+        "proxy_on_upstream_connection_close",
+        "(param i32 i32)",
+        None,
+    ),
+    (
+        "proxy_on_request_headers",
+        "(param i32 i32 i32) (result i32)",
+        Some("i32.const 0"),
+    ),
+    (
+        "proxy_on_request_body",
+        "(param i32 i32 i32) (result i32)",
+        Some("i32.const 0"),
+    ),
+    (
+        "proxy_on_request_trailers",
+        "(param i32 i32) (result i32)",
+        Some("i32.const 0"),
+    ),
+    (
+        "proxy_on_response_headers",
+        "(param i32 i32 i32) (result i32)",
+        Some("i32.const 0"),
+    ),
+    (
+        "proxy_on_response_body",
+        "(param i32 i32 i32) (result i32)",
+        Some("i32.const 0"),
+    ),
+    (
+        "proxy_on_response_trailers",
+        "(param i32 i32) (result i32)",
+        Some("i32.const 0"),
+    ),
+    (
+        "proxy_on_http_call_response",
+        "(param i32 i32 i32 i32 i32)",
+        None,
+    ),
+    (
+        "proxy_on_grpc_receive_initial_metadata",
+        "(param i32 i32 i32)",
+        None,
+    ),
+    (
+        "proxy_on_grpc_receive_trailing_metadata",
+        "(param i32 i32 i32)",
+        None,
+    ),
     ("proxy_on_grpc_receive", "(param i32 i32 i32)", None),
     ("proxy_on_grpc_close", "(param i32 i32 i32)", None),
     ("proxy_on_foreign_function", "(param i32 i32 i32)", None),
     ("proxy_on_log", "(param i32)", None),
-    ("proxy_on_done", "(param i32) (result i32)", Some("i32.const 1")),
+    (
+        "proxy_on_done",
+        "(param i32) (result i32)",
+        Some("i32.const 1"),
+    ),
     ("proxy_on_delete", "(param i32)", None),
 ];
 
@@ -138,7 +220,12 @@ const CALLBACKS: &[(&str, &str, Option<&str>)] = &[
 fn module(imports: &str, overrides: &[(&str, &str)], extra: &str) -> String {
     let mut wat = format!("(module\n{imports}\n{PRELUDE}\n");
     for (name, sig, body) in CALLBACKS {
-        let body = overrides.iter().find(|(n, _)| n == name).map(|(_, b)| *b).or(*body).unwrap_or("");
+        let body = overrides
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| *b)
+            .or(*body)
+            .unwrap_or("");
         wat.push_str(&format!("  (func (export \"{name}\") {sig} {body})\n"));
     }
     wat.push_str(extra);
@@ -171,9 +258,16 @@ fn assert_not_reentered(vm: &mut Vm) {
     let before = vm.stats().snapshot().callbacks;
     let mut s = Stream::boxed();
     assert!(matches!(vm.create_http_stream(), Err(VmError::Failed(_))));
-    assert!(matches!(vm.on_request_headers(2, &mut s, 0, false), Err(VmError::Failed(_))));
+    assert!(matches!(
+        vm.on_request_headers(2, &mut s, 0, false),
+        Err(VmError::Failed(_))
+    ));
     assert!(matches!(vm.on_tick(), Err(VmError::Failed(_))));
-    assert_eq!(vm.stats().snapshot().callbacks, before, "no guest code ran after the failure");
+    assert_eq!(
+        vm.stats().snapshot().callbacks,
+        before,
+        "no guest code ran after the failure"
+    );
     assert!(vm.is_failed());
 }
 
@@ -183,7 +277,10 @@ fn assert_runtime_healthy(rt: &Runtime) {
     let mut vm = start_ok(rt, &wat);
     let mut s = Stream::boxed();
     let ctx = vm.create_http_stream().unwrap();
-    assert_eq!(vm.on_request_headers(ctx, &mut s, 2, false).unwrap().action, Action::Pause);
+    assert_eq!(
+        vm.on_request_headers(ctx, &mut s, 2, false).unwrap().action,
+        Action::Pause
+    );
     vm.finish_http_stream(ctx, &mut s).unwrap();
     assert!(vm.live_streams().is_empty());
 }
@@ -218,15 +315,26 @@ fn read_u32(vm: &Vm, which: &str) -> u32 {
     // Tokens are also visible through the VM's outstanding-callout table.
     let calls = vm.outstanding_callouts();
     let want = if which == "http" { 0 } else { 1 };
-    *calls.keys().find(|t| *t & 3 == want).expect("callout outstanding")
+    *calls
+        .keys()
+        .find(|t| *t & 3 == want)
+        .expect("callout outstanding")
 }
 
 #[test]
 fn trap_in_each_start_callback_is_a_start_error() {
     let rt = runtime();
-    for phase in ["_initialize", "proxy_on_context_create", "proxy_on_vm_start", "proxy_on_configure"] {
+    for phase in [
+        "_initialize",
+        "proxy_on_context_create",
+        "proxy_on_vm_start",
+        "proxy_on_configure",
+    ] {
         let wat = if phase == "_initialize" {
-            module("", &[], "").replace(r#"(func (export "_initialize"))"#, r#"(func (export "_initialize") unreachable)"#)
+            module("", &[], "").replace(
+                r#"(func (export "_initialize"))"#,
+                r#"(func (export "_initialize") unreachable)"#,
+            )
         } else {
             module("", &[(phase, "unreachable")], "")
         };
@@ -234,7 +342,11 @@ fn trap_in_each_start_callback_is_a_start_error() {
             Err(StartError::Failed { phase: p, failure }) => {
                 assert_eq!(p, phase);
                 assert_eq!(failure.reason, FailureReason::Trap);
-                assert!(failure.message.contains("unreachable"), "{}", failure.message);
+                assert!(
+                    failure.message.contains("unreachable"),
+                    "{}",
+                    failure.message
+                );
             }
             other => panic!("{phase}: expected a start failure, got {other:?}"),
         }
@@ -247,12 +359,24 @@ fn trap_in_each_stream_callback_fails_the_vm_and_names_its_streams() {
     let rt = runtime();
     type Drive = fn(&mut Vm, u32, &mut StreamBox) -> Result<(), VmError>;
     let http: &[(&str, Drive)] = &[
-        ("proxy_on_request_headers", |vm, c, s| vm.on_request_headers(c, s, 1, false).map(drop)),
-        ("proxy_on_request_body", |vm, c, s| vm.on_request_body(c, s, 5, true).map(drop)),
-        ("proxy_on_request_trailers", |vm, c, s| vm.on_request_trailers(c, s, 0).map(drop)),
-        ("proxy_on_response_headers", |vm, c, s| vm.on_response_headers(c, s, 1, false).map(drop)),
-        ("proxy_on_response_body", |vm, c, s| vm.on_response_body(c, s, 5, true).map(drop)),
-        ("proxy_on_response_trailers", |vm, c, s| vm.on_response_trailers(c, s, 0).map(drop)),
+        ("proxy_on_request_headers", |vm, c, s| {
+            vm.on_request_headers(c, s, 1, false).map(drop)
+        }),
+        ("proxy_on_request_body", |vm, c, s| {
+            vm.on_request_body(c, s, 5, true).map(drop)
+        }),
+        ("proxy_on_request_trailers", |vm, c, s| {
+            vm.on_request_trailers(c, s, 0).map(drop)
+        }),
+        ("proxy_on_response_headers", |vm, c, s| {
+            vm.on_response_headers(c, s, 1, false).map(drop)
+        }),
+        ("proxy_on_response_body", |vm, c, s| {
+            vm.on_response_body(c, s, 5, true).map(drop)
+        }),
+        ("proxy_on_response_trailers", |vm, c, s| {
+            vm.on_response_trailers(c, s, 0).map(drop)
+        }),
         ("proxy_on_log", |vm, c, s| vm.on_log(c, s)),
         ("proxy_on_done", |vm, c, s| vm.on_done(c, s)),
         ("proxy_on_delete", |vm, c, _| vm.on_delete(c)),
@@ -267,17 +391,38 @@ fn trap_in_each_stream_callback_fails_the_vm_and_names_its_streams() {
         assert_eq!(f.callback, *name);
         assert_eq!(f.reason, FailureReason::Trap);
         assert_eq!(f.plugin, "hostile");
-        assert_eq!(f.live_streams, vec![other, ctx], "{name}: every stream the VM held is reported");
+        assert_eq!(
+            f.live_streams,
+            vec![other, ctx],
+            "{name}: every stream the VM held is reported"
+        );
         assert_not_reentered(&mut vm);
         // The lent stream came back intact.
-        assert_eq!(weir_host_abi::downcast_stream::<Stream>(&mut s).unwrap().body, b"hello");
+        assert_eq!(
+            weir_host_abi::downcast_stream::<Stream>(&mut s)
+                .unwrap()
+                .body,
+            b"hello"
+        );
     }
     let tcp: &[(&str, Drive)] = &[
-        ("proxy_on_new_connection", |vm, c, s| vm.on_new_connection(c, s).map(drop)),
-        ("proxy_on_downstream_data", |vm, c, s| vm.on_downstream_data(c, s, 5, false).map(drop)),
-        ("proxy_on_upstream_data", |vm, c, s| vm.on_upstream_data(c, s, 5, false).map(drop)),
-        ("proxy_on_downstream_connection_close", |vm, c, s| vm.on_downstream_connection_close(c, s, PeerType::Remote).map(drop)),
-        ("proxy_on_upstream_connection_close", |vm, c, s| vm.on_upstream_connection_close(c, s, PeerType::Unknown).map(drop)),
+        ("proxy_on_new_connection", |vm, c, s| {
+            vm.on_new_connection(c, s).map(drop)
+        }),
+        ("proxy_on_downstream_data", |vm, c, s| {
+            vm.on_downstream_data(c, s, 5, false).map(drop)
+        }),
+        ("proxy_on_upstream_data", |vm, c, s| {
+            vm.on_upstream_data(c, s, 5, false).map(drop)
+        }),
+        ("proxy_on_downstream_connection_close", |vm, c, s| {
+            vm.on_downstream_connection_close(c, s, PeerType::Remote)
+                .map(drop)
+        }),
+        ("proxy_on_upstream_connection_close", |vm, c, s| {
+            vm.on_upstream_connection_close(c, s, PeerType::Unknown)
+                .map(drop)
+        }),
     ];
     for (name, drive) in tcp {
         let wat = module("", &[(name, "unreachable")], "");
@@ -290,7 +435,14 @@ fn trap_in_each_stream_callback_fails_the_vm_and_names_its_streams() {
         assert_not_reentered(&mut vm);
     }
     // Stream context creation itself.
-    let mut vm = start_ok(&rt, &module("", &[("proxy_on_context_create", "local.get 1 if unreachable end")], ""));
+    let mut vm = start_ok(
+        &rt,
+        &module(
+            "",
+            &[("proxy_on_context_create", "local.get 1 if unreachable end")],
+            "",
+        ),
+    );
     let f = failed(vm.create_http_stream().unwrap_err());
     assert_eq!(f.callback, "proxy_on_context_create");
     assert_not_reentered(&mut vm);
@@ -304,15 +456,19 @@ fn trap_in_each_root_callback_fails_the_vm() {
     let cases: &[(&str, Drive)] = &[
         ("proxy_on_tick", |vm| vm.on_tick().map(drop)),
         ("proxy_on_queue_ready", |vm| vm.on_queue_ready(1).map(drop)),
-        ("proxy_on_foreign_function", |vm| vm.on_foreign_function(7, b"args".to_vec()).map(drop)),
+        ("proxy_on_foreign_function", |vm| {
+            vm.on_foreign_function(7, b"args".to_vec()).map(drop)
+        }),
         ("proxy_on_done", |vm| vm.shutdown().map(drop)),
         ("proxy_on_http_call_response", |vm| {
             let t = read_u32(vm, "http");
-            vm.on_http_call_response(t, weir_host_abi::CalloutResponse::default(), None).map(drop)
+            vm.on_http_call_response(t, weir_host_abi::CalloutResponse::default(), None)
+                .map(drop)
         }),
         ("proxy_on_grpc_receive_initial_metadata", |vm| {
             let t = read_u32(vm, "grpc");
-            vm.on_grpc_receive_initial_metadata(t, Vec::new(), None).map(drop)
+            vm.on_grpc_receive_initial_metadata(t, Vec::new(), None)
+                .map(drop)
         }),
         ("proxy_on_grpc_receive", |vm| {
             let t = read_u32(vm, "grpc");
@@ -320,7 +476,8 @@ fn trap_in_each_root_callback_fails_the_vm() {
         }),
         ("proxy_on_grpc_receive_trailing_metadata", |vm| {
             let t = read_u32(vm, "grpc");
-            vm.on_grpc_receive_trailing_metadata(t, Vec::new(), None).map(drop)
+            vm.on_grpc_receive_trailing_metadata(t, Vec::new(), None)
+                .map(drop)
         }),
         ("proxy_on_grpc_close", |vm| {
             let t = read_u32(vm, "grpc");
@@ -328,12 +485,26 @@ fn trap_in_each_root_callback_fails_the_vm() {
         }),
     ];
     for (name, drive) in cases {
-        let wat = module(HTTP_CALL_IMPORTS, &[(name, "unreachable"), ("proxy_on_request_headers", DISPATCH)], HTTP_CALL_DATA);
+        let wat = module(
+            HTTP_CALL_IMPORTS,
+            &[
+                (name, "unreachable"),
+                ("proxy_on_request_headers", DISPATCH),
+            ],
+            HTTP_CALL_DATA,
+        );
         let mut vm = start_ok(&rt, &wat);
         let ctx = vm.create_http_stream().unwrap();
         let mut s = Stream::boxed();
-        assert_eq!(vm.on_request_headers(ctx, &mut s, 1, false).unwrap().action, Action::Pause);
-        assert_eq!(vm.outstanding_callouts().len(), 2, "both callouts dispatched");
+        assert_eq!(
+            vm.on_request_headers(ctx, &mut s, 1, false).unwrap().action,
+            Action::Pause
+        );
+        assert_eq!(
+            vm.outstanding_callouts().len(),
+            2,
+            "both callouts dispatched"
+        );
         let f = failed(drive(&mut vm).expect_err(name));
         assert_eq!((f.callback, f.reason), (*name, FailureReason::Trap));
         assert_eq!(f.live_streams, vec![ctx]);
@@ -349,7 +520,11 @@ fn trap_in_each_root_callback_fails_the_vm() {
 #[test]
 fn infinite_loop_hits_the_deadline() {
     let rt = runtime();
-    let wat = module("", &[("proxy_on_request_headers", "(loop $l (br $l)) i32.const 0")], "");
+    let wat = module(
+        "",
+        &[("proxy_on_request_headers", "(loop $l (br $l)) i32.const 0")],
+        "",
+    );
     let mut config = PluginConfig::new("spin");
     config.limits.deadlines.headers = Duration::from_millis(20);
     let stats = config.stats.clone();
@@ -360,8 +535,14 @@ fn infinite_loop_hits_the_deadline() {
     let f = failed(vm.on_request_headers(ctx, &mut s, 0, false).unwrap_err());
     let took = t0.elapsed();
     assert_eq!(f.reason, FailureReason::Deadline);
-    assert!(took >= Duration::from_millis(20), "stopped before its deadline: {took:?}");
-    assert!(took < Duration::from_secs(2), "deadline not enforced promptly: {took:?}");
+    assert!(
+        took >= Duration::from_millis(20),
+        "stopped before its deadline: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "deadline not enforced promptly: {took:?}"
+    );
     let snap = stats.snapshot();
     assert_eq!((snap.traps, snap.deadline_hits), (1, 1));
     assert_not_reentered(&mut vm);
@@ -371,11 +552,18 @@ fn infinite_loop_hits_the_deadline() {
 #[test]
 fn infinite_loop_at_start_hits_the_start_deadline() {
     let rt = runtime();
-    let wat = module("", &[("proxy_on_configure", "(loop $l (br $l)) i32.const 1")], "");
+    let wat = module(
+        "",
+        &[("proxy_on_configure", "(loop $l (br $l)) i32.const 1")],
+        "",
+    );
     let mut config = PluginConfig::new("spin");
     config.limits.deadlines.start = Duration::from_millis(30);
     match start(&rt, &wat, config) {
-        Err(StartError::Failed { phase: "proxy_on_configure", failure }) => assert_eq!(failure.reason, FailureReason::Deadline),
+        Err(StartError::Failed {
+            phase: "proxy_on_configure",
+            failure,
+        }) => assert_eq!(failure.reason, FailureReason::Deadline),
         other => panic!("expected a deadline at configure, got {other:?}"),
     }
     assert_runtime_healthy(&rt);
@@ -395,7 +583,11 @@ fn memory_bomb_is_capped() {
     let mut s = Stream::boxed();
     let f = failed(vm.on_request_headers(ctx, &mut s, 0, false).unwrap_err());
     assert_eq!(f.reason, FailureReason::MemoryLimit);
-    assert!(vm.memory_bytes() <= 4 << 20, "memory grew past the cap: {}", vm.memory_bytes());
+    assert!(
+        vm.memory_bytes() <= 4 << 20,
+        "memory grew past the cap: {}",
+        vm.memory_bytes()
+    );
     assert_eq!(vm.memory_bytes(), 4 << 20, "grew exactly to the cap");
     assert_eq!(stats.snapshot().memory_limit_hits, 1);
     assert_not_reentered(&mut vm);
@@ -403,29 +595,48 @@ fn memory_bomb_is_capped() {
     // A single huge grow is refused too, and a guest that handles the refusal keeps running.
     let wat = module(
         "",
-        &[("proxy_on_request_headers", "(i32.eq (memory.grow (i32.const 60000)) (i32.const -1))")],
+        &[(
+            "proxy_on_request_headers",
+            "(i32.eq (memory.grow (i32.const 60000)) (i32.const -1))",
+        )],
         "",
     );
     let mut config = PluginConfig::new("polite");
     config.limits.memory_bytes = 4 << 20;
     let mut vm = start(&rt, &wat, config).unwrap();
     let ctx = vm.create_http_stream().unwrap();
-    assert_eq!(vm.on_request_headers(ctx, &mut s, 0, false).unwrap().action, Action::Pause, "grow returned -1");
+    assert_eq!(
+        vm.on_request_headers(ctx, &mut s, 0, false).unwrap().action,
+        Action::Pause,
+        "grow returned -1"
+    );
     assert!(!vm.is_failed());
 
     // A module whose initial memory exceeds the cap never starts.
-    let wat = module("", &[], "").replace(r#"(memory (export "memory") 2)"#, r#"(memory (export "memory") 100)"#);
+    let wat = module("", &[], "").replace(
+        r#"(memory (export "memory") 2)"#,
+        r#"(memory (export "memory") 100)"#,
+    );
     let mut config = PluginConfig::new("fat");
     config.limits.memory_bytes = 1 << 20;
-    assert!(matches!(start(&rt, &wat, config), Err(StartError::Instantiate(_))));
+    assert!(matches!(
+        start(&rt, &wat, config),
+        Err(StartError::Instantiate(_))
+    ));
     assert_runtime_healthy(&rt);
 }
 
 #[test]
 fn stack_overflow_is_a_trap() {
     let rt = runtime();
-    let wat = module("", &[("proxy_on_request_headers", "(call $recurse (i32.const 0)) i32.const 0")],
-        "(func $recurse (param i32) (call $recurse (i32.add (local.get 0) (i32.const 1))))");
+    let wat = module(
+        "",
+        &[(
+            "proxy_on_request_headers",
+            "(call $recurse (i32.const 0)) i32.const 0",
+        )],
+        "(func $recurse (param i32) (call $recurse (i32.add (local.get 0) (i32.const 1))))",
+    );
     let mut vm = start_ok(&rt, &wat);
     let ctx = vm.create_http_stream().unwrap();
     let mut s = Stream::boxed();
@@ -516,9 +727,19 @@ fn bad_pointers_and_lengths_to_every_host_function_never_panic_the_host() {
     let rt = runtime();
     let mut outcomes = std::collections::BTreeMap::new();
     for (m, name, params, _) in HOST_FUNCTIONS {
-        let wasm_params: Vec<&str> = params.chars().map(|c| if c == 'I' { "i64" } else { "i32" }).collect();
-        let result = if *name == "proc_exit" { "" } else { "(result i32)" };
-        let import = format!(r#"(import "{m}" "{name}" (func $f (param {}) {result}))"#, wasm_params.join(" "));
+        let wasm_params: Vec<&str> = params
+            .chars()
+            .map(|c| if c == 'I' { "i64" } else { "i32" })
+            .collect();
+        let result = if *name == "proc_exit" {
+            ""
+        } else {
+            "(result i32)"
+        };
+        let import = format!(
+            r#"(import "{m}" "{name}" (func $f (param {}) {result}))"#,
+            wasm_params.join(" ")
+        );
         let mut call = String::new();
         for (i, c) in params.chars().enumerate() {
             call.push_str(&format!("(call $arg (local.get 1) (i32.const {i}))"));
@@ -529,7 +750,9 @@ fn bad_pointers_and_lengths_to_every_host_function_never_panic_the_host() {
         }
         let body = format!("{call} (call $f) drop i32.const 0");
         let wat = module(&import, &[("proxy_on_request_headers", &body)], ARG_FN);
-        let module = rt.compile(wat.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let module = rt
+            .compile(wat.as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         for p in 0..PATTERNS {
             let mut config = PluginConfig::new("pointers");
             config.vm_configuration = b"vm-config".to_vec();
@@ -560,7 +783,10 @@ fn bad_pointers_and_lengths_to_every_host_function_never_panic_the_host() {
     assert!(outcomes["proxy_get_header_map_value/0"].starts_with("trap"));
     assert!(outcomes["proxy_log/6"].starts_with("trap"));
     assert_eq!(outcomes["fd_write/0"], "status");
-    assert_eq!(outcomes["proxy_log/4"], "status", "null pointer with zero length is empty, not a fault");
+    assert_eq!(
+        outcomes["proxy_log/4"], "status",
+        "null pointer with zero length is empty, not a fault"
+    );
     assert_runtime_healthy(&rt);
 }
 
@@ -570,7 +796,8 @@ fn bad_pointers_and_lengths_to_every_host_function_never_panic_the_host() {
 
 const GET_PROPERTY: &str = r#"(import "env" "proxy_get_property" (func $get_property (param i32 i32 i32 i32) (result i32)))"#;
 /// Reads `plugin_name` (path at 100), result pointer/size at 300/304; returns the status.
-const READ_PROPERTY: &str = "(call $get_property (i32.const 100) (i32.const 11) (i32.const 300) (i32.const 304))";
+const READ_PROPERTY: &str =
+    "(call $get_property (i32.const 100) (i32.const 11) (i32.const 300) (i32.const 304))";
 const PATH_DATA: &str = r#"(data (i32.const 100) "plugin_name")"#;
 
 fn allocator_module(alloc_body: &str, imports: &str) -> String {
@@ -579,9 +806,15 @@ fn allocator_module(alloc_body: &str, imports: &str) -> String {
         &[("proxy_on_request_headers", READ_PROPERTY)],
         PATH_DATA,
     );
-    let start = wat.find(r#"(func (export "proxy_on_memory_allocate")"#).unwrap();
+    let start = wat
+        .find(r#"(func (export "proxy_on_memory_allocate")"#)
+        .unwrap();
     let end = start + wat[start..].find("local.get $p)").unwrap() + "local.get $p)".len();
-    format!("{}(func (export \"proxy_on_memory_allocate\") (param $n i32) (result i32) {alloc_body}){}", &wat[..start], &wat[end..])
+    format!(
+        "{}(func (export \"proxy_on_memory_allocate\") (param $n i32) (result i32) {alloc_body}){}",
+        &wat[..start],
+        &wat[end..]
+    )
 }
 
 #[test]
@@ -602,8 +835,15 @@ fn bad_allocators_are_abi_violations() {
         let mut vm = start_ok(&rt, &allocator_module(body, imports));
         let ctx = vm.create_http_stream().unwrap();
         let mut s = Stream::boxed();
-        let f = failed(vm.on_request_headers(ctx, &mut s, 0, false).expect_err(what));
-        let expected = if what == "trapping" { FailureReason::Trap } else { FailureReason::AbiViolation };
+        let f = failed(
+            vm.on_request_headers(ctx, &mut s, 0, false)
+                .expect_err(what),
+        );
+        let expected = if what == "trapping" {
+            FailureReason::Trap
+        } else {
+            FailureReason::AbiViolation
+        };
         assert_eq!(f.reason, expected, "{what}: {}", f.message);
         assert_not_reentered(&mut vm);
     }
@@ -615,7 +855,10 @@ fn bad_allocators_are_abi_violations() {
     let mut vm = start_ok(&rt, &logging);
     let ctx = vm.create_http_stream().unwrap();
     let mut s = Stream::boxed();
-    assert_eq!(vm.on_request_headers(ctx, &mut s, 0, false).unwrap().action, Action::Continue);
+    assert_eq!(
+        vm.on_request_headers(ctx, &mut s, 0, false).unwrap().action,
+        Action::Continue
+    );
     assert_runtime_healthy(&rt);
 }
 
@@ -650,20 +893,40 @@ fn huge_copies_are_refused_with_a_status_or_contained() {
           (then (call $get_pairs (i32.const 0) (i32.const 300) (i32.const 304)))
           (else (call $get_buffer (i32.const 0) (i32.const 0) (i32.const -1) (i32.const 300) (i32.const 304))))))
     "#;
-    let wat = module(imports, &[("proxy_on_request_headers", body)], r#"(data (i32.const 100) "x")"#);
+    let wat = module(
+        imports,
+        &[("proxy_on_request_headers", body)],
+        r#"(data (i32.const 100) "x")"#,
+    );
     let module = rt.compile(wat.as_bytes()).unwrap();
     let huge = vec![b'a'; 2 << 20]; // above the 1 MiB map cap
     for (which, expect_status) in [(0usize, true), (1, true)] {
-        let mut vm = Vm::new(&rt, module.clone(), PluginConfig::new("huge"), Box::new(Host)).unwrap();
+        let mut vm = Vm::new(
+            &rt,
+            module.clone(),
+            PluginConfig::new("huge"),
+            Box::new(Host),
+        )
+        .unwrap();
         let ctx = vm.create_http_stream().unwrap();
         let mut s: StreamBox = Box::new(HugeStream(huge.clone()));
         let out = vm.on_request_headers(ctx, &mut s, which, false).unwrap();
-        assert_eq!(out.action == Action::Pause, expect_status, "call {which}: status returned to the guest");
+        assert_eq!(
+            out.action == Action::Pause,
+            expect_status,
+            "call {which}: status returned to the guest"
+        );
         assert!(!vm.is_failed());
     }
     // The body is not map-capped, but the 2-page guest cannot take 2 MiB at 64 KiB: the bump
     // allocator hands out an out-of-memory pointer and the VM fails instead of writing anywhere.
-    let mut vm = Vm::new(&rt, module.clone(), PluginConfig::new("huge"), Box::new(Host)).unwrap();
+    let mut vm = Vm::new(
+        &rt,
+        module.clone(),
+        PluginConfig::new("huge"),
+        Box::new(Host),
+    )
+    .unwrap();
     let ctx = vm.create_http_stream().unwrap();
     let mut s: StreamBox = Box::new(HugeStream(huge.clone()));
     let f = failed(vm.on_request_headers(ctx, &mut s, 2, false).unwrap_err());
@@ -674,7 +937,10 @@ fn huge_copies_are_refused_with_a_status_or_contained() {
     config.limits.max_map_bytes = 1 << 20;
     let mut vm = Vm::new(&rt, module, config, Box::new(Host)).unwrap();
     let ctx = vm.create_http_stream().unwrap();
-    assert_eq!(vm.on_request_headers(ctx, &mut s, 2, false).unwrap().action, Action::Pause);
+    assert_eq!(
+        vm.on_request_headers(ctx, &mut s, 2, false).unwrap().action,
+        Action::Pause
+    );
     assert_runtime_healthy(&rt);
 }
 
@@ -687,10 +953,22 @@ fn missing_exports_are_named() {
     let rt = runtime();
     let good = module("", &[], "");
     let cases: Vec<(String, LoadError)> = vec![
-        (good.replace(r#"(func (export "proxy_abi_version_0_2_1"))"#, ""), LoadError::MissingAbiVersion),
-        (good.replace(r#"(export "proxy_on_memory_allocate")"#, ""), LoadError::MissingAllocator),
-        (good.replace(r#"(memory (export "memory") 2)"#, "(memory 2)"), LoadError::MissingExport("memory")),
-        (good.replace(r#"(func (export "_initialize"))"#, ""), LoadError::MissingInitialize),
+        (
+            good.replace(r#"(func (export "proxy_abi_version_0_2_1"))"#, ""),
+            LoadError::MissingAbiVersion,
+        ),
+        (
+            good.replace(r#"(export "proxy_on_memory_allocate")"#, ""),
+            LoadError::MissingAllocator,
+        ),
+        (
+            good.replace(r#"(memory (export "memory") 2)"#, "(memory 2)"),
+            LoadError::MissingExport("memory"),
+        ),
+        (
+            good.replace(r#"(func (export "_initialize"))"#, ""),
+            LoadError::MissingInitialize,
+        ),
     ];
     for (wat, expected) in cases {
         assert_eq!(rt.compile(wat.as_bytes()).unwrap_err(), expected);
@@ -707,38 +985,80 @@ fn missing_exports_are_named() {
     // `_start` instead of `_initialize` and `malloc` instead of `proxy_on_memory_allocate` are fine,
     // as is the 0.2.0 ABI marker.
     let old = good
-        .replace(r#"(func (export "_initialize"))"#, r#"(func (export "_start"))"#)
-        .replace(r#"(export "proxy_on_memory_allocate")"#, r#"(export "malloc")"#)
+        .replace(
+            r#"(func (export "_initialize"))"#,
+            r#"(func (export "_start"))"#,
+        )
+        .replace(
+            r#"(export "proxy_on_memory_allocate")"#,
+            r#"(export "malloc")"#,
+        )
         .replace("proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0");
     start_ok(&rt, &old);
     // Not Wasm at all, and too big.
-    assert!(matches!(rt.compile(b"\0asm garbage"), Err(LoadError::Compile(_))));
-    let cfg = weir_host_abi::RuntimeConfig { max_module_bytes: 100, ..Default::default() };
+    assert!(matches!(
+        rt.compile(b"\0asm garbage"),
+        Err(LoadError::Compile(_))
+    ));
+    let cfg = weir_host_abi::RuntimeConfig {
+        max_module_bytes: 100,
+        ..Default::default()
+    };
     let small = Runtime::with_config(cfg, weir_host_abi::SharedState::new()).unwrap();
-    assert!(matches!(small.compile(good.as_bytes()), Err(LoadError::TooLarge { limit: 100, .. })));
+    assert!(matches!(
+        small.compile(good.as_bytes()),
+        Err(LoadError::TooLarge { limit: 100, .. })
+    ));
 }
 
 #[test]
 fn unknown_and_mistyped_imports_are_named() {
     let rt = runtime();
     let cases = [
-        (r#"(import "env" "proxy_does_not_exist" (func (param i32) (result i32)))"#, ("env", "proxy_does_not_exist")),
-        (r#"(import "wasi_snapshot_preview1" "path_open" (func (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))"#, ("wasi_snapshot_preview1", "path_open")),
-        (r#"(import "wasi_snapshot_preview1" "sock_accept" (func (param i32 i32 i32) (result i32)))"#, ("wasi_snapshot_preview1", "sock_accept")),
-        (r#"(import "other" "proxy_log" (func (param i32 i32 i32) (result i32)))"#, ("other", "proxy_log")),
-        (r#"(import "env" "table" (table 1 funcref))"#, ("env", "table")),
+        (
+            r#"(import "env" "proxy_does_not_exist" (func (param i32) (result i32)))"#,
+            ("env", "proxy_does_not_exist"),
+        ),
+        (
+            r#"(import "wasi_snapshot_preview1" "path_open" (func (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))"#,
+            ("wasi_snapshot_preview1", "path_open"),
+        ),
+        (
+            r#"(import "wasi_snapshot_preview1" "sock_accept" (func (param i32 i32 i32) (result i32)))"#,
+            ("wasi_snapshot_preview1", "sock_accept"),
+        ),
+        (
+            r#"(import "other" "proxy_log" (func (param i32 i32 i32) (result i32)))"#,
+            ("other", "proxy_log"),
+        ),
+        (
+            r#"(import "env" "table" (table 1 funcref))"#,
+            ("env", "table"),
+        ),
     ];
     for (import, (m, n)) in cases {
         let wat = module(import, &[], "");
         assert_eq!(
             rt.compile(wat.as_bytes()).unwrap_err(),
-            LoadError::UnknownImport { module: m.into(), name: n.into() },
+            LoadError::UnknownImport {
+                module: m.into(),
+                name: n.into()
+            },
             "{import}"
         );
     }
-    let wat = module(r#"(import "env" "proxy_log" (func (param i64 i32 i32) (result i32)))"#, &[], "");
+    let wat = module(
+        r#"(import "env" "proxy_log" (func (param i64 i32 i32) (result i32)))"#,
+        &[],
+        "",
+    );
     match rt.compile(wat.as_bytes()).unwrap_err() {
-        LoadError::ImportType { module, name, expected, found } => {
+        LoadError::ImportType {
+            module,
+            name,
+            expected,
+            found,
+        } => {
             assert_eq!((module.as_str(), name.as_str()), ("env", "proxy_log"));
             assert_eq!(expected, "(i32, i32, i32) -> (i32)");
             assert_eq!(found, "(i64, i32, i32) -> (i32)");
@@ -751,12 +1071,25 @@ fn unknown_and_mistyped_imports_are_named() {
 fn rejected_configuration_never_goes_live() {
     let rt = runtime();
     let wat = module("", &[("proxy_on_configure", "i32.const 0")], "");
-    assert!(matches!(start(&rt, &wat, PluginConfig::new("no")), Err(StartError::ConfigureRejected)));
+    assert!(matches!(
+        start(&rt, &wat, PluginConfig::new("no")),
+        Err(StartError::ConfigureRejected)
+    ));
     let wat = module("", &[("proxy_on_vm_start", "i32.const 0")], "");
-    assert!(matches!(start(&rt, &wat, PluginConfig::new("no")), Err(StartError::VmStartRejected)));
+    assert!(matches!(
+        start(&rt, &wat, PluginConfig::new("no")),
+        Err(StartError::VmStartRejected)
+    ));
     // The plugin wrapper refuses to start as well.
-    let module_ = rt.compile(module("", &[("proxy_on_configure", "i32.const 0")], "").as_bytes()).unwrap();
-    let p = Plugin::new(&rt, module_, PluginConfig::new("no"), Box::new(|| Box::new(DefaultPluginHost)));
+    let module_ = rt
+        .compile(module("", &[("proxy_on_configure", "i32.const 0")], "").as_bytes())
+        .unwrap();
+    let p = Plugin::new(
+        &rt,
+        module_,
+        PluginConfig::new("no"),
+        Box::new(|| Box::new(DefaultPluginHost)),
+    );
     assert!(matches!(p, Err(StartError::ConfigureRejected)));
     assert_runtime_healthy(&rt);
 }
@@ -767,12 +1100,21 @@ fn rejected_configuration_never_goes_live() {
 
 /// Traps on request headers when the header count is 13.
 fn flaky(rt: &Runtime) -> Arc<weir_host_abi::Module> {
-    let wat = module("", &[("proxy_on_request_headers", "(if (i32.eq (local.get 1) (i32.const 13)) (then unreachable)) i32.const 0")], "");
+    let wat = module(
+        "",
+        &[(
+            "proxy_on_request_headers",
+            "(if (i32.eq (local.get 1) (i32.const 13)) (then unreachable)) i32.const 0",
+        )],
+        "",
+    );
     rt.compile(wat.as_bytes()).unwrap()
 }
 
 fn fail_once(plugin: &mut Plugin, now: Instant) -> (VmFailed, Verdict) {
-    let Availability::Ready(vm) = plugin.vm_at(now) else { panic!("VM should be ready") };
+    let Availability::Ready(vm) = plugin.vm_at(now) else {
+        panic!("VM should be ready")
+    };
     let ctx = vm.create_http_stream().unwrap();
     let mut s = Stream::boxed();
     let f = failed(vm.on_request_headers(ctx, &mut s, 13, false).unwrap_err());
@@ -783,10 +1125,19 @@ fn fail_once(plugin: &mut Plugin, now: Instant) -> (VmFailed, Verdict) {
 #[test]
 fn fail_closed_and_fail_open_policies() {
     let rt = runtime();
-    for (policy, verdict) in [(FailurePolicy::FailClosed, Verdict::FailClosed), (FailurePolicy::FailOpen, Verdict::FailOpen)] {
+    for (policy, verdict) in [
+        (FailurePolicy::FailClosed, Verdict::FailClosed),
+        (FailurePolicy::FailOpen, Verdict::FailOpen),
+    ] {
         let mut config = PluginConfig::new("flaky");
         config.failure_policy = policy;
-        let mut plugin = Plugin::new(&rt, flaky(&rt), config, Box::new(|| Box::new(DefaultPluginHost))).unwrap();
+        let mut plugin = Plugin::new(
+            &rt,
+            flaky(&rt),
+            config,
+            Box::new(|| Box::new(DefaultPluginHost)),
+        )
+        .unwrap();
         let now = Instant::now();
         let (f, v) = fail_once(&mut plugin, now);
         assert_eq!(v, verdict);
@@ -814,14 +1165,25 @@ fn reload_policy_rebuilds_with_exponential_backoff() {
     let mut plugin = Plugin::new(&rt, flaky(&rt), config, factory).unwrap();
     let t0 = Instant::now();
     let (_, v) = fail_once(&mut plugin, t0);
-    assert_eq!(v, Verdict::FailClosed, "streams of a reloading filter fail closed");
+    assert_eq!(
+        v,
+        Verdict::FailClosed,
+        "streams of a reloading filter fail closed"
+    );
     // Down for the first backoff (100 ms), then rebuilt.
-    assert!(matches!(plugin.vm_at(t0 + Duration::from_millis(99)), Availability::Unavailable(Verdict::FailClosed)));
+    assert!(matches!(
+        plugin.vm_at(t0 + Duration::from_millis(99)),
+        Availability::Unavailable(Verdict::FailClosed)
+    ));
     assert_eq!(plugin.next_rebuild(), Some(t0 + Duration::from_millis(100)));
     let t1 = t0 + Duration::from_millis(100);
     assert!(matches!(plugin.vm_at(t1), Availability::Ready(_)));
     assert_eq!(plugin.stats().snapshot().vm_rebuilds, 1);
-    assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 2, "a fresh plugin host per VM");
+    assert_eq!(
+        built.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "a fresh plugin host per VM"
+    );
     // Failing again soon doubles the wait.
     fail_once(&mut plugin, t1);
     assert_eq!(plugin.next_rebuild(), Some(t1 + Duration::from_millis(200)));
@@ -831,10 +1193,15 @@ fn reload_policy_rebuilds_with_exponential_backoff() {
     assert_eq!(plugin.next_rebuild(), Some(t2 + Duration::from_millis(400)));
     // The rebuilt VM is a fresh instance that serves normally.
     let t3 = t2 + Duration::from_millis(400);
-    let Availability::Ready(vm) = plugin.vm_at(t3) else { panic!("rebuilt") };
+    let Availability::Ready(vm) = plugin.vm_at(t3) else {
+        panic!("rebuilt")
+    };
     let ctx = vm.create_http_stream().unwrap();
     let mut s = Stream::boxed();
-    assert_eq!(vm.on_request_headers(ctx, &mut s, 1, false).unwrap().action, Action::Continue);
+    assert_eq!(
+        vm.on_request_headers(ctx, &mut s, 1, false).unwrap().action,
+        Action::Continue
+    );
     assert_eq!(plugin.stats().snapshot().vm_rebuilds, 3);
     assert_eq!(plugin.stats().snapshot().traps, 3);
 }
@@ -844,16 +1211,30 @@ fn a_vm_noticed_failed_by_the_plugin_is_replaced_even_without_on_failure() {
     let rt = runtime();
     let mut config = PluginConfig::new("flaky");
     config.failure_policy = FailurePolicy::Reload;
-    let mut plugin = Plugin::new(&rt, flaky(&rt), config, Box::new(|| Box::new(DefaultPluginHost))).unwrap();
+    let mut plugin = Plugin::new(
+        &rt,
+        flaky(&rt),
+        config,
+        Box::new(|| Box::new(DefaultPluginHost)),
+    )
+    .unwrap();
     let t0 = Instant::now();
     {
-        let Availability::Ready(vm) = plugin.vm_at(t0) else { panic!() };
+        let Availability::Ready(vm) = plugin.vm_at(t0) else {
+            panic!()
+        };
         let ctx = vm.create_http_stream().unwrap();
         let mut s = Stream::boxed();
         assert!(vm.on_request_headers(ctx, &mut s, 13, false).is_err());
     }
-    assert!(matches!(plugin.vm_at(t0), Availability::Unavailable(Verdict::FailClosed)));
-    assert!(matches!(plugin.vm_at(t0 + Duration::from_millis(100)), Availability::Ready(_)));
+    assert!(matches!(
+        plugin.vm_at(t0),
+        Availability::Unavailable(Verdict::FailClosed)
+    ));
+    assert!(matches!(
+        plugin.vm_at(t0 + Duration::from_millis(100)),
+        Availability::Ready(_)
+    ));
 }
 
 /// A plugin host whose logging blocks the thread (as a descheduled worker would look to the guest).
@@ -886,6 +1267,10 @@ fn time_off_cpu_is_not_charged_to_the_guest() {
     let out = vm.on_request_headers(ctx, &mut s, 0, false);
     assert!(t0.elapsed() >= Duration::from_millis(75));
     if cfg!(target_os = "linux") {
-        assert_eq!(out.unwrap().action, Action::Continue, "a guest that used little CPU keeps running");
+        assert_eq!(
+            out.unwrap().action,
+            Action::Continue,
+            "a guest that used little CPU keeps running"
+        );
     }
 }
