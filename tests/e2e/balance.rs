@@ -38,9 +38,20 @@ async fn round_robin_is_the_default() {
 
 #[tokio::test]
 async fn least_request_prefers_the_idle_endpoint() {
+    least_request_case("http1").await;
+}
+
+#[tokio::test]
+async fn least_request_prefers_the_idle_endpoint_over_http2() {
+    // On a multiplexed connection the in-flight count is per request, not per connection.
+    least_request_case("http2").await;
+}
+
+async fn least_request_case(protocol: &str) {
     let (a, b) = (EchoServer::start().await, EchoServer::start().await);
     let weir = Manifest::new(&[a.addr, b.addr])
         .lb("least_request")
+        .protocol(protocol)
         .workers(Some(1))
         .start()
         .await;

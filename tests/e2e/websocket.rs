@@ -122,3 +122,19 @@ async fn upgraded_upstream_connection_is_never_pooled() {
         .unwrap();
     assert_eq!(&buf, b"still tunnelled");
 }
+
+#[tokio::test]
+async fn websocket_over_an_http2_cluster_uses_its_own_http1_connection() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).protocol("http2").start().await;
+    let mut c = RawClient::connect(weir.listener_addr("main")).await;
+    c.write(UPGRADE_REQUEST).await.unwrap();
+    assert_eq!(c.read_response().await.status, 101);
+    assert_eq!(up.wait_requests(1).await[0].version, http::Version::HTTP_11);
+    c.stream().write_all(b"over h1").await.unwrap();
+    let mut buf = [0u8; 7];
+    within("tunnel echo", c.stream().read_exact(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf, b"over h1");
+}
