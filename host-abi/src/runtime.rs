@@ -353,3 +353,103 @@ impl Module {
         &self.pre
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"(module
+      (memory (export "memory") 1)
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "_initialize"))
+      (func (export "malloc") (param i32) (result i32) i32.const 8))"#;
+
+    #[test]
+    fn modules_are_cached_by_sha256_while_alive() {
+        let rt = Runtime::new().unwrap();
+        let a = rt.compile(MINIMAL.as_bytes()).unwrap();
+        let b = rt.compile(MINIMAL.as_bytes()).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "same bytes, same compiled module");
+        assert_eq!(
+            a.sha256_hex(),
+            hex::encode(Sha256::digest(MINIMAL.as_bytes()))
+        );
+        let other = format!("{MINIMAL} ");
+        let c = rt.compile(other.as_bytes()).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        drop((a, b));
+        // Once every user is gone the entry is dropped at the next compile, not kept forever.
+        let third = format!("{MINIMAL}  ");
+        let _e = rt.compile(third.as_bytes()).unwrap();
+        assert_eq!(rt.inner.cache.len(), 2, "only the live modules remain");
+        drop(c);
+    }
+
+    #[test]
+    fn every_sdk_import_is_defined() {
+        // The 0.2.5 SDK's imports (proxy-wasm-abi.md §5, §6); a missing one would make every real
+        // filter fail to load.
+        let rt = Runtime::new().unwrap();
+        for name in [
+            "proxy_log",
+            "proxy_get_log_level",
+            "proxy_get_current_time_nanoseconds",
+            "proxy_set_tick_period_milliseconds",
+            "proxy_get_buffer_bytes",
+            "proxy_set_buffer_bytes",
+            "proxy_get_header_map_pairs",
+            "proxy_set_header_map_pairs",
+            "proxy_get_header_map_value",
+            "proxy_add_header_map_value",
+            "proxy_replace_header_map_value",
+            "proxy_remove_header_map_value",
+            "proxy_get_property",
+            "proxy_set_property",
+            "proxy_get_shared_data",
+            "proxy_set_shared_data",
+            "proxy_register_shared_queue",
+            "proxy_resolve_shared_queue",
+            "proxy_enqueue_shared_queue",
+            "proxy_dequeue_shared_queue",
+            "proxy_continue_stream",
+            "proxy_close_stream",
+            "proxy_send_local_response",
+            "proxy_http_call",
+            "proxy_grpc_call",
+            "proxy_grpc_stream",
+            "proxy_grpc_send",
+            "proxy_grpc_cancel",
+            "proxy_grpc_close",
+            "proxy_get_status",
+            "proxy_set_effective_context",
+            "proxy_call_foreign_function",
+            "proxy_done",
+            "proxy_define_metric",
+            "proxy_get_metric",
+            "proxy_record_metric",
+            "proxy_increment_metric",
+        ] {
+            assert!(
+                rt.inner
+                    .imports
+                    .contains_key(&("env".to_owned(), name.to_owned())),
+                "{name}"
+            );
+        }
+        for name in [
+            "fd_write",
+            "environ_get",
+            "environ_sizes_get",
+            "proc_exit",
+            "clock_time_get",
+            "random_get",
+        ] {
+            assert!(
+                rt.inner
+                    .imports
+                    .contains_key(&("wasi_snapshot_preview1".to_owned(), name.to_owned())),
+                "{name}"
+            );
+        }
+    }
+}
