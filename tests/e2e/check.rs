@@ -228,3 +228,25 @@ async fn run_exits_nonzero_when_a_listener_cannot_bind() {
     );
     drop(holder);
 }
+
+#[test]
+fn the_embedded_default_manifest_passes_check() {
+    let out = std::process::Command::new(weir_tests::weir_bin())
+        .arg("default-config")
+        .output()
+        .expect("run weir default-config");
+    assert!(
+        out.status.success(),
+        "weir default-config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = String::from_utf8(out.stdout).expect("utf-8 manifest");
+    assert!(manifest.contains("listeners"), "{manifest}");
+    let out = check(&manifest);
+    assert!(
+        out.status.success(),
+        "the embedded default fails `weir check`: {}",
+        out.stderr
+    );
+    assert_eq!(out.stdout.trim(), "ok");
+}

@@ -156,3 +156,59 @@ async fn request_on_an_idle_connection_during_drain_is_answered_or_closed() {
     assert_eq!(within("held", held).await.unwrap().status, 200);
     assert!(weir.wait_exit(Duration::from_secs(10)).await.success());
 }
+
+#[tokio::test]
+async fn admin_ready_turns_503_while_draining() {
+    let up = EchoServer::start().await;
+    let mut weir = Manifest::new(&[up.addr]).drain_timeout("20s").start().await;
+    let addr = weir.listener_addr("main");
+    let mut admin = H1Client::connect(weir.admin_addr()).await;
+    assert_eq!(admin.get("/ready").await.status, 200);
+    let held = tokio::spawn(async move { H1Client::connect(addr).await.get("/hold").await });
+    up.wait_requests(1).await;
+    weir.sigterm();
+    wait_refused(addr).await;
+    // The drain is held open by the in-flight request; the admin says "not ready".
+    let mut admin = H1Client::connect(weir.admin_addr()).await;
+    assert_eq!(admin.get("/ready").await.status, 503);
+    up.release(1);
+    assert_eq!(within("held", held).await.unwrap().status, 200);
+    assert!(weir.wait_exit(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test]
+async fn open_websocket_tunnel_keeps_working_until_the_drain_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = EchoServer::start().await;
+    let mut weir = Manifest::new(&[up.addr]).drain_timeout("3s").start().await;
+    let mut ws = weir_tests::RawClient::connect(weir.listener_addr("main")).await;
+    ws.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(ws.read_response().await.status, 101);
+    let t0 = Instant::now();
+    weir.sigterm();
+    // In flight like any request: the tunnel still carries bytes during the drain...
+    let echoed = async {
+        ws.stream().write_all(b"during drain").await?;
+        let mut buf = [0u8; 12];
+        ws.stream().read_exact(&mut buf).await?;
+        std::io::Result::Ok(buf)
+    };
+    let echoed = within("echo during the drain", echoed).await;
+    // ...and the drain timeout then ends it, with a clean exit.
+    let st = weir.wait_exit(Duration::from_secs(10)).await;
+    eprintln!(
+        "exited {:?} after SIGTERM with an open tunnel (drain_timeout 3s)",
+        t0.elapsed()
+    );
+    assert!(
+        matches!(&echoed, Ok(b) if b == b"during drain"),
+        "the tunnel was cut at SIGTERM instead of at the drain timeout: {echoed:?}"
+    );
+    assert!(st.success(), "{st}");
+    assert!(
+        ws.wait_closed(Duration::from_secs(5)).await,
+        "tunnel still open after weir exited"
+    );
+}
