@@ -18,6 +18,22 @@
 //! * [`Plugin`]: a `Vm` plus the [`FailurePolicy`]; a trapped VM is never re-entered.
 //! * [`FilterStats`]: per-filter counters (callbacks, time, traps, deadline hits, memory, rebuilds).
 //!
+//! # Containment
+//! Every guest pointer is bounds-checked in u64; a bad one to a `proxy_*` call traps (the SDK
+//! cannot handle `INVALID_MEMORY_ACCESS`), to a WASI call returns errno `FAULT`. Host→guest copies
+//! go through the guest allocator with the exact size; header maps and other copies are capped
+//! ([`Limits`]). Each callback runs under a deadline (epoch interruption; CPU time is what counts,
+//! see [`Deadlines`]) and the VM's memory is capped. Any trap, deadline or memory failure marks the
+//! VM failed for good and reports the stream contexts it held ([`VmFailed::live_streams`]). No
+//! guest callback ever runs from inside a host call (only the allocator is re-entrant): continue,
+//! close and local replies are deferred into the [`Outcome`].
+//!
+//! # Threads
+//! `Runtime`, `Module`, `SharedState`, `MetricsRegistry` and `FilterStats` are shared; a `Vm` (or
+//! `Plugin`) is `Send` but used by one worker thread at a time. Shared data and queues are
+//! process-wide per `vm_id` on a `SharedState`; queue notifications reach the receiving VM's
+//! thread through the embedder's [`QueueNotifier`].
+//!
 //! # Example
 //! ```
 //! use weir_host_abi::{Runtime, PluginConfig, Vm, DefaultPluginHost, StreamBox, StreamHost, Action};
