@@ -311,7 +311,7 @@ const DISPATCH: &str = r#"
     i32.const 1
 "#;
 
-fn read_u32(vm: &Vm, which: &str) -> u32 {
+fn outstanding_token(vm: &Vm, which: &str) -> u32 {
     // Tokens are also visible through the VM's outstanding-callout table.
     let calls = vm.outstanding_callouts();
     let want = if which == "http" { 0 } else { 1 };
@@ -461,26 +461,26 @@ fn trap_in_each_root_callback_fails_the_vm() {
         }),
         ("proxy_on_done", |vm| vm.shutdown().map(drop)),
         ("proxy_on_http_call_response", |vm| {
-            let t = read_u32(vm, "http");
+            let t = outstanding_token(vm, "http");
             vm.on_http_call_response(t, weir_host_abi::CalloutResponse::default(), None)
                 .map(drop)
         }),
         ("proxy_on_grpc_receive_initial_metadata", |vm| {
-            let t = read_u32(vm, "grpc");
+            let t = outstanding_token(vm, "grpc");
             vm.on_grpc_receive_initial_metadata(t, Vec::new(), None)
                 .map(drop)
         }),
         ("proxy_on_grpc_receive", |vm| {
-            let t = read_u32(vm, "grpc");
+            let t = outstanding_token(vm, "grpc");
             vm.on_grpc_receive(t, b"m".to_vec(), None).map(drop)
         }),
         ("proxy_on_grpc_receive_trailing_metadata", |vm| {
-            let t = read_u32(vm, "grpc");
+            let t = outstanding_token(vm, "grpc");
             vm.on_grpc_receive_trailing_metadata(t, Vec::new(), None)
                 .map(drop)
         }),
         ("proxy_on_grpc_close", |vm| {
-            let t = read_u32(vm, "grpc");
+            let t = outstanding_token(vm, "grpc");
             vm.on_grpc_close(t, 14, "unavailable", None).map(drop)
         }),
     ];
