@@ -120,10 +120,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     // Host-owned buffers are read-only.
                     _ => Err(Status::BadArgument),
                 };
-                match r {
-                    Ok(()) => Status::Ok.raw(),
-                    Err(s) => s.raw(),
-                }
+                Status::code(r)
             })
         },
     )?;

@@ -69,13 +69,6 @@ fn get_value(st: &mut HostState, map: MapType, key: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-fn code(r: Result<(), Status>) -> i32 {
-    match r {
-        Ok(()) => Status::Ok.raw(),
-        Err(s) => s.raw(),
-    }
-}
-
 /// Runs a mutation on the acting stream's map; host maps are read-only.
 fn mutate(
     st: &mut HostState,
@@ -86,7 +79,7 @@ fn mutate(
         return Status::BadArgument.raw();
     }
     match st.acting_stream() {
-        Some(s) => code(f(s)),
+        Some(s) => Status::code(f(s)),
         None => Status::NotFound.raw(),
     }
 }

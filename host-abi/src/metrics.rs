@@ -188,13 +188,6 @@ impl VmMetrics {
     }
 }
 
-fn status(r: Result<(), Status>) -> i32 {
-    match r {
-        Ok(()) => Status::Ok.raw(),
-        Err(s) => s.raw(),
-    }
-}
-
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
@@ -243,7 +236,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         "proxy_record_metric",
         |caller: Caller<'_, HostState>, id: u32, v: i64| -> wasmtime::Result<i32> {
             memory::not_in_allocator(&caller, "proxy_record_metric")?;
-            Ok(status(caller.data().metrics.record(id, v as u64)))
+            Ok(Status::code(caller.data().metrics.record(id, v as u64)))
         },
     )?;
     linker.func_wrap(
@@ -251,7 +244,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         "proxy_increment_metric",
         |caller: Caller<'_, HostState>, id: u32, d: i64| -> wasmtime::Result<i32> {
             memory::not_in_allocator(&caller, "proxy_increment_metric")?;
-            Ok(status(caller.data().metrics.increment(id, d)))
+            Ok(Status::code(caller.data().metrics.increment(id, d)))
         },
     )?;
     Ok(())

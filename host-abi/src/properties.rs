@@ -73,10 +73,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     Some(s) => s.set_property(&segments, value),
                     None => st.host.set_property(&segments, value),
                 };
-                match r {
-                    Ok(()) => Status::Ok.raw(),
-                    Err(s) => s.raw(),
-                }
+                Status::code(r)
             })
         },
     )?;

@@ -142,16 +142,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             if vl as usize > cap || kl as usize > cap {
                 return Ok(Status::BadArgument.raw());
             }
-            memory::with_two(
-                &mut caller,
-                F,
-                (kp, kl),
-                (vp, vl),
-                |key, value, st| match set_in(&st.shared, &st.kv, key, value, cas) {
-                    Ok(_) => Status::Ok.raw(),
-                    Err(s) => s.raw(),
-                },
-            )
+            memory::with_two(&mut caller, F, (kp, kl), (vp, vl), |key, value, st| {
+                Status::code(set_in(&st.shared, &st.kv, key, value, cas).map(drop))
+            })
         },
     )?;
     Ok(())

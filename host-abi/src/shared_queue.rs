@@ -151,10 +151,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             let cap = caller.data().plugin.limits.max_copy_bytes;
             let item = memory::read(&mut caller, F, vp, vl, cap)?;
             let shared = caller.data().shared.clone();
-            Ok(match shared.enqueue(token, item) {
-                Ok(()) => Status::Ok.raw(),
-                Err(s) => s.raw(),
-            })
+            Ok(Status::code(shared.enqueue(token, item)))
         },
     )?;
     linker.func_wrap(

@@ -39,6 +39,14 @@ impl Status {
     pub fn raw(self) -> i32 {
         self as i32
     }
+
+    /// The raw code of a host operation's result (`Ok` → 0).
+    pub(crate) fn code(result: Result<(), Status>) -> i32 {
+        match result {
+            Ok(()) => Status::Ok.raw(),
+            Err(s) => s.raw(),
+        }
+    }
 }
 
 /// Log levels of `proxy_log` (TRACE 0 .. CRITICAL 5).

@@ -80,6 +80,9 @@ impl Outcome {
 /// `(context, size_or_count, end_of_stream) -> Action`, the shape of most stream callbacks.
 type StreamCallback = TypedFunc<(u32, u32, u32), u32>;
 
+/// `(root, token, size_count_or_status)`, the shape of the gRPC callbacks.
+type GrpcCallback = TypedFunc<(u32, u32, u32), ()>;
+
 /// The callback exports, looked up once per instance (absent ones behave like the SDK's defaults).
 #[allow(clippy::type_complexity)] // one field per export, typed exactly as the ABI declares it
 struct Exports {
@@ -101,10 +104,10 @@ struct Exports {
     response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
     response_trailers: Option<TypedFunc<(u32, u32), u32>>,
     http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
-    grpc_initial: Option<TypedFunc<(u32, u32, u32), ()>>,
-    grpc_trailing: Option<TypedFunc<(u32, u32, u32), ()>>,
-    grpc_receive: Option<TypedFunc<(u32, u32, u32), ()>>,
-    grpc_close: Option<TypedFunc<(u32, u32, u32), ()>>,
+    grpc_initial: Option<GrpcCallback>,
+    grpc_trailing: Option<GrpcCallback>,
+    grpc_receive: Option<GrpcCallback>,
+    grpc_close: Option<GrpcCallback>,
     foreign: Option<TypedFunc<(u32, u32, u32), ()>>,
     log: Option<TypedFunc<u32, ()>>,
     done: Option<TypedFunc<u32, u32>>,
@@ -962,6 +965,7 @@ impl Vm {
     fn grpc_event(
         &mut self,
         name: &'static str,
+        pick: fn(&Exports) -> &Option<GrpcCallback>,
         token: u32,
         arg: u32,
         data: GrpcData,
@@ -978,12 +982,7 @@ impl Vm {
         let Some(origin) = origin else {
             return Ok(Outcome::default());
         };
-        let f = match name {
-            "proxy_on_grpc_receive_initial_metadata" => self.exports.grpc_initial.clone(),
-            "proxy_on_grpc_receive_trailing_metadata" => self.exports.grpc_trailing.clone(),
-            "proxy_on_grpc_receive" => self.exports.grpc_receive.clone(),
-            _ => self.exports.grpc_close.clone(),
-        };
+        let f = pick(&self.exports).clone();
         let lent = stream.map(|s| (origin, s));
         let (_, call) = self.invoke(
             name,
@@ -1014,6 +1013,7 @@ impl Vm {
         };
         self.grpc_event(
             "proxy_on_grpc_receive_initial_metadata",
+            |e| &e.grpc_initial,
             token,
             n,
             data,
@@ -1037,6 +1037,7 @@ impl Vm {
         };
         self.grpc_event(
             "proxy_on_grpc_receive",
+            |e| &e.grpc_receive,
             token,
             n,
             data,
@@ -1060,6 +1061,7 @@ impl Vm {
         };
         self.grpc_event(
             "proxy_on_grpc_receive_trailing_metadata",
+            |e| &e.grpc_trailing,
             token,
             n,
             data,
@@ -1079,6 +1081,7 @@ impl Vm {
     ) -> Result<Outcome, VmError> {
         self.grpc_event(
             "proxy_on_grpc_close",
+            |e| &e.grpc_close,
             token,
             status,
             GrpcData::default(),
