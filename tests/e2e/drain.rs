@@ -212,3 +212,53 @@ async fn open_websocket_tunnel_keeps_working_until_the_drain_timeout() {
         "tunnel still open after weir exited"
     );
 }
+
+#[tokio::test]
+async fn streaming_exchange_in_flight_completes_during_drain() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    for h2 in [false, true] {
+        let up = EchoServer::start().await;
+        let mut weir = Manifest::new(&[up.addr]).drain_timeout("20s").start().await;
+        let addr = weir.listener_addr("main");
+        let (mut tx, body) = weir_tests::client::body_channel();
+        tx.send_data(Bytes::from_static(b"before;")).await.unwrap();
+        // The exchange runs in its own task; the response is read once the body is complete, so
+        // this needs no full duplex (that is `proxy_h1`/`proxy_h2`'s business).
+        let exchange = tokio::spawn(async move {
+            let resp = if h2 {
+                let mut c = H2Client::connect(addr).await;
+                let req = c.request("POST", "/stream").body(body).unwrap();
+                c.send(req).await
+            } else {
+                let mut c = H1Client::connect(addr).await;
+                let req = c.request("POST", "/stream").body(body).unwrap();
+                c.send(req).await
+            };
+            match resp {
+                Ok(r) => r
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        up.wait_requests(1).await;
+        weir.sigterm();
+        wait_refused(addr).await;
+        // The request body is still streaming up: the exchange must still finish.
+        tx.send_data(Bytes::from_static(b"during drain"))
+            .await
+            .unwrap();
+        drop(tx);
+        let got = within("streamed exchange", exchange).await.unwrap();
+        assert!(
+            matches!(&got, Ok(b) if b == "before;during drain"),
+            "h2={h2}: the streaming exchange was cut by the drain: {got:?}"
+        );
+        let st = weir.wait_exit(Duration::from_secs(10)).await;
+        assert!(st.success(), "h2={h2}: {st}");
+    }
+}

@@ -2,7 +2,9 @@
 //! forwarded headers, status pass-through, and the admin endpoints.
 
 use bytes::Bytes;
+use std::time::Duration;
 use weir_tests::client::body_channel;
+
 use weir_tests::{EchoServer, H1Client, Manifest, within};
 
 use crate::{is_uuid_v4, pattern};
@@ -540,4 +542,133 @@ async fn absolute_form_target_becomes_origin_form_with_its_authority_as_host() {
     // RFC 9112 §3.2.2: with an absolute-form target the Host field is ignored and replaced by the
     // target's authority, so every hop agrees on the host.
     assert_eq!(seen.header("host"), Some("service.test"));
+}
+
+#[tokio::test]
+async fn full_duplex_streaming_h1() {
+    // The upstream answers at once and echoes as it reads: the response head and each echoed
+    // chunk must reach the client while its request body is still open.
+    let mut wrong = Vec::new();
+    for protocol in ["http1", "http2"] {
+        if let Err(e) = full_duplex_h1_case(protocol).await {
+            wrong.push(format!("cluster {protocol}: {e}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "HTTP/1.1 client, no full duplex: {wrong:?}"
+    );
+}
+
+async fn full_duplex_h1_case(protocol: &str) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).protocol(protocol).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let (mut tx, body) = body_channel();
+    let req = c.request("POST", "/stream").body(body).unwrap();
+    tx.send_data(Bytes::from_static(b"ping-1")).await.unwrap();
+    let limit = Duration::from_secs(3);
+    let resp = match tokio::time::timeout(limit, c.send(req)).await {
+        Err(_) => return Err("no response head while the request body is open".into()),
+        Ok(r) => r.map_err(|e| e.to_string())?,
+    };
+    let mut body = resp.into_body();
+    match tokio::time::timeout(limit, body.frame()).await {
+        Ok(Some(Ok(f))) if f.data_ref().is_some_and(|d| d == "ping-1") => {}
+        other => return Err(format!("no echo of the first chunk: {other:?}")),
+    }
+    tx.send_data(Bytes::from_static(b"ping-2")).await.unwrap();
+    drop(tx);
+    let rest = within("rest", body.collect())
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if rest != "ping-2" {
+        return Err(format!("rest {rest:?}"));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn early_upstream_response_reaches_the_client_during_a_large_upload() {
+    // The upstream refuses the upload with 413 without reading it; weir must pass the 413 on, not
+    // fail writing a body nobody reads (or sit until a timeout).
+    let mut wrong = Vec::new();
+    for protocol in ["http1", "http2"] {
+        let up = EchoServer::start().await;
+        let weir = Manifest::new(&[up.addr])
+            .protocol(protocol)
+            .response_timeout("10s")
+            .start()
+            .await;
+        let mut c = H1Client::connect(weir.listener_addr("main")).await;
+        let (mut tx, body) = body_channel();
+        let req = c.request("POST", "/reject-early").body(body).unwrap();
+        let feeder = tokio::spawn(async move {
+            let chunk = Bytes::from(vec![b'u'; 1 << 20]);
+            for _ in 0..64 {
+                if tx.send_data(chunk.clone()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let t0 = std::time::Instant::now();
+        let resp = within("an answer to the upload", c.send(req)).await;
+        feeder.abort();
+        match resp {
+            Ok(r) if r.status() == 413 && t0.elapsed() < Duration::from_secs(5) => {}
+            Ok(r) => wrong.push(format!(
+                "cluster {protocol}: {} {:?} after {:?}",
+                r.status(),
+                r.headers().get("x-weir-error"),
+                t0.elapsed()
+            )),
+            Err(e) => wrong.push(format!("cluster {protocol}: {e}")),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "an early 413 did not reach the client: {wrong:?}"
+    );
+}
+
+#[tokio::test]
+async fn slow_upload_is_not_a_response_timeout() {
+    // timeouts.response bounds the wait for the upstream's answer once the request is sent, not
+    // the client's upload (the echo upstream answers when the body is complete).
+    let mut wrong = Vec::new();
+    for protocol in ["http1", "http2"] {
+        let up = EchoServer::start().await;
+        let weir = Manifest::new(&[up.addr])
+            .protocol(protocol)
+            .response_timeout("500ms")
+            .start()
+            .await;
+        let mut c = H1Client::connect(weir.listener_addr("main")).await;
+        let (mut tx, body) = body_channel();
+        let req = c.request("POST", "/slow-upload").body(body).unwrap();
+        let feeder = tokio::spawn(async move {
+            for i in 0..8 {
+                // The client is slow on purpose: 8 chunks 200 ms apart, 1.6 s in all.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if tx.send_data(Bytes::from(format!("{i}"))).await.is_err() {
+                    break; // weir answered early; the check below says how
+                }
+            }
+        });
+        let r = weir_tests::collect(c.send(req).await.expect("response")).await;
+        feeder.await.unwrap();
+        if (r.status.as_u16(), r.text()) != (200, "01234567".to_string()) {
+            wrong.push(format!(
+                "cluster {protocol}: {} {:?}",
+                r.status,
+                r.header("x-weir-error")
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "a 1.6 s upload under a 500 ms response timeout: {wrong:?}"
+    );
 }

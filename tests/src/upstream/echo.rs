@@ -8,6 +8,7 @@
 //! | `content-type: application/grpc*` | `200`, the request body echoed, trailers `grpc-status: 0` |
 //! | the same, path ending `/Fail` | trailers-only `grpc-status: 5` (in the headers, no body) |
 //! | path `/stream…` | `200` at once, the request body streamed back frame by frame (full duplex) |
+//! | path `/reject-early…` | `413` at once, the request body never read |
 //! | path `/hold…` | recorded, then held until the test calls [`EchoServer::release`], then echoed |
 //! | path `/status/NNN` | status `NNN` |
 //! | path `/close…` | `200` with `Connection: close`, then the connection is closed |
@@ -275,6 +276,16 @@ async fn respond(
                 .body(body_full(format!("status {code}")))
                 .unwrap();
         }
+    }
+
+    if path.starts_with("/reject-early") {
+        // Answers without reading the body, like an upstream refusing an upload (413).
+        st.requests.push(record(conn, peer, &parts));
+        drop(body);
+        return Response::builder()
+            .status(StatusCode::PAYLOAD_TOO_LARGE)
+            .body(body_full("too large"))
+            .unwrap();
     }
 
     if path.starts_with("/stream") {
