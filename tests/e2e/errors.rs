@@ -311,6 +311,11 @@ async fn unusual_but_valid_upstream_responses_pass() {
             "read until the upstream closes",
         ),
         (
+            "chunk extensions and a trailer section",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=v\r\nchun\r\n3\r\nked\r\n0\r\nX-Trailer: t\r\n\r\n",
+            "chunked",
+        ),
+        (
             "an HTTP/1.0 response",
             b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nold ok",
             "old ok",
@@ -332,5 +337,62 @@ async fn unusual_but_valid_upstream_responses_pass() {
             (200, *body),
             "{name} (h2 client)"
         );
+    }
+}
+
+#[tokio::test]
+async fn upstream_head_response_with_a_length_has_no_body() {
+    // A HEAD response announces the length of the GET body but carries none; weir must not wait
+    // for those bytes (or call the upstream broken).
+    let up = FaultyServer::start(Fault::Respond(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nX-Head: yes\r\n\r\n",
+    ))
+    .await;
+    let weir = Manifest::new(&[up.addr])
+        .response_timeout("5s")
+        .start()
+        .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let req = c
+        .request("HEAD", "/")
+        .body(weir_tests::body_empty())
+        .unwrap();
+    let t0 = Instant::now();
+    let r = weir_tests::collect(c.send(req).await.expect("HEAD response")).await;
+    assert_eq!((r.status.as_u16(), r.header("x-head")), (200, Some("yes")));
+    assert!(r.body.is_empty());
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "HEAD took {:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn repeated_response_headers_are_preserved() {
+    let up = FaultyServer::start(Fault::Respond(
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok",
+    ))
+    .await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    for h2 in [false, true] {
+        let r = if h2 {
+            H2Client::connect(weir.listener_addr("main"))
+                .await
+                .get("/")
+                .await
+        } else {
+            H1Client::connect(weir.listener_addr("main"))
+                .await
+                .get("/")
+                .await
+        };
+        let cookies: Vec<_> = r
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(cookies, ["a=1", "b=2"], "h2={h2}");
     }
 }

@@ -130,3 +130,39 @@ async fn trailers_only_grpc_error_reaches_the_client() {
     );
     assert!(r.body.is_empty());
 }
+
+#[tokio::test]
+async fn trailers_pass_through_an_http1_cluster() {
+    // Request trailers go up as a chunked trailer section; the upstream's chunked response
+    // trailers come back as h2 trailers.
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).protocol("http1").start().await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    let (mut tx, body) = body_channel();
+    let req = c
+        .request("POST", "/trailers")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let send = tokio::spawn(async move {
+        tx.send_data(Bytes::from_static(b"payload")).await.unwrap();
+        let mut t = HeaderMap::new();
+        t.insert("x-checksum", HeaderValue::from_static("abc123"));
+        tx.send_trailers(t).await.unwrap();
+    });
+    let r = collect(c.send(req).await.expect("response")).await;
+    send.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "payload");
+    let seen = &up.wait_requests(1).await[0];
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    let t = seen
+        .trailers
+        .as_ref()
+        .expect("request trailers reached the HTTP/1.1 upstream");
+    assert_eq!(t["x-checksum"], "abc123");
+    let t = r
+        .trailers
+        .expect("response trailers came back from the HTTP/1.1 upstream");
+    assert_eq!(t["x-checksum"], "abc123");
+}

@@ -372,12 +372,21 @@ async fn respond(
             .unwrap();
     }
 
-    let body = match trailers {
-        Some(t) => Full::new(data)
-            .map_err(|never| -> BoxError { match never {} })
-            .with_trailers(async move { Some(Ok(t)) })
-            .boxed_unsync(),
-        None => body_full(data),
-    };
-    Response::new(body)
+    match trailers {
+        Some(t) => {
+            // Chunked (no exact length) and declared in `Trailer:`, which hyper's HTTP/1.1
+            // encoder requires before it writes a trailer section.
+            let names: Vec<String> = t.keys().map(|k| k.to_string()).collect();
+            let (mut tx, body) = crate::client::body_channel();
+            tokio::spawn(async move {
+                let _ = tx.send_data(data).await;
+                let _ = tx.send_trailers(t).await;
+            });
+            Response::builder()
+                .header(header::TRAILER, names.join(", "))
+                .body(body)
+                .unwrap()
+        }
+        None => Response::new(body_full(data)),
+    }
 }
