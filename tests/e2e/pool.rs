@@ -194,3 +194,63 @@ async fn client_abort_mid_response_never_desyncs_a_pooled_connection() {
         assert_eq!((r.status.as_u16(), r.text()), (200, format!("fresh {i}")));
     }
 }
+
+#[tokio::test]
+async fn bytes_past_a_response_never_answer_the_next_request() {
+    use weir_tests::{Fault, FaultyServer};
+    // The upstream's first reply carries a whole extra response after its declared length; a
+    // pooled connection must not serve those bytes to the next client (response desync).
+    static SCRIPT: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirstHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond",
+    ];
+    for h2_client in [false, true] {
+        let up = FaultyServer::start(Fault::Script(SCRIPT)).await;
+        let weir = Manifest::new(&[up.addr]).workers(Some(1)).start().await;
+        let addr = weir.listener_addr("main");
+        let first = H1Client::connect(addr).await.get("/1").await;
+        assert_eq!(first.text(), "first");
+        let second = if h2_client {
+            H2Client::connect(addr).await.get("/2").await
+        } else {
+            H1Client::connect(addr).await.get("/2").await
+        };
+        assert_ne!(
+            second.text(),
+            "smuggled",
+            "the next client got the upstream's extra response"
+        );
+    }
+}
+
+#[tokio::test]
+async fn non_idempotent_request_that_reached_the_upstream_is_never_retried() {
+    use weir_tests::{Fault, FaultyServer};
+    // On a pooled connection the upstream reads the second request, then closes without an
+    // answer. It may have acted on it, so a DELETE or POST must not be sent again (RFC 9110
+    // §9.2.2); a 502 is the honest answer.
+    static SCRIPT: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nwarm", b""];
+    let mut wrong = Vec::new();
+    for method in ["DELETE", "POST"] {
+        let up = FaultyServer::start(Fault::Script(SCRIPT)).await;
+        let weir = Manifest::new(&[up.addr]).workers(Some(1)).start().await;
+        let mut c = H1Client::connect(weir.listener_addr("main")).await;
+        assert_eq!(c.get("/warm").await.text(), "warm");
+        let req = c
+            .request(method, "/resource")
+            .body(weir_tests::body_empty())
+            .unwrap();
+        let r = weir_tests::collect(c.send(req).await.expect("a response")).await;
+        let sent = up.heads().iter().filter(|h| h.starts_with(method)).count();
+        if sent != 1 || r.status != 502 {
+            wrong.push(format!(
+                "{method}: sent upstream {sent} times, answered {}",
+                r.status
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "non-idempotent requests retried: {wrong:?}"
+    );
+}

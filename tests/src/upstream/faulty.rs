@@ -32,6 +32,10 @@ pub enum Fault {
     },
     /// Reads the request head, writes these exact bytes, then closes cleanly (FIN).
     Respond(&'static [u8]),
+    /// Keep-alive script: the n-th request head on a connection gets the n-th reply, written
+    /// verbatim (an empty reply: close without answering); after the last one the connection is
+    /// closed.
+    Script(&'static [&'static [u8]]),
 }
 
 /// A raw TCP upstream that misbehaves as told; stops (dropping its connections) when dropped.
@@ -97,6 +101,9 @@ impl Drop for FaultyServer {
 }
 
 async fn serve(mut tcp: TcpStream, fault: Fault, heads: Arc<Counted<String>>) {
+    if let Fault::Script(replies) = fault {
+        return script(tcp, replies, heads).await;
+    }
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     // Read up to the end of the request head.
@@ -146,6 +153,7 @@ async fn serve(mut tcp: TcpStream, fault: Fault, heads: Arc<Counted<String>>) {
             let _ = tcp.write_all(resp).await;
             let _ = tcp.shutdown().await;
         }
+        Fault::Script(_) => unreachable!("handled above"),
         Fault::Respond(bytes) => {
             let _ = tcp.write_all(bytes).await;
             let _ = tcp.shutdown().await;
@@ -162,6 +170,37 @@ async fn serve(mut tcp: TcpStream, fault: Fault, heads: Arc<Counted<String>>) {
             }
         }
     }
+}
+
+/// Answers each request head on `tcp` with the next scripted reply (request bodies are not
+/// expected: the script is for GETs).
+async fn script(
+    mut tcp: TcpStream,
+    replies: &'static [&'static [u8]],
+    heads: Arc<Counted<String>>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    for reply in replies {
+        loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                heads.push(String::from_utf8_lossy(&buf[..i + 4]).into_owned());
+                buf.drain(..i + 4);
+                break;
+            }
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        if reply.is_empty() {
+            break; // read the request, answer nothing
+        }
+        if tcp.write_all(reply).await.is_err() {
+            return;
+        }
+    }
+    let _ = tcp.shutdown().await;
 }
 
 /// A listener that never accepts and whose accept queue is full, so new connects to it hang (the
