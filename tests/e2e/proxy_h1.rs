@@ -672,3 +672,46 @@ async fn slow_upload_is_not_a_response_timeout() {
         "a 1.6 s upload under a 500 ms response timeout: {wrong:?}"
     );
 }
+
+#[tokio::test]
+async fn client_connection_close_is_honoured_and_not_forwarded() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).workers(Some(1)).start().await;
+    let addr = weir.listener_addr("main");
+    for i in 0..2 {
+        let (mut c, r) = weir_tests::client::raw_request(
+            addr,
+            format!("GET /bye/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert!(
+            c.wait_closed(Duration::from_secs(5)).await,
+            "client asked for Connection: close"
+        );
+    }
+    let seen = up.wait_requests(2).await;
+    for s in &seen {
+        assert!(
+            !s.header("connection").is_some_and(|v| v.contains("close")),
+            "the client's Connection: close reached the upstream"
+        );
+    }
+    assert_eq!(up.accepts(), 1, "the upstream connection is still pooled");
+}
+
+#[tokio::test]
+async fn bodiless_h2_request_has_no_body_framing_upstream() {
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = weir_tests::H2Client::connect(weir.listener_addr("main")).await;
+    assert_eq!(c.get("/no-body").await.status, 200);
+    let seen = &up.wait_requests(1).await[0];
+    assert!(
+        seen.headers.get("transfer-encoding").is_none(),
+        "a GET without a body went up chunked: {:?}",
+        seen.headers
+    );
+    assert!(seen.header("content-length").is_none_or(|v| v == "0"));
+}
