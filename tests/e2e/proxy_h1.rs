@@ -681,8 +681,7 @@ async fn client_connection_close_is_honoured_and_not_forwarded() {
     for i in 0..2 {
         let (mut c, r) = weir_tests::client::raw_request(
             addr,
-            format!("GET /bye/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
+            format!("GET /bye/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
         )
         .await;
         assert_eq!(r.status, 200);
