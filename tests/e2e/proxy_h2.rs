@@ -139,3 +139,52 @@ async fn full_duplex_streaming_h2() {
         .to_bytes();
     assert!(rest.is_empty());
 }
+
+#[tokio::test]
+async fn split_h2_cookies_are_joined_for_an_http1_upstream() {
+    // RFC 9113 §8.2.3: several `cookie` fields MUST be joined with "; " before HTTP/1.1.
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    let req = c
+        .request("GET", "/cookies")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(weir_tests::body_empty())
+        .unwrap();
+    assert_eq!(
+        weir_tests::collect(c.send(req).await.unwrap()).await.status,
+        200
+    );
+    let seen = &up.wait_requests(1).await[0];
+    let cookies: Vec<_> = seen
+        .headers
+        .get_all("cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+}
+
+#[tokio::test]
+async fn h2_authority_wins_over_a_conflicting_host_header() {
+    // RFC 9113 §8.3.1: :authority identifies the target; a differing Host must not be what the
+    // HTTP/1.1 upstream sees (refusing the request is also acceptable).
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    let req = http::Request::builder()
+        .method("GET")
+        .uri("http://authority.test/which-host")
+        .version(http::Version::HTTP_2)
+        .header("host", "header.test")
+        .body(weir_tests::body_empty())
+        .unwrap();
+    let r = weir_tests::collect(c.send(req).await.unwrap()).await;
+    if r.status == 400 {
+        return;
+    }
+    assert_eq!(r.status, 200);
+    let seen = &up.wait_requests(1).await[0];
+    assert_eq!(seen.header("host"), Some("authority.test"));
+}
