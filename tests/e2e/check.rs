@@ -250,3 +250,64 @@ fn the_embedded_default_manifest_passes_check() {
     );
     assert_eq!(out.stdout.trim(), "ok");
 }
+
+const SCHEMA_BASE: &str = "listeners:
+  - { name: main, address: 127.0.0.1:0, default_cluster: web, chain: edge }
+clusters:
+  web: { endpoints: [127.0.0.1:9] }
+";
+
+#[test]
+fn accepts_every_size_and_duration_form() {
+    let m = "listeners:
+  - name: main
+    address: 127.0.0.1:0
+    default_cluster: web
+    chain: edge
+    limits: { max_request_headers_size: 16384, max_uri_length: 1KiB, idle_timeout: 5m, header_read_timeout: 250ms }
+clusters:
+  web: { endpoints: [127.0.0.1:9], pool: { max_idle: 0, idle_timeout: 1s } }
+chains: { edge: [f1, f2] }
+filters:
+  f1: { module: \"builtin:router\", config: { routes: [1, 2] }, failure_policy: fail_open }
+  f2: { module: \"builtin:router\", failure_policy: reload }
+";
+    let out = check(m);
+    assert!(out.status.success(), "stderr:\n{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "ok");
+}
+
+#[test]
+fn rejects_a_bad_size_with_its_path() {
+    let m = good().replace(
+        "max_request_headers_size: 60KiB",
+        "max_request_headers_size: 60 parsecs",
+    );
+    assert_rejected(
+        &m,
+        "listeners[0].limits.max_request_headers_size",
+        &["parsecs"],
+    );
+}
+
+#[test]
+fn rejects_an_unknown_enum_value_with_its_path() {
+    let m = good().replace("lb: least_request", "lb: random");
+    assert_rejected(&m, "clusters.web.lb", &["random"]);
+}
+
+#[test]
+fn rejects_an_unknown_filter_in_a_chain() {
+    let m = format!(
+        "{SCHEMA_BASE}chains: {{ edge: [f1, nope] }}\nfilters:\n  f1: {{ module: \"builtin:router\" }}\n"
+    );
+    assert_rejected(&m, "chains.edge[1]", &["nope"]);
+}
+
+#[test]
+fn rejects_an_unknown_failure_policy() {
+    let m = format!(
+        "{SCHEMA_BASE}chains: {{ edge: [f1] }}\nfilters:\n  f1: {{ module: \"builtin:router\", failure_policy: sometimes }}\n"
+    );
+    assert_rejected(&m, "filters.f1.failure_policy", &["sometimes"]);
+}
