@@ -36,10 +36,26 @@ impl WorkerCtx {
         }
     }
 
+    /// Counts work that outlives its connection's HTTP handling (an upgraded tunnel) as an open
+    /// connection, so a drain waits for it (up to the drain timeout).
+    pub fn hold(self: &std::rc::Rc<Self>) -> WorkerHold {
+        self.conn_opened();
+        WorkerHold(self.clone())
+    }
+
     async fn all_connections_closed(&self) {
         while self.conns.get() > 0 {
             self.all_closed.notified().await;
         }
+    }
+}
+
+/// See [`WorkerCtx::hold`].
+pub struct WorkerHold(std::rc::Rc<WorkerCtx>);
+
+impl Drop for WorkerHold {
+    fn drop(&mut self) {
+        self.0.conn_closed();
     }
 }
 
@@ -101,6 +117,7 @@ async fn run(spec: WorkerSpec) {
         tokio::task::spawn_local(accept_loop(listener, ctx, worker.clone(), drain.clone()));
     }
     tokio::task::spawn_local(sweep_pools(worker.clone()));
+    tokio::task::spawn_local(crate::http::body::run_drainer());
     tracing::debug!(worker = id, "worker started");
     let _ = drain.wait_for(|d| *d).await;
     // The accept loops have seen the same signal and dropped their sockets; connections are

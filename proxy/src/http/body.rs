@@ -4,14 +4,22 @@
 //! carries the guard that hands a pooled connection back (and releases the endpoint's
 //! active-request count) exactly when the response body has been read to its end.
 
+use std::cell::RefCell;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::{Notify, mpsc};
 
+use crate::upstream::h1::H1Body;
 use crate::upstream::pool::ResponseGuard;
+
+/// The error type of bodies inside Weir (hyper's, or Weir's own HTTP/1.1 client's).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body inside Weir.
 pub enum ProxyBody {
@@ -21,8 +29,14 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// A body streaming in from the peer, forwarded as it arrives.
     Incoming(Incoming),
-    /// An upstream response body; the guard runs when it ends (or is dropped early).
+    /// A request body from the downstream client; drained in the background if abandoned.
+    Downstream(DownstreamBody),
+    /// A body whose end is announced (an HTTP/2 upstream's response timer starts then).
+    Watched(Box<ProxyBody>, Rc<Notify>),
+    /// An HTTP/2 upstream response body; the guard runs when it ends (or is dropped early).
     Upstream(Incoming, Option<ResponseGuard>),
+    /// An HTTP/1.1 upstream response body, read straight from the pooled connection.
+    H1(H1Body),
 }
 
 impl ProxyBody {
@@ -44,16 +58,28 @@ impl From<Bytes> for ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Downstream(b) => match b.0.as_mut() {
+                Some(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+                None => Poll::Ready(None),
+            },
+            ProxyBody::Watched(inner, ended) => {
+                let r = Pin::new(&mut **inner).poll_frame(cx);
+                if matches!(r, Poll::Ready(None | Some(Err(_)))) || inner.is_end_stream() {
+                    ended.notify_one();
+                }
+                r
+            }
+            ProxyBody::H1(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Upstream(b, guard) => {
                 let r = Pin::new(&mut *b).poll_frame(cx);
                 match &r {
@@ -65,7 +91,7 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Err(_))) => drop(guard.take()),
                     _ => {}
                 }
-                r
+                r.map_err(Into::into)
             }
         }
     }
@@ -75,7 +101,10 @@ impl Body for ProxyBody {
             ProxyBody::Empty => true,
             ProxyBody::Full(d) => d.is_none(),
             ProxyBody::Incoming(b) => b.is_end_stream(),
+            ProxyBody::Downstream(b) => b.0.as_ref().is_none_or(|b| b.is_end_stream()),
+            ProxyBody::Watched(b, _) => b.is_end_stream(),
             ProxyBody::Upstream(b, _) => b.is_end_stream(),
+            ProxyBody::H1(b) => b.is_end_stream(),
         }
     }
 
@@ -84,6 +113,12 @@ impl Body for ProxyBody {
             ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Incoming(b) | ProxyBody::Upstream(b, _) => b.size_hint(),
+            ProxyBody::Downstream(b) => {
+                b.0.as_ref()
+                    .map_or(SizeHint::with_exact(0), |b| b.size_hint())
+            }
+            ProxyBody::Watched(b, _) => b.size_hint(),
+            ProxyBody::H1(b) => b.size_hint(),
         }
     }
 }
@@ -92,5 +127,60 @@ impl Body for ProxyBody {
 fn complete(guard: &mut Option<ResponseGuard>) {
     if let Some(g) = guard.take() {
         g.complete();
+    }
+}
+
+/// A downstream request body. If it is dropped before its end (the upstream answered early, the
+/// upstream failed, an error response was sent), the rest is read and discarded in the background
+/// for a bounded time, as nginx's lingering close does: otherwise the kernel answers the client's
+/// unread upload with a reset, which can destroy the response before the client reads it.
+pub struct DownstreamBody(Option<Incoming>);
+
+impl DownstreamBody {
+    pub fn new(b: Incoming) -> Self {
+        Self(Some(b))
+    }
+}
+
+impl Drop for DownstreamBody {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take()
+            && !b.is_end_stream()
+        {
+            DRAINER.with(|d| {
+                if let Some(tx) = &*d.borrow() {
+                    let _ = tx.send(b);
+                }
+            });
+        }
+    }
+}
+
+/// How long an abandoned request body is drained at most, and how long it may stall.
+const DRAIN_FOR: Duration = Duration::from_secs(30);
+const DRAIN_IDLE: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// The worker's drainer; absent on threads that are not workers (bodies are then dropped).
+    static DRAINER: RefCell<Option<mpsc::UnboundedSender<Incoming>>> = const { RefCell::new(None) };
+}
+
+/// Runs on each worker: drains the request bodies abandoned on it.
+pub async fn run_drainer() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    DRAINER.with(|d| *d.borrow_mut() = Some(tx));
+    while let Some(mut body) = rx.recv().await {
+        tokio::task::spawn_local(async move {
+            let drain = async {
+                loop {
+                    let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+                    match tokio::time::timeout(DRAIN_IDLE, next).await {
+                        Ok(Some(Ok(_))) => {}
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
+        });
     }
 }

@@ -51,6 +51,12 @@ pub enum ProxyError {
     ResponseTimeout(Duration),
     #[error("upstream reset the connection: {0}")]
     UpstreamReset(#[source] hyper::Error),
+    #[error("upstream connection failed: {0}")]
+    UpstreamIo(#[source] std::io::Error),
+    #[error("upstream closed the connection before a complete response head")]
+    UpstreamClosed,
+    #[error("upstream sent an invalid response: {0}")]
+    UpstreamMalformed(&'static str),
     #[error("upstream sent an invalid response: {0}")]
     UpstreamProtocol(#[source] hyper::Error),
     #[error("internal error: {0}")]
@@ -88,9 +94,11 @@ impl ProxyError {
             | ProxyError::ConnectFailure { .. }
             | ProxyError::ConnectTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::UpstreamReset(_) | ProxyError::UpstreamProtocol(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamIo(_)
+            | ProxyError::UpstreamClosed
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::UpstreamMalformed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,8 +114,12 @@ impl ProxyError {
             ProxyError::ConnectFailure { .. } => "upstream_connect_failure",
             ProxyError::ConnectTimeout(_) => "upstream_connect_timeout",
             ProxyError::ResponseTimeout(_) => "upstream_response_timeout",
-            ProxyError::UpstreamReset(_) => "upstream_reset",
-            ProxyError::UpstreamProtocol(_) => "upstream_protocol_error",
+            ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamIo(_)
+            | ProxyError::UpstreamClosed => "upstream_reset",
+            ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamMalformed(_) => {
+                "upstream_protocol_error"
+            }
             ProxyError::Internal(_) => "internal_error",
         }
     }

@@ -73,9 +73,12 @@ impl ProxyService {
             .pick()
             .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.clone()))?
             .clone();
-        let req = Request::from_parts(parts, ProxyBody::Incoming(body));
+        let req = Request::from_parts(
+            parts,
+            ProxyBody::Downstream(super::body::DownstreamBody::new(body)),
+        );
         if let Some(down) = on_upgrade {
-            return tunnel(cluster, &ep, req, down).await;
+            return tunnel(&self.worker, cluster, &ep, req, down).await;
         }
         let resp = upstream::send(cluster, &ep, req).await?;
         let (mut parts, body) = resp.into_parts();
@@ -88,6 +91,7 @@ impl ProxyService {
 /// Forwards an upgrade request on its own connection; on `101` splices the two upgraded byte
 /// streams together until either side closes.
 async fn tunnel(
+    worker: &Rc<WorkerCtx>,
     cluster: &Cluster,
     ep: &Rc<Endpoint>,
     req: Request<ProxyBody>,
@@ -97,7 +101,9 @@ async fn tunnel(
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switched {
         let up = hyper::upgrade::on(&mut resp);
+        let hold = worker.hold();
         tokio::task::spawn_local(async move {
+            let _hold = hold;
             match tokio::try_join!(down, up) {
                 Ok((d, u)) => {
                     let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));

@@ -1,6 +1,8 @@
 //! Sending one request to one endpoint over a pooled connection, bounded by the cluster's
-//! response timeout. HTTP/1.1 requests that were never written (the pooled connection turned out
-//! to be closed) are retried on another connection; anything else is the caller's to decide.
+//! response timeout. HTTP/1.1 goes through Weir's own client (`h1`); HTTP/2 and upgrades through
+//! hyper's. An HTTP/1.1 request that provably never reached the upstream (a pooled connection
+//! that turned out dead before any byte of response, with no body consumed) is sent again on a
+//! fresh connection; anything else is the caller's to decide.
 
 use std::rc::Rc;
 
@@ -10,7 +12,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::pool::ResponseGuard;
-use super::{Cluster, Endpoint, connect};
+use super::{Cluster, Endpoint, connect, h1};
 use crate::config::Protocol;
 use crate::http::body::ProxyBody;
 use crate::http::respond::ProxyError;
@@ -22,50 +24,47 @@ pub async fn send(
     mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     prepare(&mut req, cluster.protocol);
-    let mut guard = ResponseGuard::new(ep.clone());
-    let resp = match cluster.protocol {
-        Protocol::Http1 => {
-            let (resp, conn) = send_h1(cluster, ep, req).await?;
-            guard.set_conn(conn);
-            resp
+    let guard = ResponseGuard::new(ep.clone());
+    match cluster.protocol {
+        // The response timeout is applied inside: it starts once the request is fully sent.
+        Protocol::Http1 => send_h1(cluster, ep, req, guard).await,
+        Protocol::Http2 => {
+            let resp = send_h2(cluster, ep, req).await?;
+            let (parts, body) = resp.into_parts();
+            let body = if body.is_end_stream() {
+                guard.complete();
+                ProxyBody::Incoming(body)
+            } else {
+                ProxyBody::Upstream(body, Some(guard))
+            };
+            Ok(Response::from_parts(parts, body))
         }
-        Protocol::Http2 => send_h2(cluster, ep, req).await?,
-    };
-    let (parts, body) = resp.into_parts();
-    let body = if body.is_end_stream() {
-        guard.complete();
-        ProxyBody::Incoming(body)
-    } else {
-        ProxyBody::Upstream(body, Some(guard))
-    };
-    Ok(Response::from_parts(parts, body))
+    }
 }
 
 async fn send_h1(
     cluster: &Cluster,
-    ep: &Endpoint,
-    mut req: Request<ProxyBody>,
-) -> Result<(Response<Incoming>, super::pool::H1Sender), ProxyError> {
+    ep: &Rc<Endpoint>,
+    req: Request<ProxyBody>,
+    guard: ResponseGuard,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let head = h1::encode_head(&req);
+    let mut body = req.into_body();
+    let mut guard = Some(guard);
     loop {
-        let (mut sender, reused) = match ep.pool.checkout_h1() {
-            Some(s) => (s, true),
+        let (conn, reused) = match ep.pool.checkout_h1() {
+            Some(c) => (c, true),
             None => (connect::h1(ep.addr, cluster.connect_timeout).await?, false),
         };
-        if let Err(e) = sender.ready().await {
-            if reused {
-                continue; // closed while idle; try the next one
+        let g = guard
+            .take()
+            .unwrap_or_else(|| ResponseGuard::new(ep.clone()));
+        match h1::send(conn, &head, &mut body, reused, g, cluster.response_timeout).await {
+            Ok(resp) => return Ok(resp),
+            Err(f) if f.retryable => {
+                tracing::debug!(endpoint = %ep.addr, error = %f.error, "pooled connection was dead; sending again");
             }
-            return Err(ProxyError::from_upstream(e));
-        }
-        let sent = sender.try_send_request(req);
-        match tokio::time::timeout(cluster.response_timeout, sent).await {
-            Err(_) => return Err(ProxyError::ResponseTimeout(cluster.response_timeout)),
-            Ok(Ok(resp)) => return Ok((resp, sender)),
-            Ok(Err(mut e)) => match e.take_message() {
-                // Never written: safe to send on another connection.
-                Some(r) if reused => req = r,
-                _ => return Err(ProxyError::from_upstream(e.into_error())),
-            },
+            Err(f) => return Err(f.error),
         }
     }
 }
@@ -83,12 +82,29 @@ async fn send_h2(
             s
         }
     };
+    // The response timer starts once the request body has been sent (hyper sends it from a task
+    // of its own, so the body announces its end).
+    let uploading = !req.body().is_end_stream();
+    let ended = Rc::new(tokio::sync::Notify::new());
+    let req = if uploading {
+        req.map(|b| ProxyBody::Watched(Box::new(b), ended.clone()))
+    } else {
+        req
+    };
     let exchange = async move {
         sender.ready().await?;
         sender.send_request(req).await
     };
-    match tokio::time::timeout(cluster.response_timeout, exchange).await {
-        Err(_) => Err(ProxyError::ResponseTimeout(cluster.response_timeout)),
+    tokio::pin!(exchange);
+    let timeout = cluster.response_timeout;
+    if uploading {
+        tokio::select! {
+            r = &mut exchange => return r.map_err(ProxyError::from_upstream),
+            _ = ended.notified() => {}
+        }
+    }
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Err(ProxyError::ResponseTimeout(timeout)),
         Ok(r) => r.map_err(ProxyError::from_upstream),
     }
 }
@@ -104,6 +120,23 @@ pub async fn send_upgrade(
     match tokio::time::timeout(cluster.response_timeout, sender.send_request(req)).await {
         Err(_) => Err(ProxyError::ResponseTimeout(cluster.response_timeout)),
         Ok(r) => r.map_err(ProxyError::from_upstream),
+    }
+}
+
+/// HTTP/2 lets a client split `cookie` into several fields; HTTP/1.1 allows only one
+/// (RFC 9113 §8.2.3): join them with "; ".
+fn join_cookies(h: &mut http::HeaderMap) {
+    let mut all = h.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (all.next(), all.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in h.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(header::COOKIE, v);
     }
 }
 
@@ -134,6 +167,7 @@ fn prepare(req: &mut Request<ProxyBody>, protocol: Protocol) {
             if absolute || req.uri().scheme().is_some() {
                 *req.uri_mut() = Uri::from(pq);
             }
+            join_cookies(req.headers_mut());
         }
         Protocol::Http2 => {
             *req.version_mut() = Version::HTTP_2;

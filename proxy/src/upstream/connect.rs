@@ -8,7 +8,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::pool::{H1Sender, H2Sender};
+use super::pool::{H1Conn, H1Sender, H2Sender};
 use crate::http::body::ProxyBody;
 use crate::http::respond::ProxyError;
 use crate::rt::LocalExec;
@@ -25,19 +25,9 @@ pub async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Proxy
     }
 }
 
-/// A new pooled-style HTTP/1.1 connection.
-pub async fn h1(addr: SocketAddr, timeout: Duration) -> Result<H1Sender, ProxyError> {
-    let stream = tcp(addr, timeout).await?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake::<_, ProxyBody>(TokioIo::new(stream))
-        .await
-        .map_err(ProxyError::from_upstream)?;
-    tokio::task::spawn_local(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+/// A new HTTP/1.1 connection for Weir's own client (see `h1`).
+pub async fn h1(addr: SocketAddr, timeout: Duration) -> Result<H1Conn, ProxyError> {
+    Ok(H1Conn::new(tcp(addr, timeout).await?))
 }
 
 /// A dedicated HTTP/1.1 connection that may be upgraded (WebSocket); never pooled.

@@ -6,6 +6,7 @@
 pub mod balance;
 pub mod client;
 pub mod connect;
+pub mod h1;
 pub mod pool;
 
 use std::cell::Cell;

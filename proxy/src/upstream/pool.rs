@@ -17,14 +17,15 @@ use tokio::time::Instant;
 use super::Endpoint;
 use crate::http::body::ProxyBody;
 
-/// An idle HTTP/1.1 connection, ready for its next request.
+pub use super::h1::H1Conn;
+/// A hyper HTTP/1.1 connection (used for upgrades, never pooled).
 pub type H1Sender = http1::SendRequest<ProxyBody>;
 /// A multiplexed HTTP/2 connection.
 pub type H2Sender = http2::SendRequest<ProxyBody>;
 
 /// One endpoint's pooled connections on one worker.
 pub struct Pool {
-    idle: RefCell<VecDeque<(H1Sender, Instant)>>,
+    idle: RefCell<VecDeque<(H1Conn, Instant)>>,
     h2: RefCell<Option<H2Sender>>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -41,10 +42,10 @@ impl Pool {
     }
 
     /// The warmest idle HTTP/1.1 connection that is still open, if any.
-    pub fn checkout_h1(&self) -> Option<H1Sender> {
+    pub fn checkout_h1(&self) -> Option<H1Conn> {
         let mut idle = self.idle.borrow_mut();
         while let Some((s, since)) = idle.pop_back() {
-            if !s.is_closed() && since.elapsed() < self.idle_timeout {
+            if since.elapsed() < self.idle_timeout && s.is_usable() {
                 return Some(s);
             }
         }
@@ -52,15 +53,15 @@ impl Pool {
     }
 
     /// Returns a connection whose last response was fully read.
-    pub fn checkin_h1(&self, s: H1Sender) {
-        if s.is_closed() || self.max_idle == 0 {
+    pub fn checkin_h1(&self, s: H1Conn) {
+        if self.max_idle == 0 {
             return;
         }
         let now = Instant::now();
         let mut idle = self.idle.borrow_mut();
-        // The front holds the oldest: drop the stale and the closed there.
-        while let Some((f, since)) = idle.front() {
-            if f.is_closed() || now.duration_since(*since) >= self.idle_timeout {
+        // The front holds the oldest: drop the stale there.
+        while let Some((_, since)) = idle.front() {
+            if now.duration_since(*since) >= self.idle_timeout {
                 idle.pop_front();
             } else {
                 break;
@@ -76,7 +77,7 @@ impl Pool {
     pub fn evict_stale(&self, now: Instant) {
         self.idle
             .borrow_mut()
-            .retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < self.idle_timeout);
+            .retain(|(s, since)| now.duration_since(*since) < self.idle_timeout && s.is_usable());
     }
 
     /// The pool's idle timeout.
@@ -112,7 +113,7 @@ impl Pool {
 /// request as active (least-request balancing) and hands a clean HTTP/1.1 connection back.
 pub struct ResponseGuard {
     ep: Rc<Endpoint>,
-    conn: Option<H1Sender>,
+    conn: Option<H1Conn>,
 }
 
 impl ResponseGuard {
@@ -123,8 +124,8 @@ impl ResponseGuard {
     }
 
     /// Attaches the HTTP/1.1 connection to return when the response completes.
-    pub fn set_conn(&mut self, s: H1Sender) {
-        self.conn = Some(s);
+    pub fn set_h1(&mut self, c: H1Conn) {
+        self.conn = Some(c);
     }
 
     /// The response was read to its end: the connection may serve another request.
