@@ -43,6 +43,9 @@ pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::Tc
     Ok(out)
 }
 
+/// hyper's own HTTP/1 header-count limit (`DEFAULT_MAX_HEADERS`); equal to our default.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// What every connection of one listener on one worker shares.
 pub struct ListenerCtx {
     pub name: String,
@@ -65,8 +68,12 @@ impl ListenerCtx {
             .timer(TokioTimer::new())
             .header_read_timeout(l.header_read_timeout)
             .max_buf_size(l.max_request_headers_size as usize)
-            .max_headers(l.max_request_headers)
             .keep_alive(true);
+        // hyper's built-in limit is 100 headers on the stack; setting any explicit limit makes it
+        // build the index array per request, so only do that for a non-default value.
+        if l.max_request_headers != HYPER_DEFAULT_MAX_HEADERS {
+            http.http1().max_headers(l.max_request_headers);
+        }
         http.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(l.h2_max_concurrent_streams)

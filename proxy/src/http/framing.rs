@@ -15,7 +15,6 @@ use std::collections::VecDeque;
 const MAX_HEAD: usize = 1 << 20;
 /// Bytes held after an upgrade head until the service knows whether the upgrade happened.
 const MAX_HELD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 256;
 
 #[derive(Debug)]
 enum State {
@@ -163,37 +162,48 @@ impl FramingWatcher {
         if head.starts_with(b"PRI * HTTP/2.0") {
             return self.off();
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
-            return self.off(); // hyper rejects it and closes
+        // Only the framing fields matter here; hyper validates the head itself (and closes the
+        // connection on anything malformed), so a line scan is enough and much cheaper than a
+        // second full parse. A header line is `name:value` with no space before the colon and
+        // no leading whitespace (obs-fold is rejected by hyper in requests).
+        let mut lines = head.split(|&b| b == b'\n');
+        let request_line = lines.next().unwrap_or_default();
+        let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
+        let plausible = request_line.first().is_some_and(u8::is_ascii_uppercase)
+            && (request_line.ends_with(b" HTTP/1.1") || request_line.ends_with(b" HTTP/1.0"));
+        if !plausible {
+            return self.off(); // hyper answers 400 and closes
         }
+        let connect =
+            request_line.len() >= 8 && request_line[..8].eq_ignore_ascii_case(b"CONNECT ");
         let (mut cl, mut te, mut upgrade) = (None::<u64>, false, false);
         let mut te_chunked_last = false;
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                let v = std::str::from_utf8(h.value)
+        for line in lines {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = memchr::memchr(b':', line) else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            if name.eq_ignore_ascii_case(b"content-length") {
+                let v = std::str::from_utf8(value)
                     .ok()
-                    .and_then(|s| s.trim().parse().ok());
-                match v {
-                    Some(n) => cl = Some(n),
-                    None => return self.off(),
+                    .and_then(|s| s.parse::<u64>().ok());
+                match (v, cl) {
+                    (None, _) => return self.off(),
+                    (Some(n), Some(prev)) if n != prev => return self.off(), // hyper rejects it
+                    (Some(n), _) => cl = Some(n),
                 }
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 te = true;
-                te_chunked_last = h
-                    .value
+                te_chunked_last = value
                     .rsplit(|&b| b == b',')
                     .next()
                     .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
                 upgrade = true;
             }
         }
         self.verdicts.push_back(te && cl.is_some());
-        let connect = req
-            .method
-            .is_some_and(|m| m.eq_ignore_ascii_case("CONNECT"));
         if upgrade || connect {
             self.state = State::AwaitUpgrade; // the rest may be a tunnel
             return;
