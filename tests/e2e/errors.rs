@@ -396,3 +396,38 @@ async fn repeated_response_headers_are_preserved() {
         assert_eq!(cookies, ["a=1", "b=2"], "h2={h2}");
     }
 }
+
+#[tokio::test]
+async fn upload_to_an_upstream_that_stops_reading_does_not_hang() {
+    // The upstream takes the head, then neither reads the body nor answers. The upload stalls;
+    // the idle timeout (no byte either way) must end the exchange instead of leaving it forever.
+    let up = FaultyServer::start(Fault::Stall).await;
+    let weir = Manifest::new(&[up.addr])
+        .limit("idle_timeout", "500ms")
+        .response_timeout("1s")
+        .start()
+        .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let (mut tx, body) = weir_tests::client::body_channel();
+    let req = c.request("POST", "/upload").body(body).unwrap();
+    let feeder = tokio::spawn(async move {
+        let chunk = bytes::Bytes::from(vec![b'u'; 1 << 20]);
+        for _ in 0..256 {
+            if tx.send_data(chunk.clone()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let t0 = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(8), c.send(req)).await;
+    feeder.abort();
+    match outcome {
+        Err(_) => panic!("a stalled upload was still pending after 8s"),
+        Ok(Ok(r)) => eprintln!(
+            "stalled upload answered {} after {:?}",
+            r.status(),
+            t0.elapsed()
+        ),
+        Ok(Err(e)) => eprintln!("stalled upload ended with {e} after {:?}", t0.elapsed()),
+    }
+}

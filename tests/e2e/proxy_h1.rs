@@ -714,3 +714,38 @@ async fn bodiless_h2_request_has_no_body_framing_upstream() {
     );
     assert!(seen.header("content-length").is_none_or(|v| v == "0"));
 }
+
+#[tokio::test]
+async fn connection_stays_in_sync_after_an_early_response() {
+    // The upstream answers 413 without reading; the client still sends its whole (small) body,
+    // then a second request on the same connection, which must be served normally.
+    let up = EchoServer::start().await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let mut c = weir_tests::RawClient::connect(weir.listener_addr("main")).await;
+    let body = vec![b'b'; 10 * 1024];
+    let mut req = format!(
+        "POST /reject-early HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+    c.write(&req).await.unwrap();
+    let first = c.read_response().await;
+    assert_eq!(first.status, 413);
+    // Weir may close after an early answer (then the second request is not served), but it must
+    // never take the rest of the body for a request.
+    match c.try_read_response().await {
+        None => {}
+        Some(second) => assert_eq!((second.status, second.text().as_str()), (200, "")),
+    }
+    let paths: Vec<String> = up
+        .requests()
+        .iter()
+        .map(|r| r.uri.path().to_string())
+        .collect();
+    assert!(
+        paths.iter().all(|p| p == "/reject-early" || p == "/next"),
+        "{paths:?}"
+    );
+}

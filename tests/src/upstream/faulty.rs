@@ -22,6 +22,8 @@ pub enum Fault {
     Garbage,
     /// Accepts and reads, never answers; keeps the connection open until the server is dropped.
     Silent,
+    /// Reads the request head, then stops reading (a request body backs up) and never answers.
+    Stall,
     /// Reads the request head, waits this long, then answers a valid `200` with body `slow`.
     Slow(Duration),
     /// Reads the request head, answers a `200` whose body stops early (10 of 100 bytes announced
@@ -154,6 +156,10 @@ async fn serve(mut tcp: TcpStream, fault: Fault, heads: Arc<Counted<String>>) {
             let _ = tcp.shutdown().await;
         }
         Fault::Script(_) => unreachable!("handled above"),
+        Fault::Stall => {
+            // Hold the socket, read nothing more; ends when the server (task) is dropped.
+            std::future::pending::<()>().await;
+        }
         Fault::Respond(bytes) => {
             let _ = tcp.write_all(bytes).await;
             let _ = tcp.shutdown().await;
