@@ -642,7 +642,7 @@ async fn slow_upload_is_not_a_response_timeout() {
         let up = EchoServer::start().await;
         let weir = Manifest::new(&[up.addr])
             .protocol(protocol)
-            .response_timeout("500ms")
+            .response_timeout("800ms")
             .start()
             .await;
         let mut c = H1Client::connect(weir.listener_addr("main")).await;
@@ -650,8 +650,8 @@ async fn slow_upload_is_not_a_response_timeout() {
         let req = c.request("POST", "/slow-upload").body(body).unwrap();
         let feeder = tokio::spawn(async move {
             for i in 0..8 {
-                // The client is slow on purpose: 8 chunks 200 ms apart, 1.6 s in all.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // The client is slow on purpose: 8 chunks 250 ms apart, 2 s in all.
+                tokio::time::sleep(Duration::from_millis(250)).await;
                 if tx.send_data(Bytes::from(format!("{i}"))).await.is_err() {
                     break; // weir answered early; the check below says how
                 }
@@ -669,7 +669,7 @@ async fn slow_upload_is_not_a_response_timeout() {
     }
     assert!(
         wrong.is_empty(),
-        "a 1.6 s upload under a 500 ms response timeout: {wrong:?}"
+        "a 2 s upload under an 800 ms response timeout: {wrong:?}"
     );
 }
 
