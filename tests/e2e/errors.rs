@@ -431,3 +431,75 @@ async fn upload_to_an_upstream_that_stops_reading_does_not_hang() {
         Ok(Err(e)) => eprintln!("stalled upload ended with {e} after {:?}", t0.elapsed()),
     }
 }
+
+/// An h2c upstream that answers every stream with a 200 head and 5 body bytes, then resets the
+/// stream once `go` is signalled (so the reset is sure to come mid-body).
+async fn h2_upstream_resetting_mid_body(
+    go: std::sync::Arc<tokio::sync::Semaphore>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let go = go.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    let go = go.clone();
+                    tokio::spawn(async move {
+                        let resp = http::Response::builder().status(200).body(()).unwrap();
+                        if let Ok(mut stream) = respond.send_response(resp, false) {
+                            let _ = stream.send_data(bytes::Bytes::from_static(b"part-"), false);
+                            go.acquire().await.unwrap().forget();
+                            stream.send_reset(h2::Reason::INTERNAL_ERROR);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn h2_upstream_reset_mid_body_is_an_abort_never_a_clean_end() {
+    use http_body_util::BodyExt;
+    let go = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let (up, _task) = h2_upstream_resetting_mid_body(go.clone()).await;
+    let weir = Manifest::new(&[up]).protocol("http2").start().await;
+    let addr = weir.listener_addr("main");
+    for h2 in [false, true] {
+        let resp = if h2 {
+            let mut c = H2Client::connect(addr).await;
+            let req = c
+                .request("GET", "/cut")
+                .body(weir_tests::body_empty())
+                .unwrap();
+            c.send(req).await
+        } else {
+            let mut c = H1Client::connect(addr).await;
+            let req = c
+                .request("GET", "/cut")
+                .body(weir_tests::body_empty())
+                .unwrap();
+            c.send(req).await
+        }
+        .expect("response head");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let first = within("first body bytes", body.frame()).await;
+        assert!(
+            matches!(&first, Some(Ok(f)) if f.data_ref().is_some_and(|d| d == "part-")),
+            "{first:?}"
+        );
+        // Now the upstream resets the stream: the client must see an error, not a clean end.
+        go.add_permits(1);
+        let rest = within("end of the cut body", body.collect()).await;
+        assert!(
+            rest.is_err(),
+            "h2 client={h2}: a reset upstream body ended cleanly: {rest:?}"
+        );
+    }
+}
