@@ -188,3 +188,35 @@ async fn h2_authority_wins_over_a_conflicting_host_header() {
     let seen = &up.wait_requests(1).await[0];
     assert_eq!(seen.header("host"), Some("authority.test"));
 }
+
+#[tokio::test]
+async fn requests_beyond_the_upstream_stream_limit_wait_instead_of_failing() {
+    // The h2 upstream allows 2 concurrent streams; 5 concurrent requests must all be served
+    // (queued for a stream slot), none refused.
+    let up = EchoServer::start_h2_with_max_streams(2).await;
+    let weir = Manifest::new(&[up.addr])
+        .protocol("http2")
+        .response_timeout("10s")
+        .start()
+        .await;
+    let c = H2Client::connect(weir.listener_addr("main")).await;
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.post("/hold", format!("held {i}")).await
+        }));
+    }
+    up.wait_requests(2).await;
+    up.release(5);
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = within("held request", t).await.unwrap();
+        assert_eq!(
+            (r.status.as_u16(), r.text()),
+            (200, format!("held {i}")),
+            "x-weir-error {:?}",
+            r.header("x-weir-error")
+        );
+    }
+    assert_eq!(up.requests().len(), 5);
+}

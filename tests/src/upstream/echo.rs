@@ -64,7 +64,16 @@ impl EchoServer {
         EchoServer::start_inner(true).await
     }
 
+    /// Like [`EchoServer::start_h2`], advertising `SETTINGS_MAX_CONCURRENT_STREAMS = max`.
+    pub async fn start_h2_with_max_streams(max: u32) -> EchoServer {
+        EchoServer::start_with(true, Some(max)).await
+    }
+
     async fn start_inner(h2_only: bool) -> EchoServer {
+        EchoServer::start_with(h2_only, None).await
+    }
+
+    async fn start_with(h2_only: bool, max_streams: Option<u32>) -> EchoServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind echo upstream");
@@ -94,6 +103,9 @@ impl EchoServer {
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     if h2_only {
                         builder = builder.http2_only();
+                    }
+                    if let Some(max) = max_streams {
+                        builder.http2().max_concurrent_streams(max);
                     }
                     let mut kick = st2.kick.subscribe();
                     let serve = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
