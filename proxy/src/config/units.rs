@@ -113,7 +113,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Formats bytes in the largest exact binary unit, so a dumped config reads back unchanged.
 pub fn format_size(n: u64) -> String {
     for (unit, m) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if n >= m && n % m == 0 {
+        if n >= m && n.is_multiple_of(m) {
             return format!("{}{unit}", n / m);
         }
     }
