@@ -31,6 +31,8 @@ pub enum AppError {
     },
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    #[error(transparent)]
+    Filter(#[from] crate::filter::FilterError),
 }
 
 /// Runs the proxy until a signal drains it.
@@ -66,6 +68,18 @@ async fn serve(config: Arc<Config>, workers: usize) -> Result<(), AppError> {
         });
     }
     let endpoints = Arc::new(endpoints);
+
+    // Filters are compiled (and each started once as a canary) before anything is bound: a bad
+    // module or configuration stops start-up with the filter's name.
+    let filters = if config.filters.is_empty() {
+        None
+    } else {
+        let cfg = config.clone();
+        let set = tokio::task::spawn_blocking(move || crate::filter::FilterSet::load(&cfg))
+            .await
+            .map_err(|e| AppError::Runtime(std::io::Error::other(e)))??;
+        Some(Arc::new(set))
+    };
 
     // Every listener bound before any worker starts: a bind error stops start-up cleanly.
     let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
@@ -108,6 +122,7 @@ async fn serve(config: Arc<Config>, workers: usize) -> Result<(), AppError> {
             endpoints: endpoints.clone(),
             sockets,
             drain: drain_rx.clone(),
+            filters: filters.clone(),
         })?);
     }
 

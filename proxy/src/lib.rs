@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! listener ─▶ conn (limits, idle, drain) ─▶ http (hyper-util auto: h1/h2c) ─▶ service
-//!   ─▶ [filter chain — request phases] ─▶ route: the listener's default cluster
-//!   ─▶ upstream (balance ─▶ pooled connection h1/h2) ─▶ [filter chain — response phases]
-//!   ─▶ downstream
+//!   ─▶ filter chain: request phases (Wasm, in order) ─▶ route decision (weir.route.* or the
+//!      listener's default cluster)
+//!   ─▶ upstream (balance ─▶ pooled connection h1/h2) ─▶ filter chain: response phases (reverse)
+//!   ─▶ downstream ─▶ on_log
 //! ```
 //! Modules follow that line: [`listener`], [`conn`], [`http`] (service, body, headers, the one
-//! error-to-response mapping in `respond`), [`upstream`] (cluster, balance, pool, connect, client).
+//! error-to-response mapping in `respond`), [`filter`] (chains of proxy-wasm filters),
+//! [`upstream`] (cluster, balance, pool, connect, client, h1).
 //! [`worker`] runs one copy of the data path per core; [`app`] wires them and owns the lifecycle;
 //! [`config`] turns a manifest into validated types.
 
@@ -16,6 +18,7 @@ pub mod app;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod filter;
 pub mod http;
 pub mod listener;
 pub mod rt;

@@ -52,6 +52,10 @@ pub struct ListenerCtx {
     /// Index into the worker's clusters.
     pub default_cluster: usize,
     pub limits: ListenerLimits,
+    /// The bound address (for `destination.*` properties).
+    pub local: SocketAddr,
+    /// Filter indexes of the listener's chain, if it has one.
+    pub chain: Option<std::sync::Arc<[usize]>>,
     /// hyper's HTTP/1.1 + HTTP/2 server settings, built once.
     pub http: auto::Builder<LocalExec>,
     /// This worker's share of `max_connections`.
@@ -61,7 +65,12 @@ pub struct ListenerCtx {
 }
 
 impl ListenerCtx {
-    pub fn new(cfg: &ListenerConfig, workers: usize) -> Self {
+    pub fn new(
+        cfg: &ListenerConfig,
+        workers: usize,
+        local: SocketAddr,
+        chain: Option<std::sync::Arc<[usize]>>,
+    ) -> Self {
         let l = &cfg.limits;
         let mut http = auto::Builder::new(LocalExec);
         http.http1()
@@ -86,6 +95,8 @@ impl ListenerCtx {
             name: cfg.name.clone(),
             default_cluster: cfg.default_cluster,
             limits: l.clone(),
+            local,
+            chain,
             http,
             max_conns: l.max_connections.div_ceil(workers).max(1),
             conns: Cell::new(0),

@@ -18,12 +18,22 @@ use crate::upstream::Cluster;
 pub struct WorkerCtx {
     pub id: usize,
     /// Indexed like `Config::clusters`.
-    pub clusters: Vec<Cluster>,
+    pub clusters: std::rc::Rc<Vec<Cluster>>,
+    /// The worker's filters (absent when the manifest has none).
+    pub filters: Option<std::rc::Rc<crate::filter::runtime::WorkerFilters>>,
     conns: Cell<usize>,
     all_closed: Notify,
+    next_conn: Cell<u64>,
 }
 
 impl WorkerCtx {
+    /// A process-unique id for a new downstream connection (`connection.id`).
+    pub fn next_connection_id(&self) -> u64 {
+        let n = self.next_conn.get() + 1;
+        self.next_conn.set(n);
+        ((self.id as u64) << 48) | n
+    }
+
     pub(crate) fn conn_opened(&self) {
         self.conns.set(self.conns.get() + 1);
     }
@@ -69,6 +79,8 @@ pub struct WorkerSpec {
     /// `(listener index, socket)` pairs for this worker.
     pub sockets: Vec<(usize, std::net::TcpListener)>,
     pub drain: watch::Receiver<bool>,
+    /// Compiled filters and chains (when the manifest has filters).
+    pub filters: Option<Arc<crate::filter::FilterSet>>,
 }
 
 /// Starts a worker thread; it returns once drained.
@@ -93,17 +105,27 @@ async fn run(spec: WorkerSpec) {
         endpoints,
         sockets,
         mut drain,
+        filters,
     } = spec;
-    let worker = std::rc::Rc::new(WorkerCtx {
-        id,
-        clusters: config
+    let clusters: std::rc::Rc<Vec<Cluster>> = std::rc::Rc::new(
+        config
             .clusters
             .iter()
             .zip(endpoints.iter())
             .map(|(c, addrs)| Cluster::new(c, addrs))
             .collect(),
+    );
+    // Callouts go through the same clusters (and pools) as requests.
+    let worker_filters = filters
+        .as_ref()
+        .map(|set| crate::filter::runtime::WorkerFilters::start(set.clone(), clusters.clone()));
+    let worker = std::rc::Rc::new(WorkerCtx {
+        id,
+        clusters,
+        filters: worker_filters,
         conns: Cell::new(0),
         all_closed: Notify::new(),
+        next_conn: Cell::new(0),
     });
     for (li, sock) in sockets {
         let listener = match TcpListener::from_std(sock) {
@@ -113,7 +135,13 @@ async fn run(spec: WorkerSpec) {
                 continue;
             }
         };
-        let ctx = std::rc::Rc::new(ListenerCtx::new(&config.listeners[li], workers));
+        let lc = &config.listeners[li];
+        let local = listener.local_addr().unwrap_or(lc.address);
+        let chain = lc.chain.as_ref().and_then(|name| {
+            let ci = config.chains.iter().position(|c| &c.name == name)?;
+            filters.as_ref().map(|f| f.chains[ci].clone())
+        });
+        let ctx = std::rc::Rc::new(ListenerCtx::new(lc, workers, local, chain));
         tokio::task::spawn_local(accept_loop(listener, ctx, worker.clone(), drain.clone()));
     }
     tokio::task::spawn_local(sweep_pools(worker.clone()));
@@ -148,7 +176,7 @@ async fn sweep_pools(worker: std::rc::Rc<WorkerCtx>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let now = every.tick().await;
-        for c in &worker.clusters {
+        for c in worker.clusters.iter() {
             for e in &c.endpoints {
                 e.pool.evict_stale(now);
             }

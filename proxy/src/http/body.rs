@@ -31,6 +31,8 @@ pub enum ProxyBody {
     Incoming(Incoming),
     /// A request body from the downstream client; drained in the background if abandoned.
     Downstream(DownstreamBody),
+    /// A body running through a filter chain.
+    Filtered(Box<crate::filter::body::FilteredBody>),
     /// A body whose end is announced (an HTTP/2 upstream's response timer starts then).
     Watched(Box<ProxyBody>, Rc<Notify>),
     /// An HTTP/2 upstream response body; the guard runs when it ends (or is dropped early).
@@ -80,6 +82,7 @@ impl Body for ProxyBody {
                 r
             }
             ProxyBody::H1(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Filtered(b) => Pin::new(&mut **b).poll_frame(cx),
             ProxyBody::Upstream(b, guard) => {
                 let r = Pin::new(&mut *b).poll_frame(cx);
                 match &r {
@@ -105,6 +108,7 @@ impl Body for ProxyBody {
             ProxyBody::Watched(b, _) => b.is_end_stream(),
             ProxyBody::Upstream(b, _) => b.is_end_stream(),
             ProxyBody::H1(b) => b.is_end_stream(),
+            ProxyBody::Filtered(b) => b.is_end_stream(),
         }
     }
 
@@ -119,6 +123,7 @@ impl Body for ProxyBody {
             }
             ProxyBody::Watched(b, _) => b.size_hint(),
             ProxyBody::H1(b) => b.size_hint(),
+            ProxyBody::Filtered(b) => b.size_hint(),
         }
     }
 }

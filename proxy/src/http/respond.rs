@@ -61,6 +61,10 @@ pub enum ProxyError {
     UpstreamProtocol(#[source] hyper::Error),
     #[error("internal error: {0}")]
     Internal(&'static str),
+    #[error("filter chain: {1}")]
+    Filter(StatusCode, &'static str),
+    #[error("route decision names unknown cluster {0}")]
+    UnknownCluster(String),
 }
 
 impl ProxyError {
@@ -79,7 +83,9 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::ConflictingFraming
             | ProxyError::UriTooLong(_) => ErrorKind::Downstream,
-            ProxyError::Internal(_) => ErrorKind::Internal,
+            ProxyError::Internal(_) | ProxyError::Filter(..) | ProxyError::UnknownCluster(_) => {
+                ErrorKind::Internal
+            }
             _ => ErrorKind::Upstream,
         }
     }
@@ -100,6 +106,8 @@ impl ProxyError {
             | ProxyError::UpstreamProtocol(_)
             | ProxyError::UpstreamMalformed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Filter(status, _) => *status,
+            ProxyError::UnknownCluster(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -121,6 +129,8 @@ impl ProxyError {
                 "upstream_protocol_error"
             }
             ProxyError::Internal(_) => "internal_error",
+            ProxyError::Filter(_, reason) => reason,
+            ProxyError::UnknownCluster(_) => "unknown_cluster",
         }
     }
 }

@@ -2,7 +2,6 @@
 //! cluster and endpoint, sends upstream and shapes the response. It never fails: every error is
 //! turned into a response by [`respond::error_response`].
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,6 +17,10 @@ use super::body::ProxyBody;
 use super::headers::{ensure_request_id, is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
 use super::respond::{self, ProxyError};
 use crate::conn::{ConnState, Framing};
+use crate::filter::body::FilteredBody;
+use crate::filter::chain::{ChainRun, Stop, local_reply_response};
+use crate::filter::runtime::WorkerFilters;
+use crate::filter::stream::{Downstream, HttpStream};
 use crate::listener::ListenerCtx;
 use crate::upstream::{self, Cluster, Endpoint};
 use crate::worker::WorkerCtx;
@@ -29,6 +32,7 @@ pub struct ProxyService {
     listener: Rc<ListenerCtx>,
     conn: Arc<ConnState>,
     peer: SocketAddr,
+    conn_id: u64,
 }
 
 impl ProxyService {
@@ -38,11 +42,13 @@ impl ProxyService {
         conn: Arc<ConnState>,
         peer: SocketAddr,
     ) -> Self {
+        let conn_id = worker.next_connection_id();
         Self {
             worker,
             listener,
             conn,
             peer,
+            conn_id,
         }
     }
 
@@ -68,6 +74,14 @@ impl ProxyService {
         set_forwarded(&mut parts.headers, self.peer.ip(), "http");
         ensure_request_id(&mut parts.headers);
 
+        if let (Some(chain), Some(filters)) = (&self.listener.chain, &self.worker.filters)
+            && on_upgrade.is_none()
+        {
+            return self
+                .through_chain(parts, body, filters.clone(), chain.clone())
+                .await;
+        }
+
         let cluster = &self.worker.clusters[self.listener.default_cluster];
         let ep = cluster
             .pick()
@@ -80,11 +94,196 @@ impl ProxyService {
         if let Some(down) = on_upgrade {
             return tunnel(&self.worker, cluster, &ep, req, down).await;
         }
-        let resp = upstream::send(cluster, &ep, req).await?;
+        let resp = upstream::send(cluster, &ep, req, cluster.response_timeout).await?;
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         parts.version = Version::HTTP_11;
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// The request through the listener's filter chain: request phases, the route decision,
+    /// upstream, response phases; `on_log` once the response body has ended.
+    async fn through_chain(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        filters: Rc<WorkerFilters>,
+        chain: std::sync::Arc<[usize]>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let http::request::Parts {
+            method,
+            uri,
+            version,
+            headers,
+            extensions,
+            ..
+        } = parts;
+        let authority = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+        let mut stream = HttpStream::new(Downstream {
+            peer: self.peer,
+            local: self.listener.local,
+            connection_id: self.conn_id,
+            protocol: protocol_name(version),
+        });
+        stream.method = method;
+        stream.uri = match uri.path_and_query() {
+            Some(pq) => http::Uri::from(pq.clone()),
+            None => http::Uri::from_static("/"),
+        };
+        stream.authority = authority;
+        stream.request_headers = headers;
+        let positions = chain.len();
+        let run = ChainRun::new(filters, chain, stream);
+        let body_empty = http_body::Body::is_end_stream(&body);
+
+        if let Err(stop) = run.request_headers(body_empty).await {
+            return self.stopped(&run, stop).await;
+        }
+
+        // The request as the filters left it, and their route decision.
+        let (mut req, route) = run.with_stream(|s| {
+            let mut req = Request::new(ProxyBody::Empty);
+            *req.method_mut() = s.method.clone();
+            let path = s.route().path.unwrap_or_else(|| s.uri.to_string());
+            *req.uri_mut() = path.parse().unwrap_or_else(|_| s.uri.clone());
+            *req.version_mut() = version;
+            *req.headers_mut() = std::mem::take(&mut s.request_headers);
+            if let Some(a) = &s.authority
+                && let Ok(v) = HeaderValue::from_str(a)
+            {
+                req.headers_mut().insert(header::HOST, v);
+            }
+            (req, s.route())
+        });
+        *req.extensions_mut() = extensions;
+        let request_body = ProxyBody::Downstream(super::body::DownstreamBody::new(body));
+        *req.body_mut() = if body_empty || !run.active() {
+            request_body
+        } else {
+            ProxyBody::Filtered(Box::new(FilteredBody::new(
+                request_body,
+                run.clone(),
+                false,
+                positions,
+            )))
+        };
+
+        let ci = match &route.cluster {
+            Some(name) => self
+                .worker
+                .clusters
+                .iter()
+                .position(|c| &c.name == name)
+                .ok_or_else(|| ProxyError::UnknownCluster(name.clone()))?,
+            None => self.listener.default_cluster,
+        };
+        let cluster = &self.worker.clusters[ci];
+        let ep = cluster
+            .pick()
+            .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.clone()))?
+            .clone();
+        run.with_stream(|s| s.upstream_address = Some(ep.addr));
+        let timeout = route.timeout.unwrap_or(cluster.response_timeout);
+        let sent = upstream::send(cluster, &ep, req, timeout).await;
+        // A filter that answered locally from a body phase wins over the upstream's answer.
+        let late = run.late_reply.borrow_mut().take();
+        if let Some(reply) = late {
+            return self.stopped(&run, Stop::LocalReply(reply)).await;
+        }
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => return self.error_through_chain(&run, e).await,
+        };
+        let (mut rparts, rbody) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers, false);
+        let rbody_empty = http_body::Body::is_end_stream(&rbody);
+        run.with_stream(|s| {
+            s.response_status = Some(rparts.status);
+            s.response_headers = std::mem::take(&mut rparts.headers);
+        });
+        if let Err(stop) = run.response_headers(rbody_empty).await {
+            return self.stopped(&run, stop).await;
+        }
+        run.with_stream(|s| {
+            rparts.status = s.response_status.unwrap_or(rparts.status);
+            rparts.headers = std::mem::take(&mut s.response_headers);
+        });
+        rparts.version = Version::HTTP_11;
+        Ok(Response::from_parts(
+            rparts,
+            self.response_body(&run, rbody, positions),
+        ))
+    }
+
+    /// The response body, wrapped so that body phases run and `on_log` comes at its end.
+    fn response_body(&self, run: &Rc<ChainRun>, body: ProxyBody, positions: usize) -> ProxyBody {
+        ProxyBody::Filtered(Box::new(FilteredBody::new(
+            body,
+            run.clone(),
+            true,
+            positions,
+        )))
+    }
+
+    /// A chain stop becomes the response: a local reply (through the response phases, like
+    /// Envoy's `sendLocalReply`), or an error.
+    async fn stopped(
+        &self,
+        run: &Rc<ChainRun>,
+        stop: Stop,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let resp = match stop {
+            Stop::LocalReply(reply) => local_reply_response(&reply),
+            Stop::Fail(status, reason) => {
+                respond::error_response(&ProxyError::Filter(status, reason))
+            }
+            Stop::Reset => return Err(ProxyError::Filter(StatusCode::BAD_GATEWAY, "filter_reset")),
+        };
+        Ok(self.respond_through_chain(run, resp).await)
+    }
+
+    async fn error_through_chain(
+        &self,
+        run: &Rc<ChainRun>,
+        e: ProxyError,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let resp = respond::error_response(&e);
+        Ok(self.respond_through_chain(run, resp).await)
+    }
+
+    /// Runs a locally made response through the response phases (a second local reply there is
+    /// not honoured: the first answer stands), then wraps its body for `on_log`.
+    async fn respond_through_chain(
+        &self,
+        run: &Rc<ChainRun>,
+        resp: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = resp.into_parts();
+        let empty = http_body::Body::is_end_stream(&body);
+        run.with_stream(|s| {
+            s.response_status = Some(parts.status);
+            s.response_headers = std::mem::take(&mut parts.headers);
+        });
+        let _ = run.response_headers(empty).await;
+        run.with_stream(|s| {
+            parts.status = s.response_status.unwrap_or(parts.status);
+            parts.headers = std::mem::take(&mut s.response_headers);
+        });
+        let positions = run.positions();
+        Response::from_parts(parts, self.response_body(run, body, positions))
+    }
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/1.1",
     }
 }
 
@@ -123,8 +322,10 @@ async fn tunnel(
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
+    /// Only a filter's `proxy_close_stream` is an error: hyper then resets the stream (HTTP/2) or
+    /// closes the connection (HTTP/1.1) without a response, as Envoy does.
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
@@ -140,6 +341,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             }
             let mut resp = match this.proxy(req).await {
                 Ok(r) => r,
+                Err(e @ ProxyError::Filter(_, "filter_reset")) => return Err(e),
                 Err(e) => respond::error_response(&e),
             };
             if resp.status() != StatusCode::SWITCHING_PROTOCOLS {

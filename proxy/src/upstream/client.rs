@@ -18,18 +18,21 @@ use crate::http::body::ProxyBody;
 use crate::http::respond::ProxyError;
 
 /// Sends `req` to `ep` and returns the response with a body that streams from the upstream.
+/// `response_timeout` bounds the wait for the response head once the request is sent (the
+/// cluster's, or a route decision's).
 pub async fn send(
     cluster: &Cluster,
     ep: &Rc<Endpoint>,
     mut req: Request<ProxyBody>,
+    response_timeout: std::time::Duration,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     prepare(&mut req, cluster.protocol);
     let guard = ResponseGuard::new(ep.clone());
     match cluster.protocol {
         // The response timeout is applied inside: it starts once the request is fully sent.
-        Protocol::Http1 => send_h1(cluster, ep, req, guard).await,
+        Protocol::Http1 => send_h1(cluster, ep, req, guard, response_timeout).await,
         Protocol::Http2 => {
-            let resp = send_h2(cluster, ep, req).await?;
+            let resp = send_h2(cluster, ep, req, response_timeout).await?;
             let (parts, body) = resp.into_parts();
             let body = if body.is_end_stream() {
                 guard.complete();
@@ -47,6 +50,7 @@ async fn send_h1(
     ep: &Rc<Endpoint>,
     req: Request<ProxyBody>,
     guard: ResponseGuard,
+    response_timeout: std::time::Duration,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let head = h1::encode_head(&req);
     let mut body = req.into_body();
@@ -59,7 +63,7 @@ async fn send_h1(
         let g = guard
             .take()
             .unwrap_or_else(|| ResponseGuard::new(ep.clone()));
-        match h1::send(conn, &head, &mut body, reused, g, cluster.response_timeout).await {
+        match h1::send(conn, &head, &mut body, reused, g, response_timeout).await {
             Ok(resp) => return Ok(resp),
             Err(f) if f.retryable => {
                 tracing::debug!(endpoint = %ep.addr, error = %f.error, "pooled connection was dead; sending again");
@@ -73,6 +77,7 @@ async fn send_h2(
     cluster: &Cluster,
     ep: &Endpoint,
     req: Request<ProxyBody>,
+    timeout: std::time::Duration,
 ) -> Result<Response<Incoming>, ProxyError> {
     let mut sender = match ep.pool.h2() {
         Some(s) => s,
@@ -96,7 +101,6 @@ async fn send_h2(
         sender.send_request(req).await
     };
     tokio::pin!(exchange);
-    let timeout = cluster.response_timeout;
     if uploading {
         tokio::select! {
             r = &mut exchange => return r.map_err(ProxyError::from_upstream),

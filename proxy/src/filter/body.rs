@@ -1,0 +1,164 @@
+//! Bodies through a filter chain: each chunk is offered to the filters as it streams (request
+//! bodies in chain order, response bodies in reverse). A filter that pauses on a chunk gets the
+//! accumulated buffer with the next one (Envoy's buffering), bounded by [`MAX_BUFFERED`]. The
+//! response body wrapper also holds the chain run to its end, so `on_log` runs once the response
+//! is complete (or abandoned).
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use super::chain::{ChainRun, Stop};
+use crate::http::body::{BoxError, ProxyBody};
+
+/// Most bytes filters may hold back on one stream (hardening.md: 1 MiB per stream).
+pub const MAX_BUFFERED: usize = 1 << 20;
+
+/// Why a filtered body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FilteredBodyError {
+    #[error("a filter buffered more than {MAX_BUFFERED} bytes of the body")]
+    TooLarge,
+    #[error("a filter ended the stream during a body phase")]
+    Stopped,
+}
+
+/// A body that runs through a chain.
+pub struct FilteredBody {
+    inner: ProxyBody,
+    run: Rc<ChainRun>,
+    response: bool,
+    held: Vec<Vec<u8>>,
+    /// Trailers waiting until the data before them has gone out.
+    trailers: Option<http::HeaderMap>,
+    done: bool,
+}
+
+impl FilteredBody {
+    pub fn new(inner: ProxyBody, run: Rc<ChainRun>, response: bool, positions: usize) -> Self {
+        Self {
+            inner,
+            run,
+            response,
+            held: vec![Vec::new(); positions],
+            trailers: None,
+            done: false,
+        }
+    }
+
+    fn step(&mut self, data: Bytes, eos: bool) -> Result<Bytes, BoxError> {
+        if self.held.iter().map(Vec::len).sum::<usize>() + data.len() > MAX_BUFFERED {
+            return Err(Box::new(FilteredBodyError::TooLarge));
+        }
+        match self
+            .run
+            .body_chunk(self.response, &mut self.held, data, eos)
+        {
+            Ok(out) => Ok(out),
+            Err(stop) => {
+                if let Stop::LocalReply(r) = stop {
+                    *self.run.late_reply.borrow_mut() = Some(r);
+                }
+                Err(Box::new(FilteredBodyError::Stopped))
+            }
+        }
+    }
+}
+
+impl Body for FilteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let eos = this.inner.is_end_stream();
+                        let out = match this.step(data, eos) {
+                            Ok(o) => o,
+                            Err(e) => return Poll::Ready(Some(Err(e))),
+                        };
+                        this.done = eos;
+                        if !out.is_empty() {
+                            this.count(out.len());
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    Err(frame) => {
+                        // Trailers end the body: flush what filters held, then the trailers.
+                        this.trailers = frame.into_trailers().ok();
+                        let out = match this.step(Bytes::new(), true) {
+                            Ok(o) => o,
+                            Err(e) => return Poll::Ready(Some(Err(e))),
+                        };
+                        this.done = true;
+                        if !out.is_empty() {
+                            this.count(out.len());
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                },
+                Poll::Ready(None) => {
+                    let out = match this.step(Bytes::new(), true) {
+                        Ok(o) => o,
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    };
+                    this.done = true;
+                    if !out.is_empty() {
+                        this.count(out.len());
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Filters may change the length; only the upstream's exact length of an unfiltered
+        // (fully empty) body is known.
+        if self.done && self.trailers.is_none() {
+            SizeHint::with_exact(0)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+impl FilteredBody {
+    fn count(&self, n: usize) {
+        let response = self.response;
+        self.run.with_stream(|s| {
+            if response {
+                s.response_size += n as u64;
+            } else {
+                s.request_size += n as u64;
+            }
+        });
+    }
+}
+
+impl Drop for FilteredBody {
+    fn drop(&mut self) {
+        // The response is over (read to the end or abandoned): the chain logs now.
+        if self.response {
+            self.run.finish();
+        }
+    }
+}

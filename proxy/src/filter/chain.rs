@@ -1,0 +1,442 @@
+//! One request through a filter chain.
+//!
+//! Request phases run in chain order, response phases in reverse (Envoy's encoder order). A filter
+//! that returns `Pause` parks the stream until it calls `proxy_continue_stream` (typically from a
+//! callout answer); a local reply ends the request phases and flows back through the response
+//! phases of the filters that saw the request; `proxy_close_stream` resets the stream. A VM that
+//! traps applies its failure policy to this stream only: fail closed (503) or skip the filter.
+//! When the `ChainRun` goes away (the response body ended, or the request failed), every filter
+//! that saw the stream gets `on_log` → `on_done` → `on_delete`, in chain order.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use weir_host_abi::{
+    Availability, ContextId, Effect, LocalReply, Outcome, StreamBox, StreamType, Verdict, VmError,
+    downcast_stream,
+};
+
+use super::runtime::{ChainShared, StreamEvent, WorkerFilters};
+use super::stream::HttpStream;
+use crate::http::body::ProxyBody;
+
+/// How long a filter may keep a stream paused (waiting on a callout it made) before the stream
+/// fails with 504.
+pub const MAX_PAUSE: Duration = Duration::from_secs(60);
+
+/// Why the chain stopped the request.
+#[derive(Debug)]
+pub enum Stop {
+    /// A filter answered locally.
+    LocalReply(LocalReply),
+    /// A filter failed (or was unavailable) with `fail_closed`, or timed out while paused.
+    Fail(StatusCode, &'static str),
+    /// A filter reset the stream (`proxy_close_stream`).
+    Reset,
+}
+
+/// The chain's run for one request.
+pub struct ChainRun {
+    filters: Rc<WorkerFilters>,
+    chain: std::sync::Arc<[usize]>,
+    pub shared: Rc<ChainShared>,
+    /// The context each position runs in (`None`: not started, or skipped after a fail-open).
+    contexts: RefCell<Vec<Option<ContextId>>>,
+    /// A local reply asked for during a body phase, after the request went upstream.
+    pub late_reply: RefCell<Option<LocalReply>>,
+    finished: Cell<bool>,
+}
+
+enum Phase {
+    Request,
+    Response,
+}
+
+impl ChainRun {
+    pub fn new(
+        filters: Rc<WorkerFilters>,
+        chain: std::sync::Arc<[usize]>,
+        stream: HttpStream,
+    ) -> Rc<Self> {
+        let n = chain.len();
+        Rc::new(Self {
+            filters,
+            chain,
+            shared: Rc::new(ChainShared {
+                stream: RefCell::new(Box::new(stream)),
+                events: RefCell::new(Vec::new()),
+                wake: tokio::sync::Notify::new(),
+            }),
+            contexts: RefCell::new(vec![None; n]),
+            late_reply: RefCell::new(None),
+            finished: Cell::new(false),
+        })
+    }
+
+    /// Runs `f` on the concrete stream.
+    pub fn with_stream<R>(&self, f: impl FnOnce(&mut HttpStream) -> R) -> R {
+        let mut b = self.shared.stream.borrow_mut();
+        f(downcast_stream::<HttpStream>(&mut b).expect("the chain's stream is an HttpStream"))
+    }
+
+    /// `on_request_headers` for every filter, in order.
+    pub async fn request_headers(&self, end_of_stream: bool) -> Result<(), Stop> {
+        for pos in 0..self.chain.len() {
+            let fi = self.chain[pos];
+            let result = {
+                let mut slot = self.filters.plugins[fi].borrow_mut();
+                let vm = match slot.as_mut().map(|p| p.vm()) {
+                    Some(Availability::Ready(vm)) => vm,
+                    Some(Availability::Unavailable(Verdict::FailOpen)) => continue,
+                    _ => {
+                        return Err(Stop::Fail(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "filter_unavailable",
+                        ));
+                    }
+                };
+                let ctx = match vm.create_http_stream() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        drop(slot);
+                        self.on_error(fi, e)?;
+                        continue;
+                    }
+                };
+                self.contexts.borrow_mut()[pos] = Some(ctx);
+                self.filters.register(fi, ctx, &self.shared);
+                let n = self.with_stream(|s| s.request_headers.len() + 4);
+                let mut stream = self.shared.stream.borrow_mut();
+                vm.on_request_headers(ctx, &mut stream, n, end_of_stream)
+            };
+            self.settle(pos, fi, result, Phase::Request).await?;
+        }
+        Ok(())
+    }
+
+    /// `on_response_headers` for every filter that saw the request, in reverse order.
+    pub async fn response_headers(&self, end_of_stream: bool) -> Result<(), Stop> {
+        for pos in (0..self.chain.len()).rev() {
+            let fi = self.chain[pos];
+            let Some(ctx) = self.contexts.borrow()[pos] else {
+                continue;
+            };
+            let result = {
+                let mut slot = self.filters.plugins[fi].borrow_mut();
+                let Some(Availability::Ready(vm)) = slot.as_mut().map(|p| p.vm()) else {
+                    continue;
+                };
+                let n = self.with_stream(|s| s.response_headers.len() + 1);
+                let mut stream = self.shared.stream.borrow_mut();
+                vm.on_response_headers(ctx, &mut stream, n, end_of_stream)
+            };
+            self.settle(pos, fi, result, Phase::Response).await?;
+        }
+        Ok(())
+    }
+
+    /// A failed callback: apply the filter's policy. `Ok` = skip the filter for this stream.
+    fn on_error(&self, fi: usize, e: VmError) -> Result<(), Stop> {
+        match e {
+            VmError::Failed(failure) => match self.filters.vm_failed(fi, &failure) {
+                Verdict::FailOpen => {
+                    self.forget(fi);
+                    Ok(())
+                }
+                Verdict::FailClosed => {
+                    Err(Stop::Fail(StatusCode::SERVICE_UNAVAILABLE, "filter_failed"))
+                }
+            },
+            other => {
+                tracing::warn!(filter = %self.filters.set.filters[fi].name, error = %other, "filter callback refused");
+                Err(Stop::Fail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "filter_error",
+                ))
+            }
+        }
+    }
+
+    /// Drops a failed filter's context from this stream (its VM is gone).
+    fn forget(&self, fi: usize) {
+        let mut ctxs = self.contexts.borrow_mut();
+        for (pos, c) in ctxs.iter_mut().enumerate() {
+            if self.chain[pos] == fi
+                && let Some(ctx) = c.take()
+            {
+                self.filters.unregister(fi, ctx);
+            }
+        }
+    }
+
+    /// Applies a header callback's result; waits while the filter keeps the stream paused.
+    async fn settle(
+        &self,
+        pos: usize,
+        fi: usize,
+        result: Result<Outcome, VmError>,
+        phase: Phase,
+    ) -> Result<(), Stop> {
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => return self.on_error(fi, e),
+        };
+        let my_ctx = self.contexts.borrow()[pos];
+        let direction = match phase {
+            Phase::Request => StreamType::HttpRequest,
+            Phase::Response => StreamType::HttpResponse,
+        };
+        let mut resumed = false;
+        let mut others = Vec::new();
+        for d in outcome.effects {
+            if Some(d.context) == my_ctx {
+                resumed |= self.apply(d.effect, direction)?;
+            } else {
+                others.push(d);
+            }
+        }
+        if !others.is_empty() {
+            // Effects for other streams (the filter switched its effective context).
+            self.filters.route_effects(
+                fi,
+                Outcome {
+                    action: weir_host_abi::Action::Continue,
+                    effects: others,
+                },
+            );
+        }
+        if outcome.action == weir_host_abi::Action::Continue || resumed {
+            return Ok(());
+        }
+        // Paused: wait for the filter to continue (or reply, or reset) from a later delivery.
+        let wait = async {
+            loop {
+                let events: Vec<StreamEvent> = self.shared.events.borrow_mut().drain(..).collect();
+                for ev in events {
+                    match ev {
+                        StreamEvent::Effect { filter, effect } if filter == fi => {
+                            if self.apply(effect, direction)? {
+                                return Ok(());
+                            }
+                        }
+                        StreamEvent::Effect { effect, .. } => {
+                            // Another filter of this stream acted on it (effective context).
+                            self.apply(effect, direction)?;
+                        }
+                        StreamEvent::Failed { filter, verdict } => {
+                            self.forget(filter);
+                            if verdict == Verdict::FailClosed {
+                                return Err(Stop::Fail(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "filter_failed",
+                                ));
+                            }
+                            if filter == fi {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                self.shared.wake.notified().await;
+            }
+        };
+        match tokio::time::timeout(MAX_PAUSE, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(Stop::Fail(
+                StatusCode::GATEWAY_TIMEOUT,
+                "filter_pause_timeout",
+            )),
+        }
+    }
+
+    /// Applies one effect; `Ok(true)` when it resumes the given direction.
+    fn apply(&self, effect: Effect, direction: StreamType) -> Result<bool, Stop> {
+        match effect {
+            Effect::LocalReply(r) => Err(Stop::LocalReply(r)),
+            Effect::CloseStream(_) => Err(Stop::Reset),
+            Effect::ContinueStream(d) => Ok(d == direction),
+        }
+    }
+
+    /// Runs one body chunk through the chain (request: in order; response: in reverse). `held`
+    /// has one buffer per position: what a pausing filter accumulated. Returns the bytes that
+    /// come out of the last filter (possibly none while some filter buffers).
+    pub fn body_chunk(
+        &self,
+        response: bool,
+        held: &mut [Vec<u8>],
+        data: Bytes,
+        end_of_stream: bool,
+    ) -> Result<Bytes, Stop> {
+        let mut chunk = data;
+        let order: Box<dyn Iterator<Item = usize>> = if response {
+            Box::new((0..self.chain.len()).rev())
+        } else {
+            Box::new(0..self.chain.len())
+        };
+        for pos in order {
+            let fi = self.chain[pos];
+            let Some(ctx) = self.contexts.borrow()[pos] else {
+                continue;
+            };
+            if chunk.is_empty() && !end_of_stream && held[pos].is_empty() {
+                continue;
+            }
+            let mut buf = std::mem::take(&mut held[pos]);
+            buf.extend_from_slice(&chunk);
+            self.with_stream(|s| {
+                if response {
+                    s.response_body = buf;
+                } else {
+                    s.request_body = buf;
+                }
+            });
+            let result = {
+                let mut slot = self.filters.plugins[fi].borrow_mut();
+                let Some(Availability::Ready(vm)) = slot.as_mut().map(|p| p.vm()) else {
+                    continue;
+                };
+                let len = self.with_stream(|s| {
+                    if response {
+                        s.response_body.len()
+                    } else {
+                        s.request_body.len()
+                    }
+                });
+                let mut stream = self.shared.stream.borrow_mut();
+                if response {
+                    vm.on_response_body(ctx, &mut stream, len, end_of_stream)
+                } else {
+                    vm.on_request_body(ctx, &mut stream, len, end_of_stream)
+                }
+            };
+            let out = self.with_stream(|s| {
+                std::mem::take(if response {
+                    &mut s.response_body
+                } else {
+                    &mut s.request_body
+                })
+            });
+            let outcome = match result {
+                Ok(o) => o,
+                Err(e) => {
+                    self.on_error(fi, e)?;
+                    chunk = Bytes::from(out);
+                    continue;
+                }
+            };
+            for d in outcome.effects {
+                if Some(d.context) == Some(ctx) {
+                    match d.effect {
+                        Effect::LocalReply(r) => return Err(Stop::LocalReply(r)),
+                        Effect::CloseStream(_) => return Err(Stop::Reset),
+                        Effect::ContinueStream(_) => {}
+                    }
+                }
+            }
+            // Pause on a body chunk = buffer it and offer the whole buffer with the next chunk
+            // (Envoy's StopIterationAndBuffer). At the end of the stream it all goes on.
+            if outcome.action == weir_host_abi::Action::Pause && !end_of_stream {
+                held[pos] = out;
+                return Ok(Bytes::new());
+            }
+            chunk = Bytes::from(out);
+        }
+        Ok(chunk)
+    }
+
+    /// `on_log` → `on_done` → `on_delete` for every filter that saw the stream (once).
+    pub fn finish(&self) {
+        if self.finished.replace(true) {
+            return;
+        }
+        let contexts = std::mem::take(&mut *self.contexts.borrow_mut());
+        for (pos, ctx) in contexts.into_iter().enumerate() {
+            let Some(ctx) = ctx else { continue };
+            let fi = self.chain[pos];
+            self.filters.unregister(fi, ctx);
+            let result = {
+                let Ok(mut slot) = self.filters.plugins[fi].try_borrow_mut() else {
+                    continue;
+                };
+                let Some(Availability::Ready(vm)) = slot.as_mut().map(|p| p.vm()) else {
+                    continue;
+                };
+                let Ok(mut stream) = self.shared.stream.try_borrow_mut() else {
+                    continue;
+                };
+                vm.finish_http_stream(ctx, &mut stream)
+            };
+            if let Err(VmError::Failed(f)) = result {
+                self.filters.vm_failed(fi, &f);
+            }
+        }
+    }
+
+    /// Positions in the chain.
+    pub fn positions(&self) -> usize {
+        self.chain.len()
+    }
+
+    /// Whether the chain has any filter context on this stream (and so needs the body phases).
+    pub fn active(&self) -> bool {
+        self.contexts.borrow().iter().any(Option::is_some)
+    }
+}
+
+impl Drop for ChainRun {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The response for a local reply (Envoy's `sendLocalReply`: `content-type: text/plain` for a
+/// non-empty body; a gRPC reply is trailers-only with `grpc-status` / `grpc-message`).
+pub fn local_reply_response(r: &LocalReply) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::Empty);
+    let grpc = r.grpc_status.filter(|c| (0..=16).contains(c));
+    *resp.status_mut() = match grpc {
+        Some(_) => StatusCode::OK,
+        None => u16::try_from(r.status)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+    };
+    let h = resp.headers_mut();
+    for (k, v) in &r.headers {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::from_bytes(k),
+            HeaderValue::from_bytes(v),
+        ) {
+            h.append(k, v);
+        }
+    }
+    match grpc {
+        Some(code) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("grpc-status", HeaderValue::from(code));
+            if let Ok(m) = HeaderValue::from_bytes(&r.body) {
+                h.insert("grpc-message", m);
+            }
+        }
+        None if !r.body.is_empty() => {
+            if !h.contains_key(header::CONTENT_TYPE) {
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            *resp.body_mut() = ProxyBody::from(Bytes::from(r.body.clone()));
+        }
+        None => {}
+    }
+    resp
+}
+
+/// Access to the concrete stream inside a `StreamBox` (for code holding the box directly).
+pub fn http_stream(b: &mut StreamBox) -> &mut HttpStream {
+    downcast_stream::<HttpStream>(b).expect("the chain's stream is an HttpStream")
+}

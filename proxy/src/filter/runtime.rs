@@ -1,0 +1,400 @@
+//! One worker's filters: a `Plugin` (VM + failure policy) per filter, and the event loop for what
+//! filters start outside a stream callback.
+//!
+//! A VM lives on its worker thread; everything it asks for that completes later — an HTTP callout,
+//! a tick, a shared-queue notification from another thread — comes back through this worker's
+//! event channel and is delivered on this thread, between callbacks, never re-entrantly. Effects
+//! that such a delivery produces for a stream (continue, local reply, close) are queued on that
+//! stream's [`ChainShared`] and wake it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Limited};
+use tokio::sync::{Notify, mpsc};
+use weir_host_abi::{
+    Availability, CalloutResponse, ContextId, Effect, HttpCallRequest, LogLevel, Outcome, Plugin,
+    PluginHost, QueueNotifier, Status, StreamBox, Verdict, VmError,
+};
+
+use super::FilterSet;
+use crate::http::body::ProxyBody;
+use crate::upstream::{self, Cluster};
+
+/// Largest callout response body delivered to a filter.
+const MAX_CALLOUT_BODY: usize = 1 << 20;
+
+/// Something that happened to a stream outside its own callbacks.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// A deferred effect for the stream's context of filter `filter`.
+    Effect { filter: usize, effect: Effect },
+    /// Filter `filter`'s VM failed while holding this stream.
+    Failed { filter: usize, verdict: Verdict },
+}
+
+/// What a paused stream waits on; the registry of streams holds it weakly.
+pub struct ChainShared {
+    pub stream: RefCell<StreamBox>,
+    pub events: RefCell<Vec<StreamEvent>>,
+    pub wake: Notify,
+}
+
+impl ChainShared {
+    pub fn push(&self, e: StreamEvent) {
+        self.events.borrow_mut().push(e);
+        self.wake.notify_one();
+    }
+}
+
+/// Requests from plugin hosts to their worker.
+enum Event {
+    HttpCall {
+        filter: usize,
+        req: HttpCallRequest,
+    },
+    Tick {
+        filter: usize,
+        period: Option<Duration>,
+    },
+    QueueReady {
+        filter: usize,
+        queue: u32,
+    },
+}
+
+/// One worker's filters.
+pub struct WorkerFilters {
+    pub set: Arc<FilterSet>,
+    /// Indexed like `FilterSet::filters`; `None` if the VM could not be started on this worker
+    /// (its streams then fail closed).
+    pub plugins: Vec<RefCell<Option<Plugin>>>,
+    streams: RefCell<HashMap<(usize, ContextId), Weak<ChainShared>>>,
+    tickers: RefCell<Vec<Option<tokio::task::AbortHandle>>>,
+}
+
+impl WorkerFilters {
+    /// Starts every filter's VM on this worker and the worker's filter event loop.
+    pub fn start(set: Arc<FilterSet>, clusters: Rc<Vec<Cluster>>) -> Rc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let plugins = set
+            .filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let host = WorkerPluginHost {
+                    filter: i,
+                    name: f.name.clone().into(),
+                    clusters: set.clusters.clone(),
+                    tx: tx.clone(),
+                };
+                let factory = Box::new(move || Box::new(host.clone()) as Box<dyn PluginHost>);
+                match Plugin::new(&set.runtime, f.module.clone(), f.plugin.clone(), factory) {
+                    Ok(p) => RefCell::new(Some(p)),
+                    Err(e) => {
+                        tracing::error!(filter = %f.name, error = %e, "filter VM did not start on this worker; its streams fail closed");
+                        RefCell::new(None)
+                    }
+                }
+            })
+            .collect();
+        let n = set.filters.len();
+        let me = Rc::new(Self {
+            set,
+            plugins,
+            streams: RefCell::new(HashMap::new()),
+            tickers: RefCell::new(vec![None; n]),
+        });
+        tokio::task::spawn_local(me.clone().run(rx, clusters));
+        me
+    }
+
+    /// Registers a stream context so asynchronous deliveries can reach it.
+    pub fn register(&self, filter: usize, ctx: ContextId, shared: &Rc<ChainShared>) {
+        self.streams
+            .borrow_mut()
+            .insert((filter, ctx), Rc::downgrade(shared));
+    }
+
+    pub fn unregister(&self, filter: usize, ctx: ContextId) {
+        self.streams.borrow_mut().remove(&(filter, ctx));
+    }
+
+    fn stream(&self, filter: usize, ctx: ContextId) -> Option<Rc<ChainShared>> {
+        self.streams
+            .borrow()
+            .get(&(filter, ctx))
+            .and_then(Weak::upgrade)
+    }
+
+    /// Routes a callback's deferred effects to the streams they name.
+    pub fn route_effects(&self, filter: usize, outcome: Outcome) {
+        for d in outcome.effects {
+            if let Some(s) = self.stream(filter, d.context) {
+                s.push(StreamEvent::Effect {
+                    filter,
+                    effect: d.effect,
+                });
+            }
+        }
+    }
+
+    /// A VM failed: apply the policy and tell every stream it held.
+    pub fn vm_failed(&self, filter: usize, failure: &weir_host_abi::VmFailed) -> Verdict {
+        let verdict = match self.plugins[filter].borrow_mut().as_mut() {
+            Some(p) => p.on_failure(failure),
+            None => Verdict::FailClosed,
+        };
+        for ctx in &failure.live_streams {
+            if let Some(s) = self.stream(filter, *ctx) {
+                s.push(StreamEvent::Failed { filter, verdict });
+            }
+        }
+        verdict
+    }
+
+    /// Runs `f` on the filter's VM (outside any stream callback) and routes what it produced.
+    fn deliver(
+        &self,
+        filter: usize,
+        f: impl FnOnce(&mut weir_host_abi::Vm) -> Result<Outcome, VmError>,
+    ) {
+        let result = {
+            let mut slot = self.plugins[filter].borrow_mut();
+            let Some(plugin) = slot.as_mut() else { return };
+            match plugin.vm() {
+                Availability::Ready(vm) => f(vm),
+                Availability::Unavailable(_) => return,
+            }
+        };
+        match result {
+            Ok(outcome) => self.route_effects(filter, outcome),
+            Err(VmError::Failed(failure)) => {
+                self.vm_failed(filter, &failure);
+            }
+            Err(e) => {
+                tracing::warn!(filter = %self.set.filters[filter].name, error = %e, "filter callback refused")
+            }
+        }
+    }
+
+    async fn run(
+        self: Rc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Event>,
+        clusters: Rc<Vec<Cluster>>,
+    ) {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::HttpCall { filter, req } => {
+                    let (me, clusters) = (self.clone(), clusters.clone());
+                    tokio::task::spawn_local(async move {
+                        let token = req.token;
+                        let resp = callout(&clusters, &me.set, &req).await;
+                        me.deliver_callout(filter, token, resp);
+                    });
+                }
+                Event::Tick { filter, period } => self.set_ticker(filter, period),
+                Event::QueueReady { filter, queue } => {
+                    self.deliver(filter, |vm| vm.on_queue_ready(queue));
+                }
+            }
+        }
+    }
+
+    fn deliver_callout(&self, filter: usize, token: u32, resp: CalloutResponse) {
+        let result = {
+            let mut slot = self.plugins[filter].borrow_mut();
+            let Some(plugin) = slot.as_mut() else { return };
+            let Availability::Ready(vm) = plugin.vm() else {
+                return;
+            };
+            // Lend the dispatching stream, if it still exists, so the filter can edit and resume it.
+            let origin = vm
+                .http_call_context(token)
+                .and_then(|c| self.stream(filter, c));
+            match &origin {
+                Some(s) => {
+                    let mut stream = s.stream.borrow_mut();
+                    vm.on_http_call_response(token, resp, Some(&mut stream))
+                }
+                None => vm.on_http_call_response(token, resp, None),
+            }
+        };
+        match result {
+            Ok(outcome) => self.route_effects(filter, outcome),
+            Err(VmError::Failed(failure)) => {
+                self.vm_failed(filter, &failure);
+            }
+            Err(e) => tracing::warn!(error = %e, "callout response not delivered"),
+        }
+    }
+
+    fn set_ticker(self: &Rc<Self>, filter: usize, period: Option<Duration>) {
+        if let Some(h) = self.tickers.borrow_mut()[filter].take() {
+            h.abort();
+        }
+        let Some(period) = period else { return };
+        let me = self.clone();
+        let task = tokio::task::spawn_local(async move {
+            let mut every = tokio::time::interval(period);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await; // the first tick completes at once
+            loop {
+                every.tick().await;
+                me.deliver(filter, |vm| vm.on_tick());
+            }
+        });
+        self.tickers.borrow_mut()[filter] = Some(task.abort_handle());
+    }
+}
+
+/// Performs an HTTP callout on a manifest cluster, through the worker's pools. Like Envoy, a
+/// timeout or an unreachable cluster comes back as a response (504 / 503); a reset as a failure.
+async fn callout(clusters: &[Cluster], set: &FilterSet, req: &HttpCallRequest) -> CalloutResponse {
+    let Some(ci) = set.clusters.iter().position(|c| *c == req.upstream) else {
+        return CalloutResponse::failure("unknown cluster");
+    };
+    let cluster = &clusters[ci];
+    let Some(ep) = cluster.pick().cloned() else {
+        return local_response(503, "no healthy upstream");
+    };
+    let mut builder = Request::builder();
+    let mut authority = None;
+    for (k, v) in &req.headers {
+        match k.as_slice() {
+            b":method" => builder = builder.method(Method::from_bytes(v).unwrap_or(Method::GET)),
+            b":path" => builder = builder.uri(String::from_utf8_lossy(v).into_owned()),
+            b":authority" => authority = Some(v.clone()),
+            b":scheme" => {}
+            _ => builder = builder.header(k.as_slice(), v.as_slice()),
+        }
+    }
+    if let Some(a) = authority
+        && let Ok(v) = HeaderValue::from_bytes(&a)
+    {
+        builder = builder.header(http::header::HOST, v);
+    }
+    let Ok(request) = builder.body(ProxyBody::from(Bytes::from(req.body.clone()))) else {
+        return CalloutResponse::failure("invalid callout request");
+    };
+    let timeout = req.timeout.unwrap_or(cluster.response_timeout);
+    let exchange = async {
+        let resp = upstream::send(cluster, &ep, request, timeout).await?;
+        let (parts, body) = resp.into_parts();
+        let collected = Limited::new(body, MAX_CALLOUT_BODY)
+            .collect()
+            .await
+            .map_err(|_| crate::http::respond::ProxyError::Internal("callout body"))?;
+        Ok::<_, crate::http::respond::ProxyError>((parts, collected))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => local_response(504, "upstream request timeout"),
+        Ok(Err(e)) => match e.status().as_u16() {
+            503 => local_response(503, "no healthy upstream"),
+            504 => local_response(504, "upstream request timeout"),
+            _ => CalloutResponse::failure(e.reason()),
+        },
+        Ok(Ok((parts, collected))) => {
+            let mut headers = vec![(
+                b":status".to_vec(),
+                parts.status.as_str().as_bytes().to_vec(),
+            )];
+            headers.extend(
+                parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())),
+            );
+            let trailers = collected
+                .trailers()
+                .map(|t| {
+                    t.iter()
+                        .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            CalloutResponse {
+                headers,
+                body: collected.to_bytes().to_vec(),
+                trailers,
+                status: None,
+            }
+        }
+    }
+}
+
+fn local_response(status: u16, body: &str) -> CalloutResponse {
+    CalloutResponse {
+        headers: vec![(b":status".to_vec(), status.to_string().into_bytes())],
+        body: body.as_bytes().to_vec(),
+        trailers: Vec::new(),
+        status: None,
+    }
+}
+
+/// The `PluginHost` of every VM on a worker: logs through `tracing`, sends callouts, ticks and
+/// queue notifications to the worker's event loop.
+#[derive(Clone)]
+struct WorkerPluginHost {
+    filter: usize,
+    name: Arc<str>,
+    clusters: Arc<[String]>,
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl PluginHost for WorkerPluginHost {
+    fn log(&mut self, level: LogLevel, message: &str) {
+        let f = &*self.name;
+        match level {
+            LogLevel::Trace => tracing::trace!(filter = f, "{message}"),
+            LogLevel::Debug => tracing::debug!(filter = f, "{message}"),
+            LogLevel::Info => tracing::info!(filter = f, "{message}"),
+            LogLevel::Warn => tracing::warn!(filter = f, "{message}"),
+            LogLevel::Error | LogLevel::Critical => tracing::error!(filter = f, "{message}"),
+        }
+    }
+
+    fn log_level(&self) -> LogLevel {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            LogLevel::Trace
+        } else if tracing::enabled!(tracing::Level::DEBUG) {
+            LogLevel::Debug
+        } else if tracing::enabled!(tracing::Level::INFO) {
+            LogLevel::Info
+        } else {
+            LogLevel::Warn
+        }
+    }
+
+    fn dispatch_http_call(&mut self, request: HttpCallRequest) -> Result<(), Status> {
+        // Callouts reach manifest clusters only (hardening.md: a filter is untrusted code).
+        if !self.clusters.iter().any(|c| *c == request.upstream) {
+            return Err(Status::BadArgument);
+        }
+        self.tx
+            .send(Event::HttpCall {
+                filter: self.filter,
+                req: request,
+            })
+            .map_err(|_| Status::InternalFailure)
+    }
+
+    fn set_tick_period(&mut self, period: Option<Duration>) {
+        let _ = self.tx.send(Event::Tick {
+            filter: self.filter,
+            period,
+        });
+    }
+
+    fn queue_notifier(&mut self) -> Option<QueueNotifier> {
+        let (tx, filter) = (self.tx.clone(), self.filter);
+        Some(Arc::new(move |queue| {
+            let _ = tx.send(Event::QueueReady { filter, queue });
+        }))
+    }
+}

@@ -1,0 +1,473 @@
+//! What a filter sees of one HTTP stream: the [`StreamHost`] Weir lends to every filter of a chain.
+//!
+//! Header maps carry the pseudo-headers first, as Envoy presents them (`:method`, `:path`,
+//! `:authority`, `:scheme` on requests, `:status` on responses); writing a pseudo-header changes
+//! the request line or status. Body buffers hold the bytes a body callback is offered (cumulative
+//! while a filter pauses). Properties use Envoy's attribute names and encodings
+//! (proxy-wasm-abi.md §4, §15); anything a filter sets with `set_property` is kept for the later
+//! filters of the same stream, and the `weir.route.*` names form the route decision the core
+//! reads after the request-header phase.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri};
+use weir_host_abi::{BufferType, MapType, Pairs, Status, StreamHost, edit_buffer};
+
+/// Property path of the route decision: target cluster (UTF-8 name).
+pub const ROUTE_CLUSTER: &str = "weir.route.cluster";
+/// Route decision: response timeout in milliseconds (decimal ASCII).
+pub const ROUTE_TIMEOUT_MS: &str = "weir.route.timeout_ms";
+/// Route decision: replacement upstream `:path` (with query).
+pub const ROUTE_PATH: &str = "weir.route.path";
+/// Route decision: retry attempts (decimal ASCII; honoured once retries land).
+pub const ROUTE_RETRIES: &str = "weir.route.retries";
+
+/// The route decision filters made for a stream.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RouteDecision {
+    pub cluster: Option<String>,
+    pub timeout: Option<Duration>,
+    pub path: Option<String>,
+    pub retries: Option<u32>,
+}
+
+/// Connection facts a filter can ask about.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub connection_id: u64,
+    pub protocol: &'static str,
+}
+
+/// One HTTP stream as the filters see it.
+pub struct HttpStream {
+    pub method: Method,
+    pub uri: Uri,
+    pub authority: Option<String>,
+    pub scheme: &'static str,
+    pub request_headers: HeaderMap,
+    pub response_status: Option<StatusCode>,
+    pub response_headers: HeaderMap,
+    /// The body bytes the current body callback is offered.
+    pub request_body: Vec<u8>,
+    pub response_body: Vec<u8>,
+    pub downstream: Downstream,
+    pub start: SystemTime,
+    pub upstream_address: Option<SocketAddr>,
+    pub request_size: u64,
+    pub response_size: u64,
+    /// Properties filters set (dotted path → value), `weir.route.*` included.
+    props: HashMap<String, Vec<u8>>,
+}
+
+impl HttpStream {
+    pub fn new(downstream: Downstream) -> Self {
+        Self {
+            method: Method::GET,
+            uri: Uri::from_static("/"),
+            authority: None,
+            scheme: "http",
+            request_headers: HeaderMap::new(),
+            response_status: None,
+            response_headers: HeaderMap::new(),
+            request_body: Vec::new(),
+            response_body: Vec::new(),
+            downstream,
+            start: SystemTime::now(),
+            upstream_address: None,
+            request_size: 0,
+            response_size: 0,
+            props: HashMap::new(),
+        }
+    }
+
+    /// The route decision filters wrote (`weir.route.*`).
+    pub fn route(&self) -> RouteDecision {
+        let text = |k: &str| self.props.get(k).and_then(|v| std::str::from_utf8(v).ok());
+        RouteDecision {
+            cluster: text(ROUTE_CLUSTER).map(str::to_owned),
+            timeout: text(ROUTE_TIMEOUT_MS)
+                .and_then(|s| s.trim().parse().ok())
+                .map(Duration::from_millis),
+            path: text(ROUTE_PATH).map(str::to_owned),
+            retries: text(ROUTE_RETRIES).and_then(|s| s.trim().parse().ok()),
+        }
+    }
+
+    fn path_str(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+
+    fn map(&mut self, map: MapType) -> Result<&mut HeaderMap, Status> {
+        match map {
+            MapType::HttpRequestHeaders => Ok(&mut self.request_headers),
+            MapType::HttpResponseHeaders if self.response_status.is_some() => {
+                Ok(&mut self.response_headers)
+            }
+            _ => Err(Status::NotFound),
+        }
+    }
+
+    /// Sets a pseudo-header; `false` when `key` is not one this map has.
+    fn set_pseudo(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<bool, Status> {
+        let text = std::str::from_utf8(value).map_err(|_| Status::BadArgument)?;
+        match (map, key) {
+            (MapType::HttpRequestHeaders, b":method") => {
+                self.method = Method::from_bytes(value).map_err(|_| Status::BadArgument)?;
+            }
+            (MapType::HttpRequestHeaders, b":path") => {
+                self.uri = text.parse().map_err(|_| Status::BadArgument)?;
+            }
+            (MapType::HttpRequestHeaders, b":authority") => self.authority = Some(text.to_owned()),
+            (MapType::HttpRequestHeaders, b":scheme") => {}
+            (MapType::HttpResponseHeaders, b":status") => {
+                self.response_status = Some(
+                    text.parse::<u16>()
+                        .ok()
+                        .and_then(|c| StatusCode::from_u16(c).ok())
+                        .ok_or(Status::BadArgument)?,
+                );
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn pseudo_pairs(&self, map: MapType) -> Pairs {
+        match map {
+            MapType::HttpRequestHeaders => {
+                let mut v = vec![
+                    (
+                        b":method".to_vec(),
+                        self.method.as_str().as_bytes().to_vec(),
+                    ),
+                    (b":path".to_vec(), self.path_str().as_bytes().to_vec()),
+                ];
+                if let Some(a) = &self.authority {
+                    v.push((b":authority".to_vec(), a.as_bytes().to_vec()));
+                }
+                v.push((b":scheme".to_vec(), self.scheme.as_bytes().to_vec()));
+                v
+            }
+            MapType::HttpResponseHeaders => self
+                .response_status
+                .map(|s| vec![(b":status".to_vec(), s.as_str().as_bytes().to_vec())])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn pseudo_value(&self, map: MapType, key: &[u8]) -> Option<Vec<u8>> {
+        self.pseudo_pairs(map)
+            .into_iter()
+            .find(|(k, _)| k.as_slice() == key)
+            .map(|(_, v)| v)
+    }
+}
+
+fn name(key: &[u8]) -> Result<HeaderName, Status> {
+    HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)
+}
+
+fn value(v: &[u8]) -> Result<HeaderValue, Status> {
+    HeaderValue::from_bytes(v).map_err(|_| Status::BadArgument)
+}
+
+impl StreamHost for HttpStream {
+    fn header_map(&mut self, map: MapType) -> Result<Pairs, Status> {
+        let mut pairs = self.pseudo_pairs(map);
+        let h = match self.map(map) {
+            Ok(h) => h,
+            // Envoy: a map that is not available reads as empty.
+            Err(_) => return Ok(Vec::new()),
+        };
+        pairs.reserve(h.len());
+        for (k, v) in h.iter() {
+            pairs.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
+        }
+        Ok(pairs)
+    }
+
+    fn header_value(&mut self, map: MapType, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+        if key.first() == Some(&b':') {
+            return Ok(self.pseudo_value(map, key));
+        }
+        let h = match self.map(map) {
+            Ok(h) => h,
+            Err(_) => return Ok(None),
+        };
+        let Ok(n) = HeaderName::from_bytes(&key.to_ascii_lowercase()) else {
+            return Ok(None);
+        };
+        Ok(h.get(n).map(|v| v.as_bytes().to_vec()))
+    }
+
+    fn set_header_map(&mut self, map: MapType, pairs: Pairs) -> Result<(), Status> {
+        let mut fresh = HeaderMap::with_capacity(pairs.len());
+        for (k, v) in &pairs {
+            if k.first() == Some(&b':') {
+                self.set_pseudo(map, k, v)?;
+            } else {
+                fresh.append(name(&k.to_ascii_lowercase())?, value(v)?);
+            }
+        }
+        *self.map(map)? = fresh;
+        Ok(())
+    }
+
+    fn add_header(&mut self, map: MapType, key: &[u8], v: &[u8]) -> Result<(), Status> {
+        if key.first() == Some(&b':') {
+            return self
+                .set_pseudo(map, key, v)
+                .and_then(|ok| if ok { Ok(()) } else { Err(Status::BadArgument) });
+        }
+        let (n, v) = (name(&key.to_ascii_lowercase())?, value(v)?);
+        self.map(map)?.append(n, v);
+        Ok(())
+    }
+
+    fn replace_header(&mut self, map: MapType, key: &[u8], v: &[u8]) -> Result<(), Status> {
+        if key.first() == Some(&b':') {
+            return self
+                .set_pseudo(map, key, v)
+                .and_then(|ok| if ok { Ok(()) } else { Err(Status::BadArgument) });
+        }
+        let (n, v) = (name(&key.to_ascii_lowercase())?, value(v)?);
+        self.map(map)?.insert(n, v);
+        Ok(())
+    }
+
+    fn remove_header(&mut self, map: MapType, key: &[u8]) -> Result<(), Status> {
+        if key.first() == Some(&b':') {
+            return Ok(()); // pseudo-headers cannot be removed
+        }
+        let n = name(&key.to_ascii_lowercase())?;
+        self.map(map)?.remove(n);
+        Ok(())
+    }
+
+    fn buffer(&mut self, buffer: BufferType) -> Option<&[u8]> {
+        match buffer {
+            BufferType::HttpRequestBody => Some(&self.request_body),
+            BufferType::HttpResponseBody => Some(&self.response_body),
+            _ => None,
+        }
+    }
+
+    fn set_buffer(
+        &mut self,
+        buffer: BufferType,
+        start: usize,
+        size: usize,
+        data: &[u8],
+    ) -> Result<(), Status> {
+        let buf = match buffer {
+            BufferType::HttpRequestBody => &mut self.request_body,
+            BufferType::HttpResponseBody => &mut self.response_body,
+            _ => return Err(Status::NotFound),
+        };
+        edit_buffer(buf, start, size, data)
+    }
+
+    fn get_property(&mut self, path: &[&[u8]]) -> Option<Vec<u8>> {
+        let dotted = dotted(path)?;
+        if let Some(v) = self.props.get(&dotted) {
+            return Some(v.clone());
+        }
+        let s = |x: &str| Some(x.as_bytes().to_vec());
+        let int = |n: i64| Some(n.to_le_bytes().to_vec());
+        match dotted.as_str() {
+            "request.path" => s(self.path_str()),
+            "request.url_path" => s(self.uri.path()),
+            "request.query" => s(self.uri.query().unwrap_or("")),
+            "request.host" => self.authority.as_deref().and_then(s),
+            "request.scheme" => s(self.scheme),
+            "request.method" => s(self.method.as_str()),
+            "request.protocol" => s(self.downstream.protocol),
+            "request.id" => self
+                .request_headers
+                .get("x-request-id")
+                .map(|v| v.as_bytes().to_vec()),
+            "request.referer" => self
+                .request_headers
+                .get("referer")
+                .map(|v| v.as_bytes().to_vec()),
+            "request.useragent" => self
+                .request_headers
+                .get("user-agent")
+                .map(|v| v.as_bytes().to_vec()),
+            "request.time" => {
+                let ns = self
+                    .start
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()?
+                    .as_nanos();
+                int(i64::try_from(ns).ok()?)
+            }
+            "request.duration" => int(i64::try_from(self.start.elapsed().ok()?.as_nanos()).ok()?),
+            "request.size" | "request.total_size" => int(self.request_size as i64),
+            "request.headers" => Some(encode_map(&self.request_headers)),
+            "response.code" => self
+                .response_status
+                .map(|c| i64::from(c.as_u16()))
+                .and_then(int),
+            "response.headers" if self.response_status.is_some() => {
+                Some(encode_map(&self.response_headers))
+            }
+            "response.size" | "response.total_size" if self.response_status.is_some() => {
+                int(self.response_size as i64)
+            }
+            "source.address" => s(&self.downstream.peer.to_string()),
+            "source.port" => int(i64::from(self.downstream.peer.port())),
+            "destination.address" => s(&self.downstream.local.to_string()),
+            "destination.port" => int(i64::from(self.downstream.local.port())),
+            "connection.id" | "connection_id" => int(self.downstream.connection_id as i64),
+            "connection.mtls" => Some(vec![0]),
+            "upstream.address" => self.upstream_address.map(|a| a.to_string().into_bytes()),
+            "upstream.port" => self
+                .upstream_address
+                .map(|a| i64::from(a.port()))
+                .and_then(int),
+            _ => {
+                // `request.headers.<name>`: one header, multi-values comma-joined as Envoy does.
+                if let Some(h) = dotted.strip_prefix("request.headers.") {
+                    return joined(&self.request_headers, h);
+                }
+                if let Some(h) = dotted.strip_prefix("response.headers.") {
+                    return joined(&self.response_headers, h);
+                }
+                None
+            }
+        }
+    }
+
+    fn set_property(&mut self, path: &[&[u8]], value: &[u8]) -> Result<(), Status> {
+        let dotted = dotted(path).ok_or(Status::BadArgument)?;
+        self.props.insert(dotted, value.to_vec());
+        Ok(())
+    }
+}
+
+fn dotted(path: &[&[u8]]) -> Option<String> {
+    let mut s = String::new();
+    for (i, seg) in path.iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        s.push_str(std::str::from_utf8(seg).ok()?);
+    }
+    Some(s)
+}
+
+fn joined(h: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for v in h.get_all(name) {
+        let o = out.get_or_insert_with(Vec::new);
+        if !o.is_empty() {
+            o.extend_from_slice(b",");
+        }
+        o.extend_from_slice(v.as_bytes());
+    }
+    out
+}
+
+/// A header map as a property value: the proxy-wasm pair format, multi-values comma-joined.
+fn encode_map(h: &HeaderMap) -> Vec<u8> {
+    let pairs: Pairs = h
+        .keys()
+        .map(|k| {
+            (
+                k.as_str().as_bytes().to_vec(),
+                joined(h, k.as_str()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let caps = weir_host_abi::pairs::PairsCaps {
+        max_entries: weir_host_abi::DEFAULT_MAX_MAP_ENTRIES,
+        max_bytes: weir_host_abi::DEFAULT_MAX_MAP_BYTES,
+    };
+    weir_host_abi::pairs::serialize(&pairs, caps).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream() -> HttpStream {
+        let mut s = HttpStream::new(Downstream {
+            peer: "127.0.0.1:4000".parse().unwrap(),
+            local: "127.0.0.1:8080".parse().unwrap(),
+            connection_id: 7,
+            protocol: "HTTP/1.1",
+        });
+        s.uri = "/a?b=1".parse().unwrap();
+        s.authority = Some("svc".into());
+        s.request_headers
+            .insert("x-a", HeaderValue::from_static("1"));
+        s
+    }
+
+    #[test]
+    fn request_map_has_pseudo_headers_and_edits_flow_back() {
+        let mut s = stream();
+        let m = s.header_map(MapType::HttpRequestHeaders).unwrap();
+        assert_eq!(m[0], (b":method".to_vec(), b"GET".to_vec()));
+        assert_eq!(m[1], (b":path".to_vec(), b"/a?b=1".to_vec()));
+        assert!(m.contains(&(b"x-a".to_vec(), b"1".to_vec())));
+        s.replace_header(MapType::HttpRequestHeaders, b":path", b"/new")
+            .unwrap();
+        s.add_header(MapType::HttpRequestHeaders, b"X-B", b"2")
+            .unwrap();
+        s.remove_header(MapType::HttpRequestHeaders, b"x-a")
+            .unwrap();
+        assert_eq!(s.uri, "/new");
+        assert_eq!(s.request_headers["x-b"], "2");
+        assert!(!s.request_headers.contains_key("x-a"));
+        assert_eq!(
+            s.header_value(MapType::HttpRequestHeaders, b"X-B").unwrap(),
+            Some(b"2".to_vec())
+        );
+        assert_eq!(
+            s.add_header(MapType::HttpRequestHeaders, b"bad name", b"v"),
+            Err(Status::BadArgument)
+        );
+    }
+
+    #[test]
+    fn properties_and_route_decision() {
+        let mut s = stream();
+        assert_eq!(
+            s.get_property(&[b"request", b"path"]),
+            Some(b"/a?b=1".to_vec())
+        );
+        assert_eq!(
+            s.get_property(&[b"source", b"address"]),
+            Some(b"127.0.0.1:4000".to_vec())
+        );
+        assert_eq!(
+            s.get_property(&[b"source", b"port"]),
+            Some(4000i64.to_le_bytes().to_vec())
+        );
+        assert_eq!(s.get_property(&[b"response", b"code"]), None);
+        s.set_property(&[b"weir", b"route", b"cluster"], b"v2")
+            .unwrap();
+        s.set_property(&[b"weir", b"route", b"timeout_ms"], b"250")
+            .unwrap();
+        assert_eq!(
+            s.get_property(&[b"weir", b"route", b"cluster"]),
+            Some(b"v2".to_vec())
+        );
+        let r = s.route();
+        assert_eq!(r.cluster.as_deref(), Some("v2"));
+        assert_eq!(r.timeout, Some(Duration::from_millis(250)));
+        s.response_status = Some(StatusCode::OK);
+        assert_eq!(
+            s.get_property(&[b"response", b"code"]),
+            Some(200i64.to_le_bytes().to_vec())
+        );
+    }
+}
