@@ -1,5 +1,49 @@
 //! weir-sdk: what a Weir filter author depends on.
-//! Re-exports the upstream `proxy-wasm` crate so filters written for any proxy-wasm host run here.
+//!
+//! A Weir filter is an ordinary proxy-wasm 0.2.1 filter (Rust → `wasm32-wasip1`): this crate
+//! re-exports the upstream [`proxy_wasm`] crate unchanged, so filters written for Envoy run here and
+//! the other way round. On top it adds small, optional helpers:
+//!
+//! * [`config`]: typed plugin configuration (JSON via serde) for `on_configure`.
+//! * [`properties`]: typed reads of Envoy's attributes (`request.path`, `source.address`,
+//!   `connection.mtls`, `plugin_name`, …), decoded from their wire encodings.
+//! * [`route`]: the route decision a filter hands to the proxy (`weir.route.cluster`,
+//!   `weir.route.timeout_ms`, `weir.route.path`, `weir.route.retries`).
+//! * [`testing`] (native targets only): load a built `.wasm` through `weir-host-abi` and drive it
+//!   in a `cargo test` — requests, responses, bodies, callouts, ticks, logs, local replies.
+//!
+//! Start from the template in `sdk/template/` and read `sdk/README.md` ("Writing a filter").
+//!
+//! ```no_run
+//! use weir_sdk::prelude::*;
+//!
+//! #[derive(serde::Deserialize, Default)]
+//! struct Config { cluster: String }
+//!
+//! struct Root { config: Config }
+//! impl Context for Root {}
+//! impl RootContext for Root {
+//!     fn on_configure(&mut self, _size: usize) -> bool {
+//!         weir_sdk::config::on_configure(&mut self.config)
+//!     }
+//! }
+//! ```
 #![deny(missing_docs)]
 
+pub use log;
 pub use proxy_wasm;
+
+pub mod config;
+pub mod properties;
+pub mod route;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+/// What most filters import: the proxy-wasm traits and types, and the Weir helper modules.
+pub mod prelude {
+    pub use crate::{config, properties, route};
+    pub use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
+    pub use proxy_wasm::types::{
+        Action, Bytes, ContextType, GrpcStatusCode, LogLevel, MetricType, PeerType, Status,
+    };
+}
