@@ -5,6 +5,7 @@ mod balance;
 mod check;
 mod drain;
 mod errors;
+mod filters;
 mod grpc;
 mod limits;
 mod pool;

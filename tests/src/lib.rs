@@ -6,8 +6,10 @@
 //! - [`weir`]: locating the binary, [`Weir`] (a running `weir run`), `weir check`, manifest builder.
 //! - [`upstream`]: mock upstreams: one echo server (h1/h2c; gRPC-style replies with trailers;
 //!   upgrades echoing bytes; held replies), misbehaving raw TCP servers, hanging connects, a closed port.
+//! - [`chain`]: manifests with several listeners and clusters, filter chains and filters.
 //! - [`client`]: hyper h1 / h2c clients and a raw TCP client for malformed requests.
 
+pub mod chain;
 pub mod client;
 pub mod upstream;
 pub mod weir;
@@ -15,6 +17,7 @@ pub mod weir;
 use std::future::Future;
 use std::time::Duration;
 
+pub use chain::{ChainManifest, FilterDef};
 pub use client::{H1Client, H2Client, RawClient, RawResponse, body_empty, body_full, collect};
 pub use upstream::{BlackholeListener, EchoServer, Fault, FaultyServer, Recorded, closed_port};
 pub use weir::{Manifest, Weir, check, weir_bin};

@@ -51,6 +51,7 @@
 //! | `foreign` | `function` (`unknown_fn`) | request headers: `call_foreign_function(function, "args")` → `x-foreign: not-found` (NOT_FOUND), `ok:<result>` or `error:<Status:?>`. |
 //! | `env` | `var` (`WEIR_TEST`) | request headers: `std::env::var(var)` (WASI environ) → `x-env: <value>` or `x-env: <unset>`; `on_configure` logs `env: <var>=<value or <unset>>`. |
 //! | `random` | | request headers: hashes `"weir"` with a fresh `std::hash::RandomState` (keys from WASI `random_get`) and adds `x-random: <16 hex digits>`; Continue. Two VMs give different values unless the host's randomness is constant. |
+//! | `trace` | `tag` (`t`) | for chain tests through a proxy. Request headers: with request header `x-read-log: <tag>` answers locally `200` with body and header `x-trace-log` = shared data `trace.<tag>.log` (Pause). Otherwise: appends `<tag>` to request header `x-order` (comma-separated, set with `set_http_request_header`); copies request headers `x-route-cluster`, `x-route-path`, `x-route-timeout-ms` (when present) to properties `weir.route.cluster`, `weir.route.path`, `weir.route.timeout_ms`; adds `x-trace-<tag>-vm: <16 hex digits, random per VM>`, `x-trace-<tag>-vm-requests: <requests this VM saw>` and `x-trace-<tag>-count: <n>` (CAS increment of shared data `trace.<tag>.count`); Continue. Response headers: appends `<tag>` to response header `x-order`, adds `x-trace-<tag>-status: <:status>`; Continue. `on_log`: appends `response.code` (decimal, or `none`) to shared data `trace.<tag>.log` (comma-separated, CAS loop), except for a stream that read the log. |
 //! | `tcp` | | the root's `get_type` returns StreamContext. `on_new_connection` logs `tcp: source.address=<v>`; `on_downstream_data` logs `tcp: downstream <data> eos=<b>` and prepends `D:` (`set_downstream_data(0,0,..)`); `on_upstream_data` logs `tcp: upstream <data> eos=<b>` and appends `:U` (`set_upstream_data(len,0,..)`); both return Continue; closes log `tcp: downstream close peer=<PeerType:?>` / `tcp: upstream close peer=<..>`. |
 
 use std::cell::Cell;
@@ -165,6 +166,21 @@ fn metric_value(result: Result<u64, Status>) -> String {
     }
 }
 
+/// Replaces shared data `key` by `f(old text)` with a CAS retry loop (max 100 retries); returns
+/// the value written, or `error:<Status:?>`.
+fn cas_update(ctx: &dyn Context, key: &str, f: impl Fn(&str) -> String) -> String {
+    for _ in 0..=100 {
+        let (value, cas) = ctx.get_shared_data(key);
+        let new = f(&text(&value.unwrap_or_default()));
+        match ctx.set_shared_data(key, Some(new.as_bytes()), cas) {
+            Ok(()) => return new,
+            Err(Status::CasMismatch) => continue,
+            Err(s) => return format!("error:{s:?}"),
+        }
+    }
+    "error:CasMismatch".to_string()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Root context
 // ---------------------------------------------------------------------------------------------
@@ -177,6 +193,9 @@ struct Root {
     ticks: u64,
     tick_callout: Option<u32>,
     queue: Option<u32>,
+    /// `trace`: this VM's random identity and the number of requests it saw.
+    vm_tag: u64,
+    vm_requests: Rc<Cell<u64>>,
     /// `delay_done`: `on_done` returned false; the next tick calls `proxy_done`.
     done_pending: bool,
 }
@@ -193,6 +212,8 @@ impl Root {
             tick_callout: None,
             queue: None,
             done_pending: false,
+            vm_tag: 0,
+            vm_requests: Rc::new(Cell::new(0)),
         }
     }
 
@@ -318,6 +339,10 @@ impl RootContext for Root {
                 let value = std::env::var(&var).unwrap_or_else(|_| "<unset>".to_string());
                 info!("env: {var}={value}");
             }
+            "trace" => {
+                self.vm_tag =
+                    std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), "weir-vm");
+            }
             _ => {}
         }
         let reject = config.bool_or("reject", false);
@@ -395,6 +420,9 @@ impl RootContext for Root {
             queue: Cell::new(self.queue),
             props: Vec::new(),
             grpc_messages: Vec::new(),
+            vm_tag: self.vm_tag,
+            vm_requests: self.vm_requests.clone(),
+            log_read: false,
         }))
     }
 
@@ -432,6 +460,11 @@ struct Http {
     props: Vec<(String, String)>,
     /// `grpc` stream mode: messages received so far.
     grpc_messages: Vec<String>,
+    /// `trace`: the root's VM identity and request count.
+    vm_tag: u64,
+    vm_requests: Rc<Cell<u64>>,
+    /// `trace`: this stream read the log (and is not logged itself).
+    log_read: bool,
 }
 
 impl Drop for Http {
@@ -673,6 +706,43 @@ impl Http {
         Action::Continue
     }
 
+    fn request_headers_trace(&mut self) -> Action {
+        let tag = self.config.str_or("tag", "t");
+        if self.get_http_request_header("x-read-log").as_deref() == Some(tag.as_str()) {
+            let (value, _) = self.get_shared_data(&format!("trace.{tag}.log"));
+            let log = text(&value.unwrap_or_default());
+            self.log_read = true;
+            self.send_http_response(200, vec![("x-trace-log", &log)], Some(log.as_bytes()));
+            return Action::Pause;
+        }
+        let order = match self.get_http_request_header("x-order") {
+            Some(o) if !o.is_empty() => format!("{o},{tag}"),
+            _ => tag.clone(),
+        };
+        self.set_http_request_header("x-order", Some(&order));
+        for (header, property) in [
+            ("x-route-cluster", "weir.route.cluster"),
+            ("x-route-path", "weir.route.path"),
+            ("x-route-timeout-ms", "weir.route.timeout_ms"),
+        ] {
+            if let Some(v) = self.get_http_request_header(header) {
+                self.set_property(path_of(property), Some(v.as_bytes()));
+            }
+        }
+        let seen = self.vm_requests.get() + 1;
+        self.vm_requests.set(seen);
+        self.add_http_request_header(
+            &format!("x-trace-{tag}-vm"),
+            &format!("{:016x}", self.vm_tag),
+        );
+        self.add_http_request_header(&format!("x-trace-{tag}-vm-requests"), &seen.to_string());
+        let count = cas_update(&*self, &format!("trace.{tag}.count"), |old| {
+            (old.parse::<u64>().unwrap_or(0) + 1).to_string()
+        });
+        self.add_http_request_header(&format!("x-trace-{tag}-count"), &count);
+        Action::Continue
+    }
+
     fn request_headers_logging(&mut self) -> Action {
         trace!("logging: trace");
         debug!("logging: debug");
@@ -853,6 +923,7 @@ impl HttpContext for Http {
                 Action::Pause
             }
             "foreign" => self.request_headers_foreign(),
+            "trace" => self.request_headers_trace(),
             "random" => {
                 // std's RandomState takes its keys from WASI random_get once per instance.
                 let hash = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), "weir");
@@ -938,6 +1009,19 @@ impl HttpContext for Http {
                 }
                 Action::Continue
             }
+            "trace" => {
+                let tag = self.config.str_or("tag", "t");
+                let order = match self.get_http_response_header("x-order") {
+                    Some(o) if !o.is_empty() => format!("{o},{tag}"),
+                    _ => tag.clone(),
+                };
+                self.set_http_response_header("x-order", Some(&order));
+                let status = self
+                    .get_http_response_header(":status")
+                    .unwrap_or_else(|| "none".to_string());
+                self.add_http_response_header(&format!("x-trace-{tag}-status"), &status);
+                Action::Continue
+            }
             "close_stream" if self.config.str_or("side", "request") == "response" => {
                 self.reset_http_response();
                 Action::Pause
@@ -979,6 +1063,19 @@ impl HttpContext for Http {
 
     fn on_log(&mut self) {
         self.config.enter("on_log", self.id);
+        if self.config.is("trace") && !self.log_read {
+            let code = self
+                .get_property(vec!["response", "code"])
+                .map_or("none".to_string(), |c| le_u64(&c));
+            let key = format!("trace.{}.log", self.config.str_or("tag", "t"));
+            cas_update(&*self, &key, |old| {
+                if old.is_empty() {
+                    code.clone()
+                } else {
+                    format!("{old},{code}")
+                }
+            });
+        }
         if self.config.is("properties") {
             match self.get_property(vec!["response", "code"]) {
                 Some(code) => info!("properties: on_log response.code={}", le_u64(&code)),

@@ -1,0 +1,837 @@
+//! Filter chains in the data path (issue 4): proxy-wasm filters run by the real `weir` process
+//! between real clients and echo upstreams.
+//!
+//! The filters are the conformance guest (`tests/programs/conformance`, behaviour chosen by its
+//! JSON configuration; the `trace` scenario was written for these tests: it stamps its tag on the
+//! request and response `x-order` headers, copies `x-route-*` request headers to the route
+//! decision, counts requests per VM and in shared data, and records each stream's final status
+//! from `on_log` in shared data, read back with `x-read-log: <tag>`) and the built-in stock
+//! filters (`builtin:add-header`, `builtin:local-reply`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use weir_test_artifacts::CONFORMANCE;
+use weir_tests::client::Collected;
+use weir_tests::{
+    ChainManifest, EchoServer, Fault, FaultyServer, FilterDef, H1Client, H2Client, body_empty,
+    collect, within,
+};
+
+use crate::assert_error;
+
+/// A conformance filter named `name` with configuration `json`.
+fn conformance(name: &str, json: &str) -> FilterDef {
+    FilterDef::new(name, CONFORMANCE).config(json)
+}
+
+/// A `trace` filter stamping `tag`.
+fn trace(name: &str, tag: &str) -> FilterDef {
+    conformance(name, &format!(r#"{{"scenario":"trace","tag":"{tag}"}}"#))
+}
+
+/// One listener `main` → cluster `web` (`ep`) running chain `edge` = `filters` (in that order).
+fn one_chain(ep: SocketAddr, filters: Vec<FilterDef>) -> ChainManifest {
+    let names: Vec<String> = filters.iter().map(|f| f.name().to_string()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut m = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[ep])
+        .chain("edge", &names);
+    for f in filters {
+        m = m.filter(f);
+    }
+    m
+}
+
+/// `GET path` with extra request headers, on a fresh HTTP/1.1 connection.
+async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Collected {
+    let mut c = H1Client::connect(addr).await;
+    let mut req = c.request("GET", path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = c
+        .send(req.body(body_empty()).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e:?}"));
+    collect(resp).await
+}
+
+/// The final statuses filter `tag` recorded from `on_log`, once they start with `want` (on_log
+/// runs as the response ends; a read may come just before the last entry lands).
+async fn wait_log(addr: SocketAddr, tag: &str, want: &str) -> String {
+    within(&format!("trace log of {tag} to read {want:?}"), async {
+        loop {
+            let r = get_with(addr, "/", &[("x-read-log", tag)]).await;
+            assert_eq!(r.status, 200, "log read: {r:?}");
+            let log = r.text();
+            if log == want {
+                return log;
+            }
+            assert!(
+                want.starts_with(&log),
+                "on_log recorded {log:?}, expected {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Runs `weir run` on `manifest`, expecting it to fail before `weir: ready`; returns stderr.
+async fn run_fails(manifest: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let child = tokio::process::Command::new(weir_tests::weir_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = within("weir run to exit on a bad filter", child.wait_with_output())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "weir run succeeded; stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        !stdout.contains("weir: ready"),
+        "ready with a bad filter:\n{stdout}"
+    );
+    stderr
+}
+
+// ---------------------------------------------------------------------------------------------
+// Headers, bodies, local replies
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn header_rewrite_both_directions() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![conformance("hdr", r#"{"scenario":"headers"}"#)],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let resp = get_with(
+        addr,
+        "/h?q=1",
+        &[
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("x-replace", "old"),
+            ("x-remove", "gone"),
+            ("x-dup", "one"),
+            ("x-dup", "two"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.header("x-filter"), Some("conformance"));
+    assert_eq!(resp.header("x-status-seen"), Some("200"));
+    let reqs = echo.wait_requests(1).await;
+    let r = &reqs[0];
+    assert_eq!(r.uri.path_and_query().unwrap().as_str(), "/h?q=1");
+    assert_eq!(r.header("x-sum"), Some("12"));
+    assert_eq!(r.header("x-replace"), Some("replaced"));
+    assert_eq!(r.header("x-remove"), None);
+    let dups: Vec<_> = r.headers.get_all("x-dup").iter().collect();
+    assert_eq!(
+        dups,
+        ["one", "two"],
+        "duplicates survive the map round trip"
+    );
+    // The proxy's own request headers still apply around the chain.
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(r.header("x-forwarded-for"), Some("127.0.0.1"));
+}
+
+#[tokio::test]
+async fn header_rewrite_over_h2() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![conformance("hdr", r#"{"scenario":"headers"}"#)],
+    )
+    .start()
+    .await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    let req = c
+        .request("GET", "/h2")
+        .header("x-a", "a")
+        .header("x-b", "b")
+        .body(body_empty())
+        .unwrap();
+    let resp = collect(c.send(req).await.unwrap()).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.header("x-filter"), Some("conformance"));
+    assert_eq!(echo.wait_requests(1).await[0].header("x-sum"), Some("ab"));
+}
+
+#[tokio::test]
+async fn builtin_add_header() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![FilterDef::new("add", "builtin:add-header").config(
+            r#"{"request":{"x-env":"prod"},"response":{"x-served-by":"weir"},"copy":[{"from":":path","to":"x-original-path"}]}"#,
+        )],
+    )
+    .start()
+    .await;
+    let resp = get_with(weir.listener_addr("main"), "/orig?x=1", &[]).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.header("x-served-by"), Some("weir"));
+    let r = &echo.wait_requests(1).await[0];
+    assert_eq!(r.header("x-env"), Some("prod"));
+    assert_eq!(r.header("x-original-path"), Some("/orig?x=1"));
+}
+
+#[tokio::test]
+async fn body_rewrite_both_directions() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![conformance(
+            "body",
+            r#"{"scenario":"body","body_op":"prepend_append"}"#,
+        )],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let mut c = H1Client::connect(addr).await;
+    let resp = c.post("/b", "hello").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    // The request body went up rewritten; the echoed response body came back upper-cased.
+    let r = &echo.wait_requests(1).await[0];
+    assert_eq!(&r.body[..], b"prepend.hello.append");
+    assert_eq!(resp.text(), "PREPEND.HELLO.APPEND");
+
+    // A streamed request body in several chunks is offered cumulatively and rewritten once.
+    let (mut tx, body) = weir_tests::client::body_channel();
+    let req = c.request("POST", "/b2").body(body).unwrap();
+    let send = tokio::spawn(async move {
+        for part in ["he", "ll", "o!"] {
+            tx.send_data(bytes::Bytes::from(part)).await.unwrap();
+        }
+    });
+    let resp = collect(c.send(req).await.unwrap()).await;
+    send.await.unwrap();
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(
+        &echo.wait_requests(2).await[1].body[..],
+        b"prepend.hello!.append"
+    );
+    assert_eq!(resp.text(), "PREPEND.HELLO!.APPEND");
+
+    // Over h2 as well.
+    let mut h2 = H2Client::connect(addr).await;
+    let resp = h2.post("/b3", "abc").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(
+        &echo.wait_requests(3).await[2].body[..],
+        b"prepend.abc.append"
+    );
+    assert_eq!(resp.text(), "PREPEND.ABC.APPEND");
+}
+
+#[tokio::test]
+async fn local_reply_runs_response_phases_and_on_log() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            trace("outer", "a"),
+            conformance("deny", r#"{"scenario":"local_reply","status":418}"#),
+            trace("inner", "c"),
+        ],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let resp = get_with(addr, "/x", &[]).await;
+    assert_eq!(resp.status, 418, "{resp:?}");
+    assert_eq!(resp.text(), "denied");
+    assert_eq!(resp.header("x-denied"), Some("1"));
+    assert_eq!(resp.header("content-type"), Some("text/plain"));
+    // The reply flowed back through the filter that saw the request, not the one after it.
+    assert_eq!(resp.header("x-order"), Some("a"));
+    assert_eq!(resp.header("x-trace-a-status"), Some("418"));
+    assert_eq!(resp.header("x-trace-c-status"), None);
+    // on_log ran for the filter that saw the request, with the final status.
+    assert_eq!(wait_log(addr, "a", "418").await, "418");
+    assert_eq!(
+        echo.requests().len(),
+        0,
+        "a local reply never goes upstream"
+    );
+    // Over h2 too.
+    let mut h2 = H2Client::connect(addr).await;
+    let resp = h2.get("/y").await;
+    assert_eq!(resp.status, 418, "{resp:?}");
+    assert_eq!(resp.text(), "denied");
+    assert_eq!(wait_log(addr, "a", "418,418").await, "418,418");
+    assert_eq!(echo.requests().len(), 0);
+}
+
+#[tokio::test]
+async fn builtin_local_reply_only_when_asked() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![FilterDef::new("lr", "builtin:local-reply").config(
+            r#"{"status":403,"body":"no\n","headers":{"x-denied-by":"weir"},"when_header":"x-deny"}"#,
+        )],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let resp = get_with(addr, "/a", &[("x-deny", "1")]).await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(resp.text(), "no\n");
+    assert_eq!(resp.header("x-denied-by"), Some("weir"));
+    let resp = get_with(addr, "/b", &[]).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let reqs = echo.wait_requests(1).await;
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].uri.path(), "/b");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Callouts
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn pause_callout_resume() {
+    let echo = EchoServer::start().await;
+    let auth = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[auth.addr])
+        .chain("edge", &["check", "after"])
+        .filter(conformance(
+            "check",
+            r#"{"scenario":"callout","upstream":"auth"}"#,
+        ))
+        .filter(trace("after", "b"))
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let resp = get_with(addr, "/private", &[("x-token", "t-1")]).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let call = &auth.wait_requests(1).await[0];
+    assert_eq!(call.uri.path(), "/check");
+    assert_eq!(call.header("x-token"), Some("t-1"));
+    assert_eq!(&call.body[..], b"check");
+    let r = &echo.wait_requests(1).await[0];
+    assert_eq!(r.uri.path(), "/private");
+    assert_eq!(r.header("x-auth"), Some("ok"));
+    assert_eq!(r.header("x-auth-body"), Some("check"));
+    // The next filter ran after the resume, on the request as the callout left it.
+    assert_eq!(r.header("x-order"), Some("b"));
+
+    // Several paused streams at once on one worker each get their own answer.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let tok = format!("t{i}");
+            get_with(addr, &format!("/p{i}"), &[("x-token", tok.as_str())]).await
+        }));
+    }
+    for t in tasks {
+        let resp = t.await.unwrap();
+        assert_eq!(resp.status, 200, "{resp:?}");
+    }
+    let reqs = echo.wait_requests(9).await;
+    for r in &reqs {
+        assert_eq!(r.header("x-auth"), Some("ok"), "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn pause_callout_deny() {
+    let echo = EchoServer::start().await;
+    let auth = FaultyServer::start(Fault::Respond(
+        b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope",
+    ))
+    .await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[auth.addr])
+        .chain("edge", &["before", "check"])
+        .filter(trace("before", "a"))
+        .filter(conformance(
+            "check",
+            r#"{"scenario":"callout","upstream":"auth"}"#,
+        ))
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let resp = get_with(addr, "/private", &[("x-token", "bad")]).await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(resp.text(), "forbidden");
+    assert_eq!(resp.header("x-auth"), Some("denied"));
+    assert_eq!(resp.header("x-auth-status"), Some("401"));
+    // The denial flowed back through the earlier filter, and on_log saw it.
+    assert_eq!(resp.header("x-order"), Some("a"));
+    assert_eq!(wait_log(addr, "a", "403").await, "403");
+    assert_eq!(auth.wait_heads(1).await.len(), 1);
+    assert_eq!(
+        echo.requests().len(),
+        0,
+        "a denied request never goes upstream"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Route decision, order, on_log, properties
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn route_decision_picks_cluster_path_and_timeout() {
+    let v1 = EchoServer::start().await;
+    let v2 = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[v1.addr])
+        .cluster("v2", &[v2.addr])
+        .chain("edge", &["router"])
+        .filter(trace("router", "r"))
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+
+    let resp = get_with(addr, "/to-v2", &[("x-route-cluster", "v2")]).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(
+        resp.header("x-upstream"),
+        Some(v2.addr.to_string().as_str())
+    );
+    assert_eq!(v2.wait_requests(1).await[0].uri.path(), "/to-v2");
+
+    let resp = get_with(addr, "/default", &[]).await;
+    assert_eq!(
+        resp.header("x-upstream"),
+        Some(v1.addr.to_string().as_str())
+    );
+    assert_eq!(v1.wait_requests(1).await[0].uri.path(), "/default");
+
+    // weir.route.path replaces the upstream request target.
+    let resp = get_with(
+        addr,
+        "/old?a=1",
+        &[("x-route-cluster", "v2"), ("x-route-path", "/new/path?b=2")],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let r = &v2.wait_requests(2).await[1];
+    assert_eq!(r.uri.path_and_query().unwrap().as_str(), "/new/path?b=2");
+
+    // A cluster the manifest does not have is an error, not a crash.
+    let resp = get_with(addr, "/nowhere", &[("x-route-cluster", "nope")]).await;
+    assert_error(&resp, 503, "unknown_cluster");
+
+    // weir.route.timeout_ms replaces the cluster's response timeout.
+    let resp = get_with(addr, "/hold", &[("x-route-timeout-ms", "200")]).await;
+    assert_error(&resp, 504, "upstream_response_timeout");
+    v1.release(1);
+}
+
+#[tokio::test]
+async fn chain_order_request_forward_response_reversed() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            trace("first", "a"),
+            trace("second", "b"),
+            trace("third", "c"),
+        ],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let resp = get_with(addr, "/o", &[]).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(
+        echo.wait_requests(1).await[0].header("x-order"),
+        Some("a,b,c")
+    );
+    assert_eq!(resp.header("x-order"), Some("c,b,a"));
+    // Over h2 the same.
+    let mut h2 = H2Client::connect(addr).await;
+    let resp = h2.get("/o2").await;
+    assert_eq!(
+        echo.wait_requests(2).await[1].header("x-order"),
+        Some("a,b,c")
+    );
+    assert_eq!(resp.header("x-order"), Some("c,b,a"));
+}
+
+#[tokio::test]
+async fn on_log_sees_the_final_status() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(echo.addr, vec![trace("t", "t")]).start().await;
+    let addr = weir.listener_addr("main");
+    let mut c = H1Client::connect(addr).await;
+    assert_eq!(c.get("/status/201").await.status, 201);
+    assert_eq!(wait_log(addr, "t", "201").await, "201");
+    assert_eq!(c.get("/status/404").await.status, 404);
+    assert_eq!(wait_log(addr, "t", "201,404").await, "201,404");
+    // A proxy error (the upstream is gone) is the final status too.
+    drop(echo);
+    let resp = c.get("/gone").await;
+    assert_eq!(resp.status, 503, "{resp:?}");
+    assert_eq!(wait_log(addr, "t", "201,404,503").await, "201,404,503");
+}
+
+#[tokio::test]
+async fn properties_request_path_source_address_plugin_name() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![conformance(
+            "props",
+            r#"{"scenario":"properties","cluster":"web"}"#,
+        )],
+    )
+    .start()
+    .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let resp = c.get("/p/a?b=c").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.header("x-prop-request.path"), Some("/p/a?b=c"));
+    assert_eq!(resp.header("x-prop-request.method"), Some("GET"));
+    let local = c.local.to_string();
+    assert_eq!(
+        resp.header("x-prop-source.address"),
+        Some(local.as_str()),
+        "source.address is the client's ip:port"
+    );
+    let port = c.local.port().to_string();
+    assert_eq!(resp.header("x-prop-source.port"), Some(port.as_str()));
+    assert_eq!(resp.header("x-prop-plugin_name"), Some("props"));
+    assert_eq!(resp.header("x-prop-connection.mtls"), Some("false"));
+    assert_eq!(resp.header("x-prop-weir.route.cluster"), Some("web"));
+    assert_eq!(resp.header("x-prop-response.code"), Some("200"));
+}
+
+#[tokio::test]
+async fn shared_data_is_visible_across_workers() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(echo.addr, vec![trace("count", "s")])
+        .workers(2)
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let mut vms = HashSet::new();
+    let mut n = 0;
+    // Separate connections until both workers' VMs have served (SO_REUSEPORT spreads them);
+    // the shared counter must count every request once, whichever worker served it.
+    while vms.len() < 2 || n < 8 {
+        assert!(n < 200, "200 connections all went to one worker: {vms:?}");
+        let resp = get_with(addr, &format!("/s{n}"), &[]).await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        n += 1;
+        let r = &echo.wait_requests(n).await[n - 1];
+        vms.insert(r.header("x-trace-s-vm").unwrap().to_string());
+        assert_eq!(
+            r.header("x-trace-s-count"),
+            Some(n.to_string().as_str()),
+            "request {n} (served by VM {:?}) sees the shared counter of both workers",
+            r.header("x-trace-s-vm")
+        );
+    }
+    // Both VMs' own counts add up to the shared one.
+    let reqs = echo.requests();
+    let mut last = std::collections::HashMap::new();
+    for r in &reqs {
+        let vm = r.header("x-trace-s-vm").unwrap();
+        let seen: usize = r.header("x-trace-s-vm-requests").unwrap().parse().unwrap();
+        last.insert(vm.to_string(), seen);
+    }
+    assert_eq!(last.len(), 2);
+    assert_eq!(last.values().sum::<usize>(), n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn fail_open_skips_a_trapping_filter() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            conformance(
+                "trap",
+                r#"{"scenario":"none","panic_in":"on_request_headers"}"#,
+            )
+            .failure_policy("fail_open"),
+            trace("after", "a"),
+        ],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let mut c = H1Client::connect(addr).await;
+    for i in 0..3 {
+        let resp = c.get(&format!("/f{i}")).await;
+        assert_eq!(resp.status, 200, "request {i}: {resp:?}");
+        assert_eq!(resp.header("x-order"), Some("a"));
+    }
+    let reqs = echo.wait_requests(3).await;
+    assert!(reqs.iter().all(|r| r.header("x-order") == Some("a")));
+}
+
+#[tokio::test]
+async fn fail_closed_answers_503_filter_failed() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            trace("before", "a"),
+            conformance(
+                "trap",
+                r#"{"scenario":"none","panic_in":"on_request_headers"}"#,
+            )
+            .failure_policy("fail_closed"),
+        ],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let resp = get_with(addr, "/c", &[]).await;
+    assert_error(&resp, 503, "filter_failed");
+    // The failure answer still runs the response phases and on_log of the filter before it.
+    assert_eq!(resp.header("x-order"), Some("a"));
+    assert_eq!(wait_log(addr, "a", "503").await, "503");
+    // Later requests stay closed (the VM is down), and the process keeps serving.
+    let resp = get_with(addr, "/c2", &[]).await;
+    assert_eq!(resp.status, 503, "{resp:?}");
+    assert!(
+        matches!(
+            resp.header("x-weir-error"),
+            Some("filter_failed" | "filter_unavailable")
+        ),
+        "{resp:?}"
+    );
+    assert_eq!(echo.requests().len(), 0);
+}
+
+#[tokio::test]
+async fn close_stream_resets_the_stream() {
+    let echo = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("req", "web", Some("req"))
+        .listener("resp", "web", Some("resp"))
+        .cluster("web", &[echo.addr])
+        .chain("req", &["close_req"])
+        .chain("resp", &["close_resp"])
+        .filter(conformance(
+            "close_req",
+            r#"{"scenario":"close_stream","side":"request"}"#,
+        ))
+        .filter(conformance(
+            "close_resp",
+            r#"{"scenario":"close_stream","side":"response"}"#,
+        ))
+        .start()
+        .await;
+    for listener in ["req", "resp"] {
+        let addr = weir.listener_addr(listener);
+        // HTTP/1.1: the connection closes without a response.
+        let mut c = H1Client::connect(addr).await;
+        let req = c.request("GET", "/r").body(body_empty()).unwrap();
+        let got = c.send(req).await;
+        assert!(got.is_err(), "{listener}: h1 got a response: {got:?}");
+        // HTTP/2: the stream is reset; the connection keeps serving other streams.
+        let mut h2 = H2Client::connect(addr).await;
+        let req = h2.request("GET", "/r2").body(body_empty()).unwrap();
+        let got = h2.send(req).await;
+        assert!(got.is_err(), "{listener}: h2 got a response: {got:?}");
+    }
+    // Only the response-side resets reached the upstream.
+    let reqs = echo.wait_requests(2).await;
+    assert!(reqs.iter().all(|r| r.uri.path().starts_with("/r")));
+    assert_eq!(echo.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn trap_storm_leaves_other_listeners_and_chains_at_zero_errors() {
+    let echo = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .workers(2)
+        .listener("storm", "web", Some("storm"))
+        .listener("calm", "web", Some("calm"))
+        .listener("plain", "web", None)
+        .cluster("web", &[echo.addr])
+        .chain("storm", &["trap", "stamp"])
+        .chain("calm", &["hdr", "stamp2"])
+        .filter(
+            conformance(
+                "trap",
+                r#"{"scenario":"none","panic_in":"on_request_headers"}"#,
+            )
+            .failure_policy("reload"),
+        )
+        .filter(trace("stamp", "s"))
+        .filter(conformance("hdr", r#"{"scenario":"headers"}"#))
+        .filter(trace("stamp2", "c"))
+        .start()
+        .await;
+    let (storm, calm, plain) = (
+        weir.listener_addr("storm"),
+        weir.listener_addr("calm"),
+        weir.listener_addr("plain"),
+    );
+    const CONNS: usize = 4;
+    const PER_CONN: usize = 25;
+    let mut storms = Vec::new();
+    let mut others = Vec::new();
+    for i in 0..CONNS {
+        storms.push(tokio::spawn(async move {
+            let mut n503 = 0;
+            for j in 0..PER_CONN {
+                let mut c = H1Client::connect(storm).await;
+                let resp = c.get(&format!("/storm/{i}/{j}")).await;
+                assert_eq!(resp.status, 503, "storm {i}/{j}: {resp:?}");
+                assert!(
+                    matches!(
+                        resp.header("x-weir-error"),
+                        Some("filter_failed" | "filter_unavailable")
+                    ),
+                    "{resp:?}"
+                );
+                n503 += 1;
+            }
+            n503
+        }));
+        for (addr, chained) in [(calm, true), (plain, false)] {
+            others.push(tokio::spawn(async move {
+                let mut c = H1Client::connect(addr).await;
+                for j in 0..PER_CONN {
+                    let resp = c.get(&format!("/ok/{i}/{j}")).await;
+                    assert_eq!(resp.status, 200, "{addr} {i}/{j}: {resp:?}");
+                    if chained {
+                        assert_eq!(resp.header("x-filter"), Some("conformance"));
+                        assert_eq!(resp.header("x-order"), Some("c"));
+                    }
+                }
+            }));
+        }
+    }
+    for t in others {
+        t.await.unwrap();
+    }
+    let mut failed = 0;
+    for t in storms {
+        failed += t.await.unwrap();
+    }
+    assert_eq!(failed, CONNS * PER_CONN);
+    // Every request of the healthy listeners reached the upstream; none of the storm's did.
+    let reqs = echo.wait_requests(2 * CONNS * PER_CONN).await;
+    assert!(reqs.iter().all(|r| r.uri.path().starts_with("/ok/")));
+    // And after the storm, the healthy chain still answers on both workers' connections.
+    for k in 0..4 {
+        let resp = get_with(calm, &format!("/after/{k}"), &[]).await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up: a filter that cannot start stops `weir run`, naming it
+// ---------------------------------------------------------------------------------------------
+
+fn bad_filter_manifest(filter: FilterDef) -> String {
+    ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &["127.0.0.1:9".parse().unwrap()])
+        .chain("edge", &["good", "broken"])
+        .filter(conformance("good", r#"{"scenario":"none"}"#))
+        .filter(filter)
+        .yaml()
+}
+
+#[tokio::test]
+async fn a_filter_that_fails_to_configure_stops_weir_run() {
+    let stderr = run_fails(&bad_filter_manifest(conformance(
+        "broken",
+        r#"{"scenario":"none","reject":true}"#,
+    )))
+    .await;
+    assert!(stderr.contains("filters.broken"), "stderr:\n{stderr}");
+    assert!(!stderr.contains("filters.good"), "stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn a_filter_that_fails_vm_start_stops_weir_run() {
+    let stderr = run_fails(&bad_filter_manifest(
+        conformance("broken", r#"{"scenario":"none"}"#).vm_config(r#"{"reject_vm_start":true}"#),
+    ))
+    .await;
+    assert!(stderr.contains("filters.broken"), "stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn a_filter_that_traps_while_configuring_stops_weir_run() {
+    let stderr = run_fails(&bad_filter_manifest(conformance(
+        "broken",
+        r#"{"scenario":"none","panic_in":"on_configure"}"#,
+    )))
+    .await;
+    assert!(stderr.contains("filters.broken"), "stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn a_module_that_does_not_compile_stops_weir_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garbage.wasm");
+    std::fs::write(&path, b"\0asm\x01\0\0\0this is not a module").unwrap();
+    let stderr = run_fails(&bad_filter_manifest(FilterDef::new(
+        "broken",
+        path.to_str().unwrap(),
+    )))
+    .await;
+    assert!(
+        stderr.contains("filters.broken.module"),
+        "stderr:\n{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_builtin_stops_weir_run() {
+    let stderr = run_fails(&bad_filter_manifest(FilterDef::new(
+        "broken",
+        "builtin:no-such-filter",
+    )))
+    .await;
+    assert!(
+        stderr.contains("filters.broken.module"),
+        "stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("no-such-filter"), "stderr:\n{stderr}");
+}
+
+#[test]
+fn chain_manifests_pass_check() {
+    let m = bad_filter_manifest(conformance("broken", r#"{"scenario":"trace"}"#));
+    let out = weir_tests::check(&m);
+    assert!(out.status.success(), "{m}\nstderr:\n{}", out.stderr);
+}
