@@ -81,13 +81,13 @@ pub enum HarnessError {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: LoadError,
+        source: Box<LoadError>,
     },
     /// The start sequence failed (`on_vm_start` / `on_configure` returned false, or trapped).
     #[error("the filter did not start: {source}{}", log_tail(.logs))]
     Start {
         /// Why.
-        source: StartError,
+        source: Box<StartError>,
         /// What the filter logged while starting (e.g. why its configuration was rejected).
         logs: Vec<LogLine>,
     },
@@ -97,7 +97,7 @@ impl HarnessError {
     /// The start failure, when the filter loaded but did not start.
     pub fn start_error(&self) -> Option<&StartError> {
         match self {
-            Self::Start { source, .. } => Some(source),
+            Self::Start { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }
@@ -278,7 +278,7 @@ impl FilterBuilder {
                 })),
             }),
             Err(source) => Err(HarnessError::Start {
-                source,
+                source: Box::new(source),
                 logs: logs_of(&self.handle),
             }),
         }
@@ -343,7 +343,7 @@ impl Filter {
             .compile(&wasm)
             .map_err(|source| HarnessError::Load {
                 path: path.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let name = path
             .file_stem()
