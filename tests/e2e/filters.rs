@@ -835,3 +835,74 @@ fn chain_manifests_pass_check() {
     let out = weir_tests::check(&m);
     assert!(out.status.success(), "{m}\nstderr:\n{}", out.stderr);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Framing of rewritten bodies
+// ---------------------------------------------------------------------------------------------
+
+/// A body filter that forgets to drop `content-length` (the proxy-wasm SDK leaves it to the
+/// filter) must not make weir frame the rewritten body with the stale length: the upstream would
+/// read a truncated body and take the rest as the next request on a pooled connection.
+#[tokio::test]
+async fn a_request_body_rewrite_keeping_content_length_is_framed_by_its_new_length() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![conformance(
+            "body",
+            r#"{"scenario":"body","body_op":"prepend_append","keep_content_length":true}"#,
+        )],
+    )
+    .start()
+    .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let resp = c.post("/k", "hello").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let r = &echo.wait_requests(1).await[0];
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "prepend.hello.append",
+        "the upstream must get the whole rewritten body (sent content-length: {:?})",
+        r.header("content-length")
+    );
+    // The pooled upstream connection is still in sync for the next request.
+    let resp = c.get("/next").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let reqs = echo.wait_requests(2).await;
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[1].uri.path(), "/next");
+}
+
+/// The same on the response side: the client must get the rewritten body, framed by its length.
+#[tokio::test]
+async fn a_response_body_rewrite_keeping_content_length_is_framed_by_its_new_length() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![conformance(
+            "body",
+            r#"{"scenario":"body","keep_content_length":true,"response_op":"append"}"#,
+        )],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let mut c = H1Client::connect(addr).await;
+    let req = c.request("GET", "/status/200").body(body_empty()).unwrap();
+    let resp = c.send(req).await.expect("response head");
+    let upstream_len = resp
+        .headers()
+        .get("content-length")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = within("rewritten response body", http_body_util::BodyExt::collect(resp.into_body()))
+        .await
+        .map(|b| b.to_bytes());
+    let body = body.unwrap_or_else(|e| {
+        panic!("the rewritten response body failed ({e:?}); content-length sent: {upstream_len:?}")
+    });
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.ends_with(".append"),
+        "client got {text:?} with content-length {upstream_len:?}"
+    );
+}

@@ -35,7 +35,7 @@
 //! |---|---|---|
 //! | `none` | | lifecycle log only; every callback returns Continue |
 //! | `headers` | | request headers: reads `x-a` and `x-b` (missing = empty); adds `x-num-headers: <num_headers argument>`; adds `x-sum: <a><b>`; replaces `x-replace` with `replaced` (`set_http_request_header`); removes `x-remove`; then `get_http_request_headers` → `set_http_request_headers` with the identical list (order, duplicates and values must survive the round trip). Response headers: adds `x-filter: conformance` and `x-status-seen: <:status>`. Both return Continue. |
-//! | `body` | `body_op`: `prepend`, `append`, `prepend_append`, `replace`, `partial`, `remove` (`replace`) | request headers: removes `content-length`. Request body: returns Pause until `end_of_stream`, logs `body: request chunk size=<n> eos=<b>` each time; at the end reads the whole body (`body: request body=<text>`) and edits it: `prepend` → `set(0,0,"prepend.")`; `append` → `set(len,0,".append")`; `prepend_append` → both (Envoy's `prepend.hello.append`); `replace` → `set(0,len,"replace")`; `partial` → `set(0,1,"partial.replace.")` (`hello` → `partial.replace.ello`); `remove` → `set(0,len,"")`. Response headers: removes `content-length`. Response body: Pause until `end_of_stream`, then replaces the whole body by its ASCII upper-case (`set(0,len,UPPER)`). |
+//! | `body` | `body_op`: `prepend`, `append`, `prepend_append`, `replace`, `partial`, `remove` (`replace`); `keep_content_length` (false); `response_op`: `upper`, `append` (`upper`) | request headers: removes `content-length`. Request body: returns Pause until `end_of_stream`, logs `body: request chunk size=<n> eos=<b>` each time; at the end reads the whole body (`body: request body=<text>`) and edits it: `prepend` → `set(0,0,"prepend.")`; `append` → `set(len,0,".append")`; `prepend_append` → both (Envoy's `prepend.hello.append`); `replace` → `set(0,len,"replace")`; `partial` → `set(0,1,"partial.replace.")` (`hello` → `partial.replace.ello`); `remove` → `set(0,len,"")`. Response headers: removes `content-length`. Response body: Pause until `end_of_stream`, then replaces the whole body by its ASCII upper-case (`set(0,len,UPPER)`), or with `response_op: append` appends `.append` (`set(len,0,".append")`). With `keep_content_length: true` neither `content-length` is removed (a filter that forgets to: the proxy must still frame the rewritten body correctly). |
 //! | `trailers` | | request trailers: reads `x-trailer-in`, adds `x-trailer-seen: <value or "none">`, logs `trailers: request trailers=<n>`. Response body at `end_of_stream`: adds response trailer `x-response-trailer: added` (Envoy allows adding trailers at end of stream when there are none). Response trailers: adds `x-filter-trailer: conformance`. |
 //! | `local_reply` | `grpc` (false), `status` (403) | request headers: `send_http_response(status, [("x-denied","1")], "denied")` and Pause; with `grpc: true`: `send_grpc_response(PermissionDenied (7), "denied", [("x-denied","1")])`. Response headers (the local reply flowing back through the filter) log `local_reply: response status=<:status>`. |
 //! | `properties` | `cluster` (`v2`) | request headers: `get_property` of `request.path`, `request.method`, `source.address`, `plugin_name`, `plugin_root_id`, `plugin_vm_id`, `xds.node.id`, `node.id` (strings, raw), `source.port` (int, 8-byte LE), `connection.mtls` (bool, 1 byte); logs `properties: <name>=<value>` or `properties: <name> not found`; `set_property(["weir","route","cluster"], cluster)` then reads it back as `weir.route.cluster`. Response headers: adds `x-prop-<name>: <value>` for every property found (ints in decimal, bools `true`/`false`, a wrong length as `bad-length-<n>`) and `x-prop-response.code: <int>`. `on_log`: logs `properties: on_log response.code=<int>`. `on_configure` logs `properties: root <name>=<value>` for the three `plugin_*` properties. |
@@ -895,7 +895,9 @@ impl HttpContext for Http {
         match self.config.scenario.as_str() {
             "headers" => self.request_headers_headers(num_headers),
             "body" => {
-                self.remove_http_request_header("content-length");
+                if !self.config.bool_or("keep_content_length", false) {
+                    self.remove_http_request_header("content-length");
+                }
                 Action::Continue
             }
             "local_reply" => {
@@ -990,7 +992,9 @@ impl HttpContext for Http {
                 Action::Continue
             }
             "body" => {
-                self.remove_http_response_header("content-length");
+                if !self.config.bool_or("keep_content_length", false) {
+                    self.remove_http_response_header("content-length");
+                }
                 Action::Continue
             }
             "local_reply" => {
@@ -1040,7 +1044,11 @@ impl HttpContext for Http {
                 let body = self
                     .get_http_response_body(0, body_size)
                     .unwrap_or_default();
-                self.set_http_response_body(0, body_size, &body.to_ascii_uppercase());
+                if self.config.str_or("response_op", "upper") == "append" {
+                    self.set_http_response_body(body_size, 0, b".append");
+                } else {
+                    self.set_http_response_body(0, body_size, &body.to_ascii_uppercase());
+                }
                 Action::Continue
             }
             "trailers" => {
