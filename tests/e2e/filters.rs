@@ -894,9 +894,12 @@ async fn a_response_body_rewrite_keeping_content_length_is_framed_by_its_new_len
         .headers()
         .get("content-length")
         .map(|v| v.to_str().unwrap().to_string());
-    let body = within("rewritten response body", http_body_util::BodyExt::collect(resp.into_body()))
-        .await
-        .map(|b| b.to_bytes());
+    let body = within(
+        "rewritten response body",
+        http_body_util::BodyExt::collect(resp.into_body()),
+    )
+    .await
+    .map(|b| b.to_bytes());
     let body = body.unwrap_or_else(|e| {
         panic!("the rewritten response body failed ({e:?}); content-length sent: {upstream_len:?}")
     });
@@ -905,4 +908,274 @@ async fn a_response_body_rewrite_keeping_content_length_is_framed_by_its_new_len
         text.ends_with(".append"),
         "client got {text:?} with content-length {upstream_len:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trailers, gRPC, request bodies around pauses and local replies
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `POST path` over h2 with body `payload` and request trailer `x-trailer-in: v1`.
+async fn post_with_trailers(c: &mut H2Client, path: &str) -> Collected {
+    let (mut tx, body) = weir_tests::client::body_channel();
+    let req = c
+        .request("POST", path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let send = tokio::spawn(async move {
+        tx.send_data(bytes::Bytes::from_static(b"payload"))
+            .await
+            .unwrap();
+        let mut t = http::HeaderMap::new();
+        t.insert("x-trailer-in", http::HeaderValue::from_static("v1"));
+        tx.send_trailers(t).await.unwrap();
+    });
+    let r = collect(c.send(req).await.expect("response")).await;
+    send.await.unwrap();
+    r
+}
+
+/// gRPC through a chain of filters that do not touch trailers: trailers pass both ways.
+#[tokio::test]
+async fn grpc_trailers_pass_through_a_chain() {
+    let up = EchoServer::start_h2().await;
+    let weir = one_chain(up.addr, vec![trace("t", "t")]);
+    let weir = weir.yaml().replace(
+        &format!("endpoints: [{}]", up.addr),
+        &format!("endpoints: [{}]\n    protocol: http2", up.addr),
+    );
+    let weir = weir_tests::Weir::start(&weir).await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    let r = post_with_trailers(&mut c, "/weir.test.Echo/Say").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "payload");
+    let t = r
+        .trailers
+        .as_ref()
+        .expect("grpc-status trailers reach the client");
+    assert_eq!(t.get("grpc-status").unwrap(), "0");
+    let seen = &up.wait_requests(1).await[0];
+    assert_eq!(
+        seen.trailers.as_ref().expect("request trailers")["x-trailer-in"],
+        "v1"
+    );
+    assert_eq!(seen.header("x-order"), Some("t"));
+}
+
+/// The trailer phases: `on_request_trailers` / `on_response_trailers` run and their edits apply
+/// (the conformance `trailers` scenario).
+#[tokio::test]
+async fn trailer_phases_run_and_edit_trailers() {
+    let up = EchoServer::start_h2().await;
+    let weir = one_chain(
+        up.addr,
+        vec![conformance("tr", r#"{"scenario":"trailers"}"#)],
+    );
+    let weir = weir.yaml().replace(
+        &format!("endpoints: [{}]", up.addr),
+        &format!("endpoints: [{}]\n    protocol: http2", up.addr),
+    );
+    let weir = weir_tests::Weir::start(&weir).await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    let r = post_with_trailers(&mut c, "/trailers").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = &up.wait_requests(1).await[0];
+    let t = seen.trailers.as_ref().expect("request trailers");
+    assert_eq!(
+        t.get("x-trailer-seen").map(|v| v.to_str().unwrap()),
+        Some("v1"),
+        "on_request_trailers added x-trailer-seen: {t:?}"
+    );
+    let t = r.trailers.as_ref().expect("response trailers");
+    assert_eq!(
+        t.get("x-filter-trailer").map(|v| v.to_str().unwrap()),
+        Some("conformance"),
+        "on_response_trailers added x-filter-trailer: {t:?}"
+    );
+}
+
+/// A request body waits while a filter is paused on a callout, then goes up whole.
+#[tokio::test]
+async fn request_body_waits_for_a_callout() {
+    let echo = EchoServer::start().await;
+    let auth = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[auth.addr])
+        .chain("edge", &["check"])
+        .filter(conformance("check", r#"{"scenario":"callout"}"#))
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let body = crate::pattern(200 * 1024);
+    let mut c = H1Client::connect(addr).await;
+    let resp = c.post("/upload", body.clone()).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.body.len(), body.len());
+    assert!(resp.body == body, "echoed body differs");
+    let r = &echo.wait_requests(1).await[0];
+    assert_eq!(r.header("x-auth"), Some("ok"));
+    assert!(r.body == body, "upstream body differs");
+    // Over h2 too.
+    let mut h2 = H2Client::connect(addr).await;
+    let resp = h2.post("/upload2", body.clone()).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert!(resp.body == body);
+}
+
+/// A local reply to a request whose body was never read leaves the client connection usable
+/// (or closed), never out of sync.
+#[tokio::test]
+async fn local_reply_with_an_unread_request_body_keeps_the_connection_in_sync() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            FilterDef::new("lr", "builtin:local-reply")
+                .config(r#"{"status":403,"body":"no","when_header":"x-deny"}"#),
+        ],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let mut c = H1Client::connect(addr).await;
+    let req = c
+        .request("POST", "/big")
+        .header("x-deny", "1")
+        .body(weir_tests::body_full(crate::pattern(256 * 1024)))
+        .unwrap();
+    let resp = collect(c.send(req).await.expect("local reply")).await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    // The next request, on this connection if it stayed open, else on a new one.
+    let resp = if c.is_closed() {
+        get_with(addr, "/after", &[]).await
+    } else {
+        match c
+            .send(c.request("GET", "/after").body(body_empty()).unwrap())
+            .await
+        {
+            Ok(r) => collect(r).await,
+            Err(_) => get_with(addr, "/after", &[]).await,
+        }
+    };
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let reqs = echo.wait_requests(1).await;
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].uri.path(), "/after");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Callouts: timeouts, abandoned streams, many streams on one h2 connection
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_callout_that_times_out_is_denied() {
+    let echo = EchoServer::start().await;
+    let auth = FaultyServer::start(Fault::Silent).await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[auth.addr])
+        .chain("edge", &["check"])
+        .filter(conformance(
+            "check",
+            r#"{"scenario":"callout","timeout_ms":200}"#,
+        ))
+        .start()
+        .await;
+    let resp = get_with(weir.listener_addr("main"), "/t", &[]).await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(resp.header("x-auth-status"), Some("504"));
+    assert_eq!(echo.requests().len(), 0);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_paused_does_not_break_the_filter() {
+    let echo = EchoServer::start().await;
+    let auth = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[auth.addr])
+        .chain("edge", &["t", "check"])
+        .filter(conformance(
+            "check",
+            r#"{"scenario":"callout","path":"/hold"}"#,
+        ))
+        .filter(trace("t", "t"))
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    // A client sends, weir pauses on the callout (held by the auth upstream), the client leaves.
+    let leaver = tokio::spawn(async move { get_with(addr, "/leave", &[]).await });
+    auth.wait_requests(1).await;
+    leaver.abort();
+    let _ = leaver.await;
+    // on_log ran for the abandoned stream (no response: no status).
+    assert_eq!(wait_log(addr, "t", "none").await, "none");
+    // The callout answer arrives for a stream that is gone; the filter keeps working.
+    auth.release(1);
+    auth.wait_in_flight(0).await;
+    auth.release(3);
+    for i in 0..3 {
+        let resp = get_with(addr, &format!("/stay{i}"), &[]).await;
+        assert_eq!(
+            resp.status, 200,
+            "request {i} after the abandoned one: {resp:?}"
+        );
+    }
+    let reqs = echo.wait_requests(3).await;
+    assert!(reqs.iter().all(|r| r.uri.path().starts_with("/stay")));
+    assert!(!weir.stderr().contains("panic"), "{}", weir.stderr());
+}
+
+#[tokio::test]
+async fn many_paused_streams_on_one_h2_connection() {
+    let echo = EchoServer::start().await;
+    let auth = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[auth.addr])
+        .chain("edge", &["check"])
+        .filter(conformance("check", r#"{"scenario":"callout"}"#))
+        .start()
+        .await;
+    let c = H2Client::connect(weir.listener_addr("main")).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = c
+                .request("GET", &format!("/m{i}"))
+                .header("x-token", format!("tok{i}"))
+                .body(body_empty())
+                .unwrap();
+            collect(c.send(req).await.expect("response")).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let reqs = echo.wait_requests(20).await;
+    let calls = auth.wait_requests(20).await;
+    // Every upstream request carries the answer to its own callout.
+    let tokens: HashSet<_> = calls
+        .iter()
+        .map(|r| r.header("x-token").unwrap().to_string())
+        .collect();
+    assert_eq!(tokens.len(), 20);
+    assert!(reqs.iter().all(|r| r.header("x-auth") == Some("ok")));
+}
+
+#[tokio::test]
+async fn a_filter_over_its_memory_limit_stops_weir_run() {
+    let stderr = run_fails(&bad_filter_manifest(
+        conformance("broken", r#"{"scenario":"none"}"#).memory("64KiB"),
+    ))
+    .await;
+    assert!(stderr.contains("filters.broken"), "stderr:\n{stderr}");
 }
