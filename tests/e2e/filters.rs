@@ -1179,3 +1179,125 @@ async fn a_filter_over_its_memory_limit_stops_weir_run() {
     .await;
     assert!(stderr.contains("filters.broken"), "stderr:\n{stderr}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// What a chain must not let through or get wrong
+// ---------------------------------------------------------------------------------------------
+
+/// A WebSocket upgrade is an HTTP request like any other for the chain (Envoy runs the HTTP
+/// filters on upgrade requests): adding `Upgrade: websocket` must not skip an auth chain.
+#[tokio::test]
+async fn an_upgrade_request_runs_the_chain() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            FilterDef::new("deny", "builtin:local-reply")
+                .config(r#"{"status":403,"body":"denied"}"#),
+        ],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    assert_eq!(get_with(addr, "/plain", &[]).await.status, 403);
+    let mut c = weir_tests::RawClient::connect(addr).await;
+    c.write(
+        b"GET /chat HTTP/1.1\r\nHost: weir.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let r = c.read_response().await;
+    assert_eq!(
+        r.status, 403,
+        "an upgrade request bypassed the deny-all chain: {}",
+        r.head
+    );
+    assert_eq!(echo.requests().len(), 0, "{:?}", echo.requests());
+}
+
+/// A filter that buffers a request body past the per-stream limit (1 MiB) gets a 413, as Envoy
+/// answers a request buffer overflow; the upstream gets no truncated body.
+#[tokio::test]
+async fn a_request_body_buffered_past_the_limit_is_413() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![conformance(
+            "body",
+            r#"{"scenario":"body","body_op":"append"}"#,
+        )],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let mut c = H1Client::connect(addr).await;
+    let (mut tx, body) = weir_tests::client::body_channel();
+    let req = c.request("POST", "/huge").body(body).unwrap();
+    let feed = tokio::spawn(async move {
+        for _ in 0..48 {
+            if tx
+                .send_data(bytes::Bytes::from(vec![b'x'; 64 * 1024]))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let resp = collect(c.send(req).await.expect("a response, not a reset")).await;
+    feed.abort();
+    assert_eq!(resp.status, 413, "{resp:?}");
+    // Whatever reached the upstream, it was not presented as a complete request.
+    assert!(
+        echo.requests().iter().all(|r| r.body.is_empty()),
+        "upstream got a (truncated) body"
+    );
+}
+
+/// A callout to a cluster the manifest does not have is refused (BadArgument) without trapping.
+#[tokio::test]
+async fn a_callout_to_an_unknown_cluster_is_refused() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![conformance(
+            "check",
+            r#"{"scenario":"callout","upstream":"not-a-cluster"}"#,
+        )],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    for _ in 0..2 {
+        let resp = get_with(addr, "/u", &[]).await;
+        assert_eq!(resp.status, 500, "{resp:?}");
+        assert_eq!(resp.header("x-callout-error"), Some("BadArgument"));
+    }
+    assert_eq!(echo.requests().len(), 0);
+}
+
+/// A filter trapping in the response phase (fail_closed) turns the answer into 503
+/// `filter_failed`; the filters before it still see that final status in on_log.
+#[tokio::test]
+async fn a_trap_in_the_response_phase_is_503_and_logged() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            trace("outer", "a"),
+            conformance(
+                "trap",
+                r#"{"scenario":"none","panic_in":"on_response_headers"}"#,
+            ),
+        ],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let resp = get_with(addr, "/r", &[]).await;
+    assert_error(&resp, 503, "filter_failed");
+    assert_eq!(resp.header("x-order"), Some("a"));
+    assert_eq!(wait_log(addr, "a", "503").await, "503");
+    assert_eq!(echo.wait_requests(1).await.len(), 1);
+}
