@@ -1301,3 +1301,95 @@ async fn a_trap_in_the_response_phase_is_503_and_logged() {
     assert_eq!(wait_log(addr, "a", "503").await, "503");
     assert_eq!(echo.wait_requests(1).await.len(), 1);
 }
+
+/// `reload`: a VM that trapped is rebuilt (after a short backoff) and serves again.
+#[tokio::test]
+async fn reload_rebuilds_a_trapped_vm() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(echo.addr, vec![trace("r", "r").failure_policy("reload")])
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let resp = get_with(addr, "/before", &[]).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let vm_before = echo.wait_requests(1).await[0]
+        .header("x-trace-r-vm")
+        .unwrap()
+        .to_string();
+    let resp = get_with(addr, "/trap", &[("x-trap", "r")]).await;
+    assert_error(&resp, 503, "filter_failed");
+    // Until the rebuild, the filter is unavailable (fail closed); then a new VM serves.
+    let resp = within("the trapped VM to be rebuilt", async {
+        loop {
+            let resp = get_with(addr, "/after", &[]).await;
+            if resp.status == 200 {
+                return resp;
+            }
+            assert_error(&resp, 503, "filter_unavailable");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(resp.status, 200);
+    let r = echo.requests().last().unwrap().clone();
+    assert_eq!(r.uri.path(), "/after");
+    assert_ne!(
+        r.header("x-trace-r-vm"),
+        Some(vm_before.as_str()),
+        "served by a fresh VM"
+    );
+    assert_eq!(r.header("x-trace-r-vm-requests"), Some("1"));
+}
+
+/// `on_log` runs when the stream ends, not when the response headers went out.
+#[tokio::test]
+async fn on_log_waits_for_the_end_of_a_streaming_response() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(echo.addr, vec![trace("t", "t")]).start().await;
+    let addr = weir.listener_addr("main");
+    let mut c = H1Client::connect(addr).await;
+    let (mut tx, body) = weir_tests::client::body_channel();
+    let req = c.request("POST", "/stream").body(body).unwrap();
+    tx.send_data(bytes::Bytes::from_static(b"part one"))
+        .await
+        .unwrap();
+    let resp = c.send(req).await.expect("streaming response head");
+    assert_eq!(resp.status(), 200);
+    // The exchange is still open: nothing logged yet.
+    let r = get_with(addr, "/", &[("x-read-log", "t")]).await;
+    assert_eq!(r.text(), "", "on_log ran before the stream ended");
+    drop(tx);
+    let done = collect(resp).await;
+    assert_eq!(done.text(), "part one");
+    assert_eq!(wait_log(addr, "t", "200").await, "200");
+}
+
+/// A gRPC local reply is trailers-only: HTTP 200 with `grpc-status` / `grpc-message`.
+#[tokio::test]
+async fn grpc_local_reply_is_trailers_only() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![conformance(
+            "deny",
+            r#"{"scenario":"local_reply","grpc":true}"#,
+        )],
+    )
+    .start()
+    .await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    let req = c
+        .request("POST", "/weir.test.Echo/Say")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(weir_tests::body_full(&b"\0\0\0\0\0"[..]))
+        .unwrap();
+    let r = collect(c.send(req).await.expect("response")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/grpc"));
+    assert_eq!(r.header("grpc-status"), Some("7"));
+    assert_eq!(r.header("grpc-message"), Some("denied"));
+    assert_eq!(r.header("x-denied"), Some("1"));
+    assert!(r.body.is_empty());
+    assert_eq!(echo.requests().len(), 0);
+}
