@@ -1393,3 +1393,143 @@ async fn grpc_local_reply_is_trailers_only() {
     assert!(r.body.is_empty());
     assert_eq!(echo.requests().len(), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Several pauses, repeated filters, load, drain
+// ---------------------------------------------------------------------------------------------
+
+/// Two filters of one chain each pause on their own callout; the request goes on after both.
+#[tokio::test]
+async fn two_callouts_in_one_chain_resume_in_turn() {
+    let echo = EchoServer::start().await;
+    let auth1 = EchoServer::start().await;
+    let auth2 = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth1", &[auth1.addr])
+        .cluster("auth2", &[auth2.addr])
+        .chain("edge", &["c1", "c2"])
+        .filter(conformance(
+            "c1",
+            r#"{"scenario":"callout","upstream":"auth1"}"#,
+        ))
+        .filter(conformance(
+            "c2",
+            r#"{"scenario":"callout","upstream":"auth2","path":"/hold"}"#,
+        ))
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let req = tokio::spawn(async move { get_with(addr, "/both", &[("x-token", "z")]).await });
+    // The second callout starts only once the first filter resumed.
+    auth2.wait_requests(1).await;
+    assert_eq!(auth1.requests().len(), 1);
+    assert_eq!(echo.requests().len(), 0, "went upstream while paused");
+    auth2.release(1);
+    let resp = within("the request after two callouts", req).await.unwrap();
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let r = &echo.wait_requests(1).await[0];
+    let auths: Vec<_> = r.headers.get_all("x-auth").iter().collect();
+    assert_eq!(auths, ["ok", "ok"]);
+}
+
+/// The same filter twice in a chain: two stream contexts of one VM, both in order.
+#[tokio::test]
+async fn one_filter_twice_in_a_chain() {
+    let echo = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .chain("edge", &["t", "u", "t"])
+        .filter(trace("t", "t"))
+        .filter(trace("u", "u"))
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let resp = get_with(addr, "/twice", &[]).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.header("x-order"), Some("t,u,t"));
+    let r = &echo.wait_requests(1).await[0];
+    assert_eq!(r.header("x-order"), Some("t,u,t"));
+    assert_eq!(wait_log(addr, "t", "200,200").await, "200,200");
+}
+
+/// Callouts under concurrent load on two workers: every request gets its own answer.
+#[tokio::test]
+async fn callouts_under_load_on_two_workers() {
+    let echo = EchoServer::start().await;
+    let auth = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .workers(2)
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[auth.addr])
+        .chain("edge", &["check", "t"])
+        .filter(conformance("check", r#"{"scenario":"callout"}"#))
+        .filter(trace("t", "t"))
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = H1Client::connect(addr).await;
+            for j in 0..10 {
+                let req = c
+                    .request("GET", &format!("/l/{i}/{j}"))
+                    .header("x-token", format!("{i}-{j}"))
+                    .body(body_empty())
+                    .unwrap();
+                let resp = collect(c.send(req).await.unwrap()).await;
+                assert_eq!(resp.status, 200, "{i}/{j}: {resp:?}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let reqs = echo.wait_requests(100).await;
+    assert_eq!(reqs.len(), 100);
+    assert!(reqs.iter().all(|r| r.header("x-auth") == Some("ok")));
+    let counts: HashSet<_> = reqs
+        .iter()
+        .map(|r| r.header("x-trace-t-count").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        counts.len(),
+        100,
+        "the shared counter counted each request once"
+    );
+}
+
+/// SIGTERM while a stream is paused on a callout: the stream finishes once the callout
+/// answers, then weir exits 0.
+#[tokio::test]
+async fn drain_waits_for_a_paused_stream() {
+    let echo = EchoServer::start().await;
+    let auth = EchoServer::start().await;
+    let mut weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[auth.addr])
+        .chain("edge", &["check"])
+        .filter(conformance(
+            "check",
+            r#"{"scenario":"callout","path":"/hold","timeout_ms":5000}"#,
+        ))
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let req = tokio::spawn(async move { get_with(addr, "/draining", &[]).await });
+    auth.wait_requests(1).await;
+    weir.sigterm();
+    auth.release(1);
+    let resp = within("the paused request during drain", req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(echo.wait_requests(1).await[0].header("x-auth"), Some("ok"));
+    let status = weir.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit: {status}");
+}
