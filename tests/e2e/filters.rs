@@ -1533,3 +1533,62 @@ async fn drain_waits_for_a_paused_stream() {
     let status = weir.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "exit: {status}");
 }
+
+/// The callback deadline holds in the data path: a filter stuck in a loop is interrupted and
+/// fails closed long before it would finish; the next request is served by a fresh VM (`reload`).
+#[tokio::test]
+async fn a_filter_over_its_callback_deadline_fails_closed() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            trace("spin", "s")
+                .callback_deadline("100ms")
+                .failure_policy("reload"),
+        ],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let started = std::time::Instant::now();
+    let resp = get_with(addr, "/spin", &[("x-spin-ms", "8000")]).await;
+    assert_error(&resp, 503, "filter_failed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the spinning callback ran for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(echo.requests().len(), 0);
+    let resp = within("a rebuilt VM", async {
+        loop {
+            let resp = get_with(addr, "/after", &[]).await;
+            if resp.status == 200 {
+                return resp;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(resp.status, 200);
+}
+
+/// Callouts go through the cluster's connection pool: sequential callouts reuse one connection.
+#[tokio::test]
+async fn callouts_reuse_pooled_connections() {
+    let echo = EchoServer::start().await;
+    let auth = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[auth.addr])
+        .chain("edge", &["check"])
+        .filter(conformance("check", r#"{"scenario":"callout"}"#))
+        .start()
+        .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    for i in 0..5 {
+        assert_eq!(c.get(&format!("/p{i}")).await.status, 200);
+    }
+    assert_eq!(auth.wait_requests(5).await.len(), 5);
+    assert_eq!(auth.accepts(), 1, "each callout opened a new connection");
+}

@@ -51,7 +51,7 @@
 //! | `foreign` | `function` (`unknown_fn`) | request headers: `call_foreign_function(function, "args")` → `x-foreign: not-found` (NOT_FOUND), `ok:<result>` or `error:<Status:?>`. |
 //! | `env` | `var` (`WEIR_TEST`) | request headers: `std::env::var(var)` (WASI environ) → `x-env: <value>` or `x-env: <unset>`; `on_configure` logs `env: <var>=<value or <unset>>`. |
 //! | `random` | | request headers: hashes `"weir"` with a fresh `std::hash::RandomState` (keys from WASI `random_get`) and adds `x-random: <16 hex digits>`; Continue. Two VMs give different values unless the host's randomness is constant. |
-//! | `trace` | `tag` (`t`) | for chain tests through a proxy. Request headers: with request header `x-read-log: <tag>` answers locally `200` with body and header `x-trace-log` = shared data `trace.<tag>.log` (Pause); with `x-trap: <tag>` panics (the VM traps). Otherwise: appends `<tag>` to request header `x-order` (comma-separated, set with `set_http_request_header`); copies request headers `x-route-cluster`, `x-route-path`, `x-route-timeout-ms` (when present) to properties `weir.route.cluster`, `weir.route.path`, `weir.route.timeout_ms`; adds `x-trace-<tag>-vm: <16 hex digits, random per VM>`, `x-trace-<tag>-vm-requests: <requests this VM saw>` and `x-trace-<tag>-count: <n>` (CAS increment of shared data `trace.<tag>.count`); Continue. Response headers: appends `<tag>` to response header `x-order`, adds `x-trace-<tag>-status: <:status>`; Continue. `on_log`: appends `response.code` (decimal, or `none`) to shared data `trace.<tag>.log` (comma-separated, CAS loop), except for a stream that read the log. |
+//! | `trace` | `tag` (`t`) | for chain tests through a proxy. Request headers: with request header `x-read-log: <tag>` answers locally `200` with body and header `x-trace-log` = shared data `trace.<tag>.log` (Pause); with `x-trap: <tag>` panics (the VM traps). With `x-spin-ms: <n>` it first spins (busy loop) for n ms of wall time. Otherwise: appends `<tag>` to request header `x-order` (comma-separated, set with `set_http_request_header`); copies request headers `x-route-cluster`, `x-route-path`, `x-route-timeout-ms` (when present) to properties `weir.route.cluster`, `weir.route.path`, `weir.route.timeout_ms`; adds `x-trace-<tag>-vm: <16 hex digits, random per VM>`, `x-trace-<tag>-vm-requests: <requests this VM saw>` and `x-trace-<tag>-count: <n>` (CAS increment of shared data `trace.<tag>.count`); Continue. Response headers: appends `<tag>` to response header `x-order`, adds `x-trace-<tag>-status: <:status>`; Continue. `on_log`: appends `response.code` (decimal, or `none`) to shared data `trace.<tag>.log` (comma-separated, CAS loop), except for a stream that read the log. |
 //! | `tcp` | | the root's `get_type` returns StreamContext. `on_new_connection` logs `tcp: source.address=<v>`; `on_downstream_data` logs `tcp: downstream <data> eos=<b>` and prepends `D:` (`set_downstream_data(0,0,..)`); `on_upstream_data` logs `tcp: upstream <data> eos=<b>` and appends `:U` (`set_upstream_data(len,0,..)`); both return Continue; closes log `tcp: downstream close peer=<PeerType:?>` / `tcp: upstream close peer=<..>`. |
 
 use std::cell::Cell;
@@ -718,6 +718,14 @@ impl Http {
         }
         if self.get_http_request_header("x-trap").as_deref() == Some(tag.as_str()) {
             panic!("conformance: trap requested");
+        }
+        if let Some(ms) = self
+            .get_http_request_header("x-spin-ms")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            // Busy for `ms` of wall time (a filter stuck in a loop, as the callback deadline sees it).
+            let end = SystemTime::now() + Duration::from_millis(ms);
+            while SystemTime::now() < end {}
         }
         let order = match self.get_http_request_header("x-order") {
             Some(o) if !o.is_empty() => format!("{o},{tag}"),
