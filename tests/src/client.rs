@@ -151,6 +151,8 @@ impl H1Client {
 pub struct H2Client {
     send: http2::SendRequest<Body>,
     addr: SocketAddr,
+    /// Local address of the client socket (what weir sees as the peer).
+    pub local: SocketAddr,
 }
 
 impl H2Client {
@@ -159,6 +161,7 @@ impl H2Client {
         let tcp = crate::within("h2 connect", TcpStream::connect(addr))
             .await
             .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let local = tcp.local_addr().unwrap();
         let (send, conn) = crate::within(
             "h2 handshake",
             http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
@@ -168,7 +171,7 @@ impl H2Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        H2Client { send, addr }
+        H2Client { send, addr, local }
     }
 
     /// A request builder for `path` (absolute URI, so `:scheme` and `:authority` are sent).
