@@ -1661,3 +1661,30 @@ async fn properties_over_h2() {
     assert_eq!(resp.header("x-prop-plugin_name"), Some("props2"));
     assert_eq!(resp.header("x-prop-plugin_root_id"), Some("props2"));
 }
+
+/// When a filter fails in the response phase, the filters that already processed the upstream's
+/// response headers must not get `on_response_headers` a second time for the same stream (Envoy
+/// sends a local reply during encoding directly, without re-running the encoder filters).
+#[tokio::test]
+async fn a_response_phase_failure_does_not_rerun_response_headers() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            conformance(
+                "trap",
+                r#"{"scenario":"none","panic_in":"on_response_headers"}"#,
+            ),
+            trace("inner", "a"),
+        ],
+    )
+    .start()
+    .await;
+    let resp = get_with(weir.listener_addr("main"), "/r", &[]).await;
+    assert_error(&resp, 503, "filter_failed");
+    assert_ne!(
+        resp.header("x-trace-a-response-calls"),
+        Some("2"),
+        "on_response_headers ran twice on one stream: {resp:?}"
+    );
+}

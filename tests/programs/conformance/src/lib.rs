@@ -51,7 +51,7 @@
 //! | `foreign` | `function` (`unknown_fn`) | request headers: `call_foreign_function(function, "args")` → `x-foreign: not-found` (NOT_FOUND), `ok:<result>` or `error:<Status:?>`. |
 //! | `env` | `var` (`WEIR_TEST`) | request headers: `std::env::var(var)` (WASI environ) → `x-env: <value>` or `x-env: <unset>`; `on_configure` logs `env: <var>=<value or <unset>>`. |
 //! | `random` | | request headers: hashes `"weir"` with a fresh `std::hash::RandomState` (keys from WASI `random_get`) and adds `x-random: <16 hex digits>`; Continue. Two VMs give different values unless the host's randomness is constant. |
-//! | `trace` | `tag` (`t`) | for chain tests through a proxy. Request headers: with request header `x-read-log: <tag>` answers locally `200` with body and header `x-trace-log` = shared data `trace.<tag>.log` (Pause); with `x-trap: <tag>` panics (the VM traps). With `x-spin-ms: <n>` it first spins (busy loop) for n ms of wall time. Otherwise: appends `<tag>` to request header `x-order` (comma-separated, set with `set_http_request_header`); copies request headers `x-route-cluster`, `x-route-path`, `x-route-timeout-ms` (when present) to properties `weir.route.cluster`, `weir.route.path`, `weir.route.timeout_ms`; adds `x-trace-<tag>-vm: <16 hex digits, random per VM>`, `x-trace-<tag>-vm-requests: <requests this VM saw>` and `x-trace-<tag>-count: <n>` (CAS increment of shared data `trace.<tag>.count`); Continue. Response headers: appends `<tag>` to response header `x-order`, adds `x-trace-<tag>-status: <:status>`; Continue. `on_log`: appends `response.code` (decimal, or `none`) to shared data `trace.<tag>.log` (comma-separated, CAS loop), except for a stream that read the log. |
+//! | `trace` | `tag` (`t`) | for chain tests through a proxy. Request headers: with request header `x-read-log: <tag>` answers locally `200` with body and header `x-trace-log` = shared data `trace.<tag>.log` (Pause); with `x-trap: <tag>` panics (the VM traps). With `x-spin-ms: <n>` it first spins (busy loop) for n ms of wall time. Otherwise: appends `<tag>` to request header `x-order` (comma-separated, set with `set_http_request_header`); copies request headers `x-route-cluster`, `x-route-path`, `x-route-timeout-ms` (when present) to properties `weir.route.cluster`, `weir.route.path`, `weir.route.timeout_ms`; adds `x-trace-<tag>-vm: <16 hex digits, random per VM>`, `x-trace-<tag>-vm-requests: <requests this VM saw>` and `x-trace-<tag>-count: <n>` (CAS increment of shared data `trace.<tag>.count`); Continue. Response headers: appends `<tag>` to response header `x-order`, adds `x-trace-<tag>-status: <:status>` and `x-trace-<tag>-response-calls: <n>` (how many times `on_response_headers` ran on this stream, this one included); Continue. `on_log`: appends `response.code` (decimal, or `none`) to shared data `trace.<tag>.log` (comma-separated, CAS loop), except for a stream that read the log. |
 //! | `tcp` | | the root's `get_type` returns StreamContext. `on_new_connection` logs `tcp: source.address=<v>`; `on_downstream_data` logs `tcp: downstream <data> eos=<b>` and prepends `D:` (`set_downstream_data(0,0,..)`); `on_upstream_data` logs `tcp: upstream <data> eos=<b>` and appends `:U` (`set_upstream_data(len,0,..)`); both return Continue; closes log `tcp: downstream close peer=<PeerType:?>` / `tcp: upstream close peer=<..>`. |
 
 use std::cell::Cell;
@@ -423,6 +423,7 @@ impl RootContext for Root {
             vm_tag: self.vm_tag,
             vm_requests: self.vm_requests.clone(),
             log_read: false,
+            response_calls: 0,
         }))
     }
 
@@ -465,6 +466,8 @@ struct Http {
     vm_requests: Rc<Cell<u64>>,
     /// `trace`: this stream read the log (and is not logged itself).
     log_read: bool,
+    /// `trace`: how many times `on_response_headers` ran on this stream.
+    response_calls: u32,
 }
 
 impl Drop for Http {
@@ -1036,6 +1039,11 @@ impl HttpContext for Http {
                     .get_http_response_header(":status")
                     .unwrap_or_else(|| "none".to_string());
                 self.add_http_response_header(&format!("x-trace-{tag}-status"), &status);
+                self.response_calls += 1;
+                self.add_http_response_header(
+                    &format!("x-trace-{tag}-response-calls"),
+                    &self.response_calls.to_string(),
+                );
                 Action::Continue
             }
             "close_stream" if self.config.str_or("side", "request") == "response" => {
