@@ -1688,3 +1688,37 @@ async fn a_response_phase_failure_does_not_rerun_response_headers() {
         "on_response_headers ran twice on one stream: {resp:?}"
     );
 }
+
+/// A callout to an HTTP/2 cluster (a gRPC-style auth service speaking h2c only).
+#[tokio::test]
+async fn a_callout_to_an_h2_cluster() {
+    let echo = EchoServer::start().await;
+    let auth = EchoServer::start_h2().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster_with("auth", &[auth.addr], &["protocol: http2"])
+        .chain("edge", &["check"])
+        .filter(conformance("check", r#"{"scenario":"callout"}"#))
+        .start()
+        .await;
+    let resp = get_with(weir.listener_addr("main"), "/h2auth", &[("x-token", "k")]).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let call = &auth.wait_requests(1).await[0];
+    assert_eq!(call.version, http::Version::HTTP_2);
+    assert_eq!(call.uri.path(), "/check");
+    assert_eq!(call.header("x-token"), Some("k"));
+    assert_eq!(&call.body[..], b"check");
+    let r = &echo.wait_requests(1).await[0];
+    assert_eq!(r.header("x-auth-body"), Some("check"));
+    // The callout's trailers reached the auth service and its answer's trailers came back.
+    assert_eq!(
+        call.trailers
+            .as_ref()
+            .and_then(|t| t.get("x-callout-trailer"))
+            .map(|v| v.to_str().unwrap()),
+        Some("1"),
+        "callout request trailers: {:?}",
+        call.trailers
+    );
+}
