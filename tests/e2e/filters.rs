@@ -1787,3 +1787,49 @@ async fn ticks_and_root_callouts_run_on_every_worker() {
     })
     .await;
 }
+
+/// A filter that traps while handling its callout answer (the stream paused on it): fail_closed
+/// answers 503, fail_open lets the request go on without the filter.
+#[tokio::test]
+async fn a_trap_in_the_callout_answer_applies_the_failure_policy() {
+    let echo = EchoServer::start().await;
+    let auth = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("closed", "web", Some("closed"))
+        .listener("open", "web", Some("open"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[auth.addr])
+        .chain("closed", &["c_closed", "t"])
+        .chain("open", &["c_open", "t"])
+        .filter(
+            conformance(
+                "c_closed",
+                r#"{"scenario":"callout","panic_in":"on_http_call_response"}"#,
+            )
+            .failure_policy("fail_closed"),
+        )
+        .filter(
+            conformance(
+                "c_open",
+                r#"{"scenario":"callout","panic_in":"on_http_call_response"}"#,
+            )
+            .failure_policy("fail_open"),
+        )
+        .filter(trace("t", "t"))
+        .start()
+        .await;
+    let resp = get_with(weir.listener_addr("closed"), "/closed", &[]).await;
+    assert_error(&resp, 503, "filter_failed");
+    assert_eq!(echo.requests().len(), 0);
+    let resp = get_with(weir.listener_addr("open"), "/open", &[]).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let r = &echo.wait_requests(1).await[0];
+    assert_eq!(r.uri.path(), "/open");
+    assert_eq!(
+        r.header("x-auth"),
+        None,
+        "the failed filter's edits do not apply"
+    );
+    assert_eq!(r.header("x-order"), Some("t"), "the rest of the chain ran");
+    assert_eq!(auth.wait_requests(2).await.len(), 2);
+}
