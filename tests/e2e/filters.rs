@@ -1833,3 +1833,60 @@ async fn a_trap_in_the_callout_answer_applies_the_failure_policy() {
     assert_eq!(r.header("x-order"), Some("t"), "the rest of the chain ran");
     assert_eq!(auth.wait_requests(2).await.len(), 2);
 }
+
+/// Framing headers a filter adds are not trusted: a second, conflicting `content-length` from a
+/// filter must not reach the upstream (it would make the upstream's framing differ from weir's).
+#[tokio::test]
+async fn a_filter_added_content_length_does_not_desync_the_upstream() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            FilterDef::new("add", "builtin:add-header")
+                .config(r#"{"request":{"content-length":"3"}}"#),
+        ],
+    )
+    .start()
+    .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let resp = c.post("/cl", "hello").await;
+    let reqs = echo.requests();
+    assert!(
+        reqs.iter().all(|r| &r.body[..] == b"hello"),
+        "the upstream read a body framed by the filter's content-length: {reqs:?}"
+    );
+    assert!(
+        resp.status == 200 || resp.status.is_client_error() || resp.status.is_server_error(),
+        "{resp:?}"
+    );
+    // Whatever the answer, the next request on this connection is answered by its own response.
+    if !c.is_closed() {
+        if let Ok(r) = c
+            .send(c.request("GET", "/next").body(body_empty()).unwrap())
+            .await
+        {
+            let r = collect(r).await;
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+    }
+}
+
+/// `Expect: 100-continue` and a local reply: the reply comes without `100 Continue`, so the
+/// client never has to send the body.
+#[tokio::test]
+async fn a_local_reply_answers_expect_100_without_continue() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![FilterDef::new("deny", "builtin:local-reply").config(r#"{"status":401}"#)],
+    )
+    .start()
+    .await;
+    let mut c = weir_tests::RawClient::connect(weir.listener_addr("main")).await;
+    c.write(b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    let r = c.read_response().await;
+    assert_eq!(r.status, 401, "{}", r.head);
+    assert_eq!(echo.requests().len(), 0);
+}
