@@ -1889,3 +1889,69 @@ async fn a_local_reply_answers_expect_100_without_continue() {
     assert_eq!(r.status, 401, "{}", r.head);
     assert_eq!(echo.requests().len(), 0);
 }
+
+/// A callout answer for a VM that has since failed and been rebuilt (`reload`) must not be
+/// delivered to the new VM: its callout tokens start over, so the stale answer would resume a
+/// different request with someone else's answer (here: Carol's request with Alice's auth).
+#[tokio::test]
+async fn a_stale_callout_answer_never_reaches_a_rebuilt_vm() {
+    let echo = EchoServer::start().await;
+    let auth = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[auth.addr])
+        .chain("edge", &["check"])
+        .filter(
+            conformance(
+                "check",
+                r#"{"scenario":"callout","path":"/hold","echo_token":true,"timeout_ms":8000}"#,
+            )
+            .failure_policy("reload"),
+        )
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    // Alice's request pauses on its callout (held by the auth service).
+    let alice =
+        tokio::spawn(async move { get_with(addr, "/alice", &[("x-token", "alice")]).await });
+    auth.wait_requests(1).await;
+    // Another request makes the VM trap: Alice's paused stream fails with it.
+    let resp = get_with(addr, "/trap", &[("x-trap", "callout")]).await;
+    assert_error(&resp, 503, "filter_failed");
+    let resp = within("alice's stream to fail with its VM", alice)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 503, "{resp:?}");
+    // Carol's request, once the VM is rebuilt, pauses on its own callout.
+    let carol = within("a rebuilt VM to take carol's request", async {
+        loop {
+            let mut c =
+                tokio::spawn(
+                    async move { get_with(addr, "/carol", &[("x-token", "carol")]).await },
+                );
+            tokio::select! {
+                r = &mut c => {
+                    let r = r.unwrap();
+                    assert_error(&r, 503, "filter_unavailable");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ = auth.wait_requests(2) => return c,
+            }
+        }
+    })
+    .await;
+    // Alice's (stale) callout answer comes back first, then Carol's.
+    auth.release(1);
+    auth.wait_in_flight(1).await;
+    auth.release(1);
+    let resp = within("carol's request", carol).await.unwrap();
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let r = &echo.wait_requests(1).await[0];
+    assert_eq!(r.uri.path(), "/carol");
+    assert_eq!(
+        r.header("x-auth-body"),
+        Some("carol"),
+        "carol's request was resumed with another request's callout answer"
+    );
+}
