@@ -1936,11 +1936,13 @@ async fn a_stale_callout_answer_never_reaches_a_rebuilt_vm() {
                     assert_error(&r, 503, "filter_unavailable");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                _ = auth.wait_requests(2) => return c,
+                // (In an Option: the block must not yield something awaitable.)
+                _ = auth.wait_requests(2) => return Some(c),
             }
         }
     })
-    .await;
+    .await
+    .expect("carol's request task");
     // Alice's (stale) callout answer comes back first, then Carol's.
     auth.release(1);
     auth.wait_in_flight(1).await;
