@@ -1957,3 +1957,88 @@ async fn a_stale_callout_answer_never_reaches_a_rebuilt_vm() {
         "carol's request was resumed with another request's callout answer"
     );
 }
+
+/// Starts a full-duplex `/stream` exchange over h2 and returns the body sender and the response
+/// body once the first chunk came back (or the status if the request was refused).
+async fn open_stream(
+    addr: SocketAddr,
+    first: &'static str,
+) -> Result<
+    (
+        http_body_util::channel::Sender<bytes::Bytes, weir_tests::client::BoxError>,
+        hyper::body::Incoming,
+    ),
+    http::StatusCode,
+> {
+    use http_body_util::BodyExt;
+    let mut h2 = H2Client::connect(addr).await;
+    let (mut tx, body) = weir_tests::client::body_channel();
+    let req = h2.request("POST", "/stream").body(body).unwrap();
+    tx.send_data(bytes::Bytes::from_static(first.as_bytes()))
+        .await
+        .unwrap();
+    let resp = h2.send(req).await.expect("response head");
+    if resp.status() != 200 {
+        return Err(resp.status());
+    }
+    let mut body = resp.into_body();
+    let frame = within("the first echoed chunk", body.frame())
+        .await
+        .expect("a frame")
+        .expect("no error");
+    assert_eq!(frame.data_ref().map(|d| &d[..]), Some(first.as_bytes()));
+    Ok((tx, body))
+}
+
+/// A stream that outlives its filter's VM (the VM trapped on another request and was rebuilt)
+/// must not touch the rebuilt VM through its old context id: the new VM numbers its contexts
+/// from the start again, so the old stream's body callbacks and on_log/on_delete would hit the
+/// new stream that got the same id.
+#[tokio::test]
+async fn a_stream_outliving_its_vm_never_reaches_a_rebuilt_vm() {
+    use http_body_util::BodyExt;
+    let echo = EchoServer::start().await;
+    let weir = one_chain(echo.addr, vec![trace("t", "t").failure_policy("reload")])
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    // S1: the first stream of the first VM, left open mid-body.
+    let (mut s1_tx, s1_body) = open_stream(addr, "s1-a").await.expect("s1 opens");
+    // The VM traps on another request.
+    let resp = get_with(addr, "/trap", &[("x-trap", "t")]).await;
+    assert_error(&resp, 503, "filter_failed");
+    // S2: the first stream of the rebuilt VM (same context id as S1 had), left open too.
+    let (mut s2_tx, s2_body) = within("a rebuilt VM to take s2", async {
+        loop {
+            match open_stream(addr, "s2-a").await {
+                Ok(s) => return s,
+                Err(status) => {
+                    assert_eq!(status, 503);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    })
+    .await;
+    // S1 ends (whatever its fate: its VM is gone).
+    let _ = s1_tx.send_data(bytes::Bytes::from_static(b"s1-b")).await;
+    drop(s1_tx);
+    let _ = within("s1 to end", s1_body.collect()).await;
+    // S2 must be untouched by that: it streams to its end.
+    s2_tx
+        .send_data(bytes::Bytes::from_static(b"s2-b"))
+        .await
+        .expect("s2 still open");
+    drop(s2_tx);
+    let rest = within("s2 to end", s2_body.collect())
+        .await
+        .unwrap_or_else(|e| panic!("s2 broke when s1 ended: {e:?}"))
+        .to_bytes();
+    assert_eq!(&rest[..], b"s2-b");
+    assert_eq!(
+        weir.stderr().matches("filter `t` VM failed").count(),
+        1,
+        "only the requested trap: {}",
+        weir.stderr()
+    );
+}
