@@ -2042,3 +2042,39 @@ async fn a_stream_outliving_its_vm_never_reaches_a_rebuilt_vm() {
         weir.stderr()
     );
 }
+
+/// A local reply from the request-body phase (the filter read the whole body, then refused it):
+/// the client gets that reply, through the response phases, and on_log sees its status.
+#[tokio::test]
+async fn a_local_reply_from_the_request_body_phase() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            trace("outer", "a"),
+            conformance("body", r#"{"scenario":"body","reply_on_body":true}"#),
+        ],
+    )
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let mut c = H1Client::connect(addr).await;
+    let resp = c.post("/refused", "0123456789").await;
+    assert_eq!(resp.status, 422, "{resp:?}");
+    // The replying filter's own response-body phase (upper-casing) ran on its reply too.
+    assert_eq!(resp.text(), "REJECTED");
+    assert_eq!(resp.header("x-body-size"), Some("10"));
+    assert_eq!(resp.header("x-order"), Some("a"));
+    assert_eq!(wait_log(addr, "a", "422").await, "422");
+    // Over h2 as well.
+    let mut h2 = H2Client::connect(addr).await;
+    let resp = h2.post("/refused2", "abc").await;
+    assert_eq!(resp.status, 422, "{resp:?}");
+    assert_eq!(resp.header("x-body-size"), Some("3"));
+    // No complete request reached the upstream.
+    assert!(
+        echo.requests().iter().all(|r| r.body.is_empty()),
+        "{:?}",
+        echo.requests()
+    );
+}
