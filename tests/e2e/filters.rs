@@ -2078,3 +2078,21 @@ async fn a_local_reply_from_the_request_body_phase() {
         echo.requests()
     );
 }
+
+/// `weir.route.timeout_ms: 0` means "no timeout" (Envoy's route timeout 0 disables it), not
+/// "time out at once".
+#[tokio::test]
+async fn a_zero_route_timeout_disables_the_timeout() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(echo.addr, vec![trace("router", "r")])
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    // An upstream that answers only once the test lets it.
+    let req =
+        tokio::spawn(async move { get_with(addr, "/hold", &[("x-route-timeout-ms", "0")]).await });
+    echo.wait_requests(1).await;
+    echo.release(1);
+    let resp = within("the held answer", req).await.unwrap();
+    assert_eq!(resp.status, 200, "{resp:?}");
+}
