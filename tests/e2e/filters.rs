@@ -2096,3 +2096,17 @@ async fn a_zero_route_timeout_disables_the_timeout() {
     let resp = within("the held answer", req).await.unwrap();
     assert_eq!(resp.status, 200, "{resp:?}");
 }
+
+/// A client that goes away mid-response still ends the stream: on_log runs (with the status
+/// that was sent).
+#[tokio::test]
+async fn on_log_runs_when_the_client_leaves_mid_response() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(echo.addr, vec![trace("t", "t")]).start().await;
+    let addr = weir.listener_addr("main");
+    let (tx, body) = open_stream(addr, "first").await.expect("stream opens");
+    // The client drops everything with the exchange half done.
+    drop(body);
+    drop(tx);
+    assert_eq!(wait_log(addr, "t", "200").await, "200");
+}
