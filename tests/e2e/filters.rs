@@ -2110,3 +2110,35 @@ async fn on_log_runs_when_the_client_leaves_mid_response() {
     drop(tx);
     assert_eq!(wait_log(addr, "t", "200").await, "200");
 }
+
+/// `sha256` pins the module: the right digest starts, a wrong one stops `weir run` naming
+/// `filters.NAME.sha256`.
+#[tokio::test]
+async fn a_sha256_pin_is_checked() {
+    let out = std::process::Command::new("sha256sum")
+        .arg(CONFORMANCE)
+        .output()
+        .expect("sha256sum(1)");
+    let digest = String::from_utf8(out.stdout).unwrap();
+    let digest = digest.split_whitespace().next().unwrap().to_string();
+    assert_eq!(digest.len(), 64);
+    let echo = EchoServer::start().await;
+    let weir = one_chain(echo.addr, vec![trace("pinned", "p").sha256(&digest)])
+        .start()
+        .await;
+    let resp = get_with(weir.listener_addr("main"), "/pinned", &[]).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let wrong = "0".repeat(64);
+    let stderr = run_fails(&bad_filter_manifest(
+        conformance("broken", r#"{"scenario":"none"}"#).sha256(&wrong),
+    ))
+    .await;
+    assert!(
+        stderr.contains("filters.broken.sha256"),
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&digest),
+        "the actual digest is named: {stderr}"
+    );
+}

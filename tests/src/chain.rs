@@ -17,6 +17,7 @@ pub struct FilterDef {
     failure_policy: Option<String>,
     callback_deadline: String,
     memory: Option<String>,
+    sha256: Option<String>,
 }
 
 impl FilterDef {
@@ -31,6 +32,7 @@ impl FilterDef {
             failure_policy: None,
             callback_deadline: "1s".to_string(),
             memory: None,
+            sha256: None,
         }
     }
 
@@ -60,6 +62,12 @@ impl FilterDef {
     /// `limits.callback_deadline`, e.g. `"10ms"`.
     pub fn callback_deadline(mut self, d: &str) -> FilterDef {
         self.callback_deadline = d.to_string();
+        self
+    }
+
+    /// `sha256`: the module's pinned digest (64 hex digits).
+    pub fn sha256(mut self, hex: &str) -> FilterDef {
+        self.sha256 = Some(hex.to_string());
         self
     }
 
@@ -172,6 +180,9 @@ impl ChainManifest {
             y.push_str("filters:\n");
             for f in &self.filters {
                 writeln!(y, "  {}:\n    module: \"{}\"", f.name, f.module).unwrap();
+                if let Some(h) = &f.sha256 {
+                    writeln!(y, "    sha256: \"{h}\"").unwrap();
+                }
                 if let Some(c) = &f.config {
                     writeln!(y, "    config: {c}").unwrap();
                 }
