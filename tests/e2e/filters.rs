@@ -2142,3 +2142,45 @@ async fn a_sha256_pin_is_checked() {
         "the actual digest is named: {stderr}"
     );
 }
+
+/// Shared queues across workers: every request's VM (on either worker) enqueues its path; the
+/// VM that registered the queue is notified on its own worker and dequeues every item.
+#[tokio::test]
+async fn shared_queue_items_from_every_worker_are_dequeued() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            trace("count", "q"),
+            conformance("queue", r#"{"scenario":"queue","queue":"paths"}"#),
+        ],
+    )
+    .workers(2)
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    let mut vms = HashSet::new();
+    let mut n = 0;
+    while vms.len() < 2 || n < 6 {
+        assert!(n < 200, "200 connections all went to one worker");
+        let resp = get_with(addr, &format!("/q{n}"), &[]).await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        n += 1;
+        let r = &echo.wait_requests(n).await[n - 1];
+        assert_eq!(r.header("x-queue"), Some("enqueued"));
+        vms.insert(r.header("x-trace-q-vm").unwrap().to_string());
+    }
+    within("every enqueued path to be dequeued", async {
+        loop {
+            let err = weir.stderr();
+            if (0..n).all(|i| {
+                err.contains(&format!("queue: dequeued /q{i}\n"))
+                    || err.contains(&format!("queue: dequeued /q{i} "))
+            }) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
