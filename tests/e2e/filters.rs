@@ -2184,3 +2184,48 @@ async fn shared_queue_items_from_every_worker_are_dequeued() {
     })
     .await;
 }
+
+/// A local reply with an informational status (1xx) cannot be a final response: the client gets
+/// a final answer (not a hang, not a bare 1xx), and the connection stays usable or closes.
+#[tokio::test]
+async fn a_local_reply_with_a_1xx_status_is_still_a_final_answer() {
+    let echo = EchoServer::start().await;
+    for status in [100, 101, 103] {
+        let weir = one_chain(
+            echo.addr,
+            vec![conformance(
+                "deny",
+                &format!(r#"{{"scenario":"local_reply","status":{status}}}"#),
+            )],
+        )
+        .start()
+        .await;
+        let addr = weir.listener_addr("main");
+        let mut c = weir_tests::RawClient::connect(addr).await;
+        c.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let r = within(
+            &format!("a final answer to a {status} local reply"),
+            c.read_response(),
+        )
+        .await;
+        assert!(
+            r.status >= 200,
+            "local reply {status}: the client got {} as the answer: {}",
+            r.status,
+            r.head
+        );
+        let mut h2 = H2Client::connect(addr).await;
+        let req = h2.request("GET", "/y").body(body_empty()).unwrap();
+        let got = within(
+            &format!("h2 answer to a {status} local reply"),
+            h2.send(req),
+        )
+        .await;
+        if let Ok(resp) = got {
+            assert!(resp.status().as_u16() >= 200, "h2 {status}: {resp:?}");
+        }
+    }
+    assert_eq!(echo.requests().len(), 0);
+}
