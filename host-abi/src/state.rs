@@ -115,7 +115,8 @@ impl ResourceLimiter for Limiter {
 pub(crate) struct HostState {
     pub(crate) limiter: Limiter,
     pub(crate) memory: Option<Memory>,
-    pub(crate) alloc: Option<TypedFunc<u32, u32>>,
+    /// Behind an `Arc`: cloning a `TypedFunc` per allocation clones its `FuncType`.
+    pub(crate) alloc: Option<std::sync::Arc<TypedFunc<u32, u32>>>,
     pub(crate) in_allocator: bool,
     pub(crate) plugin: Arc<PluginShared>,
     pub(crate) host: Box<dyn PluginHost>,

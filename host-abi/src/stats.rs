@@ -9,6 +9,7 @@ pub struct FilterStats {
     /// Guest callbacks invoked.
     pub callbacks: AtomicU64,
     /// Total time spent in guest callbacks, in nanoseconds.
+    /// (Sampled: one callback in 16 is timed and counted 16 times.)
     pub callback_nanos: AtomicU64,
     /// VM failures by trap (any reason, including deadline and memory).
     pub traps: AtomicU64,

@@ -48,6 +48,8 @@ pub struct ChainRun {
     /// A local reply asked for during a body phase, after the request went upstream.
     pub late_reply: RefCell<Option<LocalReply>>,
     finished: Cell<bool>,
+    /// Whether any context was put in the worker's registry (see `settle`).
+    registered: Cell<bool>,
 }
 
 enum Phase {
@@ -73,6 +75,7 @@ impl ChainRun {
             contexts: RefCell::new(vec![None; n]),
             late_reply: RefCell::new(None),
             finished: Cell::new(false),
+            registered: Cell::new(false),
         })
     }
 
@@ -107,7 +110,6 @@ impl ChainRun {
                     }
                 };
                 self.contexts.borrow_mut()[pos] = Some(ctx);
-                self.filters.register(fi, ctx, &self.shared);
                 let n = self.with_stream(|s| s.request_headers.len() + 4);
                 let mut stream = self.shared.stream.borrow_mut();
                 vm.on_request_headers(ctx, &mut stream, n, end_of_stream)
@@ -210,6 +212,12 @@ impl ChainRun {
         }
         if outcome.action == weir_host_abi::Action::Continue || resumed {
             return Ok(());
+        }
+        // Paused: from now on callout answers, ticks and failures must be able to reach this
+        // stream (registered only now: most streams never pause, and the registry costs a hash).
+        if let Some(ctx) = my_ctx {
+            self.filters.register(fi, ctx, &self.shared);
+            self.registered.set(true);
         }
         // Paused: wait for the filter to continue (or reply, or reset) from a later delivery.
         let wait = async {
@@ -357,7 +365,9 @@ impl ChainRun {
         for (pos, ctx) in contexts.into_iter().enumerate() {
             let Some(ctx) = ctx else { continue };
             let fi = self.chain[pos];
-            self.filters.unregister(fi, ctx);
+            if self.registered.get() {
+                self.filters.unregister(fi, ctx);
+            }
             let result = {
                 let Ok(mut slot) = self.filters.plugins[fi].try_borrow_mut() else {
                     continue;
