@@ -2229,3 +2229,72 @@ async fn a_local_reply_with_a_1xx_status_is_still_a_final_answer() {
     }
     assert_eq!(echo.requests().len(), 0);
 }
+
+/// A gRPC trailers-only answer (`grpc-status` in the response headers, no body) stays
+/// trailers-only through a chain: one HEADERS frame with END_STREAM, as without a chain (gRPC
+/// clients read `grpc-status` from such headers only when the stream ends there).
+#[tokio::test]
+async fn grpc_trailers_only_answers_stay_trailers_only_through_a_chain() {
+    let up = EchoServer::start_h2().await;
+    let base = one_chain(up.addr, vec![trace("t", "t")]).yaml().replace(
+        &format!("endpoints: [{}]", up.addr),
+        &format!("endpoints: [{}]\n    protocol: http2", up.addr),
+    );
+    let plain = base.replace("    chain: edge\n", "");
+    for (what, manifest) in [("without a chain", plain), ("through a chain", base)] {
+        let weir = weir_tests::Weir::start(&manifest).await;
+        let mut c = H2Client::connect(weir.listener_addr("main")).await;
+        let req = c
+            .request("POST", "/weir.test.Echo/Fail")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(weir_tests::body_full(&b"\0\0\0\0\0"[..]))
+            .unwrap();
+        let resp = c.send(req).await.expect("response");
+        assert_eq!(resp.status(), 200, "{what}");
+        assert_eq!(
+            resp.headers()
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap()),
+            Some("5"),
+            "{what}"
+        );
+        assert!(
+            hyper::body::Body::is_end_stream(resp.body()),
+            "{what}: the trailers-only answer's HEADERS frame did not end the stream"
+        );
+    }
+}
+
+/// A gRPC local reply is trailers-only on the wire too: its HEADERS frame ends the stream.
+#[tokio::test]
+async fn grpc_local_reply_headers_end_the_stream() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![conformance(
+            "deny",
+            r#"{"scenario":"local_reply","grpc":true}"#,
+        )],
+    )
+    .start()
+    .await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    let req = c
+        .request("POST", "/weir.test.Echo/Say")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(weir_tests::body_full(&b"\0\0\0\0\0"[..]))
+        .unwrap();
+    let resp = c.send(req).await.expect("response");
+    assert_eq!(
+        resp.headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("7")
+    );
+    assert!(
+        hyper::body::Body::is_end_stream(resp.body()),
+        "the gRPC local reply's HEADERS frame did not end the stream"
+    );
+}
