@@ -164,17 +164,23 @@ fn wasm_artifact(messages: &str, manifest: &Path) -> Option<PathBuf> {
         .find(|f| f.extension().is_some_and(|e| e == "wasm"))
 }
 
-/// `<target dir>/weir-filters`, where the target dir is `$CARGO_TARGET_DIR` if set, else the one
-/// this test binary was built into (found by cargo's `CACHEDIR.TAG`), else `<crate>/target`.
+/// `<target dir>/weir-filters`, where the target dir is the one this test binary was built into
+/// (found by the `CACHEDIR.TAG` cargo writes there), else an absolute `$CARGO_TARGET_DIR` (a
+/// relative one would resolve against the test's working directory, the crate, not where cargo
+/// meant it), else `<crate>/target`.
 fn filters_target_dir(manifest_dir: &Path) -> PathBuf {
-    let base = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let exe = env::current_exe().ok()?;
+    let base = env::current_exe()
+        .ok()
+        .and_then(|exe| {
             exe.ancestors()
                 .skip(1)
                 .find(|dir| dir.join("CACHEDIR.TAG").is_file())
                 .map(Path::to_path_buf)
+        })
+        .or_else(|| {
+            env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
         })
         .unwrap_or_else(|| manifest_dir.join("target"));
     base.join("weir-filters")
