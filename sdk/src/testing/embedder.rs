@@ -36,11 +36,12 @@ pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         .collect()
 }
 
-/// The first value of `name` (ASCII case-insensitive) in `map`, as text.
+/// The first value of `name` (ASCII case-insensitive) in `map`, as text (`None` when absent or
+/// not UTF-8: a filter may write any bytes, and the harness must not panic on them).
 pub fn header<'a>(map: &'a HeaderMap, name: &str) -> Option<&'a str> {
     map.iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| std::str::from_utf8(v).expect("header value is UTF-8"))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
 
 fn to_pairs(map: &HeaderMap) -> Pairs {

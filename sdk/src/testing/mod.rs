@@ -862,9 +862,7 @@ impl Drop for HttpStream {
 }
 
 fn header_in<'a>(map: Option<&'a embedder::HeaderMap>, name: &str) -> Option<&'a str> {
-    map?.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    embedder::header(map?, name)
 }
 
 fn header_list(map: Option<&embedder::HeaderMap>) -> Vec<(String, String)> {
