@@ -39,18 +39,28 @@ pub struct FilteredBody {
 
 impl FilteredBody {
     pub fn new(inner: ProxyBody, run: Rc<ChainRun>, response: bool, positions: usize) -> Self {
+        // No body at all (headers ended the stream): no body phase, as in Envoy, and the
+        // stream must still end on its headers (HTTP/2 END_STREAM: gRPC trailers-only answers).
+        let done = inner.is_end_stream();
         Self {
             inner,
             run,
             response,
             held: vec![Vec::new(); positions],
             trailers: None,
-            done: false,
+            done,
         }
     }
 
     fn step(&mut self, data: Bytes, eos: bool) -> Result<Bytes, BoxError> {
         if self.held.iter().map(Vec::len).sum::<usize>() + data.len() > MAX_BUFFERED {
+            if !self.response {
+                // Envoy's answer to a request buffer overflow (a response overflow resets).
+                self.run.late_failure.set(Some((
+                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "filter_buffer_limit",
+                )));
+            }
             return Err(Box::new(FilteredBodyError::TooLarge));
         }
         match self

@@ -44,9 +44,16 @@ pub struct ChainRun {
     chain: std::sync::Arc<[usize]>,
     pub shared: Rc<ChainShared>,
     /// The context each position runs in (`None`: not started, or skipped after a fail-open).
-    contexts: RefCell<Vec<Option<ContextId>>>,
+    /// With the generation of the VM that created it (see `live_ctx`).
+    contexts: RefCell<Vec<Option<(ContextId, u64)>>>,
     /// A local reply asked for during a body phase, after the request went upstream.
     pub late_reply: RefCell<Option<LocalReply>>,
+    /// A failure in a request body phase (e.g. the buffer limit): the answer once the upstream
+    /// exchange has been abandoned.
+    pub late_failure: Cell<Option<(StatusCode, &'static str)>>,
+    /// Positions whose `on_response_headers` has run: a replacement answer (a failure or local
+    /// reply raised in the response phase) goes only through the ones that have not.
+    response_done: RefCell<Vec<bool>>,
     finished: Cell<bool>,
     /// Whether any context was put in the worker's registry (see `settle`).
     registered: Cell<bool>,
@@ -74,6 +81,8 @@ impl ChainRun {
             }),
             contexts: RefCell::new(vec![None; n]),
             late_reply: RefCell::new(None),
+            late_failure: Cell::new(None),
+            response_done: RefCell::new(vec![false; n]),
             finished: Cell::new(false),
             registered: Cell::new(false),
         })
@@ -109,7 +118,7 @@ impl ChainRun {
                         continue;
                     }
                 };
-                self.contexts.borrow_mut()[pos] = Some(ctx);
+                self.contexts.borrow_mut()[pos] = Some((ctx, self.filters.generation(fi)));
                 let n = self.with_stream(|s| s.request_headers.len() + 4);
                 let mut stream = self.shared.stream.borrow_mut();
                 vm.on_request_headers(ctx, &mut stream, n, end_of_stream)
@@ -123,13 +132,23 @@ impl ChainRun {
     pub async fn response_headers(&self, end_of_stream: bool) -> Result<(), Stop> {
         for pos in (0..self.chain.len()).rev() {
             let fi = self.chain[pos];
-            let Some(ctx) = self.contexts.borrow()[pos] else {
+            if std::mem::replace(&mut self.response_done.borrow_mut()[pos], true) {
+                continue;
+            }
+            let Some(ctx) = self.live_ctx(pos)? else {
                 continue;
             };
             let result = {
                 let mut slot = self.filters.plugins[fi].borrow_mut();
-                let Some(Availability::Ready(vm)) = slot.as_mut().map(|p| p.vm()) else {
-                    continue;
+                let vm = match slot.as_mut().map(|p| p.vm()) {
+                    Some(Availability::Ready(vm)) => vm,
+                    Some(Availability::Unavailable(Verdict::FailOpen)) => continue,
+                    // The VM that saw this request is gone: its stream gets a terminal answer.
+                    _ => {
+                        drop(slot);
+                        self.forget(fi);
+                        return Err(Stop::Fail(StatusCode::SERVICE_UNAVAILABLE, "filter_failed"));
+                    }
                 };
                 let n = self.with_stream(|s| s.response_headers.len() + 1);
                 let mut stream = self.shared.stream.borrow_mut();
@@ -138,6 +157,24 @@ impl ChainRun {
             self.settle(pos, fi, result, Phase::Response).await?;
         }
         Ok(())
+    }
+
+    /// The context at `pos`, if it belongs to the filter's current VM. A context of a replaced
+    /// VM (it failed and was rebuilt) must never be used with the new one — ids start over there
+    /// — so the stream gets its filter's failure policy instead.
+    fn live_ctx(&self, pos: usize) -> Result<Option<ContextId>, Stop> {
+        let fi = self.chain[pos];
+        let Some((ctx, generation)) = self.contexts.borrow()[pos] else {
+            return Ok(None);
+        };
+        if generation == self.filters.generation(fi) {
+            return Ok(Some(ctx));
+        }
+        self.contexts.borrow_mut()[pos] = None;
+        match self.filters.set.filters[fi].plugin.failure_policy {
+            weir_host_abi::FailurePolicy::FailOpen => Ok(None),
+            _ => Err(Stop::Fail(StatusCode::SERVICE_UNAVAILABLE, "filter_failed")),
+        }
     }
 
     /// A failed callback: apply the filter's policy. `Ok` = skip the filter for this stream.
@@ -149,6 +186,8 @@ impl ChainRun {
                     Ok(())
                 }
                 Verdict::FailClosed => {
+                    // The stream is answered for the failure; the dead filter sees no more of it.
+                    self.forget(fi);
                     Err(Stop::Fail(StatusCode::SERVICE_UNAVAILABLE, "filter_failed"))
                 }
             },
@@ -167,9 +206,9 @@ impl ChainRun {
         let mut ctxs = self.contexts.borrow_mut();
         for (pos, c) in ctxs.iter_mut().enumerate() {
             if self.chain[pos] == fi
-                && let Some(ctx) = c.take()
+                && let Some((ctx, generation)) = c.take()
             {
-                self.filters.unregister(fi, ctx);
+                self.filters.unregister(fi, generation, ctx);
             }
         }
     }
@@ -186,7 +225,7 @@ impl ChainRun {
             Ok(o) => o,
             Err(e) => return self.on_error(fi, e),
         };
-        let my_ctx = self.contexts.borrow()[pos];
+        let my_ctx = self.contexts.borrow()[pos].map(|(c, _)| c);
         let direction = match phase {
             Phase::Request => StreamType::HttpRequest,
             Phase::Response => StreamType::HttpResponse,
@@ -287,7 +326,7 @@ impl ChainRun {
         };
         for pos in order {
             let fi = self.chain[pos];
-            let Some(ctx) = self.contexts.borrow()[pos] else {
+            let Some(ctx) = self.live_ctx(pos)? else {
                 continue;
             };
             if chunk.is_empty() && !end_of_stream && held[pos].is_empty() {
@@ -304,8 +343,24 @@ impl ChainRun {
             });
             let result = {
                 let mut slot = self.filters.plugins[fi].borrow_mut();
-                let Some(Availability::Ready(vm)) = slot.as_mut().map(|p| p.vm()) else {
-                    continue;
+                let vm = match slot.as_mut().map(|p| p.vm()) {
+                    Some(Availability::Ready(vm)) => vm,
+                    Some(Availability::Unavailable(Verdict::FailOpen)) => {
+                        // Skipped (fail open): its bytes go on unchanged.
+                        chunk = Bytes::from(self.with_stream(|s| {
+                            std::mem::take(if response {
+                                &mut s.response_body
+                            } else {
+                                &mut s.request_body
+                            })
+                        }));
+                        continue;
+                    }
+                    _ => {
+                        drop(slot);
+                        self.forget(fi);
+                        return Err(Stop::Fail(StatusCode::SERVICE_UNAVAILABLE, "filter_failed"));
+                    }
                 };
                 let len = self.with_stream(|s| {
                     if response {
@@ -363,10 +418,16 @@ impl ChainRun {
         }
         let contexts = std::mem::take(&mut *self.contexts.borrow_mut());
         for (pos, ctx) in contexts.into_iter().enumerate() {
-            let Some(ctx) = ctx else { continue };
+            let Some((ctx, generation)) = ctx else {
+                continue;
+            };
             let fi = self.chain[pos];
             if self.registered.get() {
-                self.filters.unregister(fi, ctx);
+                self.filters.unregister(fi, generation, ctx);
+            }
+            // A context of a VM that has since been replaced is gone with it.
+            if generation != self.filters.generation(fi) {
+                continue;
             }
             let result = {
                 let Ok(mut slot) = self.filters.plugins[fi].try_borrow_mut() else {
@@ -413,6 +474,9 @@ pub fn local_reply_response(r: &LocalReply) -> Response<ProxyBody> {
         None => u16::try_from(r.status)
             .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())
+            // A local reply is a final answer: an informational status (101 would look like an
+            // upgrade) is refused.
+            .filter(|s| !s.is_informational())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
     };
     let h = resp.headers_mut();

@@ -11,6 +11,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,14 +58,17 @@ impl ChainShared {
 enum Event {
     HttpCall {
         filter: usize,
+        generation: u64,
         req: HttpCallRequest,
     },
     Tick {
         filter: usize,
+        generation: u64,
         period: Option<Duration>,
     },
     QueueReady {
         filter: usize,
+        generation: u64,
         queue: u32,
     },
 }
@@ -74,7 +79,12 @@ pub struct WorkerFilters {
     /// Indexed like `FilterSet::filters`; `None` if the VM could not be started on this worker
     /// (its streams then fail closed).
     pub plugins: Vec<RefCell<Option<Plugin>>>,
-    streams: RefCell<HashMap<(usize, ContextId), Weak<ChainShared>>>,
+    /// Per filter: which VM instance is current. Bumped each time the plugin builds a VM (its
+    /// host factory runs), so anything tagged with an older generation — a callout answer, a
+    /// stream context — is known to belong to a VM that is gone: context ids and callout tokens
+    /// start over in a rebuilt VM and must never be confused across instances.
+    generations: Vec<Arc<AtomicU64>>,
+    streams: RefCell<HashMap<(usize, u64, ContextId), Weak<ChainShared>>>,
     tickers: RefCell<Vec<Option<tokio::task::AbortHandle>>>,
 }
 
@@ -82,6 +92,8 @@ impl WorkerFilters {
     /// Starts every filter's VM on this worker and the worker's filter event loop.
     pub fn start(set: Arc<FilterSet>, clusters: Rc<Vec<Cluster>>) -> Rc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let generations: Vec<Arc<AtomicU64>> =
+            (0..set.filters.len()).map(|_| Arc::default()).collect();
         let plugins = set
             .filters
             .iter()
@@ -89,11 +101,17 @@ impl WorkerFilters {
             .map(|(i, f)| {
                 let host = WorkerPluginHost {
                     filter: i,
+                    generation: 0,
                     name: f.name.clone().into(),
                     clusters: set.clusters.clone(),
                     tx: tx.clone(),
                 };
-                let factory = Box::new(move || Box::new(host.clone()) as Box<dyn PluginHost>);
+                let generation = generations[i].clone();
+                let factory = Box::new(move || {
+                    let mut h = host.clone();
+                    h.generation = generation.fetch_add(1, Relaxed) + 1;
+                    Box::new(h) as Box<dyn PluginHost>
+                });
                 match Plugin::new(&set.runtime, f.module.clone(), f.plugin.clone(), factory) {
                     Ok(p) => RefCell::new(Some(p)),
                     Err(e) => {
@@ -107,6 +125,7 @@ impl WorkerFilters {
         let me = Rc::new(Self {
             set,
             plugins,
+            generations,
             streams: RefCell::new(HashMap::new()),
             tickers: RefCell::new(vec![None; n]),
         });
@@ -114,21 +133,28 @@ impl WorkerFilters {
         me
     }
 
-    /// Registers a stream context so asynchronous deliveries can reach it.
-    pub fn register(&self, filter: usize, ctx: ContextId, shared: &Rc<ChainShared>) {
-        self.streams
-            .borrow_mut()
-            .insert((filter, ctx), Rc::downgrade(shared));
+    /// The generation of the filter's current VM.
+    pub fn generation(&self, filter: usize) -> u64 {
+        self.generations[filter].load(Relaxed)
     }
 
-    pub fn unregister(&self, filter: usize, ctx: ContextId) {
-        self.streams.borrow_mut().remove(&(filter, ctx));
+    /// Registers a stream context (of the current VM) so asynchronous deliveries can reach it.
+    pub fn register(&self, filter: usize, ctx: ContextId, shared: &Rc<ChainShared>) {
+        let g = self.generation(filter);
+        self.streams
+            .borrow_mut()
+            .insert((filter, g, ctx), Rc::downgrade(shared));
+    }
+
+    pub fn unregister(&self, filter: usize, generation: u64, ctx: ContextId) {
+        self.streams.borrow_mut().remove(&(filter, generation, ctx));
     }
 
     fn stream(&self, filter: usize, ctx: ContextId) -> Option<Rc<ChainShared>> {
+        let g = self.generation(filter);
         self.streams
             .borrow()
-            .get(&(filter, ctx))
+            .get(&(filter, g, ctx))
             .and_then(Weak::upgrade)
     }
 
@@ -162,8 +188,12 @@ impl WorkerFilters {
     fn deliver(
         &self,
         filter: usize,
+        generation: u64,
         f: impl FnOnce(&mut weir_host_abi::Vm) -> Result<Outcome, VmError>,
     ) {
+        if generation != self.generation(filter) {
+            return; // meant for a VM that is gone
+        }
         let result = {
             let mut slot = self.plugins[filter].borrow_mut();
             let Some(plugin) = slot.as_mut() else { return };
@@ -190,23 +220,40 @@ impl WorkerFilters {
     ) {
         while let Some(ev) = rx.recv().await {
             match ev {
-                Event::HttpCall { filter, req } => {
+                Event::HttpCall {
+                    filter,
+                    generation,
+                    req,
+                } => {
                     let (me, clusters) = (self.clone(), clusters.clone());
                     tokio::task::spawn_local(async move {
                         let token = req.token;
                         let resp = callout(&clusters, &me.set, &req).await;
-                        me.deliver_callout(filter, token, resp);
+                        me.deliver_callout(filter, generation, token, resp);
                     });
                 }
-                Event::Tick { filter, period } => self.set_ticker(filter, period),
-                Event::QueueReady { filter, queue } => {
-                    self.deliver(filter, |vm| vm.on_queue_ready(queue));
+                Event::Tick {
+                    filter,
+                    generation,
+                    period,
+                } => self.set_ticker(filter, generation, period),
+                Event::QueueReady {
+                    filter,
+                    generation,
+                    queue,
+                } => {
+                    self.deliver(filter, generation, |vm| vm.on_queue_ready(queue));
                 }
             }
         }
     }
 
-    fn deliver_callout(&self, filter: usize, token: u32, resp: CalloutResponse) {
+    fn deliver_callout(&self, filter: usize, generation: u64, token: u32, resp: CalloutResponse) {
+        // A callout of a VM that has since been replaced: its token may already name another
+        // call of the new VM. Drop it.
+        if generation != self.generation(filter) {
+            return;
+        }
         let result = {
             let mut slot = self.plugins[filter].borrow_mut();
             let Some(plugin) = slot.as_mut() else { return };
@@ -234,7 +281,7 @@ impl WorkerFilters {
         }
     }
 
-    fn set_ticker(self: &Rc<Self>, filter: usize, period: Option<Duration>) {
+    fn set_ticker(self: &Rc<Self>, filter: usize, generation: u64, period: Option<Duration>) {
         if let Some(h) = self.tickers.borrow_mut()[filter].take() {
             h.abort();
         }
@@ -246,7 +293,10 @@ impl WorkerFilters {
             every.tick().await; // the first tick completes at once
             loop {
                 every.tick().await;
-                me.deliver(filter, |vm| vm.on_tick());
+                if generation != me.generation(filter) {
+                    return; // the VM that asked for ticks is gone
+                }
+                me.deliver(filter, generation, |vm| vm.on_tick());
             }
         });
         self.tickers.borrow_mut()[filter] = Some(task.abort_handle());
@@ -342,6 +392,7 @@ fn local_response(status: u16, body: &str) -> CalloutResponse {
 #[derive(Clone)]
 struct WorkerPluginHost {
     filter: usize,
+    generation: u64,
     name: Arc<str>,
     clusters: Arc<[String]>,
     tx: mpsc::UnboundedSender<Event>,
@@ -379,6 +430,7 @@ impl PluginHost for WorkerPluginHost {
         self.tx
             .send(Event::HttpCall {
                 filter: self.filter,
+                generation: self.generation,
                 req: request,
             })
             .map_err(|_| Status::InternalFailure)
@@ -387,14 +439,19 @@ impl PluginHost for WorkerPluginHost {
     fn set_tick_period(&mut self, period: Option<Duration>) {
         let _ = self.tx.send(Event::Tick {
             filter: self.filter,
+            generation: self.generation,
             period,
         });
     }
 
     fn queue_notifier(&mut self) -> Option<QueueNotifier> {
-        let (tx, filter) = (self.tx.clone(), self.filter);
+        let (tx, filter, generation) = (self.tx.clone(), self.filter, self.generation);
         Some(Arc::new(move |queue| {
-            let _ = tx.send(Event::QueueReady { filter, queue });
+            let _ = tx.send(Event::QueueReady {
+                filter,
+                generation,
+                queue,
+            });
         }))
     }
 }

@@ -74,11 +74,10 @@ impl ProxyService {
         set_forwarded(&mut parts.headers, self.peer.ip(), "http");
         ensure_request_id(&mut parts.headers);
 
-        if let (Some(chain), Some(filters)) = (&self.listener.chain, &self.worker.filters)
-            && on_upgrade.is_none()
-        {
+        if let (Some(chain), Some(filters)) = (&self.listener.chain, &self.worker.filters) {
+            // Upgrades too: a filter that denies a request must deny its upgrade.
             return self
-                .through_chain(parts, body, filters.clone(), chain.clone())
+                .through_chain(parts, body, filters.clone(), chain.clone(), on_upgrade)
                 .await;
         }
 
@@ -109,6 +108,7 @@ impl ProxyService {
         body: Incoming,
         filters: Rc<WorkerFilters>,
         chain: std::sync::Arc<[usize]>,
+        on_upgrade: Option<OnUpgrade>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let http::request::Parts {
             method,
@@ -153,6 +153,12 @@ impl ProxyService {
             *req.uri_mut() = path.parse().unwrap_or_else(|_| s.uri.clone());
             *req.version_mut() = version;
             *req.headers_mut() = std::mem::take(&mut s.request_headers);
+            // Framing is the proxy's, never a filter's: a body rewrite (or an added
+            // `content-length`) must not leave a length that disagrees with the bytes sent,
+            // which would desynchronise the upstream connection (request smuggling). The body's
+            // own length (or chunked encoding) frames it upstream.
+            req.headers_mut().remove(header::CONTENT_LENGTH);
+            req.headers_mut().remove(header::TRANSFER_ENCODING);
             if let Some(a) = &s.authority
                 && let Ok(v) = HeaderValue::from_str(a)
             {
@@ -188,12 +194,18 @@ impl ProxyService {
             .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.clone()))?
             .clone();
         run.with_stream(|s| s.upstream_address = Some(ep.addr));
+        if let Some(down) = on_upgrade {
+            return tunnel(&self.worker, cluster, &ep, req, down).await;
+        }
         let timeout = route.timeout.unwrap_or(cluster.response_timeout);
         let sent = upstream::send(cluster, &ep, req, timeout).await;
         // A filter that answered locally from a body phase wins over the upstream's answer.
         let late = run.late_reply.borrow_mut().take();
         if let Some(reply) = late {
             return self.stopped(&run, Stop::LocalReply(reply)).await;
+        }
+        if let Some((status, reason)) = run.late_failure.take() {
+            return self.stopped(&run, Stop::Fail(status, reason)).await;
         }
         let resp = match sent {
             Ok(r) => r,
@@ -213,6 +225,11 @@ impl ProxyService {
             rparts.status = s.response_status.unwrap_or(rparts.status);
             rparts.headers = std::mem::take(&mut s.response_headers);
         });
+        // As for requests: body phases may change the length, so the body frames itself.
+        rparts.headers.remove(header::TRANSFER_ENCODING);
+        if !rbody_empty && run.active() {
+            rparts.headers.remove(header::CONTENT_LENGTH);
+        }
         rparts.version = Version::HTTP_11;
         Ok(Response::from_parts(
             rparts,
@@ -265,6 +282,8 @@ impl ProxyService {
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         let empty = http_body::Body::is_end_stream(&body);
+        // Filters whose response phase already ran (when the stop came from that phase) are
+        // not called again: no context gets two `on_response_headers`.
         run.with_stream(|s| {
             s.response_status = Some(parts.status);
             s.response_headers = std::mem::take(&mut parts.headers);
@@ -274,6 +293,10 @@ impl ProxyService {
             parts.status = s.response_status.unwrap_or(parts.status);
             parts.headers = std::mem::take(&mut s.response_headers);
         });
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        if !empty && run.active() {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         let positions = run.positions();
         Response::from_parts(parts, self.response_body(run, body, positions))
     }
