@@ -102,18 +102,38 @@ impl Body for FilteredBody {
                             Err(e) => return Poll::Ready(Some(Err(e))),
                         };
                         this.done = eos;
+                        if eos {
+                            this.trailers = this.run.take_trailers(this.response);
+                        }
                         if !out.is_empty() {
                             this.count(out.len());
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
                     }
                     Err(frame) => {
-                        // Trailers end the body: flush what filters held, then the trailers.
-                        this.trailers = frame.into_trailers().ok();
+                        // Trailers end the body: flush what filters held, run the trailer
+                        // phase, then send the (possibly edited) trailers.
+                        let response = this.response;
+                        if let Ok(t) = frame.into_trailers() {
+                            this.run.with_stream(|s| {
+                                *(if response {
+                                    &mut s.response_trailers
+                                } else {
+                                    &mut s.request_trailers
+                                }) = Some(t);
+                            });
+                        }
                         let out = match this.step(Bytes::new(), true) {
                             Ok(o) => o,
                             Err(e) => return Poll::Ready(Some(Err(e))),
                         };
+                        if let Err(stop) = this.run.trailers_phase(response) {
+                            if let Stop::LocalReply(r) = stop {
+                                *this.run.late_reply.borrow_mut() = Some(r);
+                            }
+                            return Poll::Ready(Some(Err(Box::new(FilteredBodyError::Stopped))));
+                        }
+                        this.trailers = this.run.take_trailers(response);
                         this.done = true;
                         if !out.is_empty() {
                             this.count(out.len());
@@ -126,6 +146,8 @@ impl Body for FilteredBody {
                         Ok(o) => o,
                         Err(e) => return Poll::Ready(Some(Err(e))),
                     };
+                    // A filter may have added trailers at the end of the body.
+                    this.trailers = this.run.take_trailers(this.response);
                     this.done = true;
                     if !out.is_empty() {
                         this.count(out.len());

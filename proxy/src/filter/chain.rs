@@ -411,6 +411,69 @@ impl ChainRun {
         Ok(chunk)
     }
 
+    /// `on_request_trailers` (chain order) or `on_response_trailers` (reverse) with the trailers
+    /// already in the stream. A pause here is not held (the body is complete).
+    pub fn trailers_phase(&self, response: bool) -> Result<(), Stop> {
+        let order: Box<dyn Iterator<Item = usize>> = if response {
+            Box::new((0..self.chain.len()).rev())
+        } else {
+            Box::new(0..self.chain.len())
+        };
+        for pos in order {
+            let fi = self.chain[pos];
+            let Some(ctx) = self.live_ctx(pos)? else {
+                continue;
+            };
+            let result = {
+                let mut slot = self.filters.plugins[fi].borrow_mut();
+                let Some(Availability::Ready(vm)) = slot.as_mut().map(|p| p.vm()) else {
+                    continue;
+                };
+                let n = self.with_stream(|s| {
+                    let t = if response {
+                        &s.response_trailers
+                    } else {
+                        &s.request_trailers
+                    };
+                    t.as_ref().map_or(0, |t| t.len())
+                });
+                let mut stream = self.shared.stream.borrow_mut();
+                if response {
+                    vm.on_response_trailers(ctx, &mut stream, n)
+                } else {
+                    vm.on_request_trailers(ctx, &mut stream, n)
+                }
+            };
+            match result {
+                Ok(outcome) => {
+                    for d in outcome.effects {
+                        if d.context == ctx {
+                            match d.effect {
+                                Effect::LocalReply(r) => return Err(Stop::LocalReply(r)),
+                                Effect::CloseStream(_) => return Err(Stop::Reset),
+                                Effect::ContinueStream(_) => {}
+                            }
+                        }
+                    }
+                }
+                Err(e) => self.on_error(fi, e)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The trailers to send after the body, if any (non-empty).
+    pub fn take_trailers(&self, response: bool) -> Option<http::HeaderMap> {
+        self.with_stream(|s| {
+            if response {
+                s.response_trailers.take()
+            } else {
+                s.request_trailers.take()
+            }
+        })
+        .filter(|t| !t.is_empty())
+    }
+
     /// `on_log` → `on_done` → `on_delete` for every filter that saw the stream (once).
     pub fn finish(&self) {
         if self.finished.replace(true) {

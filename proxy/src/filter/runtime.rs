@@ -329,7 +329,22 @@ async fn callout(clusters: &[Cluster], set: &FilterSet, req: &HttpCallRequest) -
     {
         builder = builder.header(http::header::HOST, v);
     }
-    let Ok(request) = builder.body(ProxyBody::from(Bytes::from(req.body.clone()))) else {
+    let body = if req.trailers.is_empty() {
+        ProxyBody::from(Bytes::from(req.body.clone()))
+    } else {
+        let mut t = http::HeaderMap::new();
+        for (k, v) in &req.trailers {
+            if let (Ok(k), Ok(v)) = (
+                http::header::HeaderName::from_bytes(k),
+                HeaderValue::from_bytes(v),
+            ) {
+                t.append(k, v);
+            }
+        }
+        let data = (!req.body.is_empty()).then(|| Bytes::from(req.body.clone()));
+        ProxyBody::Complete(data, Some(t))
+    };
+    let Ok(request) = builder.body(body) else {
         return CalloutResponse::failure("invalid callout request");
     };
     let timeout = req.timeout.unwrap_or(cluster.response_timeout);

@@ -52,6 +52,9 @@ pub struct HttpStream {
     pub request_headers: HeaderMap,
     pub response_status: Option<StatusCode>,
     pub response_headers: HeaderMap,
+    /// Trailers, when the body ended with them or a filter added some.
+    pub request_trailers: Option<HeaderMap>,
+    pub response_trailers: Option<HeaderMap>,
     /// The body bytes the current body callback is offered.
     pub request_body: Vec<u8>,
     pub response_body: Vec<u8>,
@@ -74,6 +77,8 @@ impl HttpStream {
             request_headers: HeaderMap::new(),
             response_status: None,
             response_headers: HeaderMap::new(),
+            request_trailers: None,
+            response_trailers: None,
             request_body: Vec::new(),
             response_body: Vec::new(),
             downstream,
@@ -107,6 +112,14 @@ impl HttpStream {
             MapType::HttpRequestHeaders => Ok(&mut self.request_headers),
             MapType::HttpResponseHeaders if self.response_status.is_some() => {
                 Ok(&mut self.response_headers)
+            }
+            // Trailers exist once the body ended with them; a filter may also add them (Envoy
+            // allows it at the end of the body): the map then appears on first use.
+            MapType::HttpRequestTrailers => {
+                Ok(self.request_trailers.get_or_insert_with(HeaderMap::new))
+            }
+            MapType::HttpResponseTrailers => {
+                Ok(self.response_trailers.get_or_insert_with(HeaderMap::new))
             }
             _ => Err(Status::NotFound),
         }

@@ -27,6 +27,8 @@ pub enum ProxyBody {
     Empty,
     /// A complete body produced by Weir itself (local replies, errors).
     Full(Option<Bytes>),
+    /// A complete body with trailers (HTTP callouts that pass trailers).
+    Complete(Option<Bytes>, Option<http::HeaderMap>),
     /// A body streaming in from the peer, forwarded as it arrives.
     Incoming(Incoming),
     /// A request body from the downstream client; drained in the background if abandoned.
@@ -69,6 +71,10 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Complete(data, trailers) => Poll::Ready(match data.take() {
+                Some(d) => Some(Ok(Frame::data(d))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ProxyBody::Downstream(b) => match b.0.as_mut() {
                 Some(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
@@ -103,6 +109,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty => true,
             ProxyBody::Full(d) => d.is_none(),
+            ProxyBody::Complete(d, t) => d.is_none() && t.is_none(),
             ProxyBody::Incoming(b) => b.is_end_stream(),
             ProxyBody::Downstream(b) => b.0.as_ref().is_none_or(|b| b.is_end_stream()),
             ProxyBody::Watched(b, _) => b.is_end_stream(),
@@ -116,6 +123,8 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64)),
+            // Trailers need chunked framing on HTTP/1.1: no exact length.
+            ProxyBody::Complete(..) => SizeHint::default(),
             ProxyBody::Incoming(b) | ProxyBody::Upstream(b, _) => b.size_hint(),
             ProxyBody::Downstream(b) => {
                 b.0.as_ref()
