@@ -24,6 +24,9 @@ test: toolchain
 lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	# The stock filters are their own wasm32-wasip1 workspace (built into `weir` by proxy/build.rs).
+	$(CARGO) fmt --manifest-path filters/Cargo.toml --all -- --check
+	$(CARGO) clippy --manifest-path filters/Cargo.toml --target wasm32-wasip1 --locked -- -D warnings
 
 bench: bench-micro bench-load
 

@@ -482,7 +482,7 @@ impl Vm {
         // Callback time is sampled (one call in TIMING_SAMPLE, scaled up): two clock reads on
         // every callback were a visible share of a short filter chain's cost.
         self.calls = self.calls.wrapping_add(1);
-        let timed = self.calls % TIMING_SAMPLE == 0;
+        let timed = self.calls.is_multiple_of(TIMING_SAMPLE);
         let started = timed.then(Instant::now);
         let result = func.call(&mut self.store, params);
         let elapsed = started.map(|t| t.elapsed() * TIMING_SAMPLE as u32);

@@ -59,8 +59,9 @@ pub enum FilterError {
     #[error("filters.{filter}: the filter did not start: {source}")]
     Start {
         filter: String,
+        /// Boxed: a start failure carries the guest's trap report (keeps `Result`s small).
         #[source]
-        source: weir_host_abi::StartError,
+        source: Box<weir_host_abi::StartError>,
     },
     #[error("cannot start the Wasm runtime: {0}")]
     Runtime(#[source] weir_host_abi::RuntimeError),
@@ -149,7 +150,7 @@ impl FilterSet {
             )
             .map_err(|source| FilterError::Start {
                 filter: f.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
             filters.push(LoadedFilter {
                 name: f.name.clone(),

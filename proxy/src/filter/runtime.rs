@@ -439,7 +439,7 @@ impl PluginHost for WorkerPluginHost {
 
     fn dispatch_http_call(&mut self, request: HttpCallRequest) -> Result<(), Status> {
         // Callouts reach manifest clusters only (hardening.md: a filter is untrusted code).
-        if !self.clusters.iter().any(|c| *c == request.upstream) {
+        if !self.clusters.contains(&request.upstream) {
             return Err(Status::BadArgument);
         }
         self.tx
