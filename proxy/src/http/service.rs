@@ -197,7 +197,12 @@ impl ProxyService {
         if let Some(down) = on_upgrade {
             return tunnel(&self.worker, cluster, &ep, req, down).await;
         }
-        let timeout = route.timeout.unwrap_or(cluster.response_timeout);
+        // `weir.route.timeout_ms: 0` disables the timeout, as Envoy's route timeout 0 does.
+        let timeout = match route.timeout {
+            Some(t) if t.is_zero() => NO_TIMEOUT,
+            Some(t) => t,
+            None => cluster.response_timeout,
+        };
         let sent = upstream::send(cluster, &ep, req, timeout).await;
         // A filter that answered locally from a body phase wins over the upstream's answer.
         let late = run.late_reply.borrow_mut().take();
@@ -301,6 +306,10 @@ impl ProxyService {
         Response::from_parts(parts, self.response_body(run, body, positions))
     }
 }
+
+/// "No timeout": far enough that it never fires, near enough that deadline arithmetic cannot
+/// overflow.
+const NO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 fn protocol_name(v: Version) -> &'static str {
     match v {
