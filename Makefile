@@ -5,6 +5,9 @@
 #   make bench  the load harness (Weir vs direct vs nginx) and the criterion micro-benchmarks
 SHELL := /bin/bash
 CARGO ?= cargo
+# One build directory for every target (and for CI): `make run` and `make test` share their
+# build instead of compiling wasmtime twice. Override by exporting CARGO_TARGET_DIR.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 WEIR_ARGS ?=
 
 .PHONY: run test lint bench bench-load bench-micro toolchain
