@@ -11,8 +11,8 @@
 //! * [`FakeClock`] is the plugin host's clock: frozen until advanced.
 //! * [`super::driver`] runs a VM through Envoy's stream sequences over these types.
 //!
-//! Copied from `host-abi/tests/support/mod.rs` (host-abi's own tests keep their copy). Nothing here
-//! knows about tests: it is a small, complete embedder with documented semantics. Where Envoy's
+//! host-abi's own integration tests use this same embedder (`host-abi/tests/support`). Nothing
+//! here knows about tests: it is a small, complete embedder with documented semantics. Where Envoy's
 //! behaviour is richer (per-phase map availability, buffering limits), the simplification is stated
 //! on the item. The friendlier [`super::Filter`] / [`super::HttpStream`] API is built on it.
 
