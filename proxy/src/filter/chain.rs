@@ -319,12 +319,7 @@ impl ChainRun {
         end_of_stream: bool,
     ) -> Result<Bytes, Stop> {
         let mut chunk = data;
-        let order: Box<dyn Iterator<Item = usize>> = if response {
-            Box::new((0..self.chain.len()).rev())
-        } else {
-            Box::new(0..self.chain.len())
-        };
-        for pos in order {
+        for pos in self.order(response) {
             let fi = self.chain[pos];
             let Some(ctx) = self.live_ctx(pos)? else {
                 continue;
@@ -414,12 +409,7 @@ impl ChainRun {
     /// `on_request_trailers` (chain order) or `on_response_trailers` (reverse) with the trailers
     /// already in the stream. A pause here is not held (the body is complete).
     pub fn trailers_phase(&self, response: bool) -> Result<(), Stop> {
-        let order: Box<dyn Iterator<Item = usize>> = if response {
-            Box::new((0..self.chain.len()).rev())
-        } else {
-            Box::new(0..self.chain.len())
-        };
-        for pos in order {
+        for pos in self.order(response) {
             let fi = self.chain[pos];
             let Some(ctx) = self.live_ctx(pos)? else {
                 continue;
@@ -508,6 +498,12 @@ impl ChainRun {
                 self.filters.vm_failed(fi, &f);
             }
         }
+    }
+
+    /// Chain positions in phase order: as listed for the request, reversed for the response.
+    fn order(&self, response: bool) -> impl Iterator<Item = usize> + use<> {
+        let n = self.chain.len();
+        (0..n).map(move |i| if response { n - 1 - i } else { i })
     }
 
     /// Positions in the chain.

@@ -149,7 +149,8 @@ impl ProxyService {
         let (mut req, route) = run.with_stream(|s| {
             let mut req = Request::new(ProxyBody::Empty);
             *req.method_mut() = s.method.clone();
-            let path = s.route().path.unwrap_or_else(|| s.uri.to_string());
+            let route = s.route();
+            let path = route.path.clone().unwrap_or_else(|| s.uri.to_string());
             *req.uri_mut() = path.parse().unwrap_or_else(|_| s.uri.clone());
             *req.version_mut() = version;
             *req.headers_mut() = std::mem::take(&mut s.request_headers);
@@ -164,7 +165,7 @@ impl ProxyService {
             {
                 req.headers_mut().insert(header::HOST, v);
             }
-            (req, s.route())
+            (req, route)
         });
         *req.extensions_mut() = extensions;
         let request_body = ProxyBody::Downstream(super::body::DownstreamBody::new(body));
