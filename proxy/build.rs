@@ -18,38 +18,8 @@ use std::env;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip1";
-
-/// Host-build settings that must not reach the nested wasm build.
-const LEAKY_ENV: &[&str] = &[
-    "CARGO_ENCODED_RUSTFLAGS",
-    "RUSTFLAGS",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_DIR",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "CARGO_MAKEFLAGS",
-    "MAKEFLAGS",
-    "MFLAGS",
-    "CARGO_PRIMARY_PACKAGE",
-    "CARGO_INCREMENTAL",
-    // Variables cargo sets for this build script; the nested cargo sets its own for the build
-    // scripts it runs, but only the ones that apply, so stale host values could show through.
-    "TARGET",
-    "HOST",
-    "OUT_DIR",
-    "OPT_LEVEL",
-    "PROFILE",
-    "DEBUG",
-    "NUM_JOBS",
-    "RUSTC_LINKER",
-];
-
-/// Prefixes of host-build settings that must not reach the nested build either: build settings
-/// (`CARGO_BUILD_TARGET`, `CARGO_BUILD_RUSTFLAGS`, …), profile overrides meant for the host crates
-/// (the filters workspace sets its own release profile), and the host's `cfg` values.
-const LEAKY_ENV_PREFIXES: &[&str] = &["CARGO_BUILD_", "CARGO_PROFILE_", "CARGO_CFG_"];
 
 fn main() {
     let manifest_dir =
@@ -171,60 +141,18 @@ fn fnv1a(path: &Path) -> u64 {
         })
 }
 
-/// Runs `cargo build --release --locked --target wasm32-wasip1` on the filters workspace; panics
-/// with the nested cargo's stderr (and a hint for the usual causes) on failure. When nothing
-/// changed this is cargo's no-op check, well under a second.
+/// Builds the stock filters (see `nested_wasm_build`); when nothing changed this is cargo's no-op
+/// check, well under a second.
 fn build(filters: &Path, target_dir: &Path, builtins: &[String]) {
-    // `CARGO` is the cargo running this build script, so the nested build uses the same (pinned)
-    // toolchain without going through a rustup proxy.
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(filters)
-        .arg("build")
-        .arg("--release")
-        .arg("--locked")
-        .arg("--target")
-        .arg(TARGET)
-        .arg("--manifest-path")
-        .arg(filters.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir);
-    for name in builtins {
-        cmd.arg("--package").arg(name);
+    let packages: Vec<&str> = builtins.iter().map(String::as_str).collect();
+    if let Err(message) = nested_wasm_build(
+        "the stock filters (filters/)",
+        filters,
+        target_dir,
+        &packages,
+    ) {
+        panic!("{message}");
     }
-    for var in LEAKY_ENV {
-        cmd.env_remove(var);
-    }
-    for (var, _) in env::vars_os() {
-        let leaky = var
-            .to_str()
-            .is_some_and(|v| LEAKY_ENV_PREFIXES.iter().any(|p| v.starts_with(p)));
-        if leaky {
-            cmd.env_remove(var);
-        }
-    }
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"));
-    if output.status.success() {
-        return;
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let hint = if stderr.contains("target may not be installed")
-        || stderr.contains("can't find crate for `core`")
-        || stderr.contains("can't find crate for `std`")
-    {
-        format!("\nhint: the {TARGET} target is missing; run `rustup target add {TARGET}`\n")
-    } else if stderr.contains("--locked") {
-        // Typically sdk/Cargo.toml gained a dependency: the filters workspace locks it too.
-        "\nhint: filters/Cargo.lock is out of date; run \
-         `cargo update --workspace --manifest-path filters/Cargo.toml` and commit filters/Cargo.lock\n"
-            .to_owned()
-    } else {
-        String::new()
-    };
-    panic!(
-        "building the stock filters (filters/) failed ({}):\n{cmd:?}\n--- nested cargo stderr ---\n{stderr}{hint}",
-        output.status
-    );
 }
+
+include!("../tests/artifacts/nested_cargo.rs");

@@ -10,7 +10,6 @@ use std::env;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The guest crates (package name = cdylib name) and the doc line of their constant.
 const PROGRAMS: &[(&str, &str)] = &[
@@ -29,25 +28,6 @@ const PROGRAMS: &[(&str, &str)] = &[
 ];
 
 const TARGET: &str = "wasm32-wasip1";
-
-/// Host-build settings that must not reach the nested wasm build.
-const LEAKY_ENV: &[&str] = &[
-    "CARGO_ENCODED_RUSTFLAGS",
-    "RUSTFLAGS",
-    "CARGO_BUILD_RUSTFLAGS",
-    "CARGO_BUILD_TARGET",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET_DIR",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "CARGO_MAKEFLAGS",
-    "MAKEFLAGS",
-    "MFLAGS",
-    "CARGO_PRIMARY_PACKAGE",
-];
-
-/// Prefixes of host-build settings that must not reach the nested build either (profile overrides
-/// meant for the host crates; the programs workspace sets its own release profile).
-const LEAKY_ENV_PREFIXES: &[&str] = &["CARGO_PROFILE_"];
 
 fn main() {
     let manifest_dir =
@@ -101,59 +81,15 @@ fn main() {
     fs::write(out_dir.join("artifacts.rs"), generated).expect("write artifacts.rs");
 }
 
-/// Runs `cargo build --release --target wasm32-wasip1` on the programs workspace; panics with the
-/// nested cargo's stderr on failure.
+/// Builds the guest programs (see `nested_wasm_build`).
 fn build(programs: &Path, target_dir: &Path) {
-    // `CARGO` is the cargo running this build script, so the nested build uses the same
-    // (pinned) toolchain without going through a rustup proxy.
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(programs)
-        .arg("build")
-        .arg("--release")
-        .arg("--locked")
-        .arg("--target")
-        .arg(TARGET)
-        .arg("--manifest-path")
-        .arg(programs.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir);
-    for (name, _) in PROGRAMS {
-        cmd.arg("--package").arg(name);
+    let packages: Vec<&str> = PROGRAMS.iter().map(|(name, _)| *name).collect();
+    if let Err(message) = nested_wasm_build("the guest programs", programs, target_dir, &packages) {
+        panic!("{message}");
     }
-    for var in LEAKY_ENV {
-        cmd.env_remove(var);
-    }
-    for (var, _) in env::vars_os() {
-        let leaky = var
-            .to_str()
-            .is_some_and(|v| LEAKY_ENV_PREFIXES.iter().any(|p| v.starts_with(p)));
-        if leaky {
-            cmd.env_remove(var);
-        }
-    }
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"));
-    if output.status.success() {
-        return;
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let hint = if stderr.contains("target may not be installed")
-        || stderr.contains("can't find crate for `core`")
-        || stderr.contains("can't find crate for `std`")
-    {
-        format!(
-            "\nhint: the {TARGET} target is missing; run `rustup target add {TARGET}` (the Makefile does this)\n"
-        )
-    } else {
-        String::new()
-    };
-    panic!(
-        "building the guest programs failed ({}):\n{cmd:?}\n--- nested cargo stderr ---\n{stderr}{hint}",
-        output.status
-    );
 }
+
+include!("nested_cargo.rs");
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("artifact paths are UTF-8")
