@@ -22,5 +22,6 @@ pub mod filter;
 pub mod http;
 pub mod listener;
 pub mod rt;
+pub mod scaffold;
 pub mod upstream;
 pub mod worker;

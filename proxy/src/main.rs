@@ -38,6 +38,17 @@ enum Command {
     },
     /// Print the embedded default manifest.
     DefaultConfig,
+    /// Start a new filter crate from the SDK's template (its `cargo test` builds and runs it).
+    NewFilter {
+        /// Crate name (lower-case letters, digits and `-`).
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The weir-sdk to depend on (default: the checkout this weir was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +66,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::NewFilter { name, dir, sdk } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let sdk = sdk.unwrap_or_else(weir::scaffold::default_sdk_path);
+            let sdk = sdk.canonicalize().unwrap_or(sdk);
+            match weir::scaffold::new_filter(&name, &dir, &sdk) {
+                Ok(()) => {
+                    println!(
+                        "created {} (depends on weir-sdk at {})",
+                        dir.display(),
+                        sdk.display()
+                    );
+                    println!("next: cd {} && cargo test", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::DefaultConfig => {
             print!("{}", weir::config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
