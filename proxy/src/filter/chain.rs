@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use weir_host_abi::{
-    Availability, ContextId, Effect, LocalReply, Outcome, StreamBox, StreamType, Verdict, VmError,
+    Availability, ContextId, Effect, LocalReply, Outcome, StreamType, Verdict, VmError,
     downcast_stream,
 };
 
@@ -226,10 +226,7 @@ impl ChainRun {
             Err(e) => return self.on_error(fi, e),
         };
         let my_ctx = self.contexts.borrow()[pos].map(|(c, _)| c);
-        let direction = match phase {
-            Phase::Request => StreamType::HttpRequest,
-            Phase::Response => StreamType::HttpResponse,
-        };
+        let direction = direction(matches!(phase, Phase::Response));
         let mut resumed = false;
         let mut others = Vec::new();
         for d in outcome.effects {
@@ -387,12 +384,8 @@ impl ChainRun {
                 }
             };
             for d in outcome.effects {
-                if Some(d.context) == Some(ctx) {
-                    match d.effect {
-                        Effect::LocalReply(r) => return Err(Stop::LocalReply(r)),
-                        Effect::CloseStream(_) => return Err(Stop::Reset),
-                        Effect::ContinueStream(_) => {}
-                    }
+                if d.context == ctx {
+                    self.apply(d.effect, direction(response))?;
                 }
             }
             // Pause on a body chunk = buffer it and offer the whole buffer with the next chunk
@@ -438,11 +431,7 @@ impl ChainRun {
                 Ok(outcome) => {
                     for d in outcome.effects {
                         if d.context == ctx {
-                            match d.effect {
-                                Effect::LocalReply(r) => return Err(Stop::LocalReply(r)),
-                                Effect::CloseStream(_) => return Err(Stop::Reset),
-                                Effect::ContinueStream(_) => {}
-                            }
+                            self.apply(d.effect, direction(response))?;
                         }
                     }
                 }
@@ -523,6 +512,15 @@ impl Drop for ChainRun {
     }
 }
 
+/// The stream direction a phase acts on.
+fn direction(response: bool) -> StreamType {
+    if response {
+        StreamType::HttpResponse
+    } else {
+        StreamType::HttpRequest
+    }
+}
+
 /// The response for a local reply (Envoy's `sendLocalReply`: `content-type: text/plain` for a
 /// non-empty body; a gRPC reply is trailers-only with `grpc-status` / `grpc-message`).
 pub fn local_reply_response(r: &LocalReply) -> Response<ProxyBody> {
@@ -567,9 +565,4 @@ pub fn local_reply_response(r: &LocalReply) -> Response<ProxyBody> {
         None => {}
     }
     resp
-}
-
-/// Access to the concrete stream inside a `StreamBox` (for code holding the box directly).
-pub fn http_stream(b: &mut StreamBox) -> &mut HttpStream {
-    downcast_stream::<HttpStream>(b).expect("the chain's stream is an HttpStream")
 }

@@ -249,36 +249,21 @@ impl WorkerFilters {
     }
 
     fn deliver_callout(&self, filter: usize, generation: u64, token: u32, resp: CalloutResponse) {
-        // A callout of a VM that has since been replaced: its token may already name another
-        // call of the new VM. Drop it.
-        if generation != self.generation(filter) {
-            return;
-        }
-        let result = {
-            let mut slot = self.plugins[filter].borrow_mut();
-            let Some(plugin) = slot.as_mut() else { return };
-            let Availability::Ready(vm) = plugin.vm() else {
-                return;
-            };
+        // `deliver` drops an answer of a VM that has since been replaced: its token may already
+        // name another call of the new VM.
+        self.deliver(filter, generation, |vm| {
             // Lend the dispatching stream, if it still exists, so the filter can edit and resume it.
-            let origin = vm
+            match vm
                 .http_call_context(token)
-                .and_then(|c| self.stream(filter, c));
-            match &origin {
+                .and_then(|c| self.stream(filter, c))
+            {
                 Some(s) => {
                     let mut stream = s.stream.borrow_mut();
                     vm.on_http_call_response(token, resp, Some(&mut stream))
                 }
                 None => vm.on_http_call_response(token, resp, None),
             }
-        };
-        match result {
-            Ok(outcome) => self.route_effects(filter, outcome),
-            Err(VmError::Failed(failure)) => {
-                self.vm_failed(filter, &failure);
-            }
-            Err(e) => tracing::warn!(error = %e, "callout response not delivered"),
-        }
+        });
     }
 
     fn set_ticker(self: &Rc<Self>, filter: usize, generation: u64, period: Option<Duration>) {

@@ -43,13 +43,6 @@ pub enum ProxyBody {
     H1(H1Body),
 }
 
-impl ProxyBody {
-    /// A complete body from static text.
-    pub fn text(s: &'static str) -> Self {
-        ProxyBody::Full(Some(Bytes::from_static(s.as_bytes())))
-    }
-}
-
 impl From<Bytes> for ProxyBody {
     fn from(b: Bytes) -> Self {
         if b.is_empty() {

@@ -82,10 +82,7 @@ impl ProxyService {
         }
 
         let cluster = &self.worker.clusters[self.listener.default_cluster];
-        let ep = cluster
-            .pick()
-            .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.clone()))?
-            .clone();
+        let ep = cluster.endpoint()?;
         let req = Request::from_parts(
             parts,
             ProxyBody::Downstream(super::body::DownstreamBody::new(body)),
@@ -190,10 +187,7 @@ impl ProxyService {
             None => self.listener.default_cluster,
         };
         let cluster = &self.worker.clusters[ci];
-        let ep = cluster
-            .pick()
-            .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.clone()))?
-            .clone();
+        let ep = cluster.endpoint()?;
         run.with_stream(|s| s.upstream_address = Some(ep.addr));
         if let Some(down) = on_upgrade {
             return tunnel(&self.worker, cluster, &ep, req, down).await;

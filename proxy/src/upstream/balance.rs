@@ -6,6 +6,13 @@ use super::{Cluster, Endpoint};
 use crate::config::LbPolicy;
 
 impl Cluster {
+    /// The endpoint for the next request, or the 503 a request gets when there is none.
+    pub fn endpoint(&self) -> Result<Rc<Endpoint>, crate::http::respond::ProxyError> {
+        self.pick()
+            .cloned()
+            .ok_or_else(|| crate::http::respond::ProxyError::NoHealthyUpstream(self.name.clone()))
+    }
+
     /// Picks the endpoint for the next request, or `None` if the cluster has none.
     pub fn pick(&self) -> Option<&Rc<Endpoint>> {
         let eps = &self.endpoints;

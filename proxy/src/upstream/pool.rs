@@ -85,11 +85,6 @@ impl Pool {
         self.idle_timeout
     }
 
-    /// Idle HTTP/1.1 connections held now.
-    pub fn idle_count(&self) -> usize {
-        self.idle.borrow().len()
-    }
-
     /// The shared HTTP/2 connection, if one is open.
     pub fn h2(&self) -> Option<H2Sender> {
         let mut slot = self.h2.borrow_mut();
