@@ -30,9 +30,10 @@ command -v wrk >/dev/null || { SUDO=; ((EUID == 0)) || SUDO=sudo; $SUDO apt-get 
 
 log "building weir (release) and the backend"
 cargo build --release --quiet -p weir --manifest-path "$ROOT/Cargo.toml"
-cargo build --release --quiet --manifest-path "$SHARED/backend/Cargo.toml"
+BACKEND_TARGET=${BACKEND_TARGET:-$SHARED/backend/target}   # the shared harness's own target dir
+CARGO_TARGET_DIR=$BACKEND_TARGET cargo build --release --quiet --manifest-path "$SHARED/backend/Cargo.toml"
 WEIR=$CARGO_TARGET_DIR/release/weir
-BACKEND=$SHARED/backend/target/release/peer-backend
+BACKEND=$BACKEND_TARGET/release/peer-backend
 mkdir -p "$RUN_DIR"
 
 pids=()
@@ -72,6 +73,11 @@ for i in $(seq 100); do
   sleep 0.1
 done
 grep -q "weir: ready" "$RUN_DIR/chain.out" || { cat "$RUN_DIR/chain.err"; exit 1; }
+# Every path must answer 200 before anything is measured: a round of 503s is not a benchmark.
+for port in $BACKEND_PORT $PLAIN_PORT $CHAIN_PORT; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/" || true)
+  [[ $code == 200 ]] || { log "127.0.0.1:$port answered '$code', not 200; see $RUN_DIR/*.err"; exit 1; }
+done
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
@@ -93,6 +99,7 @@ for r in $(seq "$REPS"); do
     cpu=$(awk -v a="$t0" -v b="$t1" -v n="$reqs" -v hz="$HZ" 'BEGIN {printf "%.2f", (b-a)*1e6/hz/(n>0?n:1)}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$target" "$rps" "$p50" "$p99" "$cpu" "${errs:-0}" >>"$results"
     log "round $r $target: $rps req/s, p50 $p50, p99 $p99, CPU ${cpu}us/req ${errs}"
+    [[ -z $errs ]] || { log "errors in this round; the figures are not valid"; exit 1; }
   done
 done
 

@@ -104,7 +104,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             const F: &str = "proxy_get_status";
             memory::not_in_allocator(&caller, F)?;
             memory::check_out(&mut caller, F, &[cp, mp, ml])?;
-            let (code, message) = caller.data().call.status.clone();
+            let (code, message) = caller
+                .data()
+                .call
+                .status
+                .as_deref()
+                .cloned()
+                .unwrap_or((0, String::new()));
             memory::write_u32(&mut caller, F, cp, code)?;
             memory::return_bytes(&mut caller, F, message.as_bytes(), mp, ml)?;
             Ok(Status::Ok.raw())

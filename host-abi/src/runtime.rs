@@ -71,6 +71,10 @@ impl Runtime {
         let mut wc = Config::new();
         wc.epoch_interruption(true);
         wc.max_wasm_stack(config.max_wasm_stack);
+        // `WEIR_WASM_PERFMAP=1`: write /tmp/perf-PID.map so `perf report` names guest functions.
+        if std::env::var_os("WEIR_WASM_PERFMAP").is_some_and(|v| v != "0") {
+            wc.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if let Some(p) = config.pooling {
             let mut pool = PoolingAllocationConfig::new();
             pool.total_core_instances(p.max_instances)

@@ -1,9 +1,9 @@
 //! `HostState`: the data of one VM's wasmtime `Store` — what host functions see through `Caller`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
 use crate::config::Limits;
@@ -56,14 +56,15 @@ pub(crate) struct CallState {
     pub(crate) local_reply: bool,
     /// Buffer 7 is readable (only inside `on_configure`).
     pub(crate) in_configure: bool,
-    /// Maps 6/7 and buffer 4 (only inside `on_http_call_response`).
-    pub(crate) callout: Option<CalloutResponse>,
+    /// Maps 6/7 and buffer 4 (only inside `on_http_call_response`). Boxed, like the other rare
+    /// parts, so that the state every callback resets and moves stays small.
+    pub(crate) callout: Option<Box<CalloutResponse>>,
     /// Maps 4/5 and buffer 5 (only inside gRPC callbacks).
-    pub(crate) grpc: Option<GrpcData>,
+    pub(crate) grpc: Option<Box<GrpcData>>,
     /// Buffer 8 (only inside `on_foreign_function`).
     pub(crate) call_data: Option<Vec<u8>>,
-    /// `proxy_get_status` answer.
-    pub(crate) status: (u32, String),
+    /// `proxy_get_status` answer (`None`: `(0, "")`).
+    pub(crate) status: Option<Box<(u32, String)>>,
 }
 
 /// Linear-memory cap; remembers that the cap was hit so a following trap is reported as
@@ -121,15 +122,15 @@ pub(crate) struct HostState {
     pub(crate) plugin: Arc<PluginShared>,
     pub(crate) host: Box<dyn PluginHost>,
     pub(crate) root: ContextId,
-    pub(crate) contexts: HashMap<ContextId, ContextKind>,
+    pub(crate) contexts: FxHashMap<ContextId, ContextKind>,
     pub(crate) call: CallState,
     /// The stream lent for the running callback (or `NoStream`), and the context it belongs to.
     pub(crate) stream: StreamBox,
     pub(crate) stream_ctx: Option<ContextId>,
     /// Outstanding HTTP callouts: token → dispatching context.
-    pub(crate) http_calls: HashMap<u32, ContextId>,
+    pub(crate) http_calls: FxHashMap<u32, ContextId>,
     /// Outstanding gRPC calls/streams: token → dispatching context.
-    pub(crate) grpc_calls: HashMap<u32, ContextId>,
+    pub(crate) grpc_calls: FxHashMap<u32, ContextId>,
     pub(crate) next_token: u32,
     pub(crate) tick_period: Option<Duration>,
     pub(crate) shared: SharedState,
@@ -160,12 +161,12 @@ impl HostState {
             plugin,
             host,
             root: 0,
-            contexts: HashMap::new(),
+            contexts: FxHashMap::default(),
             call: CallState::default(),
             stream: Box::new(NoStream),
             stream_ctx: None,
-            http_calls: HashMap::new(),
-            grpc_calls: HashMap::new(),
+            http_calls: FxHashMap::default(),
+            grpc_calls: FxHashMap::default(),
             next_token: 0,
             tick_period: None,
             shared,

@@ -199,6 +199,35 @@ async fn builtin_add_header() {
     assert_eq!(r.header("x-original-path"), Some("/orig?x=1"));
 }
 
+/// Filters that only touch headers leave the body's framing alone: the client gets the
+/// upstream's `content-length`, not a chunked re-encoding (Envoy keeps it too).
+#[tokio::test]
+async fn a_header_only_chain_keeps_the_upstream_content_length() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            FilterDef::new("a", "builtin:add-header").config(r#"{"response":{"x-a":"1"}}"#),
+            FilterDef::new("b", "builtin:add-header").config(r#"{"response":{"x-b":"1"}}"#),
+        ],
+    )
+    .start()
+    .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    for body in ["hello world", ""] {
+        let resp = c.post("/echo", body).await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.text(), body);
+        assert_eq!(resp.header("x-a"), Some("1"));
+        assert_eq!(
+            resp.header("content-length"),
+            Some(body.len().to_string().as_str()),
+            "{resp:?}"
+        );
+        assert_eq!(resp.header("transfer-encoding"), None, "{resp:?}");
+    }
+}
+
 #[tokio::test]
 async fn body_rewrite_both_directions() {
     let echo = EchoServer::start().await;

@@ -24,6 +24,11 @@ pub enum FilteredBodyError {
     TooLarge,
     #[error("a filter ended the stream during a body phase")]
     Stopped,
+    #[error(
+        "filters changed the body length ({sent} bytes) but left content-length: {declared}; a \
+         filter that edits the body must remove content-length in its headers phase"
+    )]
+    LengthMismatch { declared: u64, sent: u64 },
 }
 
 /// A body that runs through a chain.
@@ -35,6 +40,22 @@ pub struct FilteredBody {
     /// Trailers waiting until the data before them has gone out.
     trailers: Option<http::HeaderMap>,
     done: bool,
+    /// The `content-length` the message keeps (filters left it in place): the bytes that come
+    /// out must add up to it, or the body fails (the connection is cut, never desynchronised).
+    declared: Option<u64>,
+    sent: u64,
+    /// The first frame, pulled through the filters before the response head went out
+    /// ([`FilteredBody::prefetch`]).
+    pending: Option<Frame<Bytes>>,
+}
+
+/// What [`FilteredBody::prefetch`] learned before the response head goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    /// The whole filtered body (no trailers) is in hand: this many bytes.
+    Complete(u64),
+    /// More is to come (or trailers): the body streams.
+    Streaming,
 }
 
 impl FilteredBody {
@@ -49,6 +70,67 @@ impl FilteredBody {
             held: vec![Vec::new(); positions],
             trailers: None,
             done,
+            declared: None,
+            sent: 0,
+            pending: None,
+        }
+    }
+
+    /// Runs the body through the filters before the response head is sent, until the first
+    /// bytes come out, the body ends, or nothing is ready and no filter is holding bytes back. It
+    /// never waits on the upstream for its own sake: only while a filter buffers, when nothing
+    /// could be sent anyway. A body that is complete by then gets its exact length (whatever the
+    /// filters did to it), which is the common case for small answers: no chunked encoding and
+    /// no declared-length mismatch.
+    pub async fn prefetch(&mut self) -> Result<Prefetch, BoxError> {
+        std::future::poll_fn(|cx| match Pin::new(&mut *self).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.pending = Some(frame);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(e)),
+            Poll::Ready(None) => Poll::Ready(Ok(())),
+            Poll::Pending if self.held.iter().any(|h| !h.is_empty()) => Poll::Pending,
+            Poll::Pending => Poll::Ready(Ok(())),
+        })
+        .await?;
+        let data_only = self.pending.as_ref().is_none_or(Frame::is_data);
+        Ok(if self.done && self.trailers.is_none() && data_only {
+            Prefetch::Complete(self.pending_len())
+        } else {
+            Prefetch::Streaming
+        })
+    }
+
+    /// Holds the rest of a streaming body to the `content-length` the message keeps. An error if
+    /// what already came out is more than that.
+    pub fn enforce_length(&mut self, declared: u64) -> Result<(), BoxError> {
+        self.declared = Some(declared);
+        self.sent = 0;
+        self.check_length(self.pending_len() as usize, false)
+    }
+
+    fn pending_len(&self) -> u64 {
+        self.pending
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64)
+    }
+
+    /// Accounts for `n` bytes going out; an error if they break the declared length (too many
+    /// now, or too few at the end).
+    fn check_length(&mut self, n: usize, end: bool) -> Result<(), BoxError> {
+        self.sent += n as u64;
+        match self.declared {
+            Some(declared) if self.sent > declared || (end && self.sent != declared) => {
+                let e = FilteredBodyError::LengthMismatch {
+                    declared,
+                    sent: self.sent,
+                };
+                tracing::warn!(error = %e, "body length does not match content-length");
+                Err(Box::new(e))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -87,6 +169,9 @@ impl Body for FilteredBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(frame) = this.pending.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         loop {
             if this.done {
                 return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
@@ -104,6 +189,9 @@ impl Body for FilteredBody {
                         this.done = eos;
                         if eos {
                             this.trailers = this.run.take_trailers(this.response);
+                        }
+                        if let Err(e) = this.check_length(out.len(), eos) {
+                            return Poll::Ready(Some(Err(e)));
                         }
                         if !out.is_empty() {
                             this.count(out.len());
@@ -135,6 +223,9 @@ impl Body for FilteredBody {
                         }
                         this.trailers = this.run.take_trailers(response);
                         this.done = true;
+                        if let Err(e) = this.check_length(out.len(), true) {
+                            return Poll::Ready(Some(Err(e)));
+                        }
                         if !out.is_empty() {
                             this.count(out.len());
                             return Poll::Ready(Some(Ok(Frame::data(out))));
@@ -149,6 +240,9 @@ impl Body for FilteredBody {
                     // A filter may have added trailers at the end of the body.
                     this.trailers = this.run.take_trailers(this.response);
                     this.done = true;
+                    if let Err(e) = this.check_length(out.len(), true) {
+                        return Poll::Ready(Some(Err(e)));
+                    }
                     if !out.is_empty() {
                         this.count(out.len());
                         return Poll::Ready(Some(Ok(Frame::data(out))));
@@ -159,14 +253,17 @@ impl Body for FilteredBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.trailers.is_none()
+        self.pending.is_none() && self.done && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        // Filters may change the length; only the upstream's exact length of an unfiltered
-        // (fully empty) body is known.
+        // Filters may change the length: it is known only when the message keeps a declared
+        // length (enforced above), or once the body is over.
+        let pending = self.pending_len();
         if self.done && self.trailers.is_none() {
-            SizeHint::with_exact(0)
+            SizeHint::with_exact(pending)
+        } else if let Some(declared) = self.declared {
+            SizeHint::with_exact(declared.saturating_sub(self.sent) + pending)
         } else {
             SizeHint::default()
         }

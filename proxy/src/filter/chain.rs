@@ -324,8 +324,14 @@ impl ChainRun {
             if chunk.is_empty() && !end_of_stream && held[pos].is_empty() {
                 continue;
             }
-            let mut buf = std::mem::take(&mut held[pos]);
-            buf.extend_from_slice(&chunk);
+            // What this filter is offered: the chunk itself, or what it held plus the chunk.
+            let buf = if held[pos].is_empty() {
+                chunk
+            } else {
+                let mut h = std::mem::take(&mut held[pos]);
+                h.extend_from_slice(&chunk);
+                Bytes::from(h)
+            };
             self.with_stream(|s| {
                 if response {
                     s.response_body = buf;
@@ -339,13 +345,13 @@ impl ChainRun {
                     Some(Availability::Ready(vm)) => vm,
                     Some(Availability::Unavailable(Verdict::FailOpen)) => {
                         // Skipped (fail open): its bytes go on unchanged.
-                        chunk = Bytes::from(self.with_stream(|s| {
+                        chunk = self.with_stream(|s| {
                             std::mem::take(if response {
                                 &mut s.response_body
                             } else {
                                 &mut s.request_body
                             })
-                        }));
+                        });
                         continue;
                     }
                     _ => {
@@ -379,7 +385,7 @@ impl ChainRun {
                 Ok(o) => o,
                 Err(e) => {
                     self.on_error(fi, e)?;
-                    chunk = Bytes::from(out);
+                    chunk = out;
                     continue;
                 }
             };
@@ -391,10 +397,10 @@ impl ChainRun {
             // Pause on a body chunk = buffer it and offer the whole buffer with the next chunk
             // (Envoy's StopIterationAndBuffer). At the end of the stream it all goes on.
             if outcome.action == weir_host_abi::Action::Pause && !end_of_stream {
-                held[pos] = out;
+                held[pos] = Vec::from(out);
                 return Ok(Bytes::new());
             }
-            chunk = Bytes::from(out);
+            chunk = out;
         }
         Ok(chunk)
     }

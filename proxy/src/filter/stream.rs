@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use weir_host_abi::{BufferType, MapType, Pairs, Status, StreamHost, edit_buffer};
@@ -55,9 +56,10 @@ pub struct HttpStream {
     /// Trailers, when the body ended with them or a filter added some.
     pub request_trailers: Option<HeaderMap>,
     pub response_trailers: Option<HeaderMap>,
-    /// The body bytes the current body callback is offered.
-    pub request_body: Vec<u8>,
-    pub response_body: Vec<u8>,
+    /// The body bytes the current body callback is offered: the chunk itself (no copy) until a
+    /// filter edits it (`set_buffer` copies once).
+    pub request_body: Bytes,
+    pub response_body: Bytes,
     pub downstream: Downstream,
     pub start: SystemTime,
     pub upstream_address: Option<SocketAddr>,
@@ -79,8 +81,8 @@ impl HttpStream {
             response_headers: HeaderMap::new(),
             request_trailers: None,
             response_trailers: None,
-            request_body: Vec::new(),
-            response_body: Vec::new(),
+            request_body: Bytes::new(),
+            response_body: Bytes::new(),
             downstream,
             start: SystemTime::now(),
             upstream_address: None,
@@ -213,10 +215,12 @@ impl StreamHost for HttpStream {
             Ok(h) => h,
             Err(_) => return Ok(None),
         };
-        let Ok(n) = HeaderName::from_bytes(&key.to_ascii_lowercase()) else {
+        // A `&str` key is looked up without building (allocating) a `HeaderName`; the lookup
+        // folds case itself.
+        let Ok(k) = std::str::from_utf8(key) else {
             return Ok(None);
         };
-        Ok(h.get(n).map(|v| v.as_bytes().to_vec()))
+        Ok(h.get(k).map(|v| v.as_bytes().to_vec()))
     }
 
     fn set_header_map(&mut self, map: MapType, pairs: Pairs) -> Result<(), Status> {
@@ -225,7 +229,7 @@ impl StreamHost for HttpStream {
             if k.first() == Some(&b':') {
                 self.set_pseudo(map, k, v)?;
             } else {
-                fresh.append(name(&k.to_ascii_lowercase())?, value(v)?);
+                fresh.append(name(k)?, value(v)?);
             }
         }
         *self.map(map)? = fresh;
@@ -238,7 +242,7 @@ impl StreamHost for HttpStream {
                 .set_pseudo(map, key, v)
                 .and_then(|ok| if ok { Ok(()) } else { Err(Status::BadArgument) });
         }
-        let (n, v) = (name(&key.to_ascii_lowercase())?, value(v)?);
+        let (n, v) = (name(key)?, value(v)?);
         self.map(map)?.append(n, v);
         Ok(())
     }
@@ -249,7 +253,7 @@ impl StreamHost for HttpStream {
                 .set_pseudo(map, key, v)
                 .and_then(|ok| if ok { Ok(()) } else { Err(Status::BadArgument) });
         }
-        let (n, v) = (name(&key.to_ascii_lowercase())?, value(v)?);
+        let (n, v) = (name(key)?, value(v)?);
         self.map(map)?.insert(n, v);
         Ok(())
     }
@@ -258,7 +262,7 @@ impl StreamHost for HttpStream {
         if key.first() == Some(&b':') {
             return Ok(()); // pseudo-headers cannot be removed
         }
-        let n = name(&key.to_ascii_lowercase())?;
+        let n = name(key)?;
         self.map(map)?.remove(n);
         Ok(())
     }
@@ -283,7 +287,10 @@ impl StreamHost for HttpStream {
             BufferType::HttpResponseBody => &mut self.response_body,
             _ => return Err(Status::NotFound),
         };
-        edit_buffer(buf, start, size, data)
+        let mut owned = Vec::from(std::mem::take(buf));
+        let r = edit_buffer(&mut owned, start, size, data);
+        *buf = Bytes::from(owned);
+        r
     }
 
     fn get_property(&mut self, path: &[&[u8]]) -> Option<Vec<u8>> {

@@ -17,7 +17,7 @@ use super::body::ProxyBody;
 use super::headers::{ensure_request_id, is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
 use super::respond::{self, ProxyError};
 use crate::conn::{ConnState, Framing};
-use crate::filter::body::FilteredBody;
+use crate::filter::body::{FilteredBody, FilteredBodyError, Prefetch};
 use crate::filter::chain::{ChainRun, Stop, local_reply_response};
 use crate::filter::runtime::WorkerFilters;
 use crate::filter::stream::{Downstream, HttpStream};
@@ -225,26 +225,59 @@ impl ProxyService {
             rparts.status = s.response_status.unwrap_or(rparts.status);
             rparts.headers = std::mem::take(&mut s.response_headers);
         });
-        // As for requests: body phases may change the length, so the body frames itself.
-        rparts.headers.remove(header::TRANSFER_ENCODING);
-        if !rbody_empty && run.active() {
-            rparts.headers.remove(header::CONTENT_LENGTH);
-        }
         rparts.version = Version::HTTP_11;
-        Ok(Response::from_parts(
-            rparts,
-            self.response_body(&run, rbody, positions),
-        ))
+        let body = match self.response_body(&run, rbody, &mut rparts.headers).await {
+            Ok(b) => b,
+            Err(stop) => return self.stopped(&run, stop).await,
+        };
+        Ok(Response::from_parts(rparts, body))
     }
 
-    /// The response body, wrapped so that body phases run and `on_log` comes at its end.
-    fn response_body(&self, run: &Rc<ChainRun>, body: ProxyBody, positions: usize) -> ProxyBody {
-        ProxyBody::Filtered(Box::new(FilteredBody::new(
-            body,
-            run.clone(),
-            true,
-            positions,
-        )))
+    /// The response body, wrapped so that body phases run and `on_log` comes at its end, and
+    /// its framing: what the filters make of the body before the head goes out
+    /// ([`FilteredBody::prefetch`]) decides it. A body complete by then gets its exact
+    /// `content-length`; a streaming one keeps the upstream's (as in Envoy, a filter that changes
+    /// the length of a streamed body removes it in its headers phase; weir holds the body to it,
+    /// so a mismatch cuts the response rather than desynchronising the connection) or, without
+    /// one, frames itself.
+    async fn response_body(
+        &self,
+        run: &Rc<ChainRun>,
+        body: ProxyBody,
+        headers: &mut http::HeaderMap,
+    ) -> Result<ProxyBody, Stop> {
+        headers.remove(header::TRANSFER_ENCODING);
+        let declared = declared_length(headers);
+        let empty = http_body::Body::is_end_stream(&body);
+        let mut body = FilteredBody::new(body, run.clone(), true, run.positions());
+        if empty {
+            return Ok(ProxyBody::Filtered(Box::new(body)));
+        }
+        match body.prefetch().await {
+            Ok(Prefetch::Complete(n)) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            Ok(Prefetch::Streaming) => {
+                if let Some(d) = declared
+                    && body.enforce_length(d).is_err()
+                {
+                    return Err(Stop::Fail(StatusCode::BAD_GATEWAY, "filter_body_length"));
+                }
+            }
+            Err(e) => {
+                if let Some(reply) = run.late_reply.borrow_mut().take() {
+                    return Err(Stop::LocalReply(reply));
+                }
+                return Err(match e.downcast_ref::<FilteredBodyError>() {
+                    Some(FilteredBodyError::TooLarge) => {
+                        Stop::Fail(StatusCode::INTERNAL_SERVER_ERROR, "filter_buffer_limit")
+                    }
+                    Some(_) => Stop::Reset,
+                    None => Stop::Fail(StatusCode::BAD_GATEWAY, "upstream_body_error"),
+                });
+            }
+        }
+        Ok(ProxyBody::Filtered(Box::new(body)))
     }
 
     /// A chain stop becomes the response: a local reply (through the response phases, like
@@ -293,13 +326,35 @@ impl ProxyService {
             parts.status = s.response_status.unwrap_or(parts.status);
             parts.headers = std::mem::take(&mut s.response_headers);
         });
-        parts.headers.remove(header::TRANSFER_ENCODING);
-        if !empty && run.active() {
-            parts.headers.remove(header::CONTENT_LENGTH);
-        }
-        let positions = run.positions();
-        Response::from_parts(parts, self.response_body(run, body, positions))
+        // A second stop here is not honoured either: the body then frames itself and fails
+        // where it fails.
+        let body = match self.response_body(run, body, &mut parts.headers).await {
+            Ok(b) => b,
+            Err(_) => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                ProxyBody::Empty
+            }
+        };
+        Response::from_parts(parts, body)
     }
+}
+
+/// The response's `content-length` after the response-headers phase. It stays on the response
+/// (as in Envoy, a filter that changes the body length removes it in its headers phase), and the
+/// filtered body is held to it. One that does not parse as a single length is removed: the body
+/// then frames itself.
+fn declared_length(headers: &mut http::HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    let digits = first.as_bytes();
+    let parsed =
+        (values.next().is_none() && !digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+            .then(|| first.to_str().ok()?.parse::<u64>().ok())
+            .flatten();
+    if parsed.is_none() {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    parsed
 }
 
 /// "No timeout": far enough that it never fires, near enough that deadline arithmetic cannot
