@@ -1,17 +1,41 @@
-//! The admin endpoint (loopback by default). For now the read-only probes: `GET /ready` (200 once
-//! serving, 503 while draining) and `GET /healthz`. It runs on the control thread, never on a worker.
+//! The admin endpoint (loopback by default; on the control thread, never on a worker).
+//!
+//! Reads: `GET /ready` (200 serving, 503 draining), `/healthz`, `/metrics` (Prometheus text),
+//! `/config_dump` (the running validated config as JSON), `/clusters`, `/filters`.
+//!
+//! Mutations (POST/PUT only, each through [`Control`]'s transaction; `?dry_run=true` validates,
+//! compiles and canaries without publishing):
+//! `POST /reload`, `PUT /filters/NAME` (body `application/wasm`: new module bytes; or JSON
+//! `{"module": "builtin:X" | "sha256:HEX", "config": …, "vm_config": …, "failure_policy": …}`),
+//! `PUT /chains/NAME` (JSON `["f1", "f2"]`), `POST /rollback`.
+//!
+//! A mutation must carry `Authorization: Bearer TOKEN` matching `admin.token_file` (compared in
+//! constant time; without a token file mutations are off), a `Host` naming this endpoint, and no
+//! foreign `Origin` (a browser page cannot drive it). Bodies are bounded; every mutation writes
+//! one audit line (target `weir::audit`: what, digest, result).
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use serde_json::json;
 use tokio::net::TcpListener;
+
+use crate::config::AdminConfig;
+use crate::control::{Applied, Control, ControlError, FilterChange, FilterPatch};
+
+/// Largest JSON body of a mutation.
+pub const MAX_JSON_BODY: usize = 1 << 20;
+/// Largest module upload.
+pub const MAX_MODULE_BODY: usize = 32 << 20;
 
 /// State the admin endpoint reports.
 #[derive(Default)]
@@ -19,18 +43,40 @@ pub struct AdminState {
     pub draining: AtomicBool,
 }
 
+struct Admin {
+    state: Arc<AdminState>,
+    control: Arc<Control>,
+    config: AdminConfig,
+    /// The address the endpoint is bound to (`Host` must name it, or localhost with its port).
+    local: SocketAddr,
+}
+
+type Resp = Response<Full<Bytes>>;
+
 /// Serves the admin endpoint on `listener` until the process exits.
-pub fn start(listener: TcpListener, state: Arc<AdminState>) {
+pub fn start(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    control: Arc<Control>,
+    config: AdminConfig,
+) {
+    let local = listener.local_addr().unwrap_or(config.address);
+    let admin = Arc::new(Admin {
+        state,
+        control,
+        config,
+        local,
+    });
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let state = state.clone();
+            let admin = admin.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, &req)) }
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -40,24 +86,496 @@ pub fn start(listener: TcpListener, state: Arc<AdminState>) {
     });
 }
 
-fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/ready") => {
-            if state.draining.load(Ordering::Relaxed) {
-                (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else {
-                (StatusCode::OK, "ready\n")
-            }
-        }
-        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
-        (_, "/ready" | "/healthz") => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-        _ => (StatusCode::NOT_FOUND, "not found\n"),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain"),
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+fn json_resp(status: StatusCode, v: &serde_json::Value) -> Resp {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp {
+    json_resp(status, &json!({ "error": message.to_string() }))
+}
+
+/// The routes: what a path is, and which methods it takes.
+enum Route<'a> {
+    Read(&'a str),
+    Reload,
+    Rollback,
+    Filter(&'a str),
+    Chain(&'a str),
+}
+
+impl Route<'_> {
+    fn allowed(&self) -> &'static str {
+        match self {
+            Route::Read(_) => "GET, HEAD",
+            Route::Reload | Route::Rollback => "POST",
+            Route::Filter(_) | Route::Chain(_) => "PUT",
+        }
+    }
+}
+
+/// A filter or chain name in a path: the manifest's name rules, so `..`, `/`, `%2e` and the
+/// like never get further.
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 128
+        && n.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !n.contains("..")
+}
+
+impl Admin {
+    async fn handle(&self, req: Request<Incoming>) -> Resp {
+        let path = req.uri().path().to_owned();
+        let route = match path.as_str() {
+            "/ready" | "/healthz" | "/metrics" | "/config_dump" | "/clusters" | "/filters" => {
+                Route::Read(path.as_str())
+            }
+            "/reload" => Route::Reload,
+            "/rollback" => Route::Rollback,
+            p => {
+                let (kind, name) = match (p.strip_prefix("/filters/"), p.strip_prefix("/chains/")) {
+                    (Some(n), _) => (0, n),
+                    (_, Some(n)) => (1, n),
+                    _ => return error(StatusCode::NOT_FOUND, "not found"),
+                };
+                if !valid_name(name) {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid name {name:?}: letters, digits, `-`, `_`, `.` only"),
+                    );
+                }
+                if kind == 0 {
+                    Route::Filter(name)
+                } else {
+                    Route::Chain(name)
+                }
+            }
+        };
+        let method_ok = match &route {
+            Route::Read(_) => matches!(*req.method(), Method::GET | Method::HEAD),
+            Route::Reload | Route::Rollback => req.method() == Method::POST,
+            Route::Filter(_) | Route::Chain(_) => req.method() == Method::PUT,
+        };
+        if !method_ok {
+            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(route.allowed()));
+            return r;
+        }
+        match route {
+            Route::Read(p) => self.read(p),
+            mutation => {
+                if let Err(r) = self.authorize(&req) {
+                    return *r;
+                }
+                let dry_run = req.uri().query().is_some_and(|q| {
+                    q.split('&')
+                        .any(|kv| kv == "dry_run=true" || kv == "dry_run=1")
+                });
+                self.mutate(mutation, req, dry_run).await
+            }
+        }
+    }
+
+    /// Token, `Host` and `Origin` checks for a mutation.
+    fn authorize(&self, req: &Request<Incoming>) -> Result<(), Box<Resp>> {
+        let host_ok = |h: &str| {
+            let port = self.local.port();
+            h == self.local.to_string()
+                || h == format!("localhost:{port}")
+                || h == format!("127.0.0.1:{port}")
+                || h == format!("[::1]:{port}")
+        };
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        if !host.is_some_and(host_ok) {
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "foreign Host: admin mutations must be addressed to the admin endpoint itself",
+            )));
+        }
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            let ok = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.strip_prefix("http://"))
+                .is_some_and(host_ok);
+            if !ok {
+                return Err(Box::new(error(
+                    StatusCode::FORBIDDEN,
+                    "foreign Origin: admin mutations are not for web pages",
+                )));
+            }
+        }
+        let Some(file) = &self.config.token_file else {
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "admin mutations are off: set admin.token_file in the manifest",
+            )));
+        };
+        let expected = match std::fs::read_to_string(file) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) => {
+                tracing::error!(file = %file.display(), error = %e, "cannot read the admin token file");
+                return Err(Box::new(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot read the admin token file",
+                )));
+            }
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            Some(g)
+                if !expected.is_empty() && constant_time_eq(g.as_bytes(), expected.as_bytes()) =>
+            {
+                Ok(())
+            }
+            _ => {
+                let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                Err(Box::new(r))
+            }
+        }
+    }
+
+    async fn mutate(&self, route: Route<'_>, req: Request<Incoming>, dry_run: bool) -> Resp {
+        let is_wasm = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/wasm"));
+        let limit = if is_wasm {
+            MAX_MODULE_BODY
+        } else {
+            MAX_JSON_BODY
+        };
+        let body = match Limited::new(req.into_body(), limit).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over the limit of {limit} bytes"),
+                );
+            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+        };
+        let (action, target, result) = match route {
+            Route::Reload => ("reload", String::new(), self.control.reload(dry_run).await),
+            Route::Rollback => ("rollback", String::new(), self.control.rollback().await),
+            Route::Filter(name) => {
+                let change = if is_wasm {
+                    FilterChange::Module(body.to_vec())
+                } else {
+                    match serde_json::from_slice::<FilterPatch>(&body) {
+                        Ok(p) => FilterChange::Patch(p),
+                        Err(e) => {
+                            return error(StatusCode::BAD_REQUEST, format!("filter change: {e}"));
+                        }
+                    }
+                };
+                (
+                    "put_filter",
+                    name.to_owned(),
+                    self.control.put_filter(name, change, dry_run).await,
+                )
+            }
+            Route::Chain(name) => {
+                let filters = match serde_json::from_slice::<ChainBody>(&body) {
+                    Ok(ChainBody::List(f)) | Ok(ChainBody::Object { filters: f }) => f,
+                    Err(e) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("chain: expected [\"filter\", …]: {e}"),
+                        );
+                    }
+                };
+                (
+                    "put_chain",
+                    name.to_owned(),
+                    self.control.put_chain(name, filters, dry_run).await,
+                )
+            }
+            Route::Read(_) => unreachable!("reads are not mutations"),
+        };
+        audit(action, &target, dry_run, &result);
+        match result {
+            Ok(a) => json_resp(StatusCode::OK, &applied_json(&a)),
+            Err(e) => {
+                let status = match &e {
+                    ControlError::Busy => StatusCode::CONFLICT,
+                    ControlError::NoHistory | ControlError::NoManifest => StatusCode::CONFLICT,
+                    ControlError::Timeout(_) | ControlError::Internal(_) => {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                let mut body = json!({ "error": error_text(&e) });
+                if let ControlError::Config(c) = &e {
+                    body["errors"] = c.errors.iter().map(|f| json!(f.to_string())).collect();
+                }
+                json_resp(status, &body)
+            }
+        }
+    }
+
+    fn read(&self, path: &str) -> Resp {
+        match path {
+            "/ready" => {
+                if self.state.draining.load(Ordering::Relaxed) {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else {
+                    text(StatusCode::OK, "ready\n")
+                }
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/config_dump" => {
+                let p = self.control.current();
+                let mut v = serde_json::to_value(&*p.config).unwrap_or_default();
+                // The token file's path is not secret, but nothing read from it is ever shown.
+                v["generation"] = json!(p.id);
+                json_resp(StatusCode::OK, &v)
+            }
+            "/filters" => json_resp(StatusCode::OK, &self.filters_json()),
+            "/clusters" => {
+                let p = self.control.current();
+                let clusters: Vec<_> = p
+                    .config
+                    .clusters
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "name": c.name,
+                            "endpoints": c.endpoints,
+                            "protocol": c.protocol,
+                            "lb": c.lb,
+                        })
+                    })
+                    .collect();
+                json_resp(StatusCode::OK, &json!({ "clusters": clusters }))
+            }
+            "/metrics" => {
+                let mut r = text(StatusCode::OK, self.metrics());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            _ => error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    fn filters_json(&self) -> serde_json::Value {
+        let p = self.control.current();
+        let Some(set) = &p.filters else {
+            return json!({ "generation": p.id, "filters": [] });
+        };
+        let filters: Vec<_> = set
+            .filters
+            .iter()
+            .zip(&p.config.filters)
+            .map(|(f, c)| {
+                let s = f.plugin.stats.snapshot();
+                json!({
+                    "name": f.name,
+                    "module": c.module,
+                    "sha256": f.module.sha256_hex(),
+                    "failure_policy": c.failure_policy,
+                    "generation": p.id,
+                    "callbacks": s.callbacks,
+                    "callback_nanos": s.callback_nanos,
+                    "traps": s.traps,
+                    "deadline_hits": s.deadline_hits,
+                    "memory_limit_hits": s.memory_limit_hits,
+                    "memory_bytes": s.memory_bytes,
+                    "vm_rebuilds": s.vm_rebuilds,
+                    "state": if s.traps > 0 { "trapped" } else { "serving" },
+                })
+            })
+            .collect();
+        json!({ "generation": p.id, "filters": filters })
+    }
+
+    fn metrics(&self) -> String {
+        let p = self.control.current();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP weir_generation The generation of filters and chains serving now.\n# TYPE weir_generation gauge\nweir_generation {}",
+            p.id
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weir_config_changes_total Admin and watch changes, by result.\n# TYPE weir_config_changes_total counter\nweir_config_changes_total{{result=\"published\"}} {}\nweir_config_changes_total{{result=\"refused\"}} {}",
+            self.control.reloads_ok.load(Ordering::Relaxed),
+            self.control.reloads_failed.load(Ordering::Relaxed)
+        );
+        if let Some(set) = &p.filters {
+            let series: [(&str, &str, &str, fn(&weir_host_abi::StatsSnapshot) -> u64); 5] = [
+                (
+                    "weir_filter_callbacks_total",
+                    "counter",
+                    "Guest callbacks run.",
+                    |s| s.callbacks,
+                ),
+                (
+                    "weir_filter_traps_total",
+                    "counter",
+                    "VM failures (traps, deadlines, memory).",
+                    |s| s.traps,
+                ),
+                (
+                    "weir_filter_deadline_hits_total",
+                    "counter",
+                    "Callbacks stopped at their CPU deadline.",
+                    |s| s.deadline_hits,
+                ),
+                (
+                    "weir_filter_vm_rebuilds_total",
+                    "counter",
+                    "VMs rebuilt by the reload policy.",
+                    |s| s.vm_rebuilds,
+                ),
+                (
+                    "weir_filter_memory_bytes",
+                    "gauge",
+                    "Linear memory of the filter's most recently measured VM.",
+                    |s| s.memory_bytes,
+                ),
+            ];
+            for (name, kind, help, get) in series {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for f in &set.filters {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{filter=\"{}\",sha256=\"{}\"}} {}",
+                        f.name,
+                        f.module.sha256_hex(),
+                        get(&f.plugin.stats.snapshot())
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum ChainBody {
+    List(Vec<String>),
+    Object { filters: Vec<String> },
+}
+
+fn applied_json(a: &Applied) -> serde_json::Value {
+    json!({
+        "result": if a.dry_run { "valid" } else { "published" },
+        "generation": a.generation,
+        "dry_run": a.dry_run,
+        "modules": a.modules.iter().map(|(n, d)| json!({"filter": n, "sha256": d})).collect::<Vec<_>>(),
+        "micros": a.micros,
+    })
+}
+
+fn error_text(e: &ControlError) -> String {
+    match e {
+        // Every field error, not just the count.
+        ControlError::Config(c) => c
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+        ControlError::Filter(f) => {
+            let mut s = f.to_string();
+            let mut src = std::error::Error::source(f);
+            while let Some(inner) = src {
+                let t = inner.to_string();
+                if !s.contains(&t) {
+                    let _ = write!(s, ": {t}");
+                }
+                src = inner.source();
+            }
+            s
+        }
+        other => other.to_string(),
+    }
+}
+
+fn audit(action: &str, target: &str, dry_run: bool, result: &Result<Applied, ControlError>) {
+    match result {
+        Ok(a) => {
+            let digests = a
+                .modules
+                .iter()
+                .filter(|(n, _)| target.is_empty() || n == target)
+                .map(|(n, d)| format!("{n}={d}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            tracing::info!(target: "weir::audit", action, name = target, dry_run, generation = a.generation, modules = %digests, micros = a.micros, result = if dry_run { "valid" } else { "published" }, "admin change");
+        }
+        Err(e) => {
+            tracing::warn!(target: "weir::audit", action, name = target, dry_run, result = "refused", error = %error_text(e), "admin change");
+        }
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_refuse_traversal_and_separators() {
+        for bad in [
+            "", "..", "a/../b", "a/b", "%2e%2e", ".hidden", "a..b", "a b", "a%2fb",
+        ] {
+            assert!(!valid_name(bad), "{bad:?} must be refused");
+        }
+        for good in ["auth", "add-header", "v1.2_x"] {
+            assert!(valid_name(good), "{good:?} must be accepted");
+        }
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
 }

@@ -32,22 +32,34 @@ pub enum AppError {
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
     #[error(transparent)]
-    Filter(#[from] crate::filter::FilterError),
+    Control(#[from] crate::control::ControlError),
+}
+
+/// How `weir run` was started.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Overrides the manifest's `workers:`.
+    pub workers: Option<usize>,
+    /// The manifest file (absent: the embedded default); `POST /reload` re-reads it.
+    pub manifest: Option<std::path::PathBuf>,
+    /// Reload when the manifest file changes.
+    pub watch: bool,
 }
 
 /// Runs the proxy until a signal drains it.
-pub fn run(config: Config, workers_override: Option<usize>) -> Result<(), AppError> {
-    let workers = workers_override
+pub fn run(config: Config, opts: RunOptions) -> Result<(), AppError> {
+    let workers = opts
+        .workers
         .or(config.workers)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("weir-control")
         .build()?;
-    rt.block_on(serve(Arc::new(config), workers))
+    rt.block_on(serve(Arc::new(config), workers, opts))
 }
 
-async fn serve(config: Arc<Config>, workers: usize) -> Result<(), AppError> {
+async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<(), AppError> {
     // Handlers first: a SIGTERM that arrives right after "ready" must drain, not kill.
     let signals = Signals::install()?;
     // Built-in demo origins first: their addresses become cluster endpoints.
@@ -71,14 +83,12 @@ async fn serve(config: Arc<Config>, workers: usize) -> Result<(), AppError> {
 
     // Filters are compiled (and each started once as a canary) before anything is bound: a bad
     // module or configuration stops start-up with the filter's name.
-    let filters = if config.filters.is_empty() {
-        None
-    } else {
+    let (control, generations, acks) = {
         let cfg = config.clone();
-        let set = tokio::task::spawn_blocking(move || crate::filter::FilterSet::load(&cfg))
+        let manifest = opts.manifest.clone();
+        tokio::task::spawn_blocking(move || crate::control::Control::start(cfg, workers, manifest))
             .await
-            .map_err(|e| AppError::Runtime(std::io::Error::other(e)))??;
-        Some(Arc::new(set))
+            .map_err(|e| AppError::Runtime(std::io::Error::other(e)))??
     };
 
     // Every listener bound before any worker starts: a bind error stops start-up cleanly.
@@ -109,7 +119,7 @@ async fn serve(config: Arc<Config>, workers: usize) -> Result<(), AppError> {
                 source,
             })?;
         announce.push(format!("weir: admin listening on {}", l.local_addr()?));
-        admin::start(l, admin_state.clone());
+        admin::start(l, admin_state.clone(), control.clone(), a.clone());
     }
 
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -122,8 +132,16 @@ async fn serve(config: Arc<Config>, workers: usize) -> Result<(), AppError> {
             endpoints: endpoints.clone(),
             sockets,
             drain: drain_rx.clone(),
-            filters: filters.clone(),
+            generations: generations.clone(),
+            acks: acks.clone(),
         })?);
+    }
+    drop(acks);
+    control.wait_started().await?;
+    if opts.watch
+        && let Some(path) = opts.manifest.clone()
+    {
+        tokio::spawn(crate::watch::follow(path, control.clone()));
     }
 
     {

@@ -54,8 +54,8 @@ pub struct ListenerCtx {
     pub limits: ListenerLimits,
     /// The bound address (for `destination.*` properties).
     pub local: SocketAddr,
-    /// Filter indexes of the listener's chain, if it has one.
-    pub chain: Option<std::sync::Arc<[usize]>>,
+    /// Index into `Config::listeners` (the generation's chain for it is looked up by this).
+    pub index: usize,
     /// hyper's HTTP/1.1 + HTTP/2 server settings, built once.
     pub http: auto::Builder<LocalExec>,
     /// This worker's share of `max_connections`.
@@ -65,12 +65,7 @@ pub struct ListenerCtx {
 }
 
 impl ListenerCtx {
-    pub fn new(
-        cfg: &ListenerConfig,
-        workers: usize,
-        local: SocketAddr,
-        chain: Option<std::sync::Arc<[usize]>>,
-    ) -> Self {
+    pub fn new(cfg: &ListenerConfig, index: usize, workers: usize, local: SocketAddr) -> Self {
         let l = &cfg.limits;
         let mut http = auto::Builder::new(LocalExec);
         http.http1()
@@ -96,7 +91,7 @@ impl ListenerCtx {
             default_cluster: cfg.default_cluster,
             limits: l.clone(),
             local,
-            chain,
+            index,
             http,
             max_conns: l.max_connections.div_ceil(workers).max(1),
             conns: Cell::new(0),

@@ -30,6 +30,10 @@ enum Command {
         /// Log level or filter (e.g. `info`, `debug`, `weir=debug`); RUST_LOG also works.
         #[arg(long, default_value = "info")]
         log_level: String,
+        /// Reload (through the same transaction as `POST /reload`) whenever the manifest file
+        /// changes, including a Kubernetes ConfigMap's atomic symlink swap.
+        #[arg(long, requires = "config")]
+        watch: bool,
     },
     /// Validate a manifest offline; prints every error with its field path.
     Check {
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             config,
             workers,
             log_level,
+            watch,
         } => {
             init_logging(&log_level);
             if workers == Some(0) {
@@ -112,7 +117,13 @@ fn main() -> ExitCode {
                 },
                 None => weir::config::embedded_default(),
             };
-            match weir::app::run(cfg, workers) {
+            let opts = weir::app::RunOptions {
+                workers,
+                // Absolute, not canonical: a watched symlink must be followed afresh each time.
+                manifest: config.map(|p| std::path::absolute(&p).unwrap_or(p)),
+                watch,
+            };
+            match weir::app::run(cfg, opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {:#}", anyhow::Error::from(e));

@@ -2,31 +2,75 @@
 //! its listener sockets, its view of every cluster (pools, balancer state) and, later, its filter
 //! VMs; a stream lives on one worker from accept to log, so nothing on the request path is shared.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::Config;
+use crate::control::Published;
+use crate::filter::runtime::WorkerFilters;
 use crate::listener::{ListenerCtx, accept_loop};
 use crate::upstream::Cluster;
+
+/// One published generation as this worker runs it: its filter VMs and each listener's chain.
+/// A request takes the current one when it starts and keeps it to its end, so a swap never
+/// touches a stream in flight; a replaced generation (and its VMs) goes when its last stream
+/// does.
+pub struct Generation {
+    pub id: u64,
+    /// The filters' VMs on this worker (absent when the generation has no filters).
+    pub filters: Option<Rc<WorkerFilters>>,
+    /// Per listener (indexed like `Config::listeners`): its chain's filter indexes.
+    pub chains: Vec<Option<Arc<[usize]>>>,
+}
+
+impl Generation {
+    fn build(p: &Published, clusters: &Rc<Vec<Cluster>>) -> Self {
+        let filters = p
+            .filters
+            .as_ref()
+            .map(|set| WorkerFilters::start(set.clone(), clusters.clone()));
+        let chains = p
+            .config
+            .listeners
+            .iter()
+            .map(|lc| {
+                let name = lc.chain.as_ref()?;
+                let ci = p.config.chains.iter().position(|c| &c.name == name)?;
+                p.filters.as_ref().map(|f| f.chains[ci].clone())
+            })
+            .collect();
+        Self {
+            id: p.id,
+            filters,
+            chains,
+        }
+    }
+}
 
 /// One worker's state, shared by its tasks through `Rc`.
 pub struct WorkerCtx {
     pub id: usize,
     /// Indexed like `Config::clusters`.
     pub clusters: std::rc::Rc<Vec<Cluster>>,
-    /// The worker's filters (absent when the manifest has none).
-    pub filters: Option<std::rc::Rc<crate::filter::runtime::WorkerFilters>>,
+    /// The generation new requests use.
+    current: RefCell<Rc<Generation>>,
     conns: Cell<usize>,
     all_closed: Notify,
     next_conn: Cell<u64>,
 }
 
 impl WorkerCtx {
+    /// The generation a new request runs on.
+    pub fn generation(&self) -> Rc<Generation> {
+        self.current.borrow().clone()
+    }
+
     /// A process-unique id for a new downstream connection (`connection.id`).
     pub fn next_connection_id(&self) -> u64 {
         let n = self.next_conn.get() + 1;
@@ -79,8 +123,10 @@ pub struct WorkerSpec {
     /// `(listener index, socket)` pairs for this worker.
     pub sockets: Vec<(usize, std::net::TcpListener)>,
     pub drain: watch::Receiver<bool>,
-    /// Compiled filters and chains (when the manifest has filters).
-    pub filters: Option<Arc<crate::filter::FilterSet>>,
+    /// Published generations (filters and chains); the worker follows the latest.
+    pub generations: watch::Receiver<Arc<Published>>,
+    /// `(worker id, generation id)` once this worker serves a generation.
+    pub acks: mpsc::UnboundedSender<(usize, u64)>,
 }
 
 /// Starts a worker thread; it returns once drained.
@@ -105,7 +151,8 @@ async fn run(spec: WorkerSpec) {
         endpoints,
         sockets,
         mut drain,
-        filters,
+        mut generations,
+        acks,
     } = spec;
     let clusters: std::rc::Rc<Vec<Cluster>> = std::rc::Rc::new(
         config
@@ -116,13 +163,13 @@ async fn run(spec: WorkerSpec) {
             .collect(),
     );
     // Callouts go through the same clusters (and pools) as requests.
-    let worker_filters = filters
-        .as_ref()
-        .map(|set| crate::filter::runtime::WorkerFilters::start(set.clone(), clusters.clone()));
+    let first = generations.borrow_and_update().clone();
+    let current = Rc::new(Generation::build(&first, &clusters));
+    let _ = acks.send((id, first.id));
     let worker = std::rc::Rc::new(WorkerCtx {
         id,
         clusters,
-        filters: worker_filters,
+        current: RefCell::new(current),
         conns: Cell::new(0),
         all_closed: Notify::new(),
         next_conn: Cell::new(0),
@@ -137,14 +184,11 @@ async fn run(spec: WorkerSpec) {
         };
         let lc = &config.listeners[li];
         let local = listener.local_addr().unwrap_or(lc.address);
-        let chain = lc.chain.as_ref().and_then(|name| {
-            let ci = config.chains.iter().position(|c| &c.name == name)?;
-            filters.as_ref().map(|f| f.chains[ci].clone())
-        });
-        let ctx = std::rc::Rc::new(ListenerCtx::new(lc, workers, local, chain));
+        let ctx = std::rc::Rc::new(ListenerCtx::new(lc, li, workers, local));
         tokio::task::spawn_local(accept_loop(listener, ctx, worker.clone(), drain.clone()));
     }
     tokio::task::spawn_local(sweep_pools(worker.clone()));
+    tokio::task::spawn_local(follow_generations(worker.clone(), generations, acks));
     tokio::task::spawn_local(crate::http::body::run_drainer());
     tracing::debug!(worker = id, "worker started");
     let _ = drain.wait_for(|d| *d).await;
@@ -161,6 +205,22 @@ async fn run(spec: WorkerSpec) {
         );
     }
     tracing::debug!(worker = id, "worker drained");
+}
+
+/// Switches new requests to each newly published generation (its VMs are started here, on the
+/// worker thread) and acknowledges it to the control thread.
+async fn follow_generations(
+    worker: Rc<WorkerCtx>,
+    mut generations: watch::Receiver<Arc<Published>>,
+    acks: mpsc::UnboundedSender<(usize, u64)>,
+) {
+    while generations.changed().await.is_ok() {
+        let p = generations.borrow_and_update().clone();
+        let next = Rc::new(Generation::build(&p, &worker.clusters));
+        // The old generation stays alive in the requests that hold it.
+        *worker.current.borrow_mut() = next;
+        let _ = acks.send((worker.id, p.id));
+    }
 }
 
 /// Closes pooled upstream connections once idle past their cluster's `pool.idle_timeout`, so idle

@@ -59,6 +59,8 @@ impl Config {
 #[derive(Debug, Clone, Serialize)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// The bearer token for mutations is read from here at each mutation (so it can rotate).
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +152,8 @@ pub struct FilterConfig {
 pub enum ModuleRef {
     Builtin(String),
     File(PathBuf),
+    /// A module uploaded through the admin endpoint, by its sha256 (hex).
+    Digest(String),
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

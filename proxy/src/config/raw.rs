@@ -28,6 +28,8 @@ pub struct Manifest {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub address: String,
+    /// File holding the bearer token that admin mutations must present (absent: mutations off).
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -33,6 +33,16 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
 
     let admin = m.admin.map(|a| AdminConfig {
         address: socket_addr(&a.address, "admin.address", &mut errs),
+        token_file: a.token_file.map(|f| {
+            let path = base_dir.join(f);
+            if !path.is_file() {
+                errs.push(
+                    "admin.token_file",
+                    format!("no token file at {}", path.display()),
+                );
+            }
+            path
+        }),
     });
 
     // Clusters first: listeners refer to them.

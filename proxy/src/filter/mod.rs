@@ -65,7 +65,12 @@ pub enum FilterError {
     },
     #[error("cannot start the Wasm runtime: {0}")]
     Runtime(#[source] weir_host_abi::RuntimeError),
+    #[error("filters.{filter}.module: no uploaded module with sha256 {digest}")]
+    UnknownDigest { filter: String, digest: String },
 }
+
+/// Modules uploaded through the admin endpoint, by sha256 (hex).
+pub type Uploads = std::collections::HashMap<String, Arc<Module>>;
 
 /// One filter of the manifest, compiled.
 pub struct LoadedFilter {
@@ -86,11 +91,30 @@ pub struct FilterSet {
 }
 
 impl FilterSet {
-    /// Compiles every filter (off the data path) and runs a canary VM of each.
-    pub fn load(cfg: &Config) -> Result<Self, FilterError> {
-        let runtime = Runtime::new().map_err(FilterError::Runtime)?;
+    /// A Wasm runtime for filter sets. One per process: generations share its compile cache
+    /// (by sha256), its epoch ticker and the shared data and queues filters see.
+    pub fn runtime() -> Result<Runtime, FilterError> {
+        Runtime::new().map_err(FilterError::Runtime)
+    }
+
+    /// Compiles every filter (off the data path; a module already compiled is reused by its
+    /// sha256) and runs a canary VM of each.
+    pub fn load(cfg: &Config, runtime: &Runtime, uploads: &Uploads) -> Result<Self, FilterError> {
+        let runtime = runtime.clone();
         let mut filters = Vec::with_capacity(cfg.filters.len());
         for f in &cfg.filters {
+            if let ModuleRef::Digest(digest) = &f.module {
+                let module =
+                    uploads
+                        .get(digest)
+                        .cloned()
+                        .ok_or_else(|| FilterError::UnknownDigest {
+                            filter: f.name.clone(),
+                            digest: digest.clone(),
+                        })?;
+                filters.push(Self::start_one(&runtime, f, module)?);
+                continue;
+            }
             let bytes: std::borrow::Cow<'static, [u8]> = match &f.module {
                 ModuleRef::Builtin(name) => {
                     builtin::lookup(name).map(Into::into).ok_or_else(|| {
@@ -108,6 +132,7 @@ impl FilterSet {
                         source,
                     })?
                     .into(),
+                ModuleRef::Digest(_) => unreachable!("handled above"),
             };
             let module = runtime
                 .compile(&bytes)
@@ -124,39 +149,7 @@ impl FilterSet {
                     pinned: pinned.clone(),
                 });
             }
-            let mut plugin = PluginConfig::new(f.name.clone()).with_root_id(f.name.clone());
-            if let Some(c) = &f.config {
-                plugin.configuration = json_bytes(c);
-            }
-            if let Some(c) = &f.vm_config {
-                plugin.vm_configuration = json_bytes(c);
-            }
-            plugin.failure_policy = match f.failure_policy {
-                FailurePolicy::FailClosed => AbiPolicy::FailClosed,
-                FailurePolicy::FailOpen => AbiPolicy::FailOpen,
-                FailurePolicy::Reload => AbiPolicy::Reload,
-            };
-            plugin.limits = Limits {
-                memory_bytes: usize::try_from(f.memory_limit).unwrap_or(usize::MAX),
-                deadlines: deadlines(f.callback_deadline),
-                ..Limits::default()
-            };
-            // The canary: a filter that cannot start never goes live.
-            Vm::new(
-                &runtime,
-                module.clone(),
-                plugin.clone(),
-                Box::new(DefaultPluginHost),
-            )
-            .map_err(|source| FilterError::Start {
-                filter: f.name.clone(),
-                source: Box::new(source),
-            })?;
-            filters.push(LoadedFilter {
-                name: f.name.clone(),
-                module,
-                plugin,
-            });
+            filters.push(Self::start_one(&runtime, f, module)?);
         }
         let chains = cfg
             .chains
@@ -178,6 +171,47 @@ impl FilterSet {
             filters,
             chains,
             clusters: cfg.clusters.iter().map(|c| c.name.clone()).collect(),
+        })
+    }
+
+    /// The plugin configuration of one filter, validated by a canary VM.
+    fn start_one(
+        runtime: &Runtime,
+        f: &crate::config::FilterConfig,
+        module: Arc<Module>,
+    ) -> Result<LoadedFilter, FilterError> {
+        let mut plugin = PluginConfig::new(f.name.clone()).with_root_id(f.name.clone());
+        if let Some(c) = &f.config {
+            plugin.configuration = json_bytes(c);
+        }
+        if let Some(c) = &f.vm_config {
+            plugin.vm_configuration = json_bytes(c);
+        }
+        plugin.failure_policy = match f.failure_policy {
+            FailurePolicy::FailClosed => AbiPolicy::FailClosed,
+            FailurePolicy::FailOpen => AbiPolicy::FailOpen,
+            FailurePolicy::Reload => AbiPolicy::Reload,
+        };
+        plugin.limits = Limits {
+            memory_bytes: usize::try_from(f.memory_limit).unwrap_or(usize::MAX),
+            deadlines: deadlines(f.callback_deadline),
+            ..Limits::default()
+        };
+        // The canary: a filter that cannot start never goes live.
+        Vm::new(
+            runtime,
+            module.clone(),
+            plugin.clone(),
+            Box::new(DefaultPluginHost),
+        )
+        .map_err(|source| FilterError::Start {
+            filter: f.name.clone(),
+            source: Box::new(source),
+        })?;
+        Ok(LoadedFilter {
+            name: f.name.clone(),
+            module,
+            plugin,
         })
     }
 }

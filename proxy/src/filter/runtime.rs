@@ -86,6 +86,20 @@ pub struct WorkerFilters {
     generations: Vec<Arc<AtomicU64>>,
     streams: RefCell<HashMap<(usize, u64, ContextId), Weak<ChainShared>>>,
     tickers: RefCell<Vec<Option<tokio::task::AbortHandle>>>,
+    /// The event loop; it holds this value weakly, and is stopped when the value goes (a
+    /// replaced generation is freed when its last stream ends).
+    events: RefCell<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for WorkerFilters {
+    fn drop(&mut self) {
+        if let Some(h) = self.events.get_mut().take() {
+            h.abort();
+        }
+        for h in self.tickers.get_mut().iter_mut().filter_map(Option::take) {
+            h.abort();
+        }
+    }
 }
 
 impl WorkerFilters {
@@ -128,8 +142,10 @@ impl WorkerFilters {
             generations,
             streams: RefCell::new(HashMap::new()),
             tickers: RefCell::new(vec![None; n]),
+            events: RefCell::new(None),
         });
-        tokio::task::spawn_local(me.clone().run(rx, clusters));
+        let task = tokio::task::spawn_local(Self::run(Rc::downgrade(&me), rx, clusters));
+        *me.events.borrow_mut() = Some(task.abort_handle());
         me
     }
 
@@ -214,18 +230,19 @@ impl WorkerFilters {
     }
 
     async fn run(
-        self: Rc<Self>,
+        me: Weak<Self>,
         mut rx: mpsc::UnboundedReceiver<Event>,
         clusters: Rc<Vec<Cluster>>,
     ) {
         while let Some(ev) = rx.recv().await {
+            let Some(this) = me.upgrade() else { return };
             match ev {
                 Event::HttpCall {
                     filter,
                     generation,
                     req,
                 } => {
-                    let (me, clusters) = (self.clone(), clusters.clone());
+                    let (me, clusters) = (this.clone(), clusters.clone());
                     tokio::task::spawn_local(async move {
                         let token = req.token;
                         let resp = callout(&clusters, &me.set, &req).await;
@@ -236,13 +253,13 @@ impl WorkerFilters {
                     filter,
                     generation,
                     period,
-                } => self.set_ticker(filter, generation, period),
+                } => this.set_ticker(filter, generation, period),
                 Event::QueueReady {
                     filter,
                     generation,
                     queue,
                 } => {
-                    self.deliver(filter, generation, |vm| vm.on_queue_ready(queue));
+                    this.deliver(filter, generation, |vm| vm.on_queue_ready(queue));
                 }
             }
         }
@@ -271,13 +288,14 @@ impl WorkerFilters {
             h.abort();
         }
         let Some(period) = period else { return };
-        let me = self.clone();
+        let me = Rc::downgrade(self);
         let task = tokio::task::spawn_local(async move {
             let mut every = tokio::time::interval(period);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             every.tick().await; // the first tick completes at once
             loop {
                 every.tick().await;
+                let Some(me) = me.upgrade() else { return };
                 if generation != me.generation(filter) {
                     return; // the VM that asked for ticks is gone
                 }

@@ -74,11 +74,22 @@ impl ProxyService {
         set_forwarded(&mut parts.headers, self.peer.ip(), "http");
         ensure_request_id(&mut parts.headers);
 
-        if let (Some(chain), Some(filters)) = (&self.listener.chain, &self.worker.filters) {
+        let generation = self.worker.generation();
+        if let (Some(filters), Some(Some(chain))) = (
+            &generation.filters,
+            generation.chains.get(self.listener.index),
+        ) {
             // Upgrades too: a filter that denies a request must deny its upgrade.
-            return self
-                .through_chain(parts, body, filters.clone(), chain.clone(), on_upgrade)
-                .await;
+            // Boxed: the chain's future is large, and an async fn's state is as large as its
+            // largest await; inline, every request (chain or not) would carry and copy it.
+            return Box::pin(self.through_chain(
+                parts,
+                body,
+                filters.clone(),
+                chain.clone(),
+                on_upgrade,
+            ))
+            .await;
         }
 
         let cluster = &self.worker.clusters[self.listener.default_cluster];
@@ -88,7 +99,7 @@ impl ProxyService {
             ProxyBody::Downstream(super::body::DownstreamBody::new(body)),
         );
         if let Some(down) = on_upgrade {
-            return tunnel(&self.worker, cluster, &ep, req, down).await;
+            return Box::pin(tunnel(&self.worker, cluster, &ep, req, down)).await;
         }
         let resp = upstream::send(cluster, &ep, req, cluster.response_timeout).await?;
         let (mut parts, body) = resp.into_parts();
@@ -417,7 +428,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             (Framing::Clean, 0)
         };
         let conn = self.conn.clone();
-        Box::pin(async move {
+        let fut = async move {
             if framing == Framing::Conflicting {
                 return Ok(respond::error_response(&ProxyError::ConflictingFraming));
             }
@@ -437,7 +448,8 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                 }
             }
             Ok(resp)
-        })
+        };
+        Box::pin(fut)
     }
 }
 

@@ -31,8 +31,10 @@ pub async fn send(
     match cluster.protocol {
         // The response timeout is applied inside: it starts once the request is fully sent.
         Protocol::Http1 => send_h1(cluster, ep, req, guard, response_timeout).await,
+        // Boxed: HTTP/2's exchange future is large and would otherwise size (and be copied
+        // with) every HTTP/1.1 request's future too.
         Protocol::Http2 => {
-            let resp = send_h2(cluster, ep, req, response_timeout).await?;
+            let resp = Box::pin(send_h2(cluster, ep, req, response_timeout)).await?;
             let (parts, body) = resp.into_parts();
             let body = if body.is_end_stream() {
                 guard.complete();
@@ -58,7 +60,11 @@ async fn send_h1(
     loop {
         let (conn, reused) = match ep.pool.checkout_h1() {
             Some(c) => (c, true),
-            None => (connect::h1(ep.addr, cluster.connect_timeout).await?, false),
+            // Boxed for the same reason (connects are the rare case with a warm pool).
+            None => (
+                Box::pin(connect::h1(ep.addr, cluster.connect_timeout)).await?,
+                false,
+            ),
         };
         let g = guard
             .take()

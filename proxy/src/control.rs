@@ -1,0 +1,519 @@
+//! The control plane: generations of filters and chains, and the one transaction that changes
+//! them (design.md §5) — for start-up, `POST /reload`, `PUT /filters/NAME`, `PUT /chains/NAME`,
+//! `POST /rollback` and `--watch` alike:
+//!
+//! parse → validate → compile (cached by sha256) → link → canary VM (`on_vm_start`,
+//! `on_configure`) → publish → every worker acknowledges.
+//!
+//! Mutations are single-flight (a second one while one runs is refused, `Busy`); a failure at any
+//! step leaves the running generation untouched. Workers start the new generation's VMs on their
+//! own threads and switch new requests to it; requests in flight finish on theirs, whose VMs are
+//! freed when the last of them ends. A reload may change `filters`, `chains` and each listener's
+//! `chain`; anything else (listeners, clusters, workers, admin) needs a restart and is refused.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::{Mutex, mpsc, watch};
+use weir_host_abi::{Module, Runtime};
+
+use crate::config::{self, ChainConfig, Config, FailurePolicy, FilterConfig, ModuleRef};
+use crate::filter::{FilterError, FilterSet, Uploads};
+
+/// How many earlier generations `POST /rollback` can go back to.
+const HISTORY: usize = 8;
+/// Uploaded modules kept for reference by digest (besides the ones in use).
+const MAX_UPLOADS: usize = 16;
+/// How long a publish waits for every worker to serve the new generation.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A generation as the control thread publishes it to the workers.
+pub struct Published {
+    pub id: u64,
+    pub config: Arc<Config>,
+    /// Compiled filters and chains (absent when the config has no filters).
+    pub filters: Option<Arc<FilterSet>>,
+}
+
+/// Why a change was refused. The running generation is untouched in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("another change is in progress")]
+    Busy,
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error("no earlier generation to roll back to")]
+    NoHistory,
+    #[error("this weir runs the embedded default manifest: there is no file to reload")]
+    NoManifest,
+    #[error("workers did not all switch to generation {0} in time")]
+    Timeout(u64),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What a successful change did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Applied {
+    /// The generation now serving (or, for a dry run, the one that still is).
+    pub generation: u64,
+    pub dry_run: bool,
+    /// sha256 of each filter's module, in manifest order (`name`, `sha256`).
+    pub modules: Vec<(String, String)>,
+    /// Time from the start of the transaction to every worker serving it, in microseconds.
+    pub micros: u64,
+}
+
+/// A filter change from `PUT /filters/NAME` (JSON form). Every field is optional; absent ones
+/// keep their value.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterPatch {
+    /// `builtin:NAME` or `sha256:HEX` (an uploaded module). Never a path.
+    pub module: Option<String>,
+    pub config: Option<serde_json::Value>,
+    pub vm_config: Option<serde_json::Value>,
+    pub failure_policy: Option<FailurePolicy>,
+}
+
+/// A module for `PUT /filters/NAME`: new bytes, or a patch.
+pub enum FilterChange {
+    Module(Vec<u8>),
+    Patch(FilterPatch),
+}
+
+struct State {
+    current: Arc<Published>,
+    history: Vec<Arc<Published>>,
+    uploads: Uploads,
+    /// Order the uploads came in (oldest first), to bound them.
+    upload_order: Vec<String>,
+}
+
+/// The control plane (lives on the control thread; the admin endpoint and `--watch` call it).
+pub struct Control {
+    runtime: Runtime,
+    workers: usize,
+    manifest: Option<PathBuf>,
+    state: Mutex<State>,
+    publish: watch::Sender<Arc<Published>>,
+    acks: Mutex<mpsc::UnboundedReceiver<(usize, u64)>>,
+    next_id: AtomicU64,
+    /// Counters for `/metrics`.
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+}
+
+impl Control {
+    /// Builds generation 1 from the start-up config (its filters compiled and canaried) and the
+    /// channels the workers follow.
+    pub fn start(
+        config: Arc<Config>,
+        workers: usize,
+        manifest: Option<PathBuf>,
+    ) -> Result<
+        (
+            Arc<Self>,
+            watch::Receiver<Arc<Published>>,
+            mpsc::UnboundedSender<(usize, u64)>,
+        ),
+        ControlError,
+    > {
+        let runtime = FilterSet::runtime()?;
+        let filters = build_filters(&config, &runtime, &Uploads::new())?;
+        let first = Arc::new(Published {
+            id: 1,
+            config,
+            filters,
+        });
+        let (publish, rx) = watch::channel(first.clone());
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let control = Arc::new(Self {
+            runtime,
+            workers,
+            manifest,
+            state: Mutex::new(State {
+                current: first,
+                history: Vec::new(),
+                uploads: Uploads::new(),
+                upload_order: Vec::new(),
+            }),
+            publish,
+            acks: Mutex::new(ack_rx),
+            next_id: AtomicU64::new(2),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+        });
+        Ok((control, rx, ack_tx))
+    }
+
+    /// Waits until every worker serves generation 1.
+    pub async fn wait_started(&self) -> Result<(), ControlError> {
+        self.wait_acks(1).await
+    }
+
+    /// The generation serving now.
+    pub fn current(&self) -> Arc<Published> {
+        self.publish.borrow().clone()
+    }
+
+    /// The manifest file, if weir runs one.
+    pub fn manifest(&self) -> Option<&PathBuf> {
+        self.manifest.as_ref()
+    }
+
+    /// `POST /reload` and `--watch`: re-reads the manifest file.
+    pub async fn reload(&self, dry_run: bool) -> Result<Applied, ControlError> {
+        let path = self.manifest.clone().ok_or(ControlError::NoManifest)?;
+        let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
+        let next = tokio::task::spawn_blocking(move || config::load_file(&path))
+            .await
+            .map_err(|e| ControlError::Internal(e.to_string()))??;
+        self.transact(&mut st, next, dry_run).await
+    }
+
+    /// `PUT /filters/NAME`: new module bytes, or a patch of one filter (created if absent).
+    pub async fn put_filter(
+        &self,
+        name: &str,
+        change: FilterChange,
+        dry_run: bool,
+    ) -> Result<Applied, ControlError> {
+        let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
+        let mut next = (*st.current.config).clone();
+        let pos = match next.filters.iter().position(|f| f.name == name) {
+            Some(p) => p,
+            None => {
+                next.filters.push(new_filter(name));
+                next.filters.len() - 1
+            }
+        };
+        let filter = &mut next.filters[pos];
+        match change {
+            FilterChange::Module(bytes) => {
+                let runtime = self.runtime.clone();
+                let module = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
+                    .await
+                    .map_err(|e| ControlError::Internal(e.to_string()))?
+                    .map_err(|source| FilterError::Load {
+                        filter: name.to_owned(),
+                        source,
+                    })?;
+                let digest = module.sha256_hex();
+                if !dry_run {
+                    remember_upload(&mut st, &digest, module.clone());
+                }
+                filter.module = ModuleRef::Digest(digest.clone());
+                filter.sha256 = None;
+                // A dry run still needs the module for the canary.
+                let mut uploads = st.uploads.clone();
+                uploads.insert(digest, module);
+                return self.transact_with(&mut st, next, dry_run, uploads).await;
+            }
+            FilterChange::Patch(p) => {
+                if let Some(m) = p.module {
+                    filter.module = module_ref(&m, name, &st.uploads)?;
+                    filter.sha256 = None;
+                }
+                if let Some(c) = p.config {
+                    filter.config = Some(c);
+                }
+                if let Some(c) = p.vm_config {
+                    filter.vm_config = Some(c);
+                }
+                if let Some(f) = p.failure_policy {
+                    filter.failure_policy = f;
+                }
+                if matches!(&filter.module, ModuleRef::Builtin(b) if b.is_empty()) {
+                    return Err(ControlError::Invalid(format!(
+                        "filters.{name}.module: a new filter needs a module"
+                    )));
+                }
+            }
+        }
+        self.transact(&mut st, next, dry_run).await
+    }
+
+    /// `PUT /chains/NAME`: a chain's filters, in order (created if absent).
+    pub async fn put_chain(
+        &self,
+        name: &str,
+        filters: Vec<String>,
+        dry_run: bool,
+    ) -> Result<Applied, ControlError> {
+        let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
+        let mut next = (*st.current.config).clone();
+        match next.chains.iter_mut().find(|c| c.name == name) {
+            Some(c) => c.filters = filters,
+            None => next.chains.push(ChainConfig {
+                name: name.to_owned(),
+                filters,
+            }),
+        }
+        self.transact(&mut st, next, dry_run).await
+    }
+
+    /// `POST /rollback`: publishes the previous generation's config and filters again (as a new
+    /// generation; the compiled modules are the same).
+    pub async fn rollback(&self) -> Result<Applied, ControlError> {
+        let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
+        let prev = st.history.pop().ok_or(ControlError::NoHistory)?;
+        let started = Instant::now();
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let p = Arc::new(Published {
+            id,
+            config: prev.config.clone(),
+            filters: prev.filters.clone(),
+        });
+        self.publish_and_wait(&mut st, p.clone(), false).await?;
+        Ok(applied(&p, false, started))
+    }
+
+    async fn transact(
+        &self,
+        st: &mut State,
+        next: Config,
+        dry_run: bool,
+    ) -> Result<Applied, ControlError> {
+        let uploads = st.uploads.clone();
+        self.transact_with(st, next, dry_run, uploads).await
+    }
+
+    async fn transact_with(
+        &self,
+        st: &mut State,
+        next: Config,
+        dry_run: bool,
+        uploads: Uploads,
+    ) -> Result<Applied, ControlError> {
+        let started = Instant::now();
+        let result = async {
+            check_reloadable(&st.current.config, &next)?;
+            check_references(&next)?;
+            let next = Arc::new(next);
+            let runtime = self.runtime.clone();
+            let cfg = next.clone();
+            let filters =
+                tokio::task::spawn_blocking(move || build_filters(&cfg, &runtime, &uploads))
+                    .await
+                    .map_err(|e| ControlError::Internal(e.to_string()))??;
+            if dry_run {
+                return Ok(Applied {
+                    generation: st.current.id,
+                    dry_run: true,
+                    modules: modules_of(filters.as_deref()),
+                    micros: started.elapsed().as_micros() as u64,
+                });
+            }
+            let id = self.next_id.fetch_add(1, Relaxed);
+            let p = Arc::new(Published {
+                id,
+                config: next,
+                filters,
+            });
+            self.publish_and_wait(st, p.clone(), true).await?;
+            Ok(applied(&p, false, started))
+        }
+        .await;
+        match &result {
+            Ok(_) => self.reloads_ok.fetch_add(1, Relaxed),
+            Err(_) => self.reloads_failed.fetch_add(1, Relaxed),
+        };
+        result
+    }
+
+    /// Publishes `p`, keeps the old generation for rollback (when `remember`), and waits until
+    /// every worker serves `p`.
+    async fn publish_and_wait(
+        &self,
+        st: &mut State,
+        p: Arc<Published>,
+        remember: bool,
+    ) -> Result<(), ControlError> {
+        let old = std::mem::replace(&mut st.current, p.clone());
+        if remember {
+            st.history.push(old);
+            if st.history.len() > HISTORY {
+                st.history.remove(0);
+            }
+        }
+        self.publish.send_replace(p.clone());
+        self.wait_acks(p.id).await
+    }
+
+    async fn wait_acks(&self, id: u64) -> Result<(), ControlError> {
+        let mut acks = self.acks.lock().await;
+        let mut seen = HashSet::new();
+        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+        while seen.len() < self.workers {
+            match tokio::time::timeout_at(deadline, acks.recv()).await {
+                Ok(Some((worker, g))) if g == id => {
+                    seen.insert(worker);
+                }
+                Ok(Some(_)) => {} // an older generation's ack
+                Ok(None) => return Err(ControlError::Internal("workers are gone".into())),
+                Err(_) => return Err(ControlError::Timeout(id)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn applied(p: &Published, dry_run: bool, started: Instant) -> Applied {
+    Applied {
+        generation: p.id,
+        dry_run,
+        modules: modules_of(p.filters.as_deref()),
+        micros: started.elapsed().as_micros() as u64,
+    }
+}
+
+fn modules_of(set: Option<&FilterSet>) -> Vec<(String, String)> {
+    set.map(|s| {
+        s.filters
+            .iter()
+            .map(|f| (f.name.clone(), f.module.sha256_hex()))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn build_filters(
+    config: &Config,
+    runtime: &Runtime,
+    uploads: &Uploads,
+) -> Result<Option<Arc<FilterSet>>, ControlError> {
+    if config.filters.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(FilterSet::load(config, runtime, uploads)?)))
+}
+
+fn remember_upload(st: &mut State, digest: &str, module: Arc<Module>) {
+    if st.uploads.insert(digest.to_owned(), module).is_none() {
+        st.upload_order.push(digest.to_owned());
+    }
+    while st.upload_order.len() > MAX_UPLOADS {
+        let gone = st.upload_order.remove(0);
+        st.uploads.remove(&gone);
+    }
+}
+
+/// A module reference from an admin request: `builtin:NAME` or `sha256:HEX` (never a path).
+fn module_ref(m: &str, filter: &str, uploads: &Uploads) -> Result<ModuleRef, ControlError> {
+    if let Some(b) = m.strip_prefix("builtin:") {
+        if crate::filter::builtin::lookup(b).is_none() {
+            return Err(ControlError::Invalid(format!(
+                "filters.{filter}.module: no built-in filter `{b}`"
+            )));
+        }
+        return Ok(ModuleRef::Builtin(b.to_owned()));
+    }
+    if let Some(h) = m.strip_prefix("sha256:") {
+        let h = h.to_ascii_lowercase();
+        if !uploads.contains_key(&h) {
+            return Err(ControlError::Invalid(format!(
+                "filters.{filter}.module: no uploaded module with sha256 {h} (PUT the module bytes first)"
+            )));
+        }
+        return Ok(ModuleRef::Digest(h));
+    }
+    Err(ControlError::Invalid(format!(
+        "filters.{filter}.module: `{m}` is not `builtin:NAME` or `sha256:HEX` (admin requests never name files)"
+    )))
+}
+
+/// A filter added by `PUT /filters/NAME`, with the manifest's defaults.
+fn new_filter(name: &str) -> FilterConfig {
+    FilterConfig {
+        name: name.to_owned(),
+        module: ModuleRef::Builtin(String::new()),
+        sha256: None,
+        config: None,
+        vm_config: None,
+        failure_policy: FailurePolicy::FailClosed,
+        memory_limit: config::DEFAULT_FILTER_MEMORY,
+        callback_deadline: config::DEFAULT_FILTER_CALLBACK_DEADLINE,
+    }
+}
+
+/// A reload changes filters, chains and listener chains; the rest needs a restart.
+fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError> {
+    let fixed = |c: &Config| -> serde_json::Map<String, serde_json::Value> {
+        let mut v = match serde_json::to_value(c) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        v.remove("filters");
+        v.remove("chains");
+        if let Some(serde_json::Value::Array(ls)) = v.get_mut("listeners") {
+            for l in ls {
+                if let Some(o) = l.as_object_mut() {
+                    o.remove("chain");
+                }
+            }
+        }
+        v
+    };
+    let (a, b) = (fixed(running), fixed(next));
+    let mut changed: Vec<&str> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(String::as_str)
+        .collect();
+    changed.sort_unstable();
+    changed.dedup();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(ControlError::Invalid(format!(
+        "{}: changed, which needs a restart (a reload applies filters, chains and each listener's chain)",
+        changed.join(", ")
+    )))
+}
+
+/// Every chain names existing filters, every listener an existing chain; names are unique.
+fn check_references(c: &Config) -> Result<(), ControlError> {
+    let mut errs = Vec::new();
+    let mut seen = HashSet::new();
+    for f in &c.filters {
+        if !seen.insert(f.name.as_str()) {
+            errs.push(format!("filters.{}: defined twice", f.name));
+        }
+    }
+    let mut chains = HashSet::new();
+    for ch in &c.chains {
+        if !chains.insert(ch.name.as_str()) {
+            errs.push(format!("chains.{}: defined twice", ch.name));
+        }
+        if ch.filters.is_empty() {
+            errs.push(format!("chains.{}: needs at least one filter", ch.name));
+        }
+        for (i, f) in ch.filters.iter().enumerate() {
+            if !seen.contains(f.as_str()) {
+                errs.push(format!("chains.{}[{i}]: unknown filter `{f}`", ch.name));
+            }
+        }
+    }
+    for l in &c.listeners {
+        if let Some(ch) = &l.chain
+            && !chains.contains(ch.as_str())
+        {
+            errs.push(format!("listeners.{}.chain: unknown chain `{ch}`", l.name));
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(errs.join("; ")))
+    }
+}
