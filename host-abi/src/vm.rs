@@ -501,6 +501,11 @@ impl Vm {
         FilterStats::add(&self.stats.callbacks, 1);
         if let Some(elapsed) = elapsed {
             FilterStats::add(&self.stats.callback_nanos, elapsed.as_nanos() as u64);
+            // The memory gauge is refreshed on the sampled calls too: reading the memory size
+            // on every callback showed in profiles.
+            self.stats
+                .memory_bytes
+                .store(self.memory_bytes() as u64, Relaxed);
         }
         match result {
             Ok(r) => Ok((Some(r), call)),
@@ -538,13 +543,6 @@ impl Vm {
     }
 
     fn outcome(&mut self, raw: Option<u32>, call: CallState) -> Outcome {
-        // The memory gauge is refreshed on the sampled (timed) calls only: reading the memory
-        // size on every callback showed in profiles.
-        if self.calls.is_multiple_of(TIMING_SAMPLE) {
-            self.stats
-                .memory_bytes
-                .store(self.memory_bytes() as u64, Relaxed);
-        }
         let mut action = raw.map(|r| Action::from_raw(r as i32)).unwrap_or_default();
         if call.local_reply {
             action = Action::Pause;

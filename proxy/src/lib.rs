@@ -14,6 +14,7 @@
 //! [`config`] turns a manifest into validated types.
 
 pub mod admin;
+pub mod admin_client;
 pub mod app;
 pub mod config;
 pub mod conn;

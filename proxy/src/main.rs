@@ -42,6 +42,17 @@ enum Command {
     },
     /// Print the embedded default manifest.
     DefaultConfig,
+    /// Talk to a running weir's admin endpoint (reads, reloads, filter and chain swaps).
+    Admin {
+        /// The admin endpoint.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        addr: std::net::SocketAddr,
+        /// File with the bearer token for mutations (default: $WEIR_ADMIN_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Start a new filter crate from the SDK's template (its `cargo test` builds and runs it).
     NewFilter {
         /// Crate name (lower-case letters, digits and `-`).
@@ -53,6 +64,140 @@ enum Command {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// GET a read endpoint: /filters, /config_dump, /clusters, /metrics, /ready, /healthz.
+    Get { path: String },
+    /// Re-read the manifest file and publish it.
+    Reload {
+        /// Validate, compile and canary only; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Go back to the previous generation.
+    Rollback,
+    /// Replace (or add) a filter's module with a .wasm file.
+    PutFilter {
+        name: String,
+        file: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Change a filter's module reference and/or configuration.
+    SetFilter {
+        name: String,
+        /// `builtin:NAME` or `sha256:HEX` (a module uploaded earlier).
+        #[arg(long)]
+        module: Option<String>,
+        /// The filter's configuration (JSON).
+        #[arg(long)]
+        config: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Set a chain's filters, in order.
+    PutChain {
+        name: String,
+        #[arg(required = true)]
+        filters: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn admin(addr: std::net::SocketAddr, token_file: Option<PathBuf>, action: AdminAction) -> ExitCode {
+    use weir::admin_client::{AdminClient, with_dry_run};
+    let client = match AdminClient::new(addr, token_file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = Some("application/json");
+    let result = match action {
+        AdminAction::Get { path } => client.call("GET", &path, None, b""),
+        AdminAction::Reload { dry_run } => {
+            client.call("POST", &with_dry_run("/reload", dry_run), None, b"")
+        }
+        AdminAction::Rollback => client.call("POST", "/rollback", None, b""),
+        AdminAction::PutFilter {
+            name,
+            file,
+            dry_run,
+        } => match std::fs::read(&file) {
+            Ok(bytes) => client.call(
+                "PUT",
+                &with_dry_run(&format!("/filters/{name}"), dry_run),
+                Some("application/wasm"),
+                &bytes,
+            ),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        AdminAction::SetFilter {
+            name,
+            module,
+            config,
+            dry_run,
+        } => {
+            let mut patch = serde_json::Map::new();
+            if let Some(m) = module {
+                patch.insert("module".into(), m.into());
+            }
+            if let Some(c) = config {
+                match serde_json::from_str::<serde_json::Value>(&c) {
+                    Ok(v) => {
+                        patch.insert("config".into(), v);
+                    }
+                    Err(e) => {
+                        eprintln!("error: --config is not JSON: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            let body = serde_json::Value::Object(patch).to_string();
+            client.call(
+                "PUT",
+                &with_dry_run(&format!("/filters/{name}"), dry_run),
+                json,
+                body.as_bytes(),
+            )
+        }
+        AdminAction::PutChain {
+            name,
+            filters,
+            dry_run,
+        } => {
+            let body = serde_json::to_string(&filters).unwrap_or_default();
+            client.call(
+                "PUT",
+                &with_dry_run(&format!("/chains/{name}"), dry_run),
+                json,
+                body.as_bytes(),
+            )
+        }
+    };
+    match result {
+        Ok(a) => {
+            let out = String::from_utf8_lossy(&a.body);
+            if a.status < 400 {
+                print!("{out}");
+                ExitCode::SUCCESS
+            } else {
+                eprint!("error: HTTP {}: {out}", a.status);
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -90,6 +235,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Admin {
+            addr,
+            token_file,
+            action,
+        } => admin(addr, token_file, action),
         Command::DefaultConfig => {
             print!("{}", weir::config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
@@ -105,6 +255,9 @@ fn main() -> ExitCode {
                 eprintln!("error: --workers must be at least 1");
                 return ExitCode::FAILURE;
             }
+            // Absolute, not canonical: relative paths in the manifest resolve the same way at
+            // start-up and on every reload, and a watched symlink is followed afresh each time.
+            let config = config.map(|p| std::path::absolute(&p).unwrap_or(p));
             let cfg = match &config {
                 Some(path) => match weir::config::load_file(path) {
                     Ok(c) => c,
@@ -119,8 +272,7 @@ fn main() -> ExitCode {
             };
             let opts = weir::app::RunOptions {
                 workers,
-                // Absolute, not canonical: a watched symlink must be followed afresh each time.
-                manifest: config.map(|p| std::path::absolute(&p).unwrap_or(p)),
+                manifest: config,
                 watch,
             };
             match weir::app::run(cfg, opts) {

@@ -1,6 +1,7 @@
 //! End-to-end tests: weir as a real process between real clients and mock upstreams on
 //! 127.0.0.1. One test binary, a module per area. Build the binary first: `cargo build -p weir`.
 
+mod admin;
 mod balance;
 mod check;
 mod drain;

@@ -61,13 +61,25 @@ impl Weir {
 
     /// Starts weir with `manifest` and extra `weir run` arguments (e.g. `--workers 2`).
     pub async fn start_with_args(manifest: &str, args: &[&str]) -> Weir {
+        Weir::start_with_files(manifest, &[], args).await
+    }
+
+    /// Like [`Weir::start_with_args`], with extra files (`name`, contents) written next to the
+    /// manifest first (a token file, a module, …).
+    pub async fn start_with_files(manifest: &str, files: &[(&str, &[u8])], args: &[&str]) -> Weir {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("weir.yaml");
         std::fs::write(&path, manifest).expect("write manifest");
-        let mut child = Command::new(weir_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents).expect("write file");
+        }
+        // `args` may name the manifest itself (`--config PATH`, e.g. a symlink to follow).
+        let mut cmd = Command::new(weir_bin());
+        cmd.arg("run");
+        if !args.contains(&"--config") {
+            cmd.arg("--config").arg(&path);
+        }
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -152,6 +164,11 @@ impl Weir {
             readiness: seen,
             _dir: dir,
         }
+    }
+
+    /// The folder holding the manifest (`weir.yaml`) and the extra files.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// Address of the listener called `name`, from its readiness line.

@@ -1,0 +1,444 @@
+//! Admin endpoint and hot reload (issue 5): swaps under load, refusals that leave the running
+//! chain serving, dry runs, rollback, single-flight, the request checks, `--watch`, and memory
+//! across many swaps.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, Weir};
+
+const TOKEN: &str = "test-token-1234";
+
+/// A chain `c` of filter `v` (version A: adds `x-v: a` to responses), on listener `main`, with a
+/// second filter `w` defined but unused; mutations enabled with [`TOKEN`].
+async fn start(echo: SocketAddr, workers: usize, args: &[&str]) -> Weir {
+    let yaml = ChainManifest::new()
+        .workers(workers)
+        .cluster("up", &[echo])
+        .listener("main", "up", Some("c"))
+        .chain("c", &["v"])
+        .filter(FilterDef::new("v", "builtin:add-header").config(r#"{"response":{"x-v":"a"}}"#))
+        .filter(FilterDef::new("w", "builtin:add-header").config(r#"{"response":{"x-w":"1"}}"#))
+        .yaml()
+        .replace(
+            "admin: { address: 127.0.0.1:0 }",
+            "admin: { address: 127.0.0.1:0, token_file: token }",
+        );
+    Weir::start_with_files(&yaml, &[("token", TOKEN.as_bytes())], args).await
+}
+
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+/// One admin request (`Connection: close`); `token` adds the bearer header.
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin connect");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (413) before reading everything: ignore a write error then.
+    let _ = s.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Answer { status, body }
+}
+
+async fn put_json(addr: SocketAddr, path: &str, json: &str) -> Answer {
+    call(
+        addr,
+        "PUT",
+        path,
+        Some(TOKEN),
+        &[("Content-Type", "application/json")],
+        json.as_bytes(),
+    )
+    .await
+}
+
+const VERSION_A: &str = r#"{"module":"builtin:add-header","config":{"response":{"x-v":"a"}}}"#;
+const VERSION_B: &str =
+    r#"{"module":"builtin:local-reply","config":{"status":200,"body":"b","headers":{"x-v":"b"}}}"#;
+
+/// What a fresh request sees: (`x-v`, `x-w`).
+async fn behaviour(addr: SocketAddr) -> (Option<String>, Option<String>) {
+    let mut c = H1Client::connect(addr).await;
+    let r = c.get("/probe").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    (
+        r.header("x-v").map(str::to_owned),
+        r.header("x-w").map(str::to_owned),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaps_under_load_lose_no_request_and_apply_at_once() {
+    let echo = EchoServer::start().await;
+    let weir = start(echo.addr, 2, &[]).await;
+    let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
+
+    // Continuous load over many keep-alive connections (spread over both workers).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..32 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            let mut c = H1Client::connect(addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                let r = c.get("/load").await;
+                if r.status == 200 && r.header("x-v").is_some() {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+
+    for i in 0..100 {
+        // Alternate the module (A/B) every swap and the chain layout every other swap.
+        let (module, layout) = (i % 2 == 0, (i / 2) % 2 == 0);
+        let r = put_json(
+            admin,
+            "/filters/v",
+            if module { VERSION_B } else { VERSION_A },
+        )
+        .await;
+        assert_eq!(r.status, 200, "swap {i}: {}", r.body);
+        let chain = if layout { r#"["w","v"]"# } else { r#"["v"]"# };
+        let r = put_json(admin, "/chains/c", chain).await;
+        assert_eq!(r.status, 200, "swap {i}: {}", r.body);
+        // The admin replies once every worker serves the new generation: a request made now
+        // (well within 100 ms) sees it.
+        let replied = Instant::now();
+        let (v, w) = behaviour(addr).await;
+        assert!(replied.elapsed() < Duration::from_millis(100));
+        assert_eq!(
+            v.as_deref(),
+            Some(if module { "b" } else { "a" }),
+            "swap {i}"
+        );
+        // `w` adds its header to responses from upstream and to local replies alike.
+        assert_eq!(w.is_some(), layout, "swap {i}: chain layout");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(
+        failed, 0,
+        "{failed} requests failed during the swaps ({ok} succeeded)"
+    );
+    assert!(ok > 1000, "the load ran ({ok} requests)");
+}
+
+#[tokio::test]
+async fn bad_modules_are_refused_precisely_and_the_old_chain_keeps_serving() {
+    let echo = EchoServer::start().await;
+    let weir = start(echo.addr, 1, &[]).await;
+    let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
+    let wasm = |body: &'static [u8]| async move {
+        call(
+            admin,
+            "PUT",
+            "/filters/v",
+            Some(TOKEN),
+            &[("Content-Type", "application/wasm")],
+            body,
+        )
+        .await
+    };
+    let r = wasm(b"\0asm garbage").await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("filters.v.module"), "{}", r.body);
+    let r = wasm(br#"(module (import "env" "proxy_no_such_call" (func)) (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1")) (func (export "_initialize")) (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 0))"#).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("proxy_no_such_call"), "{}", r.body);
+    // A configuration the filter refuses in on_configure.
+    let r = put_json(
+        admin,
+        "/filters/v",
+        r#"{"config":{"response":{"bad name":"x"}}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.contains("on_configure") || r.body.contains("did not start"),
+        "{}",
+        r.body
+    );
+    // A chain naming an unknown filter.
+    let r = put_json(admin, "/chains/c", r#"["v","nope"]"#).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("unknown filter `nope`"), "{}", r.body);
+    assert_eq!(behaviour(addr).await, (Some("a".into()), None));
+    let dump = call(admin, "GET", "/config_dump", None, &[], b"").await;
+    assert!(dump.body.contains("\"generation\": 1"), "{}", dump.body);
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing_and_rollback_restores() {
+    let echo = EchoServer::start().await;
+    let weir = start(echo.addr, 1, &[]).await;
+    let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
+    let r = put_json(admin, "/filters/v?dry_run=true", VERSION_B).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"valid\""), "{}", r.body);
+    assert_eq!(behaviour(addr).await.0.as_deref(), Some("a"));
+    let r = put_json(admin, "/filters/v", VERSION_B).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(behaviour(addr).await.0.as_deref(), Some("b"));
+    let r = call(admin, "POST", "/rollback", Some(TOKEN), &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(behaviour(addr).await.0.as_deref(), Some("a"));
+    // Nothing further back.
+    let r = call(admin, "POST", "/rollback", Some(TOKEN), &[], b"").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+}
+
+#[tokio::test]
+async fn concurrent_mutations_get_409() {
+    let echo = EchoServer::start().await;
+    let weir = start(echo.addr, 1, &[]).await;
+    let admin = weir.admin_addr();
+    // A module whose start spins until its start deadline: the transaction holds for ~1 s.
+    const SPIN: &[u8] = br#"(module (memory (export "memory") 1)
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+        (func (export "proxy_on_context_create") (param i32 i32))
+        (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (loop $l (br $l)) i32.const 1))"#;
+    let slow = tokio::spawn(async move {
+        call(
+            admin,
+            "PUT",
+            "/filters/v",
+            Some(TOKEN),
+            &[("Content-Type", "application/wasm")],
+            SPIN,
+        )
+        .await
+    });
+    let mut saw_409 = false;
+    while !slow.is_finished() {
+        let r = call(admin, "POST", "/rollback", Some(TOKEN), &[], b"").await;
+        if r.status == 409 && r.body.contains("in progress") {
+            saw_409 = true;
+            break;
+        }
+    }
+    let slow = slow.await.unwrap();
+    assert_eq!(
+        slow.status, 422,
+        "the spinning module is refused: {}",
+        slow.body
+    );
+    assert!(saw_409, "a mutation during another one must get 409");
+}
+
+#[tokio::test]
+async fn mutation_requests_are_checked() {
+    let echo = EchoServer::start().await;
+    let weir = start(echo.addr, 1, &[]).await;
+    let admin = weir.admin_addr();
+    let r = call(admin, "POST", "/reload", None, &[], b"").await;
+    assert_eq!(r.status, 401, "missing token: {}", r.body);
+    let r = call(admin, "POST", "/reload", Some("wrong-token-1234"), &[], b"").await;
+    assert_eq!(r.status, 401, "wrong token: {}", r.body);
+    let r = call(admin, "GET", "/reload", Some(TOKEN), &[], b"").await;
+    assert_eq!(r.status, 405, "GET on a mutation: {}", r.body);
+    for bad in [
+        "/filters/..",
+        "/filters/..%2f..%2fetc",
+        "/chains/a%2fb",
+        "/filters/.x",
+    ] {
+        let r = put_json(admin, bad, "{}").await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+    // A module reference never names a file.
+    let r = put_json(admin, "/filters/v", r#"{"module":"/etc/passwd"}"#).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let big = vec![b' '; (1 << 20) + 10];
+    let r = call(
+        admin,
+        "PUT",
+        "/chains/c",
+        Some(TOKEN),
+        &[("Content-Type", "application/json")],
+        &big,
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    let r = call(
+        admin,
+        "POST",
+        "/reload",
+        Some(TOKEN),
+        &[("Origin", "http://evil.example")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 403, "foreign Origin: {}", r.body);
+    // A DNS-rebinding page would send its own host name.
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    s.write_all(
+        format!("POST /reload HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 403"), "foreign Host: {raw}");
+    // Reads need no token.
+    let r = call(admin, "GET", "/filters", None, &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("\"sha256\""), "{}", r.body);
+    let r = call(admin, "GET", "/metrics", None, &[], b"").await;
+    assert!(r.body.contains("weir_generation 1"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn watch_reloads_on_a_symlink_swap_and_refuses_a_broken_manifest() {
+    let echo = EchoServer::start().await;
+    // Kubernetes-style: weir.yaml -> ..data/weir.yaml, ..data -> a versioned folder.
+    let yaml = |v: &str| {
+        ChainManifest::new()
+            .workers(1)
+            .cluster("up", &[echo.addr])
+            .listener("main", "up", Some("c"))
+            .chain("c", &["v"])
+            .filter(
+                FilterDef::new("v", "builtin:add-header")
+                    .config(&format!(r#"{{"response":{{"x-v":"{v}"}}}}"#)),
+            )
+            .yaml()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let write_version = |name: &str, text: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("weir.yaml"), text).unwrap();
+    };
+    write_version("v1", &yaml("1"));
+    std::os::unix::fs::symlink("v1", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/weir.yaml", dir.path().join("weir.yaml")).unwrap();
+    let manifest = dir.path().join("weir.yaml");
+    let weir = Weir::start_with_args(
+        &yaml("unused"),
+        &["--config", manifest.to_str().unwrap(), "--watch"],
+    )
+    .await;
+    let addr = weir.listener_addr("main");
+    assert_eq!(behaviour(addr).await.0.as_deref(), Some("1"));
+
+    let swap = |to: &str| {
+        let tmp = dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(to, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
+    };
+    write_version("v2", &yaml("2"));
+    swap("v2");
+    wait_for(addr, "2").await;
+    write_version("v3", "listeners: [ this is not a manifest");
+    swap("v3");
+    // Refused (logged); the running config keeps serving.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !weir.stderr().contains("was refused") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            weir.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(behaviour(addr).await.0.as_deref(), Some("2"));
+}
+
+/// Polls until responses carry `x-v: want` (the watcher looks every 200 ms).
+async fn wait_for(addr: SocketAddr, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if behaviour(addr).await.0.as_deref() == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never switched to x-v: {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn memory_returns_to_baseline_after_1000_swaps() {
+    let echo = EchoServer::start().await;
+    let weir = start(echo.addr, 2, &[]).await;
+    let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
+    let swap = |i: usize| async move {
+        let r = put_json(
+            admin,
+            "/filters/v",
+            if i % 2 == 0 { VERSION_B } else { VERSION_A },
+        )
+        .await;
+        assert_eq!(r.status, 200, "swap {i}: {}", r.body);
+    };
+    // Warm up: history fills, allocator pools settle.
+    for i in 0..100 {
+        swap(i).await;
+        behaviour(addr).await;
+    }
+    let baseline = rss_kib(weir.pid());
+    for i in 0..1000 {
+        swap(i).await;
+        if i % 50 == 0 {
+            behaviour(addr).await;
+        }
+    }
+    let after = rss_kib(weir.pid());
+    // A leaked generation costs two VMs (≥ 1 MiB of linear memory each): 1000 of them would be
+    // gigabytes. Allow allocator noise only.
+    assert!(
+        after < baseline + 32 * 1024,
+        "RSS grew from {baseline} KiB to {after} KiB over 1000 swaps"
+    );
+}
