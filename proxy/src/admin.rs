@@ -439,7 +439,7 @@ impl Admin {
             self.control.reloads_failed.load(Ordering::Relaxed)
         );
         if let Some(set) = &p.filters {
-            let series: [(&str, &str, &str, fn(&weir_host_abi::StatsSnapshot) -> u64); 5] = [
+            let series: [Series; 5] = [
                 (
                     "weir_filter_callbacks_total",
                     "counter",
@@ -487,6 +487,14 @@ impl Admin {
         out
     }
 }
+
+/// A per-filter metric: name, type, help, and how to read it from a snapshot.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&weir_host_abi::StatsSnapshot) -> u64,
+);
 
 #[derive(serde::Deserialize)]
 #[serde(untagged)]

@@ -60,6 +60,13 @@ pub enum ControlError {
     Internal(String),
 }
 
+/// [`Control::start`]'s result: the control plane, what workers follow, where they acknowledge.
+pub type Started = (
+    Arc<Control>,
+    watch::Receiver<Arc<Published>>,
+    mpsc::UnboundedSender<(usize, u64)>,
+);
+
 /// What a successful change did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Applied {
@@ -119,14 +126,7 @@ impl Control {
         config: Arc<Config>,
         workers: usize,
         manifest: Option<PathBuf>,
-    ) -> Result<
-        (
-            Arc<Self>,
-            watch::Receiver<Arc<Published>>,
-            mpsc::UnboundedSender<(usize, u64)>,
-        ),
-        ControlError,
-    > {
+    ) -> Result<Started, ControlError> {
         let runtime = FilterSet::runtime()?;
         let filters = build_filters(&config, &runtime, &Uploads::new())?;
         let first = Arc::new(Published {
@@ -187,6 +187,7 @@ impl Control {
         change: FilterChange,
         dry_run: bool,
     ) -> Result<Applied, ControlError> {
+        let started = Instant::now();
         let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
         let mut next = (*st.current.config).clone();
         let pos = match next.filters.iter().position(|f| f.name == name) {
@@ -216,7 +217,9 @@ impl Control {
                 // A dry run still needs the module for the canary.
                 let mut uploads = st.uploads.clone();
                 uploads.insert(digest, module);
-                return self.transact_with(&mut st, next, dry_run, uploads).await;
+                return self
+                    .transact_with(&mut st, next, dry_run, uploads, started)
+                    .await;
             }
             FilterChange::Patch(p) => {
                 if let Some(m) = p.module {
@@ -284,7 +287,8 @@ impl Control {
         dry_run: bool,
     ) -> Result<Applied, ControlError> {
         let uploads = st.uploads.clone();
-        self.transact_with(st, next, dry_run, uploads).await
+        self.transact_with(st, next, dry_run, uploads, Instant::now())
+            .await
     }
 
     async fn transact_with(
@@ -293,8 +297,8 @@ impl Control {
         next: Config,
         dry_run: bool,
         uploads: Uploads,
+        started: Instant,
     ) -> Result<Applied, ControlError> {
-        let started = Instant::now();
         let result = async {
             check_reloadable(&st.current.config, &next)?;
             check_references(&next)?;

@@ -1,6 +1,6 @@
 //! The `weir` command line: `run` the proxy, `check` a manifest.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -107,9 +107,9 @@ enum AdminAction {
     },
 }
 
-fn admin(addr: std::net::SocketAddr, token_file: Option<PathBuf>, action: AdminAction) -> ExitCode {
+fn admin(addr: std::net::SocketAddr, token_file: Option<&Path>, action: AdminAction) -> ExitCode {
     use weir::admin_client::{AdminClient, with_dry_run};
-    let client = match AdminClient::new(addr, token_file.as_deref()) {
+    let client = match AdminClient::new(addr, token_file) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -239,7 +239,7 @@ fn main() -> ExitCode {
             addr,
             token_file,
             action,
-        } => admin(addr, token_file, action),
+        } => admin(addr, token_file.as_deref(), action),
         Command::DefaultConfig => {
             print!("{}", weir::config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS

@@ -127,9 +127,9 @@ async fn swaps_under_load_lose_no_request_and_apply_at_once() {
         }));
     }
 
-    for i in 0..100 {
+    for i in 0..100usize {
         // Alternate the module (A/B) every swap and the chain layout every other swap.
-        let (module, layout) = (i % 2 == 0, (i / 2) % 2 == 0);
+        let (module, layout) = (i.is_multiple_of(2), (i / 2).is_multiple_of(2));
         let r = put_json(
             admin,
             "/filters/v",
@@ -417,7 +417,11 @@ async fn memory_returns_to_baseline_after_1000_swaps() {
         let r = put_json(
             admin,
             "/filters/v",
-            if i % 2 == 0 { VERSION_B } else { VERSION_A },
+            if i.is_multiple_of(2) {
+                VERSION_B
+            } else {
+                VERSION_A
+            },
         )
         .await;
         assert_eq!(r.status, 200, "swap {i}: {}", r.body);
@@ -430,7 +434,7 @@ async fn memory_returns_to_baseline_after_1000_swaps() {
     let baseline = rss_kib(weir.pid());
     for i in 0..1000 {
         swap(i).await;
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             behaviour(addr).await;
         }
     }
