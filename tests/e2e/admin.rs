@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, Weir};
+use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, RawClient, RawResponse, Weir};
 
 const TOKEN: &str = "test-token-1234";
 
@@ -30,11 +29,6 @@ async fn start(echo: SocketAddr, workers: usize, args: &[&str]) -> Weir {
     Weir::start_with_files(&yaml, &[("token", TOKEN.as_bytes())], args).await
 }
 
-struct Answer {
-    status: u16,
-    body: String,
-}
-
 /// One admin request (`Connection: close`); `token` adds the bearer header.
 async fn call(
     addr: SocketAddr,
@@ -43,10 +37,7 @@ async fn call(
     token: Option<&str>,
     extra: &[(&str, &str)],
     body: &[u8],
-) -> Answer {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("admin connect");
+) -> RawResponse {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -58,24 +49,14 @@ async fn call(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
+    let mut c = RawClient::connect(addr).await;
+    c.write(head.as_bytes()).await.unwrap();
     // The server may answer (413) before reading everything: ignore a write error then.
-    let _ = s.write_all(body).await;
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Answer { status, body }
+    let _ = c.write(body).await;
+    c.read_response().await
 }
 
-async fn put_json(addr: SocketAddr, path: &str, json: &str) -> Answer {
+async fn put_json(addr: SocketAddr, path: &str, json: &str) -> RawResponse {
     call(
         addr,
         "PUT",
@@ -136,10 +117,10 @@ async fn swaps_under_load_lose_no_request_and_apply_at_once() {
             if module { VERSION_B } else { VERSION_A },
         )
         .await;
-        assert_eq!(r.status, 200, "swap {i}: {}", r.body);
+        assert_eq!(r.status, 200, "swap {i}: {}", r.text());
         let chain = if layout { r#"["w","v"]"# } else { r#"["v"]"# };
         let r = put_json(admin, "/chains/c", chain).await;
-        assert_eq!(r.status, 200, "swap {i}: {}", r.body);
+        assert_eq!(r.status, 200, "swap {i}: {}", r.text());
         // The admin replies once every worker serves the new generation: a request made now
         // (well within 100 ms) sees it.
         let replied = Instant::now();
@@ -182,11 +163,11 @@ async fn bad_modules_are_refused_precisely_and_the_old_chain_keeps_serving() {
         .await
     };
     let r = wasm(b"\0asm garbage").await;
-    assert_eq!(r.status, 422, "{}", r.body);
-    assert!(r.body.contains("filters.v.module"), "{}", r.body);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("filters.v.module"), "{}", r.text());
     let r = wasm(br#"(module (import "env" "proxy_no_such_call" (func)) (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1")) (func (export "_initialize")) (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 0))"#).await;
-    assert_eq!(r.status, 422, "{}", r.body);
-    assert!(r.body.contains("proxy_no_such_call"), "{}", r.body);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("proxy_no_such_call"), "{}", r.text());
     // A configuration the filter refuses in on_configure.
     let r = put_json(
         admin,
@@ -194,19 +175,19 @@ async fn bad_modules_are_refused_precisely_and_the_old_chain_keeps_serving() {
         r#"{"config":{"response":{"bad name":"x"}}}"#,
     )
     .await;
-    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.status, 422, "{}", r.text());
     assert!(
-        r.body.contains("on_configure") || r.body.contains("did not start"),
+        r.text().contains("on_configure") || r.text().contains("did not start"),
         "{}",
-        r.body
+        r.text()
     );
     // A chain naming an unknown filter.
     let r = put_json(admin, "/chains/c", r#"["v","nope"]"#).await;
-    assert_eq!(r.status, 422, "{}", r.body);
-    assert!(r.body.contains("unknown filter `nope`"), "{}", r.body);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("unknown filter `nope`"), "{}", r.text());
     assert_eq!(behaviour(addr).await, (Some("a".into()), None));
     let dump = call(admin, "GET", "/config_dump", None, &[], b"").await;
-    assert!(dump.body.contains("\"generation\": 1"), "{}", dump.body);
+    assert!(dump.text().contains("\"generation\": 1"), "{}", dump.text());
 }
 
 #[tokio::test]
@@ -215,18 +196,18 @@ async fn dry_run_changes_nothing_and_rollback_restores() {
     let weir = start(echo.addr, 1, &[]).await;
     let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
     let r = put_json(admin, "/filters/v?dry_run=true", VERSION_B).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.body.contains("\"valid\""), "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"valid\""), "{}", r.text());
     assert_eq!(behaviour(addr).await.0.as_deref(), Some("a"));
     let r = put_json(admin, "/filters/v", VERSION_B).await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(behaviour(addr).await.0.as_deref(), Some("b"));
     let r = call(admin, "POST", "/rollback", Some(TOKEN), &[], b"").await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(behaviour(addr).await.0.as_deref(), Some("a"));
     // Nothing further back.
     let r = call(admin, "POST", "/rollback", Some(TOKEN), &[], b"").await;
-    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.status, 409, "{}", r.text());
 }
 
 #[tokio::test]
@@ -254,16 +235,17 @@ async fn concurrent_mutations_get_409() {
     let mut saw_409 = false;
     while !slow.is_finished() {
         let r = call(admin, "POST", "/rollback", Some(TOKEN), &[], b"").await;
-        if r.status == 409 && r.body.contains("in progress") {
+        if r.status == 409 && r.text().contains("in progress") {
             saw_409 = true;
             break;
         }
     }
     let slow = slow.await.unwrap();
     assert_eq!(
-        slow.status, 422,
+        slow.status,
+        422,
         "the spinning module is refused: {}",
-        slow.body
+        slow.text()
     );
     assert!(saw_409, "a mutation during another one must get 409");
 }
@@ -274,11 +256,11 @@ async fn mutation_requests_are_checked() {
     let weir = start(echo.addr, 1, &[]).await;
     let admin = weir.admin_addr();
     let r = call(admin, "POST", "/reload", None, &[], b"").await;
-    assert_eq!(r.status, 401, "missing token: {}", r.body);
+    assert_eq!(r.status, 401, "missing token: {}", r.text());
     let r = call(admin, "POST", "/reload", Some("wrong-token-1234"), &[], b"").await;
-    assert_eq!(r.status, 401, "wrong token: {}", r.body);
+    assert_eq!(r.status, 401, "wrong token: {}", r.text());
     let r = call(admin, "GET", "/reload", Some(TOKEN), &[], b"").await;
-    assert_eq!(r.status, 405, "GET on a mutation: {}", r.body);
+    assert_eq!(r.status, 405, "GET on a mutation: {}", r.text());
     for bad in [
         "/filters/..",
         "/filters/..%2f..%2fetc",
@@ -286,11 +268,11 @@ async fn mutation_requests_are_checked() {
         "/filters/.x",
     ] {
         let r = put_json(admin, bad, "{}").await;
-        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
     // A module reference never names a file.
     let r = put_json(admin, "/filters/v", r#"{"module":"/etc/passwd"}"#).await;
-    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.status, 422, "{}", r.text());
     let big = vec![b' '; (1 << 20) + 10];
     let r = call(
         admin,
@@ -301,7 +283,7 @@ async fn mutation_requests_are_checked() {
         &big,
     )
     .await;
-    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.status, 413, "{}", r.text());
     let r = call(
         admin,
         "POST",
@@ -311,23 +293,22 @@ async fn mutation_requests_are_checked() {
         b"",
     )
     .await;
-    assert_eq!(r.status, 403, "foreign Origin: {}", r.body);
+    assert_eq!(r.status, 403, "foreign Origin: {}", r.text());
     // A DNS-rebinding page would send its own host name.
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(
+    let mut c = RawClient::connect(admin).await;
+    c.write(
         format!("POST /reload HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await
     .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    assert!(raw.starts_with("HTTP/1.1 403"), "foreign Host: {raw}");
+    let r = c.read_response().await;
+    assert_eq!(r.status, 403, "foreign Host: {}", r.text());
     // Reads need no token.
     let r = call(admin, "GET", "/filters", None, &[], b"").await;
     assert_eq!(r.status, 200);
-    assert!(r.body.contains("\"sha256\""), "{}", r.body);
+    assert!(r.text().contains("\"sha256\""), "{}", r.text());
     let r = call(admin, "GET", "/metrics", None, &[], b"").await;
-    assert!(r.body.contains("weir_generation 1"), "{}", r.body);
+    assert!(r.text().contains("weir_generation 1"), "{}", r.text());
 }
 
 #[tokio::test]
@@ -424,7 +405,7 @@ async fn memory_returns_to_baseline_after_1000_swaps() {
             },
         )
         .await;
-        assert_eq!(r.status, 200, "swap {i}: {}", r.body);
+        assert_eq!(r.status, 200, "swap {i}: {}", r.text());
     };
     // Warm up: history fills, allocator pools settle.
     for i in 0..100 {
