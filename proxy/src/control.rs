@@ -193,6 +193,15 @@ impl Control {
         let pos = match next.filters.iter().position(|f| f.name == name) {
             Some(p) => p,
             None => {
+                let has_module = match &change {
+                    FilterChange::Module(_) => true,
+                    FilterChange::Patch(p) => p.module.is_some(),
+                };
+                if !has_module {
+                    return Err(ControlError::Invalid(format!(
+                        "filters.{name}.module: a new filter needs a module"
+                    )));
+                }
                 next.filters.push(new_filter(name));
                 next.filters.len() - 1
             }
@@ -234,11 +243,6 @@ impl Control {
                 }
                 if let Some(f) = p.failure_policy {
                     filter.failure_policy = f;
-                }
-                if matches!(&filter.module, ModuleRef::Builtin(b) if b.is_empty()) {
-                    return Err(ControlError::Invalid(format!(
-                        "filters.{name}.module: a new filter needs a module"
-                    )));
                 }
             }
         }
@@ -413,12 +417,8 @@ fn remember_upload(st: &mut State, digest: &str, module: Arc<Module>) {
 
 /// A module reference from an admin request: `builtin:NAME` or `sha256:HEX` (never a path).
 fn module_ref(m: &str, filter: &str, uploads: &Uploads) -> Result<ModuleRef, ControlError> {
+    // An unknown built-in is refused by the load, which lists the ones there are.
     if let Some(b) = m.strip_prefix("builtin:") {
-        if crate::filter::builtin::lookup(b).is_none() {
-            return Err(ControlError::Invalid(format!(
-                "filters.{filter}.module: no built-in filter `{b}`"
-            )));
-        }
         return Ok(ModuleRef::Builtin(b.to_owned()));
     }
     if let Some(h) = m.strip_prefix("sha256:") {
@@ -435,7 +435,8 @@ fn module_ref(m: &str, filter: &str, uploads: &Uploads) -> Result<ModuleRef, Con
     )))
 }
 
-/// A filter added by `PUT /filters/NAME`, with the manifest's defaults.
+/// A filter added by `PUT /filters/NAME`, with the manifest's defaults (its module is set by the
+/// change that adds it).
 fn new_filter(name: &str) -> FilterConfig {
     FilterConfig {
         name: name.to_owned(),

@@ -103,43 +103,7 @@ impl FilterSet {
         let runtime = runtime.clone();
         let mut filters = Vec::with_capacity(cfg.filters.len());
         for f in &cfg.filters {
-            if let ModuleRef::Digest(digest) = &f.module {
-                let module =
-                    uploads
-                        .get(digest)
-                        .cloned()
-                        .ok_or_else(|| FilterError::UnknownDigest {
-                            filter: f.name.clone(),
-                            digest: digest.clone(),
-                        })?;
-                filters.push(Self::start_one(&runtime, f, module)?);
-                continue;
-            }
-            let bytes: std::borrow::Cow<'static, [u8]> = match &f.module {
-                ModuleRef::Builtin(name) => {
-                    builtin::lookup(name).map(Into::into).ok_or_else(|| {
-                        FilterError::UnknownBuiltin {
-                            filter: f.name.clone(),
-                            name: name.clone(),
-                            available: builtin::names().collect::<Vec<_>>().join(", "),
-                        }
-                    })?
-                }
-                ModuleRef::File(path) => std::fs::read(path)
-                    .map_err(|source| FilterError::Read {
-                        filter: f.name.clone(),
-                        path: path.clone(),
-                        source,
-                    })?
-                    .into(),
-                ModuleRef::Digest(_) => unreachable!("handled above"),
-            };
-            let module = runtime
-                .compile(&bytes)
-                .map_err(|source| FilterError::Load {
-                    filter: f.name.clone(),
-                    source,
-                })?;
+            let module = Self::module_of(f, &runtime, uploads)?;
             if let Some(pinned) = &f.sha256
                 && module.sha256_hex() != *pinned
             {
@@ -171,6 +135,44 @@ impl FilterSet {
             filters,
             chains,
             clusters: cfg.clusters.iter().map(|c| c.name.clone()).collect(),
+        })
+    }
+
+    /// A filter's compiled module: an upload by digest, or a built-in or file compiled (or
+    /// found in the runtime's cache by its sha256).
+    fn module_of(
+        f: &crate::config::FilterConfig,
+        runtime: &Runtime,
+        uploads: &Uploads,
+    ) -> Result<Arc<Module>, FilterError> {
+        let bytes: std::borrow::Cow<'static, [u8]> = match &f.module {
+            ModuleRef::Digest(digest) => {
+                return uploads
+                    .get(digest)
+                    .cloned()
+                    .ok_or_else(|| FilterError::UnknownDigest {
+                        filter: f.name.clone(),
+                        digest: digest.clone(),
+                    });
+            }
+            ModuleRef::Builtin(name) => builtin::lookup(name).map(Into::into).ok_or_else(|| {
+                FilterError::UnknownBuiltin {
+                    filter: f.name.clone(),
+                    name: name.clone(),
+                    available: builtin::names().collect::<Vec<_>>().join(", "),
+                }
+            })?,
+            ModuleRef::File(path) => std::fs::read(path)
+                .map_err(|source| FilterError::Read {
+                    filter: f.name.clone(),
+                    path: path.clone(),
+                    source,
+                })?
+                .into(),
+        };
+        runtime.compile(&bytes).map_err(|source| FilterError::Load {
+            filter: f.name.clone(),
+            source,
         })
     }
 
