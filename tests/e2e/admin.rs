@@ -352,7 +352,7 @@ async fn watch_reloads_on_a_symlink_swap_and_refuses_a_broken_manifest() {
     };
     write_version("v2", &yaml("2"));
     swap("v2");
-    wait_for(addr, "2").await;
+    wait_for(&weir, "2").await;
     write_version("v3", "listeners: [ this is not a manifest");
     swap("v3");
     // Refused (logged); the running config keeps serving.
@@ -369,13 +369,18 @@ async fn watch_reloads_on_a_symlink_swap_and_refuses_a_broken_manifest() {
 }
 
 /// Polls until responses carry `x-v: want` (the watcher looks every 200 ms).
-async fn wait_for(addr: SocketAddr, want: &str) {
+async fn wait_for(weir: &Weir, want: &str) {
+    let addr = weir.listener_addr("main");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         if behaviour(addr).await.0.as_deref() == Some(want) {
             return;
         }
-        assert!(Instant::now() < deadline, "never switched to x-v: {want}");
+        assert!(
+            Instant::now() < deadline,
+            "never switched to x-v: {want}; weir's log:\n{}",
+            weir.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
