@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod app;
+pub mod certs;
 pub mod config;
 pub mod conn;
 pub mod control;
@@ -25,6 +26,7 @@ pub mod http;
 pub mod listener;
 pub mod rt;
 pub mod scaffold;
+pub mod tls;
 pub mod upstream;
 pub mod watch;
 pub mod worker;

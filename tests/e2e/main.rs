@@ -3,6 +3,7 @@
 
 mod admin;
 mod balance;
+mod certs;
 mod check;
 mod drain;
 mod errors;
@@ -13,6 +14,7 @@ mod pool;
 mod proxy_h1;
 mod proxy_h2;
 mod support;
+mod tls;
 mod websocket;
 
 use weir_tests::RawResponse;

@@ -11,6 +11,7 @@
 
 pub mod chain;
 pub mod client;
+pub mod tls;
 pub mod upstream;
 pub mod weir;
 

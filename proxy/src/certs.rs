@@ -1,0 +1,1 @@
+//! `weir certs`: a development PKI (being written).

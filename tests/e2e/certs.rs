@@ -1,0 +1,1 @@
+//! `weir certs` end to end (being written).

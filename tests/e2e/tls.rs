@@ -1,0 +1,1 @@
+//! mTLS end to end (being written).

@@ -1,0 +1,1 @@
+//! TLS test support (being written).
