@@ -1,7 +1,8 @@
 //! The admin endpoint (loopback by default; on the control thread, never on a worker).
 //!
 //! Reads: `GET /ready` (200 serving, 503 draining), `/healthz`, `/metrics` (Prometheus text),
-//! `/config_dump` (the running validated config as JSON), `/clusters`, `/filters`.
+//! `/config_dump` (the running validated config as JSON), `/clusters`, `/filters`, `/certs`
+//! (every certificate and trust anchor in use, with expiry, and each TLS context's rotations).
 //!
 //! Mutations (POST/PUT only, each through [`Control`]'s transaction; `?dry_run=true` validates,
 //! compiles and canaries without publishing):
@@ -41,6 +42,8 @@ pub const MAX_MODULE_BODY: usize = 32 << 20;
 #[derive(Default)]
 pub struct AdminState {
     pub draining: AtomicBool,
+    /// Certificates in use (`/certs`, expiry metrics).
+    pub tls: Arc<crate::tls::TlsContexts>,
 }
 
 struct Admin {
@@ -146,9 +149,8 @@ impl Admin {
     async fn handle(&self, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().to_owned();
         let route = match path.as_str() {
-            "/ready" | "/healthz" | "/metrics" | "/config_dump" | "/clusters" | "/filters" => {
-                Route::Read(path.as_str())
-            }
+            "/ready" | "/healthz" | "/metrics" | "/config_dump" | "/clusters" | "/filters"
+            | "/certs" => Route::Read(path.as_str()),
             "/reload" => Route::Reload,
             "/rollback" => Route::Rollback,
             p => {
@@ -364,6 +366,7 @@ impl Admin {
                 json_resp(StatusCode::OK, &v)
             }
             "/filters" => json_resp(StatusCode::OK, &self.filters_json()),
+            "/certs" => json_resp(StatusCode::OK, &self.state.tls.certs_json()),
             "/clusters" => {
                 let p = self.control.current();
                 let clusters: Vec<_> = p
@@ -484,6 +487,7 @@ impl Admin {
                 }
             }
         }
+        self.state.tls.metrics(&mut out);
         out
     }
 }

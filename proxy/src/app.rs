@@ -33,6 +33,8 @@ pub enum AppError {
     Runtime(#[from] std::io::Error),
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// How `weir run` was started.
@@ -91,6 +93,18 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
             .map_err(|e| AppError::Runtime(std::io::Error::other(e)))??
     };
 
+    // TLS material is loaded before anything is bound: a missing or bad certificate stops
+    // start-up with its file. From here on the files are followed for rotation.
+    let tls = {
+        let cfg = config.clone();
+        Arc::new(
+            tokio::task::spawn_blocking(move || crate::tls::TlsContexts::load(&cfg))
+                .await
+                .map_err(|e| AppError::Runtime(std::io::Error::other(e)))??,
+        )
+    };
+    tokio::spawn(tls.clone().watch(config.tls_watch_interval));
+
     // Every listener bound before any worker starts: a bind error stops start-up cleanly.
     let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
         (0..workers).map(|_| Vec::new()).collect();
@@ -109,7 +123,10 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
             per_worker[w].push((li, s));
         }
     }
-    let admin_state = Arc::new(AdminState::default());
+    let admin_state = Arc::new(AdminState {
+        tls: tls.clone(),
+        ..AdminState::default()
+    });
     if let Some(a) = &config.admin {
         let l = tokio::net::TcpListener::bind(a.address)
             .await
@@ -134,6 +151,7 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
             drain: drain_rx.clone(),
             generations: generations.clone(),
             acks: acks.clone(),
+            tls: tls.clone(),
         })?);
     }
     drop(acks);

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::http::framing::FramingWatcher;
 use crate::http::service::ProxyService;
 use crate::listener::ListenerCtx;
+use crate::tls::ConnTls;
 use crate::worker::WorkerCtx;
 
 /// What the connection's byte stream tells the request layer. `Sync` only because hyper's
@@ -127,13 +128,13 @@ impl ConnState {
     }
 }
 
-/// The socket, seen through [`ConnState`].
-struct ConnIo {
-    inner: TcpStream,
+/// The byte stream (a socket, or TLS over it), seen through [`ConnState`].
+struct ConnIo<S> {
+    inner: S,
     state: Arc<ConnState>,
 }
 
-impl AsyncRead for ConnIo {
+impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -150,7 +151,7 @@ impl AsyncRead for ConnIo {
     }
 }
 
-impl AsyncWrite for ConnIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -190,20 +191,45 @@ impl AsyncWrite for ConnIo {
     }
 }
 
-/// Serves one accepted connection until it ends.
+/// Serves one accepted connection until it ends: on a TLS listener, the handshake first (a
+/// connection that fails it is closed before any HTTP is read).
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     worker: Rc<WorkerCtx>,
     listener: Rc<ListenerCtx>,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) {
+    let Some(tls) = listener.tls.clone() else {
+        return serve_http(stream, None, peer, worker, listener, drain).await;
+    };
+    // Boxed: a TLS stream is large, and the plain path should not carry its space.
+    match Box::pin(tls.accept(stream)).await {
+        Ok((stream, info)) => {
+            serve_http(stream, Some(Arc::new(info)), peer, worker, listener, drain).await;
+        }
+        Err(e) => {
+            tracing::debug!(%peer, listener = %listener.name, error = %e, "TLS handshake refused");
+        }
+    }
+}
+
+async fn serve_http<S>(
+    stream: S,
+    tls: Option<Arc<ConnTls>>,
+    peer: SocketAddr,
+    worker: Rc<WorkerCtx>,
+    listener: Rc<ListenerCtx>,
+    mut drain: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(ConnIo {
         inner: stream,
         state: state.clone(),
     });
-    let svc = ProxyService::new(worker, listener.clone(), state.clone(), peer);
+    let svc = ProxyService::new(worker, listener.clone(), state.clone(), peer, tls);
     let conn = listener.http.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
 

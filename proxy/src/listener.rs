@@ -6,6 +6,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioTimer;
@@ -16,6 +17,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{ListenerConfig, ListenerLimits};
 use crate::rt::LocalExec;
+use crate::tls::ServerTls;
 use crate::worker::WorkerCtx;
 
 /// Binds `n` sockets to `addr` with `SO_REUSEPORT`. With port 0 the first socket picks the port
@@ -58,6 +60,8 @@ pub struct ListenerCtx {
     pub index: usize,
     /// hyper's HTTP/1.1 + HTTP/2 server settings, built once.
     pub http: auto::Builder<LocalExec>,
+    /// TLS termination (shared by every worker; its material rotates on its own).
+    pub tls: Option<Arc<ServerTls>>,
     /// This worker's share of `max_connections`.
     max_conns: usize,
     conns: Cell<usize>,
@@ -65,7 +69,13 @@ pub struct ListenerCtx {
 }
 
 impl ListenerCtx {
-    pub fn new(cfg: &ListenerConfig, index: usize, workers: usize, local: SocketAddr) -> Self {
+    pub fn new(
+        cfg: &ListenerConfig,
+        index: usize,
+        workers: usize,
+        local: SocketAddr,
+        tls: Option<Arc<ServerTls>>,
+    ) -> Self {
         let l = &cfg.limits;
         let mut http = auto::Builder::new(LocalExec);
         http.http1()
@@ -93,6 +103,7 @@ impl ListenerCtx {
             local,
             index,
             http,
+            tls,
             max_conns: l.max_connections.div_ceil(workers).max(1),
             conns: Cell::new(0),
             released: Notify::new(),

@@ -127,6 +127,8 @@ pub struct WorkerSpec {
     pub generations: watch::Receiver<Arc<Published>>,
     /// `(worker id, generation id)` once this worker serves a generation.
     pub acks: mpsc::UnboundedSender<(usize, u64)>,
+    /// TLS contexts of listeners and clusters (indexed like the config's).
+    pub tls: Arc<crate::tls::TlsContexts>,
 }
 
 /// Starts a worker thread; it returns once drained.
@@ -153,13 +155,15 @@ async fn run(spec: WorkerSpec) {
         mut drain,
         mut generations,
         acks,
+        tls,
     } = spec;
     let clusters: std::rc::Rc<Vec<Cluster>> = std::rc::Rc::new(
         config
             .clusters
             .iter()
             .zip(endpoints.iter())
-            .map(|(c, addrs)| Cluster::new(c, addrs))
+            .enumerate()
+            .map(|(i, (c, addrs))| Cluster::new(c, addrs, tls.clusters.get(i).cloned().flatten()))
             .collect(),
     );
     // Callouts go through the same clusters (and pools) as requests.
@@ -184,7 +188,13 @@ async fn run(spec: WorkerSpec) {
         };
         let lc = &config.listeners[li];
         let local = listener.local_addr().unwrap_or(lc.address);
-        let ctx = std::rc::Rc::new(ListenerCtx::new(lc, li, workers, local));
+        let ctx = std::rc::Rc::new(ListenerCtx::new(
+            lc,
+            li,
+            workers,
+            local,
+            tls.listeners.get(li).cloned().flatten(),
+        ));
         tokio::task::spawn_local(accept_loop(listener, ctx, worker.clone(), drain.clone()));
     }
     tokio::task::spawn_local(sweep_pools(worker.clone()));

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use raw::{FailurePolicy, LbPolicy, Protocol};
+pub use raw::{ClientAuth, FailurePolicy, ForwardClientCert, LbPolicy, Protocol};
 pub use validate::validate;
 
 /// The manifest `weir run` uses when no `--config` is given: a working proxy in front of the
@@ -34,6 +34,8 @@ pub const DEFAULT_POOL_MAX_IDLE: usize = 128;
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_FILTER_MEMORY: u64 = 64 << 20;
 pub const DEFAULT_FILTER_CALLBACK_DEADLINE: Duration = Duration::from_millis(10);
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_TLS_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A validated manifest.
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +44,8 @@ pub struct Config {
     pub workers: Option<usize>,
     #[serde(serialize_with = "ser_duration")]
     pub drain_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub tls_watch_interval: Duration,
     pub admin: Option<AdminConfig>,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
@@ -74,6 +78,46 @@ pub struct ListenerConfig {
     pub default_cluster_name: String,
     pub chain: Option<String>,
     pub limits: ListenerLimits,
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// Downstream TLS of one listener. Paths are absolute (resolved against the manifest's folder).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListenerTlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    /// Empty: any trust domain (the chain is still verified).
+    pub trust_domains: Vec<String>,
+    pub alpn: Vec<String>,
+    /// Only TLS 1.3 (otherwise 1.2 and 1.3).
+    pub tls13_only: bool,
+    #[serde(serialize_with = "ser_duration")]
+    pub handshake_timeout: Duration,
+    pub forward_client_cert: ForwardClientCert,
+}
+
+/// Upstream TLS of one cluster.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterTlsConfig {
+    pub ca: PathBuf,
+    /// Client certificate chain and key, for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub sni: Option<String>,
+    pub expect: ExpectedIdentity,
+}
+
+/// Who the upstream must prove to be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedIdentity {
+    /// This exact SPIFFE ID as a URI SAN.
+    Spiffe(String),
+    /// Any SPIFFE ID of this trust domain.
+    TrustDomain(String),
+    /// A certificate valid for this DNS name.
+    Dns(String),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,6 +160,7 @@ pub struct ClusterConfig {
     pub pool_max_idle: usize,
     #[serde(serialize_with = "ser_duration")]
     pub pool_idle_timeout: Duration,
+    pub tls: Option<ClusterTlsConfig>,
 }
 
 /// Where a cluster's endpoints come from.

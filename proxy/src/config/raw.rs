@@ -13,6 +13,8 @@ use super::units::{HumanDuration, HumanSize};
 pub struct Manifest {
     pub workers: Option<usize>,
     pub drain_timeout: Option<HumanDuration>,
+    /// How often certificate, key and trust-bundle files are re-read for rotation.
+    pub tls_watch_interval: Option<HumanDuration>,
     pub admin: Option<Admin>,
     #[serde(default)]
     pub listeners: Vec<Listener>,
@@ -41,6 +43,59 @@ pub struct Listener {
     pub chain: Option<String>,
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// Terminate TLS (and optionally verify client certificates) on this listener.
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+    /// PEM trust bundle for client certificates.
+    pub client_ca: Option<String>,
+    pub client_auth: Option<ClientAuth>,
+    /// A client certificate must carry a SPIFFE ID in one of these trust domains.
+    pub trust_domains: Option<Vec<String>>,
+    pub alpn: Option<Vec<String>>,
+    pub min_version: Option<String>,
+    pub handshake_timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub forward_client_cert: ForwardClientCert,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Required,
+}
+
+/// What happens to `x-forwarded-client-cert` (a client's value is always removed).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardClientCert {
+    /// Remove the client's value and set the core's from the verified peer certificate.
+    #[default]
+    SanitizeSet,
+    /// Remove it and set nothing.
+    Sanitize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// PEM trust bundle the upstream's certificate must chain to.
+    pub ca: String,
+    /// Client certificate chain and key (mutual TLS).
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub sni: Option<String>,
+    /// `spiffe://TD/PATH`, `spiffe://TD` (any workload of TD) or a DNS name.
+    pub expect_identity: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +124,8 @@ pub struct Cluster {
     pub timeouts: ClusterTimeouts,
     #[serde(default)]
     pub pool: PoolSettings,
+    /// Originate TLS (or mutual TLS) to the endpoints.
+    pub tls: Option<ClusterTls>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

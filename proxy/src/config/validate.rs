@@ -98,6 +98,9 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
             response_timeout,
             pool_max_idle: c.pool.max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
             pool_idle_timeout,
+            tls: c
+                .tls
+                .map(|t| cluster_tls(t, base_dir, &format!("{p}.tls"), &mut errs)),
         });
     }
 
@@ -199,6 +202,9 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
             errs.push(format!("{p}.chain"), format!("unknown chain `{ch}`"));
         }
         let limits = listener_limits(&l.limits, &format!("{p}.limits"), &mut errs);
+        let tls = l
+            .tls
+            .map(|t| listener_tls(t, base_dir, &format!("{p}.tls"), &mut errs));
         listeners.push(ListenerConfig {
             name: l.name,
             address,
@@ -206,6 +212,7 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
             default_cluster_name: l.default_cluster,
             chain: l.chain,
             limits,
+            tls,
         });
     }
     // Two listeners on one fixed address would fail to bind at start; say so now.
@@ -226,10 +233,18 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
         &mut errs,
     );
 
+    let tls_watch_interval = positive(
+        m.tls_watch_interval.map(|d| d.0),
+        DEFAULT_TLS_WATCH_INTERVAL,
+        "tls_watch_interval",
+        &mut errs,
+    );
+
     if errs.0.is_empty() {
         Ok(Config {
             workers: m.workers,
             drain_timeout,
+            tls_watch_interval,
             admin,
             listeners,
             clusters,
@@ -292,6 +307,160 @@ fn listener_limits(r: &raw::ListenerLimits, p: &str, errs: &mut Errors) -> Liste
         );
     }
     l
+}
+
+/// A PEM file the proxy will read: must exist now (it is read, and re-read on rotation, later).
+fn pem_file(base_dir: &Path, f: &str, path: &str, errs: &mut Errors) -> PathBuf {
+    let full = base_dir.join(f);
+    if !full.is_file() {
+        errs.push(path, format!("no file at {}", full.display()));
+    }
+    full
+}
+
+fn listener_tls(
+    t: raw::ListenerTls,
+    base_dir: &Path,
+    p: &str,
+    errs: &mut Errors,
+) -> ListenerTlsConfig {
+    let cert = pem_file(base_dir, &t.cert, &format!("{p}.cert"), errs);
+    let key = pem_file(base_dir, &t.key, &format!("{p}.key"), errs);
+    let client_ca = t
+        .client_ca
+        .map(|f| pem_file(base_dir, &f, &format!("{p}.client_ca"), errs));
+    let client_auth = match (t.client_auth, &client_ca) {
+        (None, Some(_)) => ClientAuth::Required,
+        (None, None) => ClientAuth::None,
+        (Some(a @ (ClientAuth::Optional | ClientAuth::Required)), None) => {
+            errs.push(
+                format!("{p}.client_auth"),
+                "verifying client certificates needs `client_ca` (a trust bundle)",
+            );
+            a
+        }
+        (Some(a), _) => a,
+    };
+    let trust_domains = t.trust_domains.unwrap_or_default();
+    if !trust_domains.is_empty() && client_auth == ClientAuth::None {
+        errs.push(
+            format!("{p}.trust_domains"),
+            "needs client certificates (`client_ca`, and `client_auth` not `none`)",
+        );
+    }
+    for (i, td) in trust_domains.iter().enumerate() {
+        if !crate::tls::spiffe::valid_trust_domain(td) {
+            errs.push(
+                format!("{p}.trust_domains[{i}]"),
+                format!("`{td}` is not a trust domain (lower-case letters, digits, `.-_`)"),
+            );
+        }
+    }
+    let alpn = t
+        .alpn
+        .unwrap_or_else(|| vec!["h2".to_owned(), "http/1.1".to_owned()]);
+    if alpn.is_empty() {
+        errs.push(format!("{p}.alpn"), "must name at least one protocol");
+    }
+    for (i, a) in alpn.iter().enumerate() {
+        if a != "h2" && a != "http/1.1" {
+            errs.push(
+                format!("{p}.alpn[{i}]"),
+                format!("`{a}`: only `h2` and `http/1.1` are served"),
+            );
+        }
+    }
+    let tls13_only = match t.min_version.as_deref() {
+        None | Some("1.2") => false,
+        Some("1.3") => true,
+        Some(v) => {
+            errs.push(
+                format!("{p}.min_version"),
+                format!("`{v}`: must be \"1.2\" or \"1.3\" (older versions are never accepted)"),
+            );
+            false
+        }
+    };
+    let handshake_timeout = positive(
+        t.handshake_timeout.map(|d| d.0),
+        DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+        &format!("{p}.handshake_timeout"),
+        errs,
+    );
+    ListenerTlsConfig {
+        cert,
+        key,
+        client_ca,
+        client_auth,
+        trust_domains,
+        alpn,
+        tls13_only,
+        handshake_timeout,
+        forward_client_cert: t.forward_client_cert,
+    }
+}
+
+fn cluster_tls(
+    t: raw::ClusterTls,
+    base_dir: &Path,
+    p: &str,
+    errs: &mut Errors,
+) -> ClusterTlsConfig {
+    let ca = pem_file(base_dir, &t.ca, &format!("{p}.ca"), errs);
+    let client_cert = match (t.cert, t.key) {
+        (Some(c), Some(k)) => Some((
+            pem_file(base_dir, &c, &format!("{p}.cert"), errs),
+            pem_file(base_dir, &k, &format!("{p}.key"), errs),
+        )),
+        (None, None) => None,
+        (Some(_), None) => {
+            errs.push(format!("{p}.key"), "`cert` needs its `key`");
+            None
+        }
+        (None, Some(_)) => {
+            errs.push(format!("{p}.cert"), "`key` needs its `cert`");
+            None
+        }
+    };
+    if let Some(sni) = &t.sni
+        && !crate::tls::spiffe::valid_dns_name(sni)
+    {
+        errs.push(format!("{p}.sni"), format!("`{sni}` is not a DNS name"));
+    }
+    let expect = match (t.expect_identity, &t.sni) {
+        (Some(id), _) if id.starts_with("spiffe://") => match crate::tls::spiffe::parse(&id) {
+            Ok(s) if s.path.is_empty() => ExpectedIdentity::TrustDomain(s.trust_domain.to_owned()),
+            Ok(_) => ExpectedIdentity::Spiffe(id),
+            Err(e) => {
+                errs.push(format!("{p}.expect_identity"), format!("`{id}`: {e}"));
+                ExpectedIdentity::Spiffe(id)
+            }
+        },
+        (Some(name), _) => {
+            if !crate::tls::spiffe::valid_dns_name(&name) {
+                errs.push(
+                    format!("{p}.expect_identity"),
+                    format!("`{name}` is neither a spiffe:// ID nor a DNS name"),
+                );
+            }
+            ExpectedIdentity::Dns(name)
+        }
+        (None, Some(sni)) => ExpectedIdentity::Dns(sni.clone()),
+        (None, None) => {
+            errs.push(
+                p,
+                "needs `expect_identity` (a SPIFFE ID or DNS name) or `sni`: an upstream's \
+                 certificate is always checked against an identity",
+            );
+            ExpectedIdentity::Dns(String::new())
+        }
+    };
+    ClusterTlsConfig {
+        ca,
+        client_cert,
+        sni: t.sni,
+        expect,
+    }
 }
 
 fn positive(v: Option<Duration>, default: Duration, path: &str, errs: &mut Errors) -> Duration {

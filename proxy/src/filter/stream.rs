@@ -42,6 +42,8 @@ pub struct Downstream {
     pub local: SocketAddr,
     pub connection_id: u64,
     pub protocol: &'static str,
+    /// The connection's TLS session (absent on a plain listener).
+    pub tls: Option<std::sync::Arc<crate::tls::ConnTls>>,
 }
 
 /// One HTTP stream as the filters see it.
@@ -70,12 +72,21 @@ pub struct HttpStream {
 }
 
 impl HttpStream {
+    /// The downstream's verified client certificate, if it presented one.
+    fn peer_cert(&self) -> Option<&crate::tls::CertInfo> {
+        self.downstream.tls.as_ref()?.peer.as_ref()
+    }
+
     pub fn new(downstream: Downstream) -> Self {
         Self {
             method: Method::GET,
             uri: Uri::from_static("/"),
             authority: None,
-            scheme: "http",
+            scheme: if downstream.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             request_headers: HeaderMap::new(),
             response_status: None,
             response_headers: HeaderMap::new(),
@@ -346,7 +357,43 @@ impl StreamHost for HttpStream {
             "destination.address" => s(&self.downstream.local.to_string()),
             "destination.port" => int(i64::from(self.downstream.local.port())),
             "connection.id" | "connection_id" => int(self.downstream.connection_id as i64),
-            "connection.mtls" => Some(vec![0]),
+            "connection.mtls" => Some(vec![u8::from(self.peer_cert().is_some())]),
+            "connection.tls_version" => self.downstream.tls.as_ref().and_then(|t| s(t.version)),
+            "connection.requested_server_name" => self
+                .downstream
+                .tls
+                .as_ref()
+                .and_then(|t| t.sni.as_deref())
+                .and_then(s),
+            "connection.uri_san_peer_certificate" => self
+                .peer_cert()
+                .and_then(|c| c.uri_sans.first())
+                .and_then(|v| s(v)),
+            "connection.dns_san_peer_certificate" => self
+                .peer_cert()
+                .and_then(|c| c.dns_sans.first())
+                .and_then(|v| s(v)),
+            "connection.subject_peer_certificate" => self.peer_cert().and_then(|c| s(&c.subject)),
+            "connection.sha256_peer_certificate_digest" => {
+                self.peer_cert().and_then(|c| s(&c.sha256))
+            }
+            "connection.uri_san_local_certificate" => self
+                .downstream
+                .tls
+                .as_ref()
+                .and_then(|t| t.local.uri_sans.first())
+                .and_then(|v| s(v)),
+            "connection.dns_san_local_certificate" => self
+                .downstream
+                .tls
+                .as_ref()
+                .and_then(|t| t.local.dns_sans.first())
+                .and_then(|v| s(v)),
+            "connection.subject_local_certificate" => self
+                .downstream
+                .tls
+                .as_ref()
+                .and_then(|t| s(&t.local.subject)),
             "upstream.address" => self.upstream_address.map(|a| a.to_string().into_bytes()),
             "upstream.port" => self
                 .upstream_address
@@ -423,6 +470,7 @@ mod tests {
             local: "127.0.0.1:8080".parse().unwrap(),
             connection_id: 7,
             protocol: "HTTP/1.1",
+            tls: None,
         });
         s.uri = "/a?b=1".parse().unwrap();
         s.authority = Some("svc".into());

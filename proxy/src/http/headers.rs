@@ -7,6 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 /// The request id header; generated when absent, forwarded when present.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -96,6 +97,15 @@ pub fn set_forwarded(h: &mut HeaderMap, client: IpAddr, proto: &'static str) {
         h.insert(&X_FORWARDED_FOR, v);
     }
     h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+}
+
+/// `x-forwarded-client-cert` is the core's alone: whatever a client sent (or a filter set) is
+/// removed, and on a mutual-TLS connection the value from its verified certificate is set.
+pub fn set_client_cert(h: &mut HeaderMap, tls: Option<&crate::tls::ConnTls>) {
+    h.remove(&X_FORWARDED_CLIENT_CERT);
+    if let Some(v) = tls.and_then(|t| t.xfcc.as_ref()) {
+        h.insert(&X_FORWARDED_CLIENT_CERT, v.clone());
+    }
 }
 
 /// An IP address as text on the stack (IPv4 formatted by hand: the common case, and `fmt` showed

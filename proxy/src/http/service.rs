@@ -14,7 +14,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::body::ProxyBody;
-use super::headers::{ensure_request_id, is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
+use super::headers::{
+    ensure_request_id, is_websocket_upgrade, set_client_cert, set_forwarded, strip_hop_by_hop,
+};
 use super::respond::{self, ProxyError};
 use crate::conn::{ConnState, Framing};
 use crate::filter::body::{FilteredBody, FilteredBodyError, Prefetch};
@@ -22,6 +24,7 @@ use crate::filter::chain::{ChainRun, Stop, local_reply_response};
 use crate::filter::runtime::WorkerFilters;
 use crate::filter::stream::{Downstream, HttpStream};
 use crate::listener::ListenerCtx;
+use crate::tls::ConnTls;
 use crate::upstream::{self, Cluster, Endpoint};
 use crate::worker::WorkerCtx;
 
@@ -33,6 +36,8 @@ pub struct ProxyService {
     conn: Arc<ConnState>,
     peer: SocketAddr,
     conn_id: u64,
+    /// The connection's TLS session (absent on a plain listener).
+    tls: Option<Arc<ConnTls>>,
 }
 
 impl ProxyService {
@@ -41,6 +46,7 @@ impl ProxyService {
         listener: Rc<ListenerCtx>,
         conn: Arc<ConnState>,
         peer: SocketAddr,
+        tls: Option<Arc<ConnTls>>,
     ) -> Self {
         let conn_id = worker.next_connection_id();
         Self {
@@ -49,6 +55,7 @@ impl ProxyService {
             conn,
             peer,
             conn_id,
+            tls,
         }
     }
 
@@ -71,7 +78,9 @@ impl ProxyService {
 
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        set_forwarded(&mut parts.headers, self.peer.ip(), "http");
+        let proto = if self.tls.is_some() { "https" } else { "http" };
+        set_forwarded(&mut parts.headers, self.peer.ip(), proto);
+        set_client_cert(&mut parts.headers, self.tls.as_deref());
         ensure_request_id(&mut parts.headers);
 
         let generation = self.worker.generation();
@@ -137,6 +146,7 @@ impl ProxyService {
             local: self.listener.local,
             connection_id: self.conn_id,
             protocol: protocol_name(version),
+            tls: self.tls.clone(),
         });
         stream.method = method;
         stream.uri = match uri.path_and_query() {
@@ -168,6 +178,8 @@ impl ProxyService {
             // own length (or chunked encoding) frames it upstream.
             req.headers_mut().remove(header::CONTENT_LENGTH);
             req.headers_mut().remove(header::TRANSFER_ENCODING);
+            // Identity is the core's, never a filter's: whatever a filter set is replaced.
+            set_client_cert(req.headers_mut(), self.tls.as_deref());
             if let Some(a) = &s.authority
                 && let Ok(v) = HeaderValue::from_str(a)
             {

@@ -1,1 +1,429 @@
-//! TLS (being written).
+//! TLS: downstream termination with optional client-certificate verification (mutual TLS),
+//! upstream origination with a checked server identity, and rotation of every certificate, key
+//! and trust bundle without a restart.
+//!
+//! - [`server`]: a listener's rustls configuration, the SPIFFE trust-domain check on client
+//!   certificates, the handshake (bounded by its timeout) and what a connection learns from it
+//!   ([`server::ConnTls`]: the peer's identity for filters and `x-forwarded-client-cert`).
+//! - [`client`]: a cluster's rustls configuration and the verifier that checks the upstream's
+//!   certificate against the bundle and the expected SPIFFE ID or DNS name.
+//! - [`material`]: PEM parsing and what a certificate says about itself.
+//! - [`spiffe`]: SPIFFE ID syntax.
+//!
+//! Rotation: each context ([`Watched`]) re-reads its files every `tls_watch_interval` on the
+//! control thread. New, valid content is built into a new rustls configuration and swapped in
+//! atomically (`ArcSwap`); a handshake takes the configuration current when it starts, so new
+//! handshakes use new material and established connections keep theirs. Content that does not
+//! build (a half-written file, a certificate that does not match its key) is refused, counted and
+//! logged; the old material keeps serving and the files are read again at the next interval.
+
+pub mod client;
+pub mod material;
+pub mod server;
+pub mod spiffe;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+pub use client::ClientTls;
+pub use material::CertInfo;
+pub use server::{ConnTls, ServerTls};
+
+use crate::config::Config;
+
+/// Why TLS material could not be loaded or built into a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {reason}", path.display())]
+    Material { path: PathBuf, reason: String },
+    #[error("{context}: {source}")]
+    Rustls {
+        context: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{context}: {reason}")]
+    Verifier { context: String, reason: String },
+}
+
+impl TlsError {
+    fn pem(path: &Path, e: rustls::pki_types::pem::Error) -> Self {
+        TlsError::Material {
+            path: path.to_owned(),
+            reason: format!("not valid PEM: {e}"),
+        }
+    }
+}
+
+/// The process's cryptography: ring, as the workspace's rustls features choose.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// What a certificate is to its context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The context's own certificate (server certificate, or client certificate upstream).
+    Cert,
+    /// A trust anchor of its bundle.
+    Ca,
+}
+
+/// One certificate of a context's current material, for admin and metrics.
+#[derive(Debug, Clone)]
+pub struct CertEntry {
+    pub role: Role,
+    pub path: PathBuf,
+    pub info: CertInfo,
+}
+
+/// A context's material as built from one reading of its files.
+pub struct Loaded<T> {
+    pub value: T,
+    pub certs: Vec<CertEntry>,
+}
+
+/// A TLS context that follows its files: the current material and the reload bookkeeping.
+pub struct Watched<T> {
+    /// `listener:NAME` or `cluster:NAME`.
+    pub name: String,
+    files: Vec<PathBuf>,
+    current: ArcSwap<Loaded<T>>,
+    /// Digest of the file contents last looked at (built or refused), so unchanged files cost
+    /// one read and one hash per interval and a refused version is reported once.
+    seen: Mutex<[u8; 32]>,
+    reloads: AtomicU64,
+    reload_errors: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl<T> Watched<T> {
+    /// Reads `files` and builds the first material; an error here stops start-up.
+    fn load(
+        name: String,
+        files: Vec<PathBuf>,
+        build: impl Fn(&[Vec<u8>]) -> Result<Loaded<T>, TlsError>,
+    ) -> Result<Self, TlsError> {
+        let contents = read_all(&files)?;
+        let loaded = build(&contents)?;
+        Ok(Self {
+            name,
+            seen: Mutex::new(digest(&contents)),
+            files,
+            current: ArcSwap::from_pointee(loaded),
+            reloads: AtomicU64::new(0),
+            reload_errors: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    /// The material new handshakes use.
+    pub fn current(&self) -> Arc<Loaded<T>> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the files; swaps in new material that builds. Returns whether it swapped.
+    fn refresh(&self, build: impl Fn(&[Vec<u8>]) -> Result<Loaded<T>, TlsError>) -> bool {
+        let contents = match read_all(&self.files) {
+            Ok(c) => c,
+            Err(e) => {
+                // A file briefly missing (a rename in progress): try again next interval.
+                self.refused(&e, None);
+                return false;
+            }
+        };
+        let d = digest(&contents);
+        if *lock(&self.seen) == d {
+            return false;
+        }
+        match build(&contents) {
+            Ok(loaded) => {
+                self.current.store(Arc::new(loaded));
+                *lock(&self.seen) = d;
+                *lock(&self.last_error) = None;
+                self.reloads.fetch_add(1, Relaxed);
+                tracing::info!(context = %self.name, "TLS material rotated: new handshakes use it");
+                true
+            }
+            Err(e) => {
+                self.refused(&e, Some(d));
+                false
+            }
+        }
+    }
+
+    fn refused(&self, e: &TlsError, d: Option<[u8; 32]>) {
+        let msg = e.to_string();
+        let mut last = lock(&self.last_error);
+        if last.as_deref() != Some(msg.as_str()) {
+            tracing::warn!(context = %self.name, error = %msg, "TLS material not rotated: the current material keeps serving");
+            self.reload_errors.fetch_add(1, Relaxed);
+            *last = Some(msg);
+        }
+        // A refused version is not built again until the files change; a read error is retried.
+        if let Some(d) = d {
+            *lock(&self.seen) = d;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read_all(files: &[PathBuf]) -> Result<Vec<Vec<u8>>, TlsError> {
+    files
+        .iter()
+        .map(|p| {
+            std::fs::read(p).map_err(|source| TlsError::Read {
+                path: p.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+fn digest(contents: &[Vec<u8>]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for c in contents {
+        h.update((c.len() as u64).to_le_bytes());
+        h.update(c);
+    }
+    h.finalize().into()
+}
+
+/// Every TLS context of the process, indexed like the config's listeners and clusters. Shared by
+/// the workers (handshakes), the admin endpoint (reads) and the control thread (rotation).
+#[derive(Default)]
+pub struct TlsContexts {
+    pub listeners: Vec<Option<Arc<ServerTls>>>,
+    pub clusters: Vec<Option<Arc<ClientTls>>>,
+}
+
+impl TlsContexts {
+    /// Loads every context's material; the first error stops start-up with its file.
+    pub fn load(cfg: &Config) -> Result<Self, TlsError> {
+        let listeners = cfg
+            .listeners
+            .iter()
+            .map(|l| {
+                l.tls
+                    .as_ref()
+                    .map(|t| ServerTls::load(&l.name, t).map(Arc::new))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        let clusters = cfg
+            .clusters
+            .iter()
+            .map(|c| {
+                c.tls
+                    .as_ref()
+                    .map(|t| ClientTls::load(&c.name, t, c.protocol).map(Arc::new))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            listeners,
+            clusters,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listeners.iter().all(Option::is_none) && self.clusters.iter().all(Option::is_none)
+    }
+
+    /// Re-reads every context's files once. Returns how many rotated.
+    pub fn refresh(&self) -> usize {
+        let mut n = 0;
+        for s in self.listeners.iter().flatten() {
+            n += usize::from(s.refresh());
+        }
+        for c in self.clusters.iter().flatten() {
+            n += usize::from(c.refresh());
+        }
+        n
+    }
+
+    /// Follows the files until the process exits (on the control runtime; reads are blocking
+    /// but small, so they run on its blocking pool).
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        if self.is_empty() {
+            return;
+        }
+        let mut every = tokio::time::interval(interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.refresh()).await;
+        }
+    }
+
+    /// `(context name, reloads, reload errors, last error, certificates)` of every context.
+    fn each(&self) -> Vec<(&str, u64, u64, Option<String>, Vec<CertEntry>)> {
+        let mut out = Vec::new();
+        for s in self.listeners.iter().flatten() {
+            let w = &s.watched;
+            out.push(stats(w, w.current().certs.clone()));
+        }
+        for c in self.clusters.iter().flatten() {
+            let w = &c.watched;
+            out.push(stats(w, w.current().certs.clone()));
+        }
+        out
+    }
+
+    /// `GET /certs`.
+    pub fn certs_json(&self) -> serde_json::Value {
+        let now = unix_now();
+        let mut certs = Vec::new();
+        let mut contexts = Vec::new();
+        for (name, reloads, errors, last_error, entries) in self.each() {
+            contexts.push(json!({
+                "name": name,
+                "reloads": reloads,
+                "reload_errors": errors,
+                "last_error": last_error,
+            }));
+            for e in entries {
+                certs.push(json!({
+                    "context": name,
+                    "role": e.role,
+                    "path": e.path,
+                    "subject": e.info.subject,
+                    "serial": e.info.serial,
+                    "uri_sans": e.info.uri_sans,
+                    "dns_sans": e.info.dns_sans,
+                    "not_before": e.info.not_before,
+                    "not_after": e.info.not_after,
+                    "expires_in_seconds": e.info.not_after - now,
+                    "sha256": e.info.sha256,
+                }));
+            }
+        }
+        json!({ "certificates": certs, "contexts": contexts })
+    }
+
+    /// The TLS series of `GET /metrics`.
+    pub fn metrics(&self, out: &mut String) {
+        if self.is_empty() {
+            return;
+        }
+        let each = self.each();
+        out.push_str("# HELP weir_tls_certificate_expiry_timestamp_seconds When each certificate in use expires (unix time).\n# TYPE weir_tls_certificate_expiry_timestamp_seconds gauge\n");
+        for (name, _, _, _, entries) in &each {
+            for e in entries {
+                let _ = writeln!(
+                    out,
+                    "weir_tls_certificate_expiry_timestamp_seconds{{context=\"{}\",role=\"{}\",serial=\"{}\",subject=\"{}\"}} {}",
+                    label(name),
+                    match e.role {
+                        Role::Cert => "cert",
+                        Role::Ca => "ca",
+                    },
+                    e.info.serial,
+                    label(&e.info.subject),
+                    e.info.not_after
+                );
+            }
+        }
+        out.push_str("# HELP weir_tls_reloads_total TLS material rotations applied.\n# TYPE weir_tls_reloads_total counter\n");
+        for (name, reloads, _, _, _) in &each {
+            let _ = writeln!(
+                out,
+                "weir_tls_reloads_total{{context=\"{}\"}} {reloads}",
+                label(name)
+            );
+        }
+        out.push_str("# HELP weir_tls_reload_errors_total TLS material that did not load (the old kept serving).\n# TYPE weir_tls_reload_errors_total counter\n");
+        for (name, _, errors, _, _) in &each {
+            let _ = writeln!(
+                out,
+                "weir_tls_reload_errors_total{{context=\"{}\"}} {errors}",
+                label(name)
+            );
+        }
+        let servers: Vec<_> = self.listeners.iter().flatten().collect();
+        if !servers.is_empty() {
+            out.push_str("# HELP weir_tls_handshakes_total Downstream TLS handshakes completed.\n# TYPE weir_tls_handshakes_total counter\n");
+            for s in &servers {
+                let _ = writeln!(
+                    out,
+                    "weir_tls_handshakes_total{{listener=\"{}\"}} {}",
+                    label(&s.listener),
+                    s.handshakes.load(Relaxed)
+                );
+            }
+            out.push_str("# HELP weir_tls_handshake_errors_total Downstream TLS handshakes refused, failed or timed out.\n# TYPE weir_tls_handshake_errors_total counter\n");
+            for s in &servers {
+                let _ = writeln!(
+                    out,
+                    "weir_tls_handshake_errors_total{{listener=\"{}\"}} {}",
+                    label(&s.listener),
+                    s.handshake_errors.load(Relaxed)
+                );
+            }
+        }
+    }
+}
+
+fn stats<T>(
+    w: &Watched<T>,
+    certs: Vec<CertEntry>,
+) -> (&str, u64, u64, Option<String>, Vec<CertEntry>) {
+    (
+        &w.name,
+        w.reloads.load(Relaxed),
+        w.reload_errors.load(Relaxed),
+        lock(&w.last_error).clone(),
+        certs,
+    )
+}
+
+/// A Prometheus label value: `\`, `"` and newlines escaped.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The certificate entries of a chain file (its leaf) and of a bundle (every anchor).
+fn entries(
+    role: Role,
+    path: &Path,
+    certs: &[rustls::pki_types::CertificateDer<'_>],
+) -> Vec<CertEntry> {
+    let take = if role == Role::Cert { 1 } else { certs.len() };
+    certs
+        .iter()
+        .take(take)
+        .filter_map(|c| CertInfo::parse(c))
+        .map(|info| CertEntry {
+            role,
+            path: path.to_owned(),
+            info,
+        })
+        .collect()
+}

@@ -58,8 +58,9 @@ mod tests {
             response_timeout: Duration::from_secs(1),
             pool_max_idle: 1,
             pool_idle_timeout: Duration::from_secs(1),
+            tls: None,
         };
-        Cluster::new(&cfg, &addrs)
+        Cluster::new(&cfg, &addrs, None)
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub async fn send(
     mut req: Request<ProxyBody>,
     response_timeout: std::time::Duration,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    prepare(&mut req, cluster.protocol);
+    prepare(&mut req, cluster.protocol, cluster.tls.is_some());
     let guard = ResponseGuard::new(ep.clone());
     match cluster.protocol {
         // The response timeout is applied inside: it starts once the request is fully sent.
@@ -61,10 +61,7 @@ async fn send_h1(
         let (conn, reused) = match ep.pool.checkout_h1() {
             Some(c) => (c, true),
             // Boxed for the same reason (connects are the rare case with a warm pool).
-            None => (
-                Box::pin(connect::h1(ep.addr, cluster.connect_timeout)).await?,
-                false,
-            ),
+            None => (Box::pin(connect::h1(cluster, ep.addr)).await?, false),
         };
         let g = guard
             .take()
@@ -88,7 +85,7 @@ async fn send_h2(
     let mut sender = match ep.pool.h2() {
         Some(s) => s,
         None => {
-            let s = connect::h2(ep.addr, cluster.connect_timeout).await?;
+            let s = connect::h2(cluster, ep.addr).await?;
             ep.pool.set_h2(s.clone());
             s
         }
@@ -125,8 +122,8 @@ pub async fn send_upgrade(
     ep: &Endpoint,
     mut req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
-    prepare(&mut req, Protocol::Http1);
-    let mut sender = connect::h1_upgradable(ep.addr, cluster.connect_timeout).await?;
+    prepare(&mut req, Protocol::Http1, cluster.tls.is_some());
+    let mut sender = connect::h1_upgradable(cluster, ep.addr).await?;
     match tokio::time::timeout(cluster.response_timeout, sender.send_request(req)).await {
         Err(_) => Err(ProxyError::ResponseTimeout(cluster.response_timeout)),
         Ok(r) => r.map_err(ProxyError::from_upstream),
@@ -151,8 +148,8 @@ fn join_cookies(h: &mut http::HeaderMap) {
 }
 
 /// Shapes the request for the upstream protocol: origin-form URI plus `Host` for HTTP/1.1,
-/// absolute URI (scheme and authority) for HTTP/2.
-fn prepare(req: &mut Request<ProxyBody>, protocol: Protocol) {
+/// absolute URI (scheme — `https` over TLS — and authority) for HTTP/2.
+fn prepare(req: &mut Request<ProxyBody>, protocol: Protocol, tls: bool) {
     let authority: Option<Authority> = req.uri().authority().cloned().or_else(|| {
         req.headers()
             .get(header::HOST)
@@ -182,7 +179,7 @@ fn prepare(req: &mut Request<ProxyBody>, protocol: Protocol) {
         Protocol::Http2 => {
             *req.version_mut() = Version::HTTP_2;
             let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
+            parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
             parts.authority = Some(authority.unwrap_or_else(|| Authority::from_static("upstream")));
             parts.path_and_query = Some(pq);
             if let Ok(u) = Uri::from_parts(parts) {

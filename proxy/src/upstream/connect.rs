@@ -1,17 +1,89 @@
-//! Opening upstream connections: TCP with a connect timeout, then the HTTP/1.1 or HTTP/2 handshake.
-//! The connection's driver task runs on the worker's `LocalSet`.
+//! Opening upstream connections: TCP with a connect timeout, the cluster's TLS handshake when it
+//! has one (the same timeout covers both), then the HTTP/1.1 or HTTP/2 handshake. The
+//! connection's driver task runs on the worker's `LocalSet`.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
+use super::Cluster;
 use super::pool::{H1Conn, H1Sender, H2Sender};
 use crate::http::body::ProxyBody;
 use crate::http::respond::ProxyError;
 use crate::rt::LocalExec;
+
+/// An upstream byte stream: plain TCP, or TLS over it.
+pub enum UpstreamIo {
+    Plain(TcpStream),
+    /// Boxed: a TLS session is large and plain connections should not carry its space.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// TCP connect bounded by `timeout`; `TCP_NODELAY` on.
 pub async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
@@ -25,14 +97,33 @@ pub async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Proxy
     }
 }
 
+/// A connected stream to `addr`: TCP, then the cluster's TLS handshake (which checks the
+/// upstream's identity) within what is left of the connect timeout.
+pub async fn stream(cluster: &Cluster, addr: SocketAddr) -> Result<UpstreamIo, ProxyError> {
+    let start = Instant::now();
+    let s = tcp(addr, cluster.connect_timeout).await?;
+    let Some(tls) = &cluster.tls else {
+        return Ok(UpstreamIo::Plain(s));
+    };
+    let left = cluster.connect_timeout.saturating_sub(start.elapsed());
+    match tokio::time::timeout(left, tls.connect(s, addr)).await {
+        Err(_) => Err(ProxyError::ConnectTimeout(addr)),
+        Ok(Err(source)) => {
+            tracing::debug!(%addr, cluster = %cluster.name, error = %source, "upstream TLS handshake failed");
+            Err(ProxyError::ConnectFailure { addr, source })
+        }
+        Ok(Ok(s)) => Ok(UpstreamIo::Tls(Box::new(s))),
+    }
+}
+
 /// A new HTTP/1.1 connection for Weir's own client (see `h1`).
-pub async fn h1(addr: SocketAddr, timeout: Duration) -> Result<H1Conn, ProxyError> {
-    Ok(H1Conn::new(tcp(addr, timeout).await?))
+pub async fn h1(cluster: &Cluster, addr: SocketAddr) -> Result<H1Conn, ProxyError> {
+    Ok(H1Conn::new(stream(cluster, addr).await?))
 }
 
 /// A dedicated HTTP/1.1 connection that may be upgraded (WebSocket); never pooled.
-pub async fn h1_upgradable(addr: SocketAddr, timeout: Duration) -> Result<H1Sender, ProxyError> {
-    let stream = tcp(addr, timeout).await?;
+pub async fn h1_upgradable(cluster: &Cluster, addr: SocketAddr) -> Result<H1Sender, ProxyError> {
+    let stream = stream(cluster, addr).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake::<_, ProxyBody>(TokioIo::new(stream))
         .await
@@ -45,9 +136,9 @@ pub async fn h1_upgradable(addr: SocketAddr, timeout: Duration) -> Result<H1Send
     Ok(sender)
 }
 
-/// A new HTTP/2 (prior knowledge, h2c) connection.
-pub async fn h2(addr: SocketAddr, timeout: Duration) -> Result<H2Sender, ProxyError> {
-    let stream = tcp(addr, timeout).await?;
+/// A new HTTP/2 connection (prior knowledge on plain TCP, ALPN `h2` over TLS).
+pub async fn h2(cluster: &Cluster, addr: SocketAddr) -> Result<H2Sender, ProxyError> {
+    let stream = stream(cluster, addr).await?;
     let (sender, conn) = http2::Builder::new(LocalExec)
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)

@@ -26,11 +26,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::connect::UpstreamIo;
 use super::pool::ResponseGuard;
 use crate::http::body::{BoxError, ProxyBody};
 use crate::http::respond::ProxyError;
@@ -53,12 +53,12 @@ pub struct H1Conn {
 /// The socket: whole while idle or when the request went out in one piece; split while a
 /// streaming request body is pumped by its own task and the response is read here.
 enum Io {
-    Whole(TcpStream),
-    Split(OwnedReadHalf, PumpHandle),
+    Whole(UpstreamIo),
+    Split(ReadHalf<UpstreamIo>, PumpHandle),
 }
 
 impl H1Conn {
-    pub fn new(io: TcpStream) -> Self {
+    pub fn new(io: UpstreamIo) -> Self {
         Self {
             io: Io::Whole(io),
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -66,22 +66,32 @@ impl H1Conn {
     }
 
     /// Whether an idle pooled connection is still usable: nothing (an EOF, stray bytes) arrived
-    /// since its last response. Costs no syscall unless the socket has signalled readability.
-    pub fn is_usable(&self) -> bool {
-        let Io::Whole(io) = &self.io else {
+    /// since its last response. Plain TCP costs no syscall unless the socket has signalled
+    /// readability; TLS reads what arrived (a TLS 1.3 session ticket is consumed and fine, a
+    /// `close_notify`, an EOF or data is not).
+    pub fn is_usable(&mut self) -> bool {
+        let Io::Whole(io) = &mut self.io else {
             return false;
         };
         if !self.rbuf.is_empty() {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
-        match io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Readable: an EOF, junk, or a stale readiness flag. Only the last is fine.
-            Poll::Ready(Ok(())) => {
+        match io {
+            UpstreamIo::Plain(io) => match io.poll_read_ready(&mut cx) {
+                Poll::Pending => true,
+                Poll::Ready(Err(_)) => false,
+                // Readable: an EOF, junk, or a stale readiness flag. Only the last is fine.
+                Poll::Ready(Ok(())) => {
+                    let mut probe = [0u8; 1];
+                    matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+            },
+            UpstreamIo::Tls(tls) => {
                 let mut probe = [0u8; 1];
-                matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                let mut buf = tokio::io::ReadBuf::new(&mut probe);
+                tokio::io::AsyncRead::poll_read(Pin::new(tls.as_mut()), &mut cx, &mut buf)
+                    .is_pending()
             }
         }
     }
@@ -93,7 +103,7 @@ impl H1Conn {
             Io::Whole(_) => Some(self),
             Io::Split(rd, pump) => {
                 let wr = pump.take_finished()?;
-                let io = rd.reunite(wr).ok()?;
+                let io = rd.unsplit(wr);
                 Some(H1Conn {
                     io: Io::Whole(io),
                     rbuf: self.rbuf,
@@ -123,7 +133,7 @@ struct Pump {
 
 enum PumpState {
     Running,
-    Finished(OwnedWriteHalf),
+    Finished(WriteHalf<UpstreamIo>),
     /// The upstream stopped taking the body (it may well have answered already).
     UpstreamFailed,
     /// The client's body broke off.
@@ -145,7 +155,7 @@ impl PumpHandle {
         matches!(*self.pump.state.borrow(), PumpState::DownstreamFailed)
     }
 
-    fn take_finished(&self) -> Option<OwnedWriteHalf> {
+    fn take_finished(&self) -> Option<WriteHalf<UpstreamIo>> {
         match std::mem::replace(
             &mut *self.pump.state.borrow_mut(),
             PumpState::UpstreamFailed,
@@ -282,7 +292,7 @@ pub async fn send(
         let Io::Whole(io) = io else {
             unreachable!("a fresh exchange has a whole socket")
         };
-        let (rd, mut wr) = io.into_split();
+        let (rd, mut wr) = tokio::io::split(io);
         wr.write_all(&head.bytes)
             .await
             .map_err(|e| fail(ProxyError::UpstreamIo(e), false))?;

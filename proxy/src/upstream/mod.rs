@@ -26,6 +26,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub endpoints: Vec<Rc<Endpoint>>,
+    /// TLS origination (shared by every worker; its material rotates on its own).
+    pub tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
     /// Round-robin cursor.
     rr: Cell<usize>,
 }
@@ -40,7 +42,11 @@ pub struct Endpoint {
 
 impl Cluster {
     /// Builds a worker's view of a cluster over resolved endpoint addresses.
-    pub fn new(cfg: &ClusterConfig, addrs: &[SocketAddr]) -> Self {
+    pub fn new(
+        cfg: &ClusterConfig,
+        addrs: &[SocketAddr],
+        tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
+    ) -> Self {
         Self {
             name: cfg.name.clone(),
             protocol: cfg.protocol,
@@ -57,6 +63,7 @@ impl Cluster {
                     })
                 })
                 .collect(),
+            tls,
             rr: Cell::new(fastrand::usize(..)),
         }
     }

@@ -44,7 +44,7 @@ impl Pool {
     /// The warmest idle HTTP/1.1 connection that is still open, if any.
     pub fn checkout_h1(&self) -> Option<H1Conn> {
         let mut idle = self.idle.borrow_mut();
-        while let Some((s, since)) = idle.pop_back() {
+        while let Some((mut s, since)) = idle.pop_back() {
             if since.elapsed() < self.idle_timeout && s.is_usable() {
                 return Some(s);
             }
@@ -75,9 +75,9 @@ impl Pool {
 
     /// Drops idle connections that have been idle too long or were closed by the peer.
     pub fn evict_stale(&self, now: Instant) {
-        self.idle
-            .borrow_mut()
-            .retain(|(s, since)| now.duration_since(*since) < self.idle_timeout && s.is_usable());
+        self.idle.borrow_mut().retain_mut(|(s, since)| {
+            now.duration_since(*since) < self.idle_timeout && s.is_usable()
+        });
     }
 
     /// The pool's idle timeout.
