@@ -368,4 +368,77 @@ mod tests {
         assert_eq!(c.clusters[0].lb, LbPolicy::LeastRequest);
         assert_eq!(c.clusters[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
     }
+
+    #[test]
+    fn tls_sections_are_checked_field_by_field() {
+        let e = errs(concat!(
+            "listeners:\n",
+            "  - name: a\n    address: 127.0.0.1:0\n    default_cluster: c\n",
+            "    tls: {cert: nope.pem, key: nope-key.pem, client_auth: required, trust_domains: [Bad!], alpn: [spdy], min_version: \"1.1\", handshake_timeout: 0s}\n",
+            "clusters:\n",
+            "  c: {endpoints: [127.0.0.1:1], tls: {ca: nope-ca.pem, cert: x.pem}}\n",
+            "  d: {endpoints: [127.0.0.1:1], tls: {ca: nope-ca.pem, expect_identity: \"spiffe://example.org/a/../b\"}}\n",
+        ));
+        let joined = e.join("\n");
+        for want in [
+            "listeners[0].tls.cert: no file at",
+            "listeners[0].tls.key: no file at",
+            "listeners[0].tls.client_auth: verifying client certificates needs `client_ca`",
+            "listeners[0].tls.trust_domains[0]",
+            "listeners[0].tls.alpn[0]",
+            "listeners[0].tls.min_version",
+            "listeners[0].tls.handshake_timeout",
+            "clusters.c.tls.ca: no file at",
+            "clusters.c.tls.key: `cert` needs its `key`",
+            "clusters.c.tls: needs `expect_identity`",
+            "clusters.d.tls.expect_identity",
+        ] {
+            assert!(joined.contains(want), "missing {want} in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn tls_defaults_and_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["c.pem", "k.pem", "ca.pem"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let c = parse(
+            concat!(
+                "listeners:\n",
+                "  - {name: a, address: 127.0.0.1:0, default_cluster: s, tls: {cert: c.pem, key: k.pem, client_ca: ca.pem}}\n",
+                "  - {name: b, address: 127.0.0.1:0, default_cluster: s, tls: {cert: c.pem, key: k.pem}}\n",
+                "clusters:\n",
+                "  s: {endpoints: [127.0.0.1:1], tls: {ca: ca.pem, expect_identity: \"spiffe://example.org/ns/x/sa/y\"}}\n",
+                "  t: {endpoints: [127.0.0.1:1], tls: {ca: ca.pem, expect_identity: \"spiffe://example.org\"}}\n",
+                "  u: {endpoints: [127.0.0.1:1], tls: {ca: ca.pem, sni: svc.local}}\n",
+            ),
+            "t",
+            dir.path(),
+        )
+        .unwrap();
+        let a = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(
+            a.client_auth,
+            ClientAuth::Required,
+            "a client_ca means mTLS"
+        );
+        assert_eq!(a.alpn, ["h2", "http/1.1"]);
+        assert!(!a.tls13_only);
+        assert_eq!(a.handshake_timeout, DEFAULT_TLS_HANDSHAKE_TIMEOUT);
+        assert_eq!(a.cert, dir.path().join("c.pem"));
+        let b = c.listeners[1].tls.as_ref().unwrap();
+        assert_eq!(b.client_auth, ClientAuth::None);
+        let expect = |i: usize| c.clusters[i].tls.as_ref().unwrap().expect.clone();
+        assert_eq!(
+            expect(0),
+            ExpectedIdentity::Spiffe("spiffe://example.org/ns/x/sa/y".into())
+        );
+        assert_eq!(
+            expect(1),
+            ExpectedIdentity::TrustDomain("example.org".into())
+        );
+        assert_eq!(expect(2), ExpectedIdentity::Dns("svc.local".into()));
+        assert_eq!(c.tls_watch_interval, DEFAULT_TLS_WATCH_INTERVAL);
+    }
 }

@@ -427,3 +427,86 @@ fn entries(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClientAuth, ForwardClientCert, ListenerTlsConfig};
+
+    fn leaf(cn: &str) -> (String, String, String) {
+        let mut p = rcgen::CertificateParams::new(vec![format!("{cn}.local")]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let k = rcgen::KeyPair::generate().unwrap();
+        let c = p.self_signed(&k).unwrap();
+        let sha = CertInfo::parse(c.der()).unwrap().sha256;
+        (c.pem(), k.serialize_pem(), sha)
+    }
+
+    #[test]
+    fn rotation_swaps_valid_material_and_keeps_serving_through_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let (c1, k1, sha1) = leaf("one");
+        std::fs::write(&cert, &c1).unwrap();
+        std::fs::write(&key, &k1).unwrap();
+        let cfg = ListenerTlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: None,
+            client_auth: ClientAuth::None,
+            trust_domains: vec![],
+            alpn: vec!["http/1.1".into()],
+            tls13_only: false,
+            handshake_timeout: Duration::from_secs(1),
+            forward_client_cert: ForwardClientCert::SanitizeSet,
+        };
+        let s = ServerTls::load("l", &cfg).unwrap();
+        let sha = |s: &ServerTls| s.watched.current().certs[0].info.sha256.clone();
+        assert_eq!(sha(&s), sha1);
+        assert!(!s.refresh(), "unchanged files are not rebuilt");
+
+        // Half a rotation: the new certificate beside the old key. Refused, counted once, the
+        // old material stays.
+        let (c2, k2, sha2) = leaf("two");
+        std::fs::write(&cert, &c2).unwrap();
+        assert!(!s.refresh());
+        assert!(!s.refresh());
+        assert_eq!(sha(&s), sha1);
+        assert_eq!(s.watched.reload_errors.load(Relaxed), 1);
+        assert!(lock(&s.watched.last_error).is_some());
+
+        // The key arrives: swapped.
+        std::fs::write(&key, &k2).unwrap();
+        assert!(s.refresh());
+        assert_eq!(sha(&s), sha2);
+        assert_eq!(s.watched.reloads.load(Relaxed), 1);
+        assert!(lock(&s.watched.last_error).is_none());
+
+        // Garbage and a missing file are refused as well.
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnope\n").unwrap();
+        assert!(!s.refresh());
+        std::fs::remove_file(&key).unwrap();
+        assert!(!s.refresh());
+        assert_eq!(sha(&s), sha2);
+
+        let contexts = TlsContexts {
+            listeners: vec![Some(Arc::new(s))],
+            clusters: vec![None],
+        };
+        let mut m = String::new();
+        contexts.metrics(&mut m);
+        assert!(
+            m.contains("weir_tls_reloads_total{context=\"listener:l\"} 1"),
+            "{m}"
+        );
+        assert!(
+            m.contains(
+                "weir_tls_certificate_expiry_timestamp_seconds{context=\"listener:l\",role=\"cert\""
+            ),
+            "{m}"
+        );
+        let j = contexts.certs_json();
+        assert_eq!(j["certificates"][0]["sha256"], sha2.as_str());
+        assert_eq!(j["contexts"][0]["reloads"], 1);
+    }
+}
