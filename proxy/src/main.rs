@@ -64,6 +64,11 @@ enum Command {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+    /// Development PKI: a CA and SPIFFE workload certificates for mTLS between weir instances.
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,6 +110,154 @@ enum AdminAction {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum CertsAction {
+    /// Mint a development CA: DIR/ca.pem and DIR/ca-key.pem (mode 0600).
+    Ca {
+        /// Folder to write to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// SPIFFE trust domain the CA names (URI SAN spiffe://TD).
+        #[arg(long, value_name = "TD", default_value = weir::certs::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Lifetime in days.
+        #[arg(long, default_value_t = weir::certs::DEFAULT_CA_DAYS)]
+        days: u32,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a workload certificate (server and client auth) signed by a CA from `certs ca`.
+    Issue {
+        /// Folder holding ca.pem and ca-key.pem.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Folder to write NAME.pem and NAME-key.pem to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// File name stem and subject CN.
+        #[arg(long)]
+        name: String,
+        /// The workload's SPIFFE ID (URI SAN), e.g. spiffe://example.org/ns/default/sa/web.
+        #[arg(long, value_name = "ID")]
+        spiffe_id: String,
+        /// A DNS name to add as a SAN (repeatable).
+        #[arg(long, value_name = "NAME")]
+        dns: Vec<String>,
+        /// Lifetime in days (never past the CA's expiry).
+        #[arg(long, default_value_t = weir::certs::DEFAULT_LEAF_DAYS)]
+        days: u32,
+        /// Overwrite existing files; issue even if the trust domain differs from the CA's.
+        #[arg(long)]
+        force: bool,
+    },
+    /// One shot for examples/mesh: a CA plus workloads `front` and `back`.
+    Mesh {
+        /// Folder to write to (created if missing), e.g. examples/mesh/certs.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// SPIFFE trust domain.
+        #[arg(long, value_name = "TD", default_value = weir::certs::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn certs(action: CertsAction) -> ExitCode {
+    use weir::certs::{self, CaOptions, IssueOptions, Issued, MeshOptions};
+    let expiry = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let print_issued = |w: &Issued| {
+        println!("spiffe id: {}", w.spiffe_id);
+        if !w.dns.is_empty() {
+            println!("dns: {}", w.dns.join(", "));
+        }
+        let note = if w.capped_by_ca {
+            " (capped at the CA's expiry)"
+        } else {
+            ""
+        };
+        println!("expires: {}{note}", expiry(w.not_after));
+    };
+    let result = match action {
+        CertsAction::Ca {
+            out,
+            trust_domain,
+            days,
+            force,
+        } => certs::mint_ca(&CaOptions {
+            out,
+            trust_domain,
+            days,
+            force,
+        })
+        .map(|ca| {
+            ca.files.iter().for_each(|f| println!("{}", f.display()));
+            println!("trust domain: {}", ca.trust_domain);
+            println!("expires: {}", expiry(ca.not_after));
+        }),
+        CertsAction::Issue {
+            ca,
+            out,
+            name,
+            spiffe_id,
+            dns,
+            days,
+            force,
+        } => certs::issue(&IssueOptions {
+            ca,
+            out,
+            name,
+            spiffe_id,
+            dns,
+            days,
+            force,
+        })
+        .map(|w| {
+            w.files.iter().for_each(|f| println!("{}", f.display()));
+            print_issued(&w);
+        }),
+        CertsAction::Mesh {
+            out,
+            trust_domain,
+            force,
+        } => certs::mesh(&MeshOptions {
+            out: out.clone(),
+            trust_domain,
+            force,
+        })
+        .map(|m| {
+            m.files().for_each(|f| println!("{}", f.display()));
+            println!(
+                "trust domain: {} (CA expires {})",
+                m.ca.trust_domain,
+                expiry(m.ca.not_after)
+            );
+            for w in &m.workloads {
+                let dns = w.dns.join(", ");
+                println!(
+                    "{}: {} (dns {dns}), expires {}",
+                    w.name,
+                    w.spiffe_id,
+                    expiry(w.not_after)
+                );
+            }
+            println!("next:");
+            for step in certs::mesh_next_steps(&out) {
+                println!("  {step}");
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn admin(addr: std::net::SocketAddr, token_file: Option<&Path>, action: AdminAction) -> ExitCode {
@@ -240,6 +393,7 @@ fn main() -> ExitCode {
             token_file,
             action,
         } => admin(addr, token_file.as_deref(), action),
+        Command::Certs { action } => certs(action),
         Command::DefaultConfig => {
             print!("{}", weir::config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS

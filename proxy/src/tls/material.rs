@@ -17,7 +17,7 @@ use super::TlsError;
 pub fn chain(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::pem(path, e))?;
+        .map_err(|e| TlsError::pem(path, &e))?;
     if certs.is_empty() {
         return Err(TlsError::Material {
             path: path.to_owned(),
@@ -29,7 +29,7 @@ pub fn chain(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 
 /// A private key (PKCS#8, SEC1 or PKCS#1) from PEM.
 pub fn key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError::pem(path, e))
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError::pem(path, &e))
 }
 
 /// A trust bundle: every certificate in the PEM becomes a trust anchor (a bundle may hold the old

@@ -60,7 +60,7 @@ pub enum TlsError {
 }
 
 impl TlsError {
-    fn pem(path: &Path, e: rustls::pki_types::pem::Error) -> Self {
+    fn pem(path: &Path, e: &rustls::pki_types::pem::Error) -> Self {
         TlsError::Material {
             path: path.to_owned(),
             reason: format!("not valid PEM: {e}"),
@@ -275,8 +275,8 @@ impl TlsContexts {
         }
     }
 
-    /// `(context name, reloads, reload errors, last error, certificates)` of every context.
-    fn each(&self) -> Vec<(&str, u64, u64, Option<String>, Vec<CertEntry>)> {
+    /// Every context's bookkeeping and certificates.
+    fn each(&self) -> Vec<ContextStats<'_>> {
         let mut out = Vec::new();
         for s in self.listeners.iter().flatten() {
             let w = &s.watched;
@@ -294,14 +294,15 @@ impl TlsContexts {
         let now = unix_now();
         let mut certs = Vec::new();
         let mut contexts = Vec::new();
-        for (name, reloads, errors, last_error, entries) in self.each() {
+        for c in self.each() {
+            let name = c.name;
             contexts.push(json!({
                 "name": name,
-                "reloads": reloads,
-                "reload_errors": errors,
-                "last_error": last_error,
+                "reloads": c.reloads,
+                "reload_errors": c.errors,
+                "last_error": c.last_error,
             }));
-            for e in entries {
+            for e in c.certs {
                 certs.push(json!({
                     "context": name,
                     "role": e.role,
@@ -327,8 +328,9 @@ impl TlsContexts {
         }
         let each = self.each();
         out.push_str("# HELP weir_tls_certificate_expiry_timestamp_seconds When each certificate in use expires (unix time).\n# TYPE weir_tls_certificate_expiry_timestamp_seconds gauge\n");
-        for (name, _, _, _, entries) in &each {
-            for e in entries {
+        for c in &each {
+            let name = c.name;
+            for e in &c.certs {
                 let _ = writeln!(
                     out,
                     "weir_tls_certificate_expiry_timestamp_seconds{{context=\"{}\",role=\"{}\",serial=\"{}\",subject=\"{}\"}} {}",
@@ -344,19 +346,21 @@ impl TlsContexts {
             }
         }
         out.push_str("# HELP weir_tls_reloads_total TLS material rotations applied.\n# TYPE weir_tls_reloads_total counter\n");
-        for (name, reloads, _, _, _) in &each {
+        for c in &each {
             let _ = writeln!(
                 out,
-                "weir_tls_reloads_total{{context=\"{}\"}} {reloads}",
-                label(name)
+                "weir_tls_reloads_total{{context=\"{}\"}} {}",
+                label(c.name),
+                c.reloads
             );
         }
         out.push_str("# HELP weir_tls_reload_errors_total TLS material that did not load (the old kept serving).\n# TYPE weir_tls_reload_errors_total counter\n");
-        for (name, _, errors, _, _) in &each {
+        for c in &each {
             let _ = writeln!(
                 out,
-                "weir_tls_reload_errors_total{{context=\"{}\"}} {errors}",
-                label(name)
+                "weir_tls_reload_errors_total{{context=\"{}\"}} {}",
+                label(c.name),
+                c.errors
             );
         }
         let servers: Vec<_> = self.listeners.iter().flatten().collect();
@@ -383,17 +387,23 @@ impl TlsContexts {
     }
 }
 
-fn stats<T>(
-    w: &Watched<T>,
+/// One context as admin and metrics show it.
+struct ContextStats<'a> {
+    name: &'a str,
+    reloads: u64,
+    errors: u64,
+    last_error: Option<String>,
     certs: Vec<CertEntry>,
-) -> (&str, u64, u64, Option<String>, Vec<CertEntry>) {
-    (
-        &w.name,
-        w.reloads.load(Relaxed),
-        w.reload_errors.load(Relaxed),
-        lock(&w.last_error).clone(),
+}
+
+fn stats<T>(w: &Watched<T>, certs: Vec<CertEntry>) -> ContextStats<'_> {
+    ContextStats {
+        name: &w.name,
+        reloads: w.reloads.load(Relaxed),
+        errors: w.reload_errors.load(Relaxed),
+        last_error: lock(&w.last_error).clone(),
         certs,
-    )
+    }
 }
 
 /// A Prometheus label value: `\`, `"` and newlines escaped.

@@ -15,16 +15,28 @@ pub struct SpiffeId<'a> {
 /// Why a text is not a SPIFFE ID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpiffeError {
-    #[error("must start with spiffe://")]
-    Scheme,
-    #[error("is longer than 2048 bytes")]
-    TooLong,
-    #[error("the trust domain must be lower-case letters, digits, `.`, `-` or `_`")]
-    TrustDomain,
     #[error(
-        "the path must be `/`-separated non-empty segments of letters, digits, `.-_`, without `.` or `..`"
+        "it must start with `spiffe://` (lower-case scheme), e.g. spiffe://example.org/ns/default/sa/web"
     )]
-    Path,
+    Scheme,
+    #[error("longer than 2048 bytes")]
+    TooLong,
+    #[error("a query (`?`) is not allowed")]
+    Query,
+    #[error("a fragment (`#`) is not allowed")]
+    Fragment,
+    #[error("user info (`@`) is not allowed")]
+    UserInfo,
+    #[error("a port (`:`) is not allowed")]
+    Port,
+    #[error("trust domain `{0}`: {1}")]
+    TrustDomain(String, &'static str),
+    #[error("empty path segment (`//` or a trailing `/`)")]
+    EmptySegment,
+    #[error("`.` and `..` path segments are not allowed")]
+    DotSegment,
+    #[error("the path may hold only letters, digits, `.`, `-`, `_` and `/` separators")]
+    PathChar,
 }
 
 impl fmt::Display for SpiffeId<'_> {
@@ -33,30 +45,42 @@ impl fmt::Display for SpiffeId<'_> {
     }
 }
 
-/// Parses `spiffe://TD[/PATH]`.
+/// Parses `spiffe://TD[/PATH]` (a bare trust domain has an empty path).
 pub fn parse(s: &str) -> Result<SpiffeId<'_>, SpiffeError> {
-    let rest = s.strip_prefix("spiffe://").ok_or(SpiffeError::Scheme)?;
     if s.len() > 2048 {
         return Err(SpiffeError::TooLong);
     }
-    let (td, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    if !valid_trust_domain(td) {
-        return Err(SpiffeError::TrustDomain);
+    let rest = s.strip_prefix("spiffe://").ok_or(SpiffeError::Scheme)?;
+    if rest.contains('?') {
+        return Err(SpiffeError::Query);
+    }
+    if rest.contains('#') {
+        return Err(SpiffeError::Fragment);
+    }
+    let (td, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if td.contains('@') {
+        return Err(SpiffeError::UserInfo);
+    }
+    if td.contains(':') {
+        return Err(SpiffeError::Port);
+    }
+    if let Some(problem) = trust_domain_problem(td) {
+        return Err(SpiffeError::TrustDomain(td.to_owned(), problem));
     }
     if !path.is_empty() {
-        let ok = path[1..].split('/').all(|seg| {
-            !seg.is_empty()
-                && seg != "."
-                && seg != ".."
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-        });
-        if !ok {
-            return Err(SpiffeError::Path);
+        for seg in path[1..].split('/') {
+            if seg.is_empty() {
+                return Err(SpiffeError::EmptySegment);
+            }
+            if seg == "." || seg == ".." {
+                return Err(SpiffeError::DotSegment);
+            }
+            if !seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+            {
+                return Err(SpiffeError::PathChar);
+            }
         }
     }
     Ok(SpiffeId {
@@ -65,13 +89,26 @@ pub fn parse(s: &str) -> Result<SpiffeId<'_>, SpiffeError> {
     })
 }
 
+/// What is wrong with a trust domain name, if anything: it must be 1–255 bytes of lower-case
+/// letters, digits, `.`, `-` and `_`.
+pub fn trust_domain_problem(td: &str) -> Option<&'static str> {
+    if td.is_empty() {
+        Some("it is empty")
+    } else if td.len() > 255 {
+        Some("longer than 255 bytes")
+    } else if !td
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        Some("only lower-case letters, digits, `.`, `-` and `_` are allowed")
+    } else {
+        None
+    }
+}
+
 /// A SPIFFE trust domain: 1–255 of `a-z 0-9 . - _`.
 pub fn valid_trust_domain(td: &str) -> bool {
-    !td.is_empty()
-        && td.len() <= 255
-        && td.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-        })
+    trust_domain_problem(td).is_none()
 }
 
 /// A DNS name rustls would accept as a server name (not an IP address).
