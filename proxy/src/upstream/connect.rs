@@ -85,6 +85,89 @@ impl AsyncWrite for UpstreamIo {
     }
 }
 
+impl UpstreamIo {
+    /// Read and write halves, so a request body can stream while the response is read. Plain TCP
+    /// splits without a lock, and dropping its write half sends FIN (the upstream sees the
+    /// request end even when the body pump is abandoned); TLS shares the session between them.
+    pub fn split(self) -> (UpstreamRead, UpstreamWrite) {
+        match self {
+            UpstreamIo::Plain(s) => {
+                let (r, w) = s.into_split();
+                (UpstreamRead::Plain(r), UpstreamWrite::Plain(w))
+            }
+            UpstreamIo::Tls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (UpstreamRead::Tls(r), UpstreamWrite::Tls(w))
+            }
+        }
+    }
+
+    /// The halves of one [`UpstreamIo::split`] back together.
+    pub fn unsplit(r: UpstreamRead, w: UpstreamWrite) -> Option<UpstreamIo> {
+        match (r, w) {
+            (UpstreamRead::Plain(r), UpstreamWrite::Plain(w)) => {
+                r.reunite(w).ok().map(UpstreamIo::Plain)
+            }
+            (UpstreamRead::Tls(r), UpstreamWrite::Tls(w)) if r.is_pair_of(&w) => {
+                Some(UpstreamIo::Tls(Box::new(r.unsplit(w))))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The read half of a split [`UpstreamIo`].
+pub enum UpstreamRead {
+    Plain(tokio::net::tcp::OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// The write half of a split [`UpstreamIo`].
+pub enum UpstreamWrite {
+    Plain(tokio::net::tcp::OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamRead::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamRead::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamWrite::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamWrite::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamWrite::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamWrite::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamWrite::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamWrite::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// TCP connect bounded by `timeout`; `TCP_NODELAY` on.
 pub async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {

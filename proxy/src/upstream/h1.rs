@@ -26,11 +26,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::connect::UpstreamIo;
+use super::connect::{UpstreamIo, UpstreamRead, UpstreamWrite};
 use super::pool::ResponseGuard;
 use crate::http::body::{BoxError, ProxyBody};
 use crate::http::respond::ProxyError;
@@ -54,7 +53,7 @@ pub struct H1Conn {
 /// streaming request body is pumped by its own task and the response is read here.
 enum Io {
     Whole(UpstreamIo),
-    Split(ReadHalf<UpstreamIo>, PumpHandle),
+    Split(UpstreamRead, PumpHandle),
 }
 
 impl H1Conn {
@@ -103,7 +102,7 @@ impl H1Conn {
             Io::Whole(_) => Some(self),
             Io::Split(rd, pump) => {
                 let wr = pump.take_finished()?;
-                let io = rd.unsplit(wr);
+                let io = UpstreamIo::unsplit(rd, wr)?;
                 Some(H1Conn {
                     io: Io::Whole(io),
                     rbuf: self.rbuf,
@@ -133,7 +132,7 @@ struct Pump {
 
 enum PumpState {
     Running,
-    Finished(WriteHalf<UpstreamIo>),
+    Finished(UpstreamWrite),
     /// The upstream stopped taking the body (it may well have answered already).
     UpstreamFailed,
     /// The client's body broke off.
@@ -155,7 +154,7 @@ impl PumpHandle {
         matches!(*self.pump.state.borrow(), PumpState::DownstreamFailed)
     }
 
-    fn take_finished(&self) -> Option<WriteHalf<UpstreamIo>> {
+    fn take_finished(&self) -> Option<UpstreamWrite> {
         match std::mem::replace(
             &mut *self.pump.state.borrow_mut(),
             PumpState::UpstreamFailed,
@@ -292,7 +291,7 @@ pub async fn send(
         let Io::Whole(io) = io else {
             unreachable!("a fresh exchange has a whole socket")
         };
-        let (rd, mut wr) = tokio::io::split(io);
+        let (rd, mut wr) = io.split();
         wr.write_all(&head.bytes)
             .await
             .map_err(|e| fail(ProxyError::UpstreamIo(e), false))?;
