@@ -1086,3 +1086,76 @@ async fn certificate_expiry_is_exported() {
     );
     assert_eq!(certs.sha256s("cluster:back", "ca"), [pki.ca.sha256_hex()]);
 }
+
+/// An `http2` cluster offers only ALPN `h2` and speaks HTTP/2 over mutual TLS: it works against a
+/// listener that serves h2, and a listener that serves only `http/1.1` refuses the handshake
+/// (no common protocol), which is a 503 at the sender — never a silent fallback.
+#[tokio::test]
+async fn an_http2_cluster_speaks_h2_over_mtls() {
+    let pki = pki();
+    let echo = EchoServer::start().await;
+    let h2_back = start_back(echo.addr, &pki, vec![props()], &[]).await;
+    let h1_back = start_back(echo.addr, &pki, vec![], &["alpn: [http/1.1]"]).await;
+    let mut lines = front_cluster_tls("ca.pem", BACK_ID);
+    lines.push("protocol: http2".to_string());
+    let to_h2 = start_front(
+        h2_back.listener_addr("back"),
+        &pki,
+        &[("front", "back", lines.clone())],
+        &[],
+    )
+    .await;
+    let to_h1 = start_front(
+        h1_back.listener_addr("back"),
+        &pki,
+        &[("front", "back", lines)],
+        &[],
+    )
+    .await;
+
+    let r = h1_get_with(to_h2.listener_addr("front"), "/h2", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-prop-connection.uri_san_peer_certificate"),
+        Some(FRONT_ID)
+    );
+    assert_eq!(r.header("x-prop-request.scheme"), Some("https"));
+
+    let r = h1_get_with(to_h1.listener_addr("front"), "/h1-only", &[]).await;
+    assert_error(&r, 503, "upstream_connect_failure");
+    let seen: Vec<String> = echo.requests().iter().map(|r| r.uri.to_string()).collect();
+    assert_eq!(seen, ["/h2"], "only the h2 request reached the backend");
+}
+
+/// A client that connects and never starts the handshake is dropped at `handshake_timeout` and
+/// counted; the listener keeps serving.
+#[tokio::test]
+async fn a_silent_client_is_dropped_at_the_handshake_timeout() {
+    let pki = pki();
+    let echo = EchoServer::start().await;
+    let back = start_back(echo.addr, &pki, vec![], &["handshake_timeout: 300ms"]).await;
+    let addr = back.listener_addr("back");
+    let start = std::time::Instant::now();
+    let reply = send_raw(addr, b"", Duration::from_secs(8)).await;
+    let waited = start.elapsed();
+    assert!(reply.closed, "the silent connection must be closed by weir");
+    assert!(
+        reply.bytes.is_empty(),
+        "nothing is sent to a client that said nothing"
+    );
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?}, before the 300ms handshake timeout"
+    );
+    wait_metric_at_least(
+        back.admin_addr(),
+        "weir_tls_handshake_errors_total",
+        &[("listener", "back")],
+        1.0,
+    )
+    .await;
+    let r = https_get(addr, &good_client(&pki), "/after")
+        .await
+        .expect("served after");
+    assert_eq!(r.status, 200);
+}
