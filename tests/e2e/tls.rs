@@ -1159,3 +1159,44 @@ async fn a_silent_client_is_dropped_at_the_handshake_timeout() {
         .expect("served after");
     assert_eq!(r.status, 200);
 }
+
+/// `client_auth: optional`: a client without a certificate is served as anonymous
+/// (`connection.mtls` false, no XFCC), one with a certificate is verified and identified.
+#[tokio::test]
+async fn optional_client_auth_serves_anonymous_and_identified_clients() {
+    let pki = pki();
+    let echo = EchoServer::start().await;
+    let back = start_back(echo.addr, &pki, vec![props()], &["client_auth: optional"]).await;
+    let addr = back.listener_addr("back");
+
+    let anonymous = TlsClient::new(&pki.ca.pem());
+    let r = https_get(addr, &anonymous, "/anon")
+        .await
+        .expect("anonymous is served");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-prop-connection.mtls"), Some("false"));
+    assert_eq!(r.header("x-prop-connection.uri_san_peer_certificate"), None);
+
+    let r = https_get(addr, &good_client(&pki), "/known")
+        .await
+        .expect("identified is served");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-prop-connection.mtls"), Some("true"));
+    assert_eq!(
+        r.header("x-prop-connection.uri_san_peer_certificate"),
+        Some(FRONT_ID)
+    );
+
+    let seen = echo.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(all_values(&seen[0], "x-forwarded-client-cert").is_empty());
+    assert_eq!(
+        all_values(&seen[1], "x-forwarded-client-cert"),
+        [expected_xfcc(&pki.front)]
+    );
+
+    // Optional is not "anything goes": a certificate from another CA is still refused.
+    let stranger = TestCa::new(TD).leaf("front", Some(FRONT_ID), &[]);
+    let bad = TlsClient::new(&pki.ca.pem()).identity(&stranger);
+    assert!(https_get(addr, &bad, "/stranger").await.is_err());
+}
