@@ -357,10 +357,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file } => match weir::config::load_file(&file) {
-            Ok(_) => {
-                println!("ok");
-                ExitCode::SUCCESS
-            }
+            // The TLS material is loaded too: a certificate that does not parse or match its
+            // key is caught here, not at start-up.
+            Ok(cfg) => match weir::tls::TlsContexts::load(&cfg) {
+                Ok(_) => {
+                    println!("ok");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: TLS: {e}");
+                    ExitCode::FAILURE
+                }
+            },
             Err(e) => {
                 for err in &e.errors {
                     eprintln!("error: {err}");

@@ -1200,3 +1200,50 @@ async fn optional_client_auth_serves_anonymous_and_identified_clients() {
     let bad = TlsClient::new(&pki.ca.pem()).identity(&stranger);
     assert!(https_get(addr, &bad, "/stranger").await.is_err());
 }
+
+/// `weir check` loads the TLS material: a certificate beside the wrong key, or a bundle that is
+/// not PEM, is an error naming the file (and `weir run` refuses to start the same way); matching
+/// material is `ok`.
+#[test]
+fn weir_check_loads_the_tls_material() {
+    let pki = pki();
+    let other = pki.ca.leaf("other", Some(FRONT_ID), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str| std::fs::write(dir.path().join(name), body).unwrap();
+    write("back.pem", &pki.back.cert_pem);
+    write("back-key.pem", &pki.back.key_pem);
+    write("other-key.pem", &other.key_pem);
+    write("ca.pem", &pki.ca.pem());
+    write("junk.pem", "not a certificate\n");
+    let manifest = |key: &str, ca: &str| {
+        format!(
+            "listeners:\n  - name: back\n    address: 127.0.0.1:0\n    default_cluster: app\n    tls: {{cert: back.pem, key: {key}, client_ca: {ca}}}\nclusters:\n  app: {{endpoints: [127.0.0.1:1]}}\n"
+        )
+    };
+    let run = |yaml: String| {
+        let path = dir.path().join("weir.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let out = std::process::Command::new(weir_tests::weir_bin())
+            .arg("check")
+            .arg(&path)
+            .output()
+            .expect("run weir check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, _) = run(manifest("back-key.pem", "ca.pem"));
+    assert_eq!((code, stdout.as_str()), (Some(0), "ok\n"));
+    let (code, _, stderr) = run(manifest("other-key.pem", "ca.pem"));
+    assert_eq!(code, Some(1));
+    assert!(stderr.starts_with("error: TLS: "), "{stderr}");
+    assert!(
+        stderr.contains("back.pem") && stderr.contains("other-key.pem"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(manifest("back-key.pem", "junk.pem"));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("junk.pem"), "{stderr}");
+}
