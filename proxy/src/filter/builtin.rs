@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn the_stock_filters_are_embedded() {
-        assert_eq!(names().collect::<Vec<_>>(), ["add-header", "local-reply"]);
+        assert_eq!(names().collect::<Vec<_>>(), ["add-header", "fault", "local-reply", "router"]);
     }
 
     #[test]
