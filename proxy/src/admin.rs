@@ -486,9 +486,44 @@ impl Admin {
                     );
                 }
             }
+            guest_metrics(&set.runtime, &mut out);
         }
         self.state.tls.metrics(&mut out);
         out
+    }
+}
+
+/// The metrics filters define themselves (`proxy_define_metric`), one series per filter and
+/// metric name, summed over every worker's VM: counters and gauges as `weir_filter_metric`,
+/// histograms as `weir_filter_metric_count` / `_sum`.
+fn guest_metrics(runtime: &weir_host_abi::Runtime, out: &mut String) {
+    use weir_host_abi::MetricValue;
+    let samples = runtime.metrics().snapshot();
+    if samples.is_empty() {
+        return;
+    }
+    out.push_str("# HELP weir_filter_metric Counters and gauges the filters define.\n# TYPE weir_filter_metric untyped\n");
+    let label = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    for m in &samples {
+        let (filter, name) = (label(&m.plugin), label(&m.name));
+        let _ = match m.value {
+            MetricValue::Counter(v) => writeln!(
+                out,
+                "weir_filter_metric{{filter=\"{filter}\",name=\"{name}\"}} {v}"
+            ),
+            MetricValue::Gauge(v) => writeln!(
+                out,
+                "weir_filter_metric{{filter=\"{filter}\",name=\"{name}\"}} {v}"
+            ),
+            MetricValue::Histogram { count, sum } => writeln!(
+                out,
+                "weir_filter_metric_count{{filter=\"{filter}\",name=\"{name}\"}} {count}\nweir_filter_metric_sum{{filter=\"{filter}\",name=\"{name}\"}} {sum}"
+            ),
+        };
     }
 }
 

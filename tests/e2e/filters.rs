@@ -2327,3 +2327,45 @@ async fn grpc_local_reply_headers_end_the_stream() {
         "the gRPC local reply's HEADERS frame did not end the stream"
     );
 }
+
+/// Metrics a filter defines (`proxy_define_metric`) are exported on admin `/metrics`, summed over
+/// every worker's VM: counters and gauges as `weir_filter_metric{filter,name}`, histograms as
+/// `_count` / `_sum`.
+#[tokio::test]
+async fn filter_defined_metrics_are_exported_on_admin() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![conformance(
+            "m",
+            r#"{"scenario":"metrics","prefix":"demo"}"#,
+        )],
+    )
+    .workers(2)
+    .start()
+    .await;
+    let addr = weir.listener_addr("main");
+    for i in 0..6 {
+        let r = get_with(addr, &format!("/r{i}"), &[("x-value", "7")]).await;
+        assert_eq!(r.status, 200);
+    }
+    let text = weir_tests::tls::get_metrics(weir.admin_addr()).await;
+    let value = |name: &str, metric: &str| {
+        weir_tests::tls::metric_values(&text, name, &[("filter", "m"), ("name", metric)])
+    };
+    assert_eq!(
+        value("weir_filter_metric", "demo.requests"),
+        [6.0],
+        "{text}"
+    );
+    assert_eq!(
+        value("weir_filter_metric_count", "demo.sizes"),
+        [6.0],
+        "{text}"
+    );
+    assert_eq!(
+        value("weir_filter_metric_sum", "demo.sizes"),
+        [42.0],
+        "{text}"
+    );
+}
