@@ -509,21 +509,52 @@ fn guest_metrics(runtime: &weir_host_abi::Runtime, out: &mut String) {
             .replace('\n', "\\n")
     };
     for m in &samples {
-        let (filter, name) = (label(&m.plugin), label(&m.name));
+        let labels = metric_labels(&m.plugin, &m.name, label);
         let _ = match m.value {
-            MetricValue::Counter(v) => writeln!(
-                out,
-                "weir_filter_metric{{filter=\"{filter}\",name=\"{name}\"}} {v}"
-            ),
-            MetricValue::Gauge(v) => writeln!(
-                out,
-                "weir_filter_metric{{filter=\"{filter}\",name=\"{name}\"}} {v}"
-            ),
+            MetricValue::Counter(v) => writeln!(out, "weir_filter_metric{{{labels}}} {v}"),
+            MetricValue::Gauge(v) => writeln!(out, "weir_filter_metric{{{labels}}} {v}"),
             MetricValue::Histogram { count, sum } => writeln!(
                 out,
-                "weir_filter_metric_count{{filter=\"{filter}\",name=\"{name}\"}} {count}\nweir_filter_metric_sum{{filter=\"{filter}\",name=\"{name}\"}} {sum}"
+                "weir_filter_metric_count{{{labels}}} {count}\nweir_filter_metric_sum{{{labels}}} {sum}"
             ),
         };
+    }
+}
+
+/// `filter="…",name="…"`, plus one label per `|key=value` suffix of the metric name (the way
+/// filters such as `builtin:telemetry` encode dimensions in proxy-wasm's flat metric names).
+/// A key that is not a Prometheus label name, or would shadow `filter`/`name`, stays in the name.
+fn metric_labels(plugin: &str, name: &str, label: impl Fn(&str) -> String) -> String {
+    let valid = |k: &str| {
+        !k.is_empty()
+            && k != "filter"
+            && k != "name"
+            && k.bytes()
+                .enumerate()
+                .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()))
+    };
+    let mut parts = name.split('|');
+    let base = parts.next().unwrap_or_default();
+    let mut extra = String::new();
+    let mut seen: Vec<&str> = Vec::new();
+    let mut all_ok = true;
+    for p in parts {
+        match p.split_once('=') {
+            Some((k, v)) if valid(k) && !seen.contains(&k) => {
+                seen.push(k);
+                let _ = write!(extra, ",{k}=\"{}\"", label(v));
+            }
+            _ => all_ok = false,
+        }
+    }
+    if all_ok {
+        format!(
+            "filter=\"{}\",name=\"{}\"{extra}",
+            label(plugin),
+            label(base)
+        )
+    } else {
+        format!("filter=\"{}\",name=\"{}\"", label(plugin), label(name))
     }
 }
 
@@ -606,6 +637,26 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flat_metric_names_become_labels() {
+        let l = |s: &str| s.to_owned();
+        assert_eq!(
+            metric_labels("t", "telemetry.requests_total|cluster=web|class=2xx", l),
+            r#"filter="t",name="telemetry.requests_total",cluster="web",class="2xx""#
+        );
+        assert_eq!(
+            metric_labels("f", "fault.aborts", l),
+            r#"filter="f",name="fault.aborts""#
+        );
+        // Not label-shaped (bad key, a shadowing key, a repeat, no `=`): the name stays whole.
+        for odd in ["a|1x=2", "a|name=b", "a|k=1|k=2", "a|plain"] {
+            assert_eq!(
+                metric_labels("f", odd, l),
+                format!(r#"filter="f",name="{odd}""#)
+            );
+        }
+    }
 
     #[test]
     fn names_refuse_traversal_and_separators() {
