@@ -2,6 +2,7 @@
 //! 127.0.0.1. One test binary, a module per area. Build the binary first: `cargo build -p weir`.
 
 mod admin;
+mod auth;
 mod balance;
 mod certs;
 mod check;
@@ -14,8 +15,10 @@ mod limits;
 mod pool;
 mod proxy_h1;
 mod proxy_h2;
+mod ratelimit;
 mod router;
 mod support;
+mod telemetry;
 mod tls;
 mod websocket;
 

@@ -113,7 +113,18 @@ mod tests {
 
     #[test]
     fn the_stock_filters_are_embedded() {
-        assert_eq!(names().collect::<Vec<_>>(), ["add-header", "fault", "local-reply", "router"]);
+        assert_eq!(
+            names().collect::<Vec<_>>(),
+            [
+                "add-header",
+                "auth",
+                "fault",
+                "local-reply",
+                "ratelimit",
+                "router",
+                "telemetry"
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,650 @@
+//! `builtin:telemetry`: W3C Trace Context propagation, request metrics and a structured access
+//! log — what Envoy's tracing (`x-request-id`, `traceparent`), cluster stats and access log give,
+//! in one filter. Put it first in the chain so it sees every request.
+//!
+//! Configuration (JSON plugin configuration; every field optional, unknown fields are rejected):
+//!
+//! | field | type | default | meaning |
+//! |---|---|---|---|
+//! | `sample_percent` | number 0–100 | `100` | share of *new* traces marked sampled (flag `01`); an incoming valid `traceparent` keeps its own decision |
+//! | `access_log` | bool | `true` | write one JSON access-log line per request (info level) |
+//! | `service_name` | string | `"weir"` | the `service` field of the access log |
+//!
+//! Trace context (W3C Trace Context, <https://www.w3.org/TR/trace-context/>), request-header phase:
+//! * `traceparent` version `00` must be exactly `00-<32 hex>-<16 hex>-<2 hex>`, lower-case hex,
+//!   trace-id and parent-id not all zeros. A higher version (not `ff`) is parsed as §4.3 says: at
+//!   least 55 characters, the same first four fields, followed by the end or a `-`; only its
+//!   sampled flag is kept. Version `ff`, upper-case hex or any other deviation is invalid.
+//! * Valid: the trace continues. Weir is one hop (span): it draws a new span id and sends
+//!   `traceparent: 00-<trace-id>-<new span id>-<flags>` upstream (flags: the sampled bit and the
+//!   Level 2 random bit kept, the reserved bits cleared). The incoming parent id is recorded as
+//!   `weir.trace.parent_id`. `tracestate` is forwarded unchanged unless it is longer than 512
+//!   bytes or has more than 32 list members: then it is removed.
+//! * Absent or invalid: a new trace — 16 random bytes of trace id, 8 of span id (a per-VM
+//!   splitmix64 PRNG seeded from WASI randomness through std's `RandomState`, never the clock),
+//!   sampled with probability `sample_percent`; any `tracestate` is removed (it belonged to the
+//!   discarded trace).
+//! * Properties for later filters: `weir.trace.trace_id`, `weir.trace.span_id` (32 / 16 lower-case
+//!   hex), `weir.trace.parent_id` (only when continuing a trace), `weir.trace.sampled` (`1`/`0`).
+//! * Only the first `traceparent` / `tracestate` value is read.
+//!
+//! Metrics (`proxy_define_metric`, each name defined lazily on first use and cached in the VM's
+//! root): labels are flattened into the name as `|key=value` pairs (the lead's `/metrics`
+//! exporter can split them; label values have `|`, `=`, spaces and control characters replaced by
+//! `_`):
+//! * counter `telemetry.requests_total|cluster=<cluster>|class=<1xx..5xx|none>`;
+//! * histogram `telemetry.request_duration_ms|cluster=<cluster>` (whole milliseconds).
+//!
+//! `<cluster>` is the property `weir.route.cluster` (a router earlier in the chain), else
+//! `upstream.address`, else `default`; at most 1000 series per VM, the rest count under
+//! cluster `_other`. `class` comes from `response.code` (`none` when the stream ended without a
+//! response). Duration: the `request.duration` property (nanoseconds), else the clock from the
+//! request headers to `on_log`.
+//!
+//! Access log (from `on_log`, one line through `proxy_log` at info level), a JSON object whose
+//! fields are always present (`null` when unknown): `ts` (request start, RFC 3339 UTC with
+//! milliseconds), `service`, `method`, `authority`, `path`, `status`, `duration_ms` (fractional),
+//! `bytes_in`, `bytes_out` (`request.total_size`, `response.total_size`), `upstream`
+//! (`upstream.address`), `cluster`, `trace_id`, `span_id`, `parent_id`, `sampled`, `request_id`
+//! (the `x-request-id` the proxy sets), `principal` (`weir.auth.principal`, set by
+//! `builtin:auth`), `peer` (`connection.uri_san_peer_certificate`).
+//!
+//! A bad configuration is logged at error level and fails `on_configure` (the plugin does not load).
+//!
+//! Cost: per request a handful of header reads, one header write, four small property writes,
+//! two PRNG draws (three for a new trace); in `on_log` a few property reads, two metric updates
+//! (a `HashMap` lookup each) and one formatted log line.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use weir_sdk::proxy_wasm;
+use weir_sdk::proxy_wasm::hostcalls;
+use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
+use weir_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_root_context_id| Box::new(TelemetryRoot {
+        config: None,
+        state: Rc::new(RefCell::new(State::default())),
+    }));
+}}
+
+/// The longest `tracestate` forwarded (W3C: vendors may drop a longer one).
+const MAX_TRACESTATE_BYTES: usize = 512;
+/// The most `tracestate` list members forwarded.
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+/// Metric series per VM before new label combinations fold into cluster `_other`.
+const MAX_SERIES: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "hundred")]
+    sample_percent: f64,
+    #[serde(default = "yes")]
+    access_log: bool,
+    #[serde(default = "weir")]
+    service_name: String,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn weir() -> String {
+    "weir".into()
+}
+
+/// The validated configuration.
+struct Config {
+    sample_percent: f64,
+    access_log: bool,
+    service_name: String,
+}
+
+impl Config {
+    fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            bytes
+        };
+        let raw: RawConfig =
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid configuration: {e}"))?;
+        if !(raw.sample_percent.is_finite() && (0.0..=100.0).contains(&raw.sample_percent)) {
+            return Err(format!(
+                "sample_percent: {} is not a percentage (0-100)",
+                raw.sample_percent
+            ));
+        }
+        Ok(Self {
+            sample_percent: raw.sample_percent,
+            access_log: raw.access_log,
+            service_name: raw.service_name,
+        })
+    }
+}
+
+/// A parsed incoming `traceparent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TraceParent {
+    trace_id: [u8; 16],
+    parent_id: [u8; 8],
+    flags: u8,
+}
+
+/// Lower-case hex only (W3C: upper case is invalid).
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        out[i] = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+    }
+    Some(out)
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// Parses a `traceparent` value (W3C Trace Context §3.2, §4.3 for higher versions).
+fn parse_traceparent(value: &[u8]) -> Option<TraceParent> {
+    // Optional whitespace around a header value is not part of it.
+    let value = value.trim_ascii();
+    if value.len() < 55 {
+        return None;
+    }
+    let version = parse_hex::<1>(&value[0..2])?[0];
+    if version == 0xff {
+        return None;
+    }
+    if version == 0 && value.len() != 55 {
+        return None;
+    }
+    if value.len() > 55 && value[55] != b'-' {
+        return None;
+    }
+    if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let trace_id = parse_hex::<16>(&value[3..35])?;
+    let parent_id = parse_hex::<8>(&value[36..52])?;
+    let flags = parse_hex::<1>(&value[53..55])?[0];
+    if trace_id == [0; 16] || parent_id == [0; 8] {
+        return None;
+    }
+    // Version 00 defines sampled (0x01) and, in Level 2, random (0x02); the other bits are
+    // reserved and must be sent as zero. Of a higher version only the sampled bit is understood.
+    let flags = if version == 0 {
+        flags & 0x03
+    } else {
+        flags & 0x01
+    };
+    Some(TraceParent {
+        trace_id,
+        parent_id,
+        flags,
+    })
+}
+
+/// Whether a `tracestate` value may be forwarded as is (size and member-count limits).
+fn tracestate_fits(value: &[u8]) -> bool {
+    if value.len() > MAX_TRACESTATE_BYTES {
+        return false;
+    }
+    let members = value
+        .split(|b| *b == b',')
+        .filter(|m| !m.trim_ascii().is_empty())
+        .count();
+    members <= MAX_TRACESTATE_MEMBERS
+}
+
+/// A metric label value: no separators, spaces or control characters.
+fn label(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c == '|' || c == '=' || c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        _ => "none",
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-26T10:58:51.123Z`.
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// The per-VM state shared by the root and its streams.
+#[derive(Default)]
+struct State {
+    /// splitmix64 state.
+    rng: u64,
+    /// Metric name → id (`None`: the host refused it; not asked again).
+    metrics: HashMap<String, Option<u32>>,
+}
+
+impl State {
+    fn next_u64(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// True with probability `percent`/100.
+    fn roll(&mut self, percent: f64) -> bool {
+        if percent <= 0.0 {
+            return false;
+        }
+        if percent >= 100.0 {
+            return true;
+        }
+        let x = (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+        x * 100.0 < percent
+    }
+
+    fn trace_id(&mut self) -> [u8; 16] {
+        loop {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&self.next_u64().to_be_bytes());
+            id[8..].copy_from_slice(&self.next_u64().to_be_bytes());
+            if id != [0; 16] {
+                return id;
+            }
+        }
+    }
+
+    fn span_id(&mut self) -> [u8; 8] {
+        loop {
+            let id = self.next_u64();
+            if id != 0 {
+                return id.to_be_bytes();
+            }
+        }
+    }
+
+    /// The metric `name` of `kind`, defined on first use.
+    fn metric(&mut self, kind: MetricType, name: String) -> Option<u32> {
+        if let Some(id) = self.metrics.get(&name) {
+            return *id;
+        }
+        let id = hostcalls::define_metric(kind, &name).ok();
+        self.metrics.insert(name, id);
+        id
+    }
+}
+
+fn now() -> SystemTime {
+    hostcalls::get_current_time().unwrap_or(UNIX_EPOCH)
+}
+
+fn prop_bytes(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+fn prop_string(path: &[&str]) -> Option<String> {
+    prop_bytes(path).and_then(|b| String::from_utf8(b).ok())
+}
+
+fn prop_int(path: &[&str]) -> Option<i64> {
+    prop_bytes(path)
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_le_bytes)
+}
+
+struct TelemetryRoot {
+    config: Option<Rc<Config>>,
+    state: Rc<RefCell<State>>,
+}
+
+impl Context for TelemetryRoot {}
+
+impl RootContext for TelemetryRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match Config::parse(&bytes) {
+            Ok(config) => {
+                if self.config.is_none() {
+                    // WASI random_get keys std's RandomState: a per-VM seed, never the clock.
+                    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                    h.write_u32(0x7e1e);
+                    self.state.borrow_mut().rng = h.finish();
+                }
+                self.config = Some(Rc::new(config));
+                true
+            }
+            Err(e) => {
+                let _ = hostcalls::log(LogLevel::Error, &format!("telemetry: {e}"));
+                false
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let config = self.config.clone()?;
+        Some(Box::new(Telemetry {
+            config,
+            state: self.state.clone(),
+            seen: None,
+        }))
+    }
+}
+
+/// What the request-header phase captured for `on_log`.
+struct Seen {
+    start: SystemTime,
+    method: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    request_id: Option<String>,
+    trace_id: String,
+    span_id: String,
+    parent_id: Option<String>,
+    sampled: bool,
+}
+
+struct Telemetry {
+    config: Rc<Config>,
+    state: Rc<RefCell<State>>,
+    /// `None` until the request headers were seen.
+    seen: Option<Seen>,
+}
+
+impl Telemetry {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.get_http_request_header_bytes(name)
+    }
+
+    fn header_string(&self, name: &str) -> Option<String> {
+        self.header(name).and_then(|b| String::from_utf8(b).ok())
+    }
+}
+
+fn set_prop(name: &str, value: &[u8]) {
+    let _ = hostcalls::set_property(vec!["weir", "trace", name], Some(value));
+}
+
+/// One access-log line.
+#[derive(Serialize)]
+struct AccessLog<'a> {
+    ts: String,
+    service: &'a str,
+    method: Option<&'a str>,
+    authority: Option<&'a str>,
+    path: Option<&'a str>,
+    status: Option<u16>,
+    duration_ms: f64,
+    bytes_in: Option<i64>,
+    bytes_out: Option<i64>,
+    upstream: Option<&'a str>,
+    cluster: &'a str,
+    trace_id: &'a str,
+    span_id: &'a str,
+    parent_id: Option<&'a str>,
+    sampled: bool,
+    request_id: Option<&'a str>,
+    principal: Option<&'a str>,
+    peer: Option<&'a str>,
+}
+
+impl Context for Telemetry {}
+
+impl HttpContext for Telemetry {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let start = now();
+        let incoming = self
+            .header("traceparent")
+            .and_then(|v| parse_traceparent(&v));
+        let (trace_id, parent_id, flags, span_id) = {
+            let mut st = self.state.borrow_mut();
+            match incoming {
+                Some(tp) => (tp.trace_id, Some(tp.parent_id), tp.flags, st.span_id()),
+                None => {
+                    let trace_id = st.trace_id();
+                    let span_id = st.span_id();
+                    let sampled = st.roll(self.config.sample_percent);
+                    (trace_id, None, u8::from(sampled), span_id)
+                }
+            }
+        };
+        let (trace_hex, span_hex) = (to_hex(&trace_id), to_hex(&span_id));
+        let traceparent = format!("00-{trace_hex}-{span_hex}-{}", to_hex(&[flags]));
+        self.set_http_request_header("traceparent", Some(&traceparent));
+        let keep_state = incoming.is_some()
+            && self
+                .header("tracestate")
+                .is_none_or(|v| tracestate_fits(&v));
+        if !keep_state {
+            self.set_http_request_header("tracestate", None);
+        }
+        let parent_hex = parent_id.map(|p| to_hex(&p));
+        let sampled = flags & 1 == 1;
+        set_prop("trace_id", trace_hex.as_bytes());
+        set_prop("span_id", span_hex.as_bytes());
+        if let Some(p) = &parent_hex {
+            set_prop("parent_id", p.as_bytes());
+        }
+        set_prop("sampled", if sampled { b"1" } else { b"0" });
+        self.seen = Some(Seen {
+            start,
+            method: self.header_string(":method"),
+            authority: self.header_string(":authority"),
+            path: self.header_string(":path"),
+            request_id: self.header_string("x-request-id"),
+            trace_id: trace_hex,
+            span_id: span_hex,
+            parent_id: parent_hex,
+            sampled,
+        });
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Some(seen) = self.seen.as_ref() else {
+            return;
+        };
+        let status = prop_int(&["response", "code"]).and_then(|c| u16::try_from(c).ok());
+        let duration_ns = prop_int(&["request", "duration"])
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or_else(|| {
+                now()
+                    .duration_since(seen.start)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            });
+        let upstream = prop_string(&["upstream", "address"]);
+        let cluster = prop_string(&["weir", "route", "cluster"])
+            .or_else(|| upstream.clone())
+            .unwrap_or_else(|| "default".to_owned());
+
+        {
+            let mut st = self.state.borrow_mut();
+            let class = status_class(status);
+            let mut key = label(&cluster);
+            let mut counter = format!("telemetry.requests_total|cluster={key}|class={class}");
+            if st.metrics.len() >= MAX_SERIES && !st.metrics.contains_key(&counter) {
+                key = "_other".to_owned();
+                counter = format!("telemetry.requests_total|cluster={key}|class={class}");
+            }
+            if let Some(id) = st.metric(MetricType::Counter, counter) {
+                let _ = hostcalls::increment_metric(id, 1);
+            }
+            if let Some(id) = st.metric(
+                MetricType::Histogram,
+                format!("telemetry.request_duration_ms|cluster={key}"),
+            ) {
+                let _ = hostcalls::record_metric(id, duration_ns / 1_000_000);
+            }
+        }
+
+        if !self.config.access_log {
+            return;
+        }
+        let principal = prop_string(&["weir", "auth", "principal"]);
+        let peer = prop_string(&["connection", "uri_san_peer_certificate"]);
+        let line = AccessLog {
+            ts: rfc3339(seen.start),
+            service: &self.config.service_name,
+            method: seen.method.as_deref(),
+            authority: seen.authority.as_deref(),
+            path: seen.path.as_deref(),
+            status,
+            duration_ms: (duration_ns / 1000) as f64 / 1000.0,
+            bytes_in: prop_int(&["request", "total_size"]),
+            bytes_out: prop_int(&["response", "total_size"]),
+            upstream: upstream.as_deref(),
+            cluster: &cluster,
+            trace_id: &seen.trace_id,
+            span_id: &seen.span_id,
+            parent_id: seen.parent_id.as_deref(),
+            sampled: seen.sampled,
+            request_id: seen.request_id.as_deref(),
+            principal: principal.as_deref(),
+            peer: peer.as_deref(),
+        };
+        if let Ok(json) = serde_json::to_string(&line) {
+            let _ = hostcalls::log(LogLevel::Info, &json);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn version_00_parses() {
+        let tp = parse_traceparent(VALID).unwrap();
+        assert_eq!(to_hex(&tp.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(to_hex(&tp.parent_id), "00f067aa0ba902b7");
+        assert_eq!(tp.flags, 1);
+        // Reserved flag bits are cleared, sampled and random kept.
+        let tp = parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff");
+        assert_eq!(tp.unwrap().flags, 3);
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        for bad in [
+            &b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"",
+        ] {
+            assert_eq!(
+                parse_traceparent(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn higher_versions_follow_section_4_3() {
+        let tp = parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03");
+        assert_eq!(tp.unwrap().flags, 1);
+        let tp = parse_traceparent(
+            b"cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds",
+        );
+        assert!(tp.is_some());
+        assert_eq!(
+            parse_traceparent(b"cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x"),
+            None
+        );
+    }
+
+    #[test]
+    fn tracestate_limits() {
+        assert!(tracestate_fits(b"congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"));
+        let many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+        assert!(!tracestate_fits(many.join(",").as_bytes()));
+        assert!(tracestate_fits(many[..32].join(",").as_bytes()));
+        assert!(!tracestate_fits(
+            format!("a={}", "x".repeat(511)).as_bytes()
+        ));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123);
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn labels_lose_separators() {
+        assert_eq!(label("a|b=c d"), "a_b_c_d");
+        assert_eq!(label("127.0.0.1:80"), "127.0.0.1:80");
+    }
+}
