@@ -15,6 +15,7 @@ mod limits;
 mod pool;
 mod proxy_h1;
 mod proxy_h2;
+mod quickstart;
 mod ratelimit;
 mod router;
 mod support;
