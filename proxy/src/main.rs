@@ -357,18 +357,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file } => match weir::config::load_file(&file) {
-            // The TLS material is loaded too: a certificate that does not parse or match its
-            // key is caught here, not at start-up.
-            Ok(cfg) => match weir::tls::TlsContexts::load(&cfg) {
-                Ok(_) => {
-                    println!("ok");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
+            // The TLS material is loaded and every filter compiled and started once (its
+            // on_configure sees its config) too: a certificate that does not match its key or
+            // a filter that refuses its configuration is caught here, not at start-up.
+            Ok(cfg) => {
+                if let Err(e) = weir::tls::TlsContexts::load(&cfg) {
                     eprintln!("error: TLS: {e}");
-                    ExitCode::FAILURE
+                    return ExitCode::FAILURE;
                 }
-            },
+                let loaded = weir::filter::FilterSet::runtime().and_then(|rt| {
+                    weir::filter::FilterSet::load(&cfg, &rt, &Default::default())
+                });
+                match loaded {
+                    Ok(_) => {
+                        println!("ok");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
             Err(e) => {
                 for err in &e.errors {
                     eprintln!("error: {err}");
