@@ -365,9 +365,8 @@ fn main() -> ExitCode {
                     eprintln!("error: TLS: {e}");
                     return ExitCode::FAILURE;
                 }
-                let loaded = weir::filter::FilterSet::runtime().and_then(|rt| {
-                    weir::filter::FilterSet::load(&cfg, &rt, &Default::default())
-                });
+                let loaded = weir::filter::FilterSet::runtime()
+                    .and_then(|rt| weir::filter::FilterSet::load(&cfg, &rt, &Default::default()));
                 match loaded {
                     Ok(_) => {
                         println!("ok");
