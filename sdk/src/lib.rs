@@ -7,6 +7,7 @@
 //! * [`config`]: typed plugin configuration (JSON via serde) for `on_configure`.
 //! * [`properties`]: typed reads of Envoy's attributes (`request.path`, `source.address`,
 //!   `connection.mtls`, `plugin_name`, …), decoded from their wire encodings.
+//! * [`random`]: a per-VM generator seeded from WASI randomness (splits, percentages, ids).
 //! * [`route`]: the route decision a filter hands to the proxy (`weir.route.cluster`,
 //!   `weir.route.timeout_ms`, `weir.route.path`, `weir.route.retries`).
 //! * [`testing`] (native targets only): load a built `.wasm` through `weir-host-abi` and drive it
@@ -35,6 +36,7 @@ pub use proxy_wasm;
 
 pub mod config;
 pub mod properties;
+pub mod random;
 pub mod route;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;

@@ -22,9 +22,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use weir_tests::client::Collected;
 use weir_tests::tls::{Leaf, TestCa, TlsClient, https_get};
-use weir_tests::{
-    ChainManifest, EchoServer, FilterDef, H1Client, Weir, body_empty, collect, within,
-};
+use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, Weir, within};
 
 /// One answer of a [`MockServer`].
 struct Reply {
@@ -142,15 +140,7 @@ async fn start(echo: SocketAddr, extra: &[(&str, SocketAddr)], json: &str) -> We
 }
 
 async fn get(c: &mut H1Client, path: &str, headers: &[(&str, &str)]) -> Collected {
-    let mut req = c.request("GET", path);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = c
-        .send(req.body(body_empty()).unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e:?}"));
-    collect(resp).await
+    c.get_with(path, headers).await
 }
 
 async fn get_with_token(c: &mut H1Client, token: &str) -> Collected {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use weir_tests::client::Collected;
-use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, Weir, body_empty, collect};
+use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, Weir};
 
 /// One listener `main` → cluster `web` (`ep`) through chain `edge` = one `builtin:fault`
 /// configured with `json`.
@@ -21,15 +21,7 @@ async fn start(ep: SocketAddr, json: &str) -> Weir {
 }
 
 async fn get(c: &mut H1Client, path: &str, headers: &[(&str, &str)]) -> Collected {
-    let mut req = c.request("GET", path);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = c
-        .send(req.body(body_empty()).unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e:?}"));
-    collect(resp).await
+    c.get_with(path, headers).await
 }
 
 #[track_caller]

@@ -47,16 +47,7 @@ fn one_chain(ep: SocketAddr, filters: Vec<FilterDef>) -> ChainManifest {
 
 /// `GET path` with extra request headers, on a fresh HTTP/1.1 connection.
 async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Collected {
-    let mut c = H1Client::connect(addr).await;
-    let mut req = c.request("GET", path);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = c
-        .send(req.body(body_empty()).unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e:?}"));
-    collect(resp).await
+    H1Client::connect(addr).await.get_with(path, headers).await
 }
 
 /// The final statuses filter `tag` recorded from `on_log`, once they start with `want` (on_log

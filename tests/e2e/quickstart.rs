@@ -20,16 +20,10 @@ fn default_manifest() -> String {
 
 /// GET `path` with `headers` on a fresh connection.
 async fn get(weir: &Weir, path: &str, headers: &[(&str, &str)]) -> weir_tests::client::Collected {
-    let mut c = H1Client::connect(weir.listener_addr("main")).await;
-    let mut req = c.request("GET", path);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = c
-        .send(req.body(weir_tests::body_empty()).unwrap())
+    H1Client::connect(weir.listener_addr("main"))
         .await
-        .unwrap();
-    weir_tests::collect(resp).await
+        .get_with(path, headers)
+        .await
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use weir_test_artifacts::CONFORMANCE;
 use weir_tests::client::Collected;
 use weir_tests::tls::get_metrics;
-use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, Weir, body_empty, collect};
+use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, Weir};
 
 /// Two workers; listener `main` → cluster `web` (`ep`) through chain `edge` = `builtin:ratelimit`
 /// (`rl`, configured with `json`) then the conformance `trace` filter (`t`), which stamps the
@@ -28,16 +28,7 @@ async fn start(ep: SocketAddr, json: &str) -> Weir {
 
 /// `GET path` on a fresh connection (so the kernel picks a worker for each request).
 async fn get_fresh(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Collected {
-    let mut c = H1Client::connect(addr).await;
-    let mut req = c.request("GET", path);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = c
-        .send(req.body(body_empty()).unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e:?}"));
-    collect(resp).await
+    H1Client::connect(addr).await.get_with(path, headers).await
 }
 
 /// `n` requests from `tasks` concurrent tasks, each request on its own connection.

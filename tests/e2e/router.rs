@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use weir_tests::client::Collected;
-use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, body_empty, collect, within_for};
+use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, within_for};
 
 use crate::assert_error;
 
@@ -24,15 +24,7 @@ async fn router(a: SocketAddr, b: SocketAddr, config: &str, extra_v1: &[&str]) -
 }
 
 async fn send(c: &mut H1Client, path: &str, headers: &[(&str, &str)]) -> Collected {
-    let mut req = c.request("GET", path);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = c
-        .send(req.body(body_empty()).unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e:?}"));
-    collect(resp).await
+    c.get_with(path, headers).await
 }
 
 const CANARY: &str = r#"{"routes": [

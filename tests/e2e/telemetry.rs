@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use weir_tests::client::Collected;
 use weir_tests::tls::Json;
-use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, Weir, body_empty, collect};
+use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, Weir};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
@@ -25,15 +25,7 @@ async fn start(ep: SocketAddr, json: &str) -> Weir {
 }
 
 async fn get(c: &mut H1Client, path: &str, headers: &[(&str, &str)]) -> Collected {
-    let mut req = c.request("GET", path);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = c
-        .send(req.body(body_empty()).unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e:?}"));
-    collect(resp).await
+    c.get_with(path, headers).await
 }
 
 /// `00-<32 hex>-<16 hex>-<2 hex>`, lower case, non-zero ids → (trace id, span id, flags).

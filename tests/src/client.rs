@@ -120,7 +120,16 @@ impl H1Client {
 
     /// `GET path` read to the end; panics on a transport error.
     pub async fn get(&mut self, path: &str) -> Collected {
-        let req = self.request("GET", path).body(body_empty()).unwrap();
+        self.get_with(path, &[]).await
+    }
+
+    /// `GET path` with extra request headers, read to the end; panics on a transport error.
+    pub async fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Collected {
+        let mut req = self.request("GET", path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(body_empty()).unwrap();
         collect(
             self.send(req)
                 .await

@@ -44,7 +44,6 @@
 //! the header values read for `match` / header control).
 
 use std::cell::RefCell;
-use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,6 +52,7 @@ use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use weir_sdk::proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel, MetricType};
+use weir_sdk::random::Rng;
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_root_context_id| Box::new(FaultRoot {
@@ -308,33 +308,9 @@ impl Metrics {
 /// The per-VM state shared by the root and its streams.
 #[derive(Default)]
 struct State {
-    /// splitmix64 state.
-    rng: u64,
+    rng: Rng,
     pending: Vec<Pending>,
     metrics: Metrics,
-}
-
-impl State {
-    fn next_u64(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// True with probability `percent`/100.
-    fn roll(&mut self, percent: f64) -> bool {
-        if percent <= 0.0 {
-            return false;
-        }
-        if percent >= 100.0 {
-            return true;
-        }
-        // 53 random bits → [0, 1).
-        let x = (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-        x * 100.0 < percent
-    }
 }
 
 fn now_nanos() -> u128 {
@@ -375,10 +351,6 @@ impl RootContext for FaultRoot {
             Ok(config) => {
                 let mut st = self.state.borrow_mut();
                 if self.config.is_none() {
-                    // WASI random_get keys std's RandomState: a per-VM seed, never the clock.
-                    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-                    h.write_u32(0x5eed);
-                    st.rng = h.finish();
                     st.metrics = Metrics::define();
                 }
                 drop(st);
@@ -516,9 +488,9 @@ impl HttpContext for Fault {
         }
         let mut st = self.state.borrow_mut();
         let delay = delay
-            .filter(|(d, p)| !d.is_zero() && st.roll(*p))
+            .filter(|(d, p)| !d.is_zero() && st.rng.percent(*p))
             .map(|(d, _)| d);
-        let abort = abort.filter(|(_, p)| st.roll(*p)).map(|(a, _)| a);
+        let abort = abort.filter(|(_, p)| st.rng.percent(*p)).map(|(a, _)| a);
         if let Some(delay) = delay
             && st.pending.len() < config.max_active
         {

@@ -52,9 +52,7 @@
 //! forces: the stream context, the header values it reads (`:path`, `:method`, `:authority` only
 //! when some route tests them), the property-path vectors, and a rewritten path.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 
 use regex_lite::Regex;
@@ -63,6 +61,7 @@ use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use weir_sdk::proxy_wasm::types::{Action, ContextType, LogLevel};
+use weir_sdk::random::Rng;
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_root_context_id| Box::new(RouterRoot {
@@ -701,31 +700,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-/// splitmix64, one per VM, seeded from WASI `random_get` (std's `RandomState` keys).
-struct Rng(Cell<u64>);
-
-impl Rng {
-    fn from_entropy() -> Self {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(0x5eed);
-        Self(Cell::new(h.finish()))
-    }
-
-    fn next(&self) -> u64 {
-        let s = self.0.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        self.0.set(s);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform-enough in `0..n` (multiply-shift; the bias is below 2^-32 for any u32-sized `n`).
-    fn below(&self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -57,7 +57,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -66,6 +65,7 @@ use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use weir_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use weir_sdk::random::Rng;
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_root_context_id| Box::new(TelemetryRoot {
@@ -276,38 +276,17 @@ fn rfc3339(t: SystemTime) -> String {
 /// The per-VM state shared by the root and its streams.
 #[derive(Default)]
 struct State {
-    /// splitmix64 state.
-    rng: u64,
+    rng: Rng,
     /// Metric name → id (`None`: the host refused it; not asked again).
     metrics: HashMap<String, Option<u32>>,
 }
 
 impl State {
-    fn next_u64(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// True with probability `percent`/100.
-    fn roll(&mut self, percent: f64) -> bool {
-        if percent <= 0.0 {
-            return false;
-        }
-        if percent >= 100.0 {
-            return true;
-        }
-        let x = (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-        x * 100.0 < percent
-    }
-
     fn trace_id(&mut self) -> [u8; 16] {
         loop {
             let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&self.next_u64().to_be_bytes());
-            id[8..].copy_from_slice(&self.next_u64().to_be_bytes());
+            id[..8].copy_from_slice(&self.rng.next_u64().to_be_bytes());
+            id[8..].copy_from_slice(&self.rng.next_u64().to_be_bytes());
             if id != [0; 16] {
                 return id;
             }
@@ -316,7 +295,7 @@ impl State {
 
     fn span_id(&mut self) -> [u8; 8] {
         loop {
-            let id = self.next_u64();
+            let id = self.rng.next_u64();
             if id != 0 {
                 return id.to_be_bytes();
             }
@@ -364,12 +343,6 @@ impl RootContext for TelemetryRoot {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match Config::parse(&bytes) {
             Ok(config) => {
-                if self.config.is_none() {
-                    // WASI random_get keys std's RandomState: a per-VM seed, never the clock.
-                    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-                    h.write_u32(0x7e1e);
-                    self.state.borrow_mut().rng = h.finish();
-                }
                 self.config = Some(Rc::new(config));
                 true
             }
@@ -466,7 +439,7 @@ impl HttpContext for Telemetry {
                 None => {
                     let trace_id = st.trace_id();
                     let span_id = st.span_id();
-                    let sampled = st.roll(self.config.sample_percent);
+                    let sampled = st.rng.percent(self.config.sample_percent);
                     (trace_id, None, u8::from(sampled), span_id)
                 }
             }
