@@ -814,3 +814,31 @@ fn match_limits_the_checked_paths() {
         "a prefix must start with /"
     );
 }
+
+/// Verified tokens are cached, but only for the key set they were verified with: once a refresh
+/// drops the key that signed a token, the token is refused although it was accepted (and cached)
+/// before.
+#[test]
+fn a_cached_token_does_not_outlive_its_key() {
+    let f = auth("cache-rotation", cluster_config());
+    f.answer_callout(f.callouts()[0].token, jwks_answer(JWKS_V1));
+    assert_passes(&with_token(&f, ES_VALID).1);
+    assert_passes(&with_token(&f, ES_VALID).1); // served from the cache
+    // The periodic refresh brings a key set without `ec-1`.
+    f.advance_clock(Duration::from_secs(300));
+    f.tick();
+    let calls = f.callouts();
+    assert_eq!(calls.len(), 2, "refreshed after 300 s");
+    f.answer_callout(calls[1].token, jwks_answer(JWKS_V2));
+    let (mut s, step) = with_token(&f, ES_VALID);
+    // ES_VALID's kid is unknown now: the filter asks for a refresh, which still lacks it.
+    if step.local_reply.is_none() {
+        let token = s.callouts().last().expect("a kid refresh").token;
+        let step = s.answer_callout(token, jwks_answer(JWKS_V2));
+        assert_refused(&step, 401, "unknown_key");
+    } else {
+        assert_refused(&step, 401, "unknown_key");
+    }
+    // A token whose key stayed is still accepted.
+    assert_passes(&with_token(&f, RS_VALID).1);
+}

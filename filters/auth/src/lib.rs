@@ -54,6 +54,9 @@
 //!   the `sub` and each forwarded claim (strings as is, other values as JSON) is set as request
 //!   header and property `weir.auth.claim.<claim>`. Without a token or key: 401 unless `jwt.required`
 //!   is false. When no credential authenticated, the principal is the peer's SPIFFE ID, if any.
+//! * Verified tokens are cached per VM (up to 1024; Envoy's `jwt_cache_config`): a repeat skips
+//!   decoding and the signature check but not `exp`/`nbf`, and an entry counts only for the key
+//!   set it was verified with, so a JWKS refresh that drops its key refuses it again.
 //! * Refusals: 401 with `www-authenticate: Bearer realm="weir", error="invalid_token"` (without
 //!   `error` for a missing token) and `x-weir-auth: <reason>`, reason one of `missing_token`,
 //!   `invalid_token`, `expired`, `not_yet_valid`, `wrong_issuer`, `wrong_audience`,
@@ -808,7 +811,27 @@ struct State {
     kid_refresh_pending: bool,
     /// When the first fetch last failed (while there are no keys).
     failed_at: Option<u64>,
+    /// Tokens whose signature, issuer and audience were verified (Envoy's `jwt_cache_config`):
+    /// a repeat costs a map lookup and the time checks instead of a signature verification.
+    verified: std::collections::HashMap<String, Cached>,
     metrics: Metrics,
+}
+
+/// A verified token's claims, valid while its key set is the one it was verified with.
+struct Cached {
+    keys: Rc<Vec<Jwk>>,
+    claims: Rc<serde_json::Map<String, Value>>,
+}
+
+/// Most tokens kept verified per VM; when full the cache starts over (a burst of distinct
+/// tokens cannot grow it without bound).
+const VERIFIED_CACHE_MAX: usize = 1024;
+
+/// `exp` and `nbf` against `now` with `skew` (the checks that must run even for a cached token).
+fn time_ok(claims: &serde_json::Map<String, Value>, now: u64, skew: u64) -> bool {
+    let time = |name: &str| claims.get(name).and_then(Value::as_f64);
+    time("exp").is_none_or(|exp| now as f64 <= exp + skew as f64)
+        && time("nbf").is_none_or(|nbf| (now + skew) as f64 >= nbf)
 }
 
 fn now_secs() -> u64 {
@@ -971,30 +994,58 @@ fn authenticate(
             }
         }
     };
-    let claims = match verify_jwt(&token, &keys, jwt, now) {
-        Verified::Ok(claims) => claims,
-        Verified::UnknownKid => {
-            let st = state.borrow();
-            let new_refresh = st
-                .kid_refresh_at
-                .is_none_or(|t| now >= t + KID_REFRESH_INTERVAL.as_secs());
-            let allowed = new_refresh || st.kid_refresh_pending;
-            drop(st);
-            if jwt.cluster.is_some()
-                && may_wait
-                && allowed
-                && let Some(token) = stream_fetch(jwt, state)
-            {
+    let cached = {
+        let st = state.borrow();
+        st.verified
+            .get(&token)
+            .filter(|c| {
+                Rc::ptr_eq(&c.keys, &keys) && time_ok(&c.claims, now, jwt.clock_skew.as_secs())
+            })
+            .map(|c| Rc::clone(&c.claims))
+    };
+    let claims = match cached {
+        Some(claims) => claims,
+        // Not cached, cached under a key set since rotated, or its time ran out: verify in full
+        // (which also names the reason of a refusal).
+        None => match verify_jwt(&token, &keys, jwt, now) {
+            Verified::Ok(claims) => {
+                let claims = Rc::new(claims);
                 let mut st = state.borrow_mut();
-                if new_refresh {
-                    st.kid_refresh_at = Some(now);
-                    st.kid_refresh_pending = true;
+                if st.verified.len() >= VERIFIED_CACHE_MAX {
+                    st.verified.clear();
                 }
-                return Err(Outcome::WaitJwks(token));
+                st.verified.insert(
+                    token,
+                    Cached {
+                        keys: Rc::clone(&keys),
+                        claims: Rc::clone(&claims),
+                    },
+                );
+                claims
             }
-            return Err(deny(state, 401, Reason::UnknownKey));
-        }
-        Verified::Refused(reason) => return Err(deny(state, 401, reason)),
+            Verified::UnknownKid => {
+                let st = state.borrow();
+                let new_refresh = st
+                    .kid_refresh_at
+                    .is_none_or(|t| now >= t + KID_REFRESH_INTERVAL.as_secs());
+                let allowed = new_refresh || st.kid_refresh_pending;
+                drop(st);
+                if jwt.cluster.is_some()
+                    && may_wait
+                    && allowed
+                    && let Some(token) = stream_fetch(jwt, state)
+                {
+                    let mut st = state.borrow_mut();
+                    if new_refresh {
+                        st.kid_refresh_at = Some(now);
+                        st.kid_refresh_pending = true;
+                    }
+                    return Err(Outcome::WaitJwks(token));
+                }
+                return Err(deny(state, 401, Reason::UnknownKey));
+            }
+            Verified::Refused(reason) => return Err(deny(state, 401, reason)),
+        },
     };
     for (claim, header) in &jwt.forward_claims {
         let Some(value) = claims.get(claim) else {
