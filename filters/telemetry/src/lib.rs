@@ -462,12 +462,15 @@ impl HttpContext for Telemetry {
             set_prop("parent_id", p.as_bytes());
         }
         set_prop("sampled", if sampled { b"1" } else { b"0" });
+        // Only the access log reads these: without it, no host calls and no copies for them.
+        let log = self.config.access_log;
+        let capture = |name: &str| if log { self.header_string(name) } else { None };
         self.seen = Some(Seen {
             start,
-            method: self.header_string(":method"),
-            authority: self.header_string(":authority"),
-            path: self.header_string(":path"),
-            request_id: self.header_string("x-request-id"),
+            method: capture(":method"),
+            authority: capture(":authority"),
+            path: capture(":path"),
+            request_id: capture("x-request-id"),
             trace_id: trace_hex,
             span_id: span_hex,
             parent_id: parent_hex,
