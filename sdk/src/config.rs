@@ -53,6 +53,39 @@ pub fn on_configure<T: DeserializeOwned>(slot: &mut T) -> bool {
     }
 }
 
+/// Whether `s` is an RFC 9110 token (a header name, a method, a cookie name).
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Checks a header name from a configuration and lower-cases it: a token, optionally behind a
+/// leading `:` when `pseudo_ok` (pseudo-headers may be read or matched, never added or edited).
+pub fn header_name(name: &str, pseudo_ok: bool) -> Result<String, &'static str> {
+    let token = match name.strip_prefix(':') {
+        Some(rest) if pseudo_ok => rest,
+        Some(_) => return Err("pseudo-headers cannot be added or edited"),
+        None => name,
+    };
+    if token.is_empty() {
+        return Err("empty name");
+    }
+    if !is_token(token) {
+        return Err("not a valid header name");
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// Checks a header value from a configuration: no control character but HTAB (CR, LF and NUL
+/// would let a configuration smuggle extra header lines into an HTTP/1 message).
+pub fn header_value(value: &str) -> Result<(), &'static str> {
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err("value contains a control character");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +126,19 @@ mod tests {
             e.to_string().starts_with("invalid plugin configuration"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn header_names_and_values() {
+        assert_eq!(header_name("X-A", false), Ok("x-a".to_owned()));
+        assert_eq!(header_name(":path", true), Ok(":path".to_owned()));
+        assert!(header_name(":path", false).is_err());
+        assert!(header_name("", false).is_err() && header_name(":", true).is_err());
+        assert!(header_name("a b", false).is_err());
+        assert!(header_value("ok\tvalue").is_ok());
+        for bad in ["a\r\nb", "a\0", "a\x7f"] {
+            assert!(header_value(bad).is_err(), "{bad:?}");
+        }
+        assert!(is_token("GET") && !is_token("") && !is_token("a;b"));
     }
 }

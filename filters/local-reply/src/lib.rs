@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use serde::Deserialize;
+use weir_sdk::config::{header_name, header_value};
 use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -71,7 +72,7 @@ impl Config {
             .map(|(name, value)| {
                 let name =
                     header_name(&name, false).map_err(|e| format!("header {name:?}: {e}"))?;
-                check_value(&value).map_err(|e| format!("header {name:?}: {e}"))?;
+                header_value(&value).map_err(|e| format!("header {name:?}: {e}"))?;
                 Ok((name, value))
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -86,33 +87,6 @@ impl Config {
             when_header,
         })
     }
-}
-
-/// Lower-cases and checks a header name: RFC 9110 token characters, optionally behind a leading
-/// `:` (pseudo-headers may be tested, never added).
-fn header_name(name: &str, pseudo_ok: bool) -> Result<String, &'static str> {
-    let token = match name.strip_prefix(':') {
-        Some(rest) if pseudo_ok => rest,
-        Some(_) => return Err("pseudo-headers cannot be added"),
-        None => name,
-    };
-    if token.is_empty() {
-        return Err("empty name");
-    }
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if !token.bytes().all(tchar) {
-        return Err("not a valid header name");
-    }
-    Ok(name.to_ascii_lowercase())
-}
-
-/// Rejects control characters other than HTAB: CR, LF and NUL would let a configuration smuggle
-/// extra header lines into an HTTP/1 message.
-fn check_value(value: &str) -> Result<(), &'static str> {
-    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return Err("value contains a control character");
-    }
-    Ok(())
 }
 
 struct LocalReplyRoot {

@@ -57,6 +57,7 @@ use std::rc::Rc;
 
 use regex_lite::Regex;
 use serde::Deserialize;
+use weir_sdk::config::{header_name, header_value, is_token};
 use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -368,7 +369,7 @@ impl Route {
                 let rewrite = match (raw.rewrite, &path) {
                     (None, _) => None,
                     (Some(r), Some(PathMatch::Prefix(_))) => {
-                        check_value(&r.prefix).map_err(|e| format!("rewrite.prefix: {e}"))?;
+                        header_value(&r.prefix).map_err(|e| format!("rewrite.prefix: {e}"))?;
                         Some(r.prefix)
                     }
                     (Some(_), _) => {
@@ -410,7 +411,7 @@ impl Route {
                         if r.location.is_empty() {
                             return Err("redirect.location is empty".into());
                         }
-                        check_value(&r.location).map_err(|e| format!("redirect.location: {e}"))?;
+                        header_value(&r.location).map_err(|e| format!("redirect.location: {e}"))?;
                         RouteAction::Reply(r.status, vec![("location".into(), r.location)], None)
                     }
                     (None, Some(d)) => {
@@ -553,7 +554,7 @@ fn header_edits(edits: RawHeaderEdits, what: &str) -> Result<(Vec<String>, Heade
         .map(|(name, value)| {
             let name =
                 header_name(&name, false).map_err(|e| format!("{what} header {name:?}: {e}"))?;
-            check_value(&value).map_err(|e| format!("{what} header {name:?}: {e}"))?;
+            header_value(&value).map_err(|e| format!("{what} header {name:?}: {e}"))?;
             Ok((name, value))
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -582,35 +583,6 @@ fn parse_duration_ms(s: &str) -> Result<u64, String> {
         return Err(format!("{s:?}: out of range"));
     }
     Ok(ms as u64)
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Lower-cases and checks a header name: RFC 9110 token characters, optionally behind a leading
-/// `:` (pseudo-headers may be matched, never edited).
-fn header_name(name: &str, pseudo_ok: bool) -> Result<String, &'static str> {
-    let token = match name.strip_prefix(':') {
-        Some(rest) if pseudo_ok => rest,
-        Some(_) => return Err("pseudo-headers cannot be edited"),
-        None => name,
-    };
-    if !is_token(token) {
-        return Err("not a valid header name");
-    }
-    Ok(name.to_ascii_lowercase())
-}
-
-/// Rejects control characters other than HTAB: CR, LF and NUL would let a configuration smuggle
-/// extra header lines into an HTTP/1 message.
-fn check_value(value: &str) -> Result<(), &'static str> {
-    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return Err("value contains a control character");
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
