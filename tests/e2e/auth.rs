@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use weir_tests::client::Collected;
 use weir_tests::tls::{Leaf, TestCa, TlsClient, https_get};
-use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, Weir, within};
+use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, Weir, add_to_listener, within};
 
 /// One answer of a [`MockServer`].
 struct Reply {
@@ -298,25 +298,6 @@ const TD: &str = "example.org";
 const FRONT_ID: &str = "spiffe://example.org/ns/test/sa/front";
 const OTHER_ID: &str = "spiffe://example.org/ns/test/sa/other";
 
-/// Inserts `lines` after the last line of listener `name` in `yaml`.
-fn add_to_listener(yaml: &str, name: &str, lines: &[String]) -> String {
-    let mut out: Vec<String> = yaml.lines().map(str::to_string).collect();
-    let start = out
-        .iter()
-        .position(|l| *l == format!("  - name: {name}"))
-        .unwrap_or_else(|| panic!("no listener {name} in:\n{yaml}"));
-    let mut end = start + 1;
-    while end < out.len() && out[end].starts_with("    ") {
-        end += 1;
-    }
-    for (i, l) in lines.iter().enumerate() {
-        out.insert(end + i, l.clone());
-    }
-    let mut s = out.join("\n");
-    s.push('\n');
-    s
-}
-
 #[tokio::test]
 async fn rules_allow_and_deny_by_spiffe_id_over_mtls() {
     let echo = EchoServer::start().await;
@@ -429,22 +410,7 @@ async fn ext_authz_allow_deny_and_timeout() {
     assert_eq!(echo.wait_requests(1).await.len(), 1);
 }
 
-// The same fixtures as sdk/tests/auth.rs.
-// Generated once with Python `cryptography` (throwaway script); private keys were discarded.
-// iss https://issuer.example, aud api, exp 4102444800 (2100) unless the name says otherwise.
-const JWKS_V1: &str = r#"{"keys":[{"kty":"RSA","kid":"rsa-1","alg":"RS256","use":"sig","n":"tkYZOm_qI7VeYz95q7XGtoMe5ZadFbTy1xp_3CnaSskWqnEVqnsSNBjSZ9ifp8tULQP1BVH5igFUJPJU809OgtdmWiL92IP_AnuWLngd53HKasFi8IGa7mzpSrN4hiSXpfX0BZG078UgRtNfhJWmU2nJdCETtlIhdhXAPLgVU9PM2QbOGWgD4Rh6QOIoRKeloOuqHsBQMR0CrneSbkDuK6qhTwyA_gEiPG-k4LMtsureKkt0pih0apL-pmgoZ2pY4VaAVr6D1rz8rmv2CChNlzBRPBI81YZ9pl3UjfcBIcjhU7v0a-Ti4YUHqX0Jqsn7mxT_dGLKlHsFyQNDZR7w9w","e":"AQAB"},{"kty":"EC","kid":"ec-1","crv":"P-256","x":"KS_c-54luQqJ3Wtdx0ndRoGf2k0owT4NOZtimyvTH-M","y":"3Z5Zve8WTlOzRG_PPvvcAMR7A2gQjYjCZgyrpgeXDgA"},{"kty":"oct","kid":"hs-1","alg":"HS256","k":"d2Vpci10ZXN0LWhtYWMtc2VjcmV0LTAxMjM0NTY3ODlhYmNkZWY"}]}"#;
-/// After rotation: rsa-1 and the new rsa-2.
-const JWKS_V2: &str = r#"{"keys":[{"kty":"RSA","kid":"rsa-1","alg":"RS256","use":"sig","n":"tkYZOm_qI7VeYz95q7XGtoMe5ZadFbTy1xp_3CnaSskWqnEVqnsSNBjSZ9ifp8tULQP1BVH5igFUJPJU809OgtdmWiL92IP_AnuWLngd53HKasFi8IGa7mzpSrN4hiSXpfX0BZG078UgRtNfhJWmU2nJdCETtlIhdhXAPLgVU9PM2QbOGWgD4Rh6QOIoRKeloOuqHsBQMR0CrneSbkDuK6qhTwyA_gEiPG-k4LMtsureKkt0pih0apL-pmgoZ2pY4VaAVr6D1rz8rmv2CChNlzBRPBI81YZ9pl3UjfcBIcjhU7v0a-Ti4YUHqX0Jqsn7mxT_dGLKlHsFyQNDZR7w9w","e":"AQAB"},{"kty":"RSA","kid":"rsa-2","alg":"RS256","use":"sig","n":"zLzVj84yO9sn18T0TMzOrmP05feNXOhDkUqjEmrBA_NPpLtSDVGUqVjHpKJqxI9UeNjVsSE6gMtAshEVkUknmiGkeLEruEggEhE7KmJ2rmOa2znyshqnpSVv7F75ame1fJvg6nevtCWSF6n-sAd5EYFpNGMJNGmiEUShzC_qB22afhAlXfWKuGEhMIOi1sC8qWj5Co2B-MU1UXKSxqg6qrZnB1qKW5a6_F6jbPmuFjIpbjG33TmiInaLbCmIqPFl2FnBOARIkCcWYvBHL5WBPjLmUzLoQAzZDc_m0Pd-lWFMwSq7RWgaFCmxAwj4cz_1wA0kMxc3Ui5BN_tG0k1FJQ","e":"AQAB"}]}"#;
-const RS_VALID: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoiYXBpIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsInN1YiI6ImFsaWNlIiwidGVuYW50IjoiYWNtZSIsImxldmVsIjozfQ.TmyAUdat7nSuZ_XuuXOuWcfA9m5kgkxl37YzRyWDw1jCwYahVfDWiryAJfHai_gGPXSzI5X_hw2xlzZvboZNu2CRC54t-DEfIBElz1z_DazpG_iXUb-FBLFu3BFu14gANdtJHuhTGwM2MlFlQ-nVTGptVZDp8evP2iO37pFYIpHpFxdXtZu8j1mj9fGcig5RUEjnlweP9mdfrwyqB-WwjAUh_0Fyiqp4qgP0jyEywkE_K2lIj4HBIBq3KPM74t16_1S8RDg9IMzjhmtiPfzxJfZNpZf5ap323K9s_zwY2y_XYhNnfjhh-YPL9sWFekFhfof5jmynp64aXyq5luli7g";
-const RS_NO_KID: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoiYXBpIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsInN1YiI6ImFsaWNlIn0.kWdEK3Dodrj4XLJrCfX3_fLWoPrujNDUTRy12uYpUf9svf5RsSHssnm-CIU8NtsjcmGx2LvwEwkHCm2goxtXJp6VBVpQ0_IguUoH3qT_L1AHRVmxG_W7swONG68rhuffAvg7A7AThnW_6fj0Ddk3d76M7UWr-D2nbiAbYxQhX2SEWwPPPpjea1uQ5mizJw-BfRVVNJGqEcS4SVgYXdI_PnYa4Y82Ce5KY6NhP3O3x3JVK3guWn74riXDpoYxtUznTocEP6y2ClO3CmyxpqQhRQc_pucN0pbOd-fksl12MlztgJvQGqoYdLh8cEEbaOUVqD8jHef66dq-MrZOj-Hndw";
-const ES_VALID: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImVjLTEifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjpbIm90aGVyIiwiYXBpIl0sImV4cCI6NDEwMjQ0NDgwMCwiaWF0IjoxNzAwMDAwMDAwLCJzdWIiOiJib2IifQ.4FGQcoc24pRba6wSP_D5KjgCIIAS4I2n2jmfQME5YvG7h9h--wIbYStBL2kjFCBYdKrVZQQNCNh8Va40RxY1yQ";
-const HS_VALID: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImhzLTEifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoiYXBpIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsInN1YiI6ImNhcm9sIn0.0EJDqbo8bkdvss8uEbXfVzJ75Nz5c2M0-cgY7g-ffV0";
-const RS_EXPIRED: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoiYXBpIiwiZXhwIjoxNjAwMDAwMDAwLCJpYXQiOjE3MDAwMDAwMDAsInN1YiI6ImFsaWNlIn0.Z-ZgsbEA3evYDMUSydGtgN251gLOXwu1wqyPsOTGFVE12ljusiKA1qbB5pL-zykdAuPhpuLf9qKDOmkYT3rE7k0NtBWexGJ5IBD2uCpmVO8SHIGkBbiVyla9_9j4AlaPR8XSqxzr6E2OQKGMC62RhhG7W31SX7j00TFppQaI5Z1OzujHphzsPMP3AiwP7dEYZaybe2dKLu8fJxzx1BAJdoO6s8Nsb4e59NDreyknLh8-S1WF9JRwlOI4P2rYDQ_-mp93eczGOrJB9UWwuzLmTij94X6E63QWiF0awZqfZr6qbGi45JJRndi1E4WVDadWpEbH2qrxMEViW35KqItVMQ";
-const RS_NOT_YET_VALID: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoiYXBpIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsInN1YiI6ImFsaWNlIiwibmJmIjo0MDAwMDAwMDAwfQ.rTv6cdQV_U9eg_fUQJvNQXjPa_vNBveoClBi2rU3lZRVxkgrlC1AwSHdy_l23mCVTlvADD-3ck-gMxY66wArcN0biT_PeYaHrmRxoRYI8UPNIYbk_W097ahHXBioUfxqkpxMiqwXXvZxakcJM3NUbSX58uuVc882E2D70Tr60LlanVfDaXFPfTmTWLZRPHJZniGNqHTjYUTjiUOp4o6u9Hy6WOsTRpqciSVnEF5reBBMr2uVTQ849udsqdJ9D2_jm9zQNwuSj5X5XHs3PtlX17VL8yB3hSlAX77IUVURu0HB_6vjDZwe_D1DSZVPf46dOxgCcyBGs24Lj-C9ps4izA";
-const RS_WRONG_AUD: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoid2ViIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsInN1YiI6ImFsaWNlIn0.TN6wx_HVfMvvnqJnDtrekFeYh0TF_aiRur4-CA8yBjsDXxpAg8a4r5uHnpi_FrLD94c6c17oTdWxA0iMJnXyHDMY08yQqb1yxIaXYxjBB6RmK56kpVdrV8cBKEcg6GPbqotDIQp3vAG5eomyGdzIDdbCQ2363b4Gu-fR2l_Gmm5q2gfrLE04_5fgmAQ4tAdbhEwdaPLKMUUFsHiskJvJOSWRi5y9ruQMrJ_8JiBTikD2zv4DlmFYaXbjymLGXPq6zR4a42B7LrwEcdlNQJ3ZT1rVjKex1t28imvopHO09R2u3TfPnIBhsCyunTyA6-kQ9BE0jSVo8pvmCGu_IB2hxg";
-const RS_WRONG_ISS: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2V2aWwuZXhhbXBsZSIsImF1ZCI6ImFwaSIsImV4cCI6NDEwMjQ0NDgwMCwiaWF0IjoxNzAwMDAwMDAwLCJzdWIiOiJhbGljZSJ9.mRypG1Gsgovk9OYt2wjbXQGASi10Qzyq39aFhImmXV74MdzAthLM4e3lQzWD4pChuS4hQpj41W6Iti--k1md6mQNgGxQjqcQqKfJY0T7N3NbGJkgGadhWlKDhVFfIRlfV5b7tmrweAeHdjmqgj57pubgSzrxjeFuyBfj8u9dHXifIK6h0Ac9629zceGpiG5-rt5zYHxRsfnnYJy6LHFayml6dFFTz6EL2oiEIcVyKw_kdwolD80-aZfZ4mKW3x5vMs8NhvUlpbbhAdh_VTlWt7i6bcORHcEUT1JuYjVA8VXs-05BjcWReyDJOEihgnbX-jwnuJBo7v7XPVm21xtlvA";
-const RS_BAD_SIG: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoiYXBpIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsInN1YiI6Im1hbGxvcnkiLCJ0ZW5hbnQiOiJhY21lIiwibGV2ZWwiOjN9.TmyAUdat7nSuZ_XuuXOuWcfA9m5kgkxl37YzRyWDw1jCwYahVfDWiryAJfHai_gGPXSzI5X_hw2xlzZvboZNu2CRC54t-DEfIBElz1z_DazpG_iXUb-FBLFu3BFu14gANdtJHuhTGwM2MlFlQ-nVTGptVZDp8evP2iO37pFYIpHpFxdXtZu8j1mj9fGcig5RUEjnlweP9mdfrwyqB-WwjAUh_0Fyiqp4qgP0jyEywkE_K2lIj4HBIBq3KPM74t16_1S8RDg9IMzjhmtiPfzxJfZNpZf5ap323K9s_zwY2y_XYhNnfjhh-YPL9sWFekFhfof5jmynp64aXyq5luli7g";
-const ES_BAD_SIG: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImVjLTEifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoiYXBpIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsInN1YiI6ImJvYiJ9._BhW3U2gTxRLvwo-pK44p4b1uAMVrcztFBF769aaPq9bSwUHveXbM4SfpDdi-siCiLfsPkiGDw03jIB40jyjRA";
-const NONE: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoiYXBpIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsInN1YiI6ImFsaWNlIn0.";
-const HS_WITH_RSA_KID: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoiYXBpIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsInN1YiI6ImFsaWNlIn0.DELkj3v-RrjjjPZg0Ccne7jNaabTjodVZoeV28BuKfU";
-const RS_ROTATED: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0yIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoiYXBpIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsInN1YiI6ImRhdmUifQ.sIluSDfO7S7Hn0fuiK3OLP_AXyyH8QUTDbMAE6UlHsK31_Vi0GdizjxX7ifsfHgsjzF_7oqoDMJsg8SMk7qJvYHQDr734xeQnSuTASmZJbXTxfrg2A3F-mapo1Ixvs-GYOepiy4LilHj7kJpEqgCetc2gqjqB8NRgipyb7ShcSkUtBnLlrMCaZ9ZFY3CrTrmO7K7vbDrO3Th8537WcO8Oac7WUS-qnCkK0BuUJdrlx1uf1a2e5JLbY4DYrMScg77I-i3iOaD_VpskdnjN0JaYs8ydPE76YVZT5lK8KB2dmvrCACVaKadggta-kia1fSUfdbsXfQ7qbLf9YBA9EGTsQ";
+// The keys and tokens (shared with the harness tests).
+#[path = "../fixtures/jwt.rs"]
+mod jwt;
+use jwt::*;

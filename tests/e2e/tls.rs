@@ -31,7 +31,8 @@ use weir_tests::tls::{
     tls11_client_hello, write_atomic,
 };
 use weir_tests::{
-    ChainManifest, EchoServer, FilterDef, H1Client, Weir, body_empty, within, within_for,
+    ChainManifest, EchoServer, FilterDef, H1Client, Weir, add_to_listener, body_empty, within,
+    within_for,
 };
 
 use crate::assert_error;
@@ -66,26 +67,6 @@ fn trace_b() -> FilterDef {
 /// The conformance `properties` filter (routing to cluster `app`, as the listener does anyway).
 fn props() -> FilterDef {
     FilterDef::new("props", CONFORMANCE).config(r#"{"scenario":"properties","cluster":"app"}"#)
-}
-
-/// Inserts `lines` (already indented for a listener's body) after the last line of listener
-/// `name` in `yaml`.
-fn add_to_listener(yaml: &str, name: &str, lines: &[String]) -> String {
-    let mut out: Vec<String> = yaml.lines().map(str::to_string).collect();
-    let start = out
-        .iter()
-        .position(|l| *l == format!("  - name: {name}"))
-        .unwrap_or_else(|| panic!("no listener {name} in:\n{yaml}"));
-    let mut end = start + 1;
-    while end < out.len() && out[end].starts_with("    ") {
-        end += 1;
-    }
-    for (i, l) in lines.iter().enumerate() {
-        out.insert(end + i, l.clone());
-    }
-    let mut s = out.join("\n");
-    s.push('\n');
-    s
 }
 
 /// The `tls:` block of B's listener (files `back.pem`, `back-key.pem`, `ca.pem` in its folder).

@@ -207,3 +207,23 @@ impl ChainManifest {
         Weir::start(&self.yaml()).await
     }
 }
+
+/// Inserts `lines` (indented for a listener's body, e.g. a `tls:` block) after the last line of
+/// listener `name` in `yaml` as [`ChainManifest::yaml`] writes it.
+pub fn add_to_listener(yaml: &str, name: &str, lines: &[String]) -> String {
+    let mut out: Vec<String> = yaml.lines().map(str::to_string).collect();
+    let start = out
+        .iter()
+        .position(|l| *l == format!("  - name: {name}"))
+        .unwrap_or_else(|| panic!("no listener {name} in:\n{yaml}"));
+    let mut end = start + 1;
+    while end < out.len() && out[end].starts_with("    ") {
+        end += 1;
+    }
+    for (i, l) in lines.iter().enumerate() {
+        out.insert(end + i, l.clone());
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    s
+}

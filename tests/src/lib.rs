@@ -18,7 +18,7 @@ pub mod weir;
 use std::future::Future;
 use std::time::Duration;
 
-pub use chain::{ChainManifest, FilterDef};
+pub use chain::{ChainManifest, FilterDef, add_to_listener};
 pub use client::{H1Client, H2Client, RawClient, RawResponse, body_empty, body_full, collect};
 pub use upstream::{BlackholeListener, EchoServer, Fault, FaultyServer, Recorded, closed_port};
 pub use weir::{Manifest, Weir, check, weir_bin};
