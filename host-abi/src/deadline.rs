@@ -3,8 +3,8 @@
 //! The epoch ticker measures wall time, but on a loaded machine a worker thread can be descheduled
 //! for longer than a 10 ms budget while a well-behaved callback is running; killing the filter then
 //! would turn CPU contention into 503s. So when a callback's wall-clock deadline passes, the epoch
-//! callback reads the thread's CPU time (`/proc/thread-self/schedstat`, Linux; read only in this
-//! rare case, never per callback) and extends the deadline one budget at a time until the guest
+//! callback reads the thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`; read only in this rare case,
+//! never per callback) and extends the deadline one budget at a time until the guest
 //! has *consumed* a full budget of CPU since the first expiry. A spinning guest is therefore
 //! stopped after about two budgets of wall time (more if it was itself starved), and never later
 //! than [`MAX_EXTENSIONS`] extra budgets. Where thread CPU time is unavailable the deadline is
@@ -39,10 +39,14 @@ impl DeadlineState {
     }
 }
 
-/// The thread's on-CPU time in nanoseconds, if the OS tells us.
+/// The thread's on-CPU time in nanoseconds, if the OS tells us. The POSIX thread CPU clock is
+/// exact; `/proc/thread-self/schedstat`, read before, lags by up to a scheduler tick.
 fn thread_cpu_nanos() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    s.split_whitespace().next()?.parse().ok()
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    u64::try_from(t.tv_sec)
+        .ok()?
+        .checked_mul(1_000_000_000)?
+        .checked_add(u64::try_from(t.tv_nsec).ok()?)
 }
 
 /// Decides, when the epoch deadline is reached, whether the guest really overran its budget.
@@ -70,7 +74,7 @@ mod tests {
     #[test]
     fn thread_cpu_time_is_readable_and_monotonic_on_linux() {
         if cfg!(target_os = "linux") {
-            let a = super::thread_cpu_nanos().expect("schedstat");
+            let a = super::thread_cpu_nanos().expect("thread CPU clock");
             let mut x = 0u64;
             for i in 0..1_000_000u64 {
                 x = x.wrapping_add(i * i);

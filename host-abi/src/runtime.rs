@@ -51,6 +51,8 @@ struct Inner {
     metrics: MetricsRegistry,
     config: RuntimeConfig,
     stop_ticker: Arc<AtomicBool>,
+    /// The epoch ticker starts with the first VM: a process with no filters pays no wake-ups.
+    ticker: std::sync::OnceLock<Result<(), String>>,
 }
 
 impl Drop for Inner {
@@ -102,8 +104,6 @@ impl Runtime {
         drop(store);
 
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_ticker(engine.clone(), config.epoch_tick, stop.clone())
-            .map_err(|e| RuntimeError(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
@@ -114,8 +114,26 @@ impl Runtime {
                 metrics,
                 config,
                 stop_ticker: stop,
+                ticker: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Starts the epoch ticker thread unless it runs already (callback deadlines need it).
+    pub(crate) fn ensure_ticker(&self) -> Result<(), RuntimeError> {
+        let inner = &self.inner;
+        inner
+            .ticker
+            .get_or_init(|| {
+                spawn_ticker(
+                    inner.engine.clone(),
+                    inner.config.epoch_tick,
+                    inner.stop_ticker.clone(),
+                )
+                .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(RuntimeError)
     }
 
     /// The wasmtime engine.

@@ -164,6 +164,9 @@ impl Vm {
         config: PluginConfig,
         host: Box<dyn PluginHost>,
     ) -> Result<Vm, StartError> {
+        runtime
+            .ensure_ticker()
+            .map_err(|e| StartError::Instantiate(e.to_string()))?;
         let plugin = Arc::new(PluginShared {
             environ: config
                 .environment
