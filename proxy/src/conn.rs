@@ -1,140 +1,109 @@
-//! One downstream connection: the byte stream (with activity tracking and the HTTP/1.1 framing
-//! watcher), hyper's HTTP/1.1 + HTTP/2 server on it, and its end — by the peer, by the idle or
-//! first-byte timeout, or by a drain.
+//! One downstream connection: TLS first on a TLS listener, then the protocol — HTTP/1.1 by
+//! Weir's own server ([`crate::http::h1`]), HTTP/2 by hyper's (ALPN `h2`, or the prior-knowledge
+//! preface on plaintext) — and its end: by the peer, by the header-read or idle timeout, or by a
+//! drain.
+//!
+//! The clocks are coarse on purpose: no timer is armed, moved or polled per request. An HTTP/1.1
+//! connection only records its [`Phase`] and bumps an activity counter; the worker's
+//! [`Watchdog`] looks at every connection a few times per timeout and aborts those past their
+//! limits, and a drain closes the idle ones at once (busy ones end after their current request).
+//! HTTP/2 connections, which hyper drives, keep a supervisor of their own ([`supervise`]) that
+//! can send a GOAWAY.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 
-use crate::http::framing::FramingWatcher;
+use crate::config::ListenerLimits;
+use crate::http::h1::{self, Ended};
 use crate::http::service::ProxyService;
 use crate::listener::ListenerCtx;
-use crate::tls::ConnTls;
 use crate::worker::WorkerCtx;
 
-/// What the connection's byte stream tells the request layer. `Sync` only because hyper's
-/// upgrade support needs a `Send` socket type: every access is from the worker's one thread, so
-/// the lock is never contended.
-pub struct ConnState {
-    /// Bumped on every read or write that moved bytes; the idle timer compares snapshots.
-    activity: AtomicU64,
-    framing: Mutex<FramingTrack>,
-}
-
-struct FramingTrack {
-    watcher: FramingWatcher,
-    /// Request heads the watcher has seen.
-    heads: u64,
-    /// Requests handed to the service so far.
-    served: u64,
-    /// 1 + index of the first head with both `Content-Length` and `Transfer-Encoding` (0: none).
-    /// The connection is closed after that request, so one slot is enough.
-    first_conflict: u64,
-}
-
-impl FramingTrack {
-    fn absorb_verdicts(&mut self) {
-        while let Some(conflict) = self.watcher.pop_verdict() {
-            self.heads += 1;
-            if conflict && self.first_conflict == 0 {
-                self.first_conflict = self.heads;
-            }
-        }
-    }
-}
-
-/// What the framing watcher says about the request the service is about to handle.
+/// Where a connection is in its life, as its clocks see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// Its head was seen and is unambiguous.
-    Clean,
-    /// Its head carried both `Content-Length` and `Transfer-Encoding`.
-    Conflicting,
-    /// The watcher could not follow the byte stream up to this request (a head it could not
-    /// parse, too much data after an upgrade request): serve it, then close — fail closed rather
-    /// than serve later requests on a stream nobody checked.
-    Unwatched,
+pub enum Phase {
+    /// The TLS handshake (bounded by its own timeout).
+    Handshake,
+    /// Accepted; not a byte yet (closed at the header-read timeout).
+    Fresh,
+    /// HTTP/1.1 between requests (closed at the idle timeout).
+    Idle,
+    /// Reading head number `n` (closed when one head takes longer than the header-read timeout).
+    Head(u64),
+    /// A request in the service or its response on the way out.
+    Busy,
+    /// An upgraded tunnel.
+    Tunnel,
+    /// Served by hyper's HTTP/2 server.
+    H2,
 }
 
-impl ConnState {
-    fn new() -> Self {
+/// What a connection's protocol code tells its supervisor, and the drain flag it reads back.
+pub struct ConnCtl {
+    /// Bumped on every read or write that moved bytes; the idle clock compares snapshots.
+    activity: Cell<u64>,
+    phase: Cell<Phase>,
+    draining: Cell<bool>,
+    /// The connection's entry in its worker's watchdog.
+    key: Cell<usize>,
+}
+
+impl Default for ConnCtl {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConnCtl {
+    pub fn new() -> Self {
         Self {
-            activity: AtomicU64::new(0),
-            framing: Mutex::new(FramingTrack {
-                watcher: FramingWatcher::default(),
-                heads: 0,
-                served: 0,
-                first_conflict: 0,
-            }),
+            activity: Cell::new(0),
+            phase: Cell::new(Phase::Fresh),
+            draining: Cell::new(false),
+            key: Cell::new(usize::MAX),
         }
     }
 
-    fn track(&self) -> std::sync::MutexGuard<'_, FramingTrack> {
-        self.framing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub fn set_phase(&self, p: Phase) {
+        self.phase.set(p);
     }
 
-    fn bytes_read(&self, data: &[u8]) {
-        self.activity
-            .store(self.activity.load(Relaxed) + 1, Relaxed);
-        let mut t = self.track();
-        if t.watcher.is_on() {
-            t.watcher.feed(data);
-            t.absorb_verdicts();
-        }
+    /// The worker is draining: the current request is the connection's last.
+    pub fn draining(&self) -> bool {
+        self.draining.get()
     }
 
-    fn bytes_written(&self) {
-        self.activity
-            .store(self.activity.load(Relaxed) + 1, Relaxed);
-    }
-
-    /// Called once per HTTP/1 request, in order; also returns the request's index.
-    pub fn framing_of_next_request(&self) -> (Framing, u64) {
-        let mut t = self.track();
-        let index = t.served;
-        t.served += 1;
-        let f = if t.first_conflict == index + 1 {
-            Framing::Conflicting
-        } else if !t.watcher.is_on() || t.heads <= index {
-            Framing::Unwatched
-        } else {
-            Framing::Clean
-        };
-        (f, index)
-    }
-
-    /// Request `index` was answered without switching protocols: if its head asked for an
-    /// upgrade, what followed it are requests, which the watcher now reads.
-    pub fn not_upgraded(&self, index: u64) {
-        let mut t = self.track();
-        if t.watcher.awaits_upgrade() && t.heads == index + 1 {
-            t.watcher.resume();
-            t.absorb_verdicts();
-        }
+    fn moved(&self) {
+        self.activity.set(self.activity.get().wrapping_add(1));
     }
 }
 
-/// The byte stream (a socket, or TLS over it), seen through [`ConnState`].
-struct ConnIo<S> {
-    inner: S,
-    state: Arc<ConnState>,
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
+/// The connection's byte stream (a socket, or TLS over it), counting activity as it goes.
+pub struct DownIo {
+    stream: Stream,
+    ctl: Rc<ConnCtl>,
+}
+
+impl AsyncRead for DownIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -142,25 +111,30 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let new = &buf.filled()[before..];
-        if !new.is_empty() {
-            this.state.bytes_read(new);
+        let r = match &mut this.stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if buf.filled().len() != before {
+            this.ctl.moved();
         }
         r
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
+impl AsyncWrite for DownIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let r = match &mut this.stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.bytes_written();
+            this.ctl.moved();
         }
         r
     }
@@ -171,113 +145,327 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let r = match &mut this.stream {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        };
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.bytes_written();
+            this.ctl.moved();
         }
         r
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The bytes read while looking for the HTTP/2 preface, replayed to hyper before the socket.
+struct Rewind {
+    pre: Bytes,
+    io: DownIo,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.pre.is_empty() {
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre[..n]);
+            this.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
 /// Serves one accepted connection until it ends: on a TLS listener, the handshake first (a
-/// connection that fails it is closed before any HTTP is read).
+/// connection that fails it is closed before any HTTP is read). `ctl` is registered with the
+/// worker's watchdog, which may abort this future.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     worker: Rc<WorkerCtx>,
     listener: Rc<ListenerCtx>,
-    drain: watch::Receiver<bool>,
+    mut drain: watch::Receiver<bool>,
+    ctl: Rc<ConnCtl>,
 ) {
-    let Some(tls) = listener.tls.clone() else {
-        return serve_http(stream, None, peer, worker, listener, drain).await;
+    let (stream, tls, alpn_h2) = match listener.tls.clone() {
+        None => (Stream::Plain(stream), None, false),
+        Some(tls) => match handshake(&ctl, &tls, stream).await {
+            Ok((s, info)) => {
+                let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                (Stream::Tls(Box::new(s)), Some(Arc::new(info)), h2)
+            }
+            Err(e) => {
+                tracing::debug!(%peer, listener = %listener.name, error = %e, "TLS handshake refused");
+                return;
+            }
+        },
     };
-    // Boxed: a TLS stream is large, and the plain path should not carry its space.
-    match Box::pin(tls.accept(stream)).await {
-        Ok((stream, info)) => {
-            serve_http(stream, Some(Arc::new(info)), peer, worker, listener, drain).await;
+    let io = DownIo {
+        stream,
+        ctl: ctl.clone(),
+    };
+    let plaintext = tls.is_none();
+    let svc = ProxyService::new(worker, listener.clone(), peer, tls);
+    let limits = &listener.limits;
+    let (io, pre) = if alpn_h2 {
+        (io, Bytes::new())
+    } else {
+        // HTTP/1.1, unless a plaintext client opens with the HTTP/2 preface.
+        ctl.set_phase(Phase::Fresh);
+        match h1::serve(io, &svc, &ctl, &listener.h1, plaintext).await {
+            Ended::Http2(io, pre) => (io, pre.freeze()),
+            Ended::Closed => return,
         }
-        Err(e) => {
-            tracing::debug!(%peer, listener = %listener.name, error = %e, "TLS handshake refused");
-        }
+    };
+    ctl.set_phase(Phase::H2);
+    let conn = listener
+        .h2
+        .serve_connection(TokioIo::new(Rewind { pre, io }), svc);
+    let wind_down = |c: Pin<&mut _>| hyper::server::conn::http2::Connection::graceful_shutdown(c);
+    if let Some(Err(e)) = supervise(conn, &ctl, limits, &mut drain, wind_down).await {
+        tracing::debug!(%peer, error = %e, "downstream HTTP/2 connection ended with an error");
     }
 }
 
-async fn serve_http<S>(
-    stream: S,
-    tls: Option<Arc<ConnTls>>,
-    peer: SocketAddr,
-    worker: Rc<WorkerCtx>,
-    listener: Rc<ListenerCtx>,
-    mut drain: watch::Receiver<bool>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let state = Arc::new(ConnState::new());
-    let io = TokioIo::new(ConnIo {
-        inner: stream,
-        state: state.clone(),
-    });
-    let svc = ProxyService::new(worker, listener.clone(), state.clone(), peer, tls);
-    let conn = listener.http.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
+/// The TLS handshake (boxed: a TLS stream is large, and the plain path should not carry its
+/// space).
+async fn handshake(
+    ctl: &ConnCtl,
+    tls: &crate::tls::ServerTls,
+    stream: TcpStream,
+) -> Result<(TlsStream<TcpStream>, crate::tls::ConnTls), crate::tls::server::HandshakeError> {
+    ctl.set_phase(Phase::Handshake);
+    Box::pin(tls.accept(stream)).await
+}
 
-    let limits = &listener.limits;
-    // Two clocks: a client that sends nothing at all within the header-read timeout is dropped
-    // (hyper's own header timer starts only once it knows the protocol), and a connection that
-    // moves no byte for the idle timeout is closed gracefully (forcibly one idle period later).
-    let start = Instant::now();
-    let tick = limits.header_read_timeout.min(limits.idle_timeout) / 4;
-    let mut last_seen = 0;
-    let mut last_change = start;
-    let mut closing = *drain.borrow();
-    if closing {
-        conn.as_mut().graceful_shutdown();
+/// Runs an HTTP/2 connection under its idle clock and the drain signal: no byte either way for
+/// the idle timeout, or a drain, sends a GOAWAY (`wind_down`) and lets the streams finish; still
+/// idle one period later, it is closed. Returns the future's output, or `None` when it was
+/// closed.
+async fn supervise<F: Future>(
+    conn: F,
+    ctl: &ConnCtl,
+    limits: &ListenerLimits,
+    drain: &mut watch::Receiver<bool>,
+    mut wind_down: impl FnMut(Pin<&mut F>),
+) -> Option<F::Output> {
+    let mut conn = std::pin::pin!(conn);
+    let tick = limits.idle_timeout / 4;
+    let mut last_seen = ctl.activity.get();
+    let mut last_change = Instant::now();
+    let mut winding_down = false;
+    if *drain.borrow() {
+        winding_down = true;
+        wind_down(conn.as_mut());
     }
     loop {
         tokio::select! {
             biased;
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "downstream connection ended with an error");
-                }
-                return;
-            }
-            _ = drain.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
+            out = conn.as_mut() => return Some(out),
+            _ = drain.changed(), if !winding_down => {
+                winding_down = true;
+                wind_down(conn.as_mut());
             }
             _ = tokio::time::sleep(tick) => {
                 let now = Instant::now();
-                let seen = state.activity.load(Relaxed);
+                let seen = ctl.activity.get();
                 if seen != last_seen {
                     last_seen = seen;
                     last_change = now;
-                } else if seen == 0 && now - start >= limits.header_read_timeout {
-                    tracing::debug!(%peer, "closing a connection that sent nothing");
-                    return;
-                } else if seen != 0 && now - last_change >= limits.idle_timeout {
-                    if closing {
-                        tracing::debug!(%peer, "closing an idle connection that did not wind down");
-                        return;
+                } else if now - last_change >= limits.idle_timeout {
+                    if winding_down {
+                        tracing::debug!("closing an idle connection that did not wind down");
+                        return None;
                     }
-                    tracing::debug!(%peer, "closing an idle connection");
-                    closing = true;
+                    tracing::debug!("winding down an idle connection");
+                    winding_down = true;
                     last_change = now;
-                    conn.as_mut().graceful_shutdown();
+                    wind_down(conn.as_mut());
                 }
             }
+        }
+    }
+}
+
+/// One connection as the watchdog follows it.
+struct Watched {
+    ctl: Rc<ConnCtl>,
+    abort: tokio::task::AbortHandle,
+    header_read_ms: u64,
+    idle_ms: u64,
+    opened: u64,
+    last_seen: u64,
+    last_change: u64,
+    /// The request head being read, and when the watchdog first saw it.
+    head: Option<(u64, u64)>,
+}
+
+/// A worker's connection clocks: every connection registered here is checked each tick (a
+/// quarter of the shortest timeout of the worker's listeners). All times are `timer::now_ms`.
+///
+/// A connection that sends nothing within the header-read timeout is closed, as is one whose
+/// request head takes longer than that (slowloris, even trickling a byte at a time), and one
+/// that moves no byte for the idle timeout (between requests, or stuck mid-response).
+#[derive(Default)]
+pub struct Watchdog {
+    conns: std::cell::RefCell<Vec<Option<Watched>>>,
+    free: std::cell::RefCell<Vec<usize>>,
+    draining: Cell<bool>,
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
+}
+
+impl Watchdog {
+    /// Follows a new connection's task.
+    pub fn watch(
+        &self,
+        ctl: Rc<ConnCtl>,
+        abort: tokio::task::AbortHandle,
+        limits: &ListenerLimits,
+    ) {
+        let now = crate::timer::now_ms();
+        if self.draining.get() {
+            ctl.draining.set(true);
+        }
+        let w = Watched {
+            ctl,
+            abort,
+            header_read_ms: ms(limits.header_read_timeout),
+            idle_ms: ms(limits.idle_timeout),
+            opened: now,
+            last_seen: 0,
+            last_change: now,
+            head: None,
+        };
+        let mut conns = self.conns.borrow_mut();
+        let key = match self.free.borrow_mut().pop() {
+            Some(k) => k,
+            None => {
+                conns.push(None);
+                conns.len() - 1
+            }
+        };
+        w.ctl.key.set(key);
+        conns[key] = Some(w);
+    }
+
+    /// The connection ended.
+    pub fn forget(&self, ctl: &ConnCtl) {
+        let key = ctl.key.replace(usize::MAX);
+        if let Some(slot) = self.conns.borrow_mut().get_mut(key)
+            && slot.take().is_some()
+        {
+            self.free.borrow_mut().push(key);
+        }
+    }
+
+    /// One round of checks.
+    fn check(&self) {
+        let now = crate::timer::now_ms();
+        for w in self.conns.borrow_mut().iter_mut().flatten() {
+            let seen = w.ctl.activity.get();
+            if seen != w.last_seen {
+                w.last_seen = seen;
+                w.last_change = now;
+            }
+            let idle = now.saturating_sub(w.last_change) >= w.idle_ms;
+            let close = match w.ctl.phase.get() {
+                Phase::Fresh => now.saturating_sub(w.opened) >= w.header_read_ms,
+                Phase::Head(n) => match w.head {
+                    Some((m, since)) if m == n => now.saturating_sub(since) >= w.header_read_ms,
+                    _ => {
+                        w.head = Some((n, now));
+                        false
+                    }
+                },
+                Phase::Idle | Phase::Busy | Phase::Tunnel => idle,
+                // Bounded by its own timeout; HTTP/2 has its own supervisor.
+                Phase::Handshake | Phase::H2 => false,
+            };
+            if close {
+                tracing::debug!(phase = ?w.ctl.phase.get(), "closing a connection past its timeout");
+                w.abort.abort();
+            }
+        }
+    }
+
+    /// The worker drains: idle connections close now, busy ones after their current request.
+    pub fn drain(&self) {
+        self.draining.set(true);
+        for w in self.conns.borrow().iter().flatten() {
+            w.ctl.draining.set(true);
+            if matches!(
+                w.ctl.phase.get(),
+                Phase::Fresh | Phase::Idle | Phase::Handshake
+            ) {
+                w.abort.abort();
+            }
+        }
+    }
+
+    /// Runs the checks every `tick` until the worker ends.
+    pub async fn run(self: Rc<Self>, tick: std::time::Duration) {
+        let mut every = tokio::time::interval(tick.max(std::time::Duration::from_millis(1)));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.check();
         }
     }
 }

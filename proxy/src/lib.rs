@@ -28,6 +28,7 @@ pub mod http;
 pub mod listener;
 pub mod rt;
 pub mod scaffold;
+pub mod timer;
 pub mod tls;
 pub mod upstream;
 pub mod watch;

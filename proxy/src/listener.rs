@@ -9,13 +9,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http2;
 use hyper_util::rt::TokioTimer;
-use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{ListenerConfig, ListenerLimits};
+use crate::conn::ConnCtl;
 use crate::rt::LocalExec;
 use crate::tls::ServerTls;
 use crate::worker::WorkerCtx;
@@ -45,9 +46,6 @@ pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::Tc
     Ok(out)
 }
 
-/// hyper's own HTTP/1 header-count limit (`DEFAULT_MAX_HEADERS`); equal to our default.
-const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
-
 /// What every connection of one listener on one worker shares.
 pub struct ListenerCtx {
     pub name: String,
@@ -58,8 +56,10 @@ pub struct ListenerCtx {
     pub local: SocketAddr,
     /// Index into `Config::listeners` (the generation's chain for it is looked up by this).
     pub index: usize,
-    /// hyper's HTTP/1.1 + HTTP/2 server settings, built once.
-    pub http: auto::Builder<LocalExec>,
+    /// The HTTP/1.1 head limits (Weir's own server).
+    pub h1: crate::http::h1::parse::Parser,
+    /// hyper's HTTP/2 server settings, built once.
+    pub h2: http2::Builder<LocalExec>,
     /// TLS termination (shared by every worker; its material rotates on its own).
     pub tls: Option<Arc<ServerTls>>,
     /// This worker's share of `max_connections`.
@@ -77,19 +77,8 @@ impl ListenerCtx {
         tls: Option<Arc<ServerTls>>,
     ) -> Self {
         let l = &cfg.limits;
-        let mut http = auto::Builder::new(LocalExec);
-        http.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(l.header_read_timeout)
-            .max_buf_size(l.max_request_headers_size as usize)
-            .keep_alive(true);
-        // hyper's built-in limit is 100 headers on the stack; setting any explicit limit makes it
-        // build the index array per request, so only do that for a non-default value.
-        if l.max_request_headers != HYPER_DEFAULT_MAX_HEADERS {
-            http.http1().max_headers(l.max_request_headers);
-        }
-        http.http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(LocalExec);
+        h2.timer(TokioTimer::new())
             .max_concurrent_streams(l.h2_max_concurrent_streams)
             .initial_stream_window_size(64 * 1024)
             .initial_connection_window_size(1 << 20)
@@ -102,7 +91,11 @@ impl ListenerCtx {
             limits: l.clone(),
             local,
             index,
-            http,
+            h1: crate::http::h1::parse::Parser::new(
+                l.max_request_headers,
+                l.max_request_headers_size,
+            ),
+            h2,
             tls,
             max_conns: l.max_connections.div_ceil(workers).max(1),
             conns: Cell::new(0),
@@ -111,22 +104,29 @@ impl ListenerCtx {
     }
 }
 
-/// Counts a connection against its listener and worker until dropped.
+/// Counts a connection against its listener and worker, and keeps it in the worker's watchdog,
+/// until dropped (when its task ends or is aborted).
 struct ConnSlot {
     listener: Rc<ListenerCtx>,
     worker: Rc<WorkerCtx>,
+    ctl: Rc<ConnCtl>,
 }
 
 impl ConnSlot {
-    fn new(listener: Rc<ListenerCtx>, worker: Rc<WorkerCtx>) -> Self {
+    fn new(listener: Rc<ListenerCtx>, worker: Rc<WorkerCtx>, ctl: Rc<ConnCtl>) -> Self {
         listener.conns.set(listener.conns.get() + 1);
         worker.conn_opened();
-        Self { listener, worker }
+        Self {
+            listener,
+            worker,
+            ctl,
+        }
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
+        self.worker.watchdog.forget(&self.ctl);
         self.listener.conns.set(self.listener.conns.get() - 1);
         self.listener.released.notify_one();
         self.worker.conn_closed();
@@ -151,12 +151,15 @@ pub async fn accept_loop(
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    let slot = ConnSlot::new(ctx.clone(), worker.clone());
-                    let (ctx, worker, drain) = (ctx.clone(), worker.clone(), drain.clone());
-                    tokio::task::spawn_local(async move {
-                        crate::conn::serve(stream, peer, worker, ctx, drain).await;
-                        drop(slot);
+                    let ctl = Rc::new(ConnCtl::new());
+                    let slot = ConnSlot::new(ctx.clone(), worker.clone(), ctl.clone());
+                    let (c, w, d) = (ctx.clone(), worker.clone(), drain.clone());
+                    let task_ctl = ctl.clone();
+                    let task = tokio::task::spawn_local(async move {
+                        let _slot = slot;
+                        crate::conn::serve(stream, peer, w, c, d, task_ctl).await;
                     });
+                    worker.watchdog.watch(ctl, task.abort_handle(), &ctx.limits);
                 }
                 Err(e) => {
                     // EMFILE/ENFILE and friends: back off instead of spinning on the error.

@@ -60,6 +60,8 @@ pub struct WorkerCtx {
     pub clusters: std::rc::Rc<Vec<Cluster>>,
     /// The generation new requests use.
     current: RefCell<Rc<Generation>>,
+    /// The clocks of this worker's connections.
+    pub watchdog: Rc<crate::conn::Watchdog>,
     conns: Cell<usize>,
     all_closed: Notify,
     next_conn: Cell<u64>,
@@ -90,26 +92,10 @@ impl WorkerCtx {
         }
     }
 
-    /// Counts work that outlives its connection's HTTP handling (an upgraded tunnel) as an open
-    /// connection, so a drain waits for it (up to the drain timeout).
-    pub fn hold(self: &std::rc::Rc<Self>) -> WorkerHold {
-        self.conn_opened();
-        WorkerHold(self.clone())
-    }
-
     async fn all_connections_closed(&self) {
         while self.conns.get() > 0 {
             self.all_closed.notified().await;
         }
-    }
-}
-
-/// See [`WorkerCtx::hold`].
-pub struct WorkerHold(std::rc::Rc<WorkerCtx>);
-
-impl Drop for WorkerHold {
-    fn drop(&mut self) {
-        self.0.conn_closed();
     }
 }
 
@@ -174,6 +160,7 @@ async fn run(spec: WorkerSpec) {
         id,
         clusters,
         current: RefCell::new(current),
+        watchdog: Rc::default(),
         conns: Cell::new(0),
         all_closed: Notify::new(),
         next_conn: Cell::new(0),
@@ -200,8 +187,17 @@ async fn run(spec: WorkerSpec) {
     tokio::task::spawn_local(sweep_pools(worker.clone()));
     tokio::task::spawn_local(follow_generations(worker.clone(), generations, acks));
     tokio::task::spawn_local(crate::http::body::run_drainer());
+    tokio::task::spawn_local(crate::timer::run_driver());
+    let tick = config
+        .listeners
+        .iter()
+        .map(|l| l.limits.header_read_timeout.min(l.limits.idle_timeout) / 4)
+        .min()
+        .unwrap_or(std::time::Duration::from_secs(1));
+    tokio::task::spawn_local(worker.watchdog.clone().run(tick));
     tracing::debug!(worker = id, "worker started");
     let _ = drain.wait_for(|d| *d).await;
+    worker.watchdog.drain();
     // The accept loops have seen the same signal and dropped their sockets; connections are
     // finishing their in-flight requests. Bound the wait, then drop whatever is left.
     if tokio::time::timeout(config.drain_timeout, worker.all_connections_closed())
@@ -245,7 +241,8 @@ async fn sweep_pools(worker: std::rc::Rc<WorkerCtx>) {
     let mut every = tokio::time::interval((shortest / 4).max(std::time::Duration::from_millis(10)));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let now = every.tick().await;
+        every.tick().await;
+        let now = crate::timer::now_ms();
         for c in worker.clusters.iter() {
             for e in &c.endpoints {
                 e.pool.evict_stale(now);

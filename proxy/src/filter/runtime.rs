@@ -345,7 +345,7 @@ async fn callout(clusters: &[Cluster], set: &FilterSet, req: &HttpCallRequest) -
             }
         }
         let data = (!req.body.is_empty()).then(|| Bytes::from(req.body.clone()));
-        ProxyBody::Complete(data, Some(t))
+        ProxyBody::Complete(Box::new((data, Some(t))))
     };
     let Ok(request) = builder.body(body) else {
         return CalloutResponse::failure("invalid callout request");

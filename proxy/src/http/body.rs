@@ -27,8 +27,8 @@ pub enum ProxyBody {
     Empty,
     /// A complete body produced by Weir itself (local replies, errors).
     Full(Option<Bytes>),
-    /// A complete body with trailers (HTTP callouts that pass trailers).
-    Complete(Option<Bytes>, Option<http::HeaderMap>),
+    /// A complete body with trailers (HTTP callouts that pass trailers). Boxed: rare.
+    Complete(Box<(Option<Bytes>, Option<http::HeaderMap>)>),
     /// A body streaming in from the peer, forwarded as it arrives.
     Incoming(Incoming),
     /// A request body from the downstream client; drained in the background if abandoned.
@@ -64,15 +64,12 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Complete(data, trailers) => Poll::Ready(match data.take() {
+            ProxyBody::Complete(c) => Poll::Ready(match c.0.take() {
                 Some(d) => Some(Ok(Frame::data(d))),
-                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+                None => c.1.take().map(|t| Ok(Frame::trailers(t))),
             }),
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            ProxyBody::Downstream(b) => match b.0.as_mut() {
-                Some(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
-                None => Poll::Ready(None),
-            },
+            ProxyBody::Downstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Watched(inner, ended) => {
                 let r = Pin::new(&mut **inner).poll_frame(cx);
                 if matches!(r, Poll::Ready(None | Some(Err(_)))) || inner.is_end_stream() {
@@ -102,9 +99,9 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty => true,
             ProxyBody::Full(d) => d.is_none(),
-            ProxyBody::Complete(d, t) => d.is_none() && t.is_none(),
+            ProxyBody::Complete(c) => c.0.is_none() && c.1.is_none(),
             ProxyBody::Incoming(b) => b.is_end_stream(),
-            ProxyBody::Downstream(b) => b.0.as_ref().is_none_or(|b| b.is_end_stream()),
+            ProxyBody::Downstream(b) => b.is_end_stream(),
             ProxyBody::Watched(b, _) => b.is_end_stream(),
             ProxyBody::Upstream(b, _) => b.is_end_stream(),
             ProxyBody::H1(b) => b.is_end_stream(),
@@ -119,10 +116,7 @@ impl Body for ProxyBody {
             // Trailers need chunked framing on HTTP/1.1: no exact length.
             ProxyBody::Complete(..) => SizeHint::default(),
             ProxyBody::Incoming(b) | ProxyBody::Upstream(b, _) => b.size_hint(),
-            ProxyBody::Downstream(b) => {
-                b.0.as_ref()
-                    .map_or(SizeHint::with_exact(0), |b| b.size_hint())
-            }
+            ProxyBody::Downstream(b) => b.size_hint(),
             ProxyBody::Watched(b, _) => b.size_hint(),
             ProxyBody::H1(b) => b.size_hint(),
             ProxyBody::Filtered(b) => b.size_hint(),
@@ -137,19 +131,63 @@ fn complete(guard: &mut Option<ResponseGuard>) {
     }
 }
 
-/// A downstream request body. If it is dropped before its end (the upstream answered early, the
-/// upstream failed, an error response was sent), the rest is read and discarded in the background
-/// for a bounded time, as nginx's lingering close does: otherwise the kernel answers the client's
-/// unread upload with a reset, which can destroy the response before the client reads it.
-pub struct DownstreamBody(Option<Incoming>);
+/// A request body from the downstream client.
+pub enum DownstreamBody {
+    /// The request has none.
+    Empty,
+    /// Read from an HTTP/1.1 connection by Weir's own server; what the proxy leaves unread when
+    /// the response is done, the connection drains itself.
+    H1(crate::http::h1::wire::RequestBody),
+    /// An HTTP/2 stream's body (hyper's).
+    H2(H2Body),
+}
 
-impl DownstreamBody {
+impl Body for DownstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            DownstreamBody::Empty => Poll::Ready(None),
+            DownstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
+            DownstreamBody::H2(H2Body(Some(b))) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            DownstreamBody::H2(H2Body(None)) => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            DownstreamBody::Empty => true,
+            DownstreamBody::H1(b) => b.is_end_stream(),
+            DownstreamBody::H2(H2Body(b)) => b.as_ref().is_none_or(|b| b.is_end_stream()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            DownstreamBody::Empty | DownstreamBody::H2(H2Body(None)) => SizeHint::with_exact(0),
+            DownstreamBody::H1(b) => b.size_hint(),
+            DownstreamBody::H2(H2Body(Some(b))) => b.size_hint(),
+        }
+    }
+}
+
+/// An HTTP/2 request body. If it is dropped before its end (the upstream answered early, the
+/// upstream failed, an error response was sent), the rest is read and discarded in the
+/// background for a bounded time, as nginx's lingering close does: the stream's flow-control
+/// window then keeps moving and the client is not left blocked on a body nobody reads.
+pub struct H2Body(Option<Incoming>);
+
+impl H2Body {
     pub fn new(b: Incoming) -> Self {
         Self(Some(b))
     }
 }
 
-impl Drop for DownstreamBody {
+impl Drop for H2Body {
     fn drop(&mut self) {
         if let Some(b) = self.0.take()
             && !b.is_end_stream()

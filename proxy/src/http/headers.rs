@@ -16,6 +16,10 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes hop-by-hop headers. With `keep_upgrade` (a tunnelled upgrade) `Upgrade` and
 /// `Connection: upgrade` survive; `te: trailers` always survives (gRPC needs it).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names (no hashing) settles that.
+    if !keep_upgrade && !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Headers the peer nominated in `Connection` are hop-by-hop too. `host` is never removed
     // this way: dropping it would only break routing.
     if h.contains_key(header::CONNECTION) {
@@ -63,6 +67,17 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             h.remove(header::TE);
         }
     }
+}
+
+/// The fields that are always hop-by-hop (RFC 9110 §7.6.1), `te` (kept only as `trailers`) and
+/// `connection` (which may nominate more).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// True when the request asks to switch to WebSocket (the one upgrade Weir tunnels; `h2c`

@@ -35,6 +35,10 @@ pub enum ProxyError {
     ConflictingFraming,
     #[error("request target is longer than {0} bytes")]
     UriTooLong(u64),
+    #[error("request head over the listener's size or header-count limit")]
+    HeadersTooLarge,
+    #[error("request uses a transfer coding other than chunked")]
+    UnsupportedTransferCoding,
     #[error("method {0} is not served by a reverse proxy")]
     MethodNotAllowed(http::Method),
     #[error("no endpoint available in cluster {0}")]
@@ -59,6 +63,8 @@ pub enum ProxyError {
     UpstreamMalformed(&'static str),
     #[error("upstream sent an invalid response: {0}")]
     UpstreamProtocol(#[source] hyper::Error),
+    #[error("response body failed before its first byte")]
+    UpstreamBodyFailed,
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error("filter chain: {1}")]
@@ -82,7 +88,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::ConflictingFraming
-            | ProxyError::UriTooLong(_) => ErrorKind::Downstream,
+            | ProxyError::UriTooLong(_)
+            | ProxyError::HeadersTooLarge
+            | ProxyError::UnsupportedTransferCoding => ErrorKind::Downstream,
             ProxyError::Internal(_) | ProxyError::Filter(..) | ProxyError::UnknownCluster(_) => {
                 ErrorKind::Internal
             }
@@ -95,6 +103,8 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ConflictingFraming => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoHealthyUpstream(_)
             | ProxyError::ConnectFailure { .. }
@@ -104,7 +114,8 @@ impl ProxyError {
             | ProxyError::UpstreamIo(_)
             | ProxyError::UpstreamClosed
             | ProxyError::UpstreamProtocol(_)
-            | ProxyError::UpstreamMalformed(_) => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamMalformed(_)
+            | ProxyError::UpstreamBodyFailed => StatusCode::BAD_GATEWAY,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Filter(status, _) => *status,
             ProxyError::UnknownCluster(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -117,6 +128,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ConflictingFraming => "conflicting_framing",
             ProxyError::UriTooLong(_) => "uri_too_long",
+            ProxyError::HeadersTooLarge => "request_headers_too_large",
+            ProxyError::UnsupportedTransferCoding => "unsupported_transfer_coding",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::NoHealthyUpstream(_) => "no_healthy_upstream",
             ProxyError::ConnectFailure { .. } => "upstream_connect_failure",
@@ -128,6 +141,7 @@ impl ProxyError {
             ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamMalformed(_) => {
                 "upstream_protocol_error"
             }
+            ProxyError::UpstreamBodyFailed => "upstream_body_error",
             ProxyError::Internal(_) => "internal_error",
             ProxyError::Filter(_, reason) => reason,
             ProxyError::UnknownCluster(_) => "unknown_cluster",
@@ -164,6 +178,16 @@ mod tests {
         let cases = [
             (ProxyError::ConflictingFraming, 400, "conflicting_framing"),
             (ProxyError::UriTooLong(10), 414, "uri_too_long"),
+            (
+                ProxyError::HeadersTooLarge,
+                431,
+                "request_headers_too_large",
+            ),
+            (
+                ProxyError::UnsupportedTransferCoding,
+                501,
+                "unsupported_transfer_coding",
+            ),
             (
                 ProxyError::ConnectTimeout(([127, 0, 0, 1], 1).into()),
                 503,

@@ -10,15 +10,12 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 
-use super::body::ProxyBody;
+use super::body::{DownstreamBody, H2Body, ProxyBody};
 use super::headers::{
     ensure_request_id, is_websocket_upgrade, set_client_cert, set_forwarded, strip_hop_by_hop,
 };
 use super::respond::{self, ProxyError};
-use crate::conn::{ConnState, Framing};
 use crate::filter::body::{FilteredBody, FilteredBodyError, Prefetch};
 use crate::filter::chain::{ChainRun, Stop, local_reply_response};
 use crate::filter::runtime::WorkerFilters;
@@ -28,12 +25,12 @@ use crate::tls::ConnTls;
 use crate::upstream::{self, Cluster, Endpoint};
 use crate::worker::WorkerCtx;
 
-/// The hyper service of one downstream connection.
+/// The proxy service of one downstream connection (HTTP/1.1 calls it directly; HTTP/2 through
+/// hyper's `Service`).
 #[derive(Clone)]
 pub struct ProxyService {
     worker: Rc<WorkerCtx>,
     listener: Rc<ListenerCtx>,
-    conn: Arc<ConnState>,
     peer: SocketAddr,
     conn_id: u64,
     /// The connection's TLS session (absent on a plain listener).
@@ -44,7 +41,6 @@ impl ProxyService {
     pub fn new(
         worker: Rc<WorkerCtx>,
         listener: Rc<ListenerCtx>,
-        conn: Arc<ConnState>,
         peer: SocketAddr,
         tls: Option<Arc<ConnTls>>,
     ) -> Self {
@@ -52,14 +48,27 @@ impl ProxyService {
         Self {
             worker,
             listener,
-            conn,
             peer,
             conn_id,
             tls,
         }
     }
 
-    async fn proxy(self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    /// One request to its response. Only a filter's `proxy_close_stream` is an error: the
+    /// connection then resets the stream (HTTP/2) or closes (HTTP/1.1) without a response, as
+    /// Envoy does; every other failure is already a response here.
+    pub async fn handle(
+        &self,
+        req: Request<DownstreamBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        match self.proxy(req).await {
+            Ok(r) => Ok(r),
+            Err(e @ ProxyError::Filter(_, "filter_reset")) => Err(e),
+            Err(e) => Ok(respond::error_response(&e)),
+        }
+    }
+
+    async fn proxy(&self, req: Request<DownstreamBody>) -> Result<Response<ProxyBody>, ProxyError> {
         let limits = &self.listener.limits;
         if req.version() <= Version::HTTP_11 {
             check_host(&req)?;
@@ -74,7 +83,6 @@ impl ProxyService {
             return Err(ProxyError::UriTooLong(limits.max_uri_length));
         }
         let upgrade = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
-        let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -96,19 +104,16 @@ impl ProxyService {
                 body,
                 filters.clone(),
                 chain.clone(),
-                on_upgrade,
+                upgrade,
             ))
             .await;
         }
 
         let cluster = &self.worker.clusters[self.listener.default_cluster];
         let ep = cluster.endpoint()?;
-        let req = Request::from_parts(
-            parts,
-            ProxyBody::Downstream(super::body::DownstreamBody::new(body)),
-        );
-        if let Some(down) = on_upgrade {
-            return Box::pin(tunnel(&self.worker, cluster, &ep, req, down)).await;
+        let req = Request::from_parts(parts, ProxyBody::Downstream(body));
+        if upgrade {
+            return Box::pin(tunnel(cluster, &ep, req)).await;
         }
         let resp = upstream::send(cluster, &ep, req, cluster.response_timeout).await?;
         let (mut parts, body) = resp.into_parts();
@@ -122,10 +127,10 @@ impl ProxyService {
     async fn through_chain(
         &self,
         parts: http::request::Parts,
-        body: Incoming,
+        body: DownstreamBody,
         filters: Rc<WorkerFilters>,
         chain: std::sync::Arc<[usize]>,
-        on_upgrade: Option<OnUpgrade>,
+        upgrade: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let http::request::Parts {
             method,
@@ -188,7 +193,7 @@ impl ProxyService {
             (req, route)
         });
         *req.extensions_mut() = extensions;
-        let request_body = ProxyBody::Downstream(super::body::DownstreamBody::new(body));
+        let request_body = ProxyBody::Downstream(body);
         *req.body_mut() = if body_empty || !run.active() {
             request_body
         } else {
@@ -212,8 +217,8 @@ impl ProxyService {
         let cluster = &self.worker.clusters[ci];
         let ep = cluster.endpoint()?;
         run.with_stream(|s| s.upstream_address = Some(ep.addr));
-        if let Some(down) = on_upgrade {
-            return tunnel(&self.worker, cluster, &ep, req, down).await;
+        if upgrade {
+            return tunnel(cluster, &ep, req).await;
         }
         // `weir.route.timeout_ms: 0` disables the timeout, as Envoy's route timeout 0 does.
         let timeout = match route.timeout {
@@ -392,81 +397,39 @@ fn protocol_name(v: Version) -> &'static str {
     }
 }
 
-/// Forwards an upgrade request on its own connection; on `101` splices the two upgraded byte
-/// streams together until either side closes.
+/// Forwards an upgrade request on its own connection. A `101` comes back with the upstream's
+/// upgraded connection in its extensions; the HTTP/1.1 server splices the two byte streams.
 async fn tunnel(
-    worker: &Rc<WorkerCtx>,
     cluster: &Cluster,
     ep: &Rc<Endpoint>,
     req: Request<ProxyBody>,
-    down: OnUpgrade,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let mut resp = upstream::client::send_upgrade(cluster, ep, req).await?;
+    let resp = upstream::client::send_upgrade(cluster, ep, req).await?;
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switched {
-        let up = hyper::upgrade::on(&mut resp);
-        let hold = worker.hold();
-        tokio::task::spawn_local(async move {
-            let _hold = hold;
-            match tokio::try_join!(down, up) {
-                Ok((d, u)) => {
-                    let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
-                        tracing::debug!(error = %e, "upgraded tunnel ended with an error");
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
-            }
-        });
-    }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, switched);
     parts.version = Version::HTTP_11;
     Ok(Response::from_parts(parts, ProxyBody::Incoming(body)))
 }
 
+/// HTTP/2: hyper calls the service once per stream.
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Response = Response<ProxyBody>;
-    /// Only a filter's `proxy_close_stream` is an error: hyper then resets the stream (HTTP/2) or
-    /// closes the connection (HTTP/1.1) without a response, as Envoy does.
+    /// A filter's `proxy_close_stream`: hyper resets the stream.
     type Error = ProxyError;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        let (framing, index) = if req.version() <= Version::HTTP_11 {
-            this.conn.framing_of_next_request()
-        } else {
-            (Framing::Clean, 0)
-        };
-        let conn = self.conn.clone();
-        let fut = async move {
-            if framing == Framing::Conflicting {
-                return Ok(respond::error_response(&ProxyError::ConflictingFraming));
-            }
-            let mut resp = match this.proxy(req).await {
-                Ok(r) => r,
-                Err(e @ ProxyError::Filter(_, "filter_reset")) => return Err(e),
-                Err(e) => respond::error_response(&e),
-            };
-            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                match framing {
-                    Framing::Unwatched => {
-                        resp.headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    Framing::Clean => conn.not_upgraded(index),
-                    Framing::Conflicting => {}
-                }
-            }
-            Ok(resp)
-        };
-        Box::pin(fut)
+        Box::pin(async move {
+            let req = req.map(|b| DownstreamBody::H2(H2Body::new(b)));
+            this.handle(req).await
+        })
     }
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`; HTTP/1.0 at most one.
-fn check_host(req: &Request<Incoming>) -> Result<(), ProxyError> {
+fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),

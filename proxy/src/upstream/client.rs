@@ -150,29 +150,33 @@ fn join_cookies(h: &mut http::HeaderMap) {
 /// Shapes the request for the upstream protocol: origin-form URI plus `Host` for HTTP/1.1,
 /// absolute URI (scheme — `https` over TLS — and authority) for HTTP/2.
 fn prepare(req: &mut Request<ProxyBody>, protocol: Protocol, tls: bool) {
-    let authority: Option<Authority> = req.uri().authority().cloned().or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-    });
-    let pq = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // The target's authority, else the Host header's (parsed only where needed: it copies).
+    let authority = |req: &Request<ProxyBody>| -> Option<Authority> {
+        req.uri().authority().cloned().or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        })
+    };
+    let pq = |req: &Request<ProxyBody>| {
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    };
     match protocol {
         Protocol::Http1 => {
             *req.version_mut() = Version::HTTP_11;
             // RFC 9112 §3.2.2: with an absolute-form target, its authority replaces `Host`.
             let absolute = req.uri().authority().is_some();
             if (absolute || !req.headers().contains_key(header::HOST))
-                && let Some(a) = &authority
+                && let Some(a) = authority(req)
                 && let Ok(v) = HeaderValue::from_str(a.as_str())
             {
                 req.headers_mut().insert(header::HOST, v);
             }
             if absolute || req.uri().scheme().is_some() {
-                *req.uri_mut() = Uri::from(pq);
+                *req.uri_mut() = Uri::from(pq(req));
             }
             join_cookies(req.headers_mut());
         }
@@ -180,8 +184,9 @@ fn prepare(req: &mut Request<ProxyBody>, protocol: Protocol, tls: bool) {
             *req.version_mut() = Version::HTTP_2;
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
-            parts.authority = Some(authority.unwrap_or_else(|| Authority::from_static("upstream")));
-            parts.path_and_query = Some(pq);
+            parts.authority =
+                Some(authority(req).unwrap_or_else(|| Authority::from_static("upstream")));
+            parts.path_and_query = Some(pq(req));
             if let Ok(u) = Uri::from_parts(parts) {
                 *req.uri_mut() = u;
             }

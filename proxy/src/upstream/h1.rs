@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use super::connect::{UpstreamIo, UpstreamRead, UpstreamWrite};
 use super::pool::ResponseGuard;
@@ -43,10 +42,27 @@ const MAX_LINE: usize = 4096;
 /// Read granularity.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// One HTTP/1.1 connection to an upstream.
-pub struct H1Conn {
+/// One HTTP/1.1 connection to an upstream. Boxed once for its whole life: it moves between the
+/// pool, the exchange and the response body on every request, and a pointer moves cheaper than
+/// the socket and buffer it stands for.
+pub struct H1Conn(Box<Conn>);
+
+pub struct Conn {
     io: Io,
     rbuf: BytesMut,
+}
+
+impl std::ops::Deref for H1Conn {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for H1Conn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.0
+    }
 }
 
 /// The socket: whole while idle or when the request went out in one piece; split while a
@@ -54,14 +70,16 @@ pub struct H1Conn {
 enum Io {
     Whole(UpstreamIo),
     Split(UpstreamRead, PumpHandle),
+    /// Moved out for a moment (between whole and split), or lost.
+    Gone,
 }
 
 impl H1Conn {
     pub fn new(io: UpstreamIo) -> Self {
-        Self {
+        Self(Box::new(Conn {
             io: Io::Whole(io),
             rbuf: BytesMut::with_capacity(READ_CHUNK),
-        }
+        }))
     }
 
     /// Whether an idle pooled connection is still usable: nothing (an EOF, stray bytes) arrived
@@ -69,10 +87,11 @@ impl H1Conn {
     /// readability; TLS reads what arrived (a TLS 1.3 session ticket is consumed and fine, a
     /// `close_notify`, an EOF or data is not).
     pub fn is_usable(&mut self) -> bool {
-        let Io::Whole(io) = &mut self.io else {
+        let c = &mut *self.0;
+        let Io::Whole(io) = &mut c.io else {
             return false;
         };
-        if !self.rbuf.is_empty() {
+        if !c.rbuf.is_empty() {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
@@ -97,25 +116,25 @@ impl H1Conn {
 
     /// After a complete response: the connection whole again, if its request side ended cleanly
     /// too (a pump still running means the upstream answered early; the connection is dropped).
-    fn into_reusable(self) -> Option<H1Conn> {
-        match self.io {
-            Io::Whole(_) => Some(self),
+    fn into_reusable(mut self) -> Option<H1Conn> {
+        match std::mem::replace(&mut self.io, Io::Gone) {
+            Io::Whole(io) => self.io = Io::Whole(io),
             Io::Split(rd, pump) => {
                 let wr = pump.take_finished()?;
-                let io = UpstreamIo::unsplit(rd, wr)?;
-                Some(H1Conn {
-                    io: Io::Whole(io),
-                    rbuf: self.rbuf,
-                })
+                self.io = Io::Whole(UpstreamIo::unsplit(rd, wr)?);
             }
+            Io::Gone => return None,
         }
+        Some(self)
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.rbuf.reserve(READ_CHUNK);
-        match &mut self.io {
-            Io::Whole(io) => tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.rbuf),
-            Io::Split(rd, _) => tokio_util::io::poll_read_buf(Pin::new(rd), cx, &mut self.rbuf),
+        let c = &mut *self.0;
+        c.rbuf.reserve(READ_CHUNK);
+        match &mut c.io {
+            Io::Whole(io) => tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut c.rbuf),
+            Io::Split(rd, _) => tokio_util::io::poll_read_buf(Pin::new(rd), cx, &mut c.rbuf),
+            Io::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 
@@ -287,8 +306,7 @@ pub async fn send(
             }
         }
     } else {
-        let H1Conn { io, rbuf } = conn;
-        let Io::Whole(io) = io else {
+        let Io::Whole(io) = std::mem::replace(&mut conn.io, Io::Gone) else {
             unreachable!("a fresh exchange has a whole socket")
         };
         let (rd, mut wr) = io.split();
@@ -317,23 +335,20 @@ pub async fn send(
             };
             p.ended.notify_one();
         });
-        conn = H1Conn {
-            io: Io::Split(
-                rd,
-                PumpHandle {
-                    pump,
-                    task: task.abort_handle(),
-                },
-            ),
-            rbuf,
-        };
+        conn.io = Io::Split(
+            rd,
+            PumpHandle {
+                pump,
+                task: task.abort_handle(),
+            },
+        );
     }
 
     // The response head; interim 1xx responses (100 Continue, 103) are skipped. The response
     // timer runs from the moment the request is completely sent.
     let mut deadline = match &conn.io {
         Io::Split(_, pump) if !pump.ended() => None,
-        _ => Some(Instant::now() + response_timeout),
+        _ => Some(crate::timer::deadline(response_timeout)),
     };
     loop {
         if let Some(parsed) = parse_head(&mut conn.rbuf).map_err(|e| fail(e, false))? {
@@ -352,7 +367,7 @@ pub async fn send(
         let nothing_yet = conn.rbuf.is_empty();
         let pump = match &conn.io {
             Io::Split(_, p) => Some(p.pump.clone()),
-            Io::Whole(_) => None,
+            Io::Whole(_) | Io::Gone => None,
         };
         let pump_ended = async {
             match &pump {
@@ -362,10 +377,18 @@ pub async fn send(
                 _ => std::future::pending().await,
             }
         };
+        let waiting_for_pump = deadline.is_none();
+        let expired = async {
+            match &mut deadline {
+                Some(d) => d.await,
+                None => std::future::pending().await,
+            }
+        };
         let read = tokio::select! {
+            biased;
             r = conn.fill() => Some(r),
-            _ = pump_ended, if deadline.is_none() => None,
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+            _ = pump_ended, if waiting_for_pump => None,
+            () = expired => {
                 return Err(fail(ProxyError::ResponseTimeout(response_timeout), false));
             }
         };
@@ -376,7 +399,7 @@ pub async fn send(
                 {
                     return Err(fail(ProxyError::BadRequest("request body aborted"), false));
                 }
-                deadline = Some(Instant::now() + response_timeout);
+                deadline = Some(crate::timer::deadline(response_timeout));
             }
             Some(Ok(0)) => {
                 return Err(fail(ProxyError::UpstreamClosed, retryable && nothing_yet));
@@ -437,53 +460,101 @@ struct ParsedHead {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// What the framing-relevant fields said, noted while parsing (no map lookups after).
+    close: bool,
+    keep_alive: bool,
+    /// `Some(last coding is chunked)` when `Transfer-Encoding` is present.
+    te_chunked: Option<bool>,
+    /// `Some(Ok(n))` for consistent lengths, `Some(Err(()))` for invalid or conflicting ones.
+    length: Option<Result<u64, ()>>,
+}
+
+/// Where one header's name and value lie in the head.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
 /// Parses (and consumes) a complete response head from `buf`, if one is there.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ProxyError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(ProxyError::UpstreamMalformed("too many response headers"));
+    // Positions are taken while httparse borrows the buffer; the head is then split off and
+    // frozen, so header values are slices of it (no copy, no allocation per value).
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let (len, code, version, count) = {
+        let bytes = &buf[..];
+        let base = bytes.as_ptr() as usize;
+        let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, bytes, &mut slots)
+        {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(ProxyError::UpstreamMalformed("too many response headers"));
+            }
+            Err(_) => return Err(ProxyError::UpstreamMalformed("invalid response head")),
+        };
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+            span.name = (offset(h.name.as_bytes()), h.name.len() as u32);
+            span.value = (offset(h.value), h.value.len() as u32);
         }
-        Err(_) => return Err(ProxyError::UpstreamMalformed("invalid response head")),
+        (len, resp.code, resp.version, resp.headers.len())
     };
-    let status = resp
-        .code
+    let status = code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(ProxyError::UpstreamMalformed("invalid status code"))?;
-    let version = if resp.version == Some(0) {
+    let version = if version == Some(0) {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
-    // Header values point into the head's bytes: one allocation for all of them.
-    let offsets: Vec<(HeaderName, usize, usize)> = {
-        let base = buf.as_ptr() as usize;
-        let mut v = Vec::with_capacity(resp.headers.len());
-        for h in resp.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| ProxyError::UpstreamMalformed("invalid header name"))?;
-            let start = h.value.as_ptr() as usize - base;
-            v.push((name, start, start + h.value.len()));
-        }
-        v
-    };
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(offsets.len());
-    for (name, start, end) in offsets {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-            .map_err(|_| ProxyError::UpstreamMalformed("invalid header value"))?;
-        headers.append(name, value);
-    }
-    Ok(Some(ParsedHead {
+    let mut p = ParsedHead {
         status,
         version,
-        headers,
-    }))
+        headers: HeaderMap::with_capacity(count),
+        close: false,
+        keep_alive: false,
+        te_chunked: None,
+        length: None,
+    };
+    for span in &spans[..count] {
+        let (at, n) = span.name;
+        let name = HeaderName::from_bytes(&head[at as usize..(at + n) as usize])
+            .map_err(|_| ProxyError::UpstreamMalformed("invalid header name"))?;
+        let (at, n) = span.value;
+        let value = HeaderValue::from_maybe_shared(head.slice(at as usize..(at + n) as usize))
+            .map_err(|_| ProxyError::UpstreamMalformed("invalid header value"))?;
+        let v = value.as_bytes();
+        if name == CONNECTION {
+            for t in v.split(|&b| b == b',') {
+                p.close |= t.trim_ascii().eq_ignore_ascii_case(b"close");
+                p.keep_alive |= t.trim_ascii().eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == TRANSFER_ENCODING {
+            if let Some(last) = v
+                .rsplit(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .find(|c| !c.is_empty())
+            {
+                p.te_chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            }
+        } else if name == CONTENT_LENGTH {
+            let n = std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok());
+            p.length = match (p.length, n) {
+                (None, Some(n)) => Some(Ok(n)),
+                (Some(Ok(m)), Some(n)) if m == n => Some(Ok(n)),
+                _ => Some(Err(())),
+            };
+        }
+        p.headers.append(name, value);
+    }
+    Ok(Some(p))
 }
 
 fn into_response(
@@ -492,16 +563,9 @@ fn into_response(
     method: &Method,
     mut guard: ResponseGuard,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let h = &p.headers;
-    let conn_tokens = |t: &str| {
-        h.get_all(CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|x| x.trim().eq_ignore_ascii_case(t)))
-        })
-    };
     let mut keep_alive = match p.version {
-        Version::HTTP_10 => conn_tokens("keep-alive"),
-        _ => !conn_tokens("close"),
+        Version::HTTP_10 => p.keep_alive,
+        _ => !p.close,
     };
     let framing = if *method == Method::HEAD
         || p.status.is_informational()
@@ -509,37 +573,25 @@ fn into_response(
         || p.status == StatusCode::NOT_MODIFIED
     {
         Framing::Length(0)
-    } else if let Some(te) = h.get(TRANSFER_ENCODING) {
-        let last = te
-            .as_bytes()
-            .rsplit(|&b| b == b',')
-            .next()
-            .unwrap_or_default();
-        if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+    } else if let Some(chunked) = p.te_chunked {
+        if chunked {
             Framing::Chunked(Chunk::Size)
         } else {
             keep_alive = false;
             Framing::UntilClose
         }
     } else {
-        let mut lengths = h.get_all(CONTENT_LENGTH).iter().map(|v| {
-            std::str::from_utf8(v.as_bytes())
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-        });
-        match lengths.next() {
+        match p.length {
             None => {
                 keep_alive = false;
                 Framing::UntilClose
             }
-            Some(first) => match first {
-                Some(n) if lengths.all(|x| x == Some(n)) => Framing::Length(n),
-                _ => {
-                    return Err(ProxyError::UpstreamMalformed(
-                        "invalid or conflicting Content-Length",
-                    ));
-                }
-            },
+            Some(Ok(n)) => Framing::Length(n),
+            Some(Err(())) => {
+                return Err(ProxyError::UpstreamMalformed(
+                    "invalid or conflicting Content-Length",
+                ));
+            }
         }
     };
     // The 101 body is never read here: the upgrade path uses hyper's client.
@@ -553,7 +605,7 @@ fn into_response(
         framing,
         keep_alive,
         guard: None,
-        trailers_line: Vec::new(),
+        trailer_bytes: 0,
         trailers: None,
     };
     if done {
@@ -590,8 +642,9 @@ pub struct H1Body {
     framing: Framing,
     keep_alive: bool,
     guard: Option<ResponseGuard>,
-    trailers_line: Vec<u8>,
-    trailers: Option<HeaderMap>,
+    trailer_bytes: usize,
+    /// Boxed: rare, and a `HeaderMap` inline would triple the size of every response body.
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl H1Body {
@@ -723,11 +776,11 @@ impl Body for H1Body {
                                 Chunk::Trailers if line.is_empty() => {
                                     let trailers = this.trailers.take();
                                     this.finish();
-                                    return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                                    return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(*t))));
                                 }
                                 Chunk::Trailers => {
-                                    this.trailers_line.extend_from_slice(line);
-                                    if this.trailers_line.len() > MAX_HEAD {
+                                    this.trailer_bytes += line.len();
+                                    if this.trailer_bytes > MAX_HEAD {
                                         return this.fail("upstream trailers too large".into());
                                     }
                                     if let Some(colon) = line.iter().position(|&b| b == b':')
@@ -737,7 +790,7 @@ impl Body for H1Body {
                                             HeaderValue::from_bytes(line[colon + 1..].trim_ascii())
                                     {
                                         this.trailers
-                                            .get_or_insert_with(HeaderMap::new)
+                                            .get_or_insert_with(Default::default)
                                             .append(name, value);
                                     }
                                     Framing::Chunked(Chunk::Trailers)

@@ -12,7 +12,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
-use tokio::time::Instant;
 
 use super::Endpoint;
 use crate::http::body::ProxyBody;
@@ -25,10 +24,12 @@ pub type H2Sender = http2::SendRequest<ProxyBody>;
 
 /// One endpoint's pooled connections on one worker.
 pub struct Pool {
-    idle: RefCell<VecDeque<(H1Conn, Instant)>>,
+    /// Idle connections with the coarse time (`timer::now_ms`) they went idle.
+    idle: RefCell<VecDeque<(H1Conn, u64)>>,
     h2: RefCell<Option<H2Sender>>,
     max_idle: usize,
     idle_timeout: Duration,
+    idle_ms: u64,
 }
 
 impl Pool {
@@ -38,14 +39,16 @@ impl Pool {
             h2: RefCell::new(None),
             max_idle,
             idle_timeout,
+            idle_ms: u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
     /// The warmest idle HTTP/1.1 connection that is still open, if any.
     pub fn checkout_h1(&self) -> Option<H1Conn> {
         let mut idle = self.idle.borrow_mut();
+        let now = crate::timer::now_ms();
         while let Some((mut s, since)) = idle.pop_back() {
-            if since.elapsed() < self.idle_timeout && s.is_usable() {
+            if now.saturating_sub(since) < self.idle_ms && s.is_usable() {
                 return Some(s);
             }
         }
@@ -57,11 +60,11 @@ impl Pool {
         if self.max_idle == 0 {
             return;
         }
-        let now = Instant::now();
+        let now = crate::timer::now_ms();
         let mut idle = self.idle.borrow_mut();
         // The front holds the oldest: drop the stale there.
         while let Some((_, since)) = idle.front() {
-            if now.duration_since(*since) >= self.idle_timeout {
+            if now.saturating_sub(*since) >= self.idle_ms {
                 idle.pop_front();
             } else {
                 break;
@@ -73,11 +76,12 @@ impl Pool {
         idle.push_back((s, now));
     }
 
-    /// Drops idle connections that have been idle too long or were closed by the peer.
-    pub fn evict_stale(&self, now: Instant) {
-        self.idle.borrow_mut().retain_mut(|(s, since)| {
-            now.duration_since(*since) < self.idle_timeout && s.is_usable()
-        });
+    /// Drops idle connections that have been idle too long or were closed by the peer. `now`
+    /// is `timer::now_ms`.
+    pub fn evict_stale(&self, now: u64) {
+        self.idle
+            .borrow_mut()
+            .retain_mut(|(s, since)| now.saturating_sub(*since) < self.idle_ms && s.is_usable());
     }
 
     /// The pool's idle timeout.

@@ -1,0 +1,277 @@
+//! Weir's own HTTP/1.1 server side: read a head, hand the request to the service, write the
+//! response, and decide whether the connection serves another request.
+//!
+//! hyper's server runs every request through a general dispatcher (a boxed service future per
+//! request, a body channel, a second pass over the raw bytes to catch the framing hyper repairs);
+//! a proxy needs less, and the difference was a quarter of Weir's CPU per request. So HTTP/1.1 is
+//! served here — the pattern of pingora and nginx — and hyper keeps HTTP/2. Everything runs in
+//! the connection's task: the request future is awaited in place, no allocation per request
+//! beyond the head's buffer and header map.
+//!
+//! Order on one connection: head (`parse`) → request with its body reading from the shared
+//! [`wire::Wire`] → service → response (`write`) → whatever is left of the request body is drained
+//! (small) or the connection closed → next head. Pipelined requests wait in the read buffer.
+
+pub mod parse;
+pub mod wire;
+pub mod write;
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+
+use self::parse::{Head, Parser, Sniff};
+use self::wire::{BodyState, RequestBody, Wire};
+use self::write::{Exchange, Written};
+use crate::conn::{ConnCtl, DownIo, Phase};
+use crate::http::body::{DownstreamBody, ProxyBody};
+use crate::http::respond::{self, ProxyError};
+use crate::http::service::ProxyService;
+
+/// A request body left unread when its response is complete is read and dropped up to this
+/// much, so the connection can serve the next request; a longer one closes the connection.
+const DRAIN_MAX: u64 = 1 << 20;
+/// How long that drain may take.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// How an HTTP/1.1 connection ended.
+pub enum Ended {
+    /// Served, then closed (or to be closed).
+    Closed,
+    /// Its first bytes were the HTTP/2 preface: hand the socket (and what was read) to HTTP/2.
+    Http2(DownIo, BytesMut),
+}
+
+/// Serves HTTP/1.1 requests on `io` until the connection ends. `sniff`: a plaintext connection
+/// that may still turn out to speak HTTP/2 with prior knowledge.
+pub async fn serve(
+    io: DownIo,
+    svc: &ProxyService,
+    ctl: &ConnCtl,
+    parser: &Parser,
+    sniff: bool,
+) -> Ended {
+    let mut wire = Wire::new(io, BytesMut::with_capacity(8 * 1024));
+    if sniff {
+        loop {
+            match parse::sniff(&wire.rbuf) {
+                _ if wire.rbuf.is_empty() => {}
+                Sniff::Http2 => return Ended::Http2(wire.io, wire.rbuf),
+                Sniff::Http1 => break,
+                Sniff::Undecided => ctl.set_phase(Phase::Head(1)),
+            }
+            match poll_fn(|cx| wire.poll_fill(cx)).await {
+                Ok(0) | Err(_) => return Ended::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+    let wire = Rc::new(RefCell::new(wire));
+    let mut head_buf = Vec::with_capacity(512);
+    let mut served: u64 = 0;
+    loop {
+        let head = match read_head(&wire, ctl, parser, served).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ended::Closed,
+            Err(e) => {
+                let ex = Exchange {
+                    head_request: false,
+                    version: http::Version::HTTP_11,
+                };
+                let resp = respond::error_response(&e);
+                write::response(&wire, &mut head_buf, resp, ex, true).await;
+                return Ended::Closed;
+            }
+        };
+        served += 1;
+        ctl.set_phase(Phase::Busy);
+        let ex = Exchange {
+            head_request: head.method == Method::HEAD,
+            version: head.version,
+        };
+        let keep_alive = head.keep_alive;
+        let upgrade = crate::http::headers::is_websocket_upgrade(&head.headers);
+        let (req, has_body) = request(&wire, head);
+        let resp = tokio::select! {
+            biased;
+            r = svc.handle(req) => match r {
+                Ok(r) => r,
+                // A filter reset the stream: close without an answer, as Envoy does.
+                Err(_) => return Ended::Closed,
+            },
+            // The client went away: dropping the request future cancels its upstream exchange.
+            () = client_gone(&wire, parser.max_head()) => return Ended::Closed,
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if upgrade {
+                return tunnel(wire, &mut head_buf, resp, ex, ctl).await;
+            }
+            // Switching protocols on a request that asked for none: nothing can follow it.
+            let e = ProxyError::UpstreamMalformed("101 to a request without an upgrade");
+            write::response(&wire, &mut head_buf, respond::error_response(&e), ex, true).await;
+            return Ended::Closed;
+        }
+        let close = !keep_alive || ctl.draining();
+        if write::response(&wire, &mut head_buf, resp, ex, close).await == Written::Close {
+            return Ended::Closed;
+        }
+        if has_body && !finish_body(&wire).await {
+            return Ended::Closed;
+        }
+    }
+}
+
+/// Reads the next request head. `Ok(None)`: the client closed (or stopped) between requests.
+async fn read_head(
+    wire: &RefCell<Wire>,
+    ctl: &ConnCtl,
+    parser: &Parser,
+    served: u64,
+) -> Result<Option<Head>, ProxyError> {
+    loop {
+        {
+            let mut w = wire.borrow_mut();
+            if !w.rbuf.is_empty() {
+                if let Some(head) = parser.parse(&mut w.rbuf)? {
+                    return Ok(Some(head));
+                }
+                ctl.set_phase(Phase::Head(served + 1));
+            } else if w.eof {
+                return Ok(None);
+            } else if ctl.draining() {
+                // The worker drains: an idle connection ends here.
+                return Ok(None);
+            } else {
+                ctl.set_phase(if served == 0 {
+                    Phase::Fresh
+                } else {
+                    Phase::Idle
+                });
+            }
+        }
+        match poll_fn(|cx| wire.borrow_mut().poll_fill(cx)).await {
+            Ok(0) => {
+                // A client that closes halfway through a head gets no answer: there is no
+                // request to answer.
+                return Ok(None);
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// Completes when the client closes its connection while its request is in flight. Only once
+/// the request body has been read (the body's own reads see a close otherwise); bytes that
+/// arrive meanwhile (a pipelined request) are kept for later, up to a head's worth. Costs no
+/// system call while nothing arrives: the socket's readiness was cleared by the head's read.
+async fn client_gone(wire: &RefCell<Wire>, max: usize) {
+    poll_fn(|cx| {
+        let mut w = wire.borrow_mut();
+        loop {
+            if w.body != BodyState::Done || w.rbuf.len() > max {
+                return std::task::Poll::Pending;
+            }
+            match std::task::ready!(w.poll_fill(cx)) {
+                Ok(0) | Err(_) => return std::task::Poll::Ready(()),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+}
+
+/// The request for `head`, with its body reading from the wire.
+fn request(wire: &Rc<RefCell<Wire>>, head: Head) -> (Request<DownstreamBody>, bool) {
+    let id = wire
+        .borrow_mut()
+        .start_body(head.framing, head.expect_continue);
+    let has_body = wire.borrow().body != BodyState::Done;
+    let body = if has_body {
+        DownstreamBody::H1(RequestBody::new(wire.clone(), id))
+    } else {
+        DownstreamBody::Empty
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method;
+    *req.uri_mut() = head.uri;
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers;
+    (req, has_body)
+}
+
+/// After the response: the rest of the request body, if any, is read and dropped so the next
+/// request can be read. `false`: the connection must close instead.
+async fn finish_body(wire: &RefCell<Wire>) -> bool {
+    {
+        let mut w = wire.borrow_mut();
+        let continue_owed = w.detach_body();
+        match w.body {
+            BodyState::Done => return true,
+            BodyState::Failed => return false,
+            // The client was never told to send its body; it may or may not: close.
+            _ if continue_owed => return false,
+            _ => {}
+        }
+    }
+    let drain = async {
+        let mut dropped = 0u64;
+        loop {
+            match poll_fn(|cx| wire.borrow_mut().poll_body(cx)).await {
+                None => return true,
+                Some(Ok(frame)) => {
+                    dropped += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if dropped > DRAIN_MAX {
+                        return false;
+                    }
+                }
+                Some(Err(_)) => return false,
+            }
+        }
+    };
+    tokio::time::timeout(DRAIN_TIME, drain)
+        .await
+        .unwrap_or(false)
+}
+
+/// An upgrade the upstream accepted: write the `101`, then splice the client's bytes with the
+/// upstream's until either side closes. Bytes the client sent after its head go up first.
+async fn tunnel(
+    wire: Rc<RefCell<Wire>>,
+    head_buf: &mut Vec<u8>,
+    mut resp: http::Response<ProxyBody>,
+    ex: Exchange,
+    ctl: &ConnCtl,
+) -> Ended {
+    let upgrade = hyper::upgrade::on(&mut resp);
+    if write::response(&wire, head_buf, resp, ex, false).await == Written::Close {
+        return Ended::Closed;
+    }
+    let Ok(wire) = Rc::try_unwrap(wire) else {
+        tracing::debug!("upgrade with a request body still held: closing");
+        return Ended::Closed;
+    };
+    let Wire { mut io, rbuf, .. } = wire.into_inner();
+    let upstream = match upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "upstream upgrade did not complete");
+            return Ended::Closed;
+        }
+    };
+    ctl.set_phase(Phase::Tunnel);
+    let mut up = TokioIo::new(upstream);
+    if !rbuf.is_empty() && up.write_all(&rbuf).await.is_err() {
+        return Ended::Closed;
+    }
+    if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut up).await {
+        tracing::debug!(error = %e, "upgraded tunnel ended with an error");
+    }
+    Ended::Closed
+}
