@@ -1,5 +1,5 @@
-//! Per-worker coarse time: a millisecond clock that costs no `rdtsc`, and deadlines that cost
-//! no timer-wheel registration.
+//! Per-worker coarse time: a millisecond clock, and deadlines that cost no timer-wheel
+//! registration.
 //!
 //! Every proxied request waits for its upstream under a timeout, and nearly every one is answered
 //! long before it. A tokio `Sleep` per request means a clock read, a lock and a wheel insertion
@@ -9,8 +9,8 @@
 //! per worker sleeps until the earliest live deadline and fires those that are due. Cancelled
 //! slots are popped where they meet an end of a queue, and once they are half of all slots the
 //! queues are compacted, so they hold at most about twice as many slots as there are deadlines
-//! alive. Resolution is the coarse clock's (a few milliseconds) plus one
-//! millisecond of tokio's timer: enough for request timeouts, not for sub-millisecond ones.
+//! alive. Resolution is a millisecond plus one of tokio's timer: enough for request timeouts,
+//! not for sub-millisecond ones.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -20,13 +20,12 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-/// Milliseconds on the system's coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`, read from the
-/// vDSO without a time-stamp counter read; it advances once per scheduler tick).
+/// Milliseconds since the process's first call: one monotonic clock read (vDSO), kept as a plain
+/// integer so deadlines and idle stamps compare and store cheaply.
 pub fn now_ms() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    (t.tv_sec as u64)
-        .saturating_mul(1000)
-        .saturating_add(t.tv_nsec as u64 / 1_000_000)
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let base = BASE.get_or_init(std::time::Instant::now);
+    u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX / 4)
 }
 
 /// One deadline's shared state.
@@ -191,8 +190,8 @@ pub async fn run_driver() {
                 };
                 if t.armed != Some(next) {
                     t.armed = Some(next);
-                    // The coarse clock may lag the precise one by a tick; one extra millisecond
-                    // keeps the driver from waking just before its deadline is due.
+                    // `now_ms` truncates; one extra millisecond keeps the driver from waking just
+                    // before its deadline is due.
                     let wait = Duration::from_millis(next - now + 1);
                     sleep.as_mut().reset(tokio::time::Instant::now() + wait);
                 }

@@ -12,9 +12,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
 use super::body::{DownstreamBody, H2Body, ProxyBody};
-use super::headers::{
-    ensure_request_id, is_websocket_upgrade, set_client_cert, set_forwarded, strip_hop_by_hop,
-};
+use super::headers::{ensure_request_id, set_client_cert, set_forwarded, strip_hop_by_hop};
 use super::respond::{self, ProxyError};
 use crate::filter::body::{FilteredBody, FilteredBodyError, Prefetch};
 use crate::filter::chain::{ChainRun, Stop, local_reply_response};
@@ -54,21 +52,27 @@ impl ProxyService {
         }
     }
 
-    /// One request to its response. Only a filter's `proxy_close_stream` is an error: the
-    /// connection then resets the stream (HTTP/2) or closes (HTTP/1.1) without a response, as
-    /// Envoy does; every other failure is already a response here.
+    /// One request to its response. `websocket`: an HTTP/1.1 request to switch to WebSocket (the
+    /// HTTP/1.1 server read that off the head already). Only a filter's `proxy_close_stream` is
+    /// an error: the connection then resets the stream (HTTP/2) or closes (HTTP/1.1) without a
+    /// response, as Envoy does; every other failure is already a response here.
     pub async fn handle(
         &self,
         req: Request<DownstreamBody>,
+        websocket: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        match self.proxy(req).await {
+        match self.proxy(req, websocket).await {
             Ok(r) => Ok(r),
             Err(e @ ProxyError::Filter(_, "filter_reset")) => Err(e),
             Err(e) => Ok(respond::error_response(&e)),
         }
     }
 
-    async fn proxy(&self, req: Request<DownstreamBody>) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn proxy(
+        &self,
+        req: Request<DownstreamBody>,
+        upgrade: bool,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let limits = &self.listener.limits;
         if req.version() <= Version::HTTP_11 {
             check_host(&req)?;
@@ -82,7 +86,6 @@ impl ProxyService {
         if uri_len as u64 > limits.max_uri_length {
             return Err(ProxyError::UriTooLong(limits.max_uri_length));
         }
-        let upgrade = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
 
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -423,7 +426,8 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let this = self.clone();
         Box::pin(async move {
             let req = req.map(|b| DownstreamBody::H2(H2Body::new(b)));
-            this.handle(req).await
+            // HTTP/2 has no `Upgrade` (extended CONNECT is not served).
+            this.handle(req, false).await
         })
     }
 }

@@ -208,15 +208,16 @@ pub struct EncodedHead {
 /// Encodes the request head (origin-form target, `Host` already set by the caller).
 pub fn encode_head(req: &Request<ProxyBody>) -> EncodedHead {
     let (method, headers, body) = (req.method(), req.headers(), req.body());
-    let mut b = Vec::with_capacity(256 + headers.len() * 32);
+    // Sized exactly (plus a framing line): growing the buffer copied every head once or twice.
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let fields: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let mut b = Vec::with_capacity(method.as_str().len() + path.len() + fields + 48);
     b.extend_from_slice(method.as_str().as_bytes());
     b.push(b' ');
-    b.extend_from_slice(
-        req.uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .as_bytes(),
-    );
+    b.extend_from_slice(path.as_bytes());
     b.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
         if name == TRANSFER_ENCODING {
@@ -469,18 +470,17 @@ struct ParsedHead {
     length: Option<Result<u64, ()>>,
 }
 
-/// Where one header's name and value lie in the head.
-#[derive(Clone, Copy, Default)]
-struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
-}
-
 /// Parses (and consumes) a complete response head from `buf`, if one is there.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ProxyError> {
+    crate::http::h1::parse::with_spans(|spans| parse_head_with(buf, spans))
+}
+
+fn parse_head_with(
+    buf: &mut BytesMut,
+    spans: &mut Vec<crate::http::h1::parse::Span>,
+) -> Result<Option<ParsedHead>, ProxyError> {
     // Positions are taken while httparse borrows the buffer; the head is then split off and
     // frozen, so header values are slices of it (no copy, no allocation per value).
-    let mut spans = [Span::default(); MAX_HEADERS];
     let (len, code, version, count) = {
         let bytes = &buf[..];
         let base = bytes.as_ptr() as usize;
@@ -496,11 +496,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ProxyError> {
             }
             Err(_) => return Err(ProxyError::UpstreamMalformed("invalid response head")),
         };
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            span.name = (offset(h.name.as_bytes()), h.name.len() as u32);
-            span.value = (offset(h.value), h.value.len() as u32);
-        }
+        spans.extend(
+            resp.headers
+                .iter()
+                .map(|h| crate::http::h1::parse::Span::of(base, h)),
+        );
         (len, resp.code, resp.version, resp.headers.len())
     };
     let status = code

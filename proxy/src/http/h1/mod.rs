@@ -96,11 +96,11 @@ pub async fn serve(
             version: head.version,
         };
         let keep_alive = head.keep_alive;
-        let upgrade = crate::http::headers::is_websocket_upgrade(&head.headers);
+        let upgrade = head.websocket;
         let (req, has_body) = request(&wire, head);
         let resp = tokio::select! {
             biased;
-            r = svc.handle(req) => match r {
+            r = svc.handle(req, upgrade) => match r {
                 Ok(r) => r,
                 // A filter reset the stream: close without an answer, as Envoy does.
                 Err(_) => return Ended::Closed,

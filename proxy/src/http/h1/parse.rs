@@ -39,6 +39,9 @@ pub struct Head {
     pub keep_alive: bool,
     /// `Expect: 100-continue` on a request with a body: a `100 Continue` is owed before reading it.
     pub expect_continue: bool,
+    /// An HTTP/1.1 request to switch to WebSocket (`Upgrade: websocket` with `Connection:
+    /// upgrade`), the one upgrade Weir tunnels.
+    pub websocket: bool,
 }
 
 /// The head limits of one listener.
@@ -47,11 +50,39 @@ pub struct Parser {
     max_head: usize,
 }
 
-/// Where one header's name and value lie in the head.
+/// Where one header's name and value lie in a head (offsets and lengths).
 #[derive(Clone, Copy, Default)]
-struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
+pub(crate) struct Span {
+    pub name: (u32, u32),
+    pub value: (u32, u32),
+}
+
+impl Span {
+    /// The span of `h` in a head starting at address `base`.
+    pub fn of(base: usize, h: &httparse::Header<'_>) -> Self {
+        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        Span {
+            name: (at(h.name.as_bytes()), h.name.len() as u32),
+            value: (at(h.value), h.value.len() as u32),
+        }
+    }
+}
+
+thread_local! {
+    /// Scratch spans, reused by every head parsed on the thread (no per-head zeroing).
+    static SPANS: std::cell::RefCell<Vec<Span>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with the thread's scratch span list (cleared).
+pub(crate) fn with_spans<R>(f: impl FnOnce(&mut Vec<Span>) -> R) -> R {
+    SPANS.with(|s| match s.try_borrow_mut() {
+        Ok(mut v) => {
+            v.clear();
+            f(&mut v)
+        }
+        // Never nested in practice; a fresh list keeps it correct if it ever is.
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 impl Parser {
@@ -70,14 +101,7 @@ impl Parser {
     /// Parses (and takes) a complete head from the front of `buf`. `Ok(None)`: not complete yet
     /// (and not yet over the size limit).
     pub fn parse(&self, buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
-        if self.max_headers <= STACK_SLOTS {
-            let mut spans = [Span::default(); STACK_SLOTS];
-            parse_with(buf, self.max_headers, &mut spans, self.max_head)
-        } else {
-            // A listener that allows more headers than the stack holds pays an allocation.
-            let mut spans = vec![Span::default(); self.max_headers];
-            parse_with(buf, self.max_headers, &mut spans, self.max_head)
-        }
+        with_spans(|spans| parse_with(buf, self.max_headers, spans, self.max_head))
     }
 }
 
@@ -94,7 +118,7 @@ struct Scanned {
 fn scan<'b>(
     bytes: &'b [u8],
     slots: &mut [MaybeUninit<httparse::Header<'b>>],
-    spans: &mut [Span],
+    spans: &mut Vec<Span>,
     max_head: usize,
 ) -> Result<Option<Scanned>, ProxyError> {
     let base = bytes.as_ptr() as usize;
@@ -124,10 +148,7 @@ fn scan<'b>(
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-        span.name = (offset(h.name.as_bytes()), h.name.len() as u32);
-        span.value = (offset(h.value), h.value.len() as u32);
-    }
+    spans.extend(req.headers.iter().map(|h| Span::of(base, h)));
     Ok(Some(Scanned {
         len,
         method,
@@ -140,7 +161,7 @@ fn scan<'b>(
 fn parse_with(
     buf: &mut BytesMut,
     max_headers: usize,
-    spans: &mut [Span],
+    spans: &mut Vec<Span>,
     max_head: usize,
 ) -> Result<Option<Head>, ProxyError> {
     // Positions are taken while httparse borrows the buffer; the head is then split off and
@@ -168,7 +189,8 @@ fn parse_with(
     let uri = Uri::from_maybe_shared(slice(target))
         .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
 
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields the proxy adds (x-forwarded-*, x-request-id, ...) without a rehash.
+    let mut headers = HeaderMap::with_capacity(count + 8);
     let mut framing = Framing::default();
     for span in &spans[..count] {
         let (at, n) = span.name;
@@ -193,6 +215,7 @@ fn parse_with(
         framing: framing_kind,
         keep_alive,
         expect_continue: framing.expect_continue && has_body && version == Version::HTTP_11,
+        websocket: framing.conn_upgrade && framing.upgrade_websocket && version == Version::HTTP_11,
     }))
 }
 
@@ -209,6 +232,8 @@ struct Framing {
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
+    conn_upgrade: bool,
+    upgrade_websocket: bool,
 }
 
 impl Framing {
@@ -253,7 +278,10 @@ impl Framing {
                 let t = token.trim_ascii();
                 self.close |= t.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                self.conn_upgrade |= t.eq_ignore_ascii_case(b"upgrade");
             }
+        } else if name == http::header::UPGRADE {
+            self.upgrade_websocket |= v.eq_ignore_ascii_case(b"websocket");
         } else if name == http::header::EXPECT {
             self.expect_continue |= v.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
@@ -393,6 +421,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!h.expect_continue, "no body, no 100");
+        let ws = |raw: &[u8]| parse(raw).unwrap().unwrap().websocket;
+        assert!(ws(
+            b"GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n\r\n"
+        ));
+        assert!(!ws(
+            b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+        ));
+        assert!(!ws(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"));
     }
 
     #[test]
