@@ -640,29 +640,50 @@ fn callback_histograms(filters: &[crate::filter::LoadedFilter], out: &mut String
 
 /// The metrics filters define themselves (`proxy_define_metric`), one series per filter and
 /// metric name, summed over every worker's VM: counters and gauges as `weir_filter_metric`,
-/// histograms as `weir_filter_metric_count` / `_sum`.
+/// histograms as `weir_filter_metric_count` / `_sum`. Each is a family of its own, written as one
+/// group (the text format wants a family's samples together, and an untyped family does not own
+/// `_count` / `_sum` suffixes).
 fn guest_metrics(runtime: &weir_host_abi::Runtime, out: &mut String) {
     use weir_host_abi::MetricValue;
     let samples = runtime.metrics().snapshot();
     if samples.is_empty() {
         return;
     }
-    out.push_str("# HELP weir_filter_metric Counters and gauges the filters define.\n# TYPE weir_filter_metric untyped\n");
-    let label = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
-    for m in &samples {
-        let labels = metric_labels(&m.plugin, &m.name, label);
-        let _ = match m.value {
-            MetricValue::Counter(v) => writeln!(out, "weir_filter_metric{{{labels}}} {v}"),
-            MetricValue::Gauge(v) => writeln!(out, "weir_filter_metric{{{labels}}} {v}"),
-            MetricValue::Histogram { count, sum } => writeln!(
-                out,
-                "weir_filter_metric_count{{{labels}}} {count}\nweir_filter_metric_sum{{{labels}}} {sum}"
-            ),
-        };
+    let label = |s: &str| crate::telemetry::metrics::label(s);
+    let labelled: Vec<(String, &MetricValue)> = samples
+        .iter()
+        .map(|m| (metric_labels(&m.plugin, &m.name, label), &m.value))
+        .collect();
+    let scalars: Vec<_> = labelled
+        .iter()
+        .filter_map(|(l, v)| match v {
+            MetricValue::Counter(v) => Some((l, v.to_string())),
+            MetricValue::Gauge(v) => Some((l, v.to_string())),
+            MetricValue::Histogram { .. } => None,
+        })
+        .collect();
+    if !scalars.is_empty() {
+        out.push_str("# HELP weir_filter_metric Counters and gauges the filters define.\n# TYPE weir_filter_metric untyped\n");
+        for (l, v) in scalars {
+            let _ = writeln!(out, "weir_filter_metric{{{l}}} {v}");
+        }
+    }
+    let histograms: Vec<_> = labelled
+        .iter()
+        .filter_map(|(l, v)| match v {
+            MetricValue::Histogram { count, sum } => Some((l, *count, *sum)),
+            _ => None,
+        })
+        .collect();
+    if !histograms.is_empty() {
+        out.push_str("# HELP weir_filter_metric_count Observations of the histograms the filters define.\n# TYPE weir_filter_metric_count counter\n");
+        for (l, count, _) in &histograms {
+            let _ = writeln!(out, "weir_filter_metric_count{{{l}}} {count}");
+        }
+        out.push_str("# HELP weir_filter_metric_sum Sum of the observations of the histograms the filters define.\n# TYPE weir_filter_metric_sum counter\n");
+        for (l, _, sum) in &histograms {
+            let _ = writeln!(out, "weir_filter_metric_sum{{{l}}} {sum}");
+        }
     }
 }
 

@@ -123,18 +123,18 @@ impl Tracing {
             if let Some(ua) = header_text(req.headers(), http::header::USER_AGENT) {
                 attrs.push(KeyValue::new("user_agent.original", ua));
             }
-            if let Some(id) = header_text(req.headers(), "x-request-id") {
-                attrs.push(KeyValue::new("weir.request_id", id));
-            }
             span.set_attributes(attrs);
         }
         let server_cx = Context::new().with_remote_span_context(span.span_context().clone());
-        RequestTrace {
+        let mut rt = RequestTrace {
             server: span,
             server_cx,
             client: None,
             client_cx: None,
-        }
+            request_id: false,
+        };
+        rt.note_request_id(req.headers());
+        rt
     }
 
     /// Writes `cx`'s span context as `traceparent` (and `tracestate`) into `headers`.
@@ -158,6 +158,9 @@ pub struct RequestTrace {
     server_cx: Context,
     client: Option<Span>,
     client_cx: Option<Context>,
+    /// `weir.request_id` is on the server span (the client's, or the one weir generated once
+    /// the request reaches an upstream).
+    request_id: bool,
 }
 
 impl RequestTrace {
@@ -169,6 +172,17 @@ impl RequestTrace {
     /// The current client span's context, if an attempt is in flight.
     pub fn client_context(&self) -> Option<&Context> {
         self.client_cx.as_ref()
+    }
+
+    fn note_request_id(&mut self, h: &HeaderMap) {
+        if self.request_id || !self.server.is_recording() {
+            return;
+        }
+        if let Some(id) = header_text(h, "x-request-id") {
+            self.server
+                .set_attribute(KeyValue::new("weir.request_id", id));
+            self.request_id = true;
+        }
     }
 
     /// The trace id, as 16 bytes.
@@ -187,6 +201,7 @@ impl RequestTrace {
         if let Some(mut old) = self.client.take() {
             old.end();
         }
+        self.note_request_id(req.headers());
         let mut span = t
             .tracer
             .span_builder(method_name(req.method()))
