@@ -665,3 +665,23 @@ async fn the_log_level_changes_at_run_time() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("weir::audit=info"), "{body}");
 }
+
+#[tokio::test]
+async fn access_log_lines_are_written_on_shutdown() {
+    let echo = EchoServer::start().await;
+    let yaml = ChainManifest::new()
+        .cluster("web", &[echo.addr])
+        .listener("main", "web", None)
+        .yaml()
+        + "drain_timeout: 5s\ntelemetry:\n  access_log:\n    path: access.log\n    flush_interval: 1h\n";
+    let mut weir = Weir::start(&yaml).await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    assert_eq!(c.get("/last").await.status, 200);
+    drop(c);
+    weir.sigterm();
+    assert!(weir.wait_exit(Duration::from_secs(10)).await.success());
+    let text = std::fs::read_to_string(weir.dir().join("access.log")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(s(&Json::parse(lines[0]).unwrap(), "path"), Some("/last"));
+}
