@@ -7,7 +7,7 @@
 //!      listener's default cluster)
 //!   ─▶ upstream (balance ─▶ pooled connection h1/h2, plain/TLS/mTLS) ─▶ filter chain: response
 //!      phases (reverse)
-//!   ─▶ downstream ─▶ on_log
+//!   ─▶ downstream ─▶ on_log ─▶ telemetry (metrics, spans, access-log line)
 //! ```
 //! Modules follow that line: [`listener`], [`conn`], [`tls`], [`http`] (service, body, headers, the one
 //! error-to-response mapping in `respond`), [`filter`] (chains of proxy-wasm filters),

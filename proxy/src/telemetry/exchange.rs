@@ -36,6 +36,9 @@ struct Attempt {
     start: Option<Instant>,
     /// The upstream's status; 0 until a response head arrived.
     status: u16,
+    /// What went wrong; it becomes the request's flags only if this attempt was the last (a
+    /// retry that succeeded leaves no flag, as in Envoy).
+    flags: u16,
 }
 
 /// What a request carries only while tracing or the access log is on.
@@ -109,9 +112,12 @@ impl Exchange {
     }
 
     /// An attempt to `ep` of cluster `cluster` begins with `req` (the request as the upstream
-    /// will get it). `timed`: read the clock for its start (a chain or a retry ran before it);
-    /// otherwise the request's start stands in. `routed`: a filter's route decision chose the
-    /// cluster. With tracing on, starts the client span and sends its context upstream.
+    /// will get it). `timed`: read the clock for its start (a chain ran before it); otherwise the
+    /// request's start stands in. `routed`: a filter's route decision chose the cluster. With
+    /// tracing on, starts the client span and sends its context upstream.
+    ///
+    /// Called again for a retry, it closes the previous attempt (counted with its outcome and
+    /// time, its client span ended) and counts the new one as a retry.
     pub fn upstream_start<B>(
         &mut self,
         cluster: usize,
@@ -120,11 +126,21 @@ impl Exchange {
         timed: bool,
         routed: bool,
     ) {
+        let base = self.tel.layout.endpoint(cluster, ep.index);
+        let retry = match self.upstream.take() {
+            Some(previous) => {
+                self.count_attempt(&previous, Instant::now());
+                self.tel.shard.add(base + metrics::endpoint::RQ_RETRY, 1);
+                true
+            }
+            None => false,
+        };
         let detailed = self.detail.is_some();
         self.upstream = Some(Attempt {
-            base: self.tel.layout.endpoint(cluster, ep.index),
-            start: (timed || detailed).then(Instant::now),
+            base,
+            start: (timed || retry || detailed).then(Instant::now),
             status: 0,
+            flags: 0,
         });
         let Some(d) = self.detail.as_deref_mut() else {
             return;
@@ -167,7 +183,7 @@ impl Exchange {
                 if let Some(slot) = slot {
                     self.tel.shard.add(up.base + slot, 1);
                 }
-                self.flags |= flag_of(e.reason());
+                up.flags |= flag_of(e.reason());
             }
         }
         let Some(d) = self.detail.as_deref_mut() else {
@@ -235,6 +251,9 @@ impl Exchange {
         let end = Instant::now();
         let sh = &self.tel.shard;
         let l = self.listener;
+        if let Some(up) = &self.upstream {
+            self.flags |= up.flags;
+        }
         sh.sub(l + metrics::listener::RQ_ACTIVE, 1);
         sh.add(l + metrics::listener::RQ_CLASS + class_of(self.status), 1);
         sh.observe(l + metrics::listener::RQ_TIME, nanos(end - self.start));
@@ -245,12 +264,7 @@ impl Exchange {
             f &= f - 1;
         }
         if let Some(up) = &self.upstream {
-            sh.add(
-                up.base + metrics::endpoint::RQ_CLASS + class_of(up.status),
-                1,
-            );
-            let began = up.start.unwrap_or(self.start);
-            sh.observe(up.base + metrics::endpoint::RQ_TIME, nanos(end - began));
+            self.count_attempt(up, end);
         }
         let Some(mut d) = self.detail.take() else {
             return;
@@ -275,6 +289,19 @@ impl Drop for Exchange {
             self.flags |= flags::DC;
             self.record();
         }
+    }
+}
+
+impl Exchange {
+    /// Counts an attempt that ended at `end`.
+    fn count_attempt(&self, up: &Attempt, end: Instant) {
+        let sh = &self.tel.shard;
+        sh.add(
+            up.base + metrics::endpoint::RQ_CLASS + class_of(up.status),
+            1,
+        );
+        let began = up.start.unwrap_or(self.start);
+        sh.observe(up.base + metrics::endpoint::RQ_TIME, nanos(end - began));
     }
 }
 
@@ -377,4 +404,143 @@ pub fn declared_length(h: &HeaderMap) -> u64 {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Telemetry;
+    use crate::upstream::Cluster;
+
+    fn setup() -> (Telemetry, Rc<WorkerTelemetry>, Cluster) {
+        let cfg = crate::config::parse(
+            "listeners: [{name: main, address: 127.0.0.1:0, default_cluster: web}]\n\
+             clusters: {web: {endpoints: [127.0.0.1:1, 127.0.0.1:2]}}\n",
+            "t",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let addrs: Vec<SocketAddr> = vec![([127, 0, 0, 1], 1).into(), ([127, 0, 0, 1], 2).into()];
+        let t = Telemetry::metrics_only(&cfg, 1, std::slice::from_ref(&addrs));
+        let w = t.worker(0);
+        let c = Cluster::new(&cfg.clusters[0], &addrs, None);
+        (t, w, c)
+    }
+
+    fn scrape(t: &Telemetry) -> String {
+        let mut out = String::new();
+        t.render(&mut out);
+        out
+    }
+
+    #[track_caller]
+    fn has(out: &str, line: &str) {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+    }
+
+    fn ok(status: u16) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut r = Response::new(ProxyBody::Empty);
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        Ok(r)
+    }
+
+    #[test]
+    fn a_retry_counts_both_attempts_and_only_the_last_outcome_flags_the_request() {
+        let (t, w, c) = setup();
+        let mut ex = Exchange::start(&w, 0);
+        let mut req = Request::new(());
+        ex.upstream_start(0, &c.endpoints[0], &mut req, false, false);
+        ex.upstream_done::<ProxyBody>(&Err(ProxyError::ConnectTimeout(c.endpoints[0].addr)));
+        ex.upstream_start(0, &c.endpoints[1], &mut req, false, false);
+        let resp = ok(200);
+        ex.upstream_done(&resp);
+        ex.respond(resp.as_ref().unwrap());
+        ex.finish(10, 20);
+        let out = scrape(&t);
+        let e1 = r#"cluster="web",endpoint="127.0.0.1:1""#;
+        let e2 = r#"cluster="web",endpoint="127.0.0.1:2""#;
+        has(
+            &out,
+            &format!("weir_upstream_rq_total{{{e1},class=\"none\"}} 1"),
+        );
+        has(
+            &out,
+            &format!("weir_upstream_cx_connect_timeout_total{{{e1}}} 1"),
+        );
+        has(
+            &out,
+            &format!("weir_upstream_rq_total{{{e2},class=\"2xx\"}} 1"),
+        );
+        has(&out, &format!("weir_upstream_rq_retry_total{{{e2}}} 1"));
+        has(
+            &out,
+            &format!("weir_upstream_rq_time_seconds_count{{{e1}}} 1"),
+        );
+        has(
+            &out,
+            &format!("weir_upstream_rq_time_seconds_count{{{e2}}} 1"),
+        );
+        has(
+            &out,
+            r#"weir_downstream_rq_total{listener="main",class="2xx"} 1"#,
+        );
+        has(
+            &out,
+            r#"weir_downstream_rq_flags_total{listener="main",flag="UF"} 0"#,
+        );
+        has(&out, r#"weir_downstream_rq_active{listener="main"} 0"#);
+    }
+
+    #[test]
+    fn a_dropped_exchange_is_counted_once_as_cut() {
+        let (t, w, c) = setup();
+        let mut ex = Exchange::start(&w, 0);
+        let mut req = Request::new(());
+        ex.upstream_start(0, &c.endpoints[0], &mut req, true, false);
+        has(
+            &scrape(&t),
+            r#"weir_downstream_rq_active{listener="main"} 1"#,
+        );
+        drop(ex);
+        let out = scrape(&t);
+        has(
+            &out,
+            r#"weir_downstream_rq_total{listener="main",class="none"} 1"#,
+        );
+        has(
+            &out,
+            r#"weir_downstream_rq_flags_total{listener="main",flag="DC"} 1"#,
+        );
+        has(
+            &out,
+            r#"weir_downstream_rq_time_seconds_count{listener="main"} 1"#,
+        );
+        has(&out, r#"weir_downstream_rq_active{listener="main"} 0"#);
+        // A finished one is not counted again when dropped.
+        let mut ex = Exchange::start(&w, 0);
+        ex.respond(&Response::new(()));
+        ex.finish(0, 0);
+        has(
+            &scrape(&t),
+            r#"weir_downstream_rq_time_seconds_count{listener="main"} 2"#,
+        );
+    }
+
+    #[test]
+    fn local_errors_flag_by_their_reason() {
+        let (t, w, _) = setup();
+        let mut ex = Exchange::start(&w, 0);
+        let resp = crate::http::respond::error_response(&ProxyError::ConnectTimeout(
+            ([127, 0, 0, 1], 1).into(),
+        ));
+        ex.respond(&resp);
+        ex.finish(0, 0);
+        has(
+            &scrape(&t),
+            r#"weir_downstream_rq_flags_total{listener="main",flag="UF"} 1"#,
+        );
+        assert_eq!(flag_of("upstream_response_timeout"), flags::UT);
+        assert_eq!(flag_of("filter_failed"), flags::FF);
+        assert_eq!(flag_of("no_route"), 0);
+    }
 }

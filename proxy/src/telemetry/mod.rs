@@ -218,6 +218,25 @@ impl WorkerTelemetry {
             .add(self.layout.endpoint(c, e) + metrics::endpoint::EJECTIONS, 1);
     }
 
+    /// A circuit breaker of cluster `c` refused a request (resilience hook; flag it `UO` on the
+    /// request's [`Exchange`]).
+    pub fn upstream_overflow(&self, c: usize) {
+        self.shard
+            .add(self.layout.cluster(c) + metrics::cluster::RQ_OVERFLOW, 1);
+    }
+
+    /// A request to cluster `c` ran out of retries (resilience hook; flag `URX`).
+    pub fn upstream_retry_limit(&self, c: usize) {
+        self.shard
+            .add(self.layout.cluster(c) + metrics::cluster::RQ_RETRY_LIMIT, 1);
+    }
+
+    /// Cluster `c` had no endpoint to pick (resilience hook; flag `UH`).
+    pub fn upstream_no_healthy(&self, c: usize) {
+        self.shard
+            .add(self.layout.cluster(c) + metrics::cluster::RQ_NO_HEALTHY, 1);
+    }
+
     /// Writes out this worker's buffered access-log lines.
     pub fn flush(&self) {
         if let Some(l) = &self.log {

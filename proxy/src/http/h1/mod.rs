@@ -89,9 +89,10 @@ pub async fn serve(
                 let resp = respond::error_response(&e);
                 let mut record = svc.exchange();
                 record.respond(&resp);
+                let tx_mark = ctl.bytes().1;
                 write::response(&wire, &mut head_buf, resp, ex, true).await;
                 let (rx, tx) = ctl.bytes();
-                record.finish(rx - rx_mark, tx);
+                record.finish(rx - rx_mark, tx - tx_mark);
                 return Ended::Closed;
             }
         };
