@@ -34,11 +34,16 @@ SINK_PORT=${SINK_PORT:-18293}
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 command -v wrk >/dev/null || { SUDO=; ((EUID == 0)) || SUDO=sudo; $SUDO apt-get update && $SUDO apt-get install -y wrk; }
 
-log "building weir (release) and the backend"
-cargo build --release --quiet -p weir --manifest-path "$ROOT/Cargo.toml"
+if [[ -n ${WEIR_BIN:-} ]]; then
+  WEIR=$WEIR_BIN   # a build of your own (e.g. a debug build, to check the script itself)
+else
+  log "building weir (release)"
+  cargo build --release --quiet -p weir --manifest-path "$ROOT/Cargo.toml"
+  WEIR=$CARGO_TARGET_DIR/release/weir
+fi
+log "building the backend"
 BACKEND_TARGET=${BACKEND_TARGET:-$SHARED/backend/target}   # the shared harness's own target dir
 CARGO_TARGET_DIR=$BACKEND_TARGET cargo build --release --quiet --manifest-path "$SHARED/backend/Cargo.toml"
-WEIR=$CARGO_TARGET_DIR/release/weir
 BACKEND=$BACKEND_TARGET/release/peer-backend
 mkdir -p "$RUN_DIR"
 

@@ -686,3 +686,23 @@ async fn access_log_lines_are_written_on_shutdown() {
     assert_eq!(lines.len(), 1, "{text}");
     assert_eq!(s(&Json::parse(lines[0]).unwrap(), "path"), Some("/last"));
 }
+
+#[tokio::test]
+async fn a_dead_collector_never_fails_a_request() {
+    let echo = EchoServer::start().await;
+    let dead = format!("http://{}", weir_tests::closed_port());
+    let yaml = ChainManifest::new()
+        .cluster("web", &[echo.addr])
+        .listener("main", "web", None)
+        .yaml()
+        + &tracing_yaml(&dead);
+    let weir = Weir::start(&yaml).await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    for i in 0..20 {
+        assert_eq!(c.get(&format!("/{i}")).await.status, 200);
+    }
+    // Exports keep failing (every 20 ms) while requests are served and traced.
+    let rec = &echo.wait_requests(20).await[19];
+    split_traceparent(rec.header("traceparent").unwrap());
+    assert_eq!(c.get("/still").await.status, 200);
+}

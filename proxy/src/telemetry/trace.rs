@@ -132,6 +132,7 @@ impl Tracing {
             client: None,
             client_cx: None,
             request_id: false,
+            attempts: 0,
         };
         rt.note_request_id(req.headers());
         rt
@@ -161,6 +162,8 @@ pub struct RequestTrace {
     /// `weir.request_id` is on the server span (the client's, or the one weir generated once
     /// the request reaches an upstream).
     request_id: bool,
+    /// Client spans started so far (a retry's span carries `http.request.resend_count`).
+    attempts: u32,
 }
 
 impl RequestTrace {
@@ -222,7 +225,14 @@ impl RequestTrace {
                 KeyValue::new("url.full", format!("http://{upstream}{path}")),
                 KeyValue::new("weir.cluster", cluster.to_owned()),
             ]);
+            if self.attempts > 0 {
+                span.set_attribute(KeyValue::new(
+                    "http.request.resend_count",
+                    i64::from(self.attempts),
+                ));
+            }
         }
+        self.attempts += 1;
         self.client_cx = Some(Context::new().with_remote_span_context(span.span_context().clone()));
         self.client = Some(span);
     }
