@@ -102,7 +102,7 @@ pub use metrics::{MetricSample, MetricValue, MetricsRegistry};
 pub use plugin::{Availability, HostFactory, Plugin, Verdict};
 pub use runtime::{Module, Runtime, RuntimeError};
 pub use shared_data::SharedState;
-pub use stats::{FilterStats, StatsSnapshot};
+pub use stats::{CALLBACK_BUCKETS_NS, FilterStats, Phase, PhaseHistogram, StatsSnapshot};
 pub use time::monotonic_nanos;
 pub use types::{
     Action, BufferType, ContextId, LogLevel, MapType, MetricType, Pairs, PeerType, Status,

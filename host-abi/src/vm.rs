@@ -489,12 +489,15 @@ impl Vm {
         self.store.data_mut().deadline.arm(ticks, deadline);
         self.store.set_epoch_deadline(ticks);
         // Callback time is sampled (one call in TIMING_SAMPLE, scaled up): two clock reads on
-        // every callback were a visible share of a short filter chain's cost.
+        // every callback were a visible share of a short filter chain's cost. The sample is the
+        // top bits of a Weyl sequence rather than every 16th call: a stream makes a fixed number
+        // of calls, and a plain modulus would time the same phases over and over (the per-phase
+        // histograms would see some phases never).
         self.calls = self.calls.wrapping_add(1);
-        let timed = self.calls.is_multiple_of(TIMING_SAMPLE);
+        let timed = self.calls.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60 == 0;
         let started = timed.then(Instant::now);
         let result = func.call(&mut self.store, params);
-        let elapsed = started.map(|t| t.elapsed() * TIMING_SAMPLE as u32);
+        let elapsed = started.map(|t| t.elapsed());
         if let Some((_, s)) = lent.as_mut() {
             let st = self.store.data_mut();
             std::mem::swap(&mut st.stream, *s);
@@ -503,7 +506,9 @@ impl Vm {
         let call = std::mem::take(&mut self.store.data_mut().call);
         FilterStats::add(&self.stats.callbacks, 1);
         if let Some(elapsed) = elapsed {
-            FilterStats::add(&self.stats.callback_nanos, elapsed.as_nanos() as u64);
+            let nanos = elapsed.as_nanos() as u64;
+            FilterStats::add(&self.stats.callback_nanos, nanos * TIMING_SAMPLE);
+            self.stats.observe_callback(name, nanos, TIMING_SAMPLE);
             // The memory gauge is refreshed on the sampled calls too: reading the memory size
             // on every callback showed in profiles.
             self.stats

@@ -2,13 +2,16 @@
 //!
 //! Reads: `GET /ready` (200 serving, 503 draining), `/healthz`, `/metrics` (Prometheus text),
 //! `/config_dump` (the running validated config as JSON), `/clusters`, `/filters`, `/certs`
-//! (every certificate and trust anchor in use, with expiry, and each TLS context's rotations).
+//! (every certificate and trust anchor in use, with expiry, and each TLS context's rotations),
+//! `/logging` (the log filter in force).
 //!
 //! Mutations (POST/PUT only, each through [`Control`]'s transaction; `?dry_run=true` validates,
 //! compiles and canaries without publishing):
 //! `POST /reload`, `PUT /filters/NAME` (body `application/wasm`: new module bytes; or JSON
 //! `{"module": "builtin:X" | "sha256:HEX", "config": …, "vm_config": …, "failure_policy": …}`),
-//! `PUT /chains/NAME` (JSON `["f1", "f2"]`), `POST /rollback`.
+//! `PUT /chains/NAME` (JSON `["f1", "f2"]`), `POST /rollback`; and, outside the transaction,
+//! `POST /logging?level=LEVEL` or `?filter=DIRECTIVES` (the proxy's own log filter, as Envoy's
+//! `/logging`).
 //!
 //! A mutation must carry `Authorization: Bearer TOKEN` matching `admin.token_file` (compared in
 //! constant time; without a token file mutations are off), a `Host` naming this endpoint, and no
@@ -44,6 +47,8 @@ pub struct AdminState {
     pub draining: AtomicBool,
     /// Certificates in use (`/certs`, expiry metrics).
     pub tls: Arc<crate::tls::TlsContexts>,
+    /// The core's metrics (`/metrics`).
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 struct Admin {
@@ -118,6 +123,8 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp {
 /// The routes: what a path is, and which methods it takes.
 enum Route<'a> {
     Read(&'a str),
+    /// `GET` reads the log filter, `POST` sets it.
+    Logging,
     Reload,
     Rollback,
     Filter(&'a str),
@@ -128,6 +135,7 @@ impl Route<'_> {
     fn allowed(&self) -> &'static str {
         match self {
             Route::Read(_) => "GET, HEAD",
+            Route::Logging => "GET, HEAD, POST",
             Route::Reload | Route::Rollback => "POST",
             Route::Filter(_) | Route::Chain(_) => "PUT",
         }
@@ -153,6 +161,7 @@ impl Admin {
             | "/certs" => Route::Read(path.as_str()),
             "/reload" => Route::Reload,
             "/rollback" => Route::Rollback,
+            "/logging" => Route::Logging,
             p => {
                 let (kind, name) = match (p.strip_prefix("/filters/"), p.strip_prefix("/chains/")) {
                     (Some(n), _) => (0, n),
@@ -174,6 +183,7 @@ impl Admin {
         };
         let method_ok = match &route {
             Route::Read(_) => matches!(*req.method(), Method::GET | Method::HEAD),
+            Route::Logging => matches!(*req.method(), Method::GET | Method::HEAD | Method::POST),
             Route::Reload | Route::Rollback => req.method() == Method::POST,
             Route::Filter(_) | Route::Chain(_) => req.method() == Method::PUT,
         };
@@ -185,6 +195,13 @@ impl Admin {
         }
         match route {
             Route::Read(p) => self.read(p),
+            Route::Logging if req.method() != Method::POST => logging_read(),
+            Route::Logging => {
+                if let Err(r) = self.authorize(&req) {
+                    return *r;
+                }
+                logging_set(req.uri().query().unwrap_or(""))
+            }
             mutation => {
                 if let Err(r) = self.authorize(&req) {
                     return *r;
@@ -325,7 +342,7 @@ impl Admin {
                     self.control.put_chain(name, filters, dry_run).await,
                 )
             }
-            Route::Read(_) => unreachable!("reads are not mutations"),
+            Route::Read(_) | Route::Logging => unreachable!("not a transaction"),
         };
         audit(action, &target, dry_run, &result);
         match result {
@@ -486,38 +503,187 @@ impl Admin {
                     );
                 }
             }
+            callback_histograms(&set.filters, &mut out);
             guest_metrics(&set.runtime, &mut out);
         }
         self.state.tls.metrics(&mut out);
+        if let Some(t) = &self.state.telemetry {
+            t.render(&mut out);
+        }
         out
+    }
+}
+
+/// `GET /logging`: the filter in force.
+fn logging_read() -> Resp {
+    match crate::telemetry::logs::current() {
+        Some(f) => json_resp(StatusCode::OK, &json!({ "filter": f })),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "logging was not set up with a reloadable filter",
+        ),
+    }
+}
+
+/// `POST /logging?level=debug` (every target) or `?filter=info,weir::audit=debug`.
+fn logging_set(query: &str) -> Resp {
+    use crate::telemetry::logs::{self, LogError};
+    let mut level = None;
+    let mut filter = None;
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=') {
+            Some(("level", v)) => level = Some(v.to_owned()),
+            Some(("filter", v)) => filter = Some(percent_decode(v)),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter `{kv}`: use ?level=LEVEL or ?filter=DIRECTIVES"),
+                );
+            }
+        }
+    }
+    let result = match (level, filter) {
+        (Some(l), None) => logs::set_level(&l),
+        (None, Some(f)) => logs::set_filter(&f),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give one of ?level=LEVEL (trace, debug, info, warn, error, critical, off) or \
+                 ?filter=DIRECTIVES",
+            );
+        }
+    };
+    match result {
+        Ok(now) => {
+            tracing::info!(target: "weir::audit", action = "logging", filter = %now, result = "published", "admin change");
+            json_resp(StatusCode::OK, &json!({ "filter": now }))
+        }
+        Err(e @ (LogError::Level(_) | LogError::Filter(..))) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// `%XX` escapes of a query value (`,` and `=` arrive escaped from some clients).
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', ..) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Per filter and phase: how long guest callbacks take (estimated from the timed sample of
+/// callbacks; see `FilterStats::phases`).
+fn callback_histograms(filters: &[crate::filter::LoadedFilter], out: &mut String) {
+    use crate::telemetry::metrics::{label, write_histogram};
+    use weir_host_abi::{CALLBACK_BUCKETS_NS, Phase};
+    const LE: [&str; 17] = [
+        "0.000001",
+        "0.0000025",
+        "0.000005",
+        "0.00001",
+        "0.000025",
+        "0.00005",
+        "0.0001",
+        "0.00025",
+        "0.0005",
+        "0.001",
+        "0.0025",
+        "0.005",
+        "0.01",
+        "0.025",
+        "0.05",
+        "0.1",
+        "1",
+    ];
+    debug_assert_eq!(LE.len(), CALLBACK_BUCKETS_NS.len());
+    let name = "weir_filter_callback_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Guest callback time by phase (one callback in 16 is timed and stands for 16).\n# TYPE {name} histogram"
+    );
+    for f in filters {
+        let stats = &f.plugin.stats;
+        for phase in Phase::ALL {
+            let h = &stats.phases[phase as usize];
+            let labels = format!("filter=\"{}\",phase=\"{}\"", label(&f.name), phase.name());
+            write_histogram(out, name, &labels, &LE, |i| {
+                if i <= CALLBACK_BUCKETS_NS.len() {
+                    h.buckets[i].load(Ordering::Relaxed)
+                } else {
+                    h.sum_nanos.load(Ordering::Relaxed)
+                }
+            });
+        }
     }
 }
 
 /// The metrics filters define themselves (`proxy_define_metric`), one series per filter and
 /// metric name, summed over every worker's VM: counters and gauges as `weir_filter_metric`,
-/// histograms as `weir_filter_metric_count` / `_sum`.
+/// histograms as `weir_filter_metric_count` / `_sum`. Each is a family of its own, written as one
+/// group (the text format wants a family's samples together, and an untyped family does not own
+/// `_count` / `_sum` suffixes).
 fn guest_metrics(runtime: &weir_host_abi::Runtime, out: &mut String) {
     use weir_host_abi::MetricValue;
     let samples = runtime.metrics().snapshot();
     if samples.is_empty() {
         return;
     }
-    out.push_str("# HELP weir_filter_metric Counters and gauges the filters define.\n# TYPE weir_filter_metric untyped\n");
-    let label = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
-    for m in &samples {
-        let labels = metric_labels(&m.plugin, &m.name, label);
-        let _ = match m.value {
-            MetricValue::Counter(v) => writeln!(out, "weir_filter_metric{{{labels}}} {v}"),
-            MetricValue::Gauge(v) => writeln!(out, "weir_filter_metric{{{labels}}} {v}"),
-            MetricValue::Histogram { count, sum } => writeln!(
-                out,
-                "weir_filter_metric_count{{{labels}}} {count}\nweir_filter_metric_sum{{{labels}}} {sum}"
-            ),
-        };
+    let label = |s: &str| crate::telemetry::metrics::label(s);
+    let labelled: Vec<(String, &MetricValue)> = samples
+        .iter()
+        .map(|m| (metric_labels(&m.plugin, &m.name, label), &m.value))
+        .collect();
+    let scalars: Vec<_> = labelled
+        .iter()
+        .filter_map(|(l, v)| match v {
+            MetricValue::Counter(v) => Some((l, v.to_string())),
+            MetricValue::Gauge(v) => Some((l, v.to_string())),
+            MetricValue::Histogram { .. } => None,
+        })
+        .collect();
+    if !scalars.is_empty() {
+        out.push_str("# HELP weir_filter_metric Counters and gauges the filters define.\n# TYPE weir_filter_metric untyped\n");
+        for (l, v) in scalars {
+            let _ = writeln!(out, "weir_filter_metric{{{l}}} {v}");
+        }
+    }
+    let histograms: Vec<_> = labelled
+        .iter()
+        .filter_map(|(l, v)| match v {
+            MetricValue::Histogram { count, sum } => Some((l, *count, *sum)),
+            _ => None,
+        })
+        .collect();
+    if !histograms.is_empty() {
+        out.push_str("# HELP weir_filter_metric_count Observations of the histograms the filters define.\n# TYPE weir_filter_metric_count counter\n");
+        for (l, count, _) in &histograms {
+            let _ = writeln!(out, "weir_filter_metric_count{{{l}}} {count}");
+        }
+        out.push_str("# HELP weir_filter_metric_sum Sum of the observations of the histograms the filters define.\n# TYPE weir_filter_metric_sum counter\n");
+        for (l, _, sum) in &histograms {
+            let _ = writeln!(out, "weir_filter_metric_sum{{{l}}} {sum}");
+        }
     }
 }
 

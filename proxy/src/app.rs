@@ -35,6 +35,8 @@ pub enum AppError {
     Control(#[from] crate::control::ControlError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// How `weir run` was started.
@@ -105,6 +107,15 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
     };
     tokio::spawn(tls.clone().watch(config.tls_watch_interval));
 
+    // Metric slots for every listener, cluster and endpoint, one shard per worker; the trace
+    // exporter's requests run on this (control) runtime.
+    let telemetry = Arc::new(crate::telemetry::Telemetry::new(
+        &config,
+        workers,
+        &endpoints,
+        tokio::runtime::Handle::current(),
+    )?);
+
     // Every listener bound before any worker starts: a bind error stops start-up cleanly.
     let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
         (0..workers).map(|_| Vec::new()).collect();
@@ -125,6 +136,7 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
     }
     let admin_state = Arc::new(AdminState {
         tls: tls.clone(),
+        telemetry: Some(telemetry.clone()),
         ..AdminState::default()
     });
     if let Some(a) = &config.admin {
@@ -152,6 +164,7 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
             generations: generations.clone(),
             acks: acks.clone(),
             tls: tls.clone(),
+            telemetry: telemetry.clone(),
         })?);
     }
     drop(acks);
@@ -189,6 +202,13 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
     let _ = tokio::time::timeout(
         config.drain_timeout + std::time::Duration::from_secs(5),
         joined,
+    )
+    .await;
+    // The last spans and access-log lines go out before the process does (the exporter's
+    // requests need this runtime, so the blocking flush runs beside it).
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        tokio::task::spawn_blocking(move || telemetry.shutdown()),
     )
     .await;
     tracing::info!("stopped");

@@ -60,6 +60,9 @@ pub struct ConnCtl {
     draining: Cell<bool>,
     /// The connection's entry in its worker's watchdog.
     key: Cell<usize>,
+    /// Bytes read and written so far (telemetry).
+    rx: Cell<u64>,
+    tx: Cell<u64>,
 }
 
 impl Default for ConnCtl {
@@ -75,6 +78,8 @@ impl ConnCtl {
             phase: Cell::new(Phase::Fresh),
             draining: Cell::new(false),
             key: Cell::new(usize::MAX),
+            rx: Cell::new(0),
+            tx: Cell::new(0),
         }
     }
 
@@ -89,6 +94,11 @@ impl ConnCtl {
 
     fn moved(&self) {
         self.activity.set(self.activity.get().wrapping_add(1));
+    }
+
+    /// Bytes read and written on the connection so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.rx.get(), self.tx.get())
     }
 }
 
@@ -115,8 +125,10 @@ impl AsyncRead for DownIo {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         };
-        if buf.filled().len() != before {
+        let n = buf.filled().len() - before;
+        if n != 0 {
             this.ctl.moved();
+            this.ctl.rx.set(this.ctl.rx.get() + n as u64);
         }
         r
     }
@@ -133,8 +145,11 @@ impl AsyncWrite for DownIo {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         };
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
             this.ctl.moved();
+            this.ctl.tx.set(this.ctl.tx.get() + n as u64);
         }
         r
     }
@@ -149,8 +164,11 @@ impl AsyncWrite for DownIo {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         };
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
             this.ctl.moved();
+            this.ctl.tx.set(this.ctl.tx.get() + n as u64);
         }
         r
     }

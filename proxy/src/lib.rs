@@ -7,13 +7,14 @@
 //!      listener's default cluster)
 //!   ─▶ upstream (balance ─▶ pooled connection h1/h2, plain/TLS/mTLS) ─▶ filter chain: response
 //!      phases (reverse)
-//!   ─▶ downstream ─▶ on_log
+//!   ─▶ downstream ─▶ on_log ─▶ telemetry (metrics, spans, access-log line)
 //! ```
 //! Modules follow that line: [`listener`], [`conn`], [`tls`], [`http`] (service, body, headers, the one
 //! error-to-response mapping in `respond`), [`filter`] (chains of proxy-wasm filters),
 //! [`upstream`] (cluster, balance, pool, connect, client, h1).
 //! [`worker`] runs one copy of the data path per core; [`app`] wires them and owns the lifecycle;
-//! [`config`] turns a manifest into validated types; [`certs`] is `weir certs`' development PKI.
+//! [`config`] turns a manifest into validated types; [`certs`] is `weir certs`' development PKI;
+//! [`telemetry`] is what every request leaves behind (metrics, spans, access-log lines).
 
 pub mod admin;
 pub mod admin_client;
@@ -28,6 +29,7 @@ pub mod http;
 pub mod listener;
 pub mod rt;
 pub mod scaffold;
+pub mod telemetry;
 pub mod timer;
 pub mod tls;
 pub mod upstream;

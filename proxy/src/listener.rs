@@ -116,6 +116,7 @@ impl ConnSlot {
     fn new(listener: Rc<ListenerCtx>, worker: Rc<WorkerCtx>, ctl: Rc<ConnCtl>) -> Self {
         listener.conns.set(listener.conns.get() + 1);
         worker.conn_opened();
+        worker.telemetry.connection_opened(listener.index);
         Self {
             listener,
             worker,
@@ -127,6 +128,9 @@ impl ConnSlot {
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.worker.watchdog.forget(&self.ctl);
+        self.worker
+            .telemetry
+            .connection_closed(self.listener.index, self.ctl.bytes());
         self.listener.conns.set(self.listener.conns.get() - 1);
         self.listener.released.notify_one();
         self.worker.conn_closed();

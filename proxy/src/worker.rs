@@ -62,6 +62,8 @@ pub struct WorkerCtx {
     current: RefCell<Rc<Generation>>,
     /// The clocks of this worker's connections.
     pub watchdog: Rc<crate::conn::Watchdog>,
+    /// This worker's metrics shard, and its tracer and access-log buffer when on.
+    pub telemetry: Rc<crate::telemetry::WorkerTelemetry>,
     conns: Cell<usize>,
     all_closed: Notify,
     next_conn: Cell<u64>,
@@ -115,6 +117,7 @@ pub struct WorkerSpec {
     pub acks: mpsc::UnboundedSender<(usize, u64)>,
     /// TLS contexts of listeners and clusters (indexed like the config's).
     pub tls: Arc<crate::tls::TlsContexts>,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// Starts a worker thread; it returns once drained.
@@ -142,7 +145,10 @@ async fn run(spec: WorkerSpec) {
         mut generations,
         acks,
         tls,
+        telemetry,
     } = spec;
+    let telemetry = telemetry.worker(id);
+    crate::telemetry::set_worker(telemetry.clone());
     let clusters: std::rc::Rc<Vec<Cluster>> = std::rc::Rc::new(
         config
             .clusters
@@ -161,6 +167,7 @@ async fn run(spec: WorkerSpec) {
         clusters,
         current: RefCell::new(current),
         watchdog: Rc::default(),
+        telemetry: telemetry.clone(),
         conns: Cell::new(0),
         all_closed: Notify::new(),
         next_conn: Cell::new(0),
@@ -188,6 +195,7 @@ async fn run(spec: WorkerSpec) {
     tokio::task::spawn_local(follow_generations(worker.clone(), generations, acks));
     tokio::task::spawn_local(crate::http::body::run_drainer());
     tokio::task::spawn_local(crate::timer::run_driver());
+    tokio::task::spawn_local(telemetry.clone().run_flusher());
     let tick = config
         .listeners
         .iter()
@@ -210,6 +218,7 @@ async fn run(spec: WorkerSpec) {
             "drain timeout: closing remaining connections"
         );
     }
+    worker.telemetry.flush();
     tracing::debug!(worker = id, "worker drained");
 }
 

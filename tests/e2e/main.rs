@@ -12,6 +12,7 @@ mod fault;
 mod filters;
 mod grpc;
 mod limits;
+mod observability;
 mod pool;
 mod proxy_h1;
 mod proxy_h2;

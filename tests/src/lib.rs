@@ -8,9 +8,13 @@
 //!   upgrades echoing bytes; held replies), misbehaving raw TCP servers, hanging connects, a closed port.
 //! - [`chain`]: manifests with several listeners and clusters, filter chains and filters.
 //! - [`client`]: hyper h1 / h2c clients and a raw TCP client for malformed requests.
+//! - [`otlp`]: an in-test OpenTelemetry collector (OTLP/HTTP trace exports, decoded spans).
+//! - [`prom`]: a strict Prometheus text parser for `/metrics`.
 
 pub mod chain;
 pub mod client;
+pub mod otlp;
+pub mod prom;
 pub mod tls;
 pub mod upstream;
 pub mod weir;

@@ -36,6 +36,15 @@ pub const DEFAULT_FILTER_MEMORY: u64 = 64 << 20;
 pub const DEFAULT_FILTER_CALLBACK_DEADLINE: Duration = Duration::from_millis(10);
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_TLS_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_TRACE_SAMPLE_RATIO: f64 = 1.0;
+pub const DEFAULT_TRACE_SERVICE_NAME: &str = "weir";
+/// OpenTelemetry's batch span processor defaults (`OTEL_BSP_*`).
+pub const DEFAULT_TRACE_BATCH_DELAY: Duration = Duration::from_secs(5);
+pub const DEFAULT_TRACE_MAX_BATCH: usize = 512;
+pub const DEFAULT_TRACE_MAX_QUEUE: usize = 2048;
+pub const DEFAULT_TRACE_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Envoy's access-log file flush interval.
+pub const DEFAULT_ACCESS_LOG_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A validated manifest.
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +60,7 @@ pub struct Config {
     pub clusters: Vec<ClusterConfig>,
     pub chains: Vec<ChainConfig>,
     pub filters: Vec<FilterConfig>,
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -150,6 +160,9 @@ impl Default for ListenerLimits {
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterConfig {
     pub name: String,
+    /// Position in [`Config::clusters`] (metric slots are found by it).
+    #[serde(skip)]
+    pub index: usize,
     pub endpoints: Endpoints,
     pub protocol: Protocol,
     pub lb: LbPolicy,
@@ -199,6 +212,104 @@ pub enum ModuleRef {
     File(PathBuf),
     /// A module uploaded through the admin endpoint, by its sha256 (hex).
     Digest(String),
+}
+
+/// Traces and the access log (both off unless configured). Metrics need no configuration.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TelemetryConfig {
+    pub tracing: Option<TracingConfig>,
+    pub access_log: Option<AccessLogConfig>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TracingConfig {
+    /// The OTLP/HTTP traces URL (`http://…/v1/traces`).
+    pub collector: String,
+    pub sample_ratio: f64,
+    pub service_name: String,
+    #[serde(serialize_with = "ser_duration")]
+    pub batch_delay: Duration,
+    pub max_batch: usize,
+    pub max_queue: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub export_timeout: Duration,
+    /// Header names only: values may be credentials and `/config_dump` shows this.
+    #[serde(serialize_with = "ser_header_names")]
+    pub headers: Vec<(String, String)>,
+}
+
+fn ser_header_names<S: serde::Serializer>(h: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(h.iter().map(|(k, _)| k))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessLogConfig {
+    pub path: AccessLogPath,
+    pub fields: Vec<AccessLogField>,
+    #[serde(serialize_with = "ser_duration")]
+    pub flush_interval: Duration,
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogPath {
+    Stdout,
+    /// Appended to (absolute).
+    File(PathBuf),
+}
+
+macro_rules! access_log_fields {
+    ($($variant:ident => $name:literal),* $(,)?) => {
+        /// One field of an access-log line (named like the JSON key it writes).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum AccessLogField { $($variant),* }
+
+        impl AccessLogField {
+            /// Every field, in the default order.
+            pub const ALL: &'static [AccessLogField] = &[$(AccessLogField::$variant),*];
+
+            /// The JSON key (and manifest name).
+            pub fn name(self) -> &'static str {
+                match self { $(AccessLogField::$variant => $name),* }
+            }
+
+            /// The field called `name`.
+            pub fn parse(name: &str) -> Option<Self> {
+                match name { $($name => Some(AccessLogField::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+access_log_fields! {
+    StartTime => "start_time",
+    Method => "method",
+    Path => "path",
+    Protocol => "protocol",
+    Authority => "authority",
+    UserAgent => "user_agent",
+    RequestId => "request_id",
+    Status => "status",
+    ResponseFlags => "response_flags",
+    BytesReceived => "bytes_received",
+    BytesSent => "bytes_sent",
+    DurationMs => "duration_ms",
+    UpstreamServiceTimeMs => "upstream_service_time_ms",
+    UpstreamHost => "upstream_host",
+    UpstreamCluster => "upstream_cluster",
+    Route => "route",
+    Listener => "listener",
+    DownstreamRemoteAddress => "downstream_remote_address",
+    PeerIdentity => "peer_identity",
+    TraceId => "trace_id",
+    Error => "error",
+}
+
+impl Serialize for AccessLogField {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

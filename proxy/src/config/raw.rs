@@ -24,6 +24,47 @@ pub struct Manifest {
     pub chains: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub filters: BTreeMap<String, Filter>,
+    /// Traces and access logs (metrics are always on at the admin `/metrics`).
+    pub telemetry: Option<Telemetry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// OpenTelemetry traces exported over OTLP/HTTP; absent: tracing is off.
+    pub tracing: Option<Tracing>,
+    /// One JSON line per request; absent: no access log.
+    pub access_log: Option<AccessLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// The collector's OTLP/HTTP address: `http://HOST:PORT` (then `/v1/traces`) or a full URL.
+    pub collector: String,
+    /// Share of new traces sampled, 0.0–1.0 (a trace continued from a `traceparent` keeps its
+    /// caller's decision).
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
+    /// Longest a finished span waits before its batch is exported.
+    pub batch_delay: Option<HumanDuration>,
+    pub max_batch: Option<usize>,
+    /// Spans waiting for export at most; past it new spans are dropped (and counted).
+    pub max_queue: Option<usize>,
+    pub export_timeout: Option<HumanDuration>,
+    /// Extra HTTP headers on every export request (e.g. a collector's auth token).
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// `stdout` (the default) or a file path (appended to; relative to the manifest).
+    pub path: Option<String>,
+    /// The fields of each line, in order (default: all of them).
+    pub fields: Option<Vec<String>>,
+    /// How long a written line may wait in its worker's buffer.
+    pub flush_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]

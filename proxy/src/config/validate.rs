@@ -90,6 +90,7 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
             &mut errs,
         );
         clusters.push(ClusterConfig {
+            index: clusters.len(),
             name,
             endpoints,
             protocol: c.protocol,
@@ -240,6 +241,11 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
         &mut errs,
     );
 
+    let telemetry = m
+        .telemetry
+        .map(|t| telemetry(t, base_dir, &mut errs))
+        .unwrap_or_default();
+
     if errs.0.is_empty() {
         Ok(Config {
             workers: m.workers,
@@ -250,9 +256,161 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
             clusters,
             chains,
             filters,
+            telemetry,
         })
     } else {
         Err(errs.0)
+    }
+}
+
+fn telemetry(t: raw::Telemetry, base_dir: &Path, errs: &mut Errors) -> TelemetryConfig {
+    let tracing = t.tracing.map(|tr| {
+        let p = "telemetry.tracing";
+        let collector = collector_url(&tr.collector, &format!("{p}.collector"), errs);
+        let sample_ratio = tr.sample_ratio.unwrap_or(DEFAULT_TRACE_SAMPLE_RATIO);
+        if !(sample_ratio.is_finite() && (0.0..=1.0).contains(&sample_ratio)) {
+            errs.push(
+                format!("{p}.sample_ratio"),
+                format!("{sample_ratio} is not a ratio between 0.0 and 1.0"),
+            );
+        }
+        let service_name = tr
+            .service_name
+            .unwrap_or_else(|| DEFAULT_TRACE_SERVICE_NAME.to_owned());
+        if service_name.is_empty() {
+            errs.push(format!("{p}.service_name"), "must not be empty");
+        }
+        let max_batch = tr.max_batch.unwrap_or(DEFAULT_TRACE_MAX_BATCH);
+        let max_queue = tr.max_queue.unwrap_or(DEFAULT_TRACE_MAX_QUEUE);
+        if max_batch == 0 {
+            errs.push(format!("{p}.max_batch"), "must be at least 1");
+        }
+        if max_queue < max_batch {
+            errs.push(
+                format!("{p}.max_queue"),
+                format!("must be at least max_batch ({max_batch})"),
+            );
+        }
+        let mut headers = Vec::new();
+        for (k, v) in tr.headers.unwrap_or_default() {
+            if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+                || http::HeaderValue::from_str(&v).is_err()
+            {
+                errs.push(
+                    format!("{p}.headers.{k}"),
+                    "is not a valid HTTP header name and value",
+                );
+            }
+            headers.push((k, v));
+        }
+        TracingConfig {
+            collector,
+            sample_ratio,
+            service_name,
+            batch_delay: positive(
+                tr.batch_delay.map(|d| d.0),
+                DEFAULT_TRACE_BATCH_DELAY,
+                &format!("{p}.batch_delay"),
+                errs,
+            ),
+            max_batch,
+            max_queue,
+            export_timeout: positive(
+                tr.export_timeout.map(|d| d.0),
+                DEFAULT_TRACE_EXPORT_TIMEOUT,
+                &format!("{p}.export_timeout"),
+                errs,
+            ),
+            headers,
+        }
+    });
+    let access_log = t.access_log.map(|a| {
+        let p = "telemetry.access_log";
+        let path = match a.path.as_deref() {
+            None | Some("stdout") => AccessLogPath::Stdout,
+            Some("") => {
+                errs.push(format!("{p}.path"), "must be `stdout` or a file path");
+                AccessLogPath::Stdout
+            }
+            Some(f) => {
+                let full = base_dir.join(f);
+                if !full.parent().is_some_and(Path::is_dir) {
+                    errs.push(
+                        format!("{p}.path"),
+                        format!("no folder for {}", full.display()),
+                    );
+                }
+                AccessLogPath::File(full)
+            }
+        };
+        let fields = match a.fields {
+            None => AccessLogField::ALL.to_vec(),
+            Some(names) => {
+                if names.is_empty() {
+                    errs.push(format!("{p}.fields"), "must name at least one field");
+                }
+                let mut out = Vec::with_capacity(names.len());
+                for (i, n) in names.iter().enumerate() {
+                    match AccessLogField::parse(n) {
+                        Some(f) if out.contains(&f) => {
+                            errs.push(format!("{p}.fields[{i}]"), format!("`{n}` is listed twice"));
+                        }
+                        Some(f) => out.push(f),
+                        None => errs.push(
+                            format!("{p}.fields[{i}]"),
+                            format!(
+                                "unknown field `{n}` (fields: {})",
+                                AccessLogField::ALL
+                                    .iter()
+                                    .map(|f| f.name())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ),
+                    }
+                }
+                out
+            }
+        };
+        AccessLogConfig {
+            path,
+            fields,
+            flush_interval: positive(
+                a.flush_interval.map(|d| d.0),
+                DEFAULT_ACCESS_LOG_FLUSH_INTERVAL,
+                &format!("{p}.flush_interval"),
+                errs,
+            ),
+        }
+    });
+    TelemetryConfig {
+        tracing,
+        access_log,
+    }
+}
+
+/// The OTLP/HTTP traces URL: `http://HOST:PORT` gets the standard `/v1/traces` path; a URL with
+/// a path is used as written. Only plain HTTP: a collector is normally a local agent or sidecar.
+fn collector_url(s: &str, path: &str, errs: &mut Errors) -> String {
+    let Ok(uri) = s.parse::<http::Uri>() else {
+        errs.push(path, format!("`{s}` is not a URL"));
+        return s.to_owned();
+    };
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        errs.push(
+            path,
+            format!(
+                "`{s}`: write http://HOST:PORT (OTLP over HTTP/protobuf; https is not supported)"
+            ),
+        );
+        return s.to_owned();
+    }
+    match uri.path_and_query().map(|p| p.as_str()) {
+        None | Some("") | Some("/") => format!(
+            "http://{}/v1/traces",
+            uri.authority().map_or("", |a| a.as_str())
+        ),
+        Some(_) => s.to_owned(),
     }
 }
 

@@ -19,6 +19,7 @@ use crate::filter::chain::{ChainRun, Stop, local_reply_response};
 use crate::filter::runtime::WorkerFilters;
 use crate::filter::stream::{Downstream, HttpStream};
 use crate::listener::ListenerCtx;
+use crate::telemetry::Exchange;
 use crate::tls::ConnTls;
 use crate::upstream::{self, Cluster, Endpoint};
 use crate::worker::WorkerCtx;
@@ -52,26 +53,44 @@ impl ProxyService {
         }
     }
 
+    /// The telemetry record of a request starting now on this connection.
+    pub fn exchange(&self) -> Exchange {
+        Exchange::start(&self.worker.telemetry, self.listener.index)
+    }
+
     /// One request to its response. `websocket`: an HTTP/1.1 request to switch to WebSocket (the
     /// HTTP/1.1 server read that off the head already). Only a filter's `proxy_close_stream` is
     /// an error: the connection then resets the stream (HTTP/2) or closes (HTTP/1.1) without a
     /// response, as Envoy does; every other failure is already a response here.
     pub async fn handle(
         &self,
-        req: Request<DownstreamBody>,
+        mut req: Request<DownstreamBody>,
         websocket: bool,
+        ex: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        match self.proxy(req, websocket).await {
-            Ok(r) => Ok(r),
-            Err(e @ ProxyError::Filter(_, "filter_reset")) => Err(e),
-            Err(e) => Ok(respond::error_response(&e)),
-        }
+        ex.request(
+            &mut req,
+            self.peer,
+            self.tls.as_deref(),
+            &self.listener.name,
+        );
+        let resp = match self.proxy(req, websocket, ex).await {
+            Ok(r) => r,
+            Err(e @ ProxyError::Filter(_, "filter_reset")) => {
+                ex.flag(crate::telemetry::flags::LR);
+                return Err(e);
+            }
+            Err(e) => respond::error_response(&e),
+        };
+        ex.respond(&resp);
+        Ok(resp)
     }
 
     async fn proxy(
         &self,
         req: Request<DownstreamBody>,
         upgrade: bool,
+        ex: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let limits = &self.listener.limits;
         if req.version() <= Version::HTTP_11 {
@@ -108,17 +127,23 @@ impl ProxyService {
                 filters.clone(),
                 chain.clone(),
                 upgrade,
+                ex,
             ))
             .await;
         }
 
         let cluster = &self.worker.clusters[self.listener.default_cluster];
         let ep = cluster.endpoint()?;
-        let req = Request::from_parts(parts, ProxyBody::Downstream(body));
+        let mut req = Request::from_parts(parts, ProxyBody::Downstream(body));
+        ex.upstream_start(cluster.index, &ep, &mut req, false, false);
         if upgrade {
-            return Box::pin(tunnel(cluster, &ep, req)).await;
+            let r = Box::pin(tunnel(cluster, &ep, req)).await;
+            ex.upstream_done(&r);
+            return r;
         }
-        let resp = upstream::send(cluster, &ep, req, cluster.response_timeout).await?;
+        let sent = upstream::send(cluster, &ep, req, cluster.response_timeout).await;
+        ex.upstream_done(&sent);
+        let resp = sent?;
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         parts.version = Version::HTTP_11;
@@ -134,6 +159,7 @@ impl ProxyService {
         filters: Rc<WorkerFilters>,
         chain: std::sync::Arc<[usize]>,
         upgrade: bool,
+        ex: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let http::request::Parts {
             method,
@@ -220,8 +246,11 @@ impl ProxyService {
         let cluster = &self.worker.clusters[ci];
         let ep = cluster.endpoint()?;
         run.with_stream(|s| s.upstream_address = Some(ep.addr));
+        ex.upstream_start(ci, &ep, &mut req, true, route.cluster.is_some());
         if upgrade {
-            return tunnel(cluster, &ep, req).await;
+            let r = tunnel(cluster, &ep, req).await;
+            ex.upstream_done(&r);
+            return r;
         }
         // `weir.route.timeout_ms: 0` disables the timeout, as Envoy's route timeout 0 does.
         let timeout = match route.timeout {
@@ -230,6 +259,7 @@ impl ProxyService {
             None => cluster.response_timeout,
         };
         let sent = upstream::send(cluster, &ep, req, timeout).await;
+        ex.upstream_done(&sent);
         // A filter that answered locally from a body phase wins over the upstream's answer.
         let late = run.late_reply.borrow_mut().take();
         if let Some(reply) = late {
@@ -417,17 +447,26 @@ async fn tunnel(
 
 /// HTTP/2: hyper calls the service once per stream.
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
-    type Response = Response<ProxyBody>;
+    /// The body ends the request's telemetry record with its last frame.
+    type Response = Response<crate::telemetry::H2Body>;
     /// A filter's `proxy_close_stream`: hyper resets the stream.
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>>>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            let mut ex = this.exchange();
+            let received = crate::telemetry::declared_length(req.headers());
             let req = req.map(|b| DownstreamBody::H2(H2Body::new(b)));
             // HTTP/2 has no `Upgrade` (extended CONNECT is not served).
-            this.handle(req, false).await
+            match this.handle(req, false, &mut ex).await {
+                Ok(resp) => Ok(ex.into_h2(resp, received)),
+                Err(e) => {
+                    ex.finish(received, 0);
+                    Err(e)
+                }
+            }
         })
     }
 }

@@ -51,6 +51,7 @@ mod tests {
         let addrs: Vec<_> = (1..=n).map(|p| ([127, 0, 0, 1], p).into()).collect();
         let cfg = ClusterConfig {
             name: "c".into(),
+            index: 0,
             endpoints: Endpoints::Static(addrs.clone()),
             protocol: Protocol::Http1,
             lb,

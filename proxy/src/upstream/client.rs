@@ -61,7 +61,10 @@ async fn send_h1(
         let (conn, reused) = match ep.pool.checkout_h1() {
             Some(c) => (c, true),
             // Boxed for the same reason (connects are the rare case with a warm pool).
-            None => (Box::pin(connect::h1(cluster, ep.addr)).await?, false),
+            None => {
+                crate::telemetry::upstream_connect(cluster.index, ep.index);
+                (Box::pin(connect::h1(cluster, ep.addr)).await?, false)
+            }
         };
         let g = guard
             .take()
@@ -85,6 +88,7 @@ async fn send_h2(
     let mut sender = match ep.pool.h2() {
         Some(s) => s,
         None => {
+            crate::telemetry::upstream_connect(cluster.index, ep.index);
             let s = connect::h2(cluster, ep.addr).await?;
             ep.pool.set_h2(s.clone());
             s

@@ -21,6 +21,8 @@ pub use client::send;
 /// A cluster as one worker sees it.
 pub struct Cluster {
     pub name: String,
+    /// Position in `Config::clusters`.
+    pub index: usize,
     pub protocol: Protocol,
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
@@ -35,6 +37,8 @@ pub struct Cluster {
 /// One upstream address with this worker's pool and load figure for it.
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// Position in its cluster's endpoints (the same on every worker).
+    pub index: usize,
     /// Requests in flight from this worker (least-request balancing).
     pub active: Cell<u32>,
     pub pool: pool::Pool,
@@ -49,15 +53,18 @@ impl Cluster {
     ) -> Self {
         Self {
             name: cfg.name.clone(),
+            index: cfg.index,
             protocol: cfg.protocol,
             lb: cfg.lb,
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
             endpoints: addrs
                 .iter()
-                .map(|&addr| {
+                .enumerate()
+                .map(|(index, &addr)| {
                     Rc::new(Endpoint {
                         addr,
+                        index,
                         active: Cell::new(0),
                         pool: pool::Pool::new(cfg.pool_max_idle, cfg.pool_idle_timeout),
                     })

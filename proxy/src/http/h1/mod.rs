@@ -75,6 +75,8 @@ pub async fn serve(
     let wire = Rc::new(RefCell::new(wire));
     let mut head_buf = Vec::with_capacity(512);
     let mut served: u64 = 0;
+    // Bytes read up to the end of the previous exchange (telemetry's per-request counts).
+    let mut rx_mark = 0;
     loop {
         let head = match read_head(&wire, ctl, parser, served).await {
             Ok(Some(h)) => h,
@@ -85,10 +87,16 @@ pub async fn serve(
                     version: http::Version::HTTP_11,
                 };
                 let resp = respond::error_response(&e);
+                let mut record = svc.exchange();
+                record.respond(&resp);
+                let tx_mark = ctl.bytes().1;
                 write::response(&wire, &mut head_buf, resp, ex, true).await;
+                let (rx, tx) = ctl.bytes();
+                record.finish(rx - rx_mark, tx - tx_mark);
                 return Ended::Closed;
             }
         };
+        let mut record = svc.exchange();
         served += 1;
         ctl.set_phase(Phase::Busy);
         let ex = Exchange {
@@ -100,16 +108,20 @@ pub async fn serve(
         let (req, has_body) = request(&wire, head);
         let resp = tokio::select! {
             biased;
-            r = svc.handle(req, upgrade) => match r {
+            r = svc.handle(req, upgrade, &mut record) => match r {
                 Ok(r) => r,
                 // A filter reset the stream: close without an answer, as Envoy does.
-                Err(_) => return Ended::Closed,
+                Err(_) => {
+                    record.finish(ctl.bytes().0 - rx_mark, 0);
+                    return Ended::Closed;
+                }
             },
             // The client went away: dropping the request future cancels its upstream exchange.
             () = client_gone(&wire, parser.max_head()) => return Ended::Closed,
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if upgrade {
+                record.finish(ctl.bytes().0 - rx_mark, 0);
                 return tunnel(wire, &mut head_buf, resp, ex, ctl).await;
             }
             // Switching protocols on a request that asked for none: nothing can follow it.
@@ -118,7 +130,12 @@ pub async fn serve(
             return Ended::Closed;
         }
         let close = !keep_alive || ctl.draining();
-        if write::response(&wire, &mut head_buf, resp, ex, close).await == Written::Close {
+        let tx_mark = ctl.bytes().1;
+        let written = write::response(&wire, &mut head_buf, resp, ex, close).await;
+        let (rx, tx) = ctl.bytes();
+        record.finish(rx - rx_mark, tx - tx_mark);
+        rx_mark = rx;
+        if written == Written::Close {
             return Ended::Closed;
         }
         if has_body && !finish_body(&wire).await {

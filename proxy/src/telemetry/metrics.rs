@@ -1,0 +1,602 @@
+//! The core's metrics: per-worker shards of counters and fixed-bucket histograms, summed into
+//! Prometheus text when `/metrics` is scraped.
+//!
+//! Every label set (listener; cluster and endpoint; status class; response flag) is resolved to a
+//! slot index when the process starts, so recording is an index computation and a counter bump:
+//! no lock, no hash lookup, no allocation, no formatting on the request path. Each worker owns one
+//! [`Shard`] and is its only writer, so a bump is a `Relaxed` load and store of the worker's own
+//! cache lines (not even a locked read-modify-write); the admin thread only reads and sums.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Upper bounds (nanoseconds) of the request-latency histogram buckets, then `+Inf`. Finer than
+/// Envoy's millisecond buckets at the low end: a proxy hop on a fast network is sub-millisecond.
+pub const LATENCY_BUCKETS_NS: [u64; 18] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+    60_000_000_000,
+];
+
+/// Slots of one histogram: a count per finite bucket, the `+Inf` bucket, the sum (ns).
+pub const HIST_SLOTS: usize = LATENCY_BUCKETS_NS.len() + 2;
+
+/// Response classes counted per listener and endpoint: `1xx`…`5xx`, and no response at all.
+pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// The class slot of a status (0 = no response).
+pub fn class_of(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100) - 1,
+        _ => 5,
+    }
+}
+
+/// Response flags (Envoy's letters, the subset Weir can raise), as bits of a `u16`.
+pub mod flags {
+    /// No healthy upstream host (the cluster had no endpoint to pick).
+    pub const UH: u16 = 1 << 0;
+    /// Upstream connection failure (refused, unreachable, TLS, connect timeout).
+    pub const UF: u16 = 1 << 1;
+    /// Upstream request timeout (no response head in time).
+    pub const UT: u16 = 1 << 2;
+    /// Upstream connection termination (closed before a complete response).
+    pub const UC: u16 = 1 << 3;
+    /// Upstream remote reset (HTTP/2 reset, or a broken response body).
+    pub const UR: u16 = 1 << 4;
+    /// Upstream protocol error (not HTTP, bad framing).
+    pub const UPE: u16 = 1 << 5;
+    /// No cluster: a route decision named a cluster the manifest does not have.
+    pub const NC: u16 = 1 << 6;
+    /// Downstream connection termination (the client went away before the response ended).
+    pub const DC: u16 = 1 << 7;
+    /// Local reset: a filter reset the stream (`proxy_close_stream`).
+    pub const LR: u16 = 1 << 8;
+    /// Downstream protocol error (a request Weir refused to parse or forward).
+    pub const DPE: u16 = 1 << 9;
+    /// Upstream overflow: a circuit breaker refused the request.
+    pub const UO: u16 = 1 << 10;
+    /// Upstream retry limit exceeded.
+    pub const URX: u16 = 1 << 11;
+    /// A filter failed (trap, deadline, unavailable VM): Weir's own flag, Envoy has none.
+    pub const FF: u16 = 1 << 12;
+
+    /// Every flag with its letters, in the order they are written.
+    pub const NAMES: [(u16, &str); 13] = [
+        (UH, "UH"),
+        (UF, "UF"),
+        (UT, "UT"),
+        (UC, "UC"),
+        (UR, "UR"),
+        (UPE, "UPE"),
+        (NC, "NC"),
+        (DC, "DC"),
+        (LR, "LR"),
+        (DPE, "DPE"),
+        (UO, "UO"),
+        (URX, "URX"),
+        (FF, "FF"),
+    ];
+}
+
+/// Per-listener slots.
+pub mod listener {
+    /// Downstream connections accepted.
+    pub const CX_TOTAL: usize = 0;
+    /// Downstream connections open (a gauge: up and down).
+    pub const CX_ACTIVE: usize = 1;
+    /// Bytes read from / written to downstream connections (counted when a connection ends).
+    pub const CX_RX_BYTES: usize = 2;
+    pub const CX_TX_BYTES: usize = 3;
+    /// Requests in flight (a gauge).
+    pub const RQ_ACTIVE: usize = 4;
+    /// Requests by response class (`CLASSES`).
+    pub const RQ_CLASS: usize = 5;
+    /// Request latency: from the request head to the last byte of the response.
+    pub const RQ_TIME: usize = RQ_CLASS + super::CLASSES.len();
+    /// Requests by response flag (`flags::NAMES` order).
+    pub const RQ_FLAG: usize = RQ_TIME + super::HIST_SLOTS;
+    pub const SLOTS: usize = RQ_FLAG + super::flags::NAMES.len();
+}
+
+/// Per-endpoint slots (an endpoint of a cluster).
+pub mod endpoint {
+    /// Upstream requests by response class (`none`: the attempt got no response).
+    pub const RQ_CLASS: usize = 0;
+    /// Upstream request latency: from the attempt to the end of the response.
+    pub const RQ_TIME: usize = RQ_CLASS + super::CLASSES.len();
+    /// Connections opened (pool misses).
+    pub const CX_TOTAL: usize = RQ_TIME + super::HIST_SLOTS;
+    /// Connects refused, unreachable or failed in TLS.
+    pub const CX_CONNECT_FAIL: usize = CX_TOTAL + 1;
+    /// Connects over the cluster's connect timeout.
+    pub const CX_CONNECT_TIMEOUT: usize = CX_TOTAL + 2;
+    /// No response head within the response timeout.
+    pub const RQ_TIMEOUT: usize = CX_TOTAL + 3;
+    /// Closed or reset before a complete response, or a response that was not HTTP.
+    pub const RQ_RESET: usize = CX_TOTAL + 4;
+    /// Attempts that were retries of an earlier one.
+    pub const RQ_RETRY: usize = CX_TOTAL + 5;
+    /// Times outlier detection ejected the endpoint.
+    pub const EJECTIONS: usize = CX_TOTAL + 6;
+    pub const SLOTS: usize = CX_TOTAL + 7;
+}
+
+/// Per-cluster slots.
+pub mod cluster {
+    /// Requests a circuit breaker refused (flag UO).
+    pub const RQ_OVERFLOW: usize = 0;
+    /// Requests that ran out of retries (flag URX).
+    pub const RQ_RETRY_LIMIT: usize = 1;
+    /// Requests that found no endpoint to pick (flag UH).
+    pub const RQ_NO_HEALTHY: usize = 2;
+    pub const SLOTS: usize = 3;
+}
+
+/// Where each label set's slots start; the same for every worker's shard.
+#[derive(Debug)]
+pub struct Layout {
+    pub listeners: Vec<String>,
+    /// `(cluster name, endpoint addresses)`, indexed like `Config::clusters`.
+    pub clusters: Vec<(String, Vec<String>)>,
+    /// First slot of each cluster's first endpoint.
+    endpoint_base: Vec<usize>,
+    cluster_base: usize,
+    len: usize,
+}
+
+impl Layout {
+    pub fn new(listeners: Vec<String>, clusters: Vec<(String, Vec<String>)>) -> Self {
+        let mut at = listeners.len() * listener::SLOTS;
+        let mut endpoint_base = Vec::with_capacity(clusters.len());
+        for (_, eps) in &clusters {
+            endpoint_base.push(at);
+            at += eps.len() * endpoint::SLOTS;
+        }
+        let cluster_base = at;
+        at += clusters.len() * cluster::SLOTS;
+        Self {
+            listeners,
+            clusters,
+            endpoint_base,
+            cluster_base,
+            len: at,
+        }
+    }
+
+    /// Slots per shard.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there is no slot at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The index of the cluster called `name`.
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.clusters.iter().position(|(n, _)| n == name)
+    }
+
+    /// The first slot of listener `l`.
+    pub fn listener(&self, l: usize) -> usize {
+        l * listener::SLOTS
+    }
+
+    /// The first slot of endpoint `e` of cluster `c`.
+    pub fn endpoint(&self, c: usize, e: usize) -> usize {
+        self.endpoint_base[c] + e * endpoint::SLOTS
+    }
+
+    /// The first slot of cluster `c`.
+    pub fn cluster(&self, c: usize) -> usize {
+        self.cluster_base + c * cluster::SLOTS
+    }
+}
+
+/// 16 counters: one 128-byte block (two cache lines, the prefetch pair), so no two shards ever
+/// share a line.
+#[repr(align(128))]
+struct Block([AtomicU64; 16]);
+
+/// One worker's counters. Written only by its worker (see the module docs); read by anyone.
+pub struct Shard {
+    blocks: Box<[Block]>,
+}
+
+impl Shard {
+    pub fn new(slots: usize) -> Self {
+        Self {
+            blocks: (0..slots.div_ceil(16))
+                .map(|_| Block(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+        }
+    }
+
+    #[inline]
+    fn slot(&self, i: usize) -> &AtomicU64 {
+        &self.blocks[i / 16].0[i % 16]
+    }
+
+    /// Adds `n` to slot `i`. Only the owning worker calls this: a plain load and store suffice.
+    #[inline]
+    pub fn add(&self, i: usize, n: u64) {
+        let s = self.slot(i);
+        s.store(s.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Subtracts `n` from a gauge slot.
+    #[inline]
+    pub fn sub(&self, i: usize, n: u64) {
+        let s = self.slot(i);
+        s.store(s.load(Relaxed).wrapping_sub(n), Relaxed);
+    }
+
+    /// Records one observation of `nanos` in the histogram at `base`.
+    #[inline]
+    pub fn observe(&self, base: usize, nanos: u64) {
+        let bucket = LATENCY_BUCKETS_NS.partition_point(|&b| b < nanos);
+        self.add(base + bucket, 1);
+        self.add(base + LATENCY_BUCKETS_NS.len() + 1, nanos);
+    }
+
+    pub fn read(&self, i: usize) -> u64 {
+        self.slot(i).load(Relaxed)
+    }
+}
+
+/// Sums of every worker's shard at one scrape.
+struct Sums(Vec<u64>);
+
+impl Sums {
+    fn of(layout: &Layout, shards: &[Arc<Shard>]) -> Self {
+        let mut v = vec![0u64; layout.len];
+        for s in shards {
+            for (i, x) in v.iter_mut().enumerate() {
+                *x = x.wrapping_add(s.read(i));
+            }
+        }
+        Self(v)
+    }
+
+    fn get(&self, i: usize) -> u64 {
+        self.0[i]
+    }
+
+    /// A gauge kept as up/down counts in wrapping arithmetic.
+    fn gauge(&self, i: usize) -> i64 {
+        self.0[i] as i64
+    }
+}
+
+/// Escapes a label value (Prometheus text format).
+pub fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes one histogram's series. `slots(i)` reads its i-th slot (counts per bucket, then
+/// `+Inf`, then the sum in nanoseconds); `bounds` are the bucket upper bounds in seconds, as `le`
+/// label text.
+pub fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[&str],
+    slots: impl Fn(usize) -> u64,
+) {
+    let mut cumulative = 0u64;
+    for (i, le) in bounds.iter().enumerate() {
+        cumulative += slots(i);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+    }
+    cumulative += slots(bounds.len());
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(
+        out,
+        "{name}_sum{{{labels}}} {}",
+        seconds(slots(bounds.len() + 1))
+    );
+    let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+}
+
+/// Nanoseconds as exact decimal seconds (no float rounding in the text).
+fn seconds(ns: u64) -> String {
+    let (s, frac) = (ns / 1_000_000_000, ns % 1_000_000_000);
+    if frac == 0 {
+        return s.to_string();
+    }
+    let f = format!("{frac:09}");
+    format!("{s}.{}", f.trim_end_matches('0'))
+}
+
+/// The latency buckets as `le` values in seconds.
+pub const LATENCY_LE: [&str; 18] = [
+    "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
+    "0.25", "0.5", "1", "2.5", "5", "10", "30", "60",
+];
+
+/// Writes every core metric, summed over `shards`, as Prometheus text.
+pub fn render(out: &mut String, layout: &Layout, shards: &[Arc<Shard>]) {
+    let s = Sums::of(layout, shards);
+    let listeners: Vec<(usize, String)> = layout
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (layout.listener(i), format!("listener=\"{}\"", label(n))))
+        .collect();
+    let counter = |out: &mut String, name: &str, help: &str, slot: usize| {
+        header(out, name, "counter", help);
+        for (base, l) in &listeners {
+            let _ = writeln!(out, "{name}{{{l}}} {}", s.get(base + slot));
+        }
+    };
+    let gauge = |out: &mut String, name: &str, help: &str, slot: usize| {
+        header(out, name, "gauge", help);
+        for (base, l) in &listeners {
+            let _ = writeln!(out, "{name}{{{l}}} {}", s.gauge(base + slot));
+        }
+    };
+    counter(
+        out,
+        "weir_downstream_cx_total",
+        "Downstream connections accepted.",
+        listener::CX_TOTAL,
+    );
+    gauge(
+        out,
+        "weir_downstream_cx_active",
+        "Downstream connections open.",
+        listener::CX_ACTIVE,
+    );
+    counter(
+        out,
+        "weir_downstream_cx_rx_bytes_total",
+        "Bytes received on downstream connections that have closed.",
+        listener::CX_RX_BYTES,
+    );
+    counter(
+        out,
+        "weir_downstream_cx_tx_bytes_total",
+        "Bytes sent on downstream connections that have closed.",
+        listener::CX_TX_BYTES,
+    );
+    gauge(
+        out,
+        "weir_downstream_rq_active",
+        "Downstream requests in flight.",
+        listener::RQ_ACTIVE,
+    );
+    header(
+        out,
+        "weir_downstream_rq_total",
+        "counter",
+        "Downstream requests by response class (none: the stream ended without a response).",
+    );
+    for (base, l) in &listeners {
+        for (c, class) in CLASSES.iter().enumerate() {
+            let v = s.get(base + listener::RQ_CLASS + c);
+            let _ = writeln!(out, "weir_downstream_rq_total{{{l},class=\"{class}\"}} {v}");
+        }
+    }
+    header(
+        out,
+        "weir_downstream_rq_time_seconds",
+        "histogram",
+        "Downstream request time: request head received to last response byte sent.",
+    );
+    for (base, l) in &listeners {
+        write_histogram(
+            out,
+            "weir_downstream_rq_time_seconds",
+            l,
+            &LATENCY_LE,
+            |i| s.get(base + listener::RQ_TIME + i),
+        );
+    }
+    header(
+        out,
+        "weir_downstream_rq_flags_total",
+        "counter",
+        "Downstream requests by response flag (Envoy's letters; FF: a filter failed).",
+    );
+    for (base, l) in &listeners {
+        for (i, (_, f)) in flags::NAMES.iter().enumerate() {
+            let v = s.get(base + listener::RQ_FLAG + i);
+            let _ = writeln!(
+                out,
+                "weir_downstream_rq_flags_total{{{l},flag=\"{f}\"}} {v}"
+            );
+        }
+    }
+
+    let endpoints: Vec<(usize, String)> = layout
+        .clusters
+        .iter()
+        .enumerate()
+        .flat_map(|(c, (name, eps))| {
+            eps.iter().enumerate().map(move |(e, addr)| {
+                (
+                    layout.endpoint(c, e),
+                    format!("cluster=\"{}\",endpoint=\"{}\"", label(name), label(addr)),
+                )
+            })
+        })
+        .collect();
+    header(
+        out,
+        "weir_upstream_rq_total",
+        "counter",
+        "Upstream request attempts by response class (none: no response, see the error counters).",
+    );
+    for (base, l) in &endpoints {
+        for (c, class) in CLASSES.iter().enumerate() {
+            let v = s.get(base + endpoint::RQ_CLASS + c);
+            let _ = writeln!(out, "weir_upstream_rq_total{{{l},class=\"{class}\"}} {v}");
+        }
+    }
+    header(
+        out,
+        "weir_upstream_rq_time_seconds",
+        "histogram",
+        "Upstream request time: attempt started to last response byte.",
+    );
+    for (base, l) in &endpoints {
+        write_histogram(out, "weir_upstream_rq_time_seconds", l, &LATENCY_LE, |i| {
+            s.get(base + endpoint::RQ_TIME + i)
+        });
+    }
+    let per_endpoint: [(&str, &str, usize); 7] = [
+        (
+            "weir_upstream_cx_total",
+            "Upstream connections opened (pool misses).",
+            endpoint::CX_TOTAL,
+        ),
+        (
+            "weir_upstream_cx_connect_fail_total",
+            "Upstream connects refused, unreachable or failed in TLS.",
+            endpoint::CX_CONNECT_FAIL,
+        ),
+        (
+            "weir_upstream_cx_connect_timeout_total",
+            "Upstream connects over the connect timeout.",
+            endpoint::CX_CONNECT_TIMEOUT,
+        ),
+        (
+            "weir_upstream_rq_timeout_total",
+            "Upstream attempts with no response head within the response timeout.",
+            endpoint::RQ_TIMEOUT,
+        ),
+        (
+            "weir_upstream_rq_reset_total",
+            "Upstream attempts closed, reset or answered with something not HTTP.",
+            endpoint::RQ_RESET,
+        ),
+        (
+            "weir_upstream_rq_retry_total",
+            "Upstream attempts that retried an earlier one.",
+            endpoint::RQ_RETRY,
+        ),
+        (
+            "weir_upstream_ejections_total",
+            "Times outlier detection ejected the endpoint.",
+            endpoint::EJECTIONS,
+        ),
+    ];
+    for (name, help, slot) in per_endpoint {
+        header(out, name, "counter", help);
+        for (base, l) in &endpoints {
+            let _ = writeln!(out, "{name}{{{l}}} {}", s.get(base + slot));
+        }
+    }
+    let per_cluster: [(&str, &str, usize); 3] = [
+        (
+            "weir_upstream_rq_overflow_total",
+            "Requests a circuit breaker refused (flag UO).",
+            cluster::RQ_OVERFLOW,
+        ),
+        (
+            "weir_upstream_rq_retry_limit_exceeded_total",
+            "Requests that ran out of retries (flag URX).",
+            cluster::RQ_RETRY_LIMIT,
+        ),
+        (
+            "weir_upstream_rq_no_healthy_total",
+            "Requests that found no endpoint to pick (flag UH).",
+            cluster::RQ_NO_HEALTHY,
+        ),
+    ];
+    for (name, help, slot) in per_cluster {
+        header(out, name, "counter", help);
+        for (c, (cname, _)) in layout.clusters.iter().enumerate() {
+            let v = s.get(layout.cluster(c) + slot);
+            let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {v}", label(cname));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        assert_eq!(class_of(101), 0);
+        assert_eq!(class_of(204), 1);
+        assert_eq!(class_of(399), 2);
+        assert_eq!(class_of(404), 3);
+        assert_eq!(class_of(503), 4);
+        assert_eq!(class_of(0), 5);
+        assert_eq!(class_of(600), 5);
+    }
+
+    #[test]
+    fn shards_sum_and_histograms_are_cumulative() {
+        let layout = Layout::new(
+            vec!["main".into()],
+            vec![(
+                "web".into(),
+                vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            )],
+        );
+        let shards: Vec<Arc<Shard>> = (0..2).map(|_| Arc::new(Shard::new(layout.len))).collect();
+        let l = layout.listener(0);
+        shards[0].add(l + listener::RQ_CLASS + class_of(200), 3);
+        shards[1].add(l + listener::RQ_CLASS + class_of(200), 2);
+        shards[1].add(l + listener::RQ_CLASS + class_of(502), 1);
+        // Gauges may go "negative" on one shard and positive on another.
+        shards[0].add(l + listener::CX_ACTIVE, 1);
+        shards[1].sub(l + listener::CX_ACTIVE, 1);
+        shards[1].add(l + listener::CX_ACTIVE, 2);
+        shards[0].observe(l + listener::RQ_TIME, 50_000); // ≤ 100 µs
+        shards[1].observe(l + listener::RQ_TIME, 300_000); // ≤ 500 µs
+        shards[1].observe(l + listener::RQ_TIME, 100_000_000_000); // +Inf
+        shards[0].add(layout.endpoint(0, 1) + endpoint::CX_TOTAL, 4);
+        let mut out = String::new();
+        render(&mut out, &layout, &shards);
+        for want in [
+            "weir_downstream_rq_total{listener=\"main\",class=\"2xx\"} 5",
+            "weir_downstream_rq_total{listener=\"main\",class=\"5xx\"} 1",
+            "weir_downstream_cx_active{listener=\"main\"} 2",
+            "weir_downstream_rq_time_seconds_bucket{listener=\"main\",le=\"0.0001\"} 1",
+            "weir_downstream_rq_time_seconds_bucket{listener=\"main\",le=\"0.00025\"} 1",
+            "weir_downstream_rq_time_seconds_bucket{listener=\"main\",le=\"0.0005\"} 2",
+            "weir_downstream_rq_time_seconds_bucket{listener=\"main\",le=\"60\"} 2",
+            "weir_downstream_rq_time_seconds_bucket{listener=\"main\",le=\"+Inf\"} 3",
+            "weir_downstream_rq_time_seconds_count{listener=\"main\"} 3",
+            "weir_downstream_rq_time_seconds_sum{listener=\"main\"} 100.00035",
+            "weir_upstream_cx_total{cluster=\"web\",endpoint=\"127.0.0.1:2\"} 4",
+            "weir_upstream_cx_total{cluster=\"web\",endpoint=\"127.0.0.1:1\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == want), "missing {want:?} in\n{out}");
+        }
+    }
+
+    #[test]
+    fn shards_do_not_share_cache_lines() {
+        assert_eq!(std::mem::align_of::<Block>(), 128);
+        assert_eq!(std::mem::size_of::<Block>(), 128);
+    }
+}

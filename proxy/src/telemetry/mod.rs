@@ -1,0 +1,259 @@
+//! Telemetry: what every request leaves behind, vendor-neutral.
+//!
+//! * [`metrics`]: the core's Prometheus metrics — per-worker shards of counters and fixed-bucket
+//!   histograms, label sets resolved to slot indexes at start, summed by the admin `/metrics`.
+//! * [`trace`]: OpenTelemetry spans (a server span per request, a client span per upstream
+//!   attempt), W3C trace context in and out, exported over OTLP/HTTP by [`otlp`]'s client.
+//! * [`access_log`]: one JSON line per request, buffered per worker, written by one thread.
+//! * [`logs`]: the proxy's own `tracing` logs and their level, changeable at run time.
+//! * [`Exchange`]: one request's record, from its head to its last response byte. The data path
+//!   holds it and calls a few hooks; everything it does with them lives here.
+//!
+//! Cost model: metrics are always on and cost a few plain stores per request plus one clock read
+//! at each end. Traces and the access log are off unless the manifest's `telemetry:` section
+//! turns them on; off, a request carries no span, no log record and no extra clock read (one
+//! `Option` check per hook).
+
+pub mod access_log;
+mod exchange;
+pub mod logs;
+pub mod metrics;
+pub mod otlp;
+pub mod trace;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub use exchange::{Exchange, H2Body, declared_length};
+pub use metrics::flags;
+
+use crate::config::Config;
+use metrics::{Layout, Shard};
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("telemetry.tracing: {0}")]
+    Tracing(String),
+    #[error("telemetry.access_log.path: cannot open {path}: {source}")]
+    AccessLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Process-wide telemetry: the metric layout and every worker's shard, the tracer, the access
+/// log's writer.
+pub struct Telemetry {
+    layout: Arc<Layout>,
+    shards: Vec<Arc<Shard>>,
+    tracing: Option<Arc<trace::Tracing>>,
+    access_log: Option<Arc<access_log::Sink>>,
+}
+
+impl Telemetry {
+    /// Builds the metric layout for `cfg`'s listeners and clusters (with their resolved
+    /// `endpoints`), one shard per worker, and starts the exporter and log writer the manifest
+    /// asks for. `rt` runs the exporter's HTTP requests (the control runtime).
+    pub fn new(
+        cfg: &Config,
+        workers: usize,
+        endpoints: &[Vec<SocketAddr>],
+        rt: tokio::runtime::Handle,
+    ) -> Result<Self, TelemetryError> {
+        let Self { layout, shards, .. } = Self::metrics_only(cfg, workers, endpoints);
+        let tracing = match &cfg.telemetry.tracing {
+            Some(t) => Some(Arc::new(
+                trace::Tracing::new(t, rt).map_err(TelemetryError::Tracing)?,
+            )),
+            None => None,
+        };
+        let access_log = match &cfg.telemetry.access_log {
+            Some(a) => Some(Arc::new(access_log::Sink::start(a).map_err(|source| {
+                TelemetryError::AccessLog {
+                    path: match &a.path {
+                        crate::config::AccessLogPath::File(p) => p.clone(),
+                        crate::config::AccessLogPath::Stdout => PathBuf::from("stdout"),
+                    },
+                    source,
+                }
+            })?)),
+            None => None,
+        };
+        Ok(Self {
+            layout,
+            shards,
+            tracing,
+            access_log,
+        })
+    }
+
+    /// Telemetry with metrics only (no tracer, no access log), for tests and tools.
+    pub fn metrics_only(cfg: &Config, workers: usize, endpoints: &[Vec<SocketAddr>]) -> Self {
+        // Endpoint labels are the resolved addresses, in the order every worker's cluster has them.
+        let layout = Arc::new(Layout::new(
+            cfg.listeners.iter().map(|l| l.name.clone()).collect(),
+            cfg.clusters
+                .iter()
+                .zip(endpoints)
+                .map(|(c, eps)| {
+                    (
+                        c.name.clone(),
+                        eps.iter().map(ToString::to_string).collect(),
+                    )
+                })
+                .collect(),
+        ));
+        Self {
+            shards: (0..workers)
+                .map(|_| Arc::new(Shard::new(layout.len())))
+                .collect(),
+            layout,
+            tracing: None,
+            access_log: None,
+        }
+    }
+
+    /// Worker `id`'s handle (made on the worker's own thread).
+    pub fn worker(&self, id: usize) -> Rc<WorkerTelemetry> {
+        Rc::new(WorkerTelemetry {
+            shard: self.shards[id % self.shards.len()].clone(),
+            layout: self.layout.clone(),
+            tracing: self.tracing.clone(),
+            log: self
+                .access_log
+                .as_ref()
+                .map(|s| access_log::WorkerLog::new(s.clone())),
+        })
+    }
+
+    /// Every core metric as Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        metrics::render(out, &self.layout, &self.shards);
+        if let Some(s) = &self.access_log {
+            s.render(out);
+        }
+    }
+
+    /// Exports the spans still queued and writes the access-log lines still buffered. Blocks:
+    /// call it off the control runtime (the exporter's requests run there).
+    pub fn shutdown(&self) {
+        if let Some(t) = &self.tracing {
+            t.shutdown();
+        }
+        if let Some(s) = &self.access_log {
+            s.shutdown();
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's worker telemetry (absent off the workers), for hooks deep in the upstream
+    /// code that have no worker handle at hand.
+    static WORKER: std::cell::RefCell<Option<Rc<WorkerTelemetry>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `t` this thread's worker telemetry.
+pub fn set_worker(t: Rc<WorkerTelemetry>) {
+    WORKER.with(|w| *w.borrow_mut() = Some(t));
+}
+
+/// Counts a new upstream connection to endpoint `e` of cluster `c` on this worker.
+pub fn upstream_connect(c: usize, e: usize) {
+    WORKER.with(|w| {
+        if let Some(t) = &*w.borrow() {
+            t.upstream_connect(c, e);
+        }
+    });
+}
+
+/// One worker's view: its shard (it is the only writer), and the tracer and log buffer when on.
+pub struct WorkerTelemetry {
+    pub shard: Arc<Shard>,
+    pub layout: Arc<Layout>,
+    tracing: Option<Arc<trace::Tracing>>,
+    log: Option<access_log::WorkerLog>,
+}
+
+impl WorkerTelemetry {
+    /// Whether requests carry a detailed record (spans or access-log fields).
+    fn detailed(&self) -> bool {
+        self.tracing.is_some() || self.log.is_some()
+    }
+
+    /// A downstream connection was accepted on listener `l`.
+    pub fn connection_opened(&self, l: usize) {
+        let base = self.layout.listener(l);
+        self.shard.add(base + metrics::listener::CX_TOTAL, 1);
+        self.shard.add(base + metrics::listener::CX_ACTIVE, 1);
+    }
+
+    /// A downstream connection of listener `l` closed after moving `rx`/`tx` bytes.
+    pub fn connection_closed(&self, l: usize, (rx, tx): (u64, u64)) {
+        let base = self.layout.listener(l);
+        self.shard.sub(base + metrics::listener::CX_ACTIVE, 1);
+        self.shard.add(base + metrics::listener::CX_RX_BYTES, rx);
+        self.shard.add(base + metrics::listener::CX_TX_BYTES, tx);
+    }
+
+    /// A new upstream connection to endpoint `e` of cluster `c` (a pool miss).
+    pub fn upstream_connect(&self, c: usize, e: usize) {
+        self.shard
+            .add(self.layout.endpoint(c, e) + metrics::endpoint::CX_TOTAL, 1);
+    }
+
+    /// An attempt to endpoint `e` of cluster `c` retried an earlier one (resilience hook).
+    pub fn upstream_retry(&self, c: usize, e: usize) {
+        self.shard
+            .add(self.layout.endpoint(c, e) + metrics::endpoint::RQ_RETRY, 1);
+    }
+
+    /// Outlier detection ejected endpoint `e` of cluster `c` (resilience hook).
+    pub fn upstream_ejection(&self, c: usize, e: usize) {
+        self.shard
+            .add(self.layout.endpoint(c, e) + metrics::endpoint::EJECTIONS, 1);
+    }
+
+    /// A circuit breaker of cluster `c` refused a request (resilience hook; flag it `UO` on the
+    /// request's [`Exchange`]).
+    pub fn upstream_overflow(&self, c: usize) {
+        self.shard
+            .add(self.layout.cluster(c) + metrics::cluster::RQ_OVERFLOW, 1);
+    }
+
+    /// A request to cluster `c` ran out of retries (resilience hook; flag `URX`).
+    pub fn upstream_retry_limit(&self, c: usize) {
+        self.shard
+            .add(self.layout.cluster(c) + metrics::cluster::RQ_RETRY_LIMIT, 1);
+    }
+
+    /// Cluster `c` had no endpoint to pick (resilience hook; flag `UH`).
+    pub fn upstream_no_healthy(&self, c: usize) {
+        self.shard
+            .add(self.layout.cluster(c) + metrics::cluster::RQ_NO_HEALTHY, 1);
+    }
+
+    /// Writes out this worker's buffered access-log lines.
+    pub fn flush(&self) {
+        if let Some(l) = &self.log {
+            l.flush();
+        }
+    }
+
+    /// Runs on the worker: flushes the access log every `flush_interval` (absent: returns).
+    pub async fn run_flusher(self: Rc<Self>) {
+        let Some(every) = self.log.as_ref().map(|l| l.flush_interval()) else {
+            return;
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush();
+        }
+    }
+}
