@@ -50,6 +50,8 @@ pub struct H1Conn(Box<Conn>);
 pub struct Conn {
     io: Io,
     rbuf: BytesMut,
+    /// A request write failed: the connection may still carry the answer, never another request.
+    poisoned: bool,
 }
 
 impl std::ops::Deref for H1Conn {
@@ -79,6 +81,7 @@ impl H1Conn {
         Self(Box::new(Conn {
             io: Io::Whole(io),
             rbuf: BytesMut::with_capacity(READ_CHUNK),
+            poisoned: false,
         }))
     }
 
@@ -117,6 +120,9 @@ impl H1Conn {
     /// After a complete response: the connection whole again, if its request side ended cleanly
     /// too (a pump still running means the upstream answered early; the connection is dropped).
     fn into_reusable(mut self) -> Option<H1Conn> {
+        if self.poisoned {
+            return None;
+        }
         match std::mem::replace(&mut self.io, Io::Gone) {
             Io::Whole(io) => self.io = Io::Whole(io),
             Io::Split(rd, pump) => {
@@ -282,6 +288,9 @@ pub async fn send(
                 .exact()
                 .is_some_and(|n| n <= INLINE_BODY_MAX));
 
+    // An upstream that stopped reading may have answered already (a 413 before the body, then
+    // close): a failed write is reported only if no response follows it.
+    let mut write_failed: Option<Failed> = None;
     if inline {
         let Io::Whole(io) = &mut conn.io else {
             unreachable!("a fresh exchange has a whole socket")
@@ -291,21 +300,23 @@ pub async fn send(
                 let mut one = Vec::with_capacity(head.bytes.len() + data.len());
                 one.extend_from_slice(&head.bytes);
                 one.extend_from_slice(data);
-                io.write_all(&one)
-                    .await
-                    .map_err(|e| fail(ProxyError::UpstreamIo(e), retryable))?;
+                if let Err(e) = io.write_all(&one).await {
+                    write_failed = Some(fail(ProxyError::UpstreamIo(e), retryable));
+                }
             }
             _ => {
-                io.write_all(&head.bytes)
-                    .await
-                    .map_err(|e| fail(ProxyError::UpstreamIo(e), retryable))?;
-                if !body_was_empty {
-                    write_body(io, body, head.chunked)
-                        .await
-                        .map_err(|e| fail(e, false))?;
+                if let Err(e) = io.write_all(&head.bytes).await {
+                    write_failed = Some(fail(ProxyError::UpstreamIo(e), retryable));
+                } else if !body_was_empty && let Err(e) = write_body(io, body, head.chunked).await {
+                    if e.kind() == crate::http::respond::ErrorKind::Downstream {
+                        return Err(fail(e, false));
+                    }
+                    write_failed = Some(fail(e, false));
                 }
             }
         }
+        // Whatever answers now, this connection's request side is broken: never reuse it.
+        conn.poisoned = write_failed.is_some();
     } else {
         let Io::Whole(io) = std::mem::replace(&mut conn.io, Io::Gone) else {
             unreachable!("a fresh exchange has a whole socket")
@@ -351,64 +362,72 @@ pub async fn send(
         Io::Split(_, pump) if !pump.ended() => None,
         _ => Some(crate::timer::deadline(response_timeout)),
     };
-    loop {
-        if let Some(parsed) = parse_head(&mut conn.rbuf).map_err(|e| fail(e, false))? {
-            if parsed.status.is_informational() && parsed.status != StatusCode::SWITCHING_PROTOCOLS
-            {
-                continue;
-            }
-            return into_response(conn, parsed, &head.method, guard).map_err(|e| fail(e, false));
-        }
-        if conn.rbuf.len() > MAX_HEAD {
-            return Err(fail(
-                ProxyError::UpstreamMalformed("response head too large"),
-                false,
-            ));
-        }
-        let nothing_yet = conn.rbuf.is_empty();
-        let pump = match &conn.io {
-            Io::Split(_, p) => Some(p.pump.clone()),
-            Io::Whole(_) | Io::Gone => None,
-        };
-        let pump_ended = async {
-            match &pump {
-                Some(p) if matches!(*p.state.borrow(), PumpState::Running) => {
-                    p.ended.notified().await
-                }
-                _ => std::future::pending().await,
-            }
-        };
-        let waiting_for_pump = deadline.is_none();
-        let expired = async {
-            match &mut deadline {
-                Some(d) => d.await,
-                None => std::future::pending().await,
-            }
-        };
-        let read = tokio::select! {
-            biased;
-            r = conn.fill() => Some(r),
-            _ = pump_ended, if waiting_for_pump => None,
-            () = expired => {
-                return Err(fail(ProxyError::ResponseTimeout(response_timeout), false));
-            }
-        };
-        match read {
-            None => {
-                if let Io::Split(_, p) = &conn.io
-                    && p.client_gone()
+    let answer = async {
+        loop {
+            if let Some(parsed) = parse_head(&mut conn.rbuf).map_err(|e| fail(e, false))? {
+                if parsed.status.is_informational()
+                    && parsed.status != StatusCode::SWITCHING_PROTOCOLS
                 {
-                    return Err(fail(ProxyError::BadRequest("request body aborted"), false));
+                    continue;
                 }
-                deadline = Some(crate::timer::deadline(response_timeout));
+                return into_response(conn, parsed, &head.method, guard)
+                    .map_err(|e| fail(e, false));
             }
-            Some(Ok(0)) => {
-                return Err(fail(ProxyError::UpstreamClosed, retryable && nothing_yet));
+            if conn.rbuf.len() > MAX_HEAD {
+                return Err(fail(
+                    ProxyError::UpstreamMalformed("response head too large"),
+                    false,
+                ));
             }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(fail(ProxyError::UpstreamIo(e), retryable && nothing_yet)),
+            let nothing_yet = conn.rbuf.is_empty();
+            let pump = match &conn.io {
+                Io::Split(_, p) => Some(p.pump.clone()),
+                Io::Whole(_) | Io::Gone => None,
+            };
+            let pump_ended = async {
+                match &pump {
+                    Some(p) if matches!(*p.state.borrow(), PumpState::Running) => {
+                        p.ended.notified().await
+                    }
+                    _ => std::future::pending().await,
+                }
+            };
+            let waiting_for_pump = deadline.is_none();
+            let expired = async {
+                match &mut deadline {
+                    Some(d) => d.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let read = tokio::select! {
+                biased;
+                r = conn.fill() => Some(r),
+                _ = pump_ended, if waiting_for_pump => None,
+                () = expired => {
+                    return Err(fail(ProxyError::ResponseTimeout(response_timeout), false));
+                }
+            };
+            match read {
+                None => {
+                    if let Io::Split(_, p) = &conn.io
+                        && p.client_gone()
+                    {
+                        return Err(fail(ProxyError::BadRequest("request body aborted"), false));
+                    }
+                    deadline = Some(crate::timer::deadline(response_timeout));
+                }
+                Some(Ok(0)) => {
+                    return Err(fail(ProxyError::UpstreamClosed, retryable && nothing_yet));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    return Err(fail(ProxyError::UpstreamIo(e), retryable && nothing_yet));
+                }
+            }
         }
-    }
+    };
+    // No answer after a failed write: the write's failure is the one to report.
+    answer.await.map_err(|f| write_failed.unwrap_or(f))
 }
 
 async fn write_body<W: AsyncWrite + Unpin>(
