@@ -115,6 +115,8 @@ pub struct WorkerSpec {
     pub acks: mpsc::UnboundedSender<(usize, u64)>,
     /// TLS contexts of listeners and clusters (indexed like the config's).
     pub tls: Arc<crate::tls::TlsContexts>,
+    /// Each cluster's state shared by all workers (indexed like `Config::clusters`).
+    pub cluster_state: Arc<Vec<Arc<crate::upstream::ClusterShared>>>,
 }
 
 /// Starts a worker thread; it returns once drained.
@@ -142,6 +144,7 @@ async fn run(spec: WorkerSpec) {
         mut generations,
         acks,
         tls,
+        cluster_state,
     } = spec;
     let clusters: std::rc::Rc<Vec<Cluster>> = std::rc::Rc::new(
         config
@@ -149,7 +152,15 @@ async fn run(spec: WorkerSpec) {
             .iter()
             .zip(endpoints.iter())
             .enumerate()
-            .map(|(i, (c, addrs))| Cluster::new(c, addrs, tls.clusters.get(i).cloned().flatten()))
+            .map(|(i, (c, addrs))| {
+                Cluster::new(
+                    c,
+                    addrs,
+                    tls.clusters.get(i).cloned().flatten(),
+                    cluster_state[i].clone(),
+                    id,
+                )
+            })
             .collect(),
     );
     // Callouts go through the same clusters (and pools) as requests.

@@ -110,12 +110,11 @@ impl ProxyService {
         }
 
         let cluster = &self.worker.clusters[self.listener.default_cluster];
-        let ep = cluster.endpoint()?;
         let req = Request::from_parts(parts, ProxyBody::Downstream(body));
         if upgrade {
-            return Box::pin(tunnel(cluster, &ep, req)).await;
+            return Box::pin(tunnel(cluster, &cluster.endpoint()?, req)).await;
         }
-        let resp = upstream::send(cluster, &ep, req, cluster.response_timeout).await?;
+        let resp = upstream::forward(cluster, req, &upstream::Route::of(cluster), |_| {}).await?;
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         parts.version = Version::HTTP_11;
@@ -215,9 +214,9 @@ impl ProxyService {
             None => self.listener.default_cluster,
         };
         let cluster = &self.worker.clusters[ci];
-        let ep = cluster.endpoint()?;
-        run.with_stream(|s| s.upstream_address = Some(ep.addr));
         if upgrade {
+            let ep = cluster.endpoint()?;
+            run.with_stream(|s| s.upstream_address = Some(ep.addr));
             return tunnel(cluster, &ep, req).await;
         }
         // `weir.route.timeout_ms: 0` disables the timeout, as Envoy's route timeout 0 does.
@@ -226,7 +225,15 @@ impl ProxyService {
             Some(t) => t,
             None => cluster.response_timeout,
         };
-        let sent = upstream::send(cluster, &ep, req, timeout).await;
+        let route = upstream::Route {
+            response_timeout: timeout,
+            per_try_timeout: route.per_try_timeout,
+            retries: route.retries,
+        };
+        let sent = upstream::forward(cluster, req, &route, |a| {
+            run.with_stream(|s| s.upstream_address = Some(a));
+        })
+        .await;
         // A filter that answered locally from a body phase wins over the upstream's answer.
         let late = run.late_reply.borrow_mut().take();
         if let Some(reply) = late {

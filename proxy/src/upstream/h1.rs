@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use super::breaker::ConnCount;
 use super::connect::{UpstreamIo, UpstreamRead, UpstreamWrite};
 use super::pool::ResponseGuard;
 use crate::http::body::{BoxError, ProxyBody};
@@ -50,6 +51,8 @@ pub struct H1Conn(Box<Conn>);
 pub struct Conn {
     io: Io,
     rbuf: BytesMut,
+    /// Counts the connection against the cluster's `max_connections` while it lives.
+    _count: ConnCount,
 }
 
 impl std::ops::Deref for H1Conn {
@@ -75,10 +78,11 @@ enum Io {
 }
 
 impl H1Conn {
-    pub fn new(io: UpstreamIo) -> Self {
+    pub fn new(io: UpstreamIo, count: ConnCount) -> Self {
         Self(Box::new(Conn {
             io: Io::Whole(io),
             rbuf: BytesMut::with_capacity(READ_CHUNK),
+            _count: count,
         }))
     }
 
