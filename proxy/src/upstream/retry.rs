@@ -115,7 +115,11 @@ const BUCKETS: u64 = 10;
 /// counts; a bucket met with an old stamp is reset by whoever claims it. Only requests that
 /// might be retried (a policy applies) deposit, and only retries withdraw: a cluster without
 /// retries never touches it.
+///
+/// Aligned to cache lines: every worker writes its buckets, and they must not share a line with
+/// the read-mostly cluster state next to them (the balancing version every pick reads).
 #[derive(Debug)]
+#[repr(align(64))]
 pub struct RetryBudget {
     buckets: [Bucket; BUCKETS as usize],
     width_ms: u64,
