@@ -122,12 +122,9 @@ async fn resilient(
     } else {
         (None, Some(body))
     };
-    let (mut first_parts, spare) = if may_retry {
-        let spare = copy_parts(&parts);
-        (Some(parts), Some(spare))
-    } else {
-        (Some(parts), None)
-    };
+    // The first attempt takes the head itself; each retry a copy of it.
+    let spare = may_retry.then(|| copy_parts(&parts));
+    let mut first_parts = Some(parts);
     if may_retry {
         cluster.shared.budget.deposit(timer::now_ms());
     }
@@ -173,8 +170,9 @@ async fn resilient(
             && attempt <= retries
             && (any_outcome || outcome.never_sent())
             && replay.as_ref().is_none_or(|r| r.replayable())
-            && budget_allows(cluster)
-            && cluster.admit(Resource::Retries).is_ok();
+            // The breaker only looks; the budget takes a token, so it is asked last.
+            && cluster.admit(Resource::Retries).is_ok()
+            && budget_allows(cluster);
         if !retry {
             return finish(cluster, result, attempt, may_retry, retriable);
         }
