@@ -1,7 +1,8 @@
 //! The admin endpoint (loopback by default; on the control thread, never on a worker).
 //!
 //! Reads: `GET /ready` (200 serving, 503 draining), `/healthz`, `/metrics` (Prometheus text),
-//! `/config_dump` (the running validated config as JSON), `/clusters`, `/filters`, `/certs`
+//! `/config_dump` (the running validated config as JSON), `/clusters` (live endpoint health,
+//! ejections, priority loads, breakers, retries: `upstream/report.rs`), `/filters`, `/certs`
 //! (every certificate and trust anchor in use, with expiry, and each TLS context's rotations),
 //! `/logging` (the log filter in force).
 //!
@@ -49,6 +50,9 @@ pub struct AdminState {
     pub tls: Arc<crate::tls::TlsContexts>,
     /// The core's metrics (`/metrics`).
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// Each cluster's live state (indexed like the config's clusters, which a reload never
+    /// changes): `/clusters` and the `weir_cluster_*` metrics.
+    pub clusters: Vec<Arc<crate::upstream::ClusterShared>>,
 }
 
 struct Admin {
@@ -386,20 +390,13 @@ impl Admin {
             "/certs" => json_resp(StatusCode::OK, &self.state.tls.certs_json()),
             "/clusters" => {
                 let p = self.control.current();
-                let clusters: Vec<_> = p
-                    .config
-                    .clusters
-                    .iter()
-                    .map(|c| {
-                        json!({
-                            "name": c.name,
-                            "endpoints": c.endpoints,
-                            "protocol": c.protocol,
-                            "lb": c.lb,
-                        })
-                    })
-                    .collect();
-                json_resp(StatusCode::OK, &json!({ "clusters": clusters }))
+                json_resp(
+                    StatusCode::OK,
+                    &crate::upstream::report::clusters_json(
+                        &p.config.clusters,
+                        &self.state.clusters,
+                    ),
+                )
             }
             "/metrics" => {
                 let mut r = text(StatusCode::OK, self.metrics());
@@ -510,6 +507,7 @@ impl Admin {
         if let Some(t) = &self.state.telemetry {
             t.render(&mut out);
         }
+        crate::upstream::report::prometheus(&self.state.clusters, &mut out);
         out
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, Endpoints};
+use crate::upstream::ClusterShared;
 use crate::worker::{self, WorkerSpec};
 
 /// Why the proxy could not start or stop cleanly.
@@ -70,7 +71,7 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
     let mut endpoints = Vec::with_capacity(config.clusters.len());
     for c in &config.clusters {
         endpoints.push(match &c.endpoints {
-            Endpoints::Static(a) => a.clone(),
+            Endpoints::Static(a) => a.iter().map(|e| e.address).collect(),
             Endpoints::Demo(label) => {
                 vec![
                     crate::demo::start(label.clone())
@@ -115,6 +116,31 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
         &endpoints,
         tokio::runtime::Handle::current(),
     )?);
+    // Cluster state all workers share (health, ejections, retry budget, breaker counts,
+    // statistics), and the tasks that keep it: health checkers and outlier sweepers run here, on
+    // the control thread, never on a worker.
+    let cluster_state: Arc<Vec<Arc<ClusterShared>>> = Arc::new(
+        config
+            .clusters
+            .iter()
+            .zip(endpoints.iter())
+            .map(|(c, addrs)| Arc::new(ClusterShared::new(c, addrs, workers)))
+            .collect(),
+    );
+    for (i, (c, state)) in config.clusters.iter().zip(cluster_state.iter()).enumerate() {
+        if let Some(hc) = &c.health_check {
+            let tls = tls.clusters.get(i).cloned().flatten();
+            tokio::spawn(crate::upstream::health::run(
+                state.clone(),
+                hc.clone(),
+                c.protocol,
+                tls,
+            ));
+        }
+        if c.outlier.is_some() {
+            tokio::spawn(crate::upstream::outlier::run_sweeper(state.clone()));
+        }
+    }
 
     // Every listener bound before any worker starts: a bind error stops start-up cleanly.
     let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
@@ -137,6 +163,7 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
     let admin_state = Arc::new(AdminState {
         tls: tls.clone(),
         telemetry: Some(telemetry.clone()),
+        clusters: cluster_state.iter().cloned().collect(),
         ..AdminState::default()
     });
     if let Some(a) = &config.admin {
@@ -165,6 +192,7 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
             acks: acks.clone(),
             tls: tls.clone(),
             telemetry: telemetry.clone(),
+            cluster_state: cluster_state.clone(),
         })?);
     }
     drop(acks);

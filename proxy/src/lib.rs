@@ -5,13 +5,15 @@
 //!   ─▶ http (hyper-util auto: h1/h2) ─▶ service
 //!   ─▶ filter chain: request phases (Wasm, in order) ─▶ route decision (weir.route.* or the
 //!      listener's default cluster)
-//!   ─▶ upstream (balance ─▶ pooled connection h1/h2, plain/TLS/mTLS) ─▶ filter chain: response
-//!      phases (reverse)
+//!   ─▶ upstream (breakers ─▶ priority/health/ejection ─▶ balance ─▶ pooled connection h1/h2,
+//!      plain/TLS/mTLS; timeouts, retries under a budget, outlier accounting) ─▶ filter chain:
+//!      response phases (reverse)
 //!   ─▶ downstream ─▶ on_log ─▶ telemetry (metrics, spans, access-log line)
 //! ```
 //! Modules follow that line: [`listener`], [`conn`], [`tls`], [`http`] (service, body, headers, the one
 //! error-to-response mapping in `respond`), [`filter`] (chains of proxy-wasm filters),
-//! [`upstream`] (cluster, balance, pool, connect, client, h1).
+//! [`upstream`] (forward, balance, breaker, retry, outlier, health, shared state, pool, connect,
+//! client, h1).
 //! [`worker`] runs one copy of the data path per core; [`app`] wires them and owns the lifecycle;
 //! [`config`] turns a manifest into validated types; [`certs`] is `weir certs`' development PKI;
 //! [`telemetry`] is what every request leaves behind (metrics, spans, access-log lines).

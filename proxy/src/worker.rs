@@ -118,6 +118,8 @@ pub struct WorkerSpec {
     /// TLS contexts of listeners and clusters (indexed like the config's).
     pub tls: Arc<crate::tls::TlsContexts>,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Each cluster's state shared by all workers (indexed like `Config::clusters`).
+    pub cluster_state: Arc<Vec<Arc<crate::upstream::ClusterShared>>>,
 }
 
 /// Starts a worker thread; it returns once drained.
@@ -146,6 +148,7 @@ async fn run(spec: WorkerSpec) {
         acks,
         tls,
         telemetry,
+        cluster_state,
     } = spec;
     let telemetry = telemetry.worker(id);
     crate::telemetry::set_worker(telemetry.clone());
@@ -155,7 +158,15 @@ async fn run(spec: WorkerSpec) {
             .iter()
             .zip(endpoints.iter())
             .enumerate()
-            .map(|(i, (c, addrs))| Cluster::new(c, addrs, tls.clusters.get(i).cloned().flatten()))
+            .map(|(i, (c, addrs))| {
+                Cluster::new(
+                    c,
+                    addrs,
+                    tls.clusters.get(i).cloned().flatten(),
+                    cluster_state[i].clone(),
+                    id,
+                )
+            })
             .collect(),
     );
     // Callouts go through the same clusters (and pools) as requests.

@@ -9,7 +9,8 @@
 //!   `connection.mtls`, `plugin_name`, …), decoded from their wire encodings.
 //! * [`random`]: a per-VM generator seeded from WASI randomness (splits, percentages, ids).
 //! * [`route`]: the route decision a filter hands to the proxy (`weir.route.cluster`,
-//!   `weir.route.timeout_ms`, `weir.route.path`, `weir.route.retries`).
+//!   `weir.route.timeout_ms`, `weir.route.path`, `weir.route.retries`,
+//!   `weir.route.per_try_timeout_ms`).
 //! * [`testing`] (native targets only): load a built `.wasm` through `weir-host-abi` and drive it
 //!   in a `cargo test` — requests, responses, bodies, callouts, ticks, logs, local replies.
 //!

@@ -7,7 +7,8 @@
 //! | `weir.route.cluster` | UTF-8 cluster name | send the request to this cluster instead of the listener's default |
 //! | `weir.route.timeout_ms` | decimal ASCII milliseconds | overrides the cluster's response timeout for this request |
 //! | `weir.route.path` | UTF-8 path, query included | replaces the upstream request's `:path` |
-//! | `weir.route.retries` | decimal ASCII attempts | retry budget for this request (honoured once retries land) |
+//! | `weir.route.retries` | decimal ASCII count | retries after the first try for this request (0: none), under the cluster's `retries` policy, or its defaults when the cluster has none; still bounded by the cluster's retry budget and `max_retries` breaker |
+//! | `weir.route.per_try_timeout_ms` | decimal ASCII milliseconds | bounds each attempt (connect included) instead of the cluster's `timeouts.per_try`; a timed-out attempt is retried under the `reset` condition |
 //!
 //! Each setter is `proxy_set_property(["weir", "route", <name>], value)`; a filter written without
 //! this crate can do the same call itself. Setting a property again replaces it.
@@ -23,8 +24,10 @@ pub const CLUSTER: &str = "weir.route.cluster";
 pub const TIMEOUT_MS: &str = "weir.route.timeout_ms";
 /// Dotted name of the upstream `:path` rewrite.
 pub const PATH: &str = "weir.route.path";
-/// Dotted name of the retry budget.
+/// Dotted name of the retry count.
 pub const RETRIES: &str = "weir.route.retries";
+/// Dotted name of the per-try timeout.
+pub const PER_TRY_TIMEOUT_MS: &str = "weir.route.per_try_timeout_ms";
 
 /// Routes the request to `cluster`.
 pub fn set_cluster(cluster: &str) -> Result<(), Status> {
@@ -42,9 +45,17 @@ pub fn set_path(path: &str) -> Result<(), Status> {
     set("path", path.as_bytes())
 }
 
-/// Sets the retry budget (number of retries after the first attempt).
+/// Sets the number of retries after the first attempt (0 turns retries off for this request).
 pub fn set_retries(retries: u32) -> Result<(), Status> {
     set("retries", retries.to_string().as_bytes())
+}
+
+/// Bounds each attempt (sent as whole milliseconds, rounded up).
+pub fn set_per_try_timeout(timeout: Duration) -> Result<(), Status> {
+    set(
+        "per_try_timeout_ms",
+        timeout_ms(timeout).to_string().as_bytes(),
+    )
 }
 
 /// The cluster decided so far by this or an earlier filter of the chain, if any.

@@ -236,8 +236,10 @@ fn route_accessors_decode_the_fixed_encodings() {
     let mut s = f.http_stream();
     s.set_property("weir.route.timeout_ms", "1500")
         .set_property("weir.route.path", "/v2/items?id=1")
-        .set_property("weir.route.retries", "3");
+        .set_property("weir.route.retries", "3")
+        .set_property("weir.route.per_try_timeout_ms", "250");
     assert_eq!(s.route_timeout(), Some(Duration::from_millis(1500)));
+    assert_eq!(s.route_per_try_timeout(), Some(Duration::from_millis(250)));
     assert_eq!(s.route_path(), Some("/v2/items?id=1"));
     assert_eq!(s.route_retries(), Some(3));
     assert_eq!(s.route_cluster(), None);

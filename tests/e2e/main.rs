@@ -18,6 +18,7 @@ mod proxy_h1;
 mod proxy_h2;
 mod quickstart;
 mod ratelimit;
+mod resilience;
 mod router;
 mod support;
 mod telemetry;

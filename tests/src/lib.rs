@@ -5,7 +5,9 @@
 //!
 //! - [`weir`]: locating the binary, [`Weir`] (a running `weir run`), `weir check`, manifest builder.
 //! - [`upstream`]: mock upstreams: one echo server (h1/h2c; gRPC-style replies with trailers;
-//!   upgrades echoing bytes; held replies), misbehaving raw TCP servers, hanging connects, a closed port.
+//!   upgrades echoing bytes; held replies), misbehaving raw TCP servers, a controllable server
+//!   (resets, statuses, delays, stalls, a health endpoint to flip), hanging connects, a closed
+//!   port.
 //! - [`chain`]: manifests with several listeners and clusters, filter chains and filters.
 //! - [`client`]: hyper h1 / h2c clients and a raw TCP client for malformed requests.
 //! - [`otlp`]: an in-test OpenTelemetry collector (OTLP/HTTP trace exports, decoded spans).
@@ -24,7 +26,9 @@ use std::time::Duration;
 
 pub use chain::{ChainManifest, FilterDef, add_to_listener};
 pub use client::{H1Client, H2Client, RawClient, RawResponse, body_empty, body_full, collect};
-pub use upstream::{BlackholeListener, EchoServer, Fault, FaultyServer, Recorded, closed_port};
+pub use upstream::{
+    BlackholeListener, ControlledServer, EchoServer, Fault, FaultyServer, Recorded, closed_port,
+};
 pub use weir::{Manifest, Weir, check, weir_bin};
 
 /// Upper bound for any single awaited event in a test. Generous: CI machines are slow and shared.

@@ -23,15 +23,16 @@
 //! | `sticky` | `{header: name}` or `{cookie: name}` | pick the split by a hash (FNV-1a) of this value; requests without it are spread at random |
 //! | `rewrite` | `{prefix}` | replaces the `match.path.prefix` part of the path (`weir.route.path`, query kept) |
 //! | `timeout` | duration string (`250ms`, `2s`, `1.5s`, `1m`, `0s` = none) | `weir.route.timeout_ms` |
-//! | `retries` | integer | `weir.route.retries` |
+//! | `retries` | integer | `weir.route.retries`: retries after the first try (0: none), under the cluster's retry policy (or its defaults) |
+//! | `per_try_timeout` | duration string (`0s` = the cluster's) | `weir.route.per_try_timeout_ms`: bounds each attempt |
 //! | `request_headers` | `{add: {name: value}, remove: [name]}` | edits of the forwarded request (removals first) |
 //! | `response_headers` | `{add: {name: value}, remove: [name]}` | edits of the upstream's response (removals first) |
 //! | `redirect` | `{location, status}` | answer locally with a redirect (status 301 default, 302, 303, 307, 308) |
 //! | `direct` | `{status, body, headers}` | answer locally with a fixed response (status 200–599) |
 //!
 //! A route has exactly one of `to`, `redirect`, `direct`; `sticky`, `rewrite`, `timeout`,
-//! `retries`, `request_headers` and `response_headers` only go with `to`, and `rewrite` only with a
-//! `match.path.prefix`.
+//! `retries`, `per_try_timeout`, `request_headers` and `response_headers` only go with `to`, and
+//! `rewrite` only with a `match.path.prefix`.
 //!
 //! Example: `{"routes": [{"match": {"path": {"prefix": "/api"}, "headers": {"x-canary": "1"}},
 //! "to": "api-v2"}, {"match": {"path": {"prefix": "/api"}}, "to": [{"cluster": "api-v1", "weight":
@@ -96,6 +97,8 @@ struct RawRoute {
     timeout: Option<String>,
     #[serde(default)]
     retries: Option<u32>,
+    #[serde(default)]
+    per_try_timeout: Option<String>,
     #[serde(default)]
     request_headers: Option<RawHeaderEdits>,
     #[serde(default)]
@@ -281,6 +284,8 @@ struct Forward {
     timeout_ms: Option<String>,
     /// Pre-rendered decimal.
     retries: Option<String>,
+    /// Pre-rendered decimal milliseconds.
+    per_try_timeout_ms: Option<String>,
     request_remove: Vec<String>,
     request_add: Vec<(String, String)>,
     response_remove: Vec<String>,
@@ -361,6 +366,7 @@ impl Route {
             ("rewrite", raw.rewrite.is_some()),
             ("timeout", raw.timeout.is_some()),
             ("retries", raw.retries.is_some()),
+            ("per_try_timeout", raw.per_try_timeout.is_some()),
             ("request_headers", raw.request_headers.is_some()),
             ("response_headers", raw.response_headers.is_some()),
         ];
@@ -390,6 +396,11 @@ impl Route {
                         .transpose()
                         .map_err(|e| format!("timeout: {e}"))?,
                     retries: raw.retries.map(|r| r.to_string()),
+                    per_try_timeout_ms: raw
+                        .per_try_timeout
+                        .map(|t| parse_duration_ms(&t).map(|ms| ms.to_string()))
+                        .transpose()
+                        .map_err(|e| format!("per_try_timeout: {e}"))?,
                     request_remove,
                     request_add,
                     response_remove,
@@ -799,6 +810,9 @@ impl Router {
         }
         if let Some(r) = &f.retries {
             set_route("retries", r.as_bytes());
+        }
+        if let Some(ms) = &f.per_try_timeout_ms {
+            set_route("per_try_timeout_ms", ms.as_bytes());
         }
         for name in &f.request_remove {
             self.remove_http_request_header(name);

@@ -45,6 +45,29 @@ pub const DEFAULT_TRACE_MAX_QUEUE: usize = 2048;
 pub const DEFAULT_TRACE_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Envoy's access-log file flush interval.
 pub const DEFAULT_ACCESS_LOG_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+// Resilience defaults: Envoy's where Envoy has one (breakers, outlier detection, priorities,
+// backoff), Istio's retry count, Linkerd's retry budget and peak-EWMA constants.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+pub const DEFAULT_RETRY_MAX_BODY: u64 = 64 * 1024;
+pub const DEFAULT_RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
+pub const DEFAULT_RETRY_BUDGET_PERCENT: f64 = 20.0;
+pub const DEFAULT_RETRY_BUDGET_MIN_PER_SECOND: u32 = 10;
+pub const DEFAULT_RETRY_BUDGET_TTL: Duration = Duration::from_secs(10);
+pub const DEFAULT_BREAKER_LIMIT: u32 = 1024;
+pub const DEFAULT_OUTLIER_CONSECUTIVE_5XX: u32 = 5;
+pub const DEFAULT_OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(30);
+pub const DEFAULT_OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
+pub const DEFAULT_OUTLIER_MAX_EJECTION_PERCENT: u32 = 10;
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_HEALTH_UNHEALTHY_THRESHOLD: u32 = 3;
+pub const DEFAULT_HEALTH_HEALTHY_THRESHOLD: u32 = 2;
+pub const DEFAULT_OVERPROVISIONING_FACTOR: f64 = 1.4;
+pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
+pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
+pub const DEFAULT_EWMA_RTT: Duration = Duration::from_millis(30);
 
 /// A validated manifest.
 #[derive(Debug, Clone, Serialize)]
@@ -170,19 +193,240 @@ pub struct ClusterConfig {
     pub connect_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub response_timeout: Duration,
+    /// Bounds each attempt from its start (connect included) to its response head.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub per_try_timeout: Option<Duration>,
+    /// Bounds the whole exchange (every attempt and backoff) up to the response head.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub request_timeout: Option<Duration>,
+    /// A response body that stalls this long is aborted.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub idle_timeout: Option<Duration>,
     pub pool_max_idle: usize,
     #[serde(serialize_with = "ser_duration")]
     pub pool_idle_timeout: Duration,
     pub tls: Option<ClusterTlsConfig>,
+    pub retries: Option<RetryPolicy>,
+    pub circuit_breaker: CircuitBreakerConfig,
+    pub outlier: Option<OutlierConfig>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub failover: FailoverConfig,
+    pub ewma: EwmaConfig,
+}
+
+impl ClusterConfig {
+    /// Weight and priority of the `i`-th endpoint (a demo upstream has weight 1, priority 0).
+    pub fn endpoint_meta(&self, i: usize) -> (u32, u32) {
+        match &self.endpoints {
+            Endpoints::Static(eps) => eps.get(i).map_or((1, 0), |e| (e.weight, e.priority)),
+            Endpoints::Demo(_) => (1, 0),
+        }
+    }
 }
 
 /// Where a cluster's endpoints come from.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Endpoints {
-    Static(Vec<SocketAddr>),
+    Static(Vec<EndpointConfig>),
     /// The built-in demo upstream with this label; started by the proxy on 127.0.0.1:0.
     Demo(String),
+}
+
+/// One static endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EndpointConfig {
+    pub address: SocketAddr,
+    /// Relative share of its priority level's traffic.
+    pub weight: u32,
+    /// 0 is served first; higher levels take the load that unhealthy lower levels cannot.
+    pub priority: u32,
+}
+
+/// When and how a request is tried again.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub attempts: u32,
+    pub on: RetryOn,
+    pub non_idempotent: bool,
+    pub max_body: u64,
+    #[serde(serialize_with = "ser_duration")]
+    pub backoff_base: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub backoff_max: Duration,
+    pub budget: RetryBudgetConfig,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: DEFAULT_RETRY_ATTEMPTS,
+            on: RetryOn::default(),
+            non_idempotent: false,
+            max_body: DEFAULT_RETRY_MAX_BODY,
+            backoff_base: DEFAULT_RETRY_BACKOFF_BASE,
+            backoff_max: DEFAULT_RETRY_BACKOFF_MAX,
+            budget: RetryBudgetConfig::default(),
+        }
+    }
+}
+
+/// The conditions a retry is made on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryOn {
+    /// The connection could not be made (refused, unreachable, timeout, TLS).
+    pub connect_failure: bool,
+    /// An HTTP/2 upstream refused the stream (REFUSED_STREAM): it never processed it.
+    pub refused_stream: bool,
+    /// No response head: the connection was reset or closed, or an attempt timed out.
+    pub reset: bool,
+    /// Any 5xx answer, and every local failure (Envoy's `5xx`).
+    pub server_error: bool,
+    /// 502, 503 and 504 answers, and every local failure.
+    pub gateway_error: bool,
+    /// These exact statuses.
+    pub statuses: Vec<u16>,
+}
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        Self {
+            connect_failure: true,
+            refused_stream: true,
+            reset: true,
+            server_error: false,
+            gateway_error: false,
+            statuses: Vec::new(),
+        }
+    }
+}
+
+impl RetryOn {
+    /// The condition names, as the manifest writes them.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = [
+            (self.connect_failure, "connect_failure"),
+            (self.refused_stream, "refused_stream"),
+            (self.reset, "reset"),
+            (self.server_error, "5xx"),
+            (self.gateway_error, "gateway_error"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| (*n).to_owned())
+        .collect();
+        v.extend(self.statuses.iter().map(u16::to_string));
+        v
+    }
+}
+
+impl Serialize for RetryOn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.names().serialize(s)
+    }
+}
+
+/// Retries ≤ `percent`% of requests + `min_per_second` × `ttl`, over a sliding `ttl` window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RetryBudgetConfig {
+    pub percent: f64,
+    pub min_per_second: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub ttl: Duration,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        Self {
+            percent: DEFAULT_RETRY_BUDGET_PERCENT,
+            min_per_second: DEFAULT_RETRY_BUDGET_MIN_PER_SECOND,
+            ttl: DEFAULT_RETRY_BUDGET_TTL,
+        }
+    }
+}
+
+/// Cluster-wide limits (summed over workers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CircuitBreakerConfig {
+    pub max_connections: u32,
+    pub max_pending: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_BREAKER_LIMIT,
+            max_pending: DEFAULT_BREAKER_LIMIT,
+            max_requests: DEFAULT_BREAKER_LIMIT,
+            max_retries: DEFAULT_BREAKER_LIMIT,
+        }
+    }
+}
+
+/// Passive outlier detection. A threshold of 0 is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutlierConfig {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_errors: u32,
+    pub consecutive_connect_failures: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub base_ejection: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub max_ejection: Duration,
+    pub max_ejection_percent: u32,
+}
+
+/// Active HTTP health checking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    pub host: Option<String>,
+}
+
+/// Priority failover (Envoy's overprovisioning factor and panic threshold).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FailoverConfig {
+    pub overprovisioning_factor: f64,
+    /// Percent of available endpoints below which a level ignores health (0: never).
+    pub panic_threshold: u32,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR,
+            panic_threshold: DEFAULT_PANIC_THRESHOLD,
+        }
+    }
+}
+
+/// Peak-EWMA latency tracking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EwmaConfig {
+    #[serde(serialize_with = "ser_duration")]
+    pub decay: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub default_rtt: Duration,
+}
+
+impl Default for EwmaConfig {
+    fn default() -> Self {
+        Self {
+            decay: DEFAULT_EWMA_DECAY,
+            default_rtt: DEFAULT_EWMA_RTT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -314,6 +558,13 @@ impl Serialize for AccessLogField {
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_duration(*d))
+}
+
+fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// One problem in a manifest.
@@ -478,6 +729,108 @@ mod tests {
         assert_eq!(c.clusters[0].protocol, Protocol::Http2);
         assert_eq!(c.clusters[0].lb, LbPolicy::LeastRequest);
         assert_eq!(c.clusters[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    }
+
+    #[test]
+    fn resilience_sections_take_defaults() {
+        let c = parse(
+            concat!(
+                "listeners:\n  - {name: a, address: 127.0.0.1:0, default_cluster: c}\n",
+                "clusters:\n",
+                "  c:\n",
+                "    endpoints: [127.0.0.1:1, {address: 127.0.0.1:2, weight: 3, priority: 1}]\n",
+                "    lb: p2c_ewma\n",
+                "    timeouts: {per_try: 200ms, request: 2s, idle: 30s}\n",
+                "    retries: {on: [reset, 503, \"429\", gateway_error]}\n",
+                "    circuit_breaker: {max_requests: 5}\n",
+                "    outlier: {consecutive_5xx: 3}\n",
+                "    health_check: {path: /healthz}\n",
+            ),
+            "t",
+            Path::new("."),
+        )
+        .unwrap();
+        let k = &c.clusters[0];
+        assert_eq!(k.lb, LbPolicy::P2cEwma);
+        assert_eq!(k.endpoint_meta(0), (1, 0));
+        assert_eq!(k.endpoint_meta(1), (3, 1));
+        assert_eq!(k.per_try_timeout, Some(Duration::from_millis(200)));
+        assert_eq!(k.request_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(k.idle_timeout, Some(Duration::from_secs(30)));
+        let r = k.retries.as_ref().unwrap();
+        assert_eq!(r.attempts, DEFAULT_RETRY_ATTEMPTS);
+        assert_eq!(r.on.names(), ["reset", "gateway_error", "503", "429"]);
+        assert_eq!(r.budget, RetryBudgetConfig::default());
+        assert_eq!(r.max_body, DEFAULT_RETRY_MAX_BODY);
+        assert_eq!(k.circuit_breaker.max_requests, 5);
+        assert_eq!(k.circuit_breaker.max_connections, DEFAULT_BREAKER_LIMIT);
+        let o = k.outlier.unwrap();
+        assert_eq!(o.consecutive_5xx, 3);
+        assert_eq!(o.max_ejection_percent, DEFAULT_OUTLIER_MAX_EJECTION_PERCENT);
+        let h = k.health_check.as_ref().unwrap();
+        assert_eq!(h.interval, DEFAULT_HEALTH_INTERVAL);
+        assert_eq!(h.unhealthy_threshold, DEFAULT_HEALTH_UNHEALTHY_THRESHOLD);
+        assert_eq!(k.failover, FailoverConfig::default());
+        // A cluster without the sections: no retries, no outlier detection, no health checks,
+        // default breakers.
+        let plain = parse(
+            "listeners:\n  - {name: a, address: 127.0.0.1:0, default_cluster: c}\nclusters:\n  c: {endpoints: [127.0.0.1:1]}\n",
+            "t",
+            Path::new("."),
+        )
+        .unwrap();
+        let k = &plain.clusters[0];
+        assert!(k.retries.is_none() && k.outlier.is_none() && k.health_check.is_none());
+        assert_eq!(k.circuit_breaker, CircuitBreakerConfig::default());
+        // The dump names the retry conditions as the manifest does.
+        let dump = serde_json::to_string(&c.clusters[0]).unwrap();
+        assert!(
+            dump.contains(r#""on":["reset","gateway_error","503","429"]"#),
+            "{dump}"
+        );
+    }
+
+    #[test]
+    fn resilience_sections_are_checked_field_by_field() {
+        let e = errs(concat!(
+            "listeners:\n  - {name: a, address: 127.0.0.1:0, default_cluster: c}\n",
+            "clusters:\n",
+            "  c:\n",
+            "    endpoints: [{address: 127.0.0.1:2, weight: 0, priority: 500}]\n",
+            "    timeouts: {per_try: 0s}\n",
+            "    retries: {attempts: 99, on: [sometimes, 999], budget: {percent: 150, ttl: 2m}, backoff: {base: 100ms, max: 10ms}}\n",
+            "    circuit_breaker: {max_pending: 0}\n",
+            "    outlier: {consecutive_5xx: 0, max_ejection_percent: 101}\n",
+            "    health_check: {path: healthz, unhealthy_threshold: 0}\n",
+            "    failover: {overprovisioning_factor: 0.5, panic_threshold: 120}\n",
+        ));
+        let joined = e.join("\n");
+        for want in [
+            "clusters.c.endpoints[0].weight",
+            "clusters.c.endpoints[0].priority",
+            "clusters.c.timeouts.per_try",
+            "clusters.c.retries.attempts",
+            "clusters.c.retries.on[0]: `sometimes`",
+            "clusters.c.retries.on[1]: `999`",
+            "clusters.c.retries.budget.percent",
+            "clusters.c.retries.budget.ttl",
+            "clusters.c.retries.backoff.max",
+            "clusters.c.circuit_breaker.max_pending",
+            "clusters.c.outlier: every threshold is 0",
+            "clusters.c.outlier.max_ejection_percent",
+            "clusters.c.health_check.path",
+            "clusters.c.health_check.unhealthy_threshold",
+            "clusters.c.failover.overprovisioning_factor",
+            "clusters.c.failover.panic_threshold",
+        ] {
+            assert!(joined.contains(want), "missing {want} in:\n{joined}");
+        }
+        // A typo inside an endpoint map is named precisely.
+        let e = errs(
+            "listeners:\n  - {name: a, address: 127.0.0.1:0, default_cluster: c}\nclusters:\n  c: {endpoints: [{address: 127.0.0.1:2, wieght: 2}]}\n",
+        );
+        assert!(e[0].contains("clusters.c.endpoints[0]"), "{e:?}");
+        assert!(e[0].contains("unknown field `wieght`"), "{e:?}");
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub struct ListenerLimits {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
-    pub endpoints: Option<Vec<String>>,
+    pub endpoints: Option<Vec<Endpoint>>,
     /// The built-in demo upstream, labelled: `demo: v1`.
     pub demo: Option<String>,
     #[serde(default)]
@@ -167,6 +167,143 @@ pub struct Cluster {
     pub pool: PoolSettings,
     /// Originate TLS (or mutual TLS) to the endpoints.
     pub tls: Option<ClusterTls>,
+    pub retries: Option<Retries>,
+    pub circuit_breaker: Option<CircuitBreaker>,
+    pub outlier: Option<Outlier>,
+    pub health_check: Option<HealthCheck>,
+    pub failover: Option<Failover>,
+    pub ewma: Option<Ewma>,
+}
+
+/// One endpoint: `ip:port` / `host:port`, or `{address, weight, priority}`.
+#[derive(Debug)]
+pub enum Endpoint {
+    Address(String),
+    Detailed(EndpointSpec),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub address: String,
+    pub weight: Option<u32>,
+    pub priority: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // By hand rather than `untagged`: a typo inside the map then gets serde's precise message
+        // (unknown field `wieght`) instead of "did not match any variant".
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Endpoint;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address (ip:port or host:port) or {address, weight, priority}")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Endpoint, E> {
+                Ok(Endpoint::Address(s.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<Endpoint, A::Error> {
+                EndpointSpec::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(Endpoint::Detailed)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `retries:` — the cluster's retry policy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    /// Retries after the first try (Istio's `attempts`).
+    pub attempts: Option<u32>,
+    /// Conditions: `connect_failure`, `refused_stream`, `reset`, `5xx`, `gateway_error`, or a
+    /// status code (`503` or `"503"`).
+    pub on: Option<Vec<RetryOn>>,
+    /// Retry POST/PATCH (non-idempotent methods) on every condition, not only on those where the
+    /// request provably never reached the upstream.
+    pub non_idempotent: Option<bool>,
+    /// Request bodies up to this size are kept for replay; a larger one is not retried.
+    pub max_body: Option<HumanSize>,
+    pub backoff: Option<Backoff>,
+    pub budget: Option<Budget>,
+}
+
+/// A `retries.on` entry: a condition name or a status code.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RetryOn {
+    Status(u16),
+    Name(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    pub base: Option<HumanDuration>,
+    pub max: Option<HumanDuration>,
+}
+
+/// Linkerd's retry budget: retries ≤ `percent` of requests plus `min_per_second`, over `ttl`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub percent: Option<f64>,
+    pub min_per_second: Option<u32>,
+    pub ttl: Option<HumanDuration>,
+}
+
+/// `circuit_breaker:` — cluster-wide limits; past one a request gets a fast 503.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    pub max_connections: Option<u32>,
+    pub max_pending: Option<u32>,
+    pub max_requests: Option<u32>,
+    pub max_retries: Option<u32>,
+}
+
+/// `outlier:` — passive ejection of endpoints that keep failing.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outlier {
+    pub consecutive_5xx: Option<u32>,
+    pub consecutive_gateway_errors: Option<u32>,
+    pub consecutive_connect_failures: Option<u32>,
+    pub interval: Option<HumanDuration>,
+    pub base_ejection: Option<HumanDuration>,
+    pub max_ejection: Option<HumanDuration>,
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// `health_check:` — active HTTP probes of every endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Option<HumanDuration>,
+    pub timeout: Option<HumanDuration>,
+    pub unhealthy_threshold: Option<u32>,
+    pub healthy_threshold: Option<u32>,
+    /// `Host` of the probe (default: the endpoint's address).
+    pub host: Option<String>,
+}
+
+/// `failover:` — how load spills from one priority to the next.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failover {
+    pub overprovisioning_factor: Option<f64>,
+    pub panic_threshold: Option<u32>,
+}
+
+/// `ewma:` — peak-EWMA latency tracking (`lb: p2c_ewma`).
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ewma {
+    pub decay: Option<HumanDuration>,
+    pub default_rtt: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -183,6 +320,8 @@ pub enum LbPolicy {
     #[default]
     RoundRobin,
     LeastRequest,
+    /// Power of two choices over peak-EWMA latency × requests in flight (Linkerd's default).
+    P2cEwma,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,6 +329,9 @@ pub enum LbPolicy {
 pub struct ClusterTimeouts {
     pub connect: Option<HumanDuration>,
     pub response: Option<HumanDuration>,
+    pub per_try: Option<HumanDuration>,
+    pub request: Option<HumanDuration>,
+    pub idle: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

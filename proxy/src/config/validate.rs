@@ -64,11 +64,11 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
                 if list.is_empty() {
                     errs.push(format!("{p}.endpoints"), "must list at least one endpoint");
                 }
-                let mut addrs = Vec::with_capacity(list.len());
+                let mut eps = Vec::with_capacity(list.len());
                 for (i, e) in list.iter().enumerate() {
-                    addrs.push(endpoint_addr(e, &format!("{p}.endpoints[{i}]"), &mut errs));
+                    eps.push(endpoint(e, &format!("{p}.endpoints[{i}]"), &mut errs));
                 }
-                Endpoints::Static(addrs)
+                Endpoints::Static(eps)
             }
         };
         let connect_timeout = positive(
@@ -89,6 +89,12 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
             &format!("{p}.pool.idle_timeout"),
             &mut errs,
         );
+        let opt = |d: Option<units::HumanDuration>, field: &str, errs: &mut Errors| {
+            d.map(|d| positive(Some(d.0), d.0, &format!("{p}.timeouts.{field}"), errs))
+        };
+        let per_try_timeout = opt(c.timeouts.per_try, "per_try", &mut errs);
+        let request_timeout = opt(c.timeouts.request, "request", &mut errs);
+        let idle_timeout = opt(c.timeouts.idle, "idle", &mut errs);
         clusters.push(ClusterConfig {
             index: clusters.len(),
             name,
@@ -97,11 +103,34 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
             lb: c.lb,
             connect_timeout,
             response_timeout,
+            per_try_timeout,
+            request_timeout,
+            idle_timeout,
             pool_max_idle: c.pool.max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
             pool_idle_timeout,
             tls: c
                 .tls
                 .map(|t| cluster_tls(t, base_dir, &format!("{p}.tls"), &mut errs)),
+            retries: c
+                .retries
+                .map(|r| retry_policy(r, &format!("{p}.retries"), &mut errs)),
+            circuit_breaker: circuit_breaker(
+                c.circuit_breaker.unwrap_or_default(),
+                &format!("{p}.circuit_breaker"),
+                &mut errs,
+            ),
+            outlier: c
+                .outlier
+                .map(|o| outlier(o, &format!("{p}.outlier"), &mut errs)),
+            health_check: c
+                .health_check
+                .map(|h| health_check(h, &format!("{p}.health_check"), &mut errs)),
+            failover: failover(
+                c.failover.unwrap_or_default(),
+                &format!("{p}.failover"),
+                &mut errs,
+            ),
+            ewma: ewma(c.ewma.unwrap_or_default(), &format!("{p}.ewma"), &mut errs),
         });
     }
 
@@ -651,6 +680,328 @@ fn socket_addr(s: &str, path: &str, errs: &mut Errors) -> SocketAddr {
         errs.push(path, format!("`{s}` is not an ip:port address"));
         SocketAddr::from(([0, 0, 0, 0], 0))
     })
+}
+
+/// One `endpoints` entry: an address, or `{address, weight, priority}`.
+fn endpoint(e: &raw::Endpoint, p: &str, errs: &mut Errors) -> EndpointConfig {
+    match e {
+        raw::Endpoint::Address(a) => EndpointConfig {
+            address: endpoint_addr(a, p, errs),
+            weight: 1,
+            priority: 0,
+        },
+        raw::Endpoint::Detailed(d) => {
+            let weight = d.weight.unwrap_or(1);
+            if !(1..=MAX_WEIGHT).contains(&weight) {
+                errs.push(
+                    format!("{p}.weight"),
+                    format!("must be between 1 and {MAX_WEIGHT}"),
+                );
+            }
+            let priority = d.priority.unwrap_or(0);
+            if priority > MAX_PRIORITY {
+                errs.push(
+                    format!("{p}.priority"),
+                    format!("must be between 0 and {MAX_PRIORITY}"),
+                );
+            }
+            EndpointConfig {
+                address: endpoint_addr(&d.address, &format!("{p}.address"), errs),
+                weight,
+                priority,
+            }
+        }
+    }
+}
+
+const MAX_WEIGHT: u32 = 10_000;
+const MAX_PRIORITY: u32 = 127;
+
+fn retry_policy(r: raw::Retries, p: &str, errs: &mut Errors) -> RetryPolicy {
+    let d = RetryPolicy::default();
+    let attempts = r.attempts.unwrap_or(d.attempts);
+    if attempts > 10 {
+        errs.push(format!("{p}.attempts"), "must be at most 10");
+    }
+    let on = match r.on {
+        None => d.on,
+        Some(list) => {
+            let mut on = RetryOn {
+                connect_failure: false,
+                refused_stream: false,
+                reset: false,
+                server_error: false,
+                gateway_error: false,
+                statuses: Vec::new(),
+            };
+            if list.is_empty() {
+                errs.push(format!("{p}.on"), "must name at least one condition");
+            }
+            for (i, c) in list.into_iter().enumerate() {
+                let code = match c {
+                    raw::RetryOn::Status(n) => Some(n),
+                    raw::RetryOn::Name(n) => match n.as_str() {
+                        "connect_failure" => {
+                            on.connect_failure = true;
+                            None
+                        }
+                        "refused_stream" => {
+                            on.refused_stream = true;
+                            None
+                        }
+                        "reset" => {
+                            on.reset = true;
+                            None
+                        }
+                        "5xx" => {
+                            on.server_error = true;
+                            None
+                        }
+                        "gateway_error" => {
+                            on.gateway_error = true;
+                            None
+                        }
+                        other => match other.parse::<u16>() {
+                            Ok(n) => Some(n),
+                            Err(_) => {
+                                errs.push(
+                                    format!("{p}.on[{i}]"),
+                                    format!(
+                                        "`{other}`: expected connect_failure, refused_stream, \
+                                         reset, 5xx, gateway_error or a status code"
+                                    ),
+                                );
+                                None
+                            }
+                        },
+                    },
+                };
+                if let Some(n) = code {
+                    if (100..=599).contains(&n) {
+                        if !on.statuses.contains(&n) {
+                            on.statuses.push(n);
+                        }
+                    } else {
+                        errs.push(
+                            format!("{p}.on[{i}]"),
+                            format!("`{n}` is not an HTTP status (100-599)"),
+                        );
+                    }
+                }
+            }
+            on
+        }
+    };
+    let max_body = r.max_body.map_or(d.max_body, |s| s.0);
+    if max_body > 16 << 20 {
+        errs.push(format!("{p}.max_body"), "must be at most 16MiB");
+    }
+    let b = r.backoff.unwrap_or_default();
+    let backoff_base = positive(
+        b.base.map(|x| x.0),
+        d.backoff_base,
+        &format!("{p}.backoff.base"),
+        errs,
+    );
+    let backoff_max = positive(
+        b.max.map(|x| x.0),
+        d.backoff_max.max(backoff_base),
+        &format!("{p}.backoff.max"),
+        errs,
+    );
+    if backoff_max < backoff_base {
+        errs.push(
+            format!("{p}.backoff.max"),
+            "must not be shorter than `backoff.base`",
+        );
+    }
+    let bu = r.budget.unwrap_or_default();
+    let percent = bu.percent.unwrap_or(d.budget.percent);
+    if !(0.0..=100.0).contains(&percent) {
+        errs.push(format!("{p}.budget.percent"), "must be between 0 and 100");
+    }
+    let ttl = positive(
+        bu.ttl.map(|x| x.0),
+        d.budget.ttl,
+        &format!("{p}.budget.ttl"),
+        errs,
+    );
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl) {
+        errs.push(format!("{p}.budget.ttl"), "must be between 1s and 60s");
+    }
+    RetryPolicy {
+        attempts,
+        on,
+        non_idempotent: r.non_idempotent.unwrap_or(false),
+        max_body,
+        backoff_base,
+        backoff_max,
+        budget: RetryBudgetConfig {
+            percent,
+            min_per_second: bu.min_per_second.unwrap_or(d.budget.min_per_second),
+            ttl,
+        },
+    }
+}
+
+fn circuit_breaker(c: raw::CircuitBreaker, p: &str, errs: &mut Errors) -> CircuitBreakerConfig {
+    let d = CircuitBreakerConfig::default();
+    let mut limit = |v: Option<u32>, default: u32, field: &str| {
+        let v = v.unwrap_or(default);
+        if v == 0 {
+            errs.push(format!("{p}.{field}"), "must be at least 1");
+        }
+        v
+    };
+    CircuitBreakerConfig {
+        max_connections: limit(c.max_connections, d.max_connections, "max_connections"),
+        max_pending: limit(c.max_pending, d.max_pending, "max_pending"),
+        max_requests: limit(c.max_requests, d.max_requests, "max_requests"),
+        max_retries: limit(c.max_retries, d.max_retries, "max_retries"),
+    }
+}
+
+fn outlier(o: raw::Outlier, p: &str, errs: &mut Errors) -> OutlierConfig {
+    let base_ejection = positive(
+        o.base_ejection.map(|x| x.0),
+        DEFAULT_OUTLIER_BASE_EJECTION,
+        &format!("{p}.base_ejection"),
+        errs,
+    );
+    let max_ejection = positive(
+        o.max_ejection.map(|x| x.0),
+        DEFAULT_OUTLIER_MAX_EJECTION.max(base_ejection),
+        &format!("{p}.max_ejection"),
+        errs,
+    );
+    if max_ejection < base_ejection {
+        errs.push(
+            format!("{p}.max_ejection"),
+            "must not be shorter than `base_ejection`",
+        );
+    }
+    let max_ejection_percent = o
+        .max_ejection_percent
+        .unwrap_or(DEFAULT_OUTLIER_MAX_EJECTION_PERCENT);
+    if max_ejection_percent > 100 {
+        errs.push(
+            format!("{p}.max_ejection_percent"),
+            "must be between 0 and 100",
+        );
+    }
+    let o = OutlierConfig {
+        consecutive_5xx: o.consecutive_5xx.unwrap_or(DEFAULT_OUTLIER_CONSECUTIVE_5XX),
+        consecutive_gateway_errors: o.consecutive_gateway_errors.unwrap_or(0),
+        consecutive_connect_failures: o.consecutive_connect_failures.unwrap_or(0),
+        interval: positive(
+            o.interval.map(|x| x.0),
+            DEFAULT_OUTLIER_INTERVAL,
+            &format!("{p}.interval"),
+            errs,
+        ),
+        base_ejection,
+        max_ejection,
+        max_ejection_percent,
+    };
+    if o.consecutive_5xx == 0
+        && o.consecutive_gateway_errors == 0
+        && o.consecutive_connect_failures == 0
+    {
+        errs.push(
+            p,
+            "every threshold is 0: set consecutive_5xx, consecutive_gateway_errors or \
+             consecutive_connect_failures (or remove the section)",
+        );
+    }
+    o
+}
+
+fn health_check(h: raw::HealthCheck, p: &str, errs: &mut Errors) -> HealthCheckConfig {
+    if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        errs.push(
+            format!("{p}.path"),
+            format!(
+                "`{}`: must start with `/` and hold no spaces or control bytes",
+                h.path
+            ),
+        );
+    }
+    if let Some(host) = &h.host
+        && (host.is_empty() || http::HeaderValue::from_str(host).is_err())
+    {
+        errs.push(format!("{p}.host"), format!("`{host}` is not a valid Host"));
+    }
+    let threshold = |v: Option<u32>, default: u32, field: &str, errs: &mut Errors| {
+        let v = v.unwrap_or(default);
+        if !(1..=100).contains(&v) {
+            errs.push(format!("{p}.{field}"), "must be between 1 and 100");
+        }
+        v
+    };
+    let interval = positive(
+        h.interval.map(|x| x.0),
+        DEFAULT_HEALTH_INTERVAL,
+        &format!("{p}.interval"),
+        errs,
+    );
+    let timeout = positive(
+        h.timeout.map(|x| x.0),
+        DEFAULT_HEALTH_TIMEOUT.min(interval),
+        &format!("{p}.timeout"),
+        errs,
+    );
+    HealthCheckConfig {
+        path: h.path,
+        interval,
+        timeout,
+        unhealthy_threshold: threshold(
+            h.unhealthy_threshold,
+            DEFAULT_HEALTH_UNHEALTHY_THRESHOLD,
+            "unhealthy_threshold",
+            errs,
+        ),
+        healthy_threshold: threshold(
+            h.healthy_threshold,
+            DEFAULT_HEALTH_HEALTHY_THRESHOLD,
+            "healthy_threshold",
+            errs,
+        ),
+        host: h.host,
+    }
+}
+
+fn failover(f: raw::Failover, p: &str, errs: &mut Errors) -> FailoverConfig {
+    let d = FailoverConfig::default();
+    let overprovisioning_factor = f
+        .overprovisioning_factor
+        .unwrap_or(d.overprovisioning_factor);
+    if !(1.0..=10.0).contains(&overprovisioning_factor) {
+        errs.push(
+            format!("{p}.overprovisioning_factor"),
+            "must be between 1.0 and 10.0",
+        );
+    }
+    let panic_threshold = f.panic_threshold.unwrap_or(d.panic_threshold);
+    if panic_threshold > 100 {
+        errs.push(format!("{p}.panic_threshold"), "must be between 0 and 100");
+    }
+    FailoverConfig {
+        overprovisioning_factor,
+        panic_threshold,
+    }
+}
+
+fn ewma(e: raw::Ewma, p: &str, errs: &mut Errors) -> EwmaConfig {
+    let d = EwmaConfig::default();
+    EwmaConfig {
+        decay: positive(e.decay.map(|x| x.0), d.decay, &format!("{p}.decay"), errs),
+        default_rtt: positive(
+            e.default_rtt.map(|x| x.0),
+            d.default_rtt,
+            &format!("{p}.default_rtt"),
+            errs,
+        ),
+    }
 }
 
 /// An endpoint is `ip:port` or `host:port` (resolved once, at load time).

@@ -23,8 +23,10 @@ pub const ROUTE_CLUSTER: &str = "weir.route.cluster";
 pub const ROUTE_TIMEOUT_MS: &str = "weir.route.timeout_ms";
 /// Route decision: replacement upstream `:path` (with query).
 pub const ROUTE_PATH: &str = "weir.route.path";
-/// Route decision: retry attempts (decimal ASCII; honoured once retries land).
+/// Route decision: retries after the first try (decimal ASCII; 0 turns retries off).
 pub const ROUTE_RETRIES: &str = "weir.route.retries";
+/// Route decision: per-try timeout in milliseconds (decimal ASCII).
+pub const ROUTE_PER_TRY_TIMEOUT_MS: &str = "weir.route.per_try_timeout_ms";
 
 /// The route decision filters made for a stream.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -33,6 +35,7 @@ pub struct RouteDecision {
     pub timeout: Option<Duration>,
     pub path: Option<String>,
     pub retries: Option<u32>,
+    pub per_try_timeout: Option<Duration>,
 }
 
 /// Connection facts a filter can ask about.
@@ -113,6 +116,11 @@ impl HttpStream {
                 .map(Duration::from_millis),
             path: text(ROUTE_PATH).map(str::to_owned),
             retries: text(ROUTE_RETRIES).and_then(|s| s.trim().parse().ok()),
+            // 0 (or nonsense) leaves the cluster's per-try timeout in place.
+            per_try_timeout: text(ROUTE_PER_TRY_TIMEOUT_MS)
+                .and_then(|s| s.trim().parse().ok())
+                .filter(|&ms: &u64| ms > 0)
+                .map(Duration::from_millis),
         }
     }
 
@@ -525,6 +533,10 @@ mod tests {
             .unwrap();
         s.set_property(&[b"weir", b"route", b"timeout_ms"], b"250")
             .unwrap();
+        s.set_property(&[b"weir", b"route", b"retries"], b"3")
+            .unwrap();
+        s.set_property(&[b"weir", b"route", b"per_try_timeout_ms"], b"40")
+            .unwrap();
         assert_eq!(
             s.get_property(&[b"weir", b"route", b"cluster"]),
             Some(b"v2".to_vec())
@@ -532,6 +544,8 @@ mod tests {
         let r = s.route();
         assert_eq!(r.cluster.as_deref(), Some("v2"));
         assert_eq!(r.timeout, Some(Duration::from_millis(250)));
+        assert_eq!(r.retries, Some(3));
+        assert_eq!(r.per_try_timeout, Some(Duration::from_millis(40)));
         s.response_status = Some(StatusCode::OK);
         assert_eq!(
             s.get_property(&[b"response", b"code"]),

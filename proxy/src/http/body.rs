@@ -41,6 +41,10 @@ pub enum ProxyBody {
     Upstream(Incoming, Option<ResponseGuard>),
     /// An HTTP/1.1 upstream response body, read straight from the pooled connection.
     H1(H1Body),
+    /// One attempt's copy of a request body kept for retries.
+    Replay(crate::upstream::retry::ReplayBody),
+    /// An upstream response body under the cluster's idle timeout. Boxed: rare.
+    Idle(Box<crate::upstream::forward::IdleBody>),
 }
 
 impl From<Bytes> for ProxyBody {
@@ -79,6 +83,8 @@ impl Body for ProxyBody {
             }
             ProxyBody::H1(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Filtered(b) => Pin::new(&mut **b).poll_frame(cx),
+            ProxyBody::Replay(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Idle(b) => Pin::new(&mut **b).poll_frame(cx),
             ProxyBody::Upstream(b, guard) => {
                 let r = Pin::new(&mut *b).poll_frame(cx);
                 match &r {
@@ -106,6 +112,8 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(b, _) => b.is_end_stream(),
             ProxyBody::H1(b) => b.is_end_stream(),
             ProxyBody::Filtered(b) => b.is_end_stream(),
+            ProxyBody::Replay(b) => b.is_end_stream(),
+            ProxyBody::Idle(b) => b.is_end_stream(),
         }
     }
 
@@ -120,6 +128,8 @@ impl Body for ProxyBody {
             ProxyBody::Watched(b, _) => b.size_hint(),
             ProxyBody::H1(b) => b.size_hint(),
             ProxyBody::Filtered(b) => b.size_hint(),
+            ProxyBody::Replay(b) => b.size_hint(),
+            ProxyBody::Idle(b) => b.size_hint(),
         }
     }
 }

@@ -71,6 +71,19 @@ pub enum ProxyError {
     Filter(StatusCode, &'static str),
     #[error("route decision names unknown cluster {0}")]
     UnknownCluster(String),
+    #[error("circuit breaker open: cluster at max_{}", .0.name())]
+    Overflow(crate::upstream::shared::Resource),
+    #[error("attempt got no response head within its per-try timeout {0:?}")]
+    PerTryTimeout(Duration),
+    #[error("no response head within the request timeout {0:?}")]
+    RequestTimeout(Duration),
+    /// The last failure of a request that a retry policy covered (it may have been retried).
+    #[error("{last} (after {attempts} attempts)")]
+    Retried {
+        attempts: u32,
+        #[source]
+        last: Box<ProxyError>,
+    },
 }
 
 impl ProxyError {
@@ -94,6 +107,7 @@ impl ProxyError {
             ProxyError::Internal(_) | ProxyError::Filter(..) | ProxyError::UnknownCluster(_) => {
                 ErrorKind::Internal
             }
+            ProxyError::Retried { last, .. } => last.kind(),
             _ => ErrorKind::Upstream,
         }
     }
@@ -118,7 +132,13 @@ impl ProxyError {
             | ProxyError::UpstreamBodyFailed => StatusCode::BAD_GATEWAY,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Filter(status, _) => *status,
-            ProxyError::UnknownCluster(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UnknownCluster(_) | ProxyError::Overflow(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::PerTryTimeout(_) | ProxyError::RequestTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Retried { last, .. } => last.status(),
         }
     }
 
@@ -145,9 +165,34 @@ impl ProxyError {
             ProxyError::Internal(_) => "internal_error",
             ProxyError::Filter(_, reason) => reason,
             ProxyError::UnknownCluster(_) => "unknown_cluster",
+            ProxyError::Overflow(_) => "upstream_overflow",
+            ProxyError::PerTryTimeout(_) => "upstream_per_try_timeout",
+            ProxyError::RequestTimeout(_) => "upstream_request_timeout",
+            ProxyError::Retried { last, .. } => last.reason(),
+        }
+    }
+
+    /// Headers that say more than the reason: which breaker overflowed (`x-weir-overflow`), how
+    /// many attempts a retried request took (`x-weir-attempt-count`).
+    fn detail(&self, h: &mut http::HeaderMap) {
+        match self {
+            ProxyError::Overflow(r) => {
+                h.insert(OVERFLOW_HEADER, HeaderValue::from_static(r.name()));
+            }
+            ProxyError::Retried { attempts, last } => {
+                h.insert(ATTEMPT_COUNT_HEADER, HeaderValue::from(*attempts));
+                last.detail(h);
+            }
+            _ => {}
         }
     }
 }
+
+/// The circuit-breaker resource that refused a request (`connections`, `pending`, `requests`).
+pub const OVERFLOW_HEADER: &str = "x-weir-overflow";
+/// How many attempts a request covered by a retry policy took (on the response; on each
+/// upstream request, which attempt it is).
+pub const ATTEMPT_COUNT_HEADER: &str = "x-weir-attempt-count";
 
 /// Builds the response for an error. A downstream error also closes the connection: after a
 /// malformed request the byte stream cannot be trusted.
@@ -163,6 +208,7 @@ pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
     let h = resp.headers_mut();
     h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    e.detail(h);
     if e.kind() == ErrorKind::Downstream {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -199,6 +245,23 @@ mod tests {
                 "upstream_response_timeout",
             ),
         ];
+        let cases = cases.into_iter().chain([
+            (
+                ProxyError::Overflow(crate::upstream::shared::Resource::Requests),
+                503,
+                "upstream_overflow",
+            ),
+            (
+                ProxyError::PerTryTimeout(Duration::from_secs(1)),
+                504,
+                "upstream_per_try_timeout",
+            ),
+            (
+                ProxyError::RequestTimeout(Duration::from_secs(1)),
+                504,
+                "upstream_request_timeout",
+            ),
+        ]);
         for (e, status, reason) in cases {
             let r = error_response(&e);
             assert_eq!(r.status().as_u16(), status);
@@ -206,5 +269,17 @@ mod tests {
         }
         let r = error_response(&ProxyError::ConflictingFraming);
         assert_eq!(r.headers()[header::CONNECTION], "close");
+        let r = error_response(&ProxyError::Overflow(
+            crate::upstream::shared::Resource::Pending,
+        ));
+        assert_eq!(r.headers()[OVERFLOW_HEADER], "pending");
+        // A retried failure answers as its last attempt did, with the attempt count.
+        let r = error_response(&ProxyError::Retried {
+            attempts: 3,
+            last: Box::new(ProxyError::UpstreamClosed),
+        });
+        assert_eq!(r.status(), 502);
+        assert_eq!(r.headers()[ERROR_HEADER], "upstream_reset");
+        assert_eq!(r.headers()[ATTEMPT_COUNT_HEADER], "3");
     }
 }

@@ -133,17 +133,22 @@ impl ProxyService {
         }
 
         let cluster = &self.worker.clusters[self.listener.default_cluster];
-        let ep = cluster.endpoint()?;
         let mut req = Request::from_parts(parts, ProxyBody::Downstream(body));
-        ex.upstream_start(cluster.index, &ep, &mut req, false, false);
         if upgrade {
+            let ep = cluster.endpoint()?;
+            ex.upstream_start(cluster.index, &ep, &mut req, false, false);
             let r = Box::pin(tunnel(cluster, &ep, req)).await;
             ex.upstream_done(&r);
             return r;
         }
-        let sent = upstream::send(cluster, &ep, req, cluster.response_timeout).await;
-        ex.upstream_done(&sent);
-        let resp = sent?;
+        let mut seen = Attempts {
+            ex,
+            run: None,
+            timed: false,
+            routed: false,
+        };
+        let resp =
+            upstream::forward(cluster, req, &upstream::Route::of(cluster), &mut seen).await?;
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         parts.version = Version::HTTP_11;
@@ -244,10 +249,10 @@ impl ProxyService {
             None => self.listener.default_cluster,
         };
         let cluster = &self.worker.clusters[ci];
-        let ep = cluster.endpoint()?;
-        run.with_stream(|s| s.upstream_address = Some(ep.addr));
-        ex.upstream_start(ci, &ep, &mut req, true, route.cluster.is_some());
         if upgrade {
+            let ep = cluster.endpoint()?;
+            run.with_stream(|s| s.upstream_address = Some(ep.addr));
+            ex.upstream_start(ci, &ep, &mut req, true, route.cluster.is_some());
             let r = tunnel(cluster, &ep, req).await;
             ex.upstream_done(&r);
             return r;
@@ -258,8 +263,19 @@ impl ProxyService {
             Some(t) => t,
             None => cluster.response_timeout,
         };
-        let sent = upstream::send(cluster, &ep, req, timeout).await;
-        ex.upstream_done(&sent);
+        let routed = route.cluster.is_some();
+        let route = upstream::Route {
+            response_timeout: timeout,
+            per_try_timeout: route.per_try_timeout,
+            retries: route.retries,
+        };
+        let mut seen = Attempts {
+            ex,
+            run: Some(&run),
+            timed: true,
+            routed,
+        };
+        let sent = upstream::forward(cluster, req, &route, &mut seen).await;
         // A filter that answered locally from a body phase wins over the upstream's answer.
         let late = run.late_reply.borrow_mut().take();
         if let Some(reply) = late {
@@ -427,6 +443,36 @@ fn protocol_name(v: Version) -> &'static str {
         Version::HTTP_10 => "HTTP/1.0",
         Version::HTTP_2 => "HTTP/2",
         _ => "HTTP/1.1",
+    }
+}
+
+/// What the service hears of each upstream attempt: telemetry's record of it (client span, trace
+/// context sent upstream, per-endpoint counts) and, through a chain, the filters' view of the
+/// upstream address.
+struct Attempts<'a> {
+    ex: &'a mut Exchange,
+    run: Option<&'a Rc<ChainRun>>,
+    /// A chain ran before the first attempt (its start needs a clock read of its own).
+    timed: bool,
+    /// A filter's route decision chose the cluster.
+    routed: bool,
+}
+
+impl upstream::Observer for Attempts<'_> {
+    fn start(&mut self, cluster: usize, ep: &Endpoint, req: &mut Request<ProxyBody>) {
+        if let Some(run) = self.run {
+            run.with_stream(|s| s.upstream_address = Some(ep.addr));
+        }
+        self.ex
+            .upstream_start(cluster, ep, req, self.timed, self.routed);
+    }
+
+    fn done(&mut self, r: &Result<Response<ProxyBody>, ProxyError>) {
+        self.ex.upstream_done(r);
+    }
+
+    fn retry_limit(&mut self) {
+        self.ex.flag(crate::telemetry::flags::URX);
     }
 }
 

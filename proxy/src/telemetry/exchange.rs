@@ -172,7 +172,9 @@ impl Exchange {
                 let slot = match e {
                     ProxyError::ConnectFailure { .. } => Some(ep::CX_CONNECT_FAIL),
                     ProxyError::ConnectTimeout(_) => Some(ep::CX_CONNECT_TIMEOUT),
-                    ProxyError::ResponseTimeout(_) => Some(ep::RQ_TIMEOUT),
+                    ProxyError::ResponseTimeout(_)
+                    | ProxyError::PerTryTimeout(_)
+                    | ProxyError::RequestTimeout(_) => Some(ep::RQ_TIMEOUT),
                     ProxyError::UpstreamReset(_)
                     | ProxyError::UpstreamIo(_)
                     | ProxyError::UpstreamClosed
@@ -314,7 +316,10 @@ pub fn flag_of(reason: &str) -> u16 {
     match reason {
         "no_healthy_upstream" => flags::UH,
         "upstream_connect_failure" | "upstream_connect_timeout" => flags::UF,
-        "upstream_response_timeout" => flags::UT,
+        "upstream_response_timeout" | "upstream_per_try_timeout" | "upstream_request_timeout" => {
+            flags::UT
+        }
+        "upstream_overflow" => flags::UO,
         "upstream_reset" => flags::UC,
         "upstream_body_error" => flags::UR,
         "upstream_protocol_error" => flags::UPE,
@@ -423,7 +428,12 @@ mod tests {
         let addrs: Vec<SocketAddr> = vec![([127, 0, 0, 1], 1).into(), ([127, 0, 0, 1], 2).into()];
         let t = Telemetry::metrics_only(&cfg, 1, std::slice::from_ref(&addrs));
         let w = t.worker(0);
-        let c = Cluster::new(&cfg.clusters[0], &addrs, None);
+        let shared = std::sync::Arc::new(crate::upstream::ClusterShared::new(
+            &cfg.clusters[0],
+            &addrs,
+            1,
+        ));
+        let c = Cluster::new(&cfg.clusters[0], &addrs, None, shared, 0);
         (t, w, c)
     }
 

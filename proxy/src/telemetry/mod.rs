@@ -162,13 +162,39 @@ pub fn set_worker(t: Rc<WorkerTelemetry>) {
     WORKER.with(|w| *w.borrow_mut() = Some(t));
 }
 
-/// Counts a new upstream connection to endpoint `e` of cluster `c` on this worker.
-pub fn upstream_connect(c: usize, e: usize) {
+/// Runs `f` on this thread's worker telemetry, if it is a worker's.
+fn on_worker(f: impl FnOnce(&WorkerTelemetry)) {
     WORKER.with(|w| {
         if let Some(t) = &*w.borrow() {
-            t.upstream_connect(c, e);
+            f(t);
         }
     });
+}
+
+/// Counts a new upstream connection to endpoint `e` of cluster `c` on this worker.
+pub fn upstream_connect(c: usize, e: usize) {
+    on_worker(|t| t.upstream_connect(c, e));
+}
+
+/// Counts endpoint `e` of cluster `c` ejected by outlier detection (on the worker that saw the
+/// error that ejected it).
+pub fn upstream_ejection(c: usize, e: usize) {
+    on_worker(|t| t.upstream_ejection(c, e));
+}
+
+/// Counts a request to cluster `c` refused by a circuit breaker.
+pub fn upstream_overflow(c: usize) {
+    on_worker(|t| t.upstream_overflow(c));
+}
+
+/// Counts a request to cluster `c` that failed with its retries used up.
+pub fn upstream_retry_limit(c: usize) {
+    on_worker(|t| t.upstream_retry_limit(c));
+}
+
+/// Counts a request to cluster `c` that found no endpoint to pick.
+pub fn upstream_no_healthy(c: usize) {
+    on_worker(|t| t.upstream_no_healthy(c));
 }
 
 /// One worker's view: its shard (it is the only writer), and the tracer and log buffer when on.

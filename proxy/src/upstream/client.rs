@@ -11,7 +11,9 @@ use http::{HeaderValue, Request, Response, Uri, Version, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+use super::breaker::Held;
 use super::pool::ResponseGuard;
+use super::shared::Resource;
 use super::{Cluster, Endpoint, connect, h1};
 use crate::config::Protocol;
 use crate::http::body::ProxyBody;
@@ -61,10 +63,7 @@ async fn send_h1(
         let (conn, reused) = match ep.pool.checkout_h1() {
             Some(c) => (c, true),
             // Boxed for the same reason (connects are the rare case with a warm pool).
-            None => {
-                crate::telemetry::upstream_connect(cluster.index, ep.index);
-                (Box::pin(connect::h1(cluster, ep.addr)).await?, false)
-            }
+            None => (Box::pin(new_h1(cluster, ep)).await?, false),
         };
         let g = guard
             .take()
@@ -79,6 +78,16 @@ async fn send_h1(
     }
 }
 
+/// A new HTTP/1.1 connection for an attempt, within the cluster's connection and
+/// pending-request limits, and counted as pending while it is made.
+async fn new_h1(cluster: &Cluster, ep: &Endpoint) -> Result<h1::H1Conn, ProxyError> {
+    cluster.admit(Resource::Connections)?;
+    cluster.admit(Resource::Pending)?;
+    let _pending = Held::new(&cluster.stats.rq_pending);
+    crate::telemetry::upstream_connect(cluster.index, ep.index);
+    connect::h1(cluster, ep.addr).await
+}
+
 async fn send_h2(
     cluster: &Cluster,
     ep: &Endpoint,
@@ -88,8 +97,12 @@ async fn send_h2(
     let mut sender = match ep.pool.h2() {
         Some(s) => s,
         None => {
+            cluster.admit(Resource::Connections)?;
+            cluster.admit(Resource::Pending)?;
+            let pending = Held::new(&cluster.stats.rq_pending);
             crate::telemetry::upstream_connect(cluster.index, ep.index);
             let s = connect::h2(cluster, ep.addr).await?;
+            drop(pending);
             ep.pool.set_h2(s.clone());
             s
         }

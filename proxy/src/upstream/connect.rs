@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Cluster;
+use super::breaker::ConnCount;
 use super::pool::{H1Conn, H1Sender, H2Sender};
 use crate::http::body::ProxyBody;
 use crate::http::respond::ProxyError;
@@ -201,7 +202,8 @@ pub async fn stream(cluster: &Cluster, addr: SocketAddr) -> Result<UpstreamIo, P
 
 /// A new HTTP/1.1 connection for Weir's own client (see `h1`).
 pub async fn h1(cluster: &Cluster, addr: SocketAddr) -> Result<H1Conn, ProxyError> {
-    Ok(H1Conn::new(stream(cluster, addr).await?))
+    let io = stream(cluster, addr).await?;
+    Ok(H1Conn::new(io, ConnCount::new(&cluster.stats)))
 }
 
 /// A dedicated HTTP/1.1 connection that may be upgraded (WebSocket); never pooled.
@@ -211,7 +213,9 @@ pub async fn h1_upgradable(cluster: &Cluster, addr: SocketAddr) -> Result<H1Send
         .handshake::<_, ProxyBody>(TokioIo::new(stream))
         .await
         .map_err(ProxyError::from_upstream)?;
+    let count = ConnCount::new(&cluster.stats);
     tokio::task::spawn_local(async move {
+        let _count = count;
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(%addr, error = %e, "upgradable upstream connection ended with an error");
         }
@@ -229,7 +233,9 @@ pub async fn h2(cluster: &Cluster, addr: SocketAddr) -> Result<H2Sender, ProxyEr
         .handshake::<_, ProxyBody>(TokioIo::new(stream))
         .await
         .map_err(ProxyError::from_upstream)?;
+    let count = ConnCount::new(&cluster.stats);
     tokio::task::spawn_local(async move {
+        let _count = count;
         if let Err(e) = conn.await {
             tracing::debug!(%addr, error = %e, "upstream h2 connection ended with an error");
         }

@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use super::breaker::ConnCount;
 use super::connect::{UpstreamIo, UpstreamRead, UpstreamWrite};
 use super::pool::ResponseGuard;
 use crate::http::body::{BoxError, ProxyBody};
@@ -52,6 +53,8 @@ pub struct Conn {
     rbuf: BytesMut,
     /// A request write failed: the connection may still carry the answer, never another request.
     poisoned: bool,
+    /// Counts the connection against the cluster's `max_connections` while it lives.
+    _count: ConnCount,
 }
 
 impl std::ops::Deref for H1Conn {
@@ -77,11 +80,12 @@ enum Io {
 }
 
 impl H1Conn {
-    pub fn new(io: UpstreamIo) -> Self {
+    pub fn new(io: UpstreamIo, count: ConnCount) -> Self {
         Self(Box::new(Conn {
             io: Io::Whole(io),
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             poisoned: false,
+            _count: count,
         }))
     }
 

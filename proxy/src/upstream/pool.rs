@@ -109,7 +109,8 @@ impl Pool {
 }
 
 /// Held from the moment a request is sent to an endpoint until its response body ends: counts the
-/// request as active (least-request balancing) and hands a clean HTTP/1.1 connection back.
+/// request as active (least-request balancing, the `max_requests` breaker, statistics) and hands
+/// a clean HTTP/1.1 connection back.
 pub struct ResponseGuard {
     ep: Rc<Endpoint>,
     conn: Option<H1Conn>,
@@ -118,7 +119,7 @@ pub struct ResponseGuard {
 impl ResponseGuard {
     /// Marks a request to `ep` as in flight.
     pub fn new(ep: Rc<Endpoint>) -> Self {
-        ep.active.set(ep.active.get() + 1);
+        ep.begin();
         Self { ep, conn: None }
     }
 
@@ -137,6 +138,6 @@ impl ResponseGuard {
 
 impl Drop for ResponseGuard {
     fn drop(&mut self) {
-        self.ep.active.set(self.ep.active.get().saturating_sub(1));
+        self.ep.end();
     }
 }

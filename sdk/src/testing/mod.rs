@@ -828,9 +828,17 @@ impl HttpStream {
         self.property_str(crate::route::PATH)
     }
 
-    /// The retry budget the filter set (`weir.route.retries`).
+    /// The retry count the filter set (`weir.route.retries`).
     pub fn route_retries(&self) -> Option<u32> {
         self.property_str(crate::route::RETRIES)?.parse().ok()
+    }
+
+    /// The per-try timeout the filter set (`weir.route.per_try_timeout_ms`).
+    pub fn route_per_try_timeout(&self) -> Option<Duration> {
+        self.property_str(crate::route::PER_TRY_TIMEOUT_MS)?
+            .parse()
+            .ok()
+            .map(Duration::from_millis)
     }
 
     /// The in-memory stream (every map, buffer and property).

@@ -1,7 +1,10 @@
 //! Mock upstreams on `127.0.0.1:0`: a hyper echo server (h1 + h2c, gRPC-style replies with
-//! trailers, upgrades echoing bytes), misbehaving raw TCP servers, a listener whose connects hang,
-//! and a closed port. Each records what it received so tests can wait on arrivals.
+//! trailers, upgrades echoing bytes), misbehaving raw TCP servers, a server whose misbehaviour the
+//! test turns on and off while it runs (resets, statuses, delays, stalls, a health endpoint), a
+//! listener whose connects hang, and a closed port. Each records what it received so tests can
+//! wait on arrivals.
 
+mod control;
 mod echo;
 mod faulty;
 
@@ -12,6 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Uri, Version};
 use tokio::sync::watch;
 
+pub use control::{ControlledServer, HEALTH_PATH, Seen};
 pub use echo::EchoServer;
 pub use faulty::{BlackholeListener, Fault, FaultyServer};
 

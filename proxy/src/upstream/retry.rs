@@ -1,0 +1,492 @@
+//! What a retry needs besides the loop in `forward`: which failures a policy retries
+//! ([`Outcome`], [`retries_on`]), Linkerd's retry budget ([`RetryBudget`]), Envoy's backoff with
+//! full jitter ([`backoff`]), and the replay buffer that lets a request body go out again
+//! ([`Replay`]).
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::config::{RetryBudgetConfig, RetryOn, RetryPolicy};
+use crate::http::body::{BoxError, ProxyBody};
+use crate::http::respond::ProxyError;
+
+/// How one attempt ended, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response head with this status.
+    Status(u16),
+    /// The connection could not be made: the request never left.
+    ConnectFailure,
+    /// An HTTP/2 upstream refused the stream: it never processed the request.
+    RefusedStream,
+    /// The connection was reset or closed before a response head.
+    Reset,
+    /// The attempt's response or per-try timeout fired.
+    Timeout,
+    /// The upstream answered something that is not HTTP.
+    Protocol,
+    /// Anything else (the client's fault, an overflow, the overall deadline): never retried.
+    Final,
+}
+
+impl Outcome {
+    /// Classifies a failed attempt.
+    pub fn of_error(e: &ProxyError) -> Self {
+        match e {
+            ProxyError::ConnectFailure { .. } | ProxyError::ConnectTimeout(_) => {
+                Outcome::ConnectFailure
+            }
+            ProxyError::UpstreamReset(h) if is_refused_stream(h) => Outcome::RefusedStream,
+            ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamIo(_)
+            | ProxyError::UpstreamClosed => Outcome::Reset,
+            ProxyError::ResponseTimeout(_) | ProxyError::PerTryTimeout(_) => Outcome::Timeout,
+            ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamMalformed(_) => Outcome::Protocol,
+            _ => Outcome::Final,
+        }
+    }
+
+    /// Whether the request provably never reached the upstream (so even a POST may go again).
+    pub fn never_sent(self) -> bool {
+        matches!(self, Outcome::ConnectFailure | Outcome::RefusedStream)
+    }
+}
+
+/// Whether `on` retries an attempt that ended with `o`. Local failures count as the 503/504 they
+/// are answered with, so `5xx` and `gateway_error` include them (Envoy's semantics).
+pub fn retries_on(on: &RetryOn, o: Outcome) -> bool {
+    let local = on.server_error || on.gateway_error;
+    match o {
+        Outcome::ConnectFailure => on.connect_failure || local,
+        Outcome::RefusedStream => on.refused_stream || local,
+        Outcome::Reset | Outcome::Timeout => on.reset || local,
+        Outcome::Protocol => local,
+        Outcome::Status(s) => {
+            on.statuses.contains(&s)
+                || (on.server_error && (500..600).contains(&s))
+                || (on.gateway_error && matches!(s, 502..=504))
+        }
+        Outcome::Final => false,
+    }
+}
+
+/// An HTTP/2 RST_STREAM with REFUSED_STREAM: the server guarantees it did not process the stream.
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// The wait before retry number `n` (1-based): Envoy's full jitter, uniform in
+/// `[0, base × (2ⁿ − 1)]`, capped at `max`. Whole milliseconds: it is served by the coarse
+/// per-worker timer.
+pub fn backoff(p: &RetryPolicy, n: u32) -> Duration {
+    let base = u64::try_from(p.backoff_base.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let max = u64::try_from(p.backoff_max.as_millis()).unwrap_or(u64::MAX);
+    let factor = (1u64 << n.clamp(1, 30)) - 1;
+    let upper = base.saturating_mul(factor).min(max);
+    Duration::from_millis(fastrand::u64(0..=upper))
+}
+
+/// Buckets of the budget's sliding window.
+const BUCKETS: u64 = 10;
+
+/// Linkerd's retry budget, shared by every worker of a cluster: over a sliding window of `ttl`,
+/// retries may be at most `percent`% of the requests that could retry, plus a reserve of
+/// `min_per_second` × `ttl` so that a quiet service can still retry. Retries therefore cannot
+/// multiply the load of an outage: at `percent: 20` an upstream sees at most 1.2× the requests.
+///
+/// The window is ten buckets of `ttl / 10` in a ring, each stamped with the slice of time it
+/// counts; a bucket met with an old stamp is reset by whoever claims it. Only requests that
+/// might be retried (a policy applies) deposit, and only retries withdraw: a cluster without
+/// retries never touches it.
+///
+/// Aligned to cache lines: every worker writes its buckets, and they must not share a line with
+/// the read-mostly cluster state next to them (the balancing version every pick reads).
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct RetryBudget {
+    buckets: [Bucket; BUCKETS as usize],
+    width_ms: u64,
+    ratio: f64,
+    reserve: u64,
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    /// The time slice (`now / width + 1`; 0 = never used) this bucket counts.
+    slice: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// What `/clusters` shows of a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSnapshot {
+    pub requests: u64,
+    pub retries: u64,
+    /// Retries that may still be made in the current window.
+    pub available: u64,
+}
+
+impl RetryBudget {
+    pub fn new(cfg: &RetryBudgetConfig) -> Self {
+        let ttl_ms = u64::try_from(cfg.ttl.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            buckets: Default::default(),
+            width_ms: (ttl_ms / BUCKETS).max(1),
+            ratio: cfg.percent / 100.0,
+            reserve: (f64::from(cfg.min_per_second) * cfg.ttl.as_secs_f64()).round() as u64,
+        }
+    }
+
+    fn slice(&self, now_ms: u64) -> u64 {
+        now_ms / self.width_ms + 1
+    }
+
+    /// The current bucket, reset first if it still holds an old slice.
+    fn current(&self, now_ms: u64) -> &Bucket {
+        let slice = self.slice(now_ms);
+        let b = &self.buckets[(slice % BUCKETS) as usize];
+        let seen = b.slice.load(Relaxed);
+        if seen != slice
+            && seen < slice
+            && b.slice
+                .compare_exchange(seen, slice, Relaxed, Relaxed)
+                .is_ok()
+        {
+            b.requests.store(0, Relaxed);
+            b.retries.store(0, Relaxed);
+        }
+        b
+    }
+
+    /// Requests and retries counted in the window ending at `now_ms`.
+    fn window(&self, now_ms: u64) -> (u64, u64) {
+        let slice = self.slice(now_ms);
+        self.buckets
+            .iter()
+            .filter(|b| {
+                let s = b.slice.load(Relaxed);
+                s + BUCKETS > slice && s <= slice
+            })
+            .fold((0, 0), |(rq, rt), b| {
+                (rq + b.requests.load(Relaxed), rt + b.retries.load(Relaxed))
+            })
+    }
+
+    fn allowed(&self, requests: u64) -> u64 {
+        self.reserve + (self.ratio * requests as f64) as u64
+    }
+
+    /// Counts a request that may be retried.
+    pub fn deposit(&self, now_ms: u64) {
+        self.current(now_ms).requests.fetch_add(1, Relaxed);
+    }
+
+    /// Takes one retry from the budget; false when it is spent.
+    pub fn withdraw(&self, now_ms: u64) -> bool {
+        let b = self.current(now_ms);
+        loop {
+            // Read this bucket's count before the window: if another worker withdraws in
+            // between, the exchange below fails and the check runs again.
+            let mine = b.retries.load(Relaxed);
+            let (requests, retries) = self.window(now_ms);
+            if retries >= self.allowed(requests) {
+                return false;
+            }
+            if b.retries
+                .compare_exchange(mine, mine + 1, Relaxed, Relaxed)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+
+    pub fn snapshot(&self, now_ms: u64) -> BudgetSnapshot {
+        let (requests, retries) = self.window(now_ms);
+        BudgetSnapshot {
+            requests,
+            retries,
+            available: self.allowed(requests).saturating_sub(retries),
+        }
+    }
+}
+
+/// A request body kept for replay while it streams to the first attempt: every chunk read from
+/// the client is also kept (by reference count, no copy) up to `limit` bytes. A retry reads the
+/// kept chunks first, then the rest of the client's body. Past the limit the kept chunks are
+/// dropped and the request can no longer be retried; the attempt in progress streams on.
+pub struct Replay {
+    state: RefCell<ReplayState>,
+}
+
+struct ReplayState {
+    inner: ProxyBody,
+    chunks: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+    size: u64,
+    limit: u64,
+    /// Over the limit, or the client's body failed: no more replays.
+    spent: bool,
+    ended: bool,
+    /// The attempt whose reader is current; older readers are cut off.
+    attempt: u32,
+    hint: SizeHint,
+}
+
+impl Replay {
+    pub fn new(inner: ProxyBody, limit: u64) -> Rc<Self> {
+        let hint = inner.size_hint();
+        Rc::new(Self {
+            state: RefCell::new(ReplayState {
+                inner,
+                chunks: Vec::new(),
+                trailers: None,
+                size: 0,
+                limit,
+                spent: false,
+                ended: false,
+                attempt: 0,
+                hint,
+            }),
+        })
+    }
+
+    /// Whether the whole body can still be sent again.
+    pub fn replayable(&self) -> bool {
+        !self.state.borrow().spent
+    }
+
+    /// A reader for the next attempt, from the first byte. The previous attempt's reader (which
+    /// a pump task or hyper may still hold for a moment) fails from now on.
+    pub fn reader(self: &Rc<Self>) -> ProxyBody {
+        let attempt = {
+            let mut st = self.state.borrow_mut();
+            st.attempt += 1;
+            st.attempt
+        };
+        ProxyBody::Replay(ReplayBody {
+            replay: self.clone(),
+            attempt,
+            pos: 0,
+            trailers_sent: false,
+        })
+    }
+}
+
+/// One attempt's view of a [`Replay`].
+pub struct ReplayBody {
+    replay: Rc<Replay>,
+    attempt: u32,
+    pos: usize,
+    trailers_sent: bool,
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let mut st = this.replay.state.borrow_mut();
+        if st.attempt != this.attempt {
+            return Poll::Ready(Some(Err("request body taken over by a retry".into())));
+        }
+        if !st.spent && this.pos < st.chunks.len() {
+            let c = st.chunks[this.pos].clone();
+            this.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(c))));
+        }
+        if st.ended {
+            if !this.trailers_sent
+                && let Some(t) = &st.trailers
+            {
+                this.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(t.clone()))));
+            }
+            return Poll::Ready(None);
+        }
+        let st = &mut *st;
+        match Pin::new(&mut st.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                st.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                st.spent = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if !st.spent {
+                        st.size += data.len() as u64;
+                        if st.size > st.limit {
+                            st.spent = true;
+                            st.chunks = Vec::new();
+                        } else {
+                            st.chunks.push(data.clone());
+                            this.pos += 1;
+                        }
+                    }
+                } else if let Some(t) = frame.trailers_ref() {
+                    st.trailers = Some(t.clone());
+                    st.ended = true;
+                    this.trailers_sent = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let st = self.replay.state.borrow();
+        st.attempt == self.attempt
+            && st.ended
+            && (st.spent || self.pos >= st.chunks.len())
+            && (st.trailers.is_none() || self.trailers_sent)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Every attempt sends the whole body: the length the client announced.
+        self.replay.state.borrow().hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::default()
+    }
+
+    #[test]
+    fn conditions() {
+        let d = RetryOn::default();
+        assert!(retries_on(&d, Outcome::ConnectFailure));
+        assert!(retries_on(&d, Outcome::Reset));
+        assert!(retries_on(&d, Outcome::Timeout));
+        assert!(!retries_on(&d, Outcome::Status(503)));
+        assert!(!retries_on(&d, Outcome::Final));
+        let codes = RetryOn {
+            connect_failure: false,
+            refused_stream: false,
+            reset: false,
+            server_error: false,
+            gateway_error: false,
+            statuses: vec![503, 429],
+        };
+        assert!(retries_on(&codes, Outcome::Status(429)));
+        assert!(!retries_on(&codes, Outcome::Status(500)));
+        assert!(!retries_on(&codes, Outcome::ConnectFailure));
+        let gw = RetryOn {
+            gateway_error: true,
+            ..codes.clone()
+        };
+        assert!(retries_on(&gw, Outcome::Status(502)));
+        assert!(!retries_on(&gw, Outcome::Status(500)));
+        assert!(retries_on(&gw, Outcome::ConnectFailure));
+        let fivexx = RetryOn {
+            server_error: true,
+            ..codes
+        };
+        assert!(retries_on(&fivexx, Outcome::Status(500)));
+        assert!(retries_on(&fivexx, Outcome::Protocol));
+        assert!(Outcome::ConnectFailure.never_sent());
+        assert!(!Outcome::Reset.never_sent());
+    }
+
+    #[test]
+    fn backoff_grows_with_full_jitter_and_is_capped() {
+        let p = policy(); // 25ms base, 250ms max
+        for _ in 0..200 {
+            assert!(backoff(&p, 1) <= Duration::from_millis(25));
+            assert!(backoff(&p, 2) <= Duration::from_millis(75));
+            assert!(backoff(&p, 9) <= Duration::from_millis(250));
+        }
+        let seen_high = (0..200).any(|_| backoff(&p, 9) > Duration::from_millis(150));
+        assert!(seen_high, "jitter spans the whole range");
+    }
+
+    #[test]
+    fn budget_allows_percent_plus_reserve_and_slides() {
+        let b = RetryBudget::new(&RetryBudgetConfig {
+            percent: 20.0,
+            min_per_second: 1,
+            ttl: Duration::from_secs(10),
+        });
+        let t = 1_000_000;
+        for _ in 0..100 {
+            b.deposit(t);
+        }
+        // 20% of 100 plus 1/s × 10s.
+        let granted = (0..100).filter(|_| b.withdraw(t)).count();
+        assert_eq!(granted, 30);
+        assert_eq!(b.snapshot(t).available, 0);
+        // Half a window later the same requests still count; a whole window later nothing does.
+        assert!(!b.withdraw(t + 5_000));
+        let later = t + 10_000 + 1_000;
+        assert_eq!(b.snapshot(later).requests, 0);
+        assert_eq!(b.snapshot(later).available, 10);
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn replay_resends_the_body_and_cuts_off_the_old_reader() {
+        block_on(async {
+            let r = Replay::new(ProxyBody::from(Bytes::from_static(b"hello")), 1024);
+            let mut first = r.reader();
+            // The first attempt reads part of it (here: all of one chunk), then fails.
+            let f = first.frame().await.unwrap().unwrap();
+            assert_eq!(f.into_data().unwrap(), "hello");
+            assert!(r.replayable());
+            let second = r.reader();
+            assert!(first.frame().await.unwrap().is_err(), "old reader cut off");
+            let all = second.collect().await.unwrap().to_bytes();
+            assert_eq!(all, "hello");
+        });
+    }
+
+    #[test]
+    fn replay_gives_up_past_the_limit() {
+        block_on(async {
+            let r = Replay::new(ProxyBody::from(Bytes::from(vec![7u8; 100])), 10);
+            let first = r.reader();
+            let all = first.collect().await.unwrap().to_bytes();
+            assert_eq!(
+                all.len(),
+                100,
+                "the attempt in progress still gets everything"
+            );
+            assert!(!r.replayable());
+        });
+    }
+}
