@@ -238,14 +238,14 @@ fn label(value: &str) -> String {
         .collect()
 }
 
-fn status_class(status: Option<u16>) -> &'static str {
+/// Status classes, as metric label values.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// The index of `status`'s class in [`CLASSES`].
+fn status_class(status: Option<u16>) -> usize {
     match status {
-        Some(100..=199) => "1xx",
-        Some(200..=299) => "2xx",
-        Some(300..=399) => "3xx",
-        Some(400..=499) => "4xx",
-        Some(500..=599) => "5xx",
-        _ => "none",
+        Some(s @ 100..=599) => usize::from(s / 100 - 1),
+        _ => 5,
     }
 }
 
@@ -279,6 +279,16 @@ struct State {
     rng: Rng,
     /// Metric name → id (`None`: the host refused it; not asked again).
     metrics: HashMap<String, Option<u32>>,
+    /// Cluster (as the request named it) → its metric ids, so that a request costs one lookup
+    /// and no formatting once its cluster and class were seen.
+    by_cluster: HashMap<String, ClusterMetrics>,
+}
+
+/// One cluster's metric ids.
+struct ClusterMetrics {
+    /// Per status class: `None` until first used; then the counter's id (or `None`, refused).
+    counters: [Option<Option<u32>>; CLASSES.len()],
+    histogram: Option<u32>,
 }
 
 impl State {
@@ -300,6 +310,40 @@ impl State {
                 return id.to_be_bytes();
             }
         }
+    }
+
+    /// The request counter of `cluster` and `class` and the cluster's duration histogram,
+    /// defined on first use. Past [`MAX_SERIES`] metric names a new cluster is counted as
+    /// `_other`.
+    fn cluster_metrics(&mut self, cluster: &str, class: usize) -> (Option<u32>, Option<u32>) {
+        if let Some(c) = self.by_cluster.get(cluster)
+            && let Some(id) = c.counters[class]
+        {
+            return (id, c.histogram);
+        }
+        let class_name = CLASSES[class];
+        let mut key = label(cluster);
+        let mut counter = format!("telemetry.requests_total|cluster={key}|class={class_name}");
+        if self.metrics.len() >= MAX_SERIES && !self.metrics.contains_key(&counter) {
+            key = "_other".to_owned();
+            counter = format!("telemetry.requests_total|cluster={key}|class={class_name}");
+        }
+        let counter = self.metric(MetricType::Counter, counter);
+        let histogram = self.metric(
+            MetricType::Histogram,
+            format!("telemetry.request_duration_ms|cluster={key}"),
+        );
+        // The cache is bounded like the series: past it, the slow path above still answers.
+        if self.by_cluster.len() < MAX_SERIES || self.by_cluster.contains_key(cluster) {
+            self.by_cluster
+                .entry(cluster.to_owned())
+                .or_insert(ClusterMetrics {
+                    counters: [None; CLASSES.len()],
+                    histogram,
+                })
+                .counters[class] = Some(counter);
+        }
+        (counter, histogram)
     }
 
     /// The metric `name` of `kind`, defined on first use.
@@ -497,21 +541,14 @@ impl HttpContext for Telemetry {
             .unwrap_or_else(|| "default".to_owned());
 
         {
-            let mut st = self.state.borrow_mut();
-            let class = status_class(status);
-            let mut key = label(&cluster);
-            let mut counter = format!("telemetry.requests_total|cluster={key}|class={class}");
-            if st.metrics.len() >= MAX_SERIES && !st.metrics.contains_key(&counter) {
-                key = "_other".to_owned();
-                counter = format!("telemetry.requests_total|cluster={key}|class={class}");
-            }
-            if let Some(id) = st.metric(MetricType::Counter, counter) {
+            let (counter, histogram) = self
+                .state
+                .borrow_mut()
+                .cluster_metrics(&cluster, status_class(status));
+            if let Some(id) = counter {
                 let _ = hostcalls::increment_metric(id, 1);
             }
-            if let Some(id) = st.metric(
-                MetricType::Histogram,
-                format!("telemetry.request_duration_ms|cluster={key}"),
-            ) {
+            if let Some(id) = histogram {
                 let _ = hostcalls::record_metric(id, duration_ns / 1_000_000);
             }
         }

@@ -8,7 +8,6 @@
 //! stream's [`ChainShared`] and wake it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -84,7 +83,7 @@ pub struct WorkerFilters {
     /// stream context — is known to belong to a VM that is gone: context ids and callout tokens
     /// start over in a rebuilt VM and must never be confused across instances.
     generations: Vec<Arc<AtomicU64>>,
-    streams: RefCell<HashMap<(usize, u64, ContextId), Weak<ChainShared>>>,
+    streams: RefCell<rustc_hash::FxHashMap<(usize, u64, ContextId), Weak<ChainShared>>>,
     tickers: RefCell<Vec<Option<tokio::task::AbortHandle>>>,
     /// The event loop; it holds this value weakly, and is stopped when the value goes (a
     /// replaced generation is freed when its last stream ends).
@@ -140,7 +139,7 @@ impl WorkerFilters {
             set,
             plugins,
             generations,
-            streams: RefCell::new(HashMap::new()),
+            streams: RefCell::new(rustc_hash::FxHashMap::default()),
             tickers: RefCell::new(vec![None; n]),
             events: RefCell::new(None),
         });

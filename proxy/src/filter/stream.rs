@@ -8,7 +8,6 @@
 //! filters of the same stream, and the `weir.route.*` names form the route decision the core
 //! reads after the request-header phase.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
@@ -71,7 +70,7 @@ pub struct HttpStream {
     pub request_size: u64,
     pub response_size: u64,
     /// Properties filters set (dotted path → value), `weir.route.*` included.
-    props: HashMap<String, Vec<u8>>,
+    props: rustc_hash::FxHashMap<String, Vec<u8>>,
 }
 
 impl HttpStream {
@@ -102,7 +101,7 @@ impl HttpStream {
             upstream_address: None,
             request_size: 0,
             response_size: 0,
-            props: HashMap::new(),
+            props: rustc_hash::FxHashMap::default(),
         }
     }
 
@@ -313,13 +312,32 @@ impl StreamHost for HttpStream {
     }
 
     fn get_property(&mut self, path: &[&[u8]]) -> Option<Vec<u8>> {
-        let dotted = dotted(path)?;
-        if let Some(v) = self.props.get(&dotted) {
+        with_dotted(path, |dotted| self.property(dotted)).flatten()
+    }
+
+    fn set_property(&mut self, path: &[&[u8]], value: &[u8]) -> Result<(), Status> {
+        with_dotted(path, |dotted| match self.props.get_mut(dotted) {
+            Some(v) => {
+                v.clear();
+                v.extend_from_slice(value);
+            }
+            None => {
+                self.props.insert(dotted.to_owned(), value.to_vec());
+            }
+        })
+        .ok_or(Status::BadArgument)
+    }
+}
+
+impl HttpStream {
+    /// The property at `dotted` (a path joined with dots).
+    fn property(&self, dotted: &str) -> Option<Vec<u8>> {
+        if let Some(v) = self.props.get(dotted) {
             return Some(v.clone());
         }
         let s = |x: &str| Some(x.as_bytes().to_vec());
         let int = |n: i64| Some(n.to_le_bytes().to_vec());
-        match dotted.as_str() {
+        match dotted {
             "request.path" => s(self.path_str()),
             "request.url_path" => s(self.uri.path()),
             "request.query" => s(self.uri.query().unwrap_or("")),
@@ -419,23 +437,32 @@ impl StreamHost for HttpStream {
             }
         }
     }
-
-    fn set_property(&mut self, path: &[&[u8]], value: &[u8]) -> Result<(), Status> {
-        let dotted = dotted(path).ok_or(Status::BadArgument)?;
-        self.props.insert(dotted, value.to_vec());
-        Ok(())
-    }
 }
 
-fn dotted(path: &[&[u8]]) -> Option<String> {
-    let mut s = String::new();
+/// Runs `f` on `path` joined with dots, or `None` if the path is not UTF-8. Every property access
+/// makes one, so a usual path is joined in a stack buffer, not a new `String`.
+fn with_dotted<R>(path: &[&[u8]], f: impl FnOnce(&str) -> R) -> Option<R> {
+    const INLINE: usize = 128;
+    let len = path.iter().map(|seg| seg.len() + 1).sum::<usize>();
+    let mut inline = [0u8; INLINE];
+    let mut heap = Vec::new();
+    let buf: &mut [u8] = if len <= INLINE {
+        &mut inline
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    let mut n = 0;
     for (i, seg) in path.iter().enumerate() {
         if i > 0 {
-            s.push('.');
+            buf[n] = b'.';
+            n += 1;
         }
-        s.push_str(std::str::from_utf8(seg).ok()?);
+        buf[n..n + seg.len()].copy_from_slice(seg);
+        n += seg.len();
     }
-    Some(s)
+    // Segments joined by '.' are UTF-8 exactly when every segment is: one check for all.
+    std::str::from_utf8(&buf[..n]).ok().map(f)
 }
 
 fn joined(h: &HeaderMap, name: &str) -> Option<Vec<u8>> {
@@ -471,6 +498,26 @@ fn encode_map(h: &HeaderMap) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn property_paths_join_with_dots_short_or_long() {
+        let mut s = stream();
+        s.set_property(&[b"weir", b"x"], b"1").unwrap();
+        // Set again: the value is replaced, not appended.
+        s.set_property(&[b"weir", b"x"], b"22").unwrap();
+        assert_eq!(s.get_property(&[b"weir", b"x"]), Some(b"22".to_vec()));
+        // Longer than the stack buffer.
+        let long = vec![b'a'; 300];
+        s.set_property(&[b"weir", &long], b"v").unwrap();
+        assert_eq!(s.get_property(&[b"weir", &long]), Some(b"v".to_vec()));
+        assert_eq!(s.get_property(&[b"weir"]), None);
+        // Not UTF-8: refused, never stored.
+        assert_eq!(
+            s.set_property(&[b"weir", b"\xff"], b"v"),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(s.get_property(&[b"weir", b"\xff"]), None);
+    }
 
     fn stream() -> HttpStream {
         let mut s = HttpStream::new(Downstream {
