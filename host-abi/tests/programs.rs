@@ -810,6 +810,10 @@ mod shared_data {
     #[test]
     fn concurrent_cas_loops_on_two_threads_lose_no_update() {
         const PER_THREAD: usize = 40;
+        // The key exists before the threads start: a write to a missing key is unconditional
+        // (cas 0, as in Envoy), so two first writes racing would both legitimately store 1.
+        let mut seed = start("sd-threads", &json!({"scenario": "shared_data"}));
+        assert_eq!(value(&mut seed, "x-shared-value"), "1");
         let threads: Vec<_> = (0..2)
             .map(|_| {
                 std::thread::spawn(|| {
@@ -827,7 +831,7 @@ mod shared_data {
         seen.sort_unstable();
         assert_eq!(
             seen,
-            (1..=2 * PER_THREAD).collect::<Vec<_>>(),
+            (2..=2 * PER_THREAD + 1).collect::<Vec<_>>(),
             "every increment is unique"
         );
     }
