@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! listener ─▶ conn (limits, idle, drain) ─▶ tls (rustls; mTLS peer identity)
-//!   ─▶ http (hyper-util auto: h1/h2) ─▶ service
+//!   ─▶ http (h1: Weir's own server; h2: hyper, by ALPN or the prior-knowledge preface) ─▶ service
 //!   ─▶ filter chain: request phases (Wasm, in order) ─▶ route decision (weir.route.* or the
 //!      listener's default cluster)
 //!   ─▶ upstream (breakers ─▶ priority/health/ejection ─▶ balance ─▶ pooled connection h1/h2,
