@@ -80,20 +80,28 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
-/// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto`.
-pub fn set_forwarded(h: &mut HeaderMap, client: IpAddr, proto: &'static str) {
+/// A client address as a header value: made once per connection, so that a request whose
+/// `x-forwarded-for` starts with its client (the usual case) only shares it.
+pub fn client_ip_value(client: IpAddr) -> HeaderValue {
     let ip = IpText::new(client);
+    HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(ip.as_bytes()))
+        .expect("an IP address is a valid header value")
+}
+
+/// Appends the client address (a [`client_ip_value`]) to `x-forwarded-for` and sets
+/// `x-forwarded-proto`.
+pub fn set_forwarded(h: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
     let v = match h.get(&X_FORWARDED_FOR) {
         Some(prev) => {
-            let mut buf = Vec::with_capacity(prev.len() + 2 + ip.as_bytes().len());
+            let mut buf = Vec::with_capacity(prev.len() + 2 + client.len());
             buf.extend_from_slice(prev.as_bytes());
             buf.extend_from_slice(b", ");
-            buf.extend_from_slice(ip.as_bytes());
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
+            buf.extend_from_slice(client.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)).ok()
         }
-        None => HeaderValue::from_bytes(ip.as_bytes()),
+        None => Some(client.clone()),
     };
-    if let Ok(v) = v {
+    if let Some(v) = v {
         h.insert(&X_FORWARDED_FOR, v);
     }
     h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -232,12 +240,13 @@ mod tests {
     #[test]
     fn forwarded_and_request_id() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        let ip = |s: &str| client_ip_value(s.parse().unwrap());
+        set_forwarded(&mut h, &ip("127.0.0.1"), "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         let mut h2 = HeaderMap::new();
-        set_forwarded(&mut h2, "10.200.0.9".parse().unwrap(), "http");
+        set_forwarded(&mut h2, &ip("10.200.0.9"), "http");
         assert_eq!(h2["x-forwarded-for"], "10.200.0.9");
-        set_forwarded(&mut h2, "::1".parse().unwrap(), "http");
+        set_forwarded(&mut h2, &ip("::1"), "http");
         assert_eq!(h2["x-forwarded-for"], "10.200.0.9, ::1");
         assert_eq!(h["x-forwarded-proto"], "http");
         ensure_request_id(&mut h);

@@ -31,6 +31,8 @@ pub struct ProxyService {
     worker: Rc<WorkerCtx>,
     listener: Rc<ListenerCtx>,
     peer: SocketAddr,
+    /// `peer`'s address as a header value (`x-forwarded-for`).
+    client_ip: HeaderValue,
     conn_id: u64,
     /// The connection's TLS session (absent on a plain listener).
     tls: Option<Arc<ConnTls>>,
@@ -48,6 +50,7 @@ impl ProxyService {
             worker,
             listener,
             peer,
+            client_ip: super::headers::client_ip_value(peer.ip()),
             conn_id,
             tls,
         }
@@ -109,7 +112,7 @@ impl ProxyService {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
         let proto = if self.tls.is_some() { "https" } else { "http" };
-        set_forwarded(&mut parts.headers, self.peer.ip(), proto);
+        set_forwarded(&mut parts.headers, &self.client_ip, proto);
         set_client_cert(&mut parts.headers, self.tls.as_deref());
         ensure_request_id(&mut parts.headers);
 
