@@ -232,12 +232,6 @@ impl WorkerTelemetry {
             .add(self.layout.endpoint(c, e) + metrics::endpoint::CX_TOTAL, 1);
     }
 
-    /// An attempt to endpoint `e` of cluster `c` retried an earlier one (resilience hook).
-    pub fn upstream_retry(&self, c: usize, e: usize) {
-        self.shard
-            .add(self.layout.endpoint(c, e) + metrics::endpoint::RQ_RETRY, 1);
-    }
-
     /// Outlier detection ejected endpoint `e` of cluster `c` (resilience hook).
     pub fn upstream_ejection(&self, c: usize, e: usize) {
         self.shard
