@@ -331,7 +331,7 @@ impl Ewma {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{ClusterConfig, EndpointConfig, Endpoints, Protocol};
     use crate::upstream::shared::ClusterShared;
@@ -339,7 +339,11 @@ mod tests {
     use std::sync::atomic::Ordering::Relaxed;
     use std::time::Duration;
 
-    fn config(lb: LbPolicy, eps: &[(u32, u32)]) -> (ClusterConfig, Vec<std::net::SocketAddr>) {
+    /// A cluster config over `127.0.0.1:1..`, one endpoint per `(weight, priority)`.
+    pub(crate) fn config(
+        lb: LbPolicy,
+        eps: &[(u32, u32)],
+    ) -> (ClusterConfig, Vec<std::net::SocketAddr>) {
         let addrs: Vec<_> = (1..=eps.len() as u16)
             .map(|p| ([127, 0, 0, 1], p).into())
             .collect();

@@ -180,50 +180,21 @@ pub async fn run_sweeper(shared: Arc<ClusterShared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClusterConfig, EndpointConfig, Endpoints, OutlierConfig, Protocol};
+    use crate::config::OutlierConfig;
     use std::time::Duration;
 
     fn shared(n: u16, max_pct: u32) -> ClusterShared {
-        let addrs: Vec<std::net::SocketAddr> =
-            (1..=n).map(|p| ([127, 0, 0, 1], p).into()).collect();
-        let cfg = ClusterConfig {
-            name: "c".into(),
-            index: 0,
-            endpoints: Endpoints::Static(
-                addrs
-                    .iter()
-                    .map(|&address| EndpointConfig {
-                        address,
-                        weight: 1,
-                        priority: 0,
-                    })
-                    .collect(),
-            ),
-            protocol: Protocol::Http1,
-            lb: Default::default(),
-            connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_secs(1),
-            per_try_timeout: None,
-            request_timeout: None,
-            idle_timeout: None,
-            pool_max_idle: 1,
-            pool_idle_timeout: Duration::from_secs(1),
-            tls: None,
-            retries: None,
-            circuit_breaker: Default::default(),
-            outlier: Some(OutlierConfig {
-                consecutive_5xx: 3,
-                consecutive_gateway_errors: 0,
-                consecutive_connect_failures: 2,
-                interval: Duration::from_secs(1),
-                base_ejection: Duration::from_secs(10),
-                max_ejection: Duration::from_secs(25),
-                max_ejection_percent: max_pct,
-            }),
-            health_check: None,
-            failover: Default::default(),
-            ewma: Default::default(),
-        };
+        let (mut cfg, addrs) =
+            crate::upstream::balance::tests::config(Default::default(), &vec![(1, 0); n.into()]);
+        cfg.outlier = Some(OutlierConfig {
+            consecutive_5xx: 3,
+            consecutive_gateway_errors: 0,
+            consecutive_connect_failures: 2,
+            interval: Duration::from_secs(1),
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(25),
+            max_ejection_percent: max_pct,
+        });
         ClusterShared::new(&cfg, &addrs, 1)
     }
 
