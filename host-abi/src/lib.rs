@@ -75,6 +75,7 @@ mod logging;
 mod memory;
 mod metrics;
 pub mod pairs;
+pub mod phases;
 mod plugin;
 mod properties;
 mod runtime;
@@ -99,6 +100,7 @@ pub use embedder::{
 };
 pub use error::{FailureReason, LoadError, StartError, VmError, VmFailed};
 pub use metrics::{MetricSample, MetricValue, MetricsRegistry};
+pub use phases::HttpPhases;
 pub use plugin::{Availability, HostFactory, Plugin, Verdict};
 pub use runtime::{Module, Runtime, RuntimeError};
 pub use shared_data::SharedState;

@@ -5,6 +5,7 @@
 use wasmtime::{Caller, Linker};
 
 use crate::memory;
+use crate::phases::{DECLARE_HTTP_PHASES, HttpPhases};
 use crate::state::HostState;
 use crate::types::Status;
 
@@ -55,6 +56,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 return Ok(Status::BadArgument.raw());
             }
             let result = memory::with_two(&mut caller, F, (np, nl), (ap, al), |name, args, st| {
+                if name == DECLARE_HTTP_PHASES.as_bytes() {
+                    return declare_http_phases(st, args);
+                }
                 let name = String::from_utf8_lossy(name);
                 st.host.call_foreign_function(&name, args)
             })?;
@@ -74,4 +78,19 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         },
     )?;
     Ok(())
+}
+
+/// `weir.declare_http_phases` (see [`crate::phases`]): from a root-context callback only; the
+/// phases a module does not export stay skipped whatever it declares.
+fn declare_http_phases(st: &mut HostState, args: &[u8]) -> Result<Vec<u8>, Status> {
+    if st.acting_context() != st.root {
+        return Err(Status::BadArgument);
+    }
+    let text = std::str::from_utf8(args).map_err(|_| Status::BadArgument)?;
+    let declared = HttpPhases::parse(text).map_err(|name| {
+        tracing::warn!(plugin = %st.plugin.name, phase = %name, "{DECLARE_HTTP_PHASES}: unknown phase (known: request_headers, request_body, request_trailers, response_headers, response_body, response_trailers, log, done)");
+        Status::BadArgument
+    })?;
+    st.http_phases = HttpPhases::from_bits(declared.bits() & st.exported_phases.bits());
+    Ok(Vec::new())
 }

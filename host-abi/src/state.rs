@@ -10,6 +10,7 @@ use crate::config::Limits;
 use crate::deadline::DeadlineState;
 use crate::embedder::{CalloutResponse, NoStream, PluginHost, StreamBox};
 use crate::metrics::VmMetrics;
+use crate::phases::HttpPhases;
 use crate::shared_data::{KvSpace, SharedState};
 use crate::types::{ContextId, Pairs, StreamType};
 use crate::vm::{Deferred, Effect, LocalReply};
@@ -65,6 +66,32 @@ pub(crate) struct CallState {
     pub(crate) call_data: Option<Vec<u8>>,
     /// `proxy_get_status` answer (`None`: `(0, "")`).
     pub(crate) status: Option<Box<(u32, String)>>,
+}
+
+/// What a callback left for the embedder.
+#[derive(Debug, Default)]
+pub(crate) struct Finished {
+    pub(crate) effects: Vec<Deferred>,
+    pub(crate) local_reply: bool,
+}
+
+impl CallState {
+    /// Ends a callback: hands over its effects and resets the state in place for the next one
+    /// (cheaper than building and dropping a whole `CallState` per callback).
+    pub(crate) fn finish(&mut self) -> Finished {
+        let done = Finished {
+            effects: std::mem::take(&mut self.effects),
+            local_reply: self.local_reply,
+        };
+        self.effective = None;
+        self.local_reply = false;
+        self.in_configure = false;
+        self.callout = None;
+        self.grpc = None;
+        self.call_data = None;
+        self.status = None;
+        done
+    }
 }
 
 /// Linear-memory cap; remembers that the cap was hit so a following trap is reported as
@@ -140,6 +167,11 @@ pub(crate) struct HostState {
     pub(crate) root_done_pending: bool,
     pub(crate) root_done_called: bool,
     pub(crate) deadline: DeadlineState,
+    /// The HTTP callbacks this VM gets: the exported ones, narrowed by a declaration
+    /// (see [`crate::phases`]).
+    pub(crate) http_phases: HttpPhases,
+    /// The HTTP callbacks the module exports (a declaration cannot add others).
+    pub(crate) exported_phases: HttpPhases,
 }
 
 impl HostState {
@@ -175,6 +207,8 @@ impl HostState {
             root_done_pending: false,
             root_done_called: false,
             deadline: DeadlineState::default(),
+            http_phases: HttpPhases::ALL,
+            exported_phases: HttpPhases::ALL,
         }
     }
 

@@ -16,8 +16,9 @@ use crate::embedder::{CalloutResponse, PluginHost, StreamBox};
 use crate::error::{FailureReason, StartError, VmError, VmFailed};
 use crate::memory::HostTrap;
 use crate::metrics::VmMetrics;
+use crate::phases::HttpPhases;
 use crate::runtime::{Module, Runtime};
-use crate::state::{CallState, ContextKind, GrpcData, HostState, PluginShared};
+use crate::state::{CallState, ContextKind, Finished, GrpcData, HostState, PluginShared};
 use crate::stats::FilterStats;
 use crate::types::{Action, ContextId, Pairs, PeerType, StreamType};
 
@@ -243,6 +244,21 @@ impl Vm {
             done: export!("proxy_on_done"),
             delete: export!("proxy_on_delete"),
         };
+        let exported = [
+            (exports.request_headers.is_some(), HttpPhases::REQUEST_HEADERS),
+            (exports.request_body.is_some(), HttpPhases::REQUEST_BODY),
+            (exports.request_trailers.is_some(), HttpPhases::REQUEST_TRAILERS),
+            (exports.response_headers.is_some(), HttpPhases::RESPONSE_HEADERS),
+            (exports.response_body.is_some(), HttpPhases::RESPONSE_BODY),
+            (exports.response_trailers.is_some(), HttpPhases::RESPONSE_TRAILERS),
+            (exports.log.is_some(), HttpPhases::LOG),
+            (exports.done.is_some(), HttpPhases::DONE),
+        ]
+        .into_iter()
+        .filter(|(present, _)| *present)
+        .fold(HttpPhases::NONE, |acc, (_, p)| acc | p);
+        store.data_mut().exported_phases = exported;
+        store.data_mut().http_phases = exported;
         let stats = config.stats;
         let mut vm = Vm {
             runtime: runtime.clone(),
@@ -338,6 +354,16 @@ impl Vm {
             return Err(StartError::ConfigureRejected);
         }
         Ok(vm)
+    }
+
+    /// The HTTP callbacks this VM runs: the ones its module exports, narrowed by what it
+    /// declared (see [`crate::phases`]). The others are skipped (they count as `Continue`).
+    pub fn http_phases(&self) -> HttpPhases {
+        self.store.data().http_phases
+    }
+
+    fn skips(&self, phase: HttpPhases) -> bool {
+        !self.store.data().http_phases.contains(phase)
     }
 
     /// The root context id.
@@ -466,18 +492,16 @@ impl Vm {
         params: P,
         stream: Option<(ContextId, &mut StreamBox)>,
         setup: impl FnOnce(&mut CallState),
-    ) -> Result<(Option<R>, CallState), VmError> {
+    ) -> Result<(Option<R>, Finished), VmError> {
         self.check_alive()?;
         let Some(func) = func else {
-            return Ok((None, CallState::default()));
+            return Ok((None, Finished::default()));
         };
         let (deadline, ticks) = self.budgets[budget as usize];
         {
+            // The call state is clean here: every callback resets it when it returns.
             let st = self.store.data_mut();
-            st.call = CallState {
-                current: ctx,
-                ..CallState::default()
-            };
+            st.call.current = ctx;
             setup(&mut st.call);
         }
         let mut lent = stream;
@@ -503,7 +527,7 @@ impl Vm {
             std::mem::swap(&mut st.stream, *s);
             st.stream_ctx = None;
         }
-        let call = std::mem::take(&mut self.store.data_mut().call);
+        let call = self.store.data_mut().call.finish();
         FilterStats::add(&self.stats.callbacks, 1);
         if let Some(elapsed) = elapsed {
             let nanos = elapsed.as_nanos() as u64;
@@ -550,7 +574,7 @@ impl Vm {
         failed
     }
 
-    fn outcome(&mut self, raw: Option<u32>, call: CallState) -> Outcome {
+    fn outcome(&mut self, raw: Option<u32>, call: Finished) -> Outcome {
         let mut action = raw.map(|r| Action::from_raw(r as i32)).unwrap_or_default();
         if call.local_reply {
             action = Action::Pause;
@@ -596,6 +620,10 @@ impl Vm {
         num_headers: usize,
         end_of_stream: bool,
     ) -> Result<Outcome, VmError> {
+        if self.skips(HttpPhases::REQUEST_HEADERS) {
+            self.check_stream(ctx, ContextKind::Http)?;
+            return Ok(Outcome::default());
+        }
         self.stream_call3(
             "proxy_on_request_headers",
             |e| &e.request_headers,
@@ -616,6 +644,10 @@ impl Vm {
         body_size: usize,
         end_of_stream: bool,
     ) -> Result<Outcome, VmError> {
+        if self.skips(HttpPhases::REQUEST_BODY) {
+            self.check_stream(ctx, ContextKind::Http)?;
+            return Ok(Outcome::default());
+        }
         self.stream_call3(
             "proxy_on_request_body",
             |e| &e.request_body,
@@ -636,6 +668,10 @@ impl Vm {
         num_headers: usize,
         end_of_stream: bool,
     ) -> Result<Outcome, VmError> {
+        if self.skips(HttpPhases::RESPONSE_HEADERS) {
+            self.check_stream(ctx, ContextKind::Http)?;
+            return Ok(Outcome::default());
+        }
         self.stream_call3(
             "proxy_on_response_headers",
             |e| &e.response_headers,
@@ -656,6 +692,10 @@ impl Vm {
         body_size: usize,
         end_of_stream: bool,
     ) -> Result<Outcome, VmError> {
+        if self.skips(HttpPhases::RESPONSE_BODY) {
+            self.check_stream(ctx, ContextKind::Http)?;
+            return Ok(Outcome::default());
+        }
         self.stream_call3(
             "proxy_on_response_body",
             |e| &e.response_body,
@@ -742,6 +782,10 @@ impl Vm {
         stream: &mut StreamBox,
         num_trailers: usize,
     ) -> Result<Outcome, VmError> {
+        if self.skips(HttpPhases::REQUEST_TRAILERS) {
+            self.check_stream(ctx, ContextKind::Http)?;
+            return Ok(Outcome::default());
+        }
         self.trailers(
             "proxy_on_request_trailers",
             false,
@@ -758,6 +802,10 @@ impl Vm {
         stream: &mut StreamBox,
         num_trailers: usize,
     ) -> Result<Outcome, VmError> {
+        if self.skips(HttpPhases::RESPONSE_TRAILERS) {
+            self.check_stream(ctx, ContextKind::Http)?;
+            return Ok(Outcome::default());
+        }
         self.trailers(
             "proxy_on_response_trailers",
             true,
@@ -847,17 +895,19 @@ impl Vm {
         )
     }
 
-    fn any_stream(&self, ctx: ContextId) -> Result<(), VmError> {
+    fn any_stream(&self, ctx: ContextId) -> Result<ContextKind, VmError> {
         self.check_alive()?;
         match self.store.data().contexts.get(&ctx) {
-            Some(ContextKind::Http | ContextKind::Tcp) => Ok(()),
+            Some(k @ (ContextKind::Http | ContextKind::Tcp)) => Ok(*k),
             _ => Err(VmError::UnknownContext(ctx)),
         }
     }
 
     /// `proxy_on_log` for a stream (request complete; maps readable read-only).
     pub fn on_log(&mut self, ctx: ContextId, stream: &mut StreamBox) -> Result<(), VmError> {
-        self.any_stream(ctx)?;
+        if self.any_stream(ctx)? == ContextKind::Http && self.skips(HttpPhases::LOG) {
+            return Ok(());
+        }
         let ex = Arc::clone(&self.exports);
         let f = &ex.log;
         self.invoke(
@@ -874,7 +924,9 @@ impl Vm {
 
     /// `proxy_on_done` for a stream. Its result is ignored for streams, as Envoy does.
     pub fn on_done(&mut self, ctx: ContextId, stream: &mut StreamBox) -> Result<(), VmError> {
-        self.any_stream(ctx)?;
+        if self.any_stream(ctx)? == ContextKind::Http && self.skips(HttpPhases::DONE) {
+            return Ok(());
+        }
         let ex = Arc::clone(&self.exports);
         let f = &ex.done;
         self.invoke(
@@ -916,8 +968,12 @@ impl Vm {
         stream: &mut StreamBox,
     ) -> Result<(), VmError> {
         self.check_stream(ctx, ContextKind::Http)?;
-        self.on_log(ctx, stream)?;
-        self.on_done(ctx, stream)?;
+        if !self.skips(HttpPhases::LOG) {
+            self.on_log(ctx, stream)?;
+        }
+        if !self.skips(HttpPhases::DONE) {
+            self.on_done(ctx, stream)?;
+        }
         self.on_delete(ctx)
     }
 

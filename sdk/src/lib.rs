@@ -5,6 +5,8 @@
 //! the other way round. On top it adds small, optional helpers:
 //!
 //! * [`config`]: typed plugin configuration (JSON via serde) for `on_configure`.
+//! * [`phases`]: declare the HTTP phases the filter handles, so Weir skips the callbacks it
+//!   does not need (portable: other hosts ignore it).
 //! * [`properties`]: typed reads of Envoy's attributes (`request.path`, `source.address`,
 //!   `connection.mtls`, `plugin_name`, …), decoded from their wire encodings.
 //! * [`random`]: a per-VM generator seeded from WASI randomness (splits, percentages, ids).
@@ -36,6 +38,7 @@ pub use log;
 pub use proxy_wasm;
 
 pub mod config;
+pub mod phases;
 pub mod properties;
 pub mod random;
 pub mod route;
@@ -44,7 +47,7 @@ pub mod testing;
 
 /// What most filters import: the proxy-wasm traits and types, and the Weir helper modules.
 pub mod prelude {
-    pub use crate::{config, properties, route};
+    pub use crate::{config, phases, properties, route};
     pub use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
     pub use proxy_wasm::types::{
         Action, Bytes, ContextType, GrpcStatusCode, LogLevel, MetricType, PeerType, Status,

@@ -21,6 +21,8 @@
 //! * Copies happen in the request-headers phase only: Envoy no longer exposes request headers in
 //!   the response phase.
 //! * Every phase returns `Continue`.
+//! * It declares the phases it uses (`weir_sdk::phases`): request headers, and response headers
+//!   only when `response` has entries; Weir skips its other callbacks.
 //! * A bad configuration (unparseable JSON, an invalid header name or value, a pseudo-header as a
 //!   target) is logged at error level and fails `on_configure`, so the plugin does not load.
 //!
@@ -33,6 +35,7 @@ use std::rc::Rc;
 
 use serde::Deserialize;
 use weir_sdk::config::{header_name, header_value};
+use weir_sdk::phases::Phase;
 use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -119,6 +122,12 @@ impl RootContext for AddHeaderRoot {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match Config::parse(&bytes) {
             Ok(config) => {
+                // Only the phases this configuration uses: the others are never called on Weir.
+                let mut phases = vec![Phase::RequestHeaders];
+                if !config.response.is_empty() {
+                    phases.push(Phase::ResponseHeaders);
+                }
+                weir_sdk::phases::declare(&phases);
                 self.config = Rc::new(config);
                 true
             }

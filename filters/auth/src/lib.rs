@@ -91,6 +91,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use weir_sdk::phases::Phase;
 use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -1264,6 +1265,7 @@ impl RootContext for AuthRoot {
                     st.failed_at = None;
                 }
                 self.config = Some(Rc::new(config));
+                weir_sdk::phases::declare(&[Phase::RequestHeaders]);
                 if fetching {
                     let _ = hostcalls::set_tick_period(TICK);
                     self.fetch();

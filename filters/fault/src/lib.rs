@@ -48,6 +48,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
+use weir_sdk::phases::Phase;
 use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -355,6 +356,7 @@ impl RootContext for FaultRoot {
                 }
                 drop(st);
                 self.config = Some(Rc::new(config));
+                weir_sdk::phases::declare(&[Phase::RequestHeaders]);
                 true
             }
             Err(e) => {

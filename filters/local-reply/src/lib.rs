@@ -24,6 +24,7 @@ use std::rc::Rc;
 
 use serde::Deserialize;
 use weir_sdk::config::{header_name, header_value};
+use weir_sdk::phases::Phase;
 use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -102,6 +103,7 @@ impl RootContext for LocalReplyRoot {
         match Config::parse(&bytes) {
             Ok(config) => {
                 self.config = Some(Rc::new(config));
+                weir_sdk::phases::declare(&[Phase::RequestHeaders]);
                 true
             }
             Err(e) => {

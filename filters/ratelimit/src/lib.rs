@@ -71,6 +71,7 @@ use std::time::UNIX_EPOCH;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use weir_sdk::phases::Phase;
 use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -551,6 +552,7 @@ impl RootContext for RateLimitRoot {
                     self.shared.borrow_mut().metrics = Metrics::define();
                 }
                 self.config = Some(Rc::new(config));
+                weir_sdk::phases::declare(&[Phase::RequestHeaders, Phase::ResponseHeaders]);
                 true
             }
             Err(e) => {

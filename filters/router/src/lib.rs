@@ -59,6 +59,7 @@ use std::rc::Rc;
 use regex_lite::Regex;
 use serde::Deserialize;
 use weir_sdk::config::{header_name, header_value, is_token};
+use weir_sdk::phases::Phase;
 use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -702,6 +703,16 @@ impl RootContext for RouterRoot {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match Config::parse(&bytes) {
             Ok(config) => {
+                // Response headers only when some route edits them (Weir skips the rest).
+                let edits_responses = config.routes.iter().any(|r| {
+                    matches!(&r.action, RouteAction::Forward(f)
+                        if !f.response_add.is_empty() || !f.response_remove.is_empty())
+                });
+                let mut phases = vec![Phase::RequestHeaders];
+                if edits_responses {
+                    phases.push(Phase::ResponseHeaders);
+                }
+                weir_sdk::phases::declare(&phases);
                 self.config = Some(Rc::new(config));
                 true
             }

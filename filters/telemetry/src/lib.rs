@@ -61,6 +61,7 @@ use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use weir_sdk::phases::Phase;
 use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -388,6 +389,7 @@ impl RootContext for TelemetryRoot {
         match Config::parse(&bytes) {
             Ok(config) => {
                 self.config = Some(Rc::new(config));
+                weir_sdk::phases::declare(&[Phase::RequestHeaders, Phase::Log]);
                 true
             }
             Err(e) => {

@@ -59,7 +59,7 @@ pub enum Prefetch {
 }
 
 impl FilteredBody {
-    pub fn new(inner: ProxyBody, run: Rc<ChainRun>, response: bool, positions: usize) -> Self {
+    pub fn new(inner: ProxyBody, run: Rc<ChainRun>, response: bool) -> Self {
         // No body at all (headers ended the stream): no body phase, as in Envoy, and the
         // stream must still end on its headers (HTTP/2 END_STREAM: gRPC trailers-only answers).
         let done = inner.is_end_stream();
@@ -67,7 +67,8 @@ impl FilteredBody {
             inner,
             run,
             response,
-            held: vec![Vec::new(); positions],
+            // Sized on the first chunk a filter sees (`ChainRun::body_chunk`).
+            held: Vec::new(),
             trailers: None,
             done,
             declared: None,

@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use weir_host_abi::{
-    Availability, ContextId, Effect, LocalReply, Outcome, StreamType, Verdict, VmError,
-    downcast_stream,
+    Availability, ContextId, Effect, HttpPhases, LocalReply, Outcome, StreamType, Verdict,
+    VmError, downcast_stream,
 };
 
 use super::runtime::{ChainShared, StreamEvent, WorkerFilters};
@@ -46,6 +46,11 @@ pub struct ChainRun {
     /// The context each position runs in (`None`: not started, or skipped after a fail-open).
     /// With the generation of the VM that created it (see `live_ctx`).
     contexts: RefCell<Vec<Option<(ContextId, u64)>>>,
+    /// The HTTP phases each position's filter runs (its VM's declaration, read when the stream
+    /// context is created): a phase nobody runs costs the stream nothing.
+    phases: RefCell<Vec<HttpPhases>>,
+    /// Their union.
+    wanted: Cell<HttpPhases>,
     /// A local reply asked for during a body phase, after the request went upstream.
     pub late_reply: RefCell<Option<LocalReply>>,
     /// A failure in a request body phase (e.g. the buffer limit): the answer once the upstream
@@ -80,6 +85,8 @@ impl ChainRun {
                 wake: tokio::sync::Notify::new(),
             }),
             contexts: RefCell::new(vec![None; n]),
+            phases: RefCell::new(vec![HttpPhases::NONE; n]),
+            wanted: Cell::new(HttpPhases::NONE),
             late_reply: RefCell::new(None),
             late_failure: Cell::new(None),
             response_done: RefCell::new(vec![false; n]),
@@ -119,6 +126,12 @@ impl ChainRun {
                     }
                 };
                 self.contexts.borrow_mut()[pos] = Some((ctx, self.filters.generation(fi)));
+                let phases = vm.http_phases();
+                self.phases.borrow_mut()[pos] = phases;
+                self.wanted.set(self.wanted.get() | phases);
+                if !phases.contains(HttpPhases::REQUEST_HEADERS) {
+                    continue;
+                }
                 let n = self.with_stream(|s| s.request_headers.len() + 4);
                 let mut stream = self.shared.stream.borrow_mut();
                 vm.on_request_headers(ctx, &mut stream, n, end_of_stream)
@@ -132,7 +145,9 @@ impl ChainRun {
     pub async fn response_headers(&self, end_of_stream: bool) -> Result<(), Stop> {
         for pos in (0..self.chain.len()).rev() {
             let fi = self.chain[pos];
-            if std::mem::replace(&mut self.response_done.borrow_mut()[pos], true) {
+            if std::mem::replace(&mut self.response_done.borrow_mut()[pos], true)
+                || !self.runs(pos, HttpPhases::RESPONSE_HEADERS)
+            {
                 continue;
             }
             let Some(ctx) = self.live_ctx(pos)? else {
@@ -311,13 +326,27 @@ impl ChainRun {
     pub fn body_chunk(
         &self,
         response: bool,
-        held: &mut [Vec<u8>],
+        held: &mut Vec<Vec<u8>>,
         data: Bytes,
         end_of_stream: bool,
     ) -> Result<Bytes, Stop> {
         let mut chunk = data;
+        let phase = if response {
+            HttpPhases::RESPONSE_BODY
+        } else {
+            HttpPhases::REQUEST_BODY
+        };
+        if !self.wanted.get().contains(phase) {
+            return Ok(chunk);
+        }
+        if held.len() < self.chain.len() {
+            held.resize(self.chain.len(), Vec::new());
+        }
         for pos in self.order(response) {
             let fi = self.chain[pos];
+            if !self.runs(pos, phase) {
+                continue;
+            }
             let Some(ctx) = self.live_ctx(pos)? else {
                 continue;
             };
@@ -408,8 +437,16 @@ impl ChainRun {
     /// `on_request_trailers` (chain order) or `on_response_trailers` (reverse) with the trailers
     /// already in the stream. A pause here is not held (the body is complete).
     pub fn trailers_phase(&self, response: bool) -> Result<(), Stop> {
+        let phase = if response {
+            HttpPhases::RESPONSE_TRAILERS
+        } else {
+            HttpPhases::REQUEST_TRAILERS
+        };
         for pos in self.order(response) {
             let fi = self.chain[pos];
+            if !self.runs(pos, phase) {
+                continue;
+            }
             let Some(ctx) = self.live_ctx(pos)? else {
                 continue;
             };
@@ -501,14 +538,21 @@ impl ChainRun {
         (0..n).map(move |i| if response { n - 1 - i } else { i })
     }
 
-    /// Positions in the chain.
-    pub fn positions(&self) -> usize {
-        self.chain.len()
+    /// Whether the filter at `pos` runs `phase` (declared it; see `weir_host_abi::phases`).
+    fn runs(&self, pos: usize, phase: HttpPhases) -> bool {
+        self.phases.borrow()[pos].contains(phase)
     }
 
-    /// Whether the chain has any filter context on this stream (and so needs the body phases).
-    pub fn active(&self) -> bool {
-        self.contexts.borrow().iter().any(Option::is_some)
+    /// Whether some filter on this stream runs any of `phases` (a request body nobody filters
+    /// goes upstream as it is; a response body nobody filters keeps its upstream framing).
+    pub fn wants(&self, phases: HttpPhases) -> bool {
+        self.wanted.get().intersects(phases) && {
+            let ctxs = self.contexts.borrow();
+            let ph = self.phases.borrow();
+            ctxs.iter()
+                .zip(ph.iter())
+                .any(|(c, p)| c.is_some() && p.intersects(phases))
+        }
     }
 }
 

@@ -107,6 +107,9 @@ impl HttpStream {
 
     /// The route decision filters wrote (`weir.route.*`).
     pub fn route(&self) -> RouteDecision {
+        if self.props.is_empty() {
+            return RouteDecision::default();
+        }
         let text = |k: &str| self.props.get(k).and_then(|v| std::str::from_utf8(v).ok());
         RouteDecision {
             cluster: text(ROUTE_CLUSTER).map(str::to_owned),

@@ -23,6 +23,7 @@ use crate::telemetry::Exchange;
 use crate::tls::ConnTls;
 use crate::upstream::{self, Cluster, Endpoint};
 use crate::worker::WorkerCtx;
+use weir_host_abi::HttpPhases;
 
 /// The proxy service of one downstream connection (HTTP/1.1 calls it directly; HTTP/2 through
 /// hyper's `Service`).
@@ -197,7 +198,6 @@ impl ProxyService {
         };
         stream.authority = authority;
         stream.request_headers = headers;
-        let positions = chain.len();
         let run = ChainRun::new(filters, chain, stream);
         let body_empty = http_body::Body::is_end_stream(&body);
 
@@ -210,8 +210,10 @@ impl ProxyService {
             let mut req = Request::new(ProxyBody::Empty);
             *req.method_mut() = s.method.clone();
             let route = s.route();
-            let path = route.path.clone().unwrap_or_else(|| s.uri.to_string());
-            *req.uri_mut() = path.parse().unwrap_or_else(|_| s.uri.clone());
+            *req.uri_mut() = match &route.path {
+                Some(path) => path.parse().unwrap_or_else(|_| s.uri.clone()),
+                None => s.uri.clone(),
+            };
             *req.version_mut() = version;
             *req.headers_mut() = std::mem::take(&mut s.request_headers);
             // Framing is the proxy's, never a filter's: a body rewrite (or an added
@@ -231,14 +233,15 @@ impl ProxyService {
         });
         *req.extensions_mut() = extensions;
         let request_body = ProxyBody::Downstream(body);
-        *req.body_mut() = if body_empty || !run.active() {
+        *req.body_mut() = if body_empty
+            || !run.wants(HttpPhases::REQUEST_BODY | HttpPhases::REQUEST_TRAILERS)
+        {
             request_body
         } else {
             ProxyBody::Filtered(Box::new(FilteredBody::new(
                 request_body,
                 run.clone(),
                 false,
-                positions,
             )))
         };
 
@@ -329,8 +332,19 @@ impl ProxyService {
         headers.remove(header::TRANSFER_ENCODING);
         let declared = declared_length(headers);
         let empty = http_body::Body::is_end_stream(&body);
-        let mut body = FilteredBody::new(body, run.clone(), true, run.positions());
+        let mut body = FilteredBody::new(body, run.clone(), true);
         if empty {
+            return Ok(ProxyBody::Filtered(Box::new(body)));
+        }
+        if !run.wants(HttpPhases::RESPONSE_BODY | HttpPhases::RESPONSE_TRAILERS) {
+            // No filter runs a response body phase: the body streams as the upstream framed it
+            // (the wrapper only ends the chain's run with it), held to the length the head
+            // declares in case a header phase changed it.
+            if let Some(d) = declared
+                && body.enforce_length(d).is_err()
+            {
+                return Err(Stop::Fail(StatusCode::BAD_GATEWAY, "filter_body_length"));
+            }
             return Ok(ProxyBody::Filtered(Box::new(body)));
         }
         match body.prefetch().await {
