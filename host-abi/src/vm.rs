@@ -245,12 +245,24 @@ impl Vm {
             delete: export!("proxy_on_delete"),
         };
         let exported = [
-            (exports.request_headers.is_some(), HttpPhases::REQUEST_HEADERS),
+            (
+                exports.request_headers.is_some(),
+                HttpPhases::REQUEST_HEADERS,
+            ),
             (exports.request_body.is_some(), HttpPhases::REQUEST_BODY),
-            (exports.request_trailers.is_some(), HttpPhases::REQUEST_TRAILERS),
-            (exports.response_headers.is_some(), HttpPhases::RESPONSE_HEADERS),
+            (
+                exports.request_trailers.is_some(),
+                HttpPhases::REQUEST_TRAILERS,
+            ),
+            (
+                exports.response_headers.is_some(),
+                HttpPhases::RESPONSE_HEADERS,
+            ),
             (exports.response_body.is_some(), HttpPhases::RESPONSE_BODY),
-            (exports.response_trailers.is_some(), HttpPhases::RESPONSE_TRAILERS),
+            (
+                exports.response_trailers.is_some(),
+                HttpPhases::RESPONSE_TRAILERS,
+            ),
             (exports.log.is_some(), HttpPhases::LOG),
             (exports.done.is_some(), HttpPhases::DONE),
         ]

@@ -47,7 +47,9 @@ fn module(declaration: &str, expected_status: i32, trapping: &[&str], extra: &st
             "proxy_on_done" => "(param i32) (result i32)",
             _ => "(param i32 i32 i32) (result i32)",
         };
-        wat.push_str(&format!("  (func (export \"{export}\") {sig} unreachable)\n"));
+        wat.push_str(&format!(
+            "  (func (export \"{export}\") {sig} unreachable)\n"
+        ));
     }
     wat.push_str(extra);
     wat.push(')');
@@ -66,7 +68,12 @@ const OTHERS: [&str; 7] = [
 
 fn start(rt: &Runtime, wat: &str) -> Result<Vm, StartError> {
     let module = rt.compile(wat.as_bytes()).expect("module compiles");
-    Vm::new(rt, module, PluginConfig::new("phases"), Box::new(DefaultPluginHost))
+    Vm::new(
+        rt,
+        module,
+        PluginConfig::new("phases"),
+        Box::new(DefaultPluginHost),
+    )
 }
 
 /// Runs one whole stream through every HTTP callback.
@@ -88,17 +95,23 @@ fn full_stream(vm: &mut Vm) -> Action {
         assert_eq!(outcome.action, Action::Continue, "skipped = Continue");
         assert!(outcome.effects.is_empty());
     }
-    vm.finish_http_stream(ctx, &mut s).expect("log/done skipped");
+    vm.finish_http_stream(ctx, &mut s)
+        .expect("log/done skipped");
     first
 }
 
 #[test]
 fn undeclared_http_callbacks_are_skipped() {
     let rt = Runtime::new().unwrap();
-    let mut vm = start(&rt, &module("request_headers", 0, &OTHERS, "")).expect("declaration accepted");
+    let mut vm =
+        start(&rt, &module("request_headers", 0, &OTHERS, "")).expect("declaration accepted");
     assert_eq!(vm.http_phases(), HttpPhases::REQUEST_HEADERS);
     let before = vm.stats().snapshot().callbacks;
-    assert_eq!(full_stream(&mut vm), Action::Pause, "the declared phase ran");
+    assert_eq!(
+        full_stream(&mut vm),
+        Action::Pause,
+        "the declared phase ran"
+    );
     assert!(!vm.is_failed(), "no undeclared (trapping) callback ran");
     assert_eq!(
         vm.stats().snapshot().callbacks - before,

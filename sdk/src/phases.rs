@@ -105,7 +105,10 @@ mod tests {
             weir_host_abi::HttpPhases::parse(&all),
             Ok(weir_host_abi::HttpPhases::ALL)
         );
-        assert_eq!(DECLARE_HTTP_PHASES, weir_host_abi::phases::DECLARE_HTTP_PHASES);
+        assert_eq!(
+            DECLARE_HTTP_PHASES,
+            weir_host_abi::phases::DECLARE_HTTP_PHASES
+        );
         assert_eq!(
             declaration(&[Phase::RequestHeaders, Phase::Log]),
             "request_headers,log"

@@ -219,6 +219,70 @@ async fn a_header_only_chain_keeps_the_upstream_content_length() {
     }
 }
 
+/// A filter that declares its HTTP phases (`weir.declare_http_phases`) gets only those: here
+/// each filter declares request headers only and panics in one undeclared callback, which Weir
+/// never calls. Without the declaration the same chain fails its streams.
+#[tokio::test]
+async fn undeclared_phases_are_never_called() {
+    let echo = EchoServer::start().await;
+    let chain = |declare: bool| {
+        let filters = [
+            "on_request_body",
+            "on_response_headers",
+            "on_response_body",
+            "on_log",
+            "on_done",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, callback)| {
+            let declare = if declare {
+                r#","declare_phases":"request_headers""#
+            } else {
+                ""
+            };
+            conformance(
+                &format!("p{i}"),
+                &format!(r#"{{"scenario":"trace","tag":"p{i}","panic_in":"{callback}"{declare}}}"#),
+            )
+        })
+        .collect();
+        one_chain(echo.addr, filters)
+    };
+    let weir = chain(true).start().await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    // Twice: a trap in on_log/on_done would only show on the next request (503 unavailable).
+    for body in ["hello", "again"] {
+        let resp = c.post("/echo", body).await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.text(), body);
+        assert_eq!(
+            resp.header("content-length"),
+            Some("5"),
+            "no body phase: upstream framing"
+        );
+        assert_eq!(resp.header("x-order"), None, "no response-header phase ran");
+    }
+    let seen = echo.wait_requests(2).await;
+    let order = seen[1]
+        .headers
+        .get("x-order")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(
+        order.as_deref(),
+        Some("p0,p1,p2,p3,p4"),
+        "the request phase ran"
+    );
+    drop(weir);
+
+    let weir = chain(false).start().await;
+    let resp = get_with(weir.listener_addr("main"), "/echo", &[]).await;
+    assert_eq!(
+        resp.status, 503,
+        "the undeclared callbacks ran and trapped: {resp:?}"
+    );
+}
+
 #[tokio::test]
 async fn body_rewrite_both_directions() {
     let echo = EchoServer::start().await;

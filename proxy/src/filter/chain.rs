@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use weir_host_abi::{
-    Availability, ContextId, Effect, HttpPhases, LocalReply, Outcome, StreamType, Verdict,
-    VmError, downcast_stream,
+    Availability, ContextId, Effect, HttpPhases, LocalReply, Outcome, StreamType, Verdict, VmError,
+    downcast_stream,
 };
 
 use super::runtime::{ChainShared, StreamEvent, WorkerFilters};

@@ -16,6 +16,7 @@ use std::rc::Rc;
 
 use serde::Deserialize;
 use weir_sdk::log::{info, warn};
+use weir_sdk::phases::Phase;
 use weir_sdk::prelude::*;
 // The upstream proxy-wasm crate, re-exported (for `main!` and anything the prelude leaves out).
 use weir_sdk::proxy_wasm;
@@ -65,6 +66,9 @@ impl RootContext for Root {
         // Logs the parse error and returns false, so the proxy refuses the bad configuration.
         let ok = weir_sdk::config::on_configure(&mut config);
         self.config = Rc::new(config);
+        // The phases this filter overrides: Weir skips its other callbacks (other hosts ignore
+        // the declaration). Keep this list in step with the `HttpContext` methods below.
+        weir_sdk::phases::declare(&[Phase::RequestHeaders, Phase::ResponseHeaders]);
         ok
     }
 

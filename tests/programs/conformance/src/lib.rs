@@ -25,6 +25,9 @@
 //! * **`"delay_done": true`** (any scenario): the root's `on_done` returns false and sets a 10 ms
 //!   tick; the next `on_tick` disables the tick, logs `lifecycle: proxy_done ctx=<root>` and calls
 //!   `proxy_done` (the delayed root shutdown of the ABI).
+//! * **`"declare_phases": "<names>"`** (any scenario): `on_configure` declares those HTTP phases
+//!   to Weir (`call_foreign_function("weir.declare_http_phases", names)`) and logs
+//!   `phases: declared <names> -> ok` (or `-> refused`).
 //! * **Foreign-function callback** (any scenario): the root's `on_foreign_function(id, size)` reads
 //!   buffer 8 (`CallData`) and logs `foreign: on_foreign_function id=<id> args=<text>`.
 //! * The log crate is enabled at TRACE (`proxy_wasm::set_log_level`), so every `log::*!` line
@@ -290,6 +293,10 @@ impl RootContext for Root {
             }
         };
         config.maybe_panic("on_configure");
+        if let Some(phases) = config.raw.get("declare_phases").and_then(Value::as_str) {
+            let r = hostcalls::call_foreign_function("weir.declare_http_phases", Some(phases.as_bytes()));
+            info!("phases: declared {phases} -> {}", if r.is_ok() { "ok" } else { "refused" });
+        }
         let prefix = config.str_or("prefix", "conformance");
         match config.scenario.as_str() {
             "metrics" => {
