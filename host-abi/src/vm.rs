@@ -134,7 +134,7 @@ pub struct Vm {
     store: Store<HostState>,
     /// Behind an `Arc` so a callback can hold its export while `self` is borrowed mutably:
     /// cloning a `TypedFunc` clones its wasmtime `FuncType` (a registry round trip) per call.
-    exports: Arc<Exports>,
+    exports: Exports,
     /// Callbacks made (for timing samples).
     calls: u64,
     root: ContextId,
@@ -276,7 +276,7 @@ impl Vm {
             runtime: runtime.clone(),
             module,
             store,
-            exports: Arc::new(exports),
+            exports,
             calls: 0,
             root: 1,
             next_context: 2,
@@ -307,11 +307,9 @@ impl Vm {
                 other => StartError::Instantiate(other.to_string()),
             }
         };
-        let ex = Arc::clone(&vm.exports);
-        let init = &ex.initialize;
         vm.invoke(
             "_initialize",
-            init.as_ref(),
+            |ex| ex.initialize.as_ref(),
             0,
             Budget::Start,
             (),
@@ -319,11 +317,9 @@ impl Vm {
             |_| {},
         )
         .map_err(fail("_initialize"))?;
-        let ex = Arc::clone(&vm.exports);
-        let f = &ex.context_create;
         vm.invoke(
             "proxy_on_context_create",
-            f.as_ref(),
+            |ex| ex.context_create.as_ref(),
             1,
             Budget::Start,
             (1, 0),
@@ -332,12 +328,10 @@ impl Vm {
         )
         .map_err(fail("proxy_on_context_create"))?;
         let size = vm.store.data().plugin.vm_configuration.len() as u32;
-        let ex = Arc::clone(&vm.exports);
-        let f = &ex.vm_start;
         let (ok, _) = vm
             .invoke(
                 "proxy_on_vm_start",
-                f.as_ref(),
+                |ex| ex.vm_start.as_ref(),
                 1,
                 Budget::Start,
                 (1, size),
@@ -349,12 +343,10 @@ impl Vm {
             return Err(StartError::VmStartRejected);
         }
         let size = vm.store.data().plugin.configuration.len() as u32;
-        let ex = Arc::clone(&vm.exports);
-        let f = &ex.configure;
         let (ok, _) = vm
             .invoke(
                 "proxy_on_configure",
-                f.as_ref(),
+                |ex| ex.configure.as_ref(),
                 1,
                 Budget::Start,
                 (1, size),
@@ -452,11 +444,9 @@ impl Vm {
         let id = self.next_context;
         self.next_context = self.next_context.checked_add(1).unwrap_or(2);
         self.store.data_mut().contexts.insert(id, kind);
-        let ex = Arc::clone(&self.exports);
-        let f = &ex.context_create;
         self.invoke(
             "proxy_on_context_create",
-            f.as_ref(),
+            |ex| ex.context_create.as_ref(),
             id,
             Budget::Other,
             (id, self.root),
@@ -498,7 +488,7 @@ impl Vm {
     fn invoke<P: WasmParams, R: WasmResults>(
         &mut self,
         name: &'static str,
-        func: Option<&TypedFunc<P, R>>,
+        func: impl for<'a> FnOnce(&'a Exports) -> Option<&'a TypedFunc<P, R>>,
         ctx: ContextId,
         budget: Budget,
         params: P,
@@ -506,7 +496,8 @@ impl Vm {
         setup: impl FnOnce(&mut CallState),
     ) -> Result<(Option<R>, Finished), VmError> {
         self.check_alive()?;
-        let Some(func) = func else {
+        // Borrowed from its own field, so the store can be lent to the call at the same time.
+        let Some(func) = func(&self.exports) else {
             return Ok((None, Finished::default()));
         };
         let (deadline, ticks) = self.budgets[budget as usize];
@@ -610,11 +601,9 @@ impl Vm {
         b: bool,
     ) -> Result<Outcome, VmError> {
         self.check_stream(ctx, kind)?;
-        let ex = Arc::clone(&self.exports);
-        let f = pick(&ex);
         let (r, call) = self.invoke(
             name,
-            f.as_ref(),
+            |ex| pick(ex).as_ref(),
             ctx,
             budget,
             (ctx, a, u32::from(b)),
@@ -769,15 +758,15 @@ impl Vm {
         n: usize,
     ) -> Result<Outcome, VmError> {
         self.check_stream(ctx, ContextKind::Http)?;
-        let ex = Arc::clone(&self.exports);
-        let f = if response {
-            &ex.response_trailers
-        } else {
-            &ex.request_trailers
-        };
         let (r, call) = self.invoke(
             name,
-            f.as_ref(),
+            |ex| {
+                if response {
+                    ex.response_trailers.as_ref()
+                } else {
+                    ex.request_trailers.as_ref()
+                }
+            },
             ctx,
             Budget::Headers,
             (ctx, clamp(n)),
@@ -834,11 +823,9 @@ impl Vm {
         stream: &mut StreamBox,
     ) -> Result<Outcome, VmError> {
         self.check_stream(ctx, ContextKind::Tcp)?;
-        let ex = Arc::clone(&self.exports);
-        let f = &ex.new_connection;
         let (r, call) = self.invoke(
             "proxy_on_new_connection",
-            f.as_ref(),
+            |ex| ex.new_connection.as_ref(),
             ctx,
             Budget::Headers,
             ctx,
@@ -857,15 +844,15 @@ impl Vm {
         peer: PeerType,
     ) -> Result<Outcome, VmError> {
         self.check_stream(ctx, ContextKind::Tcp)?;
-        let ex = Arc::clone(&self.exports);
-        let f = if upstream {
-            &ex.upstream_close
-        } else {
-            &ex.downstream_close
-        };
         let (_, call) = self.invoke(
             name,
-            f.as_ref(),
+            |ex| {
+                if upstream {
+                    ex.upstream_close.as_ref()
+                } else {
+                    ex.downstream_close.as_ref()
+                }
+            },
             ctx,
             Budget::Other,
             (ctx, peer as u32),
@@ -920,11 +907,9 @@ impl Vm {
         if self.any_stream(ctx)? == ContextKind::Http && self.skips(HttpPhases::LOG) {
             return Ok(());
         }
-        let ex = Arc::clone(&self.exports);
-        let f = &ex.log;
         self.invoke(
             "proxy_on_log",
-            f.as_ref(),
+            |ex| ex.log.as_ref(),
             ctx,
             Budget::Other,
             ctx,
@@ -939,11 +924,9 @@ impl Vm {
         if self.any_stream(ctx)? == ContextKind::Http && self.skips(HttpPhases::DONE) {
             return Ok(());
         }
-        let ex = Arc::clone(&self.exports);
-        let f = &ex.done;
         self.invoke(
             "proxy_on_done",
-            f.as_ref(),
+            |ex| ex.done.as_ref(),
             ctx,
             Budget::Other,
             ctx,
@@ -956,11 +939,9 @@ impl Vm {
     /// `proxy_on_delete` for a stream; the context id is gone afterwards (even if the guest trapped).
     pub fn on_delete(&mut self, ctx: ContextId) -> Result<(), VmError> {
         self.any_stream(ctx)?;
-        let ex = Arc::clone(&self.exports);
-        let f = &ex.delete;
         let r = self.invoke(
             "proxy_on_delete",
-            f.as_ref(),
+            |ex| ex.delete.as_ref(),
             ctx,
             Budget::Other,
             ctx,
@@ -1003,11 +984,9 @@ impl Vm {
 
     /// `proxy_on_tick` on the root context.
     pub fn on_tick(&mut self) -> Result<Outcome, VmError> {
-        let ex = Arc::clone(&self.exports);
-        let f = &ex.tick;
         let (_, call) = self.invoke(
             "proxy_on_tick",
-            f.as_ref(),
+            |ex| ex.tick.as_ref(),
             self.root,
             Budget::Other,
             self.root,
@@ -1019,11 +998,9 @@ impl Vm {
 
     /// `proxy_on_queue_ready(root, queue_id)`; call it on the VM's thread when its notifier fired.
     pub fn on_queue_ready(&mut self, queue_id: u32) -> Result<Outcome, VmError> {
-        let ex = Arc::clone(&self.exports);
-        let f = &ex.queue_ready;
         let (_, call) = self.invoke(
             "proxy_on_queue_ready",
-            f.as_ref(),
+            |ex| ex.queue_ready.as_ref(),
             self.root,
             Budget::Other,
             (self.root, queue_id),
@@ -1056,12 +1033,10 @@ impl Vm {
             clamp(response.trailers.len()),
         );
         let status = response.status.clone();
-        let ex = Arc::clone(&self.exports);
-        let f = &ex.http_call_response;
         let lent = stream.map(|s| (origin, s));
         let (_, call) = self.invoke(
             "proxy_on_http_call_response",
-            f.as_ref(),
+            |ex| ex.http_call_response.as_ref(),
             self.root,
             Budget::Headers,
             params,
@@ -1095,12 +1070,10 @@ impl Vm {
         let Some(origin) = origin else {
             return Ok(Outcome::default());
         };
-        let ex = Arc::clone(&self.exports);
-        let f = pick(&ex);
         let lent = stream.map(|s| (origin, s));
         let (_, call) = self.invoke(
             name,
-            f.as_ref(),
+            |ex| pick(ex).as_ref(),
             self.root,
             Budget::Other,
             (self.root, token, arg),
@@ -1211,12 +1184,10 @@ impl Vm {
         function_id: u32,
         args: Vec<u8>,
     ) -> Result<Outcome, VmError> {
-        let ex = Arc::clone(&self.exports);
-        let f = &ex.foreign;
         let size = clamp(args.len());
         let (_, call) = self.invoke(
             "proxy_on_foreign_function",
-            f.as_ref(),
+            |ex| ex.foreign.as_ref(),
             self.root,
             Budget::Other,
             (self.root, function_id, size),
@@ -1235,11 +1206,9 @@ impl Vm {
         let finished = if self.store.data().root_done_called {
             true
         } else {
-            let ex = Arc::clone(&self.exports);
-            let f = &ex.done;
             let (r, _) = self.invoke(
                 "proxy_on_done",
-                f.as_ref(),
+                |ex| ex.done.as_ref(),
                 root,
                 Budget::Other,
                 root,
@@ -1253,11 +1222,9 @@ impl Vm {
         if !finished {
             return Ok(false);
         }
-        let ex = Arc::clone(&self.exports);
-        let f = &ex.delete;
         self.invoke(
             "proxy_on_delete",
-            f.as_ref(),
+            |ex| ex.delete.as_ref(),
             root,
             Budget::Other,
             root,

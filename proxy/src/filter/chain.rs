@@ -45,23 +45,32 @@ pub struct ChainRun {
     pub shared: Rc<ChainShared>,
     /// The context each position runs in (`None`: not started, or skipped after a fail-open).
     /// With the generation of the VM that created it (see `live_ctx`).
-    contexts: RefCell<Vec<Option<(ContextId, u64)>>>,
-    /// The HTTP phases each position's filter runs (its VM's declaration, read when the stream
-    /// context is created): a phase nobody runs costs the stream nothing.
-    phases: RefCell<Vec<HttpPhases>>,
-    /// Their union.
+    /// One per position (a single allocation for the three per-position facts).
+    slots: RefCell<Vec<Slot>>,
+    /// The union of the positions' phases.
     wanted: Cell<HttpPhases>,
     /// A local reply asked for during a body phase, after the request went upstream.
     pub late_reply: RefCell<Option<LocalReply>>,
     /// A failure in a request body phase (e.g. the buffer limit): the answer once the upstream
     /// exchange has been abandoned.
     pub late_failure: Cell<Option<(StatusCode, &'static str)>>,
-    /// Positions whose `on_response_headers` has run: a replacement answer (a failure or local
-    /// reply raised in the response phase) goes only through the ones that have not.
-    response_done: RefCell<Vec<bool>>,
     finished: Cell<bool>,
     /// Whether any context was put in the worker's registry (see `settle`).
     registered: Cell<bool>,
+}
+
+/// What the run knows about one chain position.
+#[derive(Clone, Copy)]
+struct Slot {
+    /// The context the position runs in (`None`: not started, or skipped after a fail-open),
+    /// with the generation of the VM that created it (see `live_ctx`).
+    ctx: Option<(ContextId, u64)>,
+    /// The HTTP phases its filter runs (its VM's declaration, read when the stream context is
+    /// created): a phase nobody runs costs the stream nothing.
+    phases: HttpPhases,
+    /// Its `on_response_headers` has run: a replacement answer (a failure or local reply raised
+    /// in the response phase) goes only through the positions that have not.
+    response_done: bool,
 }
 
 enum Phase {
@@ -84,12 +93,17 @@ impl ChainRun {
                 events: RefCell::new(Vec::new()),
                 wake: tokio::sync::Notify::new(),
             }),
-            contexts: RefCell::new(vec![None; n]),
-            phases: RefCell::new(vec![HttpPhases::NONE; n]),
+            slots: RefCell::new(vec![
+                Slot {
+                    ctx: None,
+                    phases: HttpPhases::NONE,
+                    response_done: false,
+                };
+                n
+            ]),
             wanted: Cell::new(HttpPhases::NONE),
             late_reply: RefCell::new(None),
             late_failure: Cell::new(None),
-            response_done: RefCell::new(vec![false; n]),
             finished: Cell::new(false),
             registered: Cell::new(false),
         })
@@ -125,9 +139,12 @@ impl ChainRun {
                         continue;
                     }
                 };
-                self.contexts.borrow_mut()[pos] = Some((ctx, self.filters.generation(fi)));
                 let phases = vm.http_phases();
-                self.phases.borrow_mut()[pos] = phases;
+                {
+                    let mut slots = self.slots.borrow_mut();
+                    slots[pos].ctx = Some((ctx, self.filters.generation(fi)));
+                    slots[pos].phases = phases;
+                }
                 self.wanted.set(self.wanted.get() | phases);
                 if !phases.contains(HttpPhases::REQUEST_HEADERS) {
                     continue;
@@ -136,6 +153,11 @@ impl ChainRun {
                 let mut stream = self.shared.stream.borrow_mut();
                 vm.on_request_headers(ctx, &mut stream, n, end_of_stream)
             };
+            // The common answer (Continue, nothing else asked) needs no settling.
+            if matches!(&result, Ok(o) if o.action == weir_host_abi::Action::Continue && o.effects.is_empty())
+            {
+                continue;
+            }
             self.settle(pos, fi, result, Phase::Request).await?;
         }
         Ok(())
@@ -145,7 +167,7 @@ impl ChainRun {
     pub async fn response_headers(&self, end_of_stream: bool) -> Result<(), Stop> {
         for pos in (0..self.chain.len()).rev() {
             let fi = self.chain[pos];
-            if std::mem::replace(&mut self.response_done.borrow_mut()[pos], true)
+            if std::mem::replace(&mut self.slots.borrow_mut()[pos].response_done, true)
                 || !self.runs(pos, HttpPhases::RESPONSE_HEADERS)
             {
                 continue;
@@ -169,6 +191,10 @@ impl ChainRun {
                 let mut stream = self.shared.stream.borrow_mut();
                 vm.on_response_headers(ctx, &mut stream, n, end_of_stream)
             };
+            if matches!(&result, Ok(o) if o.action == weir_host_abi::Action::Continue && o.effects.is_empty())
+            {
+                continue;
+            }
             self.settle(pos, fi, result, Phase::Response).await?;
         }
         Ok(())
@@ -179,13 +205,13 @@ impl ChainRun {
     /// — so the stream gets its filter's failure policy instead.
     fn live_ctx(&self, pos: usize) -> Result<Option<ContextId>, Stop> {
         let fi = self.chain[pos];
-        let Some((ctx, generation)) = self.contexts.borrow()[pos] else {
+        let Some((ctx, generation)) = self.slots.borrow()[pos].ctx else {
             return Ok(None);
         };
         if generation == self.filters.generation(fi) {
             return Ok(Some(ctx));
         }
-        self.contexts.borrow_mut()[pos] = None;
+        self.slots.borrow_mut()[pos].ctx = None;
         match self.filters.set.filters[fi].plugin.failure_policy {
             weir_host_abi::FailurePolicy::FailOpen => Ok(None),
             _ => Err(Stop::Fail(StatusCode::SERVICE_UNAVAILABLE, "filter_failed")),
@@ -218,10 +244,10 @@ impl ChainRun {
 
     /// Drops a failed filter's context from this stream (its VM is gone).
     fn forget(&self, fi: usize) {
-        let mut ctxs = self.contexts.borrow_mut();
-        for (pos, c) in ctxs.iter_mut().enumerate() {
+        let mut slots = self.slots.borrow_mut();
+        for (pos, slot) in slots.iter_mut().enumerate() {
             if self.chain[pos] == fi
-                && let Some((ctx, generation)) = c.take()
+                && let Some((ctx, generation)) = slot.ctx.take()
             {
                 self.filters.unregister(fi, generation, ctx);
             }
@@ -240,7 +266,7 @@ impl ChainRun {
             Ok(o) => o,
             Err(e) => return self.on_error(fi, e),
         };
-        let my_ctx = self.contexts.borrow()[pos].map(|(c, _)| c);
+        let my_ctx = self.slots.borrow()[pos].ctx.map(|(c, _)| c);
         let direction = direction(matches!(phase, Phase::Response));
         let mut resumed = false;
         let mut others = Vec::new();
@@ -501,9 +527,9 @@ impl ChainRun {
         if self.finished.replace(true) {
             return;
         }
-        let contexts = std::mem::take(&mut *self.contexts.borrow_mut());
-        for (pos, ctx) in contexts.into_iter().enumerate() {
-            let Some((ctx, generation)) = ctx else {
+        for pos in 0..self.chain.len() {
+            let taken = self.slots.borrow_mut()[pos].ctx.take();
+            let Some((ctx, generation)) = taken else {
                 continue;
             };
             let fi = self.chain[pos];
@@ -540,18 +566,17 @@ impl ChainRun {
 
     /// Whether the filter at `pos` runs `phase` (declared it; see `weir_host_abi::phases`).
     fn runs(&self, pos: usize, phase: HttpPhases) -> bool {
-        self.phases.borrow()[pos].contains(phase)
+        self.slots.borrow()[pos].phases.contains(phase)
     }
 
     /// Whether some filter on this stream runs any of `phases` (a request body nobody filters
     /// goes upstream as it is; a response body nobody filters keeps its upstream framing).
     pub fn wants(&self, phases: HttpPhases) -> bool {
         self.wanted.get().intersects(phases) && {
-            let ctxs = self.contexts.borrow();
-            let ph = self.phases.borrow();
-            ctxs.iter()
-                .zip(ph.iter())
-                .any(|(c, p)| c.is_some() && p.intersects(phases))
+            self.slots
+                .borrow()
+                .iter()
+                .any(|s| s.ctx.is_some() && s.phases.intersects(phases))
         }
     }
 }

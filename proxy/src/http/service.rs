@@ -224,7 +224,9 @@ impl ProxyService {
             req.headers_mut().remove(header::TRANSFER_ENCODING);
             // Identity is the core's, never a filter's: whatever a filter set is replaced.
             set_client_cert(req.headers_mut(), self.tls.as_deref());
+            // `:authority` is the `Host` upstream (already there unless a filter changed it).
             if let Some(a) = &s.authority
+                && req.headers().get(header::HOST).map(HeaderValue::as_bytes) != Some(a.as_bytes())
                 && let Ok(v) = HeaderValue::from_str(a)
             {
                 req.headers_mut().insert(header::HOST, v);
