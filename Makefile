@@ -23,6 +23,8 @@ run: toolchain
 test: toolchain
 	$(CARGO) build -p weir
 	$(CARGO) test --workspace --no-fail-fast
+	# The stock filters' own unit tests (their workspace is separate; run natively).
+	$(CARGO) test --manifest-path filters/Cargo.toml --workspace --lib --locked
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check

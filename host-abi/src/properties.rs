@@ -40,10 +40,17 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             const F: &str = "proxy_get_property";
             memory::not_in_allocator(&caller, F)?;
             memory::check_out(&mut caller, F, &[vp, vl])?;
-            let path = memory::read(&mut caller, F, pp, pl, MAX_PATH)?;
-            let segments = pairs::split_path(&path);
+            if pl as usize > MAX_PATH {
+                return Err(memory::abi_trap(format!(
+                    "{F}: guest passed {pl} bytes, more than the copy cap of {MAX_PATH}"
+                )));
+            }
+            // The path is read in place (no copy), split on the stack.
+            let found = memory::with_bytes(&mut caller, F, pp, pl, |path, st| {
+                pairs::with_segments(path, |segments| lookup(st, segments))
+            })?;
             let cap = caller.data().plugin.limits.max_copy_bytes;
-            match lookup(caller.data_mut(), &segments) {
+            match found {
                 Some(v) if v.len() > cap => Ok(Status::SerializationFailure.raw()),
                 Some(v) => {
                     memory::return_bytes(&mut caller, F, &v, vp, vl)?;
@@ -68,12 +75,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 return Ok(Status::BadArgument.raw());
             }
             memory::with_two(&mut caller, F, (pp, pl), (vp, vl), |path, value, st| {
-                let segments = pairs::split_path(path);
-                let r = match st.acting_stream() {
-                    Some(s) => s.set_property(&segments, value),
-                    None => st.host.set_property(&segments, value),
-                };
-                Status::code(r)
+                pairs::with_segments(path, |segments| {
+                    let r = match st.acting_stream() {
+                        Some(s) => s.set_property(segments, value),
+                        None => st.host.set_property(segments, value),
+                    };
+                    Status::code(r)
+                })
             })
         },
     )?;

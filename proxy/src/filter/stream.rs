@@ -206,7 +206,17 @@ impl HttpStream {
 }
 
 fn name(key: &[u8]) -> Result<HeaderName, Status> {
-    HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)
+    // Names the stock filters write on every request: static, so no allocation (a name the
+    // `http` crate does not know is otherwise copied into a fresh buffer each time).
+    let known = match key {
+        b"traceparent" => "traceparent",
+        b"tracestate" => "tracestate",
+        b"x-ratelimit-limit" => "x-ratelimit-limit",
+        b"x-ratelimit-remaining" => "x-ratelimit-remaining",
+        b"x-ratelimit-reset" => "x-ratelimit-reset",
+        _ => return HeaderName::from_bytes(key).map_err(|_| Status::BadArgument),
+    };
+    Ok(HeaderName::from_static(known))
 }
 
 fn value(v: &[u8]) -> Result<HeaderValue, Status> {
@@ -325,6 +335,11 @@ impl StreamHost for HttpStream {
                 v.extend_from_slice(value);
             }
             None => {
+                // Room for a typical chain's properties at once (route decision, trace ids,
+                // principal, claims) instead of growing and rehashing twice.
+                if self.props.capacity() == 0 {
+                    self.props.reserve(8);
+                }
                 self.props.insert(dotted.to_owned(), value.to_vec());
             }
         })

@@ -330,6 +330,19 @@ impl ProxyService {
         body: ProxyBody,
         headers: &mut http::HeaderMap,
     ) -> Result<ProxyBody, Stop> {
+        if !run.wants(
+            HttpPhases::RESPONSE_HEADERS
+                | HttpPhases::RESPONSE_BODY
+                | HttpPhases::RESPONSE_TRAILERS,
+        ) {
+            // No filter saw the response head or runs a body phase: the response goes out as
+            // the upstream framed it; the wrapper only ends the chain's run with its body.
+            return Ok(ProxyBody::Filtered(Box::new(FilteredBody::new(
+                body,
+                run.clone(),
+                true,
+            ))));
+        }
         headers.remove(header::TRANSFER_ENCODING);
         let declared = declared_length(headers);
         let empty = http_body::Body::is_end_stream(&body);
@@ -338,9 +351,8 @@ impl ProxyService {
             return Ok(ProxyBody::Filtered(Box::new(body)));
         }
         if !run.wants(HttpPhases::RESPONSE_BODY | HttpPhases::RESPONSE_TRAILERS) {
-            // No filter runs a response body phase: the body streams as the upstream framed it
-            // (the wrapper only ends the chain's run with it), held to the length the head
-            // declares in case a header phase changed it.
+            // No filter runs a response body phase: the body streams as the upstream framed it,
+            // held to the length the head declares in case a header phase changed it.
             if let Some(d) = declared
                 && body.enforce_length(d).is_err()
             {
