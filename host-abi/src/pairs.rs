@@ -284,12 +284,12 @@ mod tests {
         assert_eq!(split_path(b"plugin_name"), vec![&b"plugin_name"[..]]);
         assert!(split_path(b"").is_empty());
         for path in [
-            &b"request\0path"[..],
+            &b"request\x00path"[..],
             b"plugin_name",
             b"",
-            b"a\0\0b\0",
-            b"1\02\03\04\05\06\07\08",
-            b"1\02\03\04\05\06\07\08\09\010",
+            b"a\x00\x00b\x00",
+            b"1\x002\x003\x004\x005\x006\x007\x008",
+            b"1\x002\x003\x004\x005\x006\x007\x008\x009\x0010",
         ] {
             let stack: Vec<Vec<u8>> =
                 with_segments(path, |s| s.iter().map(|x| x.to_vec()).collect());

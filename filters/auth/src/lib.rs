@@ -821,8 +821,14 @@ struct State {
 /// A token as the verified-token cache's key: compared a word at a time. Slice equality in
 /// Wasm is a byte-by-byte `memcmp` loop, and a JWT is a few hundred bytes: comparing the cached
 /// token that way was the largest single cost of a cache hit.
-#[derive(Hash)]
 struct Token(String);
+
+impl std::hash::Hash for Token {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Equal tokens have equal bytes: consistent with the word-wise `eq` below.
+        self.0.hash(state);
+    }
+}
 
 impl PartialEq for Token {
     fn eq(&self, other: &Self) -> bool {

@@ -287,8 +287,11 @@ struct State {
     by_cluster: HashMap<String, ClusterMetrics>,
     /// The last answer of `cluster_metrics` (cluster, class, ids): consecutive requests mostly
     /// go to the same cluster with the same class, and then need no hashing at all.
-    last: Option<(String, usize, (Option<u32>, Option<u32>))>,
+    last: Option<(String, usize, MetricIds)>,
 }
+
+/// A request counter's and a duration histogram's ids (`None`: refused by the host).
+type MetricIds = (Option<u32>, Option<u32>);
 
 /// One cluster's metric ids.
 struct ClusterMetrics {
@@ -321,7 +324,7 @@ impl State {
     /// The request counter of `cluster` and `class` and the cluster's duration histogram,
     /// defined on first use. Past [`MAX_SERIES`] metric names a new cluster is counted as
     /// `_other`.
-    fn cluster_metrics(&mut self, cluster: &str, class: usize) -> (Option<u32>, Option<u32>) {
+    fn cluster_metrics(&mut self, cluster: &str, class: usize) -> MetricIds {
         if let Some((c, k, ids)) = &self.last
             && *k == class
             && c == cluster
@@ -333,7 +336,7 @@ impl State {
         ids
     }
 
-    fn cluster_metrics_slow(&mut self, cluster: &str, class: usize) -> (Option<u32>, Option<u32>) {
+    fn cluster_metrics_slow(&mut self, cluster: &str, class: usize) -> MetricIds {
         if let Some(c) = self.by_cluster.get(cluster)
             && let Some(id) = c.counters[class]
         {
