@@ -370,6 +370,15 @@ impl Vm {
         !self.store.data().http_phases.contains(phase)
     }
 
+    /// Whether an HTTP stream callback is skipped; its context is checked all the same.
+    fn skipped(&self, ctx: ContextId, phase: HttpPhases) -> Result<bool, VmError> {
+        if self.skips(phase) {
+            self.check_stream(ctx, ContextKind::Http)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// The root context id.
     pub fn root_context(&self) -> ContextId {
         self.root
@@ -621,8 +630,7 @@ impl Vm {
         num_headers: usize,
         end_of_stream: bool,
     ) -> Result<Outcome, VmError> {
-        if self.skips(HttpPhases::REQUEST_HEADERS) {
-            self.check_stream(ctx, ContextKind::Http)?;
+        if self.skipped(ctx, HttpPhases::REQUEST_HEADERS)? {
             return Ok(Outcome::default());
         }
         self.stream_call3(
@@ -645,8 +653,7 @@ impl Vm {
         body_size: usize,
         end_of_stream: bool,
     ) -> Result<Outcome, VmError> {
-        if self.skips(HttpPhases::REQUEST_BODY) {
-            self.check_stream(ctx, ContextKind::Http)?;
+        if self.skipped(ctx, HttpPhases::REQUEST_BODY)? {
             return Ok(Outcome::default());
         }
         self.stream_call3(
@@ -669,8 +676,7 @@ impl Vm {
         num_headers: usize,
         end_of_stream: bool,
     ) -> Result<Outcome, VmError> {
-        if self.skips(HttpPhases::RESPONSE_HEADERS) {
-            self.check_stream(ctx, ContextKind::Http)?;
+        if self.skipped(ctx, HttpPhases::RESPONSE_HEADERS)? {
             return Ok(Outcome::default());
         }
         self.stream_call3(
@@ -693,8 +699,7 @@ impl Vm {
         body_size: usize,
         end_of_stream: bool,
     ) -> Result<Outcome, VmError> {
-        if self.skips(HttpPhases::RESPONSE_BODY) {
-            self.check_stream(ctx, ContextKind::Http)?;
+        if self.skipped(ctx, HttpPhases::RESPONSE_BODY)? {
             return Ok(Outcome::default());
         }
         self.stream_call3(
@@ -783,8 +788,7 @@ impl Vm {
         stream: &mut StreamBox,
         num_trailers: usize,
     ) -> Result<Outcome, VmError> {
-        if self.skips(HttpPhases::REQUEST_TRAILERS) {
-            self.check_stream(ctx, ContextKind::Http)?;
+        if self.skipped(ctx, HttpPhases::REQUEST_TRAILERS)? {
             return Ok(Outcome::default());
         }
         self.trailers(
@@ -803,8 +807,7 @@ impl Vm {
         stream: &mut StreamBox,
         num_trailers: usize,
     ) -> Result<Outcome, VmError> {
-        if self.skips(HttpPhases::RESPONSE_TRAILERS) {
-            self.check_stream(ctx, ContextKind::Http)?;
+        if self.skipped(ctx, HttpPhases::RESPONSE_TRAILERS)? {
             return Ok(Outcome::default());
         }
         self.trailers(

@@ -43,9 +43,7 @@ pub struct ChainRun {
     filters: Rc<WorkerFilters>,
     chain: std::sync::Arc<[usize]>,
     pub shared: Rc<ChainShared>,
-    /// The context each position runs in (`None`: not started, or skipped after a fail-open).
-    /// With the generation of the VM that created it (see `live_ctx`).
-    /// One per position (a single allocation for the three per-position facts).
+    /// One per chain position: its context, phases and response progress.
     slots: RefCell<Vec<Slot>>,
     /// The union of the positions' phases.
     wanted: Cell<HttpPhases>,
@@ -153,12 +151,9 @@ impl ChainRun {
                 let mut stream = self.shared.stream.borrow_mut();
                 vm.on_request_headers(ctx, &mut stream, n, end_of_stream)
             };
-            // The common answer (Continue, nothing else asked) needs no settling.
-            if matches!(&result, Ok(o) if o.action == weir_host_abi::Action::Continue && o.effects.is_empty())
-            {
-                continue;
+            if !plain_continue(&result) {
+                self.settle(pos, fi, result, Phase::Request).await?;
             }
-            self.settle(pos, fi, result, Phase::Request).await?;
         }
         Ok(())
     }
@@ -191,11 +186,9 @@ impl ChainRun {
                 let mut stream = self.shared.stream.borrow_mut();
                 vm.on_response_headers(ctx, &mut stream, n, end_of_stream)
             };
-            if matches!(&result, Ok(o) if o.action == weir_host_abi::Action::Continue && o.effects.is_empty())
-            {
-                continue;
+            if !plain_continue(&result) {
+                self.settle(pos, fi, result, Phase::Response).await?;
             }
-            self.settle(pos, fi, result, Phase::Response).await?;
         }
         Ok(())
     }
@@ -585,6 +578,12 @@ impl Drop for ChainRun {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// The common answer of a header callback: `Continue` and nothing else asked. It needs no
+/// settling (no effects to apply, no pause to wait out), so the async step is skipped.
+fn plain_continue(result: &Result<Outcome, VmError>) -> bool {
+    matches!(result, Ok(o) if o.action == weir_host_abi::Action::Continue && o.effects.is_empty())
 }
 
 /// The stream direction a phase acts on.
