@@ -106,13 +106,11 @@ fn runtime(pooling: bool) -> Runtime {
 }
 
 fn vm(rt: &Runtime, module: &Arc<Module>) -> Vm {
-    Vm::new(
-        rt,
-        module.clone(),
-        PluginConfig::new("bench"),
-        Box::new(DefaultPluginHost),
-    )
-    .unwrap()
+    vm_with(rt, module, PluginConfig::new("bench"))
+}
+
+fn vm_with(rt: &Runtime, module: &Arc<Module>, config: PluginConfig) -> Vm {
+    Vm::new(rt, module.clone(), config, Box::new(DefaultPluginHost)).unwrap()
 }
 
 fn lifecycle(vm: &mut Vm, stream: &mut StreamBox) {
@@ -156,6 +154,15 @@ fn benches(c: &mut Criterion) {
             let mut stream = BenchStream::boxed();
             g.bench_function(name, |b| b.iter(|| lifecycle(&mut vm, &mut stream)));
         }
+        // The same SDK guest, declaring that it only handles request headers: the response
+        // headers, log and done callbacks are skipped.
+        let declared = PluginConfig::new("bench").with_configuration("declare");
+        let mut vm = vm_with(&rt, &sdk, declared);
+        assert_eq!(vm.http_phases(), weir_host_abi::HttpPhases::REQUEST_HEADERS);
+        let mut stream = BenchStream::boxed();
+        g.bench_function("sdk_header_bench_declared", |b| {
+            b.iter(|| lifecycle(&mut vm, &mut stream))
+        });
         g.finish();
     }
 }

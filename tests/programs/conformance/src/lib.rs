@@ -294,8 +294,14 @@ impl RootContext for Root {
         };
         config.maybe_panic("on_configure");
         if let Some(phases) = config.raw.get("declare_phases").and_then(Value::as_str) {
-            let r = hostcalls::call_foreign_function("weir.declare_http_phases", Some(phases.as_bytes()));
-            info!("phases: declared {phases} -> {}", if r.is_ok() { "ok" } else { "refused" });
+            let r = hostcalls::call_foreign_function(
+                "weir.declare_http_phases",
+                Some(phases.as_bytes()),
+            );
+            info!(
+                "phases: declared {phases} -> {}",
+                if r.is_ok() { "ok" } else { "refused" }
+            );
         }
         let prefix = config.str_or("prefix", "conformance");
         match config.scenario.as_str() {
