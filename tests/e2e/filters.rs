@@ -219,6 +219,35 @@ async fn a_header_only_chain_keeps_the_upstream_content_length() {
     }
 }
 
+/// A header-only filter that writes the request's framing headers (no body phase runs, so the
+/// body goes upstream as it came): the core still frames the request by its real length, and a
+/// second request on the same upstream connection stays in sync.
+#[tokio::test]
+async fn a_filter_written_content_length_never_reaches_the_upstream() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![FilterDef::new("frame", "builtin:add-header").config(
+            r#"{"request":{"content-length":"999","transfer-encoding":"chunked"}}"#,
+        )],
+    )
+    .start()
+    .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    for body in ["hello", "second"] {
+        let resp = c.post("/echo", body).await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.text(), body);
+    }
+    let seen = echo.wait_requests(2).await;
+    for (r, body) in seen.iter().zip(["hello", "second"]) {
+        assert_eq!(r.body, body.as_bytes());
+        let lengths: Vec<_> = r.headers.get_all("content-length").iter().collect();
+        assert_eq!(lengths, [body.len().to_string().as_str()], "{:?}", r.headers);
+        assert!(r.headers.get("transfer-encoding").is_none(), "{:?}", r.headers);
+    }
+}
+
 /// A filter that declares its HTTP phases (`weir.declare_http_phases`) gets only those: here
 /// each filter declares request headers only and panics in one undeclared callback, which Weir
 /// never calls. Without the declaration the same chain fails its streams.

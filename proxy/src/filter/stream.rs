@@ -71,6 +71,12 @@ pub struct HttpStream {
     pub response_size: u64,
     /// Properties filters set (dotted path → value), `weir.route.*` included.
     props: rustc_hash::FxHashMap<String, Vec<u8>>,
+    /// A filter wrote the request's `content-length` or `transfer-encoding` (or replaced the
+    /// whole map): the core must re-establish the framing before the request goes upstream.
+    pub request_framing_edited: bool,
+    /// A filter wrote the request's `x-forwarded-client-cert` (or replaced the whole map): the
+    /// core must set it again from the connection.
+    pub request_xfcc_edited: bool,
 }
 
 impl HttpStream {
@@ -102,6 +108,20 @@ impl HttpStream {
             request_size: 0,
             response_size: 0,
             props: rustc_hash::FxHashMap::default(),
+            request_framing_edited: false,
+            request_xfcc_edited: false,
+        }
+    }
+
+    /// Notes a filter's write of request header `n` that the core must undo or redo.
+    fn note_write(&mut self, map: MapType, n: &HeaderName) {
+        if map != MapType::HttpRequestHeaders {
+            return;
+        }
+        if n == http::header::CONTENT_LENGTH || n == http::header::TRANSFER_ENCODING {
+            self.request_framing_edited = true;
+        } else if n == crate::http::headers::X_FORWARDED_CLIENT_CERT {
+            self.request_xfcc_edited = true;
         }
     }
 
@@ -264,6 +284,10 @@ impl StreamHost for HttpStream {
             }
         }
         *self.map(map)? = fresh;
+        if map == MapType::HttpRequestHeaders {
+            self.request_framing_edited = true;
+            self.request_xfcc_edited = true;
+        }
         Ok(())
     }
 
@@ -274,6 +298,7 @@ impl StreamHost for HttpStream {
                 .and_then(|ok| if ok { Ok(()) } else { Err(Status::BadArgument) });
         }
         let (n, v) = (name(key)?, value(v)?);
+        self.note_write(map, &n);
         self.map(map)?.append(n, v);
         Ok(())
     }
@@ -285,6 +310,7 @@ impl StreamHost for HttpStream {
                 .and_then(|ok| if ok { Ok(()) } else { Err(Status::BadArgument) });
         }
         let (n, v) = (name(key)?, value(v)?);
+        self.note_write(map, &n);
         self.map(map)?.insert(n, v);
         Ok(())
     }

@@ -206,6 +206,8 @@ impl ProxyService {
         }
 
         // The request as the filters left it, and their route decision.
+        let body_filtered =
+            !body_empty && run.wants(HttpPhases::REQUEST_BODY | HttpPhases::REQUEST_TRAILERS);
         let (mut req, route) = run.with_stream(|s| {
             let mut req = Request::new(ProxyBody::Empty);
             *req.method_mut() = s.method.clone();
@@ -218,12 +220,18 @@ impl ProxyService {
             *req.headers_mut() = std::mem::take(&mut s.request_headers);
             // Framing is the proxy's, never a filter's: a body rewrite (or an added
             // `content-length`) must not leave a length that disagrees with the bytes sent,
-            // which would desynchronise the upstream connection (request smuggling). The body's
-            // own length (or chunked encoding) frames it upstream.
-            req.headers_mut().remove(header::CONTENT_LENGTH);
-            req.headers_mut().remove(header::TRANSFER_ENCODING);
-            // Identity is the core's, never a filter's: whatever a filter set is replaced.
-            set_client_cert(req.headers_mut(), self.tls.as_deref());
+            // which would desynchronise the upstream connection (request smuggling). Then the
+            // body's own length (or chunked encoding) frames it upstream. A body no filter sees,
+            // with framing headers no filter wrote, keeps the downstream's, as without a chain.
+            if body_filtered || s.request_framing_edited {
+                req.headers_mut().remove(header::CONTENT_LENGTH);
+                req.headers_mut().remove(header::TRANSFER_ENCODING);
+            }
+            // Identity is the core's, never a filter's: whatever a filter set is replaced (it
+            // was set from the connection before the filters ran).
+            if s.request_xfcc_edited {
+                set_client_cert(req.headers_mut(), self.tls.as_deref());
+            }
             // `:authority` is the `Host` upstream (already there unless a filter changed it).
             if let Some(a) = &s.authority
                 && req.headers().get(header::HOST).map(HeaderValue::as_bytes) != Some(a.as_bytes())
