@@ -227,9 +227,10 @@ async fn a_filter_written_content_length_never_reaches_the_upstream() {
     let echo = EchoServer::start().await;
     let weir = one_chain(
         echo.addr,
-        vec![FilterDef::new("frame", "builtin:add-header").config(
-            r#"{"request":{"content-length":"999","transfer-encoding":"chunked"}}"#,
-        )],
+        vec![
+            FilterDef::new("frame", "builtin:add-header")
+                .config(r#"{"request":{"content-length":"999","transfer-encoding":"chunked"}}"#),
+        ],
     )
     .start()
     .await;
@@ -243,8 +244,17 @@ async fn a_filter_written_content_length_never_reaches_the_upstream() {
     for (r, body) in seen.iter().zip(["hello", "second"]) {
         assert_eq!(r.body, body.as_bytes());
         let lengths: Vec<_> = r.headers.get_all("content-length").iter().collect();
-        assert_eq!(lengths, [body.len().to_string().as_str()], "{:?}", r.headers);
-        assert!(r.headers.get("transfer-encoding").is_none(), "{:?}", r.headers);
+        assert_eq!(
+            lengths,
+            [body.len().to_string().as_str()],
+            "{:?}",
+            r.headers
+        );
+        assert!(
+            r.headers.get("transfer-encoding").is_none(),
+            "{:?}",
+            r.headers
+        );
     }
 }
 
