@@ -88,7 +88,7 @@ fn declare_http_phases(st: &mut HostState, args: &[u8]) -> Result<Vec<u8>, Statu
     }
     let text = std::str::from_utf8(args).map_err(|_| Status::BadArgument)?;
     let declared = HttpPhases::parse(text).map_err(|name| {
-        tracing::warn!(plugin = %st.plugin.name, phase = %name, "{DECLARE_HTTP_PHASES}: unknown phase (known: request_headers, request_body, request_trailers, response_headers, response_body, response_trailers, log, done)");
+        tracing::warn!(plugin = %st.plugin.name, phase = %name, known = %HttpPhases::ALL.names(), "{DECLARE_HTTP_PHASES}: unknown phase");
         Status::BadArgument
     })?;
     st.http_phases = HttpPhases::from_bits(declared.bits() & st.exported_phases.bits());
