@@ -10,17 +10,31 @@ CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 WEIR_ARGS ?=
 
-.PHONY: run test lint bench bench-load bench-micro toolchain
+.PHONY: run test lint bench bench-load bench-micro toolchain clone-root
 
 # rustup here does not auto-install targets, so every entry point makes sure of them first.
 toolchain:
 	@rustup target add wasm32-wasip1 >/dev/null 2>&1 || rustup target add wasm32-wasip1
 	@rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-run: toolchain
+# Some binaries bake the clone's path in (`env!("CARGO_MANIFEST_DIR")`: the tests' filter sources
+# and examples, `weir new-filter`'s sdk path), and cargo does not rebuild them when the same target
+# dir is used from a clone at another path (the sources' mtimes are older than the binaries); such
+# a binary would look for its files in the other clone. The target dir records the clone that used
+# it last; from another clone, the files that bake the path are touched so cargo rebuilds them.
+BAKED_PATHS := $(shell grep -rlF 'env!("CARGO_MANIFEST_DIR")' --include='*.rs' proxy sdk tests 2>/dev/null)
+clone-root:
+	@mkdir -p "$(CARGO_TARGET_DIR)"
+	@if [ "$$(cat "$(CARGO_TARGET_DIR)/.weir-clone-root" 2>/dev/null)" != "$(CURDIR)" ]; then \
+		echo "target dir last used by another clone: rebuilding what bakes the clone's path"; \
+		touch $(BAKED_PATHS); \
+		echo "$(CURDIR)" > "$(CARGO_TARGET_DIR)/.weir-clone-root"; \
+	fi
+
+run: toolchain clone-root
 	$(CARGO) run -p weir -- run $(WEIR_ARGS)
 
-test: toolchain
+test: toolchain clone-root
 	$(CARGO) build -p weir
 	$(CARGO) test --workspace --no-fail-fast
 	# The stock filters' own unit tests (their workspace is separate; run natively).
