@@ -59,6 +59,22 @@ fn endpoint(clusters: &Value, addr: SocketAddr) -> Value {
         .clone()
 }
 
+/// `/metrics` once every request on listener `main` has been recorded: a request's downstream
+/// counters (class, flags) are written when its response has gone out, which can be just after
+/// the client has read it.
+async fn settled_metrics(weir: &Weir) -> String {
+    within("listener main has no request in flight", async {
+        loop {
+            let text = admin_get(weir, "/metrics").await;
+            if metric(&text, r#"weir_downstream_rq_active{listener="main"}"#) == Some(0.0) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 /// The value of one exact series (`name{labels}`) in a Prometheus text exposition.
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -104,7 +120,7 @@ async fn a_retry_succeeds_after_one_reset() {
         "the retry used a fresh connection"
     );
 
-    let m = admin_get(&weir, "/metrics").await;
+    let m = settled_metrics(&weir).await;
     let series = |name: &str| metric(&m, &format!("{name}{{cluster=\"web\"}}"));
     assert_eq!(
         series("weir_cluster_upstream_rq_retry_total"),
@@ -154,7 +170,7 @@ async fn a_request_out_of_retries_answers_as_its_last_attempt_and_is_flagged_urx
     assert_eq!(r.header("x-weir-attempt-count"), Some("2"));
     assert_eq!(s.request_count(), 2);
 
-    let m = admin_get(&weir, "/metrics").await;
+    let m = settled_metrics(&weir).await;
     assert_eq!(
         metric(
             &m,
@@ -342,7 +358,7 @@ async fn the_breaker_trips_at_max_requests_and_recovers() {
     echo.wait_in_flight(0).await;
     let mut c = H1Client::connect(addr).await;
     assert_eq!(c.get("/after").await.status, 200);
-    let m = admin_get(&weir, "/metrics").await;
+    let m = settled_metrics(&weir).await;
     assert_eq!(open(&m), Some(0.0), "{m}");
     assert_eq!(
         metric(
