@@ -32,7 +32,12 @@ pub async fn send(
     let guard = ResponseGuard::new(ep.clone());
     match cluster.protocol {
         // The response timeout is applied inside: it starts once the request is fully sent.
-        Protocol::Http1 => send_h1(cluster, ep, req, guard, response_timeout).await,
+        // Only the encoded head and the body go on: the 288-byte request is not moved into
+        // another future (each move was a `memcpy` on every request).
+        Protocol::Http1 => {
+            let head = h1::encode_head(&req);
+            send_h1(cluster, ep, head, req.into_body(), guard, response_timeout).await
+        }
         // Boxed: HTTP/2's exchange future is large and would otherwise size (and be copied
         // with) every HTTP/1.1 request's future too.
         Protocol::Http2 => {
@@ -52,12 +57,11 @@ pub async fn send(
 async fn send_h1(
     cluster: &Cluster,
     ep: &Rc<Endpoint>,
-    req: Request<ProxyBody>,
+    head: h1::EncodedHead,
+    mut body: ProxyBody,
     guard: ResponseGuard,
     response_timeout: std::time::Duration,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let head = h1::encode_head(&req);
-    let mut body = req.into_body();
     let mut guard = Some(guard);
     loop {
         let (conn, reused) = match ep.pool.checkout_h1() {
