@@ -243,16 +243,15 @@ impl ProxyService {
         });
         *req.extensions_mut() = extensions;
         let request_body = ProxyBody::Downstream(body);
-        *req.body_mut() =
-            if body_empty || !run.wants(HttpPhases::REQUEST_BODY | HttpPhases::REQUEST_TRAILERS) {
-                request_body
-            } else {
-                ProxyBody::Filtered(Box::new(FilteredBody::new(
-                    request_body,
-                    run.clone(),
-                    false,
-                )))
-            };
+        *req.body_mut() = if body_filtered {
+            ProxyBody::Filtered(Box::new(FilteredBody::new(
+                request_body,
+                run.clone(),
+                false,
+            )))
+        } else {
+            request_body
+        };
 
         let ci = match &route.cluster {
             Some(name) => self
