@@ -81,7 +81,8 @@
 //!   parse, both or neither JWKS source) is logged at error level and fails `on_configure`.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -813,32 +814,57 @@ struct State {
     /// When the first fetch last failed (while there are no keys).
     failed_at: Option<u64>,
     /// Tokens whose signature, issuer and audience were verified (Envoy's `jwt_cache_config`):
-    /// a repeat costs a map lookup and the time checks instead of a signature verification.
-    verified: std::collections::HashMap<Token, Cached>,
+    /// a repeat costs a hash, a map lookup, a word-wise compare and the time checks instead of a
+    /// signature verification. Keyed by [`token_hash`]; the entry holds the token itself, so a
+    /// hash collision is a miss, never a match.
+    verified: HashMap<u64, Cached, BuildHasherDefault<Prehashed>>,
     metrics: Metrics,
 }
 
-/// A token as the verified-token cache's key: compared a word at a time. Slice equality in
-/// Wasm is a byte-by-byte `memcmp` loop, and a JWT is a few hundred bytes: comparing the cached
-/// token that way was the largest single cost of a cache hit.
-struct Token(String);
+/// A 64-bit hash of a token, eight bytes at a time (FxHash's step, then a final mix so every
+/// bit of the key reaches the bits a hash table indexes by). Not keyed: only verified tokens are
+/// inserted, so a client cannot fill the cache with colliding entries, and a collision only
+/// costs a re-verification. SipHash (std's default) over a few hundred bytes of JWT was the
+/// largest single cost of a cache hit.
+fn token_hash(token: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let step = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
+    let words = token.chunks_exact(8);
+    let mut last = [0u8; 8];
+    last[..words.remainder().len()].copy_from_slice(words.remainder());
+    let mut h = words.fold(token.len() as u64, |h, w| {
+        step(h, u64::from_le_bytes(w.try_into().expect("chunks of 8")))
+    });
+    h = step(h, u64::from_le_bytes(last));
+    // MurmurHash3's fmix64.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
 
-impl std::hash::Hash for Token {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // Equal tokens have equal bytes: consistent with the word-wise `eq` below.
-        self.0.hash(state);
+/// The hasher of a map whose keys are hashes already ([`token_hash`]).
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the keys are `u64`); any other key still hashes.
+        self.0 = token_hash(bytes) ^ self.0.rotate_left(17);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
-impl PartialEq for Token {
-    fn eq(&self, other: &Self) -> bool {
-        same_bytes(self.0.as_bytes(), other.0.as_bytes())
-    }
-}
-
-impl Eq for Token {}
-
-/// `a == b`, eight bytes at a time.
+/// `a == b`, eight bytes at a time. Slice equality in Wasm is a byte-by-byte `memcmp` loop, and
+/// a JWT is a few hundred bytes.
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -849,22 +875,42 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     wa.zip(wb).all(|(x, y)| word(x) == word(y)) && ra.iter().zip(rb).all(|(x, y)| x == y)
 }
 
-/// A verified token's claims, valid while its key set is the one it was verified with.
+/// A verified token, valid while its key set is the one it was verified with.
 struct Cached {
+    token: Box<str>,
     keys: Rc<Vec<Jwk>>,
     claims: Rc<serde_json::Map<String, Value>>,
+    /// `exp` and `nbf`, read once: a hit checks them without looking them up again.
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    /// The principal (`sub`), if a string.
+    sub: Option<Rc<str>>,
+}
+
+impl Cached {
+    fn new(token: &str, keys: &Rc<Vec<Jwk>>, claims: Rc<serde_json::Map<String, Value>>) -> Self {
+        let time = |name: &str| claims.get(name).and_then(Value::as_f64);
+        Self {
+            token: token.into(),
+            keys: Rc::clone(keys),
+            exp: time("exp"),
+            nbf: time("nbf"),
+            sub: claims.get("sub").and_then(Value::as_str).map(Rc::from),
+            claims,
+        }
+    }
+
+    /// `exp` and `nbf` against `now` with `skew` (the checks that must run even for a cached
+    /// token).
+    fn time_ok(&self, now: u64, skew: u64) -> bool {
+        self.exp.is_none_or(|exp| now as f64 <= exp + skew as f64)
+            && self.nbf.is_none_or(|nbf| (now + skew) as f64 >= nbf)
+    }
 }
 
 /// Most tokens kept verified per VM; when full the cache starts over (a burst of distinct
 /// tokens cannot grow it without bound).
 const VERIFIED_CACHE_MAX: usize = 1024;
-
-/// `exp` and `nbf` against `now` with `skew` (the checks that must run even for a cached token).
-fn time_ok(claims: &serde_json::Map<String, Value>, now: u64, skew: u64) -> bool {
-    let time = |name: &str| claims.get(name).and_then(Value::as_f64);
-    time("exp").is_none_or(|exp| now as f64 <= exp + skew as f64)
-        && time("nbf").is_none_or(|nbf| (now + skew) as f64 >= nbf)
-}
 
 fn now_secs() -> u64 {
     hostcalls::get_current_time()
@@ -958,7 +1004,7 @@ fn decide(config: &Config, state: &RefCell<State>, stage: Stage, may_wait: bool)
             Err(outcome) => return outcome,
         }
     }
-    if let Some(p) = principal.or(peer) {
+    if let Some(p) = principal.or_else(|| peer.map(Rc::from)) {
         set_property(&["weir", "auth", "principal"], &p);
     }
     match &config.ext_authz {
@@ -975,25 +1021,32 @@ fn authenticate(
     config: &Config,
     state: &RefCell<State>,
     may_wait: bool,
-) -> Result<Option<String>, Outcome> {
+) -> Result<Option<Rc<str>>, Outcome> {
     let mut key_refused = false;
     if let Some((header, keys)) = &config.api_keys
         && let Some(key) = request_header(header)
     {
         match keys.get(key.as_str()) {
-            Some(name) => return Ok(Some(name.clone())),
+            Some(name) => return Ok(Some(Rc::from(name.as_str()))),
             None => key_refused = true,
         }
     }
-    let token = config.jwt.as_ref().and_then(|jwt| {
-        let value = request_header(&jwt.header)?;
-        let prefix = jwt.prefix.as_str();
-        let ok = value.len() >= prefix.len()
-            && value.is_char_boundary(prefix.len())
-            && value[..prefix.len()].eq_ignore_ascii_case(prefix);
-        ok.then(|| Token(value[prefix.len()..].trim().to_owned()))
-            .filter(|t| !t.0.is_empty())
-    });
+    let header = config
+        .jwt
+        .as_ref()
+        .and_then(|jwt| request_header(&jwt.header));
+    let token = config
+        .jwt
+        .as_ref()
+        .zip(header.as_deref())
+        .and_then(|(jwt, value)| {
+            let prefix = jwt.prefix.as_str();
+            let ok = value.len() >= prefix.len()
+                && value.is_char_boundary(prefix.len())
+                && value[..prefix.len()].eq_ignore_ascii_case(prefix);
+            ok.then(|| value[prefix.len()..].trim())
+                .filter(|t| !t.is_empty())
+        });
     let (Some(jwt), Some(token)) = (&config.jwt, token) else {
         if key_refused {
             return Err(deny(state, 401, Reason::InvalidApiKey));
@@ -1026,34 +1079,32 @@ fn authenticate(
             }
         }
     };
+    let hash = token_hash(token.as_bytes());
     let cached = {
         let st = state.borrow();
         st.verified
-            .get(&token)
+            .get(&hash)
             .filter(|c| {
-                Rc::ptr_eq(&c.keys, &keys) && time_ok(&c.claims, now, jwt.clock_skew.as_secs())
+                Rc::ptr_eq(&c.keys, &keys)
+                    && same_bytes(c.token.as_bytes(), token.as_bytes())
+                    && c.time_ok(now, jwt.clock_skew.as_secs())
             })
-            .map(|c| Rc::clone(&c.claims))
+            .map(|c| (Rc::clone(&c.claims), c.sub.clone()))
     };
-    let claims = match cached {
-        Some(claims) => claims,
+    let (claims, sub) = match cached {
+        Some(hit) => hit,
         // Not cached, cached under a key set since rotated, or its time ran out: verify in full
         // (which also names the reason of a refusal).
-        None => match verify_jwt(&token.0, &keys, jwt, now) {
+        None => match verify_jwt(token, &keys, jwt, now) {
             Verified::Ok(claims) => {
-                let claims = Rc::new(claims);
+                let entry = Cached::new(token, &keys, Rc::new(claims));
+                let hit = (Rc::clone(&entry.claims), entry.sub.clone());
                 let mut st = state.borrow_mut();
                 if st.verified.len() >= VERIFIED_CACHE_MAX {
                     st.verified.clear();
                 }
-                st.verified.insert(
-                    token,
-                    Cached {
-                        keys: Rc::clone(&keys),
-                        claims: Rc::clone(&claims),
-                    },
-                );
-                claims
+                st.verified.insert(hash, entry);
+                hit
             }
             Verified::UnknownKid => {
                 let st = state.borrow();
@@ -1093,7 +1144,7 @@ fn authenticate(
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, header, Some(&text));
         set_property(&["weir", "auth", "claim", claim], &text);
     }
-    Ok(claims.get("sub").and_then(Value::as_str).map(str::to_owned))
+    Ok(sub)
 }
 
 /// Dispatches a JWKS fetch on the acting context (`None`: too many in flight, or refused).
@@ -1447,6 +1498,26 @@ mod tests {
         let mut other = long.to_owned().into_bytes();
         other[long.len() - 3] ^= 1;
         assert!(!same_bytes(long.as_bytes(), &other));
-        assert!(Token(long.to_owned()) == Token(long.to_owned()));
+    }
+
+    #[test]
+    fn token_hash_tells_tokens_apart() {
+        let long = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+        assert_eq!(
+            token_hash(long.as_bytes()),
+            token_hash(long.to_owned().as_bytes())
+        );
+        // Every single-byte change, at every position (word or tail), and every length change
+        // gives another hash; so do trailing zero bytes (the tail is zero-padded).
+        let mut seen = std::collections::HashSet::new();
+        assert!(seen.insert(token_hash(long.as_bytes())));
+        for i in 0..long.len() {
+            let mut other = long.as_bytes().to_vec();
+            other[i] ^= 1;
+            assert!(seen.insert(token_hash(&other)), "flip at {i}");
+            assert!(seen.insert(token_hash(&long.as_bytes()[..i])), "prefix {i}");
+        }
+        assert_ne!(token_hash(b"a"), token_hash(b"a\0"));
+        assert_ne!(token_hash(b""), token_hash(b"\0"));
     }
 }
