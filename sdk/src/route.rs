@@ -15,7 +15,6 @@
 
 use std::time::Duration;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 
 /// Dotted name of the cluster decision.
@@ -64,7 +63,7 @@ pub fn cluster() -> Option<String> {
 }
 
 fn set(name: &str, value: &[u8]) -> Result<(), Status> {
-    hostcalls::set_property(vec!["weir", "route", name], Some(value))
+    crate::properties::set(&["weir", "route", name], value)
 }
 
 fn timeout_ms(timeout: Duration) -> u128 {
