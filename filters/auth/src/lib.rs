@@ -93,6 +93,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use weir_sdk::phases::Phase;
+use weir_sdk::properties;
 use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -960,7 +961,7 @@ fn deny(state: &RefCell<State>, status: u32, reason: Reason) -> Outcome {
 }
 
 fn set_property(path: &[&str], value: &str) {
-    let _ = hostcalls::set_property(path.to_vec(), Some(value.as_bytes()));
+    let _ = properties::set(path, value.as_bytes());
 }
 
 /// Steps of the decision; a resumed request continues at `Authn` or `Authz`.
@@ -973,9 +974,7 @@ enum Stage {
 /// Runs the decision from `stage` on the acting stream. `may_wait`: a JWKS fetch may still be
 /// waited for (false once the request has waited for one).
 fn decide(config: &Config, state: &RefCell<State>, stage: Stage, may_wait: bool) -> Outcome {
-    let peer = hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"])
-        .ok()
-        .flatten()
+    let peer = properties::get_raw(b"connection\0uri_san_peer_certificate")
         .and_then(|v| String::from_utf8(v).ok())
         .filter(|s| !s.is_empty());
     if stage == Stage::Start {

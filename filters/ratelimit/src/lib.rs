@@ -172,8 +172,8 @@ enum KeySource {
     Address,
     /// A request header (lower-cased name).
     Header(String),
-    /// A stream property (dotted path, split).
-    Property(Vec<String>),
+    /// A stream property (its path in wire form: segments joined by NUL, built once here).
+    Property(Vec<u8>),
     Global,
 }
 
@@ -231,18 +231,15 @@ impl Config {
                 }
                 RawKey::Header(h) if !h.is_empty() => KeySource::Header(h.to_ascii_lowercase()),
                 RawKey::Claim(c) if !c.is_empty() => {
-                    KeySource::Property(vec!["weir".into(), "auth".into(), "claim".into(), c])
+                    KeySource::Property([&b"weir\0auth\0claim\0"[..], c.as_bytes()].concat())
                 }
                 RawKey::Header(_) | RawKey::Claim(_) => {
                     return Err(ctx("key names an empty header or claim".into()));
                 }
-                RawKey::Principal(true) => {
-                    KeySource::Property(vec!["weir".into(), "auth".into(), "principal".into()])
+                RawKey::Principal(true) => KeySource::Property(b"weir\0auth\0principal".to_vec()),
+                RawKey::Identity(i) if i == "peer" => {
+                    KeySource::Property(b"connection\0uri_san_peer_certificate".to_vec())
                 }
-                RawKey::Identity(i) if i == "peer" => KeySource::Property(vec![
-                    "connection".into(),
-                    "uri_san_peer_certificate".into(),
-                ]),
                 RawKey::Identity(i) => {
                     return Err(ctx(format!("key.identity {i:?} is not \"peer\"")));
                 }
@@ -415,11 +412,9 @@ impl Bucket {
         let v = match &self.key {
             KeySource::Global => return Some(Vec::new()),
             KeySource::Header(h) => ctx.get_http_request_header_bytes(h)?,
-            KeySource::Property(path) => {
-                ctx.get_property(path.iter().map(String::as_str).collect())?
-            }
+            KeySource::Property(path) => weir_sdk::properties::get_raw(path)?,
             KeySource::Address => {
-                let a = ctx.get_property(vec!["source", "address"])?;
+                let a = weir_sdk::properties::get_raw(b"source\0address")?;
                 strip_port(&a).to_vec()
             }
         };

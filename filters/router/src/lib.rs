@@ -835,7 +835,7 @@ impl Router {
 }
 
 fn set_route(name: &str, value: &[u8]) {
-    let _ = hostcalls::set_property(vec!["weir", "route", name], Some(value));
+    let _ = weir_sdk::properties::set(&["weir", "route", name], value);
 }
 
 /// `path` (with its query) with `prefix` (a prefix of it) replaced by `to`.

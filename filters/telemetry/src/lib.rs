@@ -62,6 +62,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use weir_sdk::phases::Phase;
+use weir_sdk::properties;
 use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
 use weir_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -401,16 +402,26 @@ fn now() -> SystemTime {
     hostcalls::get_current_time().unwrap_or(UNIX_EPOCH)
 }
 
-fn prop_bytes(path: &[&str]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
+// Property paths in wire form (NUL-joined): read or written on every request, so built never.
+const RESPONSE_CODE: &[u8] = b"response\0code";
+const REQUEST_DURATION: &[u8] = b"request\0duration";
+const ROUTE_CLUSTER: &[u8] = b"weir\0route\0cluster";
+const UPSTREAM_ADDRESS: &[u8] = b"upstream\0address";
+const PRINCIPAL: &[u8] = b"weir\0auth\0principal";
+const PEER_URI_SAN: &[u8] = b"connection\0uri_san_peer_certificate";
+const REQUEST_TOTAL_SIZE: &[u8] = b"request\0total_size";
+const RESPONSE_TOTAL_SIZE: &[u8] = b"response\0total_size";
+const TRACE_ID: &[u8] = b"weir\0trace\0trace_id";
+const SPAN_ID: &[u8] = b"weir\0trace\0span_id";
+const PARENT_ID: &[u8] = b"weir\0trace\0parent_id";
+const SAMPLED: &[u8] = b"weir\0trace\0sampled";
+
+fn prop_string(path: &[u8]) -> Option<String> {
+    properties::get_raw(path).and_then(|b| String::from_utf8(b).ok())
 }
 
-fn prop_string(path: &[&str]) -> Option<String> {
-    prop_bytes(path).and_then(|b| String::from_utf8(b).ok())
-}
-
-fn prop_int(path: &[&str]) -> Option<i64> {
-    prop_bytes(path)
+fn prop_int(path: &[u8]) -> Option<i64> {
+    properties::get_raw(path)
         .and_then(|b| b.try_into().ok())
         .map(i64::from_le_bytes)
 }
@@ -483,8 +494,8 @@ impl Telemetry {
     }
 }
 
-fn set_prop(name: &str, value: &[u8]) {
-    let _ = hostcalls::set_property(vec!["weir", "trace", name], Some(value));
+fn set_prop(path: &[u8], value: &[u8]) {
+    let _ = properties::set_raw(path, value);
 }
 
 /// One access-log line.
@@ -545,12 +556,12 @@ impl HttpContext for Telemetry {
             hex
         });
         let sampled = flags & 1 == 1;
-        set_prop("trace_id", &traceparent[TRACE_HEX]);
-        set_prop("span_id", &traceparent[SPAN_HEX]);
+        set_prop(TRACE_ID, &traceparent[TRACE_HEX]);
+        set_prop(SPAN_ID, &traceparent[SPAN_HEX]);
         if let Some(p) = &parent_hex {
-            set_prop("parent_id", p);
+            set_prop(PARENT_ID, p);
         }
-        set_prop("sampled", if sampled { b"1" } else { b"0" });
+        set_prop(SAMPLED, if sampled { b"1" } else { b"0" });
         // Only the access log reads these: without it, no host calls and no copies for them.
         let log = self.config.access_log;
         let capture = |name: &str| if log { self.header_string(name) } else { None };
@@ -571,19 +582,19 @@ impl HttpContext for Telemetry {
         let Some(seen) = self.seen.as_ref() else {
             return;
         };
-        let status = prop_int(&["response", "code"]).and_then(|c| u16::try_from(c).ok());
-        let duration_ns = prop_int(&["request", "duration"])
+        let status = prop_int(RESPONSE_CODE).and_then(|c| u16::try_from(c).ok());
+        let duration_ns = prop_int(REQUEST_DURATION)
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or_else(|| {
                 now()
                     .duration_since(seen.start)
                     .map_or(0, |d| d.as_nanos() as u64)
             });
-        let routed = prop_string(&["weir", "route", "cluster"]);
+        let routed = prop_string(ROUTE_CLUSTER);
         // The upstream address is formatted by the host on request: only when the access log
         // wants it or it names the cluster.
         let upstream = if self.config.access_log || routed.is_none() {
-            prop_string(&["upstream", "address"])
+            prop_string(UPSTREAM_ADDRESS)
         } else {
             None
         };
@@ -607,8 +618,8 @@ impl HttpContext for Telemetry {
         if !self.config.access_log {
             return;
         }
-        let principal = prop_string(&["weir", "auth", "principal"]);
-        let peer = prop_string(&["connection", "uri_san_peer_certificate"]);
+        let principal = prop_string(PRINCIPAL);
+        let peer = prop_string(PEER_URI_SAN);
         let line = AccessLog {
             ts: rfc3339(seen.start),
             service: &self.config.service_name,
@@ -617,8 +628,8 @@ impl HttpContext for Telemetry {
             path: seen.path.as_deref(),
             status,
             duration_ms: (duration_ns / 1000) as f64 / 1000.0,
-            bytes_in: prop_int(&["request", "total_size"]),
-            bytes_out: prop_int(&["response", "total_size"]),
+            bytes_in: prop_int(REQUEST_TOTAL_SIZE),
+            bytes_out: prop_int(RESPONSE_TOTAL_SIZE),
             upstream: upstream.as_deref(),
             cluster: &cluster,
             trace_id: ascii(&seen.traceparent[TRACE_HEX]),
