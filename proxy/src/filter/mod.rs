@@ -9,11 +9,13 @@
 //! * [`chain::ChainRun`] (per request): the request phases in chain order, the response phases in
 //!   reverse, body phases as the bodies stream ([`body`]), `on_log` when the stream ends.
 //! * [`stream::HttpStream`]: what a filter sees of the request (`StreamHost`): header maps with
-//!   pseudo-headers, body buffers, Envoy's attributes, and the route decision (`weir.route.*`).
+//!   pseudo-headers, body buffers, Envoy's attributes, and the route decision (`weir.route.*`);
+//!   the properties filters set live in its [`props::Props`].
 
 pub mod body;
 pub mod builtin;
 pub mod chain;
+pub mod props;
 pub mod runtime;
 pub mod stream;
 

@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use super::props::Props;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
@@ -70,7 +71,7 @@ pub struct HttpStream {
     pub request_size: u64,
     pub response_size: u64,
     /// Properties filters set (dotted path → value), `weir.route.*` included.
-    props: rustc_hash::FxHashMap<String, Vec<u8>>,
+    props: Props,
     /// A filter wrote the request's `content-length` or `transfer-encoding` (or replaced the
     /// whole map): the core must re-establish the framing before the request goes upstream.
     pub request_framing_edited: bool,
@@ -107,7 +108,7 @@ impl HttpStream {
             upstream_address: None,
             request_size: 0,
             response_size: 0,
-            props: rustc_hash::FxHashMap::default(),
+            props: Props::default(),
             request_framing_edited: false,
             request_xfcc_edited: false,
         }
@@ -368,21 +369,7 @@ impl StreamHost for HttpStream {
     }
 
     fn set_property(&mut self, path: &[&[u8]], value: &[u8]) -> Result<(), Status> {
-        with_dotted(path, |dotted| match self.props.get_mut(dotted) {
-            Some(v) => {
-                v.clear();
-                v.extend_from_slice(value);
-            }
-            None => {
-                // Room for a typical chain's properties at once (route decision, trace ids,
-                // principal, claims) instead of growing and rehashing twice.
-                if self.props.capacity() == 0 {
-                    self.props.reserve(8);
-                }
-                self.props.insert(dotted.to_owned(), value.to_vec());
-            }
-        })
-        .ok_or(Status::BadArgument)
+        with_dotted(path, |dotted| self.props.set(dotted, value)).ok_or(Status::BadArgument)
     }
 }
 
@@ -390,7 +377,7 @@ impl HttpStream {
     /// The property at `dotted` (a path joined with dots).
     fn property(&self, dotted: &str) -> Option<Vec<u8>> {
         if let Some(v) = self.props.get(dotted) {
-            return Some(v.clone());
+            return Some(v.to_vec());
         }
         let s = |x: &str| Some(x.as_bytes().to_vec());
         let int = |n: i64| Some(n.to_le_bytes().to_vec());
