@@ -124,6 +124,21 @@ fn route_setters_write_the_fixed_properties() {
 }
 
 #[test]
+fn raw_property_paths_reach_the_same_properties() {
+    let f = guest();
+    let mut s = f.http_stream();
+    s.request_headers(
+        &[(":method", "GET"), (":path", "/a"), ("x-set-raw", "r1")],
+        true,
+    );
+    assert_eq!(s.property_str("weir.guest.raw"), Some("r1"));
+    assert_eq!(
+        s.request_header("x-g-raw"),
+        Some(r#"set=Ok(()) raw=Some(Ok("r1")) seg=Some("r1") missing=None"#)
+    );
+}
+
+#[test]
 fn a_bad_configuration_is_rejected_with_a_clear_log() {
     let wasm = build_filter(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guest"));
     let err = Filter::load(wasm)

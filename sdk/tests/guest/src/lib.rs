@@ -113,6 +113,16 @@ impl HttpContext for Stream {
         if let Some(n) = header(self, "x-set-retries").and_then(|v| v.parse().ok()) {
             results.push(route::set_retries(n));
         }
+        // Wire-form paths: written raw, read back raw and through the segment API; an unknown
+        // one reads as absent.
+        if let Some(v) = header(self, "x-set-raw") {
+            let set = properties::set_raw(b"weir\0guest\0raw", v.as_bytes());
+            let raw = properties::get_raw(b"weir\0guest\0raw").map(String::from_utf8);
+            let seg = properties::string(&["weir", "guest", "raw"]);
+            let missing = properties::get_raw(b"weir\0guest\0nothing");
+            let summary = format!("set={set:?} raw={raw:?} seg={seg:?} missing={missing:?}");
+            self.add_http_request_header(&format!("{}-raw", self.prefix), &summary);
+        }
         let ok = results.iter().all(Result::is_ok);
         self.add_http_request_header(&format!("{}-route-set", self.prefix), &ok.to_string());
         self.add_http_request_header(
