@@ -232,6 +232,19 @@ fn claims_are_forwarded_and_spoofed_headers_removed() {
     assert_eq!(s.property_str("weir.auth.claim.sub"), Some("alice"));
     assert_eq!(s.property_str("weir.auth.principal"), Some("alice"));
 
+    // The same token again is served from the verified-token cache: the same claims, headers
+    // and principal, and the spoofed values still replaced.
+    let mut s = f.http_stream();
+    let step = s.request_headers(
+        &headers_with(&[("authorization", &auth), ("x-jwt-sub", "root")]),
+        true,
+    );
+    assert_passes(&step);
+    assert_eq!(s.request_header("x-jwt-sub"), Some("alice"));
+    assert_eq!(s.request_header("x-tenant"), Some("acme"));
+    assert_eq!(s.property_str("weir.auth.claim.tenant"), Some("acme"));
+    assert_eq!(s.property_str("weir.auth.principal"), Some("alice"));
+
     // A token without the claim: the spoofed header is gone and nothing replaces it.
     let auth = bearer(HS_VALID);
     let mut s = f.http_stream();
