@@ -286,8 +286,17 @@ struct JwtConfig {
     cluster: Option<JwksCluster>,
     header: String,
     prefix: String,
-    forward_claims: Vec<(String, String)>,
+    forward_claims: Vec<Forward>,
     required: bool,
+}
+
+/// A claim copied onto the request.
+struct Forward {
+    claim: String,
+    /// The request header it is written to (lower case).
+    header: String,
+    /// Its property path in wire form, `weir\0auth\0claim\0<claim>`, built once here.
+    property: Vec<u8>,
 }
 
 struct ExtAuthz {
@@ -466,7 +475,11 @@ impl JwtConfig {
             forward_claims: raw
                 .forward_claims
                 .into_iter()
-                .map(|(c, h)| (c, h.to_ascii_lowercase()))
+                .map(|(claim, h)| Forward {
+                    property: [&b"weir\0auth\0claim\0"[..], claim.as_bytes()].concat(),
+                    header: h.to_ascii_lowercase(),
+                    claim,
+                })
                 .collect(),
             required: raw.required,
         })
@@ -960,10 +973,6 @@ fn deny(state: &RefCell<State>, status: u32, reason: Reason) -> Outcome {
     Outcome::Denied
 }
 
-fn set_property(path: &[&str], value: &str) {
-    let _ = properties::set(path, value.as_bytes());
-}
-
 /// Steps of the decision; a resumed request continues at `Authn` or `Authz`.
 #[derive(Clone, Copy, PartialEq)]
 enum Stage {
@@ -979,8 +988,8 @@ fn decide(config: &Config, state: &RefCell<State>, stage: Stage, may_wait: bool)
         .filter(|s| !s.is_empty());
     if stage == Stage::Start {
         if let Some(jwt) = &config.jwt {
-            for (_, header) in &jwt.forward_claims {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, header, None);
+            for f in &jwt.forward_claims {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &f.header, None);
             }
         }
         if let Some(rules) = &config.rules {
@@ -1004,7 +1013,7 @@ fn decide(config: &Config, state: &RefCell<State>, stage: Stage, may_wait: bool)
         }
     }
     if let Some(p) = principal.or_else(|| peer.map(Rc::from)) {
-        set_property(&["weir", "auth", "principal"], &p);
+        let _ = properties::set_raw(b"weir\0auth\0principal", p.as_bytes());
     }
     match &config.ext_authz {
         Some(ext) => start_ext_authz(ext, state),
@@ -1129,8 +1138,8 @@ fn authenticate(
             Verified::Refused(reason) => return Err(deny(state, 401, reason)),
         },
     };
-    for (claim, header) in &jwt.forward_claims {
-        let Some(value) = claims.get(claim) else {
+    for f in &jwt.forward_claims {
+        let Some(value) = claims.get(&f.claim) else {
             continue;
         };
         let text = match value {
@@ -1140,8 +1149,8 @@ fn authenticate(
         if text.bytes().any(|b| b.is_ascii_control()) {
             continue;
         }
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, header, Some(&text));
-        set_property(&["weir", "auth", "claim", claim], &text);
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &f.header, Some(&text));
+        let _ = properties::set_raw(&f.property, text.as_bytes());
     }
     Ok(sub)
 }
@@ -1447,8 +1456,9 @@ impl HttpContext for Auth {
                 // Outside the protected paths: nothing is checked, but forwarded-claim headers
                 // are still the filter's alone.
                 if let Some(jwt) = &config.jwt {
-                    for (_, header) in &jwt.forward_claims {
-                        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, header, None);
+                    for f in &jwt.forward_claims {
+                        let _ =
+                            hostcalls::set_map_value(MapType::HttpRequestHeaders, &f.header, None);
                     }
                 }
                 return Action::Continue;

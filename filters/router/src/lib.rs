@@ -815,15 +815,15 @@ impl Router {
     }
 
     fn forward(&mut self, f: &Forward) {
-        set_route("cluster", self.choose(f).as_bytes());
+        set_route(b"weir\0route\0cluster", self.choose(f).as_bytes());
         if let Some(ms) = &f.timeout_ms {
-            set_route("timeout_ms", ms.as_bytes());
+            set_route(b"weir\0route\0timeout_ms", ms.as_bytes());
         }
         if let Some(r) = &f.retries {
-            set_route("retries", r.as_bytes());
+            set_route(b"weir\0route\0retries", r.as_bytes());
         }
         if let Some(ms) = &f.per_try_timeout_ms {
-            set_route("per_try_timeout_ms", ms.as_bytes());
+            set_route(b"weir\0route\0per_try_timeout_ms", ms.as_bytes());
         }
         for name in &f.request_remove {
             self.remove_http_request_header(name);
@@ -834,8 +834,9 @@ impl Router {
     }
 }
 
-fn set_route(name: &str, value: &[u8]) {
-    let _ = weir_sdk::properties::set(&["weir", "route", name], value);
+/// Sets `weir.route.*` (`path` in wire form: the route decision's fixed names).
+fn set_route(path: &[u8], value: &[u8]) {
+    let _ = weir_sdk::properties::set_raw(path, value);
 }
 
 /// `path` (with its query) with `prefix` (a prefix of it) replaced by `to`.
@@ -888,7 +889,7 @@ impl HttpContext for Router {
                 if let (Some(to), Some(PathMatch::Prefix(prefix)), Some(full)) =
                     (&f.rewrite, &route.path, req.path.as_deref())
                 {
-                    set_route("path", rewritten(full, prefix, to).as_bytes());
+                    set_route(b"weir\0route\0path", rewritten(full, prefix, to).as_bytes());
                 }
                 self.forward(f);
                 self.route = Some(i);
