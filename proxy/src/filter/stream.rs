@@ -195,27 +195,17 @@ impl HttpStream {
     }
 
     fn pseudo_pairs(&self, map: MapType) -> Pairs {
-        match map {
-            MapType::HttpRequestHeaders => {
-                let mut v = vec![
-                    (
-                        b":method".to_vec(),
-                        self.method.as_str().as_bytes().to_vec(),
-                    ),
-                    (b":path".to_vec(), self.path_str().as_bytes().to_vec()),
-                ];
-                if let Some(a) = &self.authority {
-                    v.push((b":authority".to_vec(), a.as_bytes().to_vec()));
-                }
-                v.push((b":scheme".to_vec(), self.scheme.as_bytes().to_vec()));
-                v
-            }
-            MapType::HttpResponseHeaders => self
-                .response_status
-                .map(|s| vec![(b":status".to_vec(), s.as_str().as_bytes().to_vec())])
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        }
+        let names: &[&[u8]] = match map {
+            MapType::HttpRequestHeaders => &[b":method", b":path", b":authority", b":scheme"],
+            MapType::HttpResponseHeaders => &[b":status"],
+            _ => &[],
+        };
+        // Each value from `pseudo_value`, the one place that knows them; an absent one
+        // (`:authority`, `:status` before the response) is left out.
+        names
+            .iter()
+            .filter_map(|n| Some((n.to_vec(), self.pseudo_value(map, n)?)))
+            .collect()
     }
 
     /// One pseudo-header's value, without building the others (a filter reading `:path` on
