@@ -973,6 +973,14 @@ fn deny(state: &RefCell<State>, status: u32, reason: Reason) -> Outcome {
     Outcome::Denied
 }
 
+/// Removes the request headers `forward_claims` writes: they are the filter's alone, whatever
+/// the client sent.
+fn strip_forwarded(config: &Config) {
+    for f in config.jwt.iter().flat_map(|jwt| &jwt.forward_claims) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &f.header, None);
+    }
+}
+
 /// Steps of the decision; a resumed request continues at `Authn` or `Authz`.
 #[derive(Clone, Copy, PartialEq)]
 enum Stage {
@@ -987,11 +995,7 @@ fn decide(config: &Config, state: &RefCell<State>, stage: Stage, may_wait: bool)
         .and_then(|v| String::from_utf8(v).ok())
         .filter(|s| !s.is_empty());
     if stage == Stage::Start {
-        if let Some(jwt) = &config.jwt {
-            for f in &jwt.forward_claims {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &f.header, None);
-            }
-        }
+        strip_forwarded(config);
         if let Some(rules) = &config.rules {
             let path = request_header(":path").unwrap_or_default();
             let path = path.split('?').next().unwrap_or_default();
@@ -1455,12 +1459,7 @@ impl HttpContext for Auth {
             if !path.starts_with(prefix.as_str()) {
                 // Outside the protected paths: nothing is checked, but forwarded-claim headers
                 // are still the filter's alone.
-                if let Some(jwt) = &config.jwt {
-                    for f in &jwt.forward_claims {
-                        let _ =
-                            hostcalls::set_map_value(MapType::HttpRequestHeaders, &f.header, None);
-                    }
-                }
+                strip_forwarded(&config);
                 return Action::Continue;
             }
         }
