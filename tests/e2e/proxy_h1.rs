@@ -749,3 +749,41 @@ async fn connection_stays_in_sync_after_an_early_response() {
         "{paths:?}"
     );
 }
+
+/// A response head that needs no rewriting reaches an HTTP/1.1 client as the upstream wrote it —
+/// the names' case, spacing, order, repeated fields, its own `date` — with exactly one length,
+/// and the connection carries the next exchange. An HTTP/2 client of the same upstream, whose
+/// head must be re-encoded, gets the same fields.
+#[tokio::test]
+async fn upstream_response_fields_reach_the_client_as_written() {
+    const FIELDS: &str = "X-Mixed-Case: Value\r\nx-multi: one\r\nContent-Length: 4\r\n\
+                          x-multi: two\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\nX-Spaced:   padded\r\n";
+    const REPLY: &[u8] = b"HTTP/1.1 201 Created\r\nX-Mixed-Case: Value\r\nx-multi: one\r\n\
+        Content-Length: 4\r\nx-multi: two\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n\
+        X-Spaced:   padded\r\n\r\nbody";
+    let up = weir_tests::FaultyServer::start(weir_tests::Fault::Script(&[REPLY; 4])).await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let addr = weir.listener_addr("main");
+    let get = b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n";
+    let (mut c, first) = weir_tests::client::raw_request(addr, get).await;
+    c.write(get).await.unwrap();
+    let second = c.read_response().await;
+    for r in [&first, &second] {
+        assert_eq!(r.status, 201, "{r:?}");
+        assert_eq!(r.body, b"body");
+        assert!(r.head.starts_with("HTTP/1.1 201 Created\r\n"), "{}", r.head);
+        assert!(r.head.contains(FIELDS), "fields rewritten: {}", r.head);
+        let count = |n: &str| r.headers.iter().filter(|(k, _)| k == n).count();
+        assert_eq!(count("content-length"), 1, "{}", r.head);
+        assert_eq!(count("date"), 1, "{}", r.head);
+    }
+    let mut h2 = weir_tests::H2Client::connect(addr).await;
+    let r = h2.get("/b").await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.text(), "body");
+    assert_eq!(r.header("x-mixed-case"), Some("Value"));
+    assert_eq!(r.header("x-spaced"), Some("padded"));
+    assert_eq!(r.header("date"), Some("Tue, 01 Dec 2026 10:00:00 GMT"));
+    let multi: Vec<_> = r.headers.get_all("x-multi").iter().collect();
+    assert_eq!(multi, ["one", "two"]);
+}

@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::{Notify, mpsc};
 
-use crate::upstream::h1::H1Body;
+use crate::upstream::h1::{H1Body, RawHead};
 use crate::upstream::pool::ResponseGuard;
 
 /// The error type of bodies inside Weir (hyper's, or Weir's own HTTP/1.1 client's).
@@ -45,6 +45,18 @@ pub enum ProxyBody {
     Replay(crate::upstream::retry::ReplayBody),
     /// An upstream response body under the cluster's idle timeout. Boxed: rare.
     Idle(Box<crate::upstream::forward::IdleBody>),
+}
+
+impl ProxyBody {
+    /// The upstream response head's lines if they were kept raw ([`RawHead`]). Only the
+    /// HTTP/1.1 response writer takes them, before it reads the body.
+    pub fn take_raw_head(&mut self) -> Option<RawHead> {
+        match self {
+            ProxyBody::H1(b) => b.take_raw_head(),
+            ProxyBody::Idle(b) => b.inner_mut().take_raw_head(),
+            _ => None,
+        }
+    }
 }
 
 impl From<Bytes> for ProxyBody {

@@ -151,8 +151,13 @@ impl ProxyService {
             timed: false,
             routed: false,
         };
-        let resp =
-            upstream::forward(cluster, req, &upstream::Route::of(cluster), &mut seen).await?;
+        // Nothing reads this response's headers before an HTTP/1.1 client gets them: the
+        // upstream's head may go out as it came.
+        let route = upstream::Route {
+            raw_head: req.version() <= Version::HTTP_11,
+            ..upstream::Route::of(cluster)
+        };
+        let resp = upstream::forward(cluster, req, &route, &mut seen).await?;
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         parts.version = Version::HTTP_11;
@@ -279,6 +284,7 @@ impl ProxyService {
         };
         let routed = route.cluster.is_some();
         let route = upstream::Route {
+            raw_head: false,
             response_timeout: timeout,
             per_try_timeout: route.per_try_timeout,
             retries: route.retries,

@@ -21,12 +21,14 @@ use crate::http::respond::ProxyError;
 
 /// Sends `req` to `ep` and returns the response with a body that streams from the upstream.
 /// `response_timeout` bounds the wait for the response head once the request is sent (the
-/// cluster's, or a route decision's).
+/// cluster's, or a route decision's). `raw_head`: an HTTP/1.1 response head may stay raw
+/// ([`h1::RawHead`]), because it goes straight to an HTTP/1.1 client.
 pub async fn send(
     cluster: &Cluster,
     ep: &Rc<Endpoint>,
     mut req: Request<ProxyBody>,
     response_timeout: std::time::Duration,
+    raw_head: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     prepare(&mut req, cluster.protocol, cluster.tls.is_some());
     let guard = ResponseGuard::new(ep.clone());
@@ -35,7 +37,7 @@ pub async fn send(
         // Only the encoded head and the body go on: the 288-byte request is not moved into
         // another future (each move was a `memcpy` on every request).
         Protocol::Http1 => {
-            let head = h1::encode_head(&req);
+            let head = h1::encode_head(&req, raw_head);
             send_h1(cluster, ep, head, req.into_body(), guard, response_timeout).await
         }
         // Boxed: HTTP/2's exchange future is large and would otherwise size (and be copied

@@ -44,6 +44,9 @@ pub struct Route {
     pub per_try_timeout: Option<Duration>,
     /// Retries after the first try (the cluster's `retries.attempts` unless set; 0: none).
     pub retries: Option<u32>,
+    /// The response goes straight to an HTTP/1.1 client with nothing reading its headers on
+    /// the way: its head may stay raw ([`super::h1::RawHead`]).
+    pub raw_head: bool,
 }
 
 impl Route {
@@ -53,6 +56,7 @@ impl Route {
             response_timeout: cluster.response_timeout,
             per_try_timeout: None,
             retries: None,
+            raw_head: false,
         }
     }
 }
@@ -89,7 +93,7 @@ pub async fn forward(
     };
     let per_try = route.per_try_timeout.or(cluster.per_try_timeout);
     if retries == 0 && per_try.is_none() && cluster.request_timeout.is_none() {
-        return once(cluster, req, route.response_timeout, obs).await;
+        return once(cluster, req, route, obs).await;
     }
     Box::pin(resilient(cluster, req, route, retries, per_try, obs)).await
 }
@@ -98,13 +102,13 @@ pub async fn forward(
 async fn once(
     cluster: &Cluster,
     mut req: Request<ProxyBody>,
-    timeout: Duration,
+    route: &Route,
     obs: &mut impl Observer,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let ep = cluster.endpoint()?;
     obs.start(cluster.index, &ep, &mut req);
     let start = cluster.start_clock();
-    let r = send(cluster, &ep, req, timeout).await;
+    let r = send(cluster, &ep, req, route.response_timeout, route.raw_head).await;
     obs.done(&r);
     cluster.settle(&ep, &r, start);
     r.map(|resp| cluster.idle_wrap(resp))
@@ -171,7 +175,7 @@ async fn resilient(
         obs.start(cluster.index, &ep, &mut req);
         let start = cluster.start_clock();
         let result = race(
-            send(cluster, &ep, req, route.response_timeout),
+            send(cluster, &ep, req, route.response_timeout, route.raw_head),
             per_try,
             overall.as_mut(),
         )
@@ -432,6 +436,11 @@ pub struct IdleBody {
 }
 
 impl IdleBody {
+    /// The body it watches.
+    pub fn inner_mut(&mut self) -> &mut ProxyBody {
+        &mut self.inner
+    }
+
     fn new(inner: ProxyBody, idle: Duration, stats: &Arc<WorkerStats>) -> Self {
         Self {
             inner,

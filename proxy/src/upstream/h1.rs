@@ -53,6 +53,9 @@ pub struct Conn {
     rbuf: BytesMut,
     /// A request write failed: the connection may still carry the answer, never another request.
     poisoned: bool,
+    /// The current response's head lines, kept as they came (see [`RawHead`]) until the
+    /// downstream writer takes them.
+    raw: Option<RawHead>,
     /// Counts the connection against the cluster's `max_connections` while it lives.
     _count: ConnCount,
 }
@@ -85,6 +88,7 @@ impl H1Conn {
             io: Io::Whole(io),
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             poisoned: false,
+            raw: None,
             _count: count,
         }))
     }
@@ -127,6 +131,7 @@ impl H1Conn {
         if self.poisoned {
             return None;
         }
+        self.raw = None;
         match std::mem::replace(&mut self.io, Io::Gone) {
             Io::Whole(io) => self.io = Io::Whole(io),
             Io::Split(rd, pump) => {
@@ -213,10 +218,14 @@ pub struct EncodedHead {
     bytes: Vec<u8>,
     method: Method,
     chunked: bool,
+    /// The response head may be kept raw ([`RawHead`]).
+    raw_ok: bool,
 }
 
 /// Encodes the request head (origin-form target, `Host` already set by the caller).
-pub fn encode_head(req: &Request<ProxyBody>) -> EncodedHead {
+/// `raw_head`: the response goes straight to an HTTP/1.1 client, so its head may be kept as the
+/// upstream wrote it (never for `HEAD`, whose answer's length describes no body).
+pub fn encode_head(req: &Request<ProxyBody>, raw_head: bool) -> EncodedHead {
     let (method, headers, body) = (req.method(), req.headers(), req.body());
     // Sized exactly (plus a framing line): growing the buffer copied every head once or twice.
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -257,6 +266,7 @@ pub fn encode_head(req: &Request<ProxyBody>) -> EncodedHead {
     b.extend_from_slice(b"\r\n");
     EncodedHead {
         bytes: b,
+        raw_ok: raw_head && *method != Method::HEAD,
         method: method.clone(),
         chunked,
     }
@@ -368,7 +378,9 @@ pub async fn send(
     };
     let answer = async {
         loop {
-            if let Some(parsed) = parse_head(&mut conn.rbuf).map_err(|e| fail(e, false))? {
+            if let Some(parsed) =
+                parse_head(&mut conn.rbuf, head.raw_ok).map_err(|e| fail(e, false))?
+            {
                 if parsed.status.is_informational()
                     && parsed.status != StatusCode::SWITCHING_PROTOCOLS
                 {
@@ -491,16 +503,125 @@ struct ParsedHead {
     te_chunked: Option<bool>,
     /// `Some(Ok(n))` for consistent lengths, `Some(Err(()))` for invalid or conflicting ones.
     length: Option<Result<u64, ()>>,
+    /// The head kept raw (`headers` is then empty).
+    raw: Option<RawHead>,
 }
 
-/// Parses (and consumes) a complete response head from `buf`, if one is there.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ProxyError> {
-    crate::http::h1::parse::with_spans(|spans| parse_head_with(buf, spans))
+/// A response head kept as the upstream wrote it, for the one consumer that needs no map: the
+/// HTTP/1.1 writer of a request that runs through no filter chain. Building a `HeaderMap` (name
+/// lookup, hashing, two allocations) and walking it again to encode it was a fifth of the
+/// proxy's own instructions per request; the lines go out in one copy instead.
+///
+/// Only a head that needs no rewriting is kept: a body framed by a single `content-length`
+/// (not zero), no hop-by-hop field (`connection`, `keep-alive`, `proxy-connection`, `te`,
+/// `transfer-encoding`, `upgrade`) and CRLF line ends. It travels inside the response body (the
+/// pooled connection's box, so the body grows by nothing) and is taken by
+/// [`ProxyBody::take_raw_head`]; a writer that cannot use it as it is folds it into the map
+/// ([`RawHead::append_to`]). The `HeaderMap` of such a response holds only what Weir adds.
+#[derive(Debug)]
+pub struct RawHead {
+    /// The header lines, each ending in CRLF (neither the status line nor the blank line).
+    pub lines: Bytes,
+    /// The one `content-length` among them.
+    pub length: u64,
+    /// Whether a `date` is among them.
+    pub has_date: bool,
+}
+
+impl RawHead {
+    /// The lines as fields of `map` (values share the head's buffer).
+    pub fn append_to(&self, map: &mut HeaderMap) {
+        let mut rest = &self.lines[..];
+        while let Some(end) = memchr::memchr(b'\n', rest) {
+            let line = trim_line(&rest[..=end]);
+            rest = &rest[end + 1..];
+            let Some(colon) = memchr::memchr(b':', line) else {
+                continue;
+            };
+            if let Ok(name) = HeaderName::from_bytes(&line[..colon])
+                && let Ok(value) = HeaderValue::from_maybe_shared(
+                    self.lines.slice_ref(line[colon + 1..].trim_ascii()),
+                )
+            {
+                map.append(name, value);
+            }
+        }
+    }
+}
+
+/// What a field name means to a raw head.
+enum FieldKind {
+    ContentLength,
+    Date,
+    /// Hop-by-hop or framing: the head must be rewritten.
+    Rewrite,
+    Other,
+}
+
+fn field_kind(name: &[u8]) -> FieldKind {
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 if is(b"te") => FieldKind::Rewrite,
+        4 if is(b"date") => FieldKind::Date,
+        7 if is(b"upgrade") => FieldKind::Rewrite,
+        10 if is(b"connection") || is(b"keep-alive") => FieldKind::Rewrite,
+        14 if is(b"content-length") => FieldKind::ContentLength,
+        16 if is(b"proxy-connection") => FieldKind::Rewrite,
+        17 if is(b"transfer-encoding") => FieldKind::Rewrite,
+        _ => FieldKind::Other,
+    }
+}
+
+/// `head` (a complete response head with a body-carrying status) as a [`RawHead`], if it needs
+/// no rewriting.
+fn raw_head(head: &Bytes, spans: &[crate::http::h1::parse::Span]) -> Option<RawHead> {
+    let field = |(at, n): (u32, u32)| &head[at as usize..(at + n) as usize];
+    let mut length = None;
+    let mut has_date = false;
+    for span in spans {
+        match field_kind(field(span.name)) {
+            FieldKind::Other => {}
+            FieldKind::Date => has_date = true,
+            FieldKind::Rewrite => return None,
+            FieldKind::ContentLength => {
+                let v = field(span.value);
+                if length.is_some()
+                    || v.is_empty()
+                    || v.len() > 19
+                    || !v.iter().all(u8::is_ascii_digit)
+                {
+                    return None;
+                }
+                length = Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+            }
+        }
+    }
+    let length = length.filter(|&n| n > 0)?;
+    if !head.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let start = memchr::memchr(b'\n', head)? + 1;
+    let lines = &head[start..head.len() - 2];
+    if memchr::memchr_iter(b'\n', lines).any(|i| i == 0 || lines[i - 1] != b'\r') {
+        return None;
+    }
+    Some(RawHead {
+        lines: head.slice(start..head.len() - 2),
+        length,
+        has_date,
+    })
+}
+
+/// Parses (and consumes) a complete response head from `buf`, if one is there. `raw_ok`: keep
+/// it raw if it qualifies ([`RawHead`]).
+fn parse_head(buf: &mut BytesMut, raw_ok: bool) -> Result<Option<ParsedHead>, ProxyError> {
+    crate::http::h1::parse::with_spans(|spans| parse_head_with(buf, spans, raw_ok))
 }
 
 fn parse_head_with(
     buf: &mut BytesMut,
     spans: &mut Vec<crate::http::h1::parse::Span>,
+    raw_ok: bool,
 ) -> Result<Option<ParsedHead>, ProxyError> {
     // Positions are taken while httparse borrows the buffer; the head is then split off and
     // frozen, so header values are slices of it (no copy, no allocation per value).
@@ -535,6 +656,24 @@ fn parse_head_with(
         Version::HTTP_11
     };
     let head = buf.split_to(len).freeze();
+    let has_body = !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED);
+    if raw_ok
+        && has_body
+        && let Some(raw) = raw_head(&head, &spans[..count])
+    {
+        return Ok(Some(ParsedHead {
+            status,
+            version,
+            headers: HeaderMap::new(),
+            close: false,
+            keep_alive: false,
+            te_chunked: None,
+            length: Some(Ok(raw.length)),
+            raw: Some(raw),
+        }));
+    }
     let mut p = ParsedHead {
         status,
         version,
@@ -543,6 +682,7 @@ fn parse_head_with(
         keep_alive: false,
         te_chunked: None,
         length: None,
+        raw: None,
     };
     for span in &spans[..count] {
         let (at, n) = span.name;
@@ -581,7 +721,7 @@ fn parse_head_with(
 }
 
 fn into_response(
-    conn: H1Conn,
+    mut conn: H1Conn,
     p: ParsedHead,
     method: &Method,
     mut guard: ResponseGuard,
@@ -623,6 +763,8 @@ fn into_response(
     parts.version = p.version;
     parts.headers = p.headers;
     let done = matches!(framing, Framing::Length(0));
+    debug_assert!(!(done && p.raw.is_some()), "a raw head frames a body");
+    conn.raw = p.raw;
     let mut body = H1Body {
         conn: Some(conn),
         framing,
@@ -671,6 +813,11 @@ pub struct H1Body {
 }
 
 impl H1Body {
+    /// The response head's lines, if they were kept raw; taken once, before the first frame.
+    pub fn take_raw_head(&mut self) -> Option<RawHead> {
+        self.conn.as_mut()?.raw.take()
+    }
+
     /// The body ended cleanly: the connection may serve the next request.
     fn finish(&mut self) {
         self.framing = Framing::Done;
@@ -868,14 +1015,14 @@ mod tests {
         let mut b = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello"[..],
         );
-        let p = parse_head(&mut b).unwrap().unwrap();
+        let p = parse_head(&mut b, false).unwrap().unwrap();
         assert_eq!(p.status, 200);
         assert_eq!(p.headers.get_all("x-a").iter().count(), 2);
         assert_eq!(&b[..], b"hello");
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-"[..]);
-        assert!(parse_head(&mut partial).unwrap().is_none());
+        assert!(parse_head(&mut partial, false).unwrap().is_none());
         let mut bad = BytesMut::from(&b"garbage\r\n\r\n"[..]);
-        assert!(parse_head(&mut bad).is_err());
+        assert!(parse_head(&mut bad, false).is_err());
     }
 
     #[test]
@@ -887,7 +1034,7 @@ mod tests {
             .header("transfer-encoding", "chunked")
             .body(ProxyBody::Full(Some(Bytes::from_static(b"abc"))))
             .unwrap();
-        let h = encode_head(&req);
+        let h = encode_head(&req, false);
         let text = String::from_utf8(h.bytes).unwrap();
         assert_eq!(
             text,
@@ -899,8 +1046,63 @@ mod tests {
             .body(ProxyBody::Empty)
             .unwrap();
         assert_eq!(
-            String::from_utf8(encode_head(&get).bytes).unwrap(),
+            String::from_utf8(encode_head(&get, false).bytes).unwrap(),
             "GET / HTTP/1.1\r\nhost: x\r\n\r\n"
         );
+    }
+
+    fn parsed(head: &[u8], raw_ok: bool) -> ParsedHead {
+        parse_head(&mut BytesMut::from(head), raw_ok)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_plain_head_is_kept_raw_with_its_length_and_date() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\nDate: x\r\n\r\nhello";
+        let p = parsed(head, true);
+        let raw = p.raw.expect("kept raw");
+        assert!(p.headers.is_empty(), "no map is built for a raw head");
+        assert_eq!(p.length, Some(Ok(5)));
+        assert_eq!(raw.length, 5);
+        assert!(raw.has_date);
+        assert_eq!(
+            &raw.lines[..],
+            b"Content-Type: text/plain\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\nDate: x\r\n"
+        );
+        // Folded into a map, it is the same head parsed the usual way.
+        let mut map = HeaderMap::new();
+        raw.append_to(&mut map);
+        assert_eq!(map, parsed(head, false).headers);
+        assert_eq!(map.get_all("x-a").iter().count(), 2);
+        // Without permission, never raw.
+        assert!(parsed(head, false).raw.is_none());
+    }
+
+    #[test]
+    fn heads_that_need_rewriting_are_never_raw() {
+        for head in [
+            // hop-by-hop fields, in any case
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nkeep-alive: timeout=5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nProxy-Connection: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTE: trailers\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nUpgrade: h2c\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            // framing Weir must decide: none, empty, repeated, or not plain digits
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n",
+            // bodiless statuses
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 1\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1\r\n\r\n",
+            // bare LF line ends
+            b"HTTP/1.1 200 OK\nContent-Length: 1\nX-A: 1\n\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\nX-A: 1\r\n\r\n",
+        ] {
+            let p = parsed(head, true);
+            assert!(p.raw.is_none(), "{:?}", String::from_utf8_lossy(head));
+        }
     }
 }

@@ -20,6 +20,7 @@ use tokio::io::AsyncWrite;
 use super::wire::Wire;
 use crate::http::body::{BoxError, ProxyBody};
 use crate::http::respond::{self, ProxyError};
+use crate::upstream::h1::RawHead;
 
 /// What the request asked that shapes the response's framing.
 #[derive(Clone, Copy)]
@@ -53,7 +54,8 @@ pub async fn response(
     ex: Exchange,
     mut close: bool,
 ) -> Written {
-    let (parts, mut body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
+    let raw = body.take_raw_head();
     close |= asks_close(&parts.headers);
     let status = parts.status;
     let bodyless = ex.head_request
@@ -64,7 +66,11 @@ pub async fn response(
         Framing::None
     } else if let Some(n) = body.size_hint().exact() {
         Framing::Length(n)
-    } else if let Some(n) = declared_length(&parts.headers) {
+    } else if let Some(n) = raw
+        .as_ref()
+        .map(|r| r.length)
+        .or_else(|| declared_length(&parts.headers))
+    {
         Framing::Length(n)
     } else if ex.version == Version::HTTP_11 {
         Framing::Chunked
@@ -83,7 +89,25 @@ pub async fn response(
         let err = respond::error_response(&ProxyError::UpstreamBodyFailed);
         return Box::pin(response(wire, head, err, ex, true)).await;
     }
-    encode_head(head, status, &parts.headers, &framing, ex, close);
+    // Raw lines go out as they are when their length frames the body as sent; otherwise they
+    // join the map, and the head is encoded as any other.
+    let raw = match raw {
+        Some(r) if matches!(framing, Framing::Length(n) if n == r.length) => Some(r),
+        Some(r) => {
+            r.append_to(&mut parts.headers);
+            None
+        }
+        None => None,
+    };
+    encode_head(
+        head,
+        status,
+        &parts.headers,
+        raw.as_ref(),
+        &framing,
+        ex,
+        close,
+    );
     let mut out = Out {
         framing,
         close,
@@ -289,10 +313,13 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `raw`: the upstream's own lines, which carry the body's `content-length`; `headers` then
+/// holds only what Weir added.
 fn encode_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    raw: Option<&RawHead>,
     framing: &Framing,
     ex: Exchange,
     close: bool,
@@ -307,6 +334,9 @@ fn encode_head(
     // HEAD and 304 answers keep the length the full response would have had (RFC 9110 §8.6).
     let keep_length =
         matches!(framing, Framing::None) && (ex.head_request || status == StatusCode::NOT_MODIFIED);
+    if let Some(r) = raw {
+        out.extend_from_slice(&r.lines);
+    }
     for (name, value) in headers {
         if name == header::CONNECTION
             || name == header::TRANSFER_ENCODING
@@ -317,6 +347,7 @@ fn encode_head(
         push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
+        Framing::Length(_) if raw.is_some() => {}
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
@@ -325,7 +356,7 @@ fn encode_head(
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::None | Framing::UntilClose => {}
     }
-    if !headers.contains_key(header::DATE) {
+    if !raw.is_some_and(|r| r.has_date) && !headers.contains_key(header::DATE) {
         DATE.with(|d| {
             push_field(out, b"date", d.borrow_mut().now());
         });
@@ -402,11 +433,61 @@ mod tests {
             &mut out,
             StatusCode::from_u16(status).unwrap(),
             &h,
+            None,
             &framing,
             ex,
             close,
         );
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn raw_lines_go_out_as_they_came_with_what_weir_added() {
+        let ex = Exchange {
+            head_request: false,
+            version: Version::HTTP_11,
+        };
+        let raw = |lines: &'static [u8], has_date| RawHead {
+            lines: Bytes::from_static(lines),
+            length: 5,
+            has_date,
+        };
+        let mut extra = HeaderMap::new();
+        extra.insert("x-weir-attempt-count", HeaderValue::from_static("2"));
+        let mut out = Vec::new();
+        let r = raw(b"Content-Length: 5\r\nX-A:  1\r\nDate: d\r\n", true);
+        encode_head(
+            &mut out,
+            StatusCode::OK,
+            &extra,
+            Some(&r),
+            &Framing::Length(5),
+            ex,
+            false,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A:  1\r\nDate: d\r\nx-weir-attempt-count: 2\r\n\r\n"
+        );
+        // No date among the lines: Weir's own is added; a close is announced.
+        let mut out = Vec::new();
+        let r = raw(b"content-length: 5\r\n", false);
+        encode_head(
+            &mut out,
+            StatusCode::NOT_FOUND,
+            &HeaderMap::new(),
+            Some(&r),
+            &Framing::Length(5),
+            ex,
+            true,
+        );
+        let h = String::from_utf8(out).unwrap();
+        assert!(
+            h.starts_with("HTTP/1.1 404 Not Found\r\ncontent-length: 5\r\ndate: ")
+                && h.ends_with("\r\nconnection: close\r\n\r\n")
+                && h.matches("content-length").count() == 1,
+            "{h}"
+        );
     }
 
     #[test]
