@@ -597,14 +597,13 @@ fn raw_head(head: &Bytes, spans: &[crate::http::h1::parse::Span]) -> Option<RawH
         }
     }
     let length = length.filter(|&n| n > 0)?;
-    if !head.ends_with(b"\r\n\r\n") {
+    // Every line ends in CRLF: the head does, and each field starts right after one (httparse
+    // ends a line at `\n` and admits no `\r` in a value, so nothing else can stand there).
+    let crlf_before = |at: u32| at >= 2 && head[at as usize - 2..at as usize] == *b"\r\n";
+    if !head.ends_with(b"\r\n\r\n") || !spans.iter().all(|s| crlf_before(s.name.0)) {
         return None;
     }
-    let start = memchr::memchr(b'\n', head)? + 1;
-    let lines = &head[start..head.len() - 2];
-    if memchr::memchr_iter(b'\n', lines).any(|i| i == 0 || lines[i - 1] != b'\r') {
-        return None;
-    }
+    let start = spans.first()?.name.0 as usize;
     Some(RawHead {
         lines: head.slice(start..head.len() - 2),
         length,
