@@ -787,3 +787,47 @@ async fn upstream_response_fields_reach_the_client_as_written() {
     let multi: Vec<_> = r.headers.get_all("x-multi").iter().collect();
     assert_eq!(multi, ["one", "two"]);
 }
+
+/// A plain request's fields reach the upstream as the client wrote them, followed by the
+/// proxy's own (`x-forwarded-for`, `x-forwarded-proto`, a fresh `x-request-id`); a request that
+/// carries fields the proxy sets gets them rewritten as ever (the forwarded-for chain extended,
+/// the client's request id kept, nothing doubled).
+#[tokio::test]
+async fn request_fields_reach_the_upstream_as_written_with_the_proxys_appended() {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let up = weir_tests::FaultyServer::start(weir_tests::Fault::Script(&[OK; 4])).await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let (mut c, r) = weir_tests::client::raw_request(
+        weir.listener_addr("main"),
+        b"GET /a?b=1 HTTP/1.1\r\nHost: svc.test\r\nX-Mixed-Case:  V \r\nAccept: */*\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    c.write(
+        b"GET /b HTTP/1.1\r\nHost: svc.test\r\nX-Forwarded-For: 10.0.0.9\r\n\
+          X-Request-Id: mine\r\nX-Forwarded-Proto: https\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.read_response().await.status, 200);
+    let heads = up.wait_heads(2).await;
+    let first = &heads[0];
+    let prefix = "GET /a?b=1 HTTP/1.1\r\nHost: svc.test\r\nX-Mixed-Case:  V \r\nAccept: */*\r\n\
+                  x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-request-id: ";
+    assert!(first.starts_with(prefix), "{first}");
+    let id = first[prefix.len()..].split("\r\n").next().unwrap();
+    assert!(is_uuid_v4(id), "{first}");
+    assert!(first.ends_with(&format!("{id}\r\n\r\n")), "{first}");
+    let second = heads[1].to_ascii_lowercase();
+    for (field, want) in [
+        ("x-forwarded-for", "10.0.0.9, 127.0.0.1"),
+        ("x-request-id", "mine"),
+        ("x-forwarded-proto", "http"),
+    ] {
+        let values: Vec<_> = second
+            .split("\r\n")
+            .filter_map(|l| l.strip_prefix(&format!("{field}: ")))
+            .collect();
+        assert_eq!(values, [want], "{second}");
+    }
+}

@@ -167,12 +167,37 @@ impl IpText {
     }
 }
 
+/// Header lines kept as they came off the wire (each `name: value` ending in CRLF, already
+/// validated by the parser) as fields of `map`; values share the lines' buffer.
+pub fn append_lines(lines: &bytes::Bytes, map: &mut HeaderMap) {
+    let mut rest = &lines[..];
+    while let Some(end) = memchr::memchr(b'\n', rest) {
+        let line = &rest[..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        rest = &rest[end + 1..];
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        if let Ok(name) = HeaderName::from_bytes(&line[..colon])
+            && let Ok(value) =
+                HeaderValue::from_maybe_shared(lines.slice_ref(line[colon + 1..].trim_ascii()))
+        {
+            map.append(name, value);
+        }
+    }
+}
+
 /// Sets `x-request-id` to a fresh UUID v4 unless the request already carries one.
 pub fn ensure_request_id(h: &mut HeaderMap) {
     if let Entry::Vacant(e) = h.entry(&X_REQUEST_ID) {
-        let id = uuid_v4(fastrand::u128(..));
+        let id = new_request_id();
         e.insert(HeaderValue::from_bytes(&id).expect("a UUID is a valid header value"));
     }
+}
+
+/// A fresh request id: a random UUID v4, as text.
+pub fn new_request_id() -> [u8; 36] {
+    uuid_v4(fastrand::u128(..))
 }
 
 /// Formats 128 random bits as a version-4 UUID, without allocating: a byte at a time into fixed

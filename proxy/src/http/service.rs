@@ -8,11 +8,15 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
 use super::body::{DownstreamBody, H2Body, ProxyBody};
-use super::headers::{ensure_request_id, set_client_cert, set_forwarded, strip_hop_by_hop};
+use super::headers::{
+    append_lines, ensure_request_id, new_request_id, set_client_cert, set_forwarded,
+    strip_hop_by_hop,
+};
 use super::respond::{self, ProxyError};
 use crate::filter::body::{FilteredBody, FilteredBodyError, Prefetch};
 use crate::filter::chain::{ChainRun, Stop, local_reply_response};
@@ -70,15 +74,24 @@ impl ProxyService {
         &self,
         mut req: Request<DownstreamBody>,
         websocket: bool,
+        raw: Option<Bytes>,
         ex: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        // Telemetry that reads the request's fields needs them in the map.
+        let raw = match raw {
+            Some(lines) if ex.is_detailed() => {
+                append_lines(&lines, req.headers_mut());
+                None
+            }
+            raw => raw,
+        };
         ex.request(
             &mut req,
             self.peer,
             self.tls.as_deref(),
             &self.listener.name,
         );
-        let resp = match self.proxy(req, websocket, ex).await {
+        let resp = match self.proxy(req, websocket, raw, ex).await {
             Ok(r) => r,
             Err(e @ ProxyError::Filter(_, "filter_reset")) => {
                 ex.flag(crate::telemetry::flags::LR);
@@ -90,14 +103,57 @@ impl ProxyService {
         Ok(resp)
     }
 
+    /// Whether this listener's requests go upstream with their fields untouched but for what
+    /// the proxy appends: no filter chain, no telemetry that reads request fields (access log,
+    /// tracing), an HTTP/1.1 default cluster. The HTTP/1.1 server then keeps a qualifying head's
+    /// fields raw ([`crate::http::h1::parse::Head`]'s `raw`), and [`Self::proxy`] checks again.
+    pub fn takes_raw_requests(&self) -> bool {
+        !self.worker.telemetry.detailed()
+            && self.worker.clusters[self.listener.default_cluster].protocol
+                == crate::config::Protocol::Http1
+            && self.chain().is_none()
+    }
+
+    /// The listener's filter chain in the current generation.
+    fn chain(&self) -> Option<(Rc<WorkerFilters>, std::sync::Arc<[usize]>)> {
+        let generation = self.worker.generation();
+        match (
+            &generation.filters,
+            generation.chains.get(self.listener.index),
+        ) {
+            (Some(filters), Some(Some(chain))) => Some((filters.clone(), chain.clone())),
+            _ => None,
+        }
+    }
+
+    /// `raw`: the request's fields as the client wrote them (its map is empty); they stay so only
+    /// on the plain path to an HTTP/1.1 cluster, and go into the map for anything else.
     async fn proxy(
         &self,
-        req: Request<DownstreamBody>,
+        mut req: Request<DownstreamBody>,
         upgrade: bool,
+        raw: Option<Bytes>,
         ex: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let limits = &self.listener.limits;
-        if req.version() <= Version::HTTP_11 {
+        let chain = self.chain();
+        let cluster = &self.worker.clusters[self.listener.default_cluster];
+        let raw = match raw {
+            Some(lines)
+                if chain.is_none()
+                    && !upgrade
+                    && cluster.protocol == crate::config::Protocol::Http1 =>
+            {
+                Some(lines)
+            }
+            Some(lines) => {
+                append_lines(&lines, req.headers_mut());
+                None
+            }
+            None => None,
+        };
+        // A raw head has exactly one Host (the parser's condition for keeping it raw).
+        if raw.is_none() && req.version() <= Version::HTTP_11 {
             check_host(&req)?;
         }
         // A reverse proxy does not open tunnels to arbitrary hosts.
@@ -111,32 +167,33 @@ impl ProxyService {
         }
 
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers, upgrade);
         let proto = if self.tls.is_some() { "https" } else { "http" };
-        set_forwarded(&mut parts.headers, &self.client_ip, proto);
-        set_client_cert(&mut parts.headers, self.tls.as_deref());
-        ensure_request_id(&mut parts.headers);
+        // A raw head carries none of the fields set here (the parser's other condition): they
+        // are appended to its lines as it is encoded.
+        let raw = match raw {
+            Some(lines) => Some(upstream::h1::RawRequest {
+                lines,
+                forwarded_for: self.client_ip.clone(),
+                forwarded_proto: proto,
+                client_cert: self.tls.as_deref().and_then(|t| t.xfcc.clone()),
+                request_id: new_request_id(),
+            }),
+            None => {
+                strip_hop_by_hop(&mut parts.headers, upgrade);
+                set_forwarded(&mut parts.headers, &self.client_ip, proto);
+                set_client_cert(&mut parts.headers, self.tls.as_deref());
+                ensure_request_id(&mut parts.headers);
+                None
+            }
+        };
 
-        let generation = self.worker.generation();
-        if let (Some(filters), Some(Some(chain))) = (
-            &generation.filters,
-            generation.chains.get(self.listener.index),
-        ) {
+        if let Some((filters, chain)) = chain {
             // Upgrades too: a filter that denies a request must deny its upgrade.
             // Boxed: the chain's future is large, and an async fn's state is as large as its
             // largest await; inline, every request (chain or not) would carry and copy it.
-            return Box::pin(self.through_chain(
-                parts,
-                body,
-                filters.clone(),
-                chain.clone(),
-                upgrade,
-                ex,
-            ))
-            .await;
+            return Box::pin(self.through_chain(parts, body, filters, chain, upgrade, ex)).await;
         }
 
-        let cluster = &self.worker.clusters[self.listener.default_cluster];
         let mut req = Request::from_parts(parts, ProxyBody::Downstream(body));
         if upgrade {
             let ep = cluster.endpoint()?;
@@ -155,6 +212,7 @@ impl ProxyService {
         // upstream's head may go out as it came.
         let route = upstream::Route {
             raw_head: req.version() <= Version::HTTP_11,
+            raw_request: raw,
             ..upstream::Route::of(cluster)
         };
         let resp = upstream::forward(cluster, req, &route, &mut seen).await?;
@@ -285,6 +343,7 @@ impl ProxyService {
         let routed = route.cluster.is_some();
         let route = upstream::Route {
             raw_head: false,
+            raw_request: None,
             response_timeout: timeout,
             per_try_timeout: route.per_try_timeout,
             retries: route.retries,
@@ -549,7 +608,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             let received = crate::telemetry::declared_length(req.headers());
             let req = req.map(|b| DownstreamBody::H2(H2Body::new(b)));
             // HTTP/2 has no `Upgrade` (extended CONNECT is not served).
-            match this.handle(req, false, &mut ex).await {
+            match this.handle(req, false, None, &mut ex).await {
                 Ok(resp) => Ok(ex.into_h2(resp, received)),
                 Err(e) => {
                     ex.finish(received, 0);

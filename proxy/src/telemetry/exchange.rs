@@ -203,6 +203,11 @@ impl Exchange {
         }
     }
 
+    /// Whether this record reads the request's fields (spans, access-log fields).
+    pub fn is_detailed(&self) -> bool {
+        self.detail.is_some()
+    }
+
     /// The response head going downstream. A response Weir made itself (no upstream answered)
     /// names its reason in `x-weir-error`, which becomes the response flag.
     pub fn respond<B>(&mut self, resp: &Response<B>) {

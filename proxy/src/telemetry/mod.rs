@@ -206,8 +206,9 @@ pub struct WorkerTelemetry {
 }
 
 impl WorkerTelemetry {
-    /// Whether requests carry a detailed record (spans or access-log fields).
-    fn detailed(&self) -> bool {
+    /// Whether requests carry a detailed record (spans or access-log fields), which reads the
+    /// request's fields.
+    pub fn detailed(&self) -> bool {
         self.tracing.is_some() || self.log.is_some()
     }
 

@@ -22,22 +22,40 @@ use crate::http::respond::ProxyError;
 /// Sends `req` to `ep` and returns the response with a body that streams from the upstream.
 /// `response_timeout` bounds the wait for the response head once the request is sent (the
 /// cluster's, or a route decision's). `raw_head`: an HTTP/1.1 response head may stay raw
-/// ([`h1::RawHead`]), because it goes straight to an HTTP/1.1 client.
+/// ([`h1::RawHead`]), because it goes straight to an HTTP/1.1 client. `raw_request`: the
+/// request's fields as the client wrote them ([`h1::RawRequest`]).
 pub async fn send(
     cluster: &Cluster,
     ep: &Rc<Endpoint>,
     mut req: Request<ProxyBody>,
     response_timeout: std::time::Duration,
     raw_head: bool,
+    raw_request: Option<&h1::RawRequest>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    prepare(&mut req, cluster.protocol, cluster.tls.is_some());
+    // A raw request's lines carry its `Host` and need nothing of `prepare` over HTTP/1.1; any
+    // other sender gets them in the map first.
+    let raw_request = match raw_request {
+        Some(r) if cluster.protocol == Protocol::Http1 => {
+            *req.version_mut() = Version::HTTP_11;
+            Some(r)
+        }
+        Some(r) => {
+            r.append_to(req.headers_mut());
+            prepare(&mut req, cluster.protocol, cluster.tls.is_some());
+            None
+        }
+        None => {
+            prepare(&mut req, cluster.protocol, cluster.tls.is_some());
+            None
+        }
+    };
     let guard = ResponseGuard::new(ep.clone());
     match cluster.protocol {
         // The response timeout is applied inside: it starts once the request is fully sent.
         // Only the encoded head and the body go on: the 288-byte request is not moved into
         // another future (each move was a `memcpy` on every request).
         Protocol::Http1 => {
-            let head = h1::encode_head(&req, raw_head);
+            let head = h1::encode_head(&req, raw_head, raw_request);
             send_h1(cluster, ep, head, req.into_body(), guard, response_timeout).await
         }
         // Boxed: HTTP/2's exchange future is large and would otherwise size (and be copied

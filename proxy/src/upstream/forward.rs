@@ -36,7 +36,7 @@ use crate::http::respond::{ATTEMPT_COUNT_HEADER, ProxyError};
 use crate::timer::{self, Deadline};
 
 /// What the route decision may change for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Route {
     /// Each attempt's wait for its response head once the request is sent.
     pub response_timeout: Duration,
@@ -47,6 +47,9 @@ pub struct Route {
     /// The response goes straight to an HTTP/1.1 client with nothing reading its headers on
     /// the way: its head may stay raw ([`super::h1::RawHead`]).
     pub raw_head: bool,
+    /// The request's fields as the client wrote them, with what the proxy appends
+    /// ([`super::h1::RawRequest`]); every attempt sends them.
+    pub raw_request: Option<super::h1::RawRequest>,
 }
 
 impl Route {
@@ -57,6 +60,7 @@ impl Route {
             per_try_timeout: None,
             retries: None,
             raw_head: false,
+            raw_request: None,
         }
     }
 }
@@ -108,7 +112,15 @@ async fn once(
     let ep = cluster.endpoint()?;
     obs.start(cluster.index, &ep, &mut req);
     let start = cluster.start_clock();
-    let r = send(cluster, &ep, req, route.response_timeout, route.raw_head).await;
+    let r = send(
+        cluster,
+        &ep,
+        req,
+        route.response_timeout,
+        route.raw_head,
+        route.raw_request.as_ref(),
+    )
+    .await;
     obs.done(&r);
     cluster.settle(&ep, &r, start);
     r.map(|resp| cluster.idle_wrap(resp))
@@ -175,7 +187,14 @@ async fn resilient(
         obs.start(cluster.index, &ep, &mut req);
         let start = cluster.start_clock();
         let result = race(
-            send(cluster, &ep, req, route.response_timeout, route.raw_head),
+            send(
+                cluster,
+                &ep,
+                req,
+                route.response_timeout,
+                route.raw_head,
+                route.raw_request.as_ref(),
+            ),
             per_try,
             overall.as_mut(),
         )

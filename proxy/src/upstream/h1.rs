@@ -222,22 +222,88 @@ pub struct EncodedHead {
     raw_ok: bool,
 }
 
-/// Encodes the request head (origin-form target, `Host` already set by the caller).
-/// `raw_head`: the response goes straight to an HTTP/1.1 client, so its head may be kept as the
-/// upstream wrote it (never for `HEAD`, whose answer's length describes no body).
-pub fn encode_head(req: &Request<ProxyBody>, raw_head: bool) -> EncodedHead {
+/// A request whose fields go upstream as the client wrote them ([`crate::http::h1::parse::Head`]'s
+/// `raw`), followed by the ones the proxy appends; the request's `HeaderMap` then holds only what
+/// was added on the way (a retry's attempt count). Built by the service for a request that needs
+/// nothing else rewritten: no `HeaderMap` is built, filled and walked again for it.
+#[derive(Debug)]
+pub struct RawRequest {
+    /// The client's header lines, each ending in CRLF.
+    pub lines: Bytes,
+    /// `x-forwarded-for` (the client's address: the lines carry none).
+    pub forwarded_for: HeaderValue,
+    /// `x-forwarded-proto`.
+    pub forwarded_proto: &'static str,
+    /// `x-forwarded-client-cert`, on a mutual-TLS connection that sets it.
+    pub client_cert: Option<HeaderValue>,
+    /// `x-request-id` (the lines carry none).
+    pub request_id: [u8; 36],
+}
+
+impl RawRequest {
+    /// The same fields in `map`, for a sender that needs a map (HTTP/2).
+    pub fn append_to(&self, map: &mut HeaderMap) {
+        crate::http::headers::append_lines(&self.lines, map);
+        map.insert("x-forwarded-for", self.forwarded_for.clone());
+        map.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(self.forwarded_proto),
+        );
+        if let Some(v) = &self.client_cert {
+            map.insert("x-forwarded-client-cert", v.clone());
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&self.request_id) {
+            map.insert("x-request-id", v);
+        }
+    }
+
+    fn encode(&self, b: &mut Vec<u8>) {
+        b.extend_from_slice(&self.lines);
+        b.extend_from_slice(b"x-forwarded-for: ");
+        b.extend_from_slice(self.forwarded_for.as_bytes());
+        b.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        b.extend_from_slice(self.forwarded_proto.as_bytes());
+        if let Some(v) = &self.client_cert {
+            b.extend_from_slice(b"\r\nx-forwarded-client-cert: ");
+            b.extend_from_slice(v.as_bytes());
+        }
+        b.extend_from_slice(b"\r\nx-request-id: ");
+        b.extend_from_slice(&self.request_id);
+        b.extend_from_slice(b"\r\n");
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.lines.len()
+            + self.forwarded_for.len()
+            + self.client_cert.as_ref().map_or(0, |v| v.len() + 27)
+            + 96
+    }
+}
+
+/// Encodes the request head (origin-form target, `Host` already set by the caller, or among
+/// `raw`'s lines). `raw_head`: the response goes straight to an HTTP/1.1 client, so its head may
+/// be kept as the upstream wrote it (never for `HEAD`, whose answer's length describes no body).
+pub fn encode_head(
+    req: &Request<ProxyBody>,
+    raw_head: bool,
+    raw: Option<&RawRequest>,
+) -> EncodedHead {
     let (method, headers, body) = (req.method(), req.headers(), req.body());
     // Sized exactly (plus a framing line): growing the buffer copied every head once or twice.
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let fields: usize = headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
+        .sum::<usize>()
+        + raw.map_or(0, RawRequest::encoded_len);
     let mut b = Vec::with_capacity(method.as_str().len() + path.len() + fields + 48);
     b.extend_from_slice(method.as_str().as_bytes());
     b.push(b' ');
     b.extend_from_slice(path.as_bytes());
     b.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(r) = raw {
+        r.encode(&mut b);
+    }
     for (name, value) in headers {
         if name == TRANSFER_ENCODING {
             continue; // framing is ours to decide
@@ -514,7 +580,8 @@ struct ParsedHead {
 ///
 /// Only a head that needs no rewriting is kept: a body framed by a single `content-length`
 /// (not zero), no hop-by-hop field (`connection`, `keep-alive`, `proxy-connection`, `te`,
-/// `transfer-encoding`, `upgrade`) and CRLF line ends. It travels inside the response body (the
+/// `transfer-encoding`, `upgrade`), no field Weir sets (`x-weir-attempt-count`) and CRLF line
+/// ends. It travels inside the response body (the
 /// pooled connection's box, so the body grows by nothing) and is taken by
 /// [`ProxyBody::take_raw_head`]; a writer that cannot use it as it is folds it into the map
 /// ([`RawHead::append_to`]). The `HeaderMap` of such a response holds only what Weir adds.
@@ -531,21 +598,7 @@ pub struct RawHead {
 impl RawHead {
     /// The lines as fields of `map` (values share the head's buffer).
     pub fn append_to(&self, map: &mut HeaderMap) {
-        let mut rest = &self.lines[..];
-        while let Some(end) = memchr::memchr(b'\n', rest) {
-            let line = trim_line(&rest[..=end]);
-            rest = &rest[end + 1..];
-            let Some(colon) = memchr::memchr(b':', line) else {
-                continue;
-            };
-            if let Ok(name) = HeaderName::from_bytes(&line[..colon])
-                && let Ok(value) = HeaderValue::from_maybe_shared(
-                    self.lines.slice_ref(line[colon + 1..].trim_ascii()),
-                )
-            {
-                map.append(name, value);
-            }
-        }
+        crate::http::headers::append_lines(&self.lines, map);
     }
 }
 
@@ -568,6 +621,8 @@ fn field_kind(name: &[u8]) -> FieldKind {
         14 if is(b"content-length") => FieldKind::ContentLength,
         16 if is(b"proxy-connection") => FieldKind::Rewrite,
         17 if is(b"transfer-encoding") => FieldKind::Rewrite,
+        // Set by Weir after a retry policy ran (`forward::finish`).
+        20 if is(b"x-weir-attempt-count") => FieldKind::Rewrite,
         _ => FieldKind::Other,
     }
 }
@@ -1033,7 +1088,7 @@ mod tests {
             .header("transfer-encoding", "chunked")
             .body(ProxyBody::Full(Some(Bytes::from_static(b"abc"))))
             .unwrap();
-        let h = encode_head(&req, false);
+        let h = encode_head(&req, false, None);
         let text = String::from_utf8(h.bytes).unwrap();
         assert_eq!(
             text,
@@ -1045,7 +1100,7 @@ mod tests {
             .body(ProxyBody::Empty)
             .unwrap();
         assert_eq!(
-            String::from_utf8(encode_head(&get, false).bytes).unwrap(),
+            String::from_utf8(encode_head(&get, false, None).bytes).unwrap(),
             "GET / HTTP/1.1\r\nhost: x\r\n\r\n"
         );
     }
@@ -1087,6 +1142,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nProxy-Connection: x\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTE: trailers\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nUpgrade: h2c\r\n\r\n",
+            // a field Weir sets itself
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-Weir-Attempt-Count: 9\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             // framing Weir must decide: none, empty, repeated, or not plain digits
             b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n",
@@ -1103,5 +1160,48 @@ mod tests {
             let p = parsed(head, true);
             assert!(p.raw.is_none(), "{:?}", String::from_utf8_lossy(head));
         }
+    }
+
+    #[test]
+    fn a_raw_request_goes_up_with_its_lines_then_the_proxys_fields() {
+        let mut raw = RawRequest {
+            lines: Bytes::from_static(b"Host: x\r\nX-Mixed: V\r\n"),
+            forwarded_for: HeaderValue::from_static("10.1.2.3"),
+            forwarded_proto: "https",
+            client_cert: None,
+            request_id: *b"00000000-0000-4000-8000-000000000000",
+        };
+        let mut req = Request::builder()
+            .method("POST")
+            .uri("/p")
+            .body(ProxyBody::Empty)
+            .unwrap();
+        // What was added on the way (a retry's count) follows; an empty POST declares its length.
+        req.headers_mut()
+            .insert("x-weir-attempt-count", HeaderValue::from_static("2"));
+        let h = encode_head(&req, true, Some(&raw));
+        assert_eq!(
+            String::from_utf8(h.bytes).unwrap(),
+            "POST /p HTTP/1.1\r\nHost: x\r\nX-Mixed: V\r\nx-forwarded-for: 10.1.2.3\r\n\
+             x-forwarded-proto: https\r\nx-request-id: 00000000-0000-4000-8000-000000000000\r\n\
+             x-weir-attempt-count: 2\r\ncontent-length: 0\r\n\r\n"
+        );
+        // With a client certificate; and the same fields as a map, for an HTTP/2 sender.
+        raw.client_cert = Some(HeaderValue::from_static("By=a;URI=b"));
+        let get = Request::builder().uri("/").body(ProxyBody::Empty).unwrap();
+        let text = String::from_utf8(encode_head(&get, false, Some(&raw)).bytes).unwrap();
+        assert!(
+            text.contains("\r\nx-forwarded-client-cert: By=a;URI=b\r\n"),
+            "{text}"
+        );
+        let mut map = HeaderMap::new();
+        raw.append_to(&mut map);
+        assert_eq!(map["host"], "x");
+        assert_eq!(map["x-mixed"], "V");
+        assert_eq!(map["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(map["x-forwarded-proto"], "https");
+        assert_eq!(map["x-forwarded-client-cert"], "By=a;URI=b");
+        assert_eq!(map["x-request-id"], "00000000-0000-4000-8000-000000000000");
+        assert_eq!(map.len(), 6);
     }
 }

@@ -78,7 +78,7 @@ pub async fn serve(
     // Bytes read up to the end of the previous exchange (telemetry's per-request counts).
     let mut rx_mark = 0;
     loop {
-        let head = match read_head(&wire, ctl, parser, served).await {
+        let head = match read_head(&wire, ctl, parser, svc, served).await {
             Ok(Some(h)) => h,
             Ok(None) => return Ended::Closed,
             Err(e) => {
@@ -105,10 +105,10 @@ pub async fn serve(
         };
         let keep_alive = head.keep_alive;
         let upgrade = head.websocket;
-        let (req, has_body) = request(&wire, head);
+        let (req, has_body, raw) = request(&wire, head);
         let resp = tokio::select! {
             biased;
-            r = svc.handle(req, upgrade, &mut record) => match r {
+            r = svc.handle(req, upgrade, raw, &mut record) => match r {
                 Ok(r) => r,
                 // A filter reset the stream: close without an answer, as Envoy does.
                 Err(_) => {
@@ -145,17 +145,20 @@ pub async fn serve(
 }
 
 /// Reads the next request head. `Ok(None)`: the client closed (or stopped) between requests.
+/// The head's fields stay raw when the service would forward them untouched (asked as the head
+/// is parsed, so the answer is the one the request is then served under).
 async fn read_head(
     wire: &RefCell<Wire>,
     ctl: &ConnCtl,
     parser: &Parser,
+    svc: &ProxyService,
     served: u64,
 ) -> Result<Option<Head>, ProxyError> {
     loop {
         {
             let mut w = wire.borrow_mut();
             if !w.rbuf.is_empty() {
-                if let Some(head) = parser.parse(&mut w.rbuf)? {
+                if let Some(head) = parser.parse(&mut w.rbuf, svc.takes_raw_requests())? {
                     return Ok(Some(head));
                 }
                 ctl.set_phase(Phase::Head(served + 1));
@@ -205,7 +208,10 @@ async fn client_gone(wire: &RefCell<Wire>, max: usize) {
 }
 
 /// The request for `head`, with its body reading from the wire.
-fn request(wire: &Rc<RefCell<Wire>>, head: Head) -> (Request<DownstreamBody>, bool) {
+fn request(
+    wire: &Rc<RefCell<Wire>>,
+    head: Head,
+) -> (Request<DownstreamBody>, bool, Option<bytes::Bytes>) {
     let id = wire
         .borrow_mut()
         .start_body(head.framing, head.expect_continue);
@@ -220,7 +226,7 @@ fn request(wire: &Rc<RefCell<Wire>>, head: Head) -> (Request<DownstreamBody>, bo
     *req.uri_mut() = head.uri;
     *req.version_mut() = head.version;
     *req.headers_mut() = head.headers;
-    (req, has_body)
+    (req, has_body, head.raw)
 }
 
 /// After the response: the rest of the request body, if any, is read and dropped so the next

@@ -9,7 +9,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri, Version};
 
@@ -42,6 +42,9 @@ pub struct Head {
     /// An HTTP/1.1 request to switch to WebSocket (`Upgrade: websocket` with `Connection:
     /// upgrade`), the one upgrade Weir tunnels.
     pub websocket: bool,
+    /// The header lines as the client wrote them, when the head was parsed with `raw_ok` and
+    /// qualifies ([`raw_fields`]); `headers` is then empty.
+    pub raw: Option<Bytes>,
 }
 
 /// The head limits of one listener.
@@ -99,9 +102,10 @@ impl Parser {
     }
 
     /// Parses (and takes) a complete head from the front of `buf`. `Ok(None)`: not complete yet
-    /// (and not yet over the size limit).
-    pub fn parse(&self, buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
-        with_spans(|spans| parse_with(buf, self.max_headers, spans, self.max_head))
+    /// (and not yet over the size limit). `raw_ok`: keep the fields raw if they qualify
+    /// ([`Head::raw`]).
+    pub fn parse(&self, buf: &mut BytesMut, raw_ok: bool) -> Result<Option<Head>, ProxyError> {
+        with_spans(|spans| parse_with(buf, self.max_headers, spans, self.max_head, raw_ok))
     }
 }
 
@@ -163,6 +167,7 @@ fn parse_with(
     max_headers: usize,
     spans: &mut Vec<Span>,
     max_head: usize,
+    raw_ok: bool,
 ) -> Result<Option<Head>, ProxyError> {
     // Positions are taken while httparse borrows the buffer; the head is then split off and
     // frozen, so the values can be slices of it.
@@ -188,6 +193,22 @@ fn parse_with(
     let slice = |(at, n): (u32, u32)| head.slice(at as usize..(at + n) as usize);
     let uri = Uri::from_maybe_shared(slice(target))
         .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+
+    if raw_ok
+        && let Some(raw) = raw_fields(&head, &spans[..count], &method, &head[target.0 as usize..])
+    {
+        return Ok(Some(Head {
+            method,
+            uri,
+            version,
+            headers: HeaderMap::new(),
+            framing: BodyFraming::Length(0),
+            keep_alive: version == Version::HTTP_11,
+            expect_continue: false,
+            websocket: false,
+            raw: Some(raw),
+        }));
+    }
 
     // Room for the fields the proxy adds (x-forwarded-*, x-request-id, ...) without a rehash.
     let mut headers = HeaderMap::with_capacity(count + 8);
@@ -216,7 +237,69 @@ fn parse_with(
         keep_alive,
         expect_continue: framing.expect_continue && has_body && version == Version::HTTP_11,
         websocket: framing.conn_upgrade && framing.upgrade_websocket && version == Version::HTTP_11,
+        raw: None,
     }))
+}
+
+/// What a request field name means to a raw head.
+enum FieldKind {
+    Host,
+    Cookie,
+    /// Framing, hop-by-hop, or a field the proxy sets or rewrites: the head must go to a map.
+    Rewrite,
+    Other,
+}
+
+fn field_kind(name: &[u8]) -> FieldKind {
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 if is(b"te") => FieldKind::Rewrite,
+        4 if is(b"host") => FieldKind::Host,
+        6 if is(b"cookie") => FieldKind::Cookie,
+        6 if is(b"expect") => FieldKind::Rewrite,
+        7 if is(b"upgrade") => FieldKind::Rewrite,
+        10 if is(b"connection") || is(b"keep-alive") => FieldKind::Rewrite,
+        12 if is(b"x-request-id") => FieldKind::Rewrite,
+        14 if is(b"content-length") => FieldKind::Rewrite,
+        15 if is(b"x-forwarded-for") => FieldKind::Rewrite,
+        16 if is(b"proxy-connection") => FieldKind::Rewrite,
+        17 if is(b"transfer-encoding") || is(b"x-forwarded-proto") => FieldKind::Rewrite,
+        20 if is(b"x-weir-attempt-count") => FieldKind::Rewrite,
+        23 if is(b"x-forwarded-client-cert") => FieldKind::Rewrite,
+        _ => FieldKind::Other,
+    }
+}
+
+/// The header lines of `head` (each ending in CRLF), if the request can go upstream with them as
+/// they are plus what the proxy appends (`x-forwarded-for`, `x-forwarded-proto`, the client
+/// certificate, `x-request-id`): an origin-form target, exactly one `Host` and at most one
+/// `Cookie`, no body (no `Content-Length`, `Transfer-Encoding` or `Expect`), no hop-by-hop field
+/// and none of the fields the proxy sets. Anything else is parsed into a map as usual.
+fn raw_fields(head: &Bytes, spans: &[Span], method: &Method, target: &[u8]) -> Option<Bytes> {
+    if target.first() != Some(&b'/') || *method == Method::CONNECT {
+        return None;
+    }
+    let (mut hosts, mut cookies) = (0, 0);
+    for span in spans {
+        let (at, n) = span.name;
+        match field_kind(&head[at as usize..(at + n) as usize]) {
+            FieldKind::Other => {}
+            FieldKind::Host => hosts += 1,
+            FieldKind::Cookie => cookies += 1,
+            FieldKind::Rewrite => return None,
+        }
+    }
+    if hosts != 1 || cookies > 1 {
+        return None;
+    }
+    // CRLF line ends throughout: the head ends in one, and each field starts right after one
+    // (httparse ends a line at `\n` and admits no `\r` in a value).
+    let crlf_before = |at: u32| at >= 2 && head[at as usize - 2..at as usize] == *b"\r\n";
+    if !head.ends_with(b"\r\n\r\n") || !spans.iter().all(|s| crlf_before(s.name.0)) {
+        return None;
+    }
+    let start = spans.first()?.name.0 as usize;
+    Some(head.slice(start..head.len() - 2))
 }
 
 /// What the framing-relevant fields of one head said.
@@ -344,7 +427,7 @@ mod tests {
     use super::*;
 
     fn parse(raw: &[u8]) -> Result<Option<Head>, ProxyError> {
-        Parser::new(100, 64 * 1024).parse(&mut BytesMut::from(raw))
+        Parser::new(100, 64 * 1024).parse(&mut BytesMut::from(raw), false)
     }
 
     fn refused(raw: &[u8]) -> ProxyError {
@@ -359,7 +442,10 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET /next"[..],
         );
-        let h = Parser::new(100, 1024).parse(&mut buf).unwrap().unwrap();
+        let h = Parser::new(100, 1024)
+            .parse(&mut buf, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(h.method, Method::GET);
         assert_eq!(h.uri, "/a?b=1");
         assert_eq!(h.version, Version::HTTP_11);
@@ -375,7 +461,7 @@ mod tests {
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.extend(std::iter::repeat_n(b'v', 2000));
         let mut buf = BytesMut::from(&big[..]);
-        let e = Parser::new(100, 1024).parse(&mut buf).unwrap_err();
+        let e = Parser::new(100, 1024).parse(&mut buf, false).unwrap_err();
         assert!(matches!(e, ProxyError::HeadersTooLarge), "{e:?}");
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..30 {
@@ -383,7 +469,7 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         let e = Parser::new(20, 64 * 1024)
-            .parse(&mut BytesMut::from(&many[..]))
+            .parse(&mut BytesMut::from(&many[..]), false)
             .unwrap_err();
         assert!(matches!(e, ProxyError::HeadersTooLarge), "{e:?}");
         // A listener allowing more headers than the stack holds.
@@ -394,7 +480,10 @@ mod tests {
         lots.extend_from_slice(b"\r\n");
         let p = Parser::new(200, 64 * 1024);
         for _ in 0..2 {
-            let h = p.parse(&mut BytesMut::from(&lots[..])).unwrap().unwrap();
+            let h = p
+                .parse(&mut BytesMut::from(&lots[..]), false)
+                .unwrap()
+                .unwrap();
             assert_eq!(h.headers.len(), 150);
         }
     }
@@ -478,5 +567,69 @@ mod tests {
         assert_eq!(sniff(b"PRI * HT"), Sniff::Undecided);
         assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniff::Http1);
         assert_eq!(sniff(b"PRX"), Sniff::Http1);
+    }
+
+    fn parse_raw(head: &[u8]) -> Head {
+        Parser::new(100, 64 * 1024)
+            .parse(&mut BytesMut::from(head), true)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_plain_bodiless_request_keeps_its_fields_raw() {
+        let head =
+            b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nCookie: a=1\r\nX-A:  v \r\n\r\n";
+        let h = parse_raw(head);
+        assert_eq!(
+            h.raw.as_deref(),
+            Some(&b"Host: x\r\nAccept: */*\r\nCookie: a=1\r\nX-A:  v \r\n"[..])
+        );
+        assert!(h.headers.is_empty());
+        assert_eq!(h.framing, BodyFraming::Length(0));
+        assert!(h.keep_alive && !h.expect_continue && !h.websocket);
+        assert_eq!(h.uri, "/a?b=1");
+        // Folded into a map, the fields are those of the usual parse.
+        let mut map = HeaderMap::new();
+        crate::http::headers::append_lines(h.raw.as_ref().unwrap(), &mut map);
+        assert_eq!(map, parse(head).unwrap().unwrap().headers);
+        // HTTP/1.0 without a keep-alive token closes after the answer, raw or not.
+        assert!(!parse_raw(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn requests_the_proxy_must_rewrite_are_parsed_into_a_map() {
+        for head in [
+            // no Host, two, or two cookies (joined into one)
+            &b"GET / HTTP/1.0\r\nAccept: x\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
+            // a body, or a promise of one
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            // hop-by-hop fields
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: 5\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+            // fields the proxy sets, whatever their case
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nx-forwarded-proto: https\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Client-Cert: By=x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: r1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Weir-Attempt-Count: 3\r\n\r\n",
+            // targets other than origin-form, CONNECT
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            // bare LF line ends
+            b"GET / HTTP/1.1\nHost: a\n\n",
+        ] {
+            let h = parse_raw(head);
+            assert!(h.raw.is_none(), "{:?}", String::from_utf8_lossy(head));
+            assert!(!h.headers.is_empty(), "{:?}", String::from_utf8_lossy(head));
+        }
     }
 }
