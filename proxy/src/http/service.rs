@@ -106,7 +106,7 @@ impl ProxyService {
     /// Whether this listener's requests go upstream with their fields untouched but for what
     /// the proxy appends: no filter chain, no telemetry that reads request fields (access log,
     /// tracing), an HTTP/1.1 default cluster. The HTTP/1.1 server then keeps a qualifying head's
-    /// fields raw ([`crate::http::h1::parse::Head`]'s `raw`), and [`Self::proxy`] checks again.
+    /// fields raw ([`crate::http::h1::parse::Head`]'s `raw`), and `proxy` checks again.
     pub fn takes_raw_requests(&self) -> bool {
         !self.worker.telemetry.detailed()
             && self.worker.clusters[self.listener.default_cluster].protocol

@@ -8,6 +8,9 @@
 //! in [`send`], and the response body ([`H1Body`]) reads from the pooled socket itself. The
 //! connection returns to the pool when that body has been read to its end with the framing intact.
 //!
+//! On the plain path the request's own header lines go out as they came ([`RawRequest`]), and a
+//! response head that needs no rewriting reaches the client the same way ([`RawHead`]).
+//!
 //! Framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; chunked when
 //! `Transfer-Encoding` ends in `chunked`; `Content-Length` otherwise (conflicting values are a
 //! protocol error); else read until close (and never reuse the connection).

@@ -5,7 +5,9 @@
 //! colon and control bytes; a request with both `Content-Length` and `Transfer-Encoding`, a
 //! `Content-Length` that is not a plain decimal (or disagrees with itself), or a transfer coding
 //! other than a final `chunked` is refused here, before anything reaches a filter or an upstream.
-//! Header values are not copied: they are slices of the head's bytes.
+//! Header values are not copied: they are slices of the head's bytes. On the plain path (no
+//! filter chain, no detailed telemetry) a bodiless request whose fields need no rewriting is not
+//! parsed into a map at all: its header lines are kept as they came ([`Head::raw`]).
 
 use std::mem::MaybeUninit;
 
@@ -43,7 +45,7 @@ pub struct Head {
     /// upgrade`), the one upgrade Weir tunnels.
     pub websocket: bool,
     /// The header lines as the client wrote them, when the head was parsed with `raw_ok` and
-    /// qualifies ([`raw_fields`]); `headers` is then empty.
+    /// qualifies (`raw_fields`); `headers` is then empty.
     pub raw: Option<Bytes>,
 }
 
