@@ -283,6 +283,13 @@ impl RawRequest {
     }
 }
 
+impl EncodedHead {
+    /// The head as it goes on the wire.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// Encodes the request head (origin-form target, `Host` already set by the caller, or among
 /// `raw`'s lines). `raw_head`: the response goes straight to an HTTP/1.1 client, so its head may
 /// be kept as the upstream wrote it (never for `HEAD`, whose answer's length describes no body).
