@@ -111,7 +111,14 @@ impl ProxyService {
         !self.worker.telemetry.detailed()
             && self.worker.clusters[self.listener.default_cluster].protocol
                 == crate::config::Protocol::Http1
-            && self.chain().is_none()
+            && !self.has_chain()
+    }
+
+    /// Whether the listener has a filter chain in the current generation (nothing cloned).
+    fn has_chain(&self) -> bool {
+        let generation = self.worker.generation();
+        generation.filters.is_some()
+            && matches!(generation.chains.get(self.listener.index), Some(Some(_)))
     }
 
     /// The listener's filter chain in the current generation.
