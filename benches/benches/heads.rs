@@ -50,10 +50,11 @@ fn through_map(parser: &Parser, wire: &[u8], client: &HeaderValue) -> usize {
 fn raw(parser: &Parser, wire: &[u8], client: &HeaderValue) -> usize {
     let mut buf = BytesMut::from(wire);
     let mut head = parser.parse(&mut buf, true).unwrap().unwrap();
-    let lines = head.raw.take().expect("the head qualifies");
+    let fields = head.raw.take().expect("the head qualifies");
     let req = request(head);
     let raw = RawRequest {
-        lines,
+        lines: fields.lines,
+        has_length: fields.length.is_some(),
         forwarded_for: client.clone(),
         forwarded_proto: "http",
         client_cert: None,

@@ -831,3 +831,34 @@ async fn request_fields_reach_the_upstream_as_written_with_the_proxys_appended()
         assert_eq!(values, [want], "{second}");
     }
 }
+
+/// A request body framed by one plain `Content-Length` keeps the fields raw: the upstream gets
+/// the client's length line once (no second one from Weir) and the body after it.
+#[tokio::test]
+async fn a_sized_request_body_goes_up_with_exactly_its_own_length() {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let up = weir_tests::FaultyServer::start(weir_tests::Fault::Script(&[OK])).await;
+    let weir = Manifest::new(&[up.addr]).start().await;
+    let (_c, r) = weir_tests::client::raw_request(
+        weir.listener_addr("main"),
+        b"POST /p HTTP/1.1\r\nHost: svc.test\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let head = &up.wait_heads(1).await[0];
+    assert!(
+        head.starts_with(
+            "POST /p HTTP/1.1\r\nHost: svc.test\r\nContent-Length: 5\r\nx-forwarded-for: "
+        ),
+        "{head}"
+    );
+    assert_eq!(
+        head.to_ascii_lowercase().matches("content-length").count(),
+        1,
+        "{head}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+}

@@ -8,11 +8,11 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
 use super::body::{DownstreamBody, H2Body, ProxyBody};
+use super::h1::parse::RawFields;
 use super::headers::{
     append_lines, ensure_request_id, new_request_id, set_client_cert, set_forwarded,
     strip_hop_by_hop,
@@ -74,13 +74,13 @@ impl ProxyService {
         &self,
         mut req: Request<DownstreamBody>,
         websocket: bool,
-        raw: Option<Bytes>,
+        raw: Option<RawFields>,
         ex: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // Telemetry that reads the request's fields needs them in the map.
         let raw = match raw {
-            Some(lines) if ex.is_detailed() => {
-                append_lines(&lines, req.headers_mut());
+            Some(raw) if ex.is_detailed() => {
+                append_lines(&raw.lines, req.headers_mut());
                 None
             }
             raw => raw,
@@ -139,22 +139,22 @@ impl ProxyService {
         &self,
         mut req: Request<DownstreamBody>,
         upgrade: bool,
-        raw: Option<Bytes>,
+        raw: Option<RawFields>,
         ex: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let limits = &self.listener.limits;
         let chain = self.chain();
         let cluster = &self.worker.clusters[self.listener.default_cluster];
         let raw = match raw {
-            Some(lines)
+            Some(raw)
                 if chain.is_none()
                     && !upgrade
                     && cluster.protocol == crate::config::Protocol::Http1 =>
             {
-                Some(lines)
+                Some(raw)
             }
-            Some(lines) => {
-                append_lines(&lines, req.headers_mut());
+            Some(raw) => {
+                append_lines(&raw.lines, req.headers_mut());
                 None
             }
             None => None,
@@ -178,8 +178,9 @@ impl ProxyService {
         // A raw head carries none of the fields set here (the parser's other condition): they
         // are appended to its lines as it is encoded.
         let raw = match raw {
-            Some(lines) => Some(upstream::h1::RawRequest {
-                lines,
+            Some(raw) => Some(upstream::h1::RawRequest {
+                lines: raw.lines,
+                has_length: raw.length.is_some(),
                 forwarded_for: self.client_ip.clone(),
                 forwarded_proto: proto,
                 client_cert: self.tls.as_deref().and_then(|t| t.xfcc.clone()),

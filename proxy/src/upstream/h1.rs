@@ -233,6 +233,8 @@ pub struct EncodedHead {
 pub struct RawRequest {
     /// The client's header lines, each ending in CRLF.
     pub lines: Bytes,
+    /// They carry the body's `content-length` (the encoder then adds no framing field).
+    pub has_length: bool,
     /// `x-forwarded-for` (the client's address: the lines carry none).
     pub forwarded_for: HeaderValue,
     /// `x-forwarded-proto`.
@@ -324,7 +326,7 @@ pub fn encode_head(
         b.extend_from_slice(b"\r\n");
     }
     let mut chunked = false;
-    if !headers.contains_key(CONTENT_LENGTH) {
+    if !headers.contains_key(CONTENT_LENGTH) && !raw.is_some_and(|r| r.has_length) {
         let hint = body.size_hint();
         match hint.exact() {
             Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {}
@@ -1176,6 +1178,7 @@ mod tests {
     fn a_raw_request_goes_up_with_its_lines_then_the_proxys_fields() {
         let mut raw = RawRequest {
             lines: Bytes::from_static(b"Host: x\r\nX-Mixed: V\r\n"),
+            has_length: false,
             forwarded_for: HeaderValue::from_static("10.1.2.3"),
             forwarded_proto: "https",
             client_cert: None,
@@ -1195,6 +1198,30 @@ mod tests {
             "POST /p HTTP/1.1\r\nHost: x\r\nX-Mixed: V\r\nx-forwarded-for: 10.1.2.3\r\n\
              x-forwarded-proto: https\r\nx-request-id: 00000000-0000-4000-8000-000000000000\r\n\
              x-weir-attempt-count: 2\r\ncontent-length: 0\r\n\r\n"
+        );
+        // Lines that carry the body's length: no second one is added.
+        let sized = RawRequest {
+            lines: Bytes::from_static(b"Host: x\r\nContent-Length: 3\r\n"),
+            has_length: true,
+            forwarded_for: HeaderValue::from_static("10.1.2.3"),
+            forwarded_proto: "http",
+            client_cert: None,
+            request_id: *b"00000000-0000-4000-8000-000000000000",
+        };
+        let post = Request::builder()
+            .method("POST")
+            .uri("/p")
+            .body(ProxyBody::Full(Some(Bytes::from_static(b"abc"))))
+            .unwrap();
+        let text = String::from_utf8(encode_head(&post, true, Some(&sized)).bytes).unwrap();
+        assert_eq!(
+            text.to_ascii_lowercase().matches("content-length").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\r\n\r\n") && !text.contains("transfer-encoding"),
+            "{text}"
         );
         // With a client certificate; and the same fields as a map, for an HTTP/2 sender.
         raw.client_cert = Some(HeaderValue::from_static("By=a;URI=b"));

@@ -211,7 +211,7 @@ async fn client_gone(wire: &RefCell<Wire>, max: usize) {
 fn request(
     wire: &Rc<RefCell<Wire>>,
     head: Head,
-) -> (Request<DownstreamBody>, bool, Option<bytes::Bytes>) {
+) -> (Request<DownstreamBody>, bool, Option<parse::RawFields>) {
     let id = wire
         .borrow_mut()
         .start_body(head.framing, head.expect_continue);

@@ -46,7 +46,16 @@ pub struct Head {
     pub websocket: bool,
     /// The header lines as the client wrote them, when the head was parsed with `raw_ok` and
     /// qualifies (`raw_fields`); `headers` is then empty.
-    pub raw: Option<Bytes>,
+    pub raw: Option<RawFields>,
+}
+
+/// A request's header lines kept as the client wrote them.
+#[derive(Debug)]
+pub struct RawFields {
+    /// Each `name: value` line ending in CRLF (neither the request line nor the blank line).
+    pub lines: Bytes,
+    /// The one plain `Content-Length` among them, if there is one (the body's framing).
+    pub length: Option<u64>,
 }
 
 /// The head limits of one listener.
@@ -204,7 +213,7 @@ fn parse_with(
             uri,
             version,
             headers: HeaderMap::new(),
-            framing: BodyFraming::Length(0),
+            framing: BodyFraming::Length(raw.length.unwrap_or(0)),
             keep_alive: version == Version::HTTP_11,
             expect_continue: false,
             websocket: false,
@@ -247,7 +256,8 @@ fn parse_with(
 enum FieldKind {
     Host,
     Cookie,
-    /// Framing, hop-by-hop, or a field the proxy sets or rewrites: the head must go to a map.
+    ContentLength,
+    /// Framing (but a plain length), hop-by-hop, or a field the proxy sets or rewrites: the head must go to a map.
     Rewrite,
     Other,
 }
@@ -262,7 +272,7 @@ fn field_kind(name: &[u8]) -> FieldKind {
         7 if is(b"upgrade") => FieldKind::Rewrite,
         10 if is(b"connection") || is(b"keep-alive") => FieldKind::Rewrite,
         12 if is(b"x-request-id") => FieldKind::Rewrite,
-        14 if is(b"content-length") => FieldKind::Rewrite,
+        14 if is(b"content-length") => FieldKind::ContentLength,
         15 if is(b"x-forwarded-for") => FieldKind::Rewrite,
         16 if is(b"proxy-connection") => FieldKind::Rewrite,
         17 if is(b"transfer-encoding") || is(b"x-forwarded-proto") => FieldKind::Rewrite,
@@ -275,19 +285,33 @@ fn field_kind(name: &[u8]) -> FieldKind {
 /// The header lines of `head` (each ending in CRLF), if the request can go upstream with them as
 /// they are plus what the proxy appends (`x-forwarded-for`, `x-forwarded-proto`, the client
 /// certificate, `x-request-id`): an origin-form target, exactly one `Host` and at most one
-/// `Cookie`, no body (no `Content-Length`, `Transfer-Encoding` or `Expect`), no hop-by-hop field
-/// and none of the fields the proxy sets. Anything else is parsed into a map as usual.
-fn raw_fields(head: &Bytes, spans: &[Span], method: &Method, target: &[u8]) -> Option<Bytes> {
+/// `Cookie`, no body or one framed by a single plain `Content-Length` (digits only: no list, no
+/// sign; no `Transfer-Encoding`, no `Expect`), no hop-by-hop field and none of the fields the
+/// proxy sets. Anything else is parsed into a map as usual, where every framing error is
+/// reported.
+fn raw_fields(head: &Bytes, spans: &[Span], method: &Method, target: &[u8]) -> Option<RawFields> {
     if target.first() != Some(&b'/') || *method == Method::CONNECT {
         return None;
     }
-    let (mut hosts, mut cookies) = (0, 0);
+    let (mut hosts, mut cookies, mut length) = (0, 0, None);
     for span in spans {
         let (at, n) = span.name;
         match field_kind(&head[at as usize..(at + n) as usize]) {
             FieldKind::Other => {}
             FieldKind::Host => hosts += 1,
             FieldKind::Cookie => cookies += 1,
+            FieldKind::ContentLength => {
+                let (at, n) = span.value;
+                let v = &head[at as usize..(at + n) as usize];
+                if length.is_some()
+                    || v.is_empty()
+                    || v.len() > 19
+                    || !v.iter().all(u8::is_ascii_digit)
+                {
+                    return None;
+                }
+                length = Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+            }
             FieldKind::Rewrite => return None,
         }
     }
@@ -301,7 +325,10 @@ fn raw_fields(head: &Bytes, spans: &[Span], method: &Method, target: &[u8]) -> O
         return None;
     }
     let start = spans.first()?.name.0 as usize;
-    Some(head.slice(start..head.len() - 2))
+    Some(RawFields {
+        lines: head.slice(start..head.len() - 2),
+        length,
+    })
 }
 
 /// What the framing-relevant fields of one head said.
@@ -583,20 +610,29 @@ mod tests {
         let head =
             b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nCookie: a=1\r\nX-A:  v \r\n\r\n";
         let h = parse_raw(head);
+        let raw = h.raw.as_ref().unwrap();
         assert_eq!(
-            h.raw.as_deref(),
-            Some(&b"Host: x\r\nAccept: */*\r\nCookie: a=1\r\nX-A:  v \r\n"[..])
+            &raw.lines[..],
+            b"Host: x\r\nAccept: */*\r\nCookie: a=1\r\nX-A:  v \r\n"
         );
+        assert_eq!(raw.length, None);
         assert!(h.headers.is_empty());
         assert_eq!(h.framing, BodyFraming::Length(0));
         assert!(h.keep_alive && !h.expect_continue && !h.websocket);
         assert_eq!(h.uri, "/a?b=1");
         // Folded into a map, the fields are those of the usual parse.
         let mut map = HeaderMap::new();
-        crate::http::headers::append_lines(h.raw.as_ref().unwrap(), &mut map);
+        crate::http::headers::append_lines(&h.raw.as_ref().unwrap().lines, &mut map);
         assert_eq!(map, parse(head).unwrap().unwrap().headers);
         // HTTP/1.0 without a keep-alive token closes after the answer, raw or not.
         assert!(!parse_raw(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").keep_alive);
+        // A body framed by one plain length keeps the fields raw and frames the body.
+        let h = parse_raw(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+        assert_eq!(h.raw.as_ref().unwrap().length, Some(5));
+        assert_eq!(h.framing, BodyFraming::Length(5));
+        let h = parse_raw(b"POST /p HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(h.raw.as_ref().unwrap().length, Some(0));
+        assert_eq!(h.framing, BodyFraming::Length(0));
     }
 
     #[test]
@@ -606,8 +642,9 @@ mod tests {
             &b"GET / HTTP/1.0\r\nAccept: x\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
-            // a body, or a promise of one
-            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx",
+            // a length that is a list, or two, or not plain digits; chunked; a promise of a body
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
             // hop-by-hop fields
@@ -632,6 +669,26 @@ mod tests {
             let h = parse_raw(head);
             assert!(h.raw.is_none(), "{:?}", String::from_utf8_lossy(head));
             assert!(!h.headers.is_empty(), "{:?}", String::from_utf8_lossy(head));
+        }
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused_when_fields_may_stay_raw_too() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        ] {
+            let raw = Parser::new(100, 64 * 1024).parse(&mut BytesMut::from(head), true);
+            let map = parse(head);
+            match (raw, map) {
+                (Err(r), Err(m)) => assert_eq!(r.status(), m.status()),
+                (r, m) => panic!("{:?}: raw {r:?}, map {m:?}", String::from_utf8_lossy(head)),
+            }
         }
     }
 }
