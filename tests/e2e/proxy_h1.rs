@@ -862,3 +862,28 @@ async fn a_sized_request_body_goes_up_with_exactly_its_own_length() {
         "{head}"
     );
 }
+
+/// The same pass-through under a cluster idle timeout, whose watcher wraps the response body
+/// (the raw lines ride inside it).
+#[tokio::test]
+async fn upstream_response_fields_pass_through_under_an_idle_timeout() {
+    const REPLY: &[u8] =
+        b"HTTP/1.1 200 OK\r\nX-Mixed-Case: Value\r\nContent-Length: 4\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n\r\nbody";
+    let up = weir_tests::FaultyServer::start(weir_tests::Fault::Script(&[REPLY])).await;
+    let yaml = Manifest::new(&[up.addr]).response_timeout("5s").yaml();
+    assert!(yaml.contains("response: 5s"), "{yaml}");
+    let weir =
+        weir_tests::Weir::start(&yaml.replace("response: 5s", "response: 5s, idle: 5s")).await;
+    let (_c, r) = weir_tests::client::raw_request(
+        weir.listener_addr("main"),
+        b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, b"body");
+    assert!(
+        r.head.contains("\r\nX-Mixed-Case: Value\r\nContent-Length: 4\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n"),
+        "{}",
+        r.head
+    );
+}
