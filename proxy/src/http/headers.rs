@@ -167,6 +167,15 @@ impl IpText {
     }
 }
 
+/// A `Content-Length` value of plain decimal digits (no sign, no list, no whitespace), as a
+/// number; at most 19 digits, so it cannot overflow.
+pub fn plain_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
 /// Header lines kept as they came off the wire (each `name: value` ending in CRLF, already
 /// validated by the parser) as fields of `map`; values share the lines' buffer.
 pub fn append_lines(lines: &bytes::Bytes, map: &mut HeaderMap) {

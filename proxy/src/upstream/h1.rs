@@ -642,38 +642,22 @@ fn field_kind(name: &[u8]) -> FieldKind {
 /// `head` (a complete response head with a body-carrying status) as a [`RawHead`], if it needs
 /// no rewriting.
 fn raw_head(head: &Bytes, spans: &[crate::http::h1::parse::Span]) -> Option<RawHead> {
-    let field = |(at, n): (u32, u32)| &head[at as usize..(at + n) as usize];
     let mut length = None;
     let mut has_date = false;
     for span in spans {
-        match field_kind(field(span.name)) {
+        match field_kind(span.name_in(head)) {
             FieldKind::Other => {}
             FieldKind::Date => has_date = true,
             FieldKind::Rewrite => return None,
-            FieldKind::ContentLength => {
-                let v = field(span.value);
-                if length.is_some()
-                    || v.is_empty()
-                    || v.len() > 19
-                    || !v.iter().all(u8::is_ascii_digit)
-                {
-                    return None;
-                }
-                length = Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+            FieldKind::ContentLength if length.is_none() => {
+                length = Some(crate::http::headers::plain_length(span.value_in(head))?);
             }
+            FieldKind::ContentLength => return None,
         }
     }
-    let length = length.filter(|&n| n > 0)?;
-    // Every line ends in CRLF: the head does, and each field starts right after one (httparse
-    // ends a line at `\n` and admits no `\r` in a value, so nothing else can stand there).
-    let crlf_before = |at: u32| at >= 2 && head[at as usize - 2..at as usize] == *b"\r\n";
-    if !head.ends_with(b"\r\n\r\n") || !spans.iter().all(|s| crlf_before(s.name.0)) {
-        return None;
-    }
-    let start = spans.first()?.name.0 as usize;
     Some(RawHead {
-        lines: head.slice(start..head.len() - 2),
-        length,
+        length: length.filter(|&n| n > 0)?,
+        lines: crate::http::h1::parse::field_lines(head, spans)?,
         has_date,
     })
 }
@@ -751,11 +735,9 @@ fn parse_head_with(
         raw: None,
     };
     for span in &spans[..count] {
-        let (at, n) = span.name;
-        let name = HeaderName::from_bytes(&head[at as usize..(at + n) as usize])
+        let name = HeaderName::from_bytes(span.name_in(&head))
             .map_err(|_| ProxyError::UpstreamMalformed("invalid header name"))?;
-        let (at, n) = span.value;
-        let value = HeaderValue::from_maybe_shared(head.slice(at as usize..(at + n) as usize))
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(span.value_in(&head)))
             .map_err(|_| ProxyError::UpstreamMalformed("invalid header value"))?;
         let v = value.as_bytes();
         if name == CONNECTION {

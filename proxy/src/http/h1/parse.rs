@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri, Version};
 
+use crate::http::headers::plain_length;
 use crate::http::respond::ProxyError;
 
 /// Header slots kept on the stack; a listener allowing more uses a heap array of its own.
@@ -72,6 +73,16 @@ pub(crate) struct Span {
 }
 
 impl Span {
+    /// The field's name in `head`, the bytes it was taken from.
+    pub fn name_in<'h>(&self, head: &'h [u8]) -> &'h [u8] {
+        &head[self.name.0 as usize..(self.name.0 + self.name.1) as usize]
+    }
+
+    /// The field's value in `head`.
+    pub fn value_in<'h>(&self, head: &'h [u8]) -> &'h [u8] {
+        &head[self.value.0 as usize..(self.value.0 + self.value.1) as usize]
+    }
+
     /// The span of `h` in a head starting at address `base`.
     pub fn of(base: usize, h: &httparse::Header<'_>) -> Self {
         let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
@@ -225,8 +236,7 @@ fn parse_with(
     let mut headers = HeaderMap::with_capacity(count + 8);
     let mut framing = Framing::default();
     for span in &spans[..count] {
-        let (at, n) = span.name;
-        let name = HeaderName::from_bytes(&head[at as usize..(at + n) as usize])
+        let name = HeaderName::from_bytes(span.name_in(&head))
             .map_err(|_| ProxyError::BadRequest("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(slice(span.value))
             .map_err(|_| ProxyError::BadRequest("invalid header value"))?;
@@ -295,40 +305,37 @@ fn raw_fields(head: &Bytes, spans: &[Span], method: &Method, target: &[u8]) -> O
     }
     let (mut hosts, mut cookies, mut length) = (0, 0, None);
     for span in spans {
-        let (at, n) = span.name;
-        match field_kind(&head[at as usize..(at + n) as usize]) {
+        match field_kind(span.name_in(head)) {
             FieldKind::Other => {}
             FieldKind::Host => hosts += 1,
             FieldKind::Cookie => cookies += 1,
-            FieldKind::ContentLength => {
-                let (at, n) = span.value;
-                let v = &head[at as usize..(at + n) as usize];
-                if length.is_some()
-                    || v.is_empty()
-                    || v.len() > 19
-                    || !v.iter().all(u8::is_ascii_digit)
-                {
-                    return None;
-                }
-                length = Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+            FieldKind::ContentLength if length.is_none() => {
+                length = Some(plain_length(span.value_in(head))?);
             }
+            FieldKind::ContentLength => return None,
             FieldKind::Rewrite => return None,
         }
     }
     if hosts != 1 || cookies > 1 {
         return None;
     }
-    // CRLF line ends throughout: the head ends in one, and each field starts right after one
-    // (httparse ends a line at `\n` and admits no `\r` in a value).
+    Some(RawFields {
+        lines: field_lines(head, spans)?,
+        length,
+    })
+}
+
+/// The field lines of a complete head (from the first field through its CRLF, without the blank
+/// line), if there is a field and every line ends in CRLF: the head does, and each field starts
+/// right after one (httparse ends a line at `\n` and admits no `\r` in a value, so nothing
+/// else can stand there). Kept raw, they can go out as they are.
+pub(crate) fn field_lines(head: &Bytes, spans: &[Span]) -> Option<Bytes> {
     let crlf_before = |at: u32| at >= 2 && head[at as usize - 2..at as usize] == *b"\r\n";
     if !head.ends_with(b"\r\n\r\n") || !spans.iter().all(|s| crlf_before(s.name.0)) {
         return None;
     }
     let start = spans.first()?.name.0 as usize;
-    Some(RawFields {
-        lines: head.slice(start..head.len() - 2),
-        length,
-    })
+    Some(head.slice(start..head.len() - 2))
 }
 
 /// What the framing-relevant fields of one head said.
@@ -355,14 +362,8 @@ impl Framing {
             // RFC 9110 §8.6: a list of identical values may be taken as one; anything else is a
             // framing error. Digits only: "+3" and "-1" are refused.
             for item in v.split(|&b| b == b',') {
-                let digits = item.trim_ascii();
-                if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit)
-                {
-                    return Err(ProxyError::BadRequest("invalid Content-Length"));
-                }
-                let n = digits
-                    .iter()
-                    .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                let n = plain_length(item.trim_ascii())
+                    .ok_or(ProxyError::BadRequest("invalid Content-Length"))?;
                 match self.length {
                     Some(prev) if prev != n => {
                         return Err(ProxyError::BadRequest("conflicting Content-Length values"));

@@ -300,10 +300,10 @@ fn asks_close(h: &HeaderMap) -> bool {
 fn declared_length(h: &HeaderMap) -> Option<u64> {
     let mut all = h.get_all(header::CONTENT_LENGTH).iter();
     let v = all.next()?.as_bytes();
-    if all.next().is_some() || v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    if all.next().is_some() {
         return None;
     }
-    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    crate::http::headers::plain_length(v)
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
