@@ -351,7 +351,16 @@ async fn callout(clusters: &[Cluster], set: &FilterSet, req: &HttpCallRequest) -
     };
     let timeout = req.timeout.unwrap_or(cluster.response_timeout);
     let exchange = async {
-        let resp = upstream::send(cluster, &ep, request, timeout, false, None).await?;
+        let resp = upstream::send(
+            cluster,
+            &ep,
+            request,
+            &upstream::Route {
+                response_timeout: timeout,
+                ..upstream::Route::of(cluster)
+            },
+        )
+        .await?;
         let (parts, body) = resp.into_parts();
         let collected = Limited::new(body, MAX_CALLOUT_BODY)
             .collect()

@@ -14,27 +14,25 @@ use hyper::body::Incoming;
 use super::breaker::Held;
 use super::pool::ResponseGuard;
 use super::shared::Resource;
-use super::{Cluster, Endpoint, connect, h1};
+use super::{Cluster, Endpoint, Route, connect, h1};
 use crate::config::Protocol;
 use crate::http::body::ProxyBody;
 use crate::http::respond::ProxyError;
 
 /// Sends `req` to `ep` and returns the response with a body that streams from the upstream.
-/// `response_timeout` bounds the wait for the response head once the request is sent (the
-/// cluster's, or a route decision's). `raw_head`: an HTTP/1.1 response head may stay raw
-/// ([`h1::RawHead`]), because it goes straight to an HTTP/1.1 client. `raw_request`: the
+/// `route.response_timeout` bounds the wait for the response head once the request is sent (the
+/// cluster's, or a route decision's). `route.raw_head`: an HTTP/1.1 response head may stay raw
+/// ([`h1::RawHead`]), because it goes straight to an HTTP/1.1 client. `route.raw_request`: the
 /// request's fields as the client wrote them ([`h1::RawRequest`]).
 pub async fn send(
     cluster: &Cluster,
     ep: &Rc<Endpoint>,
     mut req: Request<ProxyBody>,
-    response_timeout: std::time::Duration,
-    raw_head: bool,
-    raw_request: Option<&h1::RawRequest>,
+    route: &Route,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // A raw request's lines carry its `Host` and need nothing of `prepare` over HTTP/1.1; any
     // other sender gets them in the map first.
-    let raw_request = match raw_request {
+    let raw_request = match route.raw_request.as_ref() {
         Some(r) if cluster.protocol == Protocol::Http1 => {
             *req.version_mut() = Version::HTTP_11;
             Some(r)
@@ -55,13 +53,21 @@ pub async fn send(
         // Only the encoded head and the body go on: the 288-byte request is not moved into
         // another future (each move was a `memcpy` on every request).
         Protocol::Http1 => {
-            let head = h1::encode_head(&req, raw_head, raw_request);
-            send_h1(cluster, ep, head, req.into_body(), guard, response_timeout).await
+            let head = h1::encode_head(&req, route.raw_head, raw_request);
+            send_h1(
+                cluster,
+                ep,
+                head,
+                req.into_body(),
+                guard,
+                route.response_timeout,
+            )
+            .await
         }
         // Boxed: HTTP/2's exchange future is large and would otherwise size (and be copied
         // with) every HTTP/1.1 request's future too.
         Protocol::Http2 => {
-            let resp = Box::pin(send_h2(cluster, ep, req, response_timeout)).await?;
+            let resp = Box::pin(send_h2(cluster, ep, req, route.response_timeout)).await?;
             let (parts, body) = resp.into_parts();
             let body = if body.is_end_stream() {
                 guard.complete();

@@ -112,15 +112,7 @@ async fn once(
     let ep = cluster.endpoint()?;
     obs.start(cluster.index, &ep, &mut req);
     let start = cluster.start_clock();
-    let r = send(
-        cluster,
-        &ep,
-        req,
-        route.response_timeout,
-        route.raw_head,
-        route.raw_request.as_ref(),
-    )
-    .await;
+    let r = send(cluster, &ep, req, route).await;
     obs.done(&r);
     cluster.settle(&ep, &r, start);
     r.map(|resp| cluster.idle_wrap(resp))
@@ -186,19 +178,7 @@ async fn resilient(
         last_endpoint = Some(ep.index);
         obs.start(cluster.index, &ep, &mut req);
         let start = cluster.start_clock();
-        let result = race(
-            send(
-                cluster,
-                &ep,
-                req,
-                route.response_timeout,
-                route.raw_head,
-                route.raw_request.as_ref(),
-            ),
-            per_try,
-            overall.as_mut(),
-        )
-        .await;
+        let result = race(send(cluster, &ep, req, route), per_try, overall.as_mut()).await;
         obs.done(&result);
         let outcome = cluster.settle(&ep, &result, start);
         drop(retrying.take());
