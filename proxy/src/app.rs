@@ -47,8 +47,9 @@ pub struct RunOptions {
     pub workers: Option<usize>,
     /// The manifest file (absent: the embedded default); `POST /reload` re-reads it.
     pub manifest: Option<std::path::PathBuf>,
-    /// Reload when the manifest file changes.
-    pub watch: bool,
+    /// Reload when the manifest file's content changes: `Some(digest)` of the text the config
+    /// was parsed from ([`crate::config::load_file_with_digest`]).
+    pub watch: Option<u64>,
 }
 
 /// Runs the proxy until a signal drains it.
@@ -197,10 +198,8 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
     }
     drop(acks);
     control.wait_started().await?;
-    if opts.watch
-        && let Some(path) = opts.manifest.clone()
-    {
-        tokio::spawn(crate::watch::follow(path, control.clone()));
+    if let (Some(loaded), Some(path)) = (opts.watch, opts.manifest.clone()) {
+        tokio::spawn(crate::watch::follow(path, loaded, control.clone()));
     }
 
     {

@@ -429,9 +429,9 @@ fn main() -> ExitCode {
             // Absolute, not canonical: relative paths in the manifest resolve the same way at
             // start-up and on every reload, and a watched symlink is followed afresh each time.
             let config = config.map(|p| std::path::absolute(&p).unwrap_or(p));
-            let cfg = match &config {
-                Some(path) => match weir::config::load_file(path) {
-                    Ok(c) => c,
+            let (cfg, loaded) = match &config {
+                Some(path) => match weir::config::load_file_with_digest(path) {
+                    Ok((c, digest)) => (c, Some(digest)),
                     Err(e) => {
                         for err in &e.errors {
                             eprintln!("error: {err}");
@@ -439,12 +439,12 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 },
-                None => weir::config::embedded_default(),
+                None => (weir::config::embedded_default(), None),
             };
             let opts = weir::app::RunOptions {
                 workers,
                 manifest: config,
-                watch,
+                watch: loaded.filter(|_| watch),
             };
             match weir::app::run(cfg, opts) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -6,25 +6,20 @@
 //! goes through [`Control::reload`], the admin endpoint's transaction: a broken manifest is
 //! refused (and logged with its field paths) and the running generation keeps serving.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::digest;
 use crate::control::{Control, ControlError};
 
 /// How often the manifest is looked at.
 pub const POLL: Duration = Duration::from_millis(200);
 
-fn digest(bytes: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
-}
-
-/// Follows `path` until the process exits.
-pub async fn follow(path: PathBuf, control: Arc<Control>) {
-    let mut last = std::fs::read(&path).ok().map(|b| digest(&b));
+/// Follows `path` until the process exits. `loaded` is the [`digest`] of the text the running
+/// config was parsed from, so a change made before this task first runs is still seen.
+pub async fn follow(path: PathBuf, loaded: u64, control: Arc<Control>) {
+    let mut last = Some(loaded);
     let mut every = tokio::time::interval(POLL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -372,6 +372,70 @@ async fn watch_reloads_on_a_symlink_swap_and_refuses_a_broken_manifest() {
     assert_eq!(behaviour(addr).await.0.as_deref(), Some("2"));
 }
 
+/// A change made after weir read its manifest but before the watcher first looks is still a
+/// change: the watcher compares against the text the running config was parsed from. Weir is
+/// held at a known point of its start-up, after the manifest is read, by an access log that is a
+/// FIFO: opening it for writing blocks until the test opens the reading end.
+#[tokio::test]
+async fn watch_sees_a_change_made_while_weir_starts() {
+    let echo = EchoServer::start().await;
+    let fifo = tempfile::tempdir().unwrap();
+    let log = fifo.path().join("access.log");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&log)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let yaml = |v: &str| {
+        ChainManifest::new()
+            .workers(1)
+            .cluster("up", &[echo.addr])
+            .listener("main", "up", Some("c"))
+            .chain("c", &["v"])
+            .filter(
+                FilterDef::new("v", "builtin:add-header")
+                    .config(&format!(r#"{{"response":{{"x-v":"{v}"}}}}"#)),
+            )
+            .yaml()
+            + &format!("telemetry:\n  access_log:\n    path: {}\n", log.display())
+    };
+    let v2 = yaml("2");
+    let weir = Weir::start_with_hook(&yaml("1"), &[], &["--watch"], async |pid, dir| {
+        // Wait until a thread of weir blocks opening the FIFO: the manifest has been read.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !blocked_on_a_fifo(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "weir never opened its access log"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let tmp = dir.join("weir.yaml.tmp");
+        std::fs::write(&tmp, &v2).unwrap();
+        std::fs::rename(&tmp, dir.join("weir.yaml")).unwrap();
+        // Let weir go on: open the reading end and drain it for the rest of the test.
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::open(log).unwrap();
+            let _ = std::io::copy(&mut f, &mut std::io::sink());
+        });
+    })
+    .await;
+    // Started on version 1, then sees version 2 on disk and reloads.
+    wait_for(&weir, "2").await;
+    assert!(weir.stderr().contains("manifest changed: reloaded"));
+}
+
+/// Whether a thread of `pid` sleeps in the kernel waiting for the other end of a FIFO.
+fn blocked_on_a_fifo(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w == "wait_for_partner")
+    })
+}
+
 /// Polls until responses carry `x-v: want` (the watcher looks every 200 ms).
 async fn wait_for(weir: &Weir, want: &str) {
     let addr = weir.listener_addr("main");

@@ -67,6 +67,17 @@ impl Weir {
     /// Like [`Weir::start_with_args`], with extra files (`name`, contents) written next to the
     /// manifest first (a token file, a module, …).
     pub async fn start_with_files(manifest: &str, files: &[(&str, &[u8])], args: &[&str]) -> Weir {
+        Weir::start_with_hook(manifest, files, args, async |_, _| {}).await
+    }
+
+    /// Like [`Weir::start_with_files`], running `meanwhile(pid, dir)` after the process is spawned
+    /// and before its readiness lines are read: a test can act while weir is still starting.
+    pub async fn start_with_hook(
+        manifest: &str,
+        files: &[(&str, &[u8])],
+        args: &[&str],
+        meanwhile: impl AsyncFnOnce(u32, &std::path::Path),
+    ) -> Weir {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("weir.yaml");
         std::fs::write(&path, manifest).expect("write manifest");
@@ -88,6 +99,7 @@ impl Weir {
             .spawn()
             .expect("spawn weir");
         let pid = child.id().expect("pid of a just-spawned child");
+        meanwhile(pid, dir.path()).await;
 
         let stderr = Arc::new(Mutex::new(String::new()));
         let err_pipe = child.stderr.take().expect("stderr piped");

@@ -643,11 +643,26 @@ pub fn parse(text: &str, source_name: &str, base_dir: &Path) -> Result<Config, C
 
 /// Reads, parses and validates a manifest file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    load_file_with_digest(path).map(|(config, _)| config)
+}
+
+/// [`load_file`], also returning the [`digest`] of the exact text it parsed: `--watch` compares
+/// the file against what the running config came from, not against whatever the file held when
+/// the watcher first looked (a change in between would never be seen).
+pub fn load_file_with_digest(path: &Path) -> Result<(Config, u64), ConfigError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::one(&name, "", format!("cannot read: {e}")))?;
     let base = path.parent().unwrap_or_else(|| Path::new("."));
-    parse(&text, &name, base)
+    Ok((parse(&text, &name, base)?, digest(text.as_bytes())))
+}
+
+/// A fingerprint of manifest bytes, to tell "changed" from "the same" (not a security hash).
+pub fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 /// The embedded default manifest, validated.
