@@ -455,6 +455,11 @@ impl Admin {
             self.control.reloads_ok.load(Ordering::Relaxed),
             self.control.reloads_failed.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP weir_manifest_watch_checks_total Times --watch looked at the manifest file.\n# TYPE weir_manifest_watch_checks_total counter\nweir_manifest_watch_checks_total {}",
+            self.control.watch_checks.load(Ordering::Relaxed)
+        );
         if let Some(set) = &p.filters {
             let series: [Series; 5] = [
                 (

@@ -46,10 +46,9 @@ pub struct RunOptions {
     /// Overrides the manifest's `workers:`.
     pub workers: Option<usize>,
     /// The manifest file (absent: the embedded default); `POST /reload` re-reads it.
-    pub manifest: Option<std::path::PathBuf>,
-    /// Reload when the manifest file's content changes: `Some(digest)` of the text the config
-    /// was parsed from ([`crate::config::load_file_with_digest`]).
-    pub watch: Option<u64>,
+    pub manifest: Option<crate::config::ManifestFile>,
+    /// Reload when the manifest file's content changes (`--watch`).
+    pub watch: bool,
 }
 
 /// Runs the proxy until a signal drains it.
@@ -198,8 +197,8 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
     }
     drop(acks);
     control.wait_started().await?;
-    if let (Some(loaded), Some(path)) = (opts.watch, opts.manifest.clone()) {
-        tokio::spawn(crate::watch::follow(path, loaded, control.clone()));
+    if let (true, Some(m)) = (opts.watch, &opts.manifest) {
+        tokio::spawn(crate::watch::follow(m.path.clone(), control.clone()));
     }
 
     {

@@ -110,6 +110,12 @@ pub struct Control {
     runtime: Runtime,
     workers: usize,
     manifest: Option<PathBuf>,
+    /// [`config::digest`] of the manifest text the last reload read (published or refused; at
+    /// start, the text weir started from). `--watch` reloads only when the file differs from it,
+    /// so a `POST /reload` is not followed by a second, identical reload from the watcher.
+    manifest_seen: AtomicU64,
+    /// How many times `--watch` has looked at the file (`/metrics`).
+    pub watch_checks: AtomicU64,
     state: Mutex<State>,
     publish: watch::Sender<Arc<Published>>,
     acks: Mutex<mpsc::UnboundedReceiver<(usize, u64)>>,
@@ -125,7 +131,7 @@ impl Control {
     pub fn start(
         config: Arc<Config>,
         workers: usize,
-        manifest: Option<PathBuf>,
+        manifest: Option<config::ManifestFile>,
     ) -> Result<Started, ControlError> {
         let runtime = FilterSet::runtime()?;
         let filters = build_filters(&config, &runtime, &Uploads::new())?;
@@ -139,7 +145,9 @@ impl Control {
         let control = Arc::new(Self {
             runtime,
             workers,
-            manifest,
+            manifest_seen: AtomicU64::new(manifest.as_ref().map_or(0, |m| m.digest)),
+            watch_checks: AtomicU64::new(0),
+            manifest: manifest.map(|m| m.path),
             state: Mutex::new(State {
                 current: first,
                 history: Vec::new(),
@@ -170,14 +178,37 @@ impl Control {
         self.manifest.as_ref()
     }
 
+    /// The [`config::digest`] of the manifest text the last reload read (see `manifest_seen`).
+    pub fn manifest_seen(&self) -> u64 {
+        self.manifest_seen.load(Relaxed)
+    }
+
     /// `POST /reload` and `--watch`: re-reads the manifest file.
     pub async fn reload(&self, dry_run: bool) -> Result<Applied, ControlError> {
         let path = self.manifest.clone().ok_or(ControlError::NoManifest)?;
         let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
-        let next = tokio::task::spawn_blocking(move || config::load_file(&path))
-            .await
-            .map_err(|e| ControlError::Internal(e.to_string()))??;
-        self.transact(&mut st, next, dry_run).await
+        let read = tokio::task::spawn_blocking(move || {
+            config::read_file(&path).map(|text| {
+                let seen = config::digest(text.as_bytes());
+                (seen, config::parse_file(&text, &path))
+            })
+        })
+        .await
+        .map_err(|e| ControlError::Internal(e.to_string()))?;
+        let next = read.and_then(|(seen, parsed)| {
+            if !dry_run {
+                self.manifest_seen.store(seen, Relaxed);
+            }
+            parsed
+        });
+        match next {
+            Ok(next) => self.transact(&mut st, next, dry_run).await,
+            Err(e) => {
+                // Refused like any other change: counted, and the running generation serves on.
+                self.reloads_failed.fetch_add(1, Relaxed);
+                Err(e.into())
+            }
+        }
     }
 
     /// `PUT /filters/NAME`: new module bytes, or a patch of one filter (created if absent).

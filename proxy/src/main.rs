@@ -429,22 +429,29 @@ fn main() -> ExitCode {
             // Absolute, not canonical: relative paths in the manifest resolve the same way at
             // start-up and on every reload, and a watched symlink is followed afresh each time.
             let config = config.map(|p| std::path::absolute(&p).unwrap_or(p));
-            let (cfg, loaded) = match &config {
-                Some(path) => match weir::config::load_file_with_digest(path) {
-                    Ok((c, digest)) => (c, Some(digest)),
-                    Err(e) => {
-                        for err in &e.errors {
-                            eprintln!("error: {err}");
-                        }
-                        return ExitCode::FAILURE;
+            let loaded = config.map(|path| {
+                let text = weir::config::read_file(&path)?;
+                let cfg = weir::config::parse_file(&text, &path)?;
+                let digest = weir::config::digest(text.as_bytes());
+                Ok::<_, weir::config::ConfigError>((
+                    cfg,
+                    weir::config::ManifestFile { path, digest },
+                ))
+            });
+            let (cfg, manifest) = match loaded {
+                Some(Ok((c, m))) => (c, Some(m)),
+                Some(Err(e)) => {
+                    for err in &e.errors {
+                        eprintln!("error: {err}");
                     }
-                },
+                    return ExitCode::FAILURE;
+                }
                 None => (weir::config::embedded_default(), None),
             };
             let opts = weir::app::RunOptions {
                 workers,
-                manifest: config,
-                watch: loaded.filter(|_| watch),
+                manifest,
+                watch,
             };
             match weir::app::run(cfg, opts) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::config::digest;
@@ -16,31 +17,31 @@ use crate::control::{Control, ControlError};
 /// How often the manifest is looked at.
 pub const POLL: Duration = Duration::from_millis(200);
 
-/// Follows `path` until the process exits. `loaded` is the [`digest`] of the text the running
-/// config was parsed from, so a change made before this task first runs is still seen.
-pub async fn follow(path: PathBuf, loaded: u64, control: Arc<Control>) {
-    let mut last = Some(loaded);
+/// Follows `path` until the process exits. The file is compared with the text the last reload
+/// read ([`Control::manifest_seen`]: at first, the text weir started from), so a change made
+/// before this task first runs is still seen, a `POST /reload` of the same change is not
+/// repeated, and a refused text is not retried until the file changes again.
+pub async fn follow(path: PathBuf, control: Arc<Control>) {
     let mut every = tokio::time::interval(POLL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         // Missing for a moment (mid-rename): keep the running config, look again.
-        let Ok(bytes) = std::fs::read(&path) else {
+        let read = std::fs::read(&path);
+        control.watch_checks.fetch_add(1, Relaxed);
+        let Ok(bytes) = read else {
             continue;
         };
-        let d = digest(&bytes);
-        if Some(d) == last {
+        if digest(&bytes) == control.manifest_seen() {
             continue;
         }
         match control.reload(false).await {
             Ok(a) => {
                 tracing::info!(target: "weir::audit", action = "reload", source = "watch", generation = a.generation, micros = a.micros, result = "published", "manifest changed: reloaded");
-                last = Some(d);
             }
             Err(ControlError::Busy) => {} // another change is running: try again next time
             Err(e) => {
                 tracing::error!(target: "weir::audit", action = "reload", source = "watch", result = "refused", error = %e, "manifest changed but was refused; the running config keeps serving");
-                last = Some(d);
             }
         }
     }

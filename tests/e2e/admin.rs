@@ -426,6 +426,102 @@ async fn watch_sees_a_change_made_while_weir_starts() {
     assert!(weir.stderr().contains("manifest changed: reloaded"));
 }
 
+/// `POST /reload` and `--watch` share what "changed" means: after an admin reload of a new file,
+/// the watcher's next looks find nothing new (no second, identical generation), and a broken
+/// manifest refused by `POST /reload` is counted once and not retried by the watcher.
+#[tokio::test]
+async fn watch_does_not_repeat_a_post_reload_or_retry_a_refused_manifest() {
+    let echo = EchoServer::start().await;
+    let weir = start(echo.addr, 1, &["--watch"]).await;
+    let admin = weir.admin_addr();
+    let manifest = weir.dir().join("weir.yaml");
+    let replace = |text: &str| {
+        let tmp = weir.dir().join("weir.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &manifest).unwrap();
+    };
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    assert!(original.contains(r#""x-v":"a""#), "{original}");
+    assert_eq!(
+        behaviour(weir.listener_addr("main")).await.0.as_deref(),
+        Some("a")
+    );
+
+    // Right after a look, so the admin reload (not the watcher) applies the change.
+    let looked = watch_looks(admin).await;
+    wait_for_looks(admin, looked + 1.0).await;
+    replace(&original.replace(r#""x-v":"a""#, r#""x-v":"b""#));
+    let r = call(admin, "POST", "/reload", Some(TOKEN), &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        behaviour(weir.listener_addr("main")).await.0.as_deref(),
+        Some("b")
+    );
+    let after_post = scrape(admin).await;
+    // Two more looks: at least one started after the reload was published.
+    wait_for_looks(admin, watch_looks(admin).await + 2.0).await;
+    let now = scrape(admin).await;
+    for m in [&after_post, &now] {
+        assert_eq!(
+            m.get("weir_generation", &[]),
+            Some(2.0),
+            "{}",
+            weir.stderr()
+        );
+    }
+    assert_eq!(
+        now.get("weir_config_changes_total", &[("result", "published")]),
+        Some(1.0)
+    );
+
+    replace("listeners: [ this is not a manifest");
+    let r = call(admin, "POST", "/reload", Some(TOKEN), &[], b"").await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("listeners[0]"), "{}", r.text());
+    wait_for_looks(admin, watch_looks(admin).await + 2.0).await;
+    let now = scrape(admin).await;
+    assert_eq!(
+        now.get("weir_config_changes_total", &[("result", "refused")]),
+        Some(1.0),
+        "a refused manifest counts once: {}",
+        weir.stderr()
+    );
+    assert_eq!(now.get("weir_generation", &[]), Some(2.0));
+    assert!(!weir.stderr().contains("was refused"), "{}", weir.stderr());
+    assert_eq!(
+        behaviour(weir.listener_addr("main")).await.0.as_deref(),
+        Some("b")
+    );
+
+    // The watcher still follows the file: a good version is picked up without an admin call.
+    replace(&original.replace(r#""x-v":"a""#, r#""x-v":"c""#));
+    wait_for(&weir, "c").await;
+}
+
+async fn scrape(admin: SocketAddr) -> weir_tests::prom::Metrics {
+    let r = call(admin, "GET", "/metrics", None, &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    weir_tests::prom::Metrics::parse(&r.text()).unwrap()
+}
+
+/// `weir_manifest_watch_checks_total`: how many times the watcher has looked at the file.
+async fn watch_looks(admin: SocketAddr) -> f64 {
+    scrape(admin)
+        .await
+        .get("weir_manifest_watch_checks_total", &[])
+        .expect("weir_manifest_watch_checks_total")
+}
+
+/// Waits (bounded by the suite's timeout) until the watcher has looked `n` times.
+async fn wait_for_looks(admin: SocketAddr, n: f64) {
+    weir_tests::within("the watcher's looks", async {
+        while watch_looks(admin).await < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 /// Whether a thread of `pid` sleeps in the kernel waiting for the other end of a FIFO.
 fn blocked_on_a_fifo(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

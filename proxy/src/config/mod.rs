@@ -641,20 +641,30 @@ pub fn parse(text: &str, source_name: &str, base_dir: &Path) -> Result<Config, C
     })
 }
 
-/// Reads, parses and validates a manifest file.
-pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
-    load_file_with_digest(path).map(|(config, _)| config)
+/// The manifest file weir runs, and the [`digest`] of the text its running config came from.
+#[derive(Debug, Clone)]
+pub struct ManifestFile {
+    pub path: PathBuf,
+    pub digest: u64,
 }
 
-/// [`load_file`], also returning the [`digest`] of the exact text it parsed: `--watch` compares
-/// the file against what the running config came from, not against whatever the file held when
-/// the watcher first looked (a change in between would never be seen).
-pub fn load_file_with_digest(path: &Path) -> Result<(Config, u64), ConfigError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::one(&name, "", format!("cannot read: {e}")))?;
+/// Reads, parses and validates a manifest file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    parse_file(&read_file(path)?, path)
+}
+
+/// Reads a manifest file's text. `--watch` and reloads take the [`digest`] of this text, so
+/// "what the running config came from" is exactly the text that was parsed.
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one(&path.display().to_string(), "", format!("cannot read: {e}")))
+}
+
+/// Parses and validates `text`, read from the manifest file at `path` (errors name the file;
+/// relative paths in it resolve from its folder).
+pub fn parse_file(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let base = path.parent().unwrap_or_else(|| Path::new("."));
-    Ok((parse(&text, &name, base)?, digest(text.as_bytes())))
+    parse(text, &path.display().to_string(), base)
 }
 
 /// A fingerprint of manifest bytes, to tell "changed" from "the same" (not a security hash).
