@@ -723,6 +723,28 @@ async fn fail_open_skips_a_trapping_filter() {
     assert!(reqs.iter().all(|r| r.header("x-order") == Some("a")));
 }
 
+/// A `fail_closed` filter that traps in the request body phase (the head already went upstream):
+/// the upstream exchange is abandoned and the answer is the filter's 503, not a gateway error.
+#[tokio::test]
+async fn a_trap_in_the_request_body_phase_answers_503_filter_failed() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            conformance(
+                "trap",
+                r#"{"scenario":"body","panic_in":"on_request_body"}"#,
+            )
+            .failure_policy("fail_closed"),
+        ],
+    )
+    .start()
+    .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let resp = c.post("/upload", b"some body".to_vec()).await;
+    assert_error(&resp, 503, "filter_failed");
+}
+
 #[tokio::test]
 async fn fail_closed_answers_503_filter_failed() {
     let echo = EchoServer::start().await;
@@ -1177,6 +1199,88 @@ async fn request_body_waits_for_a_callout() {
     let resp = h2.post("/upload2", body.clone()).await;
     assert_eq!(resp.status, 200, "{resp:?}");
     assert!(resp.body == body);
+}
+
+/// A filter that pauses on the end of a request body, to send the body to a verifier, holds the
+/// end of the body until the answer: the body it sets then is what goes up, through the filters
+/// after it; a refusal is the answer instead of the upstream's.
+#[tokio::test]
+async fn a_pause_at_the_end_of_a_request_body_is_held_for_its_callout() {
+    let echo = EchoServer::start().await;
+    let verifier = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[verifier.addr])
+        .chain("edge", &["verify", "after"])
+        .filter(conformance("verify", r#"{"scenario":"body_callout"}"#))
+        .filter(conformance(
+            "after",
+            r#"{"scenario":"body","body_op":"append","response_op":"append"}"#,
+        ))
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let mut c = H1Client::connect(addr).await;
+    let resp = c.post("/upload", b"hello body".to_vec()).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let call = &verifier.wait_requests(1).await[0];
+    assert_eq!(call.uri.path(), "/verify");
+    assert_eq!(&call.body[..], b"hello body");
+    let up = &echo.wait_requests(1).await[0];
+    assert_eq!(&up.body[..], b"verified:hello body.append", "{up:?}");
+    assert_eq!(resp.text(), "verified:hello body.append.append");
+    // Over h2 too.
+    let mut h2 = H2Client::connect(addr).await;
+    let resp = h2.post("/upload2", b"second".to_vec()).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.text(), "verified:second.append.append");
+
+    // A verifier that refuses: the filter's 403 is the answer.
+    let refusing = FaultyServer::start(Fault::Respond(
+        b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope",
+    ))
+    .await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[refusing.addr])
+        .chain("edge", &["verify"])
+        .filter(conformance("verify", r#"{"scenario":"body_callout"}"#))
+        .start()
+        .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let resp = c.post("/refused", b"bad body".to_vec()).await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(resp.header("x-verify-status"), Some("401"));
+    assert_eq!(resp.text(), "unverified");
+}
+
+/// The same on the response side: the response body is held at its end until the verifier
+/// answers, and goes out as the filter set it, with its exact length.
+#[tokio::test]
+async fn a_pause_at_the_end_of_a_response_body_is_held_for_its_callout() {
+    let echo = EchoServer::start().await;
+    let verifier = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster("auth", &[verifier.addr])
+        .chain("edge", &["verify"])
+        .filter(conformance(
+            "verify",
+            r#"{"scenario":"body_callout","side":"response"}"#,
+        ))
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let mut c = H1Client::connect(addr).await;
+    let resp = c.post("/echo", b"answer".to_vec()).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.text(), "verified:answer");
+    assert_eq!(resp.header("content-length"), Some("15"));
+    let call = &verifier.wait_requests(1).await[0];
+    assert_eq!(&call.body[..], b"answer");
 }
 
 /// A local reply to a request whose body was never read leaves the client connection usable

@@ -1,9 +1,11 @@
 //! Bodies through a filter chain: each chunk is offered to the filters as it streams (request
 //! bodies in chain order, response bodies in reverse). A filter that pauses on a chunk gets the
-//! accumulated buffer with the next one (Envoy's buffering), bounded by [`MAX_BUFFERED`]. The
-//! response body wrapper also holds the chain run to its end, so `on_log` runs once the response
-//! is complete (or abandoned).
+//! accumulated buffer with the next one (Envoy's buffering), bounded by [`MAX_BUFFERED`]. A filter
+//! that pauses on the end of the body (to make a callout about it, say) holds the end of the body
+//! until it continues the stream, as in Envoy. The response body wrapper also holds the chain run
+//! to its end, so `on_log` runs once the response is complete (or abandoned).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -11,7 +13,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::chain::{ChainRun, Stop};
+use super::chain::{BodyOut, BodyPause, ChainRun, Stop};
 use crate::http::body::{BoxError, ProxyBody};
 
 /// Most bytes filters may hold back on one stream (hardening.md: 1 MiB per stream).
@@ -47,6 +49,15 @@ pub struct FilteredBody {
     /// The first frame, pulled through the filters before the response head went out
     /// ([`FilteredBody::prefetch`]).
     pending: Option<Frame<Bytes>>,
+    /// A filter paused on the end of the body: where, and the wait for it to continue.
+    paused: Option<Paused>,
+}
+
+struct Paused {
+    at: BodyPause,
+    /// The body ended with trailers: their phase runs once the body has gone through.
+    trailer_phase: bool,
+    resume: Pin<Box<dyn Future<Output = Result<(), Stop>>>>,
 }
 
 /// What [`FilteredBody::prefetch`] learned before the response head goes out.
@@ -74,6 +85,7 @@ impl FilteredBody {
             declared: None,
             sent: 0,
             pending: None,
+            paused: None,
         }
     }
 
@@ -91,7 +103,9 @@ impl FilteredBody {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Err(e)),
             Poll::Ready(None) => Poll::Ready(Ok(())),
-            Poll::Pending if self.held.iter().any(|h| !h.is_empty()) => Poll::Pending,
+            Poll::Pending if self.paused.is_some() || self.held.iter().any(|h| !h.is_empty()) => {
+                Poll::Pending
+            }
             Poll::Pending => Poll::Ready(Ok(())),
         })
         .await?;
@@ -135,7 +149,7 @@ impl FilteredBody {
         }
     }
 
-    fn step(&mut self, data: Bytes, eos: bool) -> Result<Bytes, BoxError> {
+    fn step(&mut self, data: Bytes, eos: bool) -> Result<BodyOut, BoxError> {
         if self.held.iter().map(Vec::len).sum::<usize>() + data.len() > MAX_BUFFERED {
             if !self.response {
                 // Envoy's answer to a request buffer overflow (a response overflow resets).
@@ -146,18 +160,66 @@ impl FilteredBody {
             }
             return Err(Box::new(FilteredBodyError::TooLarge));
         }
-        match self
-            .run
+        self.run
             .body_chunk(self.response, &mut self.held, data, eos)
-        {
-            Ok(out) => Ok(out),
-            Err(stop) => {
-                if let Stop::LocalReply(r) = stop {
-                    *self.run.late_reply.borrow_mut() = Some(r);
+            .map_err(|stop| self.stopped(stop))
+    }
+
+    /// A filter ended the stream in a body or trailer phase: its local reply (if any) is the
+    /// answer, and this body fails.
+    fn stopped(&self, stop: Stop) -> BoxError {
+        match stop {
+            Stop::LocalReply(r) => *self.run.late_reply.borrow_mut() = Some(r),
+            // A request is answered for the failure (503 `filter_failed`, 504
+            // `filter_pause_timeout`) once the upstream exchange is abandoned.
+            Stop::Fail(status, reason) if !self.response => {
+                if self.run.late_failure.get().is_none() {
+                    self.run.late_failure.set(Some((status, reason)));
                 }
-                Err(Box::new(FilteredBodyError::Stopped))
             }
+            Stop::Fail(..) | Stop::Reset => {}
         }
+        Box::new(FilteredBodyError::Stopped)
+    }
+
+    /// What a body step produced: bytes to send (`None`: nothing yet), or a pause to wait out.
+    /// `eos`: the step had the end of the body; `trailer_phase`: trailers came with it.
+    fn after_step(
+        &mut self,
+        out: Result<BodyOut, BoxError>,
+        eos: bool,
+        trailer_phase: bool,
+    ) -> Option<Result<Frame<Bytes>, BoxError>> {
+        let out = match out {
+            Err(e) => return Some(Err(e)),
+            Ok(BodyOut::Data(out)) => out,
+            Ok(BodyOut::Paused(at)) => {
+                let run = self.run.clone();
+                let response = self.response;
+                self.paused = Some(Paused {
+                    at,
+                    trailer_phase,
+                    resume: Box::pin(async move { run.hold_body(at, response).await }),
+                });
+                return None;
+            }
+        };
+        if eos {
+            if trailer_phase && let Err(stop) = self.run.trailers_phase(self.response) {
+                return Some(Err(self.stopped(stop)));
+            }
+            // A filter may have added (or edited) trailers.
+            self.trailers = self.run.take_trailers(self.response);
+            self.done = true;
+        }
+        if let Err(e) = self.check_length(out.len(), eos) {
+            return Some(Err(e));
+        }
+        if out.is_empty() {
+            return None;
+        }
+        self.count(out.len());
+        Some(Ok(Frame::data(out)))
     }
 }
 
@@ -174,30 +236,31 @@ impl Body for FilteredBody {
             return Poll::Ready(Some(Ok(frame)));
         }
         loop {
+            if let Some(p) = &mut this.paused {
+                let resumed = match p.resume.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => r,
+                };
+                let (at, trailer_phase) = (p.at, p.trailer_phase);
+                this.paused = None;
+                let out = resumed
+                    .and_then(|()| this.run.body_resume(this.response, &mut this.held, at))
+                    .map_err(|stop| this.stopped(stop));
+                if let Some(frame) = this.after_step(out, true, trailer_phase) {
+                    return Poll::Ready(Some(frame));
+                }
+                continue;
+            }
             if this.done {
                 return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
+            let (out, eos, trailer_phase) = match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         let eos = this.inner.is_end_stream();
-                        let out = match this.step(data, eos) {
-                            Ok(o) => o,
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                        };
-                        this.done = eos;
-                        if eos {
-                            this.trailers = this.run.take_trailers(this.response);
-                        }
-                        if let Err(e) = this.check_length(out.len(), eos) {
-                            return Poll::Ready(Some(Err(e)));
-                        }
-                        if !out.is_empty() {
-                            this.count(out.len());
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
-                        }
+                        (this.step(data, eos), eos, false)
                     }
                     Err(frame) => {
                         // Trailers end the body: flush what filters held, run the trailer
@@ -212,43 +275,13 @@ impl Body for FilteredBody {
                                 }) = Some(t);
                             });
                         }
-                        let out = match this.step(Bytes::new(), true) {
-                            Ok(o) => o,
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                        };
-                        if let Err(stop) = this.run.trailers_phase(response) {
-                            if let Stop::LocalReply(r) = stop {
-                                *this.run.late_reply.borrow_mut() = Some(r);
-                            }
-                            return Poll::Ready(Some(Err(Box::new(FilteredBodyError::Stopped))));
-                        }
-                        this.trailers = this.run.take_trailers(response);
-                        this.done = true;
-                        if let Err(e) = this.check_length(out.len(), true) {
-                            return Poll::Ready(Some(Err(e)));
-                        }
-                        if !out.is_empty() {
-                            this.count(out.len());
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
-                        }
+                        (this.step(Bytes::new(), true), true, true)
                     }
                 },
-                Poll::Ready(None) => {
-                    let out = match this.step(Bytes::new(), true) {
-                        Ok(o) => o,
-                        Err(e) => return Poll::Ready(Some(Err(e))),
-                    };
-                    // A filter may have added trailers at the end of the body.
-                    this.trailers = this.run.take_trailers(this.response);
-                    this.done = true;
-                    if let Err(e) = this.check_length(out.len(), true) {
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                    if !out.is_empty() {
-                        this.count(out.len());
-                        return Poll::Ready(Some(Ok(Frame::data(out))));
-                    }
-                }
+                Poll::Ready(None) => (this.step(Bytes::new(), true), true, false),
+            };
+            if let Some(frame) = this.after_step(out, eos, trailer_phase) {
+                return Poll::Ready(Some(frame));
             }
         }
     }

@@ -38,6 +38,23 @@ pub enum Stop {
     Reset,
 }
 
+/// What came out of the body phase.
+#[derive(Debug)]
+pub enum BodyOut {
+    /// The bytes to forward (possibly none while a filter buffers).
+    Data(Bytes),
+    /// A filter paused on the end of the body: hold the stream until it continues.
+    Paused(BodyPause),
+}
+
+/// Where a body phase paused: the chain position, its filter and the stream's context there.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyPause {
+    pos: usize,
+    fi: usize,
+    ctx: ContextId,
+}
+
 /// The chain's run for one request.
 pub struct ChainRun {
     filters: Rc<WorkerFilters>,
@@ -283,6 +300,17 @@ impl ChainRun {
         if outcome.action == weir_host_abi::Action::Continue || resumed {
             return Ok(());
         }
+        self.hold(fi, my_ctx, direction).await
+    }
+
+    /// Holds the stream while the filter `fi` keeps it paused: until it continues `direction`,
+    /// replies, resets or fails, at most [`MAX_PAUSE`].
+    async fn hold(
+        &self,
+        fi: usize,
+        my_ctx: Option<ContextId>,
+        direction: StreamType,
+    ) -> Result<(), Stop> {
         // Paused: from now on callout answers, ticks and failures must be able to reach this
         // stream (registered only now: most streams never pause, and the registry costs a hash).
         if let Some(ctx) = my_ctx {
@@ -341,14 +369,55 @@ impl ChainRun {
 
     /// Runs one body chunk through the chain (request: in order; response: in reverse). `held`
     /// has one buffer per position: what a pausing filter accumulated. Returns the bytes that
-    /// come out of the last filter (possibly none while some filter buffers).
+    /// come out of the last filter (possibly none while some filter buffers), or, when a filter
+    /// pauses on the end of the body, where the chain stopped: [`ChainRun::hold_body`] waits for
+    /// it to continue and [`ChainRun::body_resume`] takes the body on from there.
     pub fn body_chunk(
         &self,
         response: bool,
         held: &mut Vec<Vec<u8>>,
         data: Bytes,
         end_of_stream: bool,
-    ) -> Result<Bytes, Stop> {
+    ) -> Result<BodyOut, Stop> {
+        self.body_from(response, held, data, end_of_stream, 0)
+    }
+
+    /// Waits while the filter that paused on the end of the body keeps the stream paused.
+    pub async fn hold_body(&self, at: BodyPause, response: bool) -> Result<(), Stop> {
+        self.hold(at.fi, Some(at.ctx), direction(response)).await
+    }
+
+    /// After [`ChainRun::hold_body`]: the body as the paused filter left it (it may have changed
+    /// it while paused), on through the filters after it.
+    pub fn body_resume(
+        &self,
+        response: bool,
+        held: &mut Vec<Vec<u8>>,
+        at: BodyPause,
+    ) -> Result<BodyOut, Stop> {
+        let body = self.with_stream(|s| {
+            std::mem::take(if response {
+                &mut s.response_body
+            } else {
+                &mut s.request_body
+            })
+        });
+        let next = self
+            .order(response)
+            .position(|p| p == at.pos)
+            .map_or(self.chain.len(), |i| i + 1);
+        self.body_from(response, held, body, true, next)
+    }
+
+    /// [`ChainRun::body_chunk`] from the `skip`-th position in phase order.
+    fn body_from(
+        &self,
+        response: bool,
+        held: &mut Vec<Vec<u8>>,
+        data: Bytes,
+        end_of_stream: bool,
+        skip: usize,
+    ) -> Result<BodyOut, Stop> {
         let mut chunk = data;
         let phase = if response {
             HttpPhases::RESPONSE_BODY
@@ -356,12 +425,12 @@ impl ChainRun {
             HttpPhases::REQUEST_BODY
         };
         if !self.wanted.get().contains(phase) {
-            return Ok(chunk);
+            return Ok(BodyOut::Data(chunk));
         }
         if held.len() < self.chain.len() {
             held.resize(self.chain.len(), Vec::new());
         }
-        for pos in self.order(response) {
+        for pos in self.order(response).skip(skip) {
             let fi = self.chain[pos];
             if !self.runs(pos, phase) {
                 continue;
@@ -437,20 +506,33 @@ impl ChainRun {
                     continue;
                 }
             };
+            let mut resumed = false;
             for d in outcome.effects {
                 if d.context == ctx {
-                    self.apply(d.effect, direction(response))?;
+                    resumed |= self.apply(d.effect, direction(response))?;
                 }
             }
-            // Pause on a body chunk = buffer it and offer the whole buffer with the next chunk
-            // (Envoy's StopIterationAndBuffer). At the end of the stream it all goes on.
-            if outcome.action == weir_host_abi::Action::Pause && !end_of_stream {
-                held[pos] = Vec::from(out);
-                return Ok(Bytes::new());
+            if outcome.action == weir_host_abi::Action::Pause && !resumed {
+                if !end_of_stream {
+                    // Pause on a body chunk = buffer it and offer the whole buffer with the next
+                    // chunk (Envoy's StopIterationAndBuffer).
+                    held[pos] = Vec::from(out);
+                    return Ok(BodyOut::Data(Bytes::new()));
+                }
+                // Pause on the end of the body (typically a callout about it): the body stays
+                // where the filter can read and change it until it continues the stream.
+                self.with_stream(|s| {
+                    *(if response {
+                        &mut s.response_body
+                    } else {
+                        &mut s.request_body
+                    }) = out;
+                });
+                return Ok(BodyOut::Paused(BodyPause { pos, fi, ctx }));
             }
             chunk = out;
         }
-        Ok(chunk)
+        Ok(BodyOut::Data(chunk))
     }
 
     /// `on_request_trailers` (chain order) or `on_response_trailers` (reverse) with the trailers

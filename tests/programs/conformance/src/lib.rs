@@ -591,6 +591,49 @@ impl Http {
         Action::Pause
     }
 
+    /// `body_callout`: buffers the whole body, sends it to the `upstream` cluster's `/verify`,
+    /// and pauses on the end of the body until the answer (see `body_callout_answer`).
+    fn body_callout(&mut self, body_size: usize, end_of_stream: bool, response: bool) -> Action {
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = if response {
+            self.get_http_response_body(0, body_size)
+        } else {
+            self.get_http_request_body(0, body_size)
+        }
+        .unwrap_or_default();
+        let upstream = self.config.str_or("upstream", "auth");
+        let headers = vec![(":method", "POST"), (":path", "/verify"), (":authority", "auth")];
+        match self.dispatch_http_call(&upstream, headers, Some(&body), vec![], Duration::from_secs(5)) {
+            Ok(t) => info!("body_callout: dispatched token={t} size={body_size}"),
+            Err(s) => error!("body_callout: dispatch failed: {s:?}"),
+        }
+        Action::Pause
+    }
+
+    /// A 200 answer replaces the paused body with `verified:` and the answer's body, then the
+    /// stream goes on; any other answer is a 403 local reply.
+    fn body_callout_answer(&mut self, body_size: usize) {
+        let status = self.get_http_call_response_header(":status");
+        if status.as_deref() != Some("200") {
+            let status = status.unwrap_or_else(|| "none".to_string());
+            self.send_http_response(403, vec![("x-verify-status", &status)], Some(b"unverified"));
+            return;
+        }
+        let mut body = b"verified:".to_vec();
+        body.extend(self.get_http_call_response_body(0, body_size).unwrap_or_default());
+        if self.config.str_or("side", "request") == "response" {
+            let len = self.get_http_response_body(0, usize::MAX).map_or(0, |b| b.len());
+            self.set_http_response_body(0, len, &body);
+            self.resume_http_response();
+        } else {
+            let len = self.get_http_request_body(0, usize::MAX).map_or(0, |b| b.len());
+            self.set_http_request_body(0, len, &body);
+            self.resume_http_request();
+        }
+    }
+
     fn request_headers_grpc(&mut self) -> Action {
         let upstream = self.config.str_or("upstream", "grpc");
         let timeout = Duration::from_millis(self.config.u64_or("timeout_ms", 1000));
@@ -826,6 +869,9 @@ impl Context for Http {
         num_trailers: usize,
     ) {
         self.config.enter("on_http_call_response", self.id);
+        if self.config.is("body_callout") {
+            return self.body_callout_answer(body_size);
+        }
         let headers = self.get_http_call_response_headers();
         let body = text(
             &self
@@ -990,6 +1036,9 @@ impl HttpContext for Http {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.config.enter("on_request_body", self.id);
+        if self.config.is("body_callout") && self.config.str_or("side", "request") == "request" {
+            return self.body_callout(body_size, end_of_stream, false);
+        }
         if !self.config.is("body") {
             return Action::Continue;
         }
@@ -1093,6 +1142,9 @@ impl HttpContext for Http {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.config.enter("on_response_body", self.id);
         match self.config.scenario.as_str() {
+            "body_callout" if self.config.str_or("side", "request") == "response" => {
+                self.body_callout(body_size, end_of_stream, true)
+            }
             "body" => {
                 if !end_of_stream {
                     return Action::Pause;
