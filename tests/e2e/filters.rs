@@ -1201,6 +1201,78 @@ async fn request_body_waits_for_a_callout() {
     assert!(resp.body == body);
 }
 
+/// `proxy_dispatch_grpc_call` to an HTTP/2 cluster: the call goes out as gRPC (path, metadata,
+/// `te: trailers`, one framed message), its reply comes back to the paused filter through
+/// `on_grpc_call_response`, and a failed call reaches the filter with its status and message.
+#[tokio::test]
+async fn a_unary_grpc_callout_reaches_an_h2_cluster_and_answers_the_filter() {
+    let echo = EchoServer::start().await;
+    let grpc = EchoServer::start_h2().await;
+    let manifest = |config: &str| {
+        ChainManifest::new()
+            .listener("main", "web", Some("edge"))
+            .cluster("web", &[echo.addr])
+            .cluster_with("grpc", &[grpc.addr], &["protocol: http2"])
+            .cluster("plain", &[echo.addr])
+            .chain("edge", &["g"])
+            .filter(conformance("g", config))
+    };
+    let weir = manifest(r#"{"scenario":"grpc"}"#).start().await;
+    let resp = get_with(weir.listener_addr("main"), "/a", &[]).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let call = &grpc.wait_requests(1).await[0];
+    assert_eq!(call.version, http::Version::HTTP_2);
+    assert_eq!(call.method, http::Method::POST);
+    assert_eq!(call.uri.path(), "/weir.test.Echo/Say");
+    assert_eq!(call.header("content-type"), Some("application/grpc"));
+    assert_eq!(call.header("te"), Some("trailers"));
+    assert_eq!(call.header("x-md"), Some("1"));
+    assert_eq!(&call.body[..], b"\0\0\0\0\x04ping");
+    // The filter put the reply on the request and resumed it.
+    let up = &echo.wait_requests(1).await[0];
+    assert_eq!(up.header("x-grpc-reply"), Some("ping"), "{up:?}");
+    drop(weir);
+
+    // A gRPC error status (trailers-only) reaches the filter, which answers 503 with it.
+    let weir = manifest(r#"{"scenario":"grpc","method":"Fail"}"#)
+        .start()
+        .await;
+    let resp = get_with(weir.listener_addr("main"), "/b", &[]).await;
+    assert_eq!(resp.status, 503, "{resp:?}");
+    assert_eq!(resp.header("x-grpc-status"), Some("5"));
+    assert_eq!(resp.header("x-grpc-message"), Some("not found"));
+    drop(weir);
+
+    // An HTTP/1.1 cluster cannot carry gRPC: the call fails UNAVAILABLE (14).
+    let weir = manifest(r#"{"scenario":"grpc","upstream":"plain"}"#)
+        .start()
+        .await;
+    let resp = get_with(weir.listener_addr("main"), "/c", &[]).await;
+    assert_eq!(resp.status, 503, "{resp:?}");
+    assert_eq!(resp.header("x-grpc-status"), Some("14"));
+    drop(weir);
+
+    // Not a cluster, or a stream (not supported): the dispatch itself fails.
+    for config in [
+        r#"{"scenario":"grpc","upstream":"nowhere"}"#,
+        r#"{"scenario":"grpc","mode":"stream"}"#,
+    ] {
+        let weir = manifest(config).start().await;
+        let resp = get_with(weir.listener_addr("main"), "/d", &[]).await;
+        assert_eq!(resp.status, 500, "{config}: {resp:?}");
+        assert_eq!(
+            resp.header("x-grpc-error"),
+            Some("ParseFailure"),
+            "{config}"
+        );
+    }
+    assert_eq!(
+        echo.requests().len(),
+        1,
+        "only the first call's request went upstream"
+    );
+}
+
 /// A filter that pauses on the end of a request body, to send the body to a verifier, holds the
 /// end of the body until the answer: the body it sets then is what goes up, through the filters
 /// after it; a refusal is the answer instead of the upstream's.

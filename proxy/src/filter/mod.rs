@@ -15,6 +15,7 @@
 pub mod body;
 pub mod builtin;
 pub mod chain;
+pub mod grpc_callout;
 pub mod props;
 pub mod runtime;
 pub mod stream;

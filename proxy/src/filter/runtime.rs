@@ -19,11 +19,12 @@ use http::{HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Limited};
 use tokio::sync::{Notify, mpsc};
 use weir_host_abi::{
-    Availability, CalloutResponse, ContextId, Effect, HttpCallRequest, LogLevel, Outcome, Plugin,
-    PluginHost, QueueNotifier, Status, StreamBox, Verdict, VmError,
+    Availability, CalloutResponse, ContextId, Effect, GrpcCallRequest, HttpCallRequest, LogLevel,
+    Outcome, Plugin, PluginHost, QueueNotifier, Status, StreamBox, Verdict, VmError,
 };
 
 use super::FilterSet;
+use super::grpc_callout::{self, GrpcAnswer};
 use crate::http::body::ProxyBody;
 use crate::upstream::{self, Cluster};
 
@@ -59,6 +60,11 @@ enum Event {
         filter: usize,
         generation: u64,
         req: HttpCallRequest,
+    },
+    GrpcCall {
+        filter: usize,
+        generation: u64,
+        req: GrpcCallRequest,
     },
     Tick {
         filter: usize,
@@ -248,6 +254,29 @@ impl WorkerFilters {
                         me.deliver_callout(filter, generation, token, resp);
                     });
                 }
+                Event::GrpcCall {
+                    filter,
+                    generation,
+                    req,
+                } => {
+                    let (me, clusters) = (this.clone(), clusters.clone());
+                    tokio::task::spawn_local(async move {
+                        let ci = me
+                            .set
+                            .clusters
+                            .iter()
+                            .position(|c| c.as_bytes() == req.upstream);
+                        let answer = match ci.map(|ci| &clusters[ci]) {
+                            Some(c) if grpc_callout::usable(c) => grpc_callout::call(c, &req).await,
+                            Some(c) => {
+                                tracing::warn!(cluster = %c.name, "a gRPC callout needs a cluster with protocol: http2");
+                                GrpcAnswer::Failed(14, "the cluster does not speak HTTP/2".into())
+                            }
+                            None => GrpcAnswer::Failed(14, "unknown cluster".into()),
+                        };
+                        me.deliver_grpc(filter, generation, req.token, answer);
+                    });
+                }
                 Event::Tick {
                     filter,
                     generation,
@@ -278,6 +307,20 @@ impl WorkerFilters {
                     vm.on_http_call_response(token, resp, Some(&mut stream))
                 }
                 None => vm.on_http_call_response(token, resp, None),
+            }
+        });
+    }
+
+    fn deliver_grpc(&self, filter: usize, generation: u64, token: u32, answer: GrpcAnswer) {
+        self.deliver(filter, generation, |vm| {
+            let origin = vm.grpc_call_context(token);
+            let stream = origin.and_then(|c| self.stream(filter, c));
+            let mut lent = stream.as_ref().map(|s| s.stream.borrow_mut());
+            match answer {
+                GrpcAnswer::Message(m) => vm.on_grpc_call_response(token, m, lent.as_deref_mut()),
+                GrpcAnswer::Failed(code, message) => {
+                    vm.on_grpc_close(token, code, message, lent.as_deref_mut())
+                }
             }
         });
     }
@@ -460,6 +503,29 @@ impl PluginHost for WorkerPluginHost {
                 req: request,
             })
             .map_err(|_| Status::InternalFailure)
+    }
+
+    fn dispatch_grpc(&mut self, request: GrpcCallRequest) -> Result<(), Status> {
+        // Unary calls to manifest clusters only; streams are not supported (yet).
+        let known = self
+            .clusters
+            .iter()
+            .any(|c| c.as_bytes() == request.upstream);
+        if request.streaming || !known {
+            return Err(Status::ParseFailure);
+        }
+        self.tx
+            .send(Event::GrpcCall {
+                filter: self.filter,
+                generation: self.generation,
+                req: request,
+            })
+            .map_err(|_| Status::InternalFailure)
+    }
+
+    /// The call's token is already forgotten by the VM, so its answer is dropped on arrival.
+    fn grpc_cancel(&mut self, _token: u32) -> Result<(), Status> {
+        Ok(())
     }
 
     fn set_tick_period(&mut self, period: Option<Duration>) {

@@ -665,7 +665,7 @@ impl Http {
             _ => match self.dispatch_grpc_call(
                 &upstream,
                 "weir.test.Echo",
-                "Say",
+                &self.config.str_or("method", "Say"),
                 md,
                 Some(b"ping"),
                 timeout,
