@@ -507,6 +507,51 @@ async fn an_endpoint_answering_500s_is_ejected_and_later_readmitted() {
     assert_eq!(to_bad, 5, "round robin again");
 }
 
+/// `kind: tcp`: a connection is the probe. An endpoint that refuses connections is marked down
+/// and takes no traffic; one that accepts stays up without ever seeing an HTTP probe.
+#[tokio::test]
+async fn a_tcp_health_check_marks_a_refusing_endpoint_down() {
+    let live = ControlledServer::start().await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }; // closed again: connections are refused
+    let weir = Weir::start(&manifest(
+        1,
+        &list(&[live.addr, dead]),
+        &["health_check: { kind: tcp, interval: 100ms, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 1 }"],
+    ))
+    .await;
+    poll_until("the refusing endpoint to be marked down", || async {
+        endpoint(&clusters(&weir).await, dead)["healthy"] == false
+    })
+    .await;
+    let c = clusters(&weir).await;
+    assert_eq!(endpoint(&c, live.addr)["healthy"], true, "{c}");
+    let hc = &c["clusters"][0]["health_check"];
+    assert_eq!(hc["settings"]["kind"], "tcp", "{c}");
+    assert!(hc["failures"].as_u64().unwrap() >= 2, "{c}");
+    assert!(hc["passes"].as_u64().unwrap() >= 2, "{c}");
+    // Two rounds have run: the live endpoint was connected to (its accept loop may trail the
+    // probes by a moment), never asked anything.
+    poll_until("the live endpoint to accept both probes", || async {
+        live.accepts() >= 2
+    })
+    .await;
+    assert_eq!(live.health_checks(), 0);
+    assert_eq!(live.request_count(), 0);
+    let mut client = H1Client::connect(weir.listener_addr("main")).await;
+    for _ in 0..10 {
+        let r = client.get("/x").await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(
+        live.request_count(),
+        10,
+        "every request went to the live endpoint"
+    );
+}
+
 #[tokio::test]
 async fn a_failing_health_check_fails_over_to_the_next_priority() {
     let (primary, backup) = (

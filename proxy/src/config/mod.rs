@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use raw::{ClientAuth, FailurePolicy, ForwardClientCert, LbPolicy, Protocol};
+pub use raw::{ClientAuth, FailurePolicy, ForwardClientCert, HealthCheckKind, LbPolicy, Protocol};
 pub use validate::validate;
 
 /// The manifest `weir run` uses when no `--config` is given: a working proxy in front of the
@@ -381,9 +381,12 @@ pub struct OutlierConfig {
     pub max_ejection_percent: u32,
 }
 
-/// Active HTTP health checking.
+/// Active health checking.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HealthCheckConfig {
+    pub kind: HealthCheckKind,
+    /// The HTTP probe's path (empty for a TCP check).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub path: String,
     #[serde(serialize_with = "ser_duration")]
     pub interval: Duration,
@@ -813,6 +816,42 @@ mod tests {
             dump.contains(r#""on":["reset","gateway_error","503","429"]"#),
             "{dump}"
         );
+    }
+
+    #[test]
+    fn a_health_check_is_http_with_a_path_or_tcp_without_one() {
+        let cluster = |hc: &str| {
+            format!(
+                "listeners:\n  - {{name: a, address: 127.0.0.1:0, default_cluster: c}}\nclusters:\n  c:\n    endpoints: [127.0.0.1:2]\n    health_check: {hc}\n"
+            )
+        };
+        let c = parse(&cluster("{kind: tcp, interval: 1s}"), "t", Path::new(".")).unwrap();
+        let h = c.clusters[0].health_check.as_ref().unwrap();
+        assert_eq!((h.kind, h.path.as_str()), (HealthCheckKind::Tcp, ""));
+        let c = parse(&cluster("{path: /healthz}"), "t", Path::new(".")).unwrap();
+        let h = c.clusters[0].health_check.as_ref().unwrap();
+        assert_eq!(
+            (h.kind, h.path.as_str()),
+            (HealthCheckKind::Http, "/healthz")
+        );
+        for (hc, want) in [
+            (
+                "{interval: 1s}",
+                "clusters.c.health_check.path: an HTTP health check needs a path",
+            ),
+            (
+                "{kind: tcp, path: /x}",
+                "clusters.c.health_check.path: a tcp health check sends no request",
+            ),
+            (
+                "{kind: tcp, host: a}",
+                "clusters.c.health_check.host: a tcp health check sends no request",
+            ),
+            ("{kind: udp}", "clusters.c.health_check.kind"),
+        ] {
+            let joined = errs(&cluster(hc)).join("\n");
+            assert!(joined.contains(want), "{hc}: missing {want} in:\n{joined}");
+        }
     }
 
     #[test]

@@ -277,17 +277,31 @@ pub struct Outlier {
     pub max_ejection_percent: Option<u32>,
 }
 
-/// `health_check:` — active HTTP probes of every endpoint.
+/// `health_check:` — active probes of every endpoint.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
-    pub path: String,
+    /// `http` (the default: `GET path`, a 2xx passes) or `tcp` (a connection passes).
+    pub kind: Option<HealthCheckKind>,
+    /// The probe's path (HTTP checks only, and required there).
+    pub path: Option<String>,
     pub interval: Option<HumanDuration>,
     pub timeout: Option<HumanDuration>,
     pub unhealthy_threshold: Option<u32>,
     pub healthy_threshold: Option<u32>,
     /// `Host` of the probe (default: the endpoint's address).
     pub host: Option<String>,
+}
+
+/// What a health check probes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// `GET path`: a 2xx answer passes.
+    #[default]
+    Http,
+    /// A TCP connection (and the TLS handshake, for a TLS cluster) passes.
+    Tcp,
 }
 
 /// `failover:` — how load spills from one priority to the next.

@@ -917,15 +917,34 @@ fn outlier(o: raw::Outlier, p: &str, errs: &mut Errors) -> OutlierConfig {
 }
 
 fn health_check(h: raw::HealthCheck, p: &str, errs: &mut Errors) -> HealthCheckConfig {
-    if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        errs.push(
-            format!("{p}.path"),
-            format!(
-                "`{}`: must start with `/` and hold no spaces or control bytes",
-                h.path
-            ),
-        );
-    }
+    let kind = h.kind.unwrap_or_default();
+    let path = match (kind, h.path) {
+        (raw::HealthCheckKind::Http, Some(path)) => {
+            if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                errs.push(
+                    format!("{p}.path"),
+                    format!("`{path}`: must start with `/` and hold no spaces or control bytes"),
+                );
+            }
+            path
+        }
+        (raw::HealthCheckKind::Http, None) => {
+            errs.push(
+                format!("{p}.path"),
+                "an HTTP health check needs a path (or set `kind: tcp`)",
+            );
+            String::new()
+        }
+        (raw::HealthCheckKind::Tcp, path) => {
+            if path.is_some() {
+                errs.push(format!("{p}.path"), "a tcp health check sends no request");
+            }
+            if h.host.is_some() {
+                errs.push(format!("{p}.host"), "a tcp health check sends no request");
+            }
+            String::new()
+        }
+    };
     if let Some(host) = &h.host
         && (host.is_empty() || http::HeaderValue::from_str(host).is_err())
     {
@@ -951,7 +970,8 @@ fn health_check(h: raw::HealthCheck, p: &str, errs: &mut Errors) -> HealthCheckC
         errs,
     );
     HealthCheckConfig {
-        path: h.path,
+        kind,
+        path,
         interval,
         timeout,
         unhealthy_threshold: threshold(

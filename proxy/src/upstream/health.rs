@@ -1,5 +1,5 @@
 //! Active health checks: one checker task per cluster, on the control thread, probes every
-//! endpoint with `GET <path>` every `interval` (the first round at start-up) and flips the
+//! endpoint every `interval` (the first round at start-up) and flips the
 //! endpoint's shared `healthy` flag after `unhealthy_threshold` failures or `healthy_threshold`
 //! passes in a row. Workers see the change through the cluster's version and rebuild their
 //! balancing view (unhealthy endpoints are skipped, and priority levels fail over).
@@ -9,9 +9,10 @@
 //! probes never share a worker's event loop with requests. Endpoints start healthy (a new
 //! process serves at once rather than waiting out the first round).
 //!
-//! A probe is its own connection (plain or the cluster's TLS, HTTP/1.1 with `connection: close`
-//! or HTTP/2 per the cluster's protocol), bounded by `timeout` as a whole; a 2xx passes,
-//! anything else (another status, refused, reset, timeout) fails.
+//! A probe is its own connection (plain or the cluster's TLS), bounded by `timeout` as a whole.
+//! An HTTP check sends `GET <path>` on it (HTTP/1.1 with `connection: close` or HTTP/2 per the
+//! cluster's protocol) and a 2xx passes; a TCP check passes once the connection (and the TLS
+//! handshake) is made. Anything else (another status, refused, reset, timeout) fails.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::shared::{ClusterShared, EndpointShared};
-use crate::config::{HealthCheckConfig, Protocol};
+use crate::config::{HealthCheckConfig, HealthCheckKind, Protocol};
 use crate::tls::ClientTls;
 
 /// Probes a cluster's endpoints until the process exits.
@@ -55,10 +56,10 @@ fn record(
     shared: &ClusterShared,
     ep: &EndpointShared,
     cfg: &HealthCheckConfig,
-    result: Result<u16, String>,
+    result: Result<(), String>,
 ) {
     match result {
-        Ok(status) if (200..300).contains(&status) => {
+        Ok(()) => {
             shared.hc_success.fetch_add(1, Relaxed);
             ep.hc_streak_failures.store(0, Relaxed);
             let n = ep.hc_streak_successes.fetch_add(1, Relaxed) + 1;
@@ -67,14 +68,10 @@ fn record(
                 tracing::info!(cluster = %shared.name, endpoint = %ep.addr, "health check: endpoint healthy");
             }
         }
-        other => {
+        Err(why) => {
             shared.hc_failure.fetch_add(1, Relaxed);
             ep.hc_streak_successes.store(0, Relaxed);
             let n = ep.hc_streak_failures.fetch_add(1, Relaxed) + 1;
-            let why = match other {
-                Ok(status) => format!("status {status}"),
-                Err(e) => e,
-            };
             tracing::debug!(cluster = %shared.name, endpoint = %ep.addr, failures = n, why, "health check failed");
             if n >= cfg.unhealthy_threshold && ep.healthy.swap(false, Relaxed) {
                 shared.bump();
@@ -84,28 +81,38 @@ fn record(
     }
 }
 
-/// One probe: the response status, or why there was none.
+/// One probe: passed, or why not.
 async fn probe(
     addr: SocketAddr,
     cfg: &HealthCheckConfig,
     protocol: Protocol,
     tls: Option<&ClientTls>,
-) -> Result<u16, String> {
+) -> Result<(), String> {
     let host = cfg.host.clone().unwrap_or_else(|| addr.to_string());
     let attempt = async {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        match tls {
+        let tcp_only = cfg.kind == HealthCheckKind::Tcp;
+        let status = match tls {
             Some(t) => {
                 let s = t
                     .connect(tcp, addr)
                     .await
                     .map_err(|e| format!("TLS: {e}"))?;
-                exchange(s, &cfg.path, &host, protocol).await
+                if tcp_only {
+                    return Ok(());
+                }
+                exchange(s, &cfg.path, &host, protocol).await?
             }
-            None => exchange(tcp, &cfg.path, &host, protocol).await,
+            None if tcp_only => return Ok(()),
+            None => exchange(tcp, &cfg.path, &host, protocol).await?,
+        };
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
         }
     };
     match tokio::time::timeout(cfg.timeout, attempt).await {
