@@ -954,7 +954,28 @@ impl Vm {
         if r.is_ok() {
             self.store.data_mut().contexts.remove(&ctx);
         }
+        self.cancel_grpc_streams_of(ctx);
         r.map(|_| ())
+    }
+
+    /// The gRPC streams a deleted stream context opened are reset with it, as Envoy resets a
+    /// context's streams when it is destroyed (a stream has no deadline; nothing else would end
+    /// one whose server waits for the client). Unary calls run to their timeout.
+    fn cancel_grpc_streams_of(&mut self, ctx: ContextId) {
+        let st = self.store.data_mut();
+        if st.grpc_calls.is_empty() {
+            return;
+        }
+        let streams: Vec<u32> = st
+            .grpc_calls
+            .iter()
+            .filter(|&(&token, &origin)| origin == ctx && token & 3 == 2)
+            .map(|(&token, _)| token)
+            .collect();
+        for token in streams {
+            st.grpc_calls.remove(&token);
+            let _ = st.host.grpc_cancel(token);
+        }
     }
 
     /// Ends an HTTP stream in Envoy's order: `on_log` → `on_done` → `on_delete`.

@@ -1252,25 +1252,62 @@ async fn a_unary_grpc_callout_reaches_an_h2_cluster_and_answers_the_filter() {
     assert_eq!(resp.header("x-grpc-status"), Some("14"));
     drop(weir);
 
-    // Not a cluster, or a stream (not supported): the dispatch itself fails.
-    for config in [
-        r#"{"scenario":"grpc","upstream":"nowhere"}"#,
-        r#"{"scenario":"grpc","mode":"stream"}"#,
-    ] {
-        let weir = manifest(config).start().await;
-        let resp = get_with(weir.listener_addr("main"), "/d", &[]).await;
-        assert_eq!(resp.status, 500, "{config}: {resp:?}");
-        assert_eq!(
-            resp.header("x-grpc-error"),
-            Some("ParseFailure"),
-            "{config}"
-        );
-    }
+    // Not a cluster: the dispatch itself fails.
+    let weir = manifest(r#"{"scenario":"grpc","upstream":"nowhere"}"#)
+        .start()
+        .await;
+    let resp = get_with(weir.listener_addr("main"), "/d", &[]).await;
+    assert_eq!(resp.status, 500, "{resp:?}");
+    assert_eq!(resp.header("x-grpc-error"), Some("ParseFailure"));
     assert_eq!(
         echo.requests().len(),
         1,
         "only the first call's request went upstream"
     );
+}
+
+/// `proxy_grpc_stream`: the filter opens a stream and sends `hello`; the server answers `bye`,
+/// on which the filter half-closes; the server then ends with trailers. The filter sees the
+/// initial metadata, the message, the trailing metadata and the close status, in that order,
+/// and resumes its request with what it got.
+#[tokio::test]
+async fn a_grpc_stream_from_a_filter_runs_both_ways_to_its_close() {
+    let echo = EchoServer::start().await;
+    let grpc = EchoServer::start_h2().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster_with("grpc", &[grpc.addr], &["protocol: http2"])
+        .chain("edge", &["g"])
+        .filter(conformance("g", r#"{"scenario":"grpc","mode":"stream"}"#))
+        .start()
+        .await;
+    let resp = get_with(weir.listener_addr("main"), "/s", &[]).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let call = &grpc.wait_requests(1).await[0];
+    assert_eq!(call.uri.path(), "/weir.test.Echo/Chat");
+    assert_eq!(call.header("x-md"), Some("1"));
+    assert_eq!(call.header("te"), Some("trailers"));
+    let up = &echo.wait_requests(1).await[0];
+    assert_eq!(up.header("x-grpc-messages"), Some("bye"), "{up:?}");
+    assert_eq!(up.header("x-grpc-close"), Some("0"), "{up:?}");
+    let log = within("the stream's metadata in the filter's log", async {
+        loop {
+            let log = weir.stderr();
+            if log.contains("grpc: trailing x-trailing=done") {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("no `{what}` in:\n{log}"))
+    };
+    assert!(at("grpc: initial x-initial=1") < at("grpc: message bye"));
+    assert!(at("grpc: message bye") < at("grpc: trailing x-trailing=done"));
+    assert!(at("grpc: trailing x-trailing=done") < at("grpc: stream close"));
 }
 
 /// A filter that pauses on the end of a request body, to send the body to a verifier, holds the
@@ -1459,6 +1496,32 @@ async fn a_client_that_leaves_while_paused_does_not_break_the_filter() {
     let reqs = echo.wait_requests(3).await;
     assert!(reqs.iter().all(|r| r.uri.path().starts_with("/stay")));
     assert!(!weir.stderr().contains("panic"), "{}", weir.stderr());
+}
+
+/// A client that leaves while its filter waits on a gRPC stream: the stream is reset with the
+/// stream context (as in Envoy), not left open for as long as the server waits for the client.
+#[tokio::test]
+async fn a_grpc_stream_is_reset_when_its_stream_context_goes() {
+    let echo = EchoServer::start().await;
+    let grpc = EchoServer::start_h2().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster_with("grpc", &[grpc.addr], &["protocol: http2"])
+        .chain("edge", &["g"])
+        .filter(conformance(
+            "g",
+            r#"{"scenario":"grpc","mode":"stream","method":"Listen"}"#,
+        ))
+        .start()
+        .await;
+    let addr = weir.listener_addr("main");
+    let leaver = tokio::spawn(async move { get_with(addr, "/leave", &[]).await });
+    grpc.wait_requests(1).await;
+    leaver.abort();
+    let _ = leaver.await;
+    assert_eq!(grpc.wait_stream_ends(1).await, ["reset"]);
+    assert_eq!(echo.requests().len(), 0);
 }
 
 #[tokio::test]

@@ -512,10 +512,7 @@ async fn an_endpoint_answering_500s_is_ejected_and_later_readmitted() {
 #[tokio::test]
 async fn a_tcp_health_check_marks_a_refusing_endpoint_down() {
     let live = ControlledServer::start().await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    }; // closed again: connections are refused
+    let dead = weir_tests::closed_port();
     let weir = Weir::start(&manifest(
         1,
         &list(&[live.addr, dead]),

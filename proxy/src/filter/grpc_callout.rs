@@ -1,15 +1,19 @@
-//! Unary gRPC callouts (`proxy_dispatch_grpc_call`): one request to a manifest cluster that
-//! speaks HTTP/2, answered to the filter as Envoy's Wasm host answers it — the response message
-//! through `proxy_on_grpc_receive` when the call succeeds, a status through `proxy_on_grpc_close`
-//! when it does not. The call's `service` argument names the cluster (Envoy also accepts a
-//! serialized `GrpcService`; Weir has no such config to refer to).
+//! gRPC callouts to a manifest cluster that speaks HTTP/2, answered to the filter as Envoy's Wasm
+//! host answers them. A unary call (`proxy_dispatch_grpc_call`) gets its response message through
+//! `proxy_on_grpc_receive` when it succeeds and a status through `proxy_on_grpc_close` when it
+//! does not. A stream (`proxy_grpc_stream`) gets initial metadata, each message as it arrives,
+//! trailing metadata and then its close status, while the filter sends messages
+//! (`proxy_grpc_send`), half-closes (`proxy_grpc_close`) or cancels it. The `service` argument
+//! names the cluster (Envoy also accepts a serialized `GrpcService`; Weir has no such config to
+//! refer to).
 
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Limited};
-use weir_host_abi::GrpcCallRequest;
+use tokio::sync::mpsc;
+use weir_host_abi::{GrpcCallRequest, Pairs};
 
 use crate::config::Protocol;
 use crate::http::body::ProxyBody;
@@ -64,7 +68,8 @@ async fn exchange(cluster: &Cluster, req: &GrpcCallRequest, timeout: Duration) -
     let Some(ep) = cluster.pick().cloned() else {
         return GrpcAnswer::failed(code::UNAVAILABLE, "no healthy upstream");
     };
-    let request = match build(cluster, req, timeout) {
+    let body = ProxyBody::from(frame(&req.message));
+    let request = match build(cluster, req, Some(timeout), body) {
         Ok(r) => r,
         Err(m) => return GrpcAnswer::failed(code::INTERNAL, m),
     };
@@ -95,11 +100,12 @@ async fn exchange(cluster: &Cluster, req: &GrpcCallRequest, timeout: Duration) -
     }
 }
 
-/// The HTTP/2 request: `POST /SERVICE/METHOD`, the call's metadata, one length-prefixed message.
+/// The HTTP/2 request: `POST /SERVICE/METHOD` with the call's metadata.
 fn build(
     cluster: &Cluster,
     req: &GrpcCallRequest,
-    timeout: Duration,
+    timeout: Option<Duration>,
+    body: ProxyBody,
 ) -> Result<Request<ProxyBody>, &'static str> {
     let mut builder = Request::builder()
         .method(Method::POST)
@@ -107,20 +113,187 @@ fn build(
         .version(http::Version::HTTP_2)
         .header(http::header::HOST, cluster.name.as_str())
         .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers")
-        .header("grpc-timeout", format!("{}m", timeout.as_millis().max(1)));
+        .header(http::header::TE, "trailers");
+    if let Some(t) = timeout {
+        builder = builder.header("grpc-timeout", format!("{}m", t.as_millis().max(1)));
+    }
     for (k, v) in &req.initial_metadata {
         let v = HeaderValue::from_bytes(v).map_err(|_| "invalid metadata value")?;
         builder = builder.header(k.as_slice(), v);
     }
-    let len = u32::try_from(req.message.len()).map_err(|_| "message too large")?;
-    let mut framed = Vec::with_capacity(5 + req.message.len());
-    framed.push(0); // not compressed
-    framed.extend_from_slice(&len.to_be_bytes());
-    framed.extend_from_slice(&req.message);
     builder
-        .body(ProxyBody::from(Bytes::from(framed)))
+        .body(body)
         .map_err(|_| "invalid call (service, method or metadata)")
+}
+
+/// One length-prefixed, uncompressed message.
+fn frame(message: &[u8]) -> Bytes {
+    let len = u32::try_from(message.len()).unwrap_or(u32::MAX);
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    Bytes::from(framed)
+}
+
+/// What a filter asks of one of its streams.
+#[derive(Debug)]
+pub enum StreamCmd {
+    /// `proxy_grpc_send`: a message, and whether it ends the filter's side.
+    Send(Vec<u8>, bool),
+    /// `proxy_grpc_close`: half-close (the answer goes on).
+    Close,
+    /// `proxy_grpc_cancel`: reset; nothing more is delivered.
+    Cancel,
+}
+
+/// What a stream tells the filter, in this order (initial metadata and messages may be absent).
+#[derive(Debug, PartialEq, Eq)]
+pub enum GrpcEvent {
+    InitialMetadata(Pairs),
+    Message(Vec<u8>),
+    TrailingMetadata(Pairs),
+    Close(u32, String),
+}
+
+/// Runs a stream on `cluster` until it closes or the filter cancels it (`cmds` says so, or is
+/// dropped). `emit` delivers each event to the filter.
+pub async fn stream(
+    cluster: &Cluster,
+    req: &GrpcCallRequest,
+    mut cmds: mpsc::UnboundedReceiver<StreamCmd>,
+    mut emit: impl FnMut(GrpcEvent),
+) {
+    let close = |code: u32, message: &str| GrpcEvent::Close(code, message.to_owned());
+    let Some(ep) = cluster.pick().cloned() else {
+        return emit(close(code::UNAVAILABLE, "no healthy upstream"));
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut tx = Some(tx);
+    let request = match build(cluster, req, req.timeout, ProxyBody::Channel(rx)) {
+        Ok(r) => r,
+        Err(m) => return emit(close(code::INTERNAL, m)),
+    };
+    // A stream has no deadline of its own: the route's response timer starts only once the
+    // filter has half-closed (the request body has ended).
+    let route = upstream::Route {
+        response_timeout: req.timeout.unwrap_or(cluster.response_timeout),
+        ..upstream::Route::of(cluster)
+    };
+    let send = upstream::send(cluster, &ep, request, &route);
+    tokio::pin!(send);
+    let resp = loop {
+        tokio::select! {
+            r = &mut send => break r,
+            c = cmds.recv() => if !apply(c, &mut tx) {
+                return;
+            },
+        }
+    };
+    let (parts, mut body) = match resp {
+        Ok(r) => r.into_parts(),
+        Err(e) => return emit(close(code::UNAVAILABLE, e.reason())),
+    };
+    if parts.status != http::StatusCode::OK {
+        return emit(close(
+            from_http(parts.status.as_u16()),
+            "non-200 HTTP status",
+        ));
+    }
+    if let Some(answer) = status_of(&parts.headers) {
+        // Trailers-only: the headers are the trailing metadata.
+        emit(GrpcEvent::TrailingMetadata(metadata(&parts.headers)));
+        return emit(closing(answer));
+    }
+    emit(GrpcEvent::InitialMetadata(metadata(&parts.headers)));
+    let mut buf = BytesMut::new();
+    let mut trailers = HeaderMap::new();
+    loop {
+        tokio::select! {
+            f = body.frame() => match f {
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => {
+                        buf.extend_from_slice(&d);
+                        loop {
+                            match next_message(&mut buf) {
+                                Ok(Some(m)) => emit(GrpcEvent::Message(m)),
+                                Ok(None) => break,
+                                Err(m) => return emit(close(code::INTERNAL, m)),
+                            }
+                        }
+                    }
+                    Err(f) => {
+                        if let Ok(t) = f.into_trailers() {
+                            trailers = t;
+                        }
+                    }
+                },
+                Some(Err(_)) => return emit(close(code::UNAVAILABLE, "stream reset")),
+                None => break,
+            },
+            c = cmds.recv() => if !apply(c, &mut tx) {
+                return;
+            },
+        }
+    }
+    emit(GrpcEvent::TrailingMetadata(metadata(&trailers)));
+    emit(match status_of(&trailers) {
+        Some(answer) => closing(answer),
+        None => close(code::INTERNAL, "no grpc-status in the response"),
+    });
+}
+
+/// Applies a filter's command to the request side; `false`: the stream is cancelled.
+fn apply(cmd: Option<StreamCmd>, tx: &mut Option<mpsc::UnboundedSender<Bytes>>) -> bool {
+    match cmd {
+        Some(StreamCmd::Send(m, end)) => {
+            if let Some(t) = tx {
+                let _ = t.send(frame(&m));
+            }
+            if end {
+                *tx = None;
+            }
+            true
+        }
+        Some(StreamCmd::Close) => {
+            *tx = None;
+            true
+        }
+        Some(StreamCmd::Cancel) | None => false,
+    }
+}
+
+fn closing(answer: GrpcAnswer) -> GrpcEvent {
+    match answer {
+        GrpcAnswer::Message(_) => GrpcEvent::Close(code::OK, String::new()),
+        GrpcAnswer::Failed(c, m) => GrpcEvent::Close(c, m),
+    }
+}
+
+/// Header or trailer fields as metadata pairs (pseudo-headers have no place there).
+fn metadata(h: &HeaderMap) -> Pairs {
+    h.iter()
+        .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The next whole message in `buf`, if one has arrived.
+fn next_message(buf: &mut BytesMut) -> Result<Option<Vec<u8>>, &'static str> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    if buf[0] != 0 {
+        return Err("compressed response message");
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len > MAX_RESPONSE {
+        return Err("response message too large");
+    }
+    if buf.len() < 5 + len {
+        return Ok(None);
+    }
+    buf.advance(5);
+    Ok(Some(buf.split_to(len).to_vec()))
 }
 
 /// `grpc-status` (and `grpc-message`) of a header or trailer block: `Message(empty)` for OK.
@@ -174,13 +347,6 @@ fn from_http(status: u16) -> u32 {
 mod tests {
     use super::*;
 
-    fn frame(msg: &[u8]) -> Bytes {
-        let mut b = vec![0u8];
-        b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-        b.extend_from_slice(msg);
-        Bytes::from(b)
-    }
-
     #[test]
     fn one_message_is_unframed() {
         assert_eq!(
@@ -223,6 +389,25 @@ mod tests {
             status_of(&h),
             Some(GrpcAnswer::Failed(code::UNKNOWN, _))
         ));
+    }
+
+    #[test]
+    fn stream_messages_are_cut_where_they_end() {
+        let mut buf = BytesMut::new();
+        let two = [frame(b"one"), frame(b"two")].concat();
+        buf.extend_from_slice(&two[..6]);
+        assert_eq!(
+            next_message(&mut buf),
+            Ok(None),
+            "a message cut short waits"
+        );
+        buf.extend_from_slice(&two[6..]);
+        assert_eq!(next_message(&mut buf), Ok(Some(b"one".to_vec())));
+        assert_eq!(next_message(&mut buf), Ok(Some(b"two".to_vec())));
+        assert_eq!(next_message(&mut buf), Ok(None));
+        assert!(buf.is_empty());
+        buf.extend_from_slice(&[1, 0, 0, 0, 0]);
+        assert!(next_message(&mut buf).is_err(), "compressed");
     }
 
     #[test]

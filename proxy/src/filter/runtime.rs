@@ -24,7 +24,7 @@ use weir_host_abi::{
 };
 
 use super::FilterSet;
-use super::grpc_callout::{self, GrpcAnswer};
+use super::grpc_callout::{self, GrpcAnswer, GrpcEvent, StreamCmd};
 use crate::http::body::ProxyBody;
 use crate::upstream::{self, Cluster};
 
@@ -66,6 +66,12 @@ enum Event {
         generation: u64,
         req: GrpcCallRequest,
     },
+    GrpcCmd {
+        filter: usize,
+        generation: u64,
+        token: u32,
+        cmd: StreamCmd,
+    },
     Tick {
         filter: usize,
         generation: u64,
@@ -91,6 +97,10 @@ pub struct WorkerFilters {
     generations: Vec<Arc<AtomicU64>>,
     streams: RefCell<rustc_hash::FxHashMap<(usize, u64, ContextId), Weak<ChainShared>>>,
     tickers: RefCell<Vec<Option<tokio::task::AbortHandle>>>,
+    /// Open gRPC streams, by filter, VM generation and token: where the filter's sends, closes
+    /// and cancels go. Dropping a sender (or this value) cancels the stream.
+    grpc_streams:
+        RefCell<rustc_hash::FxHashMap<(usize, u64, u32), mpsc::UnboundedSender<StreamCmd>>>,
     /// The event loop; it holds this value weakly, and is stopped when the value goes (a
     /// replaced generation is freed when its last stream ends).
     events: RefCell<Option<tokio::task::AbortHandle>>,
@@ -147,6 +157,7 @@ impl WorkerFilters {
             generations,
             streams: RefCell::new(rustc_hash::FxHashMap::default()),
             tickers: RefCell::new(vec![None; n]),
+            grpc_streams: RefCell::new(rustc_hash::FxHashMap::default()),
             events: RefCell::new(None),
         });
         let task = tokio::task::spawn_local(Self::run(Rc::downgrade(&me), rx, clusters));
@@ -259,23 +270,64 @@ impl WorkerFilters {
                     generation,
                     req,
                 } => {
-                    let (me, clusters) = (this.clone(), clusters.clone());
-                    tokio::task::spawn_local(async move {
-                        let ci = me
-                            .set
-                            .clusters
-                            .iter()
-                            .position(|c| c.as_bytes() == req.upstream);
-                        let answer = match ci.map(|ci| &clusters[ci]) {
-                            Some(c) if grpc_callout::usable(c) => grpc_callout::call(c, &req).await,
-                            Some(c) => {
-                                tracing::warn!(cluster = %c.name, "a gRPC callout needs a cluster with protocol: http2");
-                                GrpcAnswer::Failed(14, "the cluster does not speak HTTP/2".into())
+                    let ci = this
+                        .set
+                        .clusters
+                        .iter()
+                        .position(|c| c.as_bytes() == req.upstream);
+                    let cluster = ci.map(|ci| &clusters[ci]);
+                    let unusable = match cluster {
+                        Some(c) if grpc_callout::usable(c) => None,
+                        Some(c) => {
+                            tracing::warn!(cluster = %c.name, "a gRPC callout needs a cluster with protocol: http2");
+                            Some("the cluster does not speak HTTP/2")
+                        }
+                        None => Some("unknown cluster"),
+                    };
+                    if let Some(why) = unusable {
+                        let answer = GrpcAnswer::Failed(14, why.into());
+                        this.deliver_grpc(filter, generation, req.token, answer);
+                        continue;
+                    }
+                    let ci = ci.expect("usable: a known cluster");
+                    let clusters = clusters.clone();
+                    if req.streaming {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        let key = (filter, generation, req.token);
+                        this.grpc_streams.borrow_mut().insert(key, tx);
+                        // Weak: an open stream must not keep a replaced generation alive (its
+                        // drop cancels the stream).
+                        let me = Rc::downgrade(&this);
+                        tokio::task::spawn_local(async move {
+                            let token = req.token;
+                            grpc_callout::stream(&clusters[ci], &req, rx, |ev| {
+                                if let Some(me) = me.upgrade() {
+                                    me.deliver_grpc_stream(filter, generation, token, ev);
+                                }
+                            })
+                            .await;
+                            if let Some(me) = me.upgrade() {
+                                me.grpc_streams.borrow_mut().remove(&key);
                             }
-                            None => GrpcAnswer::Failed(14, "unknown cluster".into()),
-                        };
-                        me.deliver_grpc(filter, generation, req.token, answer);
-                    });
+                        });
+                    } else {
+                        let me = this.clone();
+                        tokio::task::spawn_local(async move {
+                            let answer = grpc_callout::call(&clusters[ci], &req).await;
+                            me.deliver_grpc(filter, generation, req.token, answer);
+                        });
+                    }
+                }
+                Event::GrpcCmd {
+                    filter,
+                    generation,
+                    token,
+                    cmd,
+                } => {
+                    let streams = this.grpc_streams.borrow();
+                    if let Some(tx) = streams.get(&(filter, generation, token)) {
+                        let _ = tx.send(cmd);
+                    }
                 }
                 Event::Tick {
                     filter,
@@ -321,6 +373,25 @@ impl WorkerFilters {
                 GrpcAnswer::Failed(code, message) => {
                     vm.on_grpc_close(token, code, message, lent.as_deref_mut())
                 }
+            }
+        });
+    }
+
+    fn deliver_grpc_stream(&self, filter: usize, generation: u64, token: u32, ev: GrpcEvent) {
+        self.deliver(filter, generation, |vm| {
+            let origin = vm.grpc_call_context(token);
+            let stream = origin.and_then(|c| self.stream(filter, c));
+            let mut lent = stream.as_ref().map(|s| s.stream.borrow_mut());
+            let lent = lent.as_deref_mut();
+            match ev {
+                GrpcEvent::InitialMetadata(m) => {
+                    vm.on_grpc_receive_initial_metadata(token, m, lent)
+                }
+                GrpcEvent::Message(m) => vm.on_grpc_receive(token, m, lent),
+                GrpcEvent::TrailingMetadata(m) => {
+                    vm.on_grpc_receive_trailing_metadata(token, m, lent)
+                }
+                GrpcEvent::Close(code, message) => vm.on_grpc_close(token, code, message, lent),
             }
         });
     }
@@ -456,6 +527,20 @@ fn local_response(status: u16, body: &str) -> CalloutResponse {
     }
 }
 
+impl WorkerPluginHost {
+    /// Hands a stream command to the worker's event loop (the VM has checked the token).
+    fn grpc_cmd(&mut self, token: u32, cmd: StreamCmd) -> Result<(), Status> {
+        self.tx
+            .send(Event::GrpcCmd {
+                filter: self.filter,
+                generation: self.generation,
+                token,
+                cmd,
+            })
+            .map_err(|_| Status::InternalFailure)
+    }
+}
+
 /// The `PluginHost` of every VM on a worker: logs through `tracing`, sends callouts, ticks and
 /// queue notifications to the worker's event loop.
 #[derive(Clone)]
@@ -506,12 +591,12 @@ impl PluginHost for WorkerPluginHost {
     }
 
     fn dispatch_grpc(&mut self, request: GrpcCallRequest) -> Result<(), Status> {
-        // Unary calls to manifest clusters only; streams are not supported (yet).
-        let known = self
+        // Manifest clusters only (hardening.md: a filter is untrusted code).
+        if !self
             .clusters
             .iter()
-            .any(|c| c.as_bytes() == request.upstream);
-        if request.streaming || !known {
+            .any(|c| c.as_bytes() == request.upstream)
+        {
             return Err(Status::ParseFailure);
         }
         self.tx
@@ -523,9 +608,18 @@ impl PluginHost for WorkerPluginHost {
             .map_err(|_| Status::InternalFailure)
     }
 
-    /// The call's token is already forgotten by the VM, so its answer is dropped on arrival.
-    fn grpc_cancel(&mut self, _token: u32) -> Result<(), Status> {
-        Ok(())
+    fn grpc_send(&mut self, token: u32, message: &[u8], end_stream: bool) -> Result<(), Status> {
+        self.grpc_cmd(token, StreamCmd::Send(message.to_vec(), end_stream))
+    }
+
+    /// A stream is reset. A unary call's token is already forgotten by the VM, so its answer is
+    /// dropped on arrival.
+    fn grpc_cancel(&mut self, token: u32) -> Result<(), Status> {
+        self.grpc_cmd(token, StreamCmd::Cancel)
+    }
+
+    fn grpc_close(&mut self, token: u32) -> Result<(), Status> {
+        self.grpc_cmd(token, StreamCmd::Close)
     }
 
     fn set_tick_period(&mut self, period: Option<Duration>) {

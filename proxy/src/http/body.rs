@@ -45,6 +45,9 @@ pub enum ProxyBody {
     Replay(crate::upstream::retry::ReplayBody),
     /// An upstream response body under the cluster's idle timeout. Boxed: rare.
     Idle(Box<crate::upstream::forward::IdleBody>),
+    /// Chunks sent by Weir itself as they come (a filter's gRPC stream); ends when the sender
+    /// is dropped.
+    Channel(tokio::sync::mpsc::UnboundedReceiver<Bytes>),
 }
 
 impl ProxyBody {
@@ -97,6 +100,7 @@ impl Body for ProxyBody {
             ProxyBody::Filtered(b) => Pin::new(&mut **b).poll_frame(cx),
             ProxyBody::Replay(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Idle(b) => Pin::new(&mut **b).poll_frame(cx),
+            ProxyBody::Channel(rx) => rx.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d)))),
             ProxyBody::Upstream(b, guard) => {
                 let r = Pin::new(&mut *b).poll_frame(cx);
                 match &r {
@@ -126,6 +130,7 @@ impl Body for ProxyBody {
             ProxyBody::Filtered(b) => b.is_end_stream(),
             ProxyBody::Replay(b) => b.is_end_stream(),
             ProxyBody::Idle(b) => b.is_end_stream(),
+            ProxyBody::Channel(rx) => rx.is_closed() && rx.is_empty(),
         }
     }
 
@@ -142,6 +147,7 @@ impl Body for ProxyBody {
             ProxyBody::Filtered(b) => b.size_hint(),
             ProxyBody::Replay(b) => b.size_hint(),
             ProxyBody::Idle(b) => b.size_hint(),
+            ProxyBody::Channel(_) => SizeHint::default(),
         }
     }
 }

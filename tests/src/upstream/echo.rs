@@ -7,6 +7,8 @@
 //! | the same on a path `/no-upgrade…` | upgrade ignored: `426` (see `/status/NNN`) |
 //! | `content-type: application/grpc*` | `200`, the request body echoed, trailers `grpc-status: 0` |
 //! | the same, path ending `/Fail` | trailers-only `grpc-status: 5` (in the headers, no body) |
+//! | the same, path ending `/Chat` | a stream: headers at once (`x-initial: 1`), the message `bye` once the first request message has arrived, then trailers `grpc-status: 0`, `x-trailing: done` once the request side ends |
+//! | the same, path ending `/Listen` | like `/Chat`, never answering a message; how each of these streams ended (`ended` or `reset`) is kept ([`EchoServer::wait_stream_ends`]) |
 //! | path `/stream…` | `200` at once, the request body streamed back frame by frame (full duplex) |
 //! | path `/reject-early…` | `413` at once, the request body never read |
 //! | path `/hold…` | recorded, then held until the test calls [`EchoServer::release`], then echoed |
@@ -41,6 +43,7 @@ struct State {
     requests: Counted<Recorded>,
     hold: Semaphore,
     closes: Counted<usize>,
+    stream_ends: Arc<Counted<&'static str>>,
     in_flight: watch::Sender<usize>,
     kick: watch::Sender<u64>,
 }
@@ -84,6 +87,7 @@ impl EchoServer {
             requests: Counted::new(),
             hold: Semaphore::new(0),
             closes: Counted::new(),
+            stream_ends: Arc::new(Counted::new()),
             in_flight: watch::channel(0).0,
             kick: watch::channel(0).0,
         });
@@ -124,6 +128,15 @@ impl EchoServer {
             }
         });
         EchoServer { addr, state, task }
+    }
+
+    /// Waits until `n` `/Chat` or `/Listen` streams have ended; how each ended (`ended`: the
+    /// client half-closed; `reset`: it reset the stream).
+    pub async fn wait_stream_ends(&self, n: usize) -> Vec<&'static str> {
+        self.state
+            .stream_ends
+            .wait_len(n, &format!("{n} gRPC streams ended at {}", self.addr))
+            .await
     }
 
     /// Number of TCP connections accepted so far.
@@ -297,6 +310,47 @@ async fn respond(
         return Response::builder()
             .status(StatusCode::PAYLOAD_TOO_LARGE)
             .body(body_full("too large"))
+            .unwrap();
+    }
+
+    let grpc_content = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc_content && (path.ends_with("/Chat") || path.ends_with("/Listen")) {
+        st.requests.push(record(conn, peer, &parts));
+        let (mut tx, chat) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+        let ends = st.stream_ends.clone();
+        let mut answered = path.ends_with("/Listen");
+        tokio::spawn(async move {
+            let mut body = body;
+            let mut seen = Vec::new();
+            let mut how = "ended";
+            while let Some(f) = body.frame().await {
+                let Ok(f) = f else {
+                    how = "reset";
+                    break;
+                };
+                let Ok(d) = f.into_data() else { continue };
+                seen.extend_from_slice(&d);
+                let whole = seen.len() >= 5
+                    && seen.len()
+                        >= 5 + u32::from_be_bytes([seen[1], seen[2], seen[3], seen[4]]) as usize;
+                if whole && !answered {
+                    answered = true;
+                    let _ = tx.send_data(Bytes::from_static(b"\0\0\0\0\x03bye")).await;
+                }
+            }
+            ends.push(how);
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", HeaderValue::from_static("0"));
+            t.insert("x-trailing", HeaderValue::from_static("done"));
+            let _ = tx.send_trailers(t).await;
+        });
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header("x-initial", "1")
+            .body(chat.boxed_unsync())
             .unwrap();
     }
 

@@ -639,7 +639,12 @@ impl Http {
         let timeout = Duration::from_millis(self.config.u64_or("timeout_ms", 1000));
         let md: Vec<(&str, &[u8])> = vec![("x-md", b"1")];
         match self.config.str_or("mode", "call").as_str() {
-            "stream" => match self.open_grpc_stream(&upstream, "weir.test.Echo", "Chat", md) {
+            "stream" => match self.open_grpc_stream(
+                &upstream,
+                "weir.test.Echo",
+                &self.config.str_or("method", "Chat"),
+                md,
+            ) {
                 Ok(t) => {
                     info!("grpc: stream opened token={t}");
                     self.send_grpc_stream_message(t, Some(b"hello"), false);
