@@ -12,6 +12,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use weir_test_artifacts::CONFORMANCE;
 use weir_tests::client::Collected;
 use weir_tests::{
@@ -1363,6 +1365,44 @@ async fn a_pause_at_the_end_of_a_request_body_is_held_for_its_callout() {
     assert_eq!(resp.status, 403, "{resp:?}");
     assert_eq!(resp.header("x-verify-status"), Some("401"));
     assert_eq!(resp.text(), "unverified");
+}
+
+/// A filter that pauses in the request trailers phase (on a callout) holds the trailers: what it
+/// adds to them from the callout's answer reaches the upstream with them.
+#[tokio::test]
+async fn a_pause_in_the_trailers_phase_is_held_for_its_callout() {
+    let echo = EchoServer::start_h2().await;
+    let auth = EchoServer::start().await;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster_with("web", &[echo.addr], &["protocol: http2"])
+        .cluster("auth", &[auth.addr])
+        .chain("edge", &["verify"])
+        .filter(conformance("verify", r#"{"scenario":"trailers_callout"}"#))
+        .start()
+        .await;
+    let mut c = H2Client::connect(weir.listener_addr("main")).await;
+    let (mut tx, body) = weir_tests::client::body_channel();
+    let req = c.request("POST", "/t").body(body).unwrap();
+    let sent = tokio::spawn(async move {
+        tx.send_data(Bytes::from_static(b"payload")).await.unwrap();
+        let mut t = http::HeaderMap::new();
+        t.insert("x-trailer-in", http::HeaderValue::from_static("1"));
+        tx.send_trailers(t).await.unwrap();
+    });
+    let resp = collect(c.send(req).await.expect("response")).await;
+    sent.await.unwrap();
+    assert_eq!(resp.status, 200, "{resp:?}");
+    auth.wait_requests(1).await;
+    let up = &echo.wait_requests(1).await[0];
+    assert_eq!(&up.body[..], b"payload");
+    let t = up.trailers.as_ref().expect("trailers went upstream");
+    assert_eq!(t.get("x-trailer-in").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    assert_eq!(
+        t.get("x-verified").map(|v| v.as_bytes()),
+        Some(&b"200"[..]),
+        "the trailer added from the callout's answer: {t:?}"
+    );
 }
 
 /// The same on the response side: the response body is held at its end until the verifier

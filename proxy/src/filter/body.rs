@@ -1,8 +1,8 @@
 //! Bodies through a filter chain: each chunk is offered to the filters as it streams (request
 //! bodies in chain order, response bodies in reverse). A filter that pauses on a chunk gets the
 //! accumulated buffer with the next one (Envoy's buffering), bounded by [`MAX_BUFFERED`]. A filter
-//! that pauses on the end of the body (to make a callout about it, say) holds the end of the body
-//! until it continues the stream, as in Envoy. The response body wrapper also holds the chain run
+//! that pauses on the end of the body (to make a callout about it, say), or in the trailers phase,
+//! holds the end of the body until it continues the stream, as in Envoy. The response body wrapper also holds the chain run
 //! to its end, so `on_log` runs once the response is complete (or abandoned).
 
 use std::future::Future;
@@ -55,9 +55,17 @@ pub struct FilteredBody {
 
 struct Paused {
     at: BodyPause,
-    /// The body ended with trailers: their phase runs once the body has gone through.
-    trailer_phase: bool,
+    stage: Stage,
     resume: Pin<Box<dyn Future<Output = Result<(), Stop>>>>,
+}
+
+/// Which phase a pause is in.
+enum Stage {
+    /// The body phase, on the end of the body. `trailer_phase`: trailers came with it, and their
+    /// phase runs once the body has gone through.
+    Body { trailer_phase: bool },
+    /// The trailers phase; `out` is the body's last bytes, sent once the phase is through.
+    Trailers { out: Bytes },
 }
 
 /// What [`FilteredBody::prefetch`] learned before the response head goes out.
@@ -194,25 +202,57 @@ impl FilteredBody {
             Err(e) => return Some(Err(e)),
             Ok(BodyOut::Data(out)) => out,
             Ok(BodyOut::Paused(at)) => {
-                let run = self.run.clone();
-                let response = self.response;
-                self.paused = Some(Paused {
-                    at,
-                    trailer_phase,
-                    resume: Box::pin(async move { run.hold_body(at, response).await }),
-                });
+                self.pause(at, Stage::Body { trailer_phase });
                 return None;
             }
         };
-        if eos {
-            if trailer_phase && let Err(stop) = self.run.trailers_phase(self.response) {
-                return Some(Err(self.stopped(stop)));
-            }
-            // A filter may have added (or edited) trailers.
-            self.trailers = self.run.take_trailers(self.response);
-            self.done = true;
+        if !eos {
+            return self.emit(out, false);
         }
-        if let Err(e) = self.check_length(out.len(), eos) {
+        if trailer_phase {
+            return self.after_trailers(self.run.trailers_phase(self.response), out);
+        }
+        self.end(out)
+    }
+
+    /// What the trailers phase did: paused (hold `out` until it goes on), stopped, or through.
+    fn after_trailers(
+        &mut self,
+        phase: Result<Option<BodyPause>, Stop>,
+        out: Bytes,
+    ) -> Option<Result<Frame<Bytes>, BoxError>> {
+        match phase {
+            Err(stop) => Some(Err(self.stopped(stop))),
+            Ok(Some(at)) => {
+                self.pause(at, Stage::Trailers { out });
+                None
+            }
+            Ok(None) => self.end(out),
+        }
+    }
+
+    /// Holds the stream where a filter paused until it continues.
+    fn pause(&mut self, at: BodyPause, stage: Stage) {
+        let run = self.run.clone();
+        let response = self.response;
+        self.paused = Some(Paused {
+            at,
+            stage,
+            resume: Box::pin(async move { run.hold_body(at, response).await }),
+        });
+    }
+
+    /// The body is through every phase: its last bytes, then the trailers (a filter may have
+    /// added or edited them).
+    fn end(&mut self, out: Bytes) -> Option<Result<Frame<Bytes>, BoxError>> {
+        self.trailers = self.run.take_trailers(self.response);
+        self.done = true;
+        self.emit(out, true)
+    }
+
+    /// Accounts for and hands out bytes that came out of the filters (`None`: there are none).
+    fn emit(&mut self, out: Bytes, end: bool) -> Option<Result<Frame<Bytes>, BoxError>> {
+        if let Err(e) = self.check_length(out.len(), end) {
             return Some(Err(e));
         }
         if out.is_empty() {
@@ -241,12 +281,23 @@ impl Body for FilteredBody {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(r) => r,
                 };
-                let (at, trailer_phase) = (p.at, p.trailer_phase);
-                this.paused = None;
-                let out = resumed
-                    .and_then(|()| this.run.body_resume(this.response, &mut this.held, at))
-                    .map_err(|stop| this.stopped(stop));
-                if let Some(frame) = this.after_step(out, true, trailer_phase) {
+                let Some(Paused { at, stage, .. }) = this.paused.take() else {
+                    continue;
+                };
+                let next = match stage {
+                    Stage::Body { trailer_phase } => {
+                        let out = resumed
+                            .and_then(|()| this.run.body_resume(this.response, &mut this.held, at))
+                            .map_err(|stop| this.stopped(stop));
+                        this.after_step(out, true, trailer_phase)
+                    }
+                    Stage::Trailers { out } => {
+                        let phase =
+                            resumed.and_then(|()| this.run.trailers_resume(this.response, at));
+                        this.after_trailers(phase, out)
+                    }
+                };
+                if let Some(frame) = next {
                     return Poll::Ready(Some(frame));
                 }
                 continue;

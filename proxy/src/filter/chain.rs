@@ -38,7 +38,7 @@ pub enum Stop {
     Reset,
 }
 
-/// What came out of the body phase.
+/// What came out of the body phase (or, for a pause, the trailers phase).
 #[derive(Debug)]
 pub enum BodyOut {
     /// The bytes to forward (possibly none while a filter buffers).
@@ -382,7 +382,8 @@ impl ChainRun {
         self.body_from(response, held, data, end_of_stream, 0)
     }
 
-    /// Waits while the filter that paused on the end of the body keeps the stream paused.
+    /// Waits while the filter that paused on the end of the body (or in the trailers phase)
+    /// keeps the stream paused.
     pub async fn hold_body(&self, at: BodyPause, response: bool) -> Result<(), Stop> {
         self.hold(at.fi, Some(at.ctx), direction(response)).await
     }
@@ -536,14 +537,33 @@ impl ChainRun {
     }
 
     /// `on_request_trailers` (chain order) or `on_response_trailers` (reverse) with the trailers
-    /// already in the stream. A pause here is not held (the body is complete).
-    pub fn trailers_phase(&self, response: bool) -> Result<(), Stop> {
+    /// already in the stream. `Some`: a filter paused there; [`ChainRun::hold_body`] waits for it
+    /// and [`ChainRun::trailers_resume`] goes on after it.
+    pub fn trailers_phase(&self, response: bool) -> Result<Option<BodyPause>, Stop> {
+        self.trailers_from(response, 0)
+    }
+
+    /// After [`ChainRun::hold_body`] for a pause in the trailers phase: the filters after it.
+    pub fn trailers_resume(
+        &self,
+        response: bool,
+        at: BodyPause,
+    ) -> Result<Option<BodyPause>, Stop> {
+        let next = self
+            .order(response)
+            .position(|p| p == at.pos)
+            .map_or(self.chain.len(), |i| i + 1);
+        self.trailers_from(response, next)
+    }
+
+    /// [`ChainRun::trailers_phase`] from the `skip`-th position in phase order.
+    fn trailers_from(&self, response: bool, skip: usize) -> Result<Option<BodyPause>, Stop> {
         let phase = if response {
             HttpPhases::RESPONSE_TRAILERS
         } else {
             HttpPhases::REQUEST_TRAILERS
         };
-        for pos in self.order(response) {
+        for pos in self.order(response).skip(skip) {
             let fi = self.chain[pos];
             if !self.runs(pos, phase) {
                 continue;
@@ -573,16 +593,20 @@ impl ChainRun {
             };
             match result {
                 Ok(outcome) => {
+                    let mut resumed = false;
                     for d in outcome.effects {
                         if d.context == ctx {
-                            self.apply(d.effect, direction(response))?;
+                            resumed |= self.apply(d.effect, direction(response))?;
                         }
+                    }
+                    if outcome.action == weir_host_abi::Action::Pause && !resumed {
+                        return Ok(Some(BodyPause { pos, fi, ctx }));
                     }
                 }
                 Err(e) => self.on_error(fi, e)?,
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The trailers to send after the body, if any (non-empty).

@@ -877,6 +877,14 @@ impl Context for Http {
         if self.config.is("body_callout") {
             return self.body_callout_answer(body_size);
         }
+        if self.config.is("trailers_callout") {
+            let status = self
+                .get_http_call_response_header(":status")
+                .unwrap_or_else(|| "none".to_string());
+            self.add_http_request_trailer("x-verified", &status);
+            self.resume_http_request();
+            return;
+        }
         let headers = self.get_http_call_response_headers();
         let body = text(
             &self
@@ -1075,6 +1083,14 @@ impl HttpContext for Http {
 
     fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
         self.config.enter("on_request_trailers", self.id);
+        if self.config.is("trailers_callout") {
+            // Asks `auth` about the request before its trailers go on (see on_http_call_response).
+            let headers = vec![(":method", "GET"), (":path", "/check"), (":authority", "auth")];
+            return match self.dispatch_http_call("auth", headers, None, vec![], Duration::from_secs(5)) {
+                Ok(_) => Action::Pause,
+                Err(_) => Action::Continue,
+            };
+        }
         if self.config.is("trailers") {
             info!("trailers: request trailers={num_trailers}");
             let seen = self
