@@ -23,15 +23,15 @@ use crate::upstream::{self, Cluster};
 const MAX_RESPONSE: usize = 1 << 20;
 
 /// gRPC status codes used here (grpc/doc/statuscodes.md).
-mod code {
+pub mod code {
     pub const OK: u32 = 0;
     pub const UNKNOWN: u32 = 2;
     pub const DEADLINE_EXCEEDED: u32 = 4;
+    pub const PERMISSION_DENIED: u32 = 7;
     pub const UNIMPLEMENTED: u32 = 12;
     pub const INTERNAL: u32 = 13;
     pub const UNAVAILABLE: u32 = 14;
     pub const UNAUTHENTICATED: u32 = 16;
-    pub const PERMISSION_DENIED: u32 = 7;
 }
 
 /// How a unary call ended.

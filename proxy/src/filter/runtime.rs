@@ -269,55 +269,7 @@ impl WorkerFilters {
                     filter,
                     generation,
                     req,
-                } => {
-                    let ci = this
-                        .set
-                        .clusters
-                        .iter()
-                        .position(|c| c.as_bytes() == req.upstream);
-                    let cluster = ci.map(|ci| &clusters[ci]);
-                    let unusable = match cluster {
-                        Some(c) if grpc_callout::usable(c) => None,
-                        Some(c) => {
-                            tracing::warn!(cluster = %c.name, "a gRPC callout needs a cluster with protocol: http2");
-                            Some("the cluster does not speak HTTP/2")
-                        }
-                        None => Some("unknown cluster"),
-                    };
-                    if let Some(why) = unusable {
-                        let answer = GrpcAnswer::Failed(14, why.into());
-                        this.deliver_grpc(filter, generation, req.token, answer);
-                        continue;
-                    }
-                    let ci = ci.expect("usable: a known cluster");
-                    let clusters = clusters.clone();
-                    if req.streaming {
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        let key = (filter, generation, req.token);
-                        this.grpc_streams.borrow_mut().insert(key, tx);
-                        // Weak: an open stream must not keep a replaced generation alive (its
-                        // drop cancels the stream).
-                        let me = Rc::downgrade(&this);
-                        tokio::task::spawn_local(async move {
-                            let token = req.token;
-                            grpc_callout::stream(&clusters[ci], &req, rx, |ev| {
-                                if let Some(me) = me.upgrade() {
-                                    me.deliver_grpc_stream(filter, generation, token, ev);
-                                }
-                            })
-                            .await;
-                            if let Some(me) = me.upgrade() {
-                                me.grpc_streams.borrow_mut().remove(&key);
-                            }
-                        });
-                    } else {
-                        let me = this.clone();
-                        tokio::task::spawn_local(async move {
-                            let answer = grpc_callout::call(&clusters[ci], &req).await;
-                            me.deliver_grpc(filter, generation, req.token, answer);
-                        });
-                    }
-                }
+                } => this.start_grpc(filter, generation, req, &clusters),
                 Event::GrpcCmd {
                     filter,
                     generation,
@@ -359,6 +311,61 @@ impl WorkerFilters {
                     vm.on_http_call_response(token, resp, Some(&mut stream))
                 }
                 None => vm.on_http_call_response(token, resp, None),
+            }
+        });
+    }
+
+    /// Starts a filter's gRPC call or stream on its task; an unusable cluster is answered at once.
+    fn start_grpc(
+        self: &Rc<Self>,
+        filter: usize,
+        generation: u64,
+        req: GrpcCallRequest,
+        clusters: &Rc<Vec<Cluster>>,
+    ) {
+        let found = self
+            .set
+            .clusters
+            .iter()
+            .position(|c| c.as_bytes() == req.upstream);
+        let ci = match found {
+            Some(ci) if grpc_callout::usable(&clusters[ci]) => ci,
+            other => {
+                let why = match other {
+                    Some(ci) => {
+                        tracing::warn!(cluster = %clusters[ci].name, "a gRPC callout needs a cluster with protocol: http2");
+                        "the cluster does not speak HTTP/2"
+                    }
+                    None => "unknown cluster",
+                };
+                let answer = GrpcAnswer::Failed(grpc_callout::code::UNAVAILABLE, why.into());
+                return self.deliver_grpc(filter, generation, req.token, answer);
+            }
+        };
+        let clusters = clusters.clone();
+        if !req.streaming {
+            let me = self.clone();
+            tokio::task::spawn_local(async move {
+                let answer = grpc_callout::call(&clusters[ci], &req).await;
+                me.deliver_grpc(filter, generation, req.token, answer);
+            });
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let key = (filter, generation, req.token);
+        self.grpc_streams.borrow_mut().insert(key, tx);
+        // Weak: an open stream must not keep a replaced generation alive (whose drop cancels it).
+        let me = Rc::downgrade(self);
+        tokio::task::spawn_local(async move {
+            let token = req.token;
+            grpc_callout::stream(&clusters[ci], &req, rx, |ev| {
+                if let Some(me) = me.upgrade() {
+                    me.deliver_grpc_stream(filter, generation, token, ev);
+                }
+            })
+            .await;
+            if let Some(me) = me.upgrade() {
+                me.grpc_streams.borrow_mut().remove(&key);
             }
         });
     }
