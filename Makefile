@@ -46,6 +46,8 @@ lint: toolchain
 	# The stock filters are their own wasm32-wasip1 workspace (built into `weir` by proxy/build.rs).
 	$(CARGO) fmt --manifest-path filters/Cargo.toml --all -- --check
 	$(CARGO) clippy --manifest-path filters/Cargo.toml --target wasm32-wasip1 --locked -- -D warnings
+	# Module docs link what they describe: a broken or private link is an error.
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 
 bench: bench-micro bench-load
 

@@ -7,7 +7,7 @@
 //! connection only records its [`Phase`] and bumps an activity counter; the worker's
 //! [`Watchdog`] looks at every connection a few times per timeout and aborts those past their
 //! limits, and a drain closes the idle ones at once (busy ones end after their current request).
-//! HTTP/2 connections, which hyper drives, keep a supervisor of their own ([`supervise`]) that
+//! HTTP/2 connections, which hyper drives, keep a supervisor of their own (`supervise`) that
 //! can send a GOAWAY.
 
 use std::cell::Cell;

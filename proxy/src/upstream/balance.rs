@@ -2,7 +2,7 @@
 //! robin (smooth weighted when weights differ), least request or peak-EWMA by the power of two
 //! choices inside the chosen level.
 //!
-//! Each worker keeps a [`View`]: per priority level, the endpoints it may pick and the share of
+//! Each worker keeps a `View`: per priority level, the endpoints it may pick and the share of
 //! traffic the level gets. Health checks and outlier ejection change endpoints' availability in
 //! shared atomics and bump [`ClusterShared::version`](super::shared::ClusterShared::version); a
 //! worker rebuilds its view when it sees a new version, so a pick costs one relaxed load beyond

@@ -6,10 +6,10 @@
 //!   ─▶ retry? (policy, idempotency, replay buffer, budget, max_retries) ─▶ backoff ─▶ pick …
 //! ```
 //!
-//! A request with nothing to retry and no per-try or overall timeout takes [`once`]: one pick and
+//! A request with nothing to retry and no per-try or overall timeout takes `once`: one pick and
 //! one attempt, as lean as a proxy without this layer (no allocation, no clock read unless the
 //! balancer needs latencies, no deadline beyond the response timeout inside `send`). Anything
-//! more goes through [`resilient`], boxed so that its larger state does not weigh on every
+//! more goes through `resilient`, boxed so that its larger state does not weigh on every
 //! request's future.
 //!
 //! Timeouts: `response` bounds each attempt from its request being sent to its response head

@@ -1,7 +1,7 @@
 //! Upstream side of the data path, per worker: clusters, endpoint selection, pooled connections,
 //! and the resilience layer around them.
 //!
-//! A request enters through [`forward`] (`forward.rs`): circuit breakers (`breaker.rs`), endpoint
+//! A request enters through [`forward()`](forward()) (`forward.rs`): circuit breakers (`breaker.rs`), endpoint
 //! choice over priority levels and health (`balance.rs`), one attempt over a pooled connection
 //! (`client.rs`, `h1.rs`, `pool.rs`, `connect.rs`), then outlier accounting (`outlier.rs`) and,
 //! when a retry policy applies, retries with backoff under a budget (`retry.rs`).

@@ -1,7 +1,7 @@
 //! A guest filter for weir-sdk's tests: every guest-side helper (typed config, typed properties,
 //! route setters) is called from inside wasm and its result written where the harness can see it.
 //!
-//! * `on_configure`: `config::on_configure` into [`Config`]; logs `config: prefix=<prefix>`.
+//! * `on_configure`: `config::on_configure` into `Config`; logs `config: prefix=<prefix>`.
 //! * Request headers: for each typed property accessor adds request header
 //!   `<prefix>-<name>: <value>` (ints in decimal, bools `true`/`false`, `none` when `None`); then
 //!   sets the route decision from request headers `x-set-cluster`, `x-set-timeout-ms`,
