@@ -616,6 +616,10 @@ impl PluginHost for WorkerPluginHost {
     }
 
     fn grpc_send(&mut self, token: u32, message: &[u8], end_stream: bool) -> Result<(), Status> {
+        // Only a stream takes messages (a unary call's token: BadArgument, as in Envoy).
+        if token & 3 != 2 {
+            return Err(Status::BadArgument);
+        }
         self.grpc_cmd(token, StreamCmd::Send(message.to_vec(), end_stream))
     }
 
