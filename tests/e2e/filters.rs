@@ -747,6 +747,28 @@ async fn a_trap_in_the_request_body_phase_answers_503_filter_failed() {
     assert_error(&resp, 503, "filter_failed");
 }
 
+/// The same in the response body phase, while the response head has not gone out: the answer is
+/// the filter's 503, not a reset connection.
+#[tokio::test]
+async fn a_trap_in_the_response_body_phase_answers_503_filter_failed() {
+    let echo = EchoServer::start().await;
+    let weir = one_chain(
+        echo.addr,
+        vec![
+            conformance(
+                "trap",
+                r#"{"scenario":"body","panic_in":"on_response_body"}"#,
+            )
+            .failure_policy("fail_closed"),
+        ],
+    )
+    .start()
+    .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    let resp = c.post("/echo", b"some body".to_vec()).await;
+    assert_error(&resp, 503, "filter_failed");
+}
+
 #[tokio::test]
 async fn fail_closed_answers_503_filter_failed() {
     let echo = EchoServer::start().await;

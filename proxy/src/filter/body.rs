@@ -178,14 +178,15 @@ impl FilteredBody {
     fn stopped(&self, stop: Stop) -> BoxError {
         match stop {
             Stop::LocalReply(r) => *self.run.late_reply.borrow_mut() = Some(r),
-            // A request is answered for the failure (503 `filter_failed`, 504
-            // `filter_pause_timeout`) once the upstream exchange is abandoned.
-            Stop::Fail(status, reason) if !self.response => {
+            // The failure is the answer (503 `filter_failed`, 504 `filter_pause_timeout`): for a
+            // request once the upstream exchange is abandoned, for a response whose head has not
+            // gone out yet. Later in a response, the stream can only be cut.
+            Stop::Fail(status, reason) => {
                 if self.run.late_failure.get().is_none() {
                     self.run.late_failure.set(Some((status, reason)));
                 }
             }
-            Stop::Fail(..) | Stop::Reset => {}
+            Stop::Reset => {}
         }
         Box::new(FilteredBodyError::Stopped)
     }

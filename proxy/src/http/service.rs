@@ -455,6 +455,9 @@ impl ProxyService {
                 if let Some(reply) = run.late_reply.borrow_mut().take() {
                     return Err(Stop::LocalReply(reply));
                 }
+                if let Some((status, reason)) = run.late_failure.take() {
+                    return Err(Stop::Fail(status, reason));
+                }
                 return Err(match e.downcast_ref::<FilteredBodyError>() {
                     Some(FilteredBodyError::TooLarge) => {
                         Stop::Fail(StatusCode::INTERNAL_SERVER_ERROR, "filter_buffer_limit")
