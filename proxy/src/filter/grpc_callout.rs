@@ -5,13 +5,13 @@
 //! trailing metadata and then its close status, while the filter sends messages
 //! (`proxy_grpc_send`), half-closes (`proxy_grpc_close`) or cancels it. The `service` argument
 //! names the cluster (Envoy also accepts a serialized `GrpcService`; Weir has no such config to
-//! refer to).
+//! refer to). A unary call runs as a stream whose request side is its one message.
 
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use weir_host_abi::{GrpcCallRequest, Pairs};
 
@@ -19,7 +19,7 @@ use crate::config::Protocol;
 use crate::http::body::ProxyBody;
 use crate::upstream::{self, Cluster};
 
-/// Largest response a callout may read (as for HTTP callouts).
+/// Largest response message a callout may read (as for HTTP callouts).
 const MAX_RESPONSE: usize = 1 << 20;
 
 /// gRPC status codes used here (grpc/doc/statuscodes.md).
@@ -34,69 +34,48 @@ pub mod code {
     pub const UNAUTHENTICATED: u32 = 16;
 }
 
-/// How a unary call ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum GrpcAnswer {
-    /// `grpc-status: 0` and one response message.
-    Message(Vec<u8>),
-    /// Any other end: the status and its message.
-    Failed(u32, String),
-}
-
-impl GrpcAnswer {
-    fn failed(code: u32, message: impl Into<String>) -> Self {
-        GrpcAnswer::Failed(code, message.into())
-    }
-}
-
 /// Whether `cluster` can carry gRPC (an HTTP/2 cluster).
 pub fn usable(cluster: &Cluster) -> bool {
     cluster.protocol == Protocol::Http2
 }
 
-/// Makes the call on `cluster` and reads its answer, within the call's timeout (or the cluster's
-/// response timeout).
-pub async fn call(cluster: &Cluster, req: &GrpcCallRequest) -> GrpcAnswer {
+/// Makes a unary call on `cluster` and reads its answer, within the call's timeout (or the
+/// cluster's response timeout): [`GrpcEvent::Reply`] or [`GrpcEvent::Close`].
+pub async fn call(cluster: &Cluster, req: &GrpcCallRequest) -> GrpcEvent {
     let timeout = req.timeout.unwrap_or(cluster.response_timeout);
-    match tokio::time::timeout(timeout, exchange(cluster, req, timeout)).await {
-        Ok(answer) => answer,
-        Err(_) => GrpcAnswer::failed(code::DEADLINE_EXCEEDED, "deadline exceeded"),
+    // The filter sends nothing more, and a unary call cannot be cancelled here (its token is
+    // forgotten instead): the command side stays open and silent.
+    let (_silent, cmds) = mpsc::unbounded_channel();
+    // Only the first message is kept (each is bounded by `MAX_RESPONSE`); the rest are counted.
+    let (mut first, mut count) = (None, 0);
+    let mut status = None;
+    let run = stream(cluster, req, cmds, |ev| match ev {
+        GrpcEvent::Message(m) => {
+            count += 1;
+            first.get_or_insert(m);
+        }
+        GrpcEvent::Close(code, message) => status = Some((code, message)),
+        _ => {}
+    });
+    if tokio::time::timeout(timeout, run).await.is_err() {
+        return GrpcEvent::Close(code::DEADLINE_EXCEEDED, "deadline exceeded".into());
     }
+    unary_answer(first, count, status)
 }
 
-async fn exchange(cluster: &Cluster, req: &GrpcCallRequest, timeout: Duration) -> GrpcAnswer {
-    let Some(ep) = cluster.pick().cloned() else {
-        return GrpcAnswer::failed(code::UNAVAILABLE, "no healthy upstream");
-    };
-    let body = ProxyBody::from(frame(&req.message));
-    let request = match build(cluster, req, Some(timeout), body) {
-        Ok(r) => r,
-        Err(m) => return GrpcAnswer::failed(code::INTERNAL, m),
-    };
-    let route = upstream::Route {
-        response_timeout: timeout,
-        ..upstream::Route::of(cluster)
-    };
-    let resp = match upstream::send(cluster, &ep, request, &route).await {
-        Ok(r) => r,
-        Err(e) => return GrpcAnswer::failed(code::UNAVAILABLE, e.reason()),
-    };
-    let (parts, body) = resp.into_parts();
-    if parts.status != http::StatusCode::OK {
-        return GrpcAnswer::failed(from_http(parts.status.as_u16()), "non-200 HTTP status");
-    }
-    // Trailers-only: the status is in the headers and there is no message.
-    if let Some(answer) = status_of(&parts.headers) {
-        return answer;
-    }
-    let Ok(collected) = Limited::new(body, MAX_RESPONSE).collect().await else {
-        return GrpcAnswer::failed(code::INTERNAL, "response body failed or too large");
-    };
-    let trailers = collected.trailers().cloned().unwrap_or_default();
-    match status_of(&trailers) {
-        Some(GrpcAnswer::Message(_)) => message_of(collected.to_bytes()),
-        Some(failed) => failed,
-        None => GrpcAnswer::failed(code::INTERNAL, "no grpc-status in the response"),
+/// A unary call's answer from what its stream delivered (its first message and how many there
+/// were): exactly one message and status 0, or the status it closed with.
+fn unary_answer(first: Option<Vec<u8>>, count: usize, status: Option<(u32, String)>) -> GrpcEvent {
+    match (status, first) {
+        (Some((code::OK, _)), Some(m)) if count == 1 => GrpcEvent::Reply(m),
+        (Some((code::OK, _)), None) => {
+            GrpcEvent::Close(code::INTERNAL, "no response message".into())
+        }
+        (Some((code::OK, _)), Some(_)) => {
+            GrpcEvent::Close(code::INTERNAL, "more than one response message".into())
+        }
+        (Some((code, message)), _) => GrpcEvent::Close(code, message),
+        (None, _) => GrpcEvent::Close(code::INTERNAL, "the call ended without a status".into()),
     }
 }
 
@@ -154,6 +133,8 @@ pub enum GrpcEvent {
     Message(Vec<u8>),
     TrailingMetadata(Pairs),
     Close(u32, String),
+    /// A unary call's one message: the call is over ([`call`] only).
+    Reply(Vec<u8>),
 }
 
 /// Runs a stream on `cluster` until it closes or the filter cancels it (`cmds` says so, or is
@@ -170,14 +151,22 @@ pub async fn stream(
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let mut tx = Some(tx);
-    let request = match build(cluster, req, req.timeout, ProxyBody::Channel(rx)) {
+    let timeout = req.timeout.unwrap_or(cluster.response_timeout);
+    // A unary call's request side is its one message, and it always states its deadline.
+    let deadline = if req.streaming {
+        req.timeout
+    } else {
+        apply(Some(StreamCmd::Send(req.message.clone(), true)), &mut tx);
+        Some(timeout)
+    };
+    let request = match build(cluster, req, deadline, ProxyBody::Channel(rx)) {
         Ok(r) => r,
         Err(m) => return emit(close(code::INTERNAL, m)),
     };
     // A stream has no deadline of its own: the route's response timer starts only once the
     // filter has half-closed (the request body has ended).
     let route = upstream::Route {
-        response_timeout: req.timeout.unwrap_or(cluster.response_timeout),
+        response_timeout: timeout,
         ..upstream::Route::of(cluster)
     };
     let send = upstream::send(cluster, &ep, request, &route);
@@ -200,10 +189,10 @@ pub async fn stream(
             "non-200 HTTP status",
         ));
     }
-    if let Some(answer) = status_of(&parts.headers) {
+    if let Some((code, message)) = status_of(&parts.headers) {
         // Trailers-only: the headers are the trailing metadata.
         emit(GrpcEvent::TrailingMetadata(metadata(&parts.headers)));
-        return emit(closing(answer));
+        return emit(GrpcEvent::Close(code, message));
     }
     emit(GrpcEvent::InitialMetadata(metadata(&parts.headers)));
     let mut buf = BytesMut::new();
@@ -214,12 +203,8 @@ pub async fn stream(
                 Some(Ok(f)) => match f.into_data() {
                     Ok(d) => {
                         buf.extend_from_slice(&d);
-                        loop {
-                            match next_message(&mut buf) {
-                                Ok(Some(m)) => emit(GrpcEvent::Message(m)),
-                                Ok(None) => break,
-                                Err(m) => return emit(close(code::INTERNAL, m)),
-                            }
+                        if let Err(m) = cut(&mut buf, false, &mut emit) {
+                            return emit(close(code::INTERNAL, m));
                         }
                     }
                     Err(f) => {
@@ -236,9 +221,12 @@ pub async fn stream(
             },
         }
     }
+    if let Err(m) = cut(&mut buf, true, &mut emit) {
+        return emit(close(code::INTERNAL, m));
+    }
     emit(GrpcEvent::TrailingMetadata(metadata(&trailers)));
     emit(match status_of(&trailers) {
-        Some(answer) => closing(answer),
+        Some((code, message)) => GrpcEvent::Close(code, message),
         None => close(code::INTERNAL, "no grpc-status in the response"),
     });
 }
@@ -263,13 +251,6 @@ fn apply(cmd: Option<StreamCmd>, tx: &mut Option<mpsc::UnboundedSender<Bytes>>) 
     }
 }
 
-fn closing(answer: GrpcAnswer) -> GrpcEvent {
-    match answer {
-        GrpcAnswer::Message(_) => GrpcEvent::Close(code::OK, String::new()),
-        GrpcAnswer::Failed(c, m) => GrpcEvent::Close(c, m),
-    }
-}
-
 /// Header or trailer fields as metadata pairs (pseudo-headers have no place there).
 fn metadata(h: &HeaderMap) -> Pairs {
     h.iter()
@@ -277,7 +258,23 @@ fn metadata(h: &HeaderMap) -> Pairs {
         .collect()
 }
 
-/// The next whole message in `buf`, if one has arrived.
+/// Emits every whole message in `buf`; `end`: the response is over, and nothing may be left.
+fn cut(
+    buf: &mut BytesMut,
+    end: bool,
+    emit: &mut impl FnMut(GrpcEvent),
+) -> Result<(), &'static str> {
+    while let Some(m) = next_message(buf)? {
+        emit(GrpcEvent::Message(m));
+    }
+    if end && !buf.is_empty() {
+        return Err("the response ended inside a message");
+    }
+    Ok(())
+}
+
+/// The next whole message in `buf`, if one has arrived (a compressed one is refused: no
+/// `grpc-encoding` was offered).
 fn next_message(buf: &mut BytesMut) -> Result<Option<Vec<u8>>, &'static str> {
     if buf.len() < 5 {
         return Ok(None);
@@ -296,39 +293,21 @@ fn next_message(buf: &mut BytesMut) -> Result<Option<Vec<u8>>, &'static str> {
     Ok(Some(buf.split_to(len).to_vec()))
 }
 
-/// `grpc-status` (and `grpc-message`) of a header or trailer block: `Message(empty)` for OK.
-fn status_of(h: &HeaderMap) -> Option<GrpcAnswer> {
+/// `grpc-status` and `grpc-message` of a header or trailer block (an unreadable status is
+/// `UNKNOWN`).
+fn status_of(h: &HeaderMap) -> Option<(u32, String)> {
     let status = h.get("grpc-status")?;
     let code = status
         .to_str()
         .ok()
         .and_then(|s| s.parse::<u32>().ok())
         .unwrap_or(code::UNKNOWN);
-    if code == code::OK {
-        return Some(GrpcAnswer::Message(Vec::new()));
-    }
     let message = h
         .get("grpc-message")
+        .filter(|_| code != code::OK)
         .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
         .unwrap_or_default();
-    Some(GrpcAnswer::Failed(code, message))
-}
-
-/// The one message of a successful unary answer (a compressed one is refused: no
-/// `grpc-encoding` was offered).
-fn message_of(mut body: Bytes) -> GrpcAnswer {
-    if body.len() < 5 {
-        return GrpcAnswer::failed(code::INTERNAL, "no response message");
-    }
-    let compressed = body.get_u8();
-    let len = body.get_u32() as usize;
-    if compressed != 0 {
-        return GrpcAnswer::failed(code::INTERNAL, "compressed response message");
-    }
-    if body.len() != len {
-        return GrpcAnswer::failed(code::INTERNAL, "response message length mismatch");
-    }
-    GrpcAnswer::Message(body.to_vec())
+    Some((code, message))
 }
 
 /// The gRPC status for a non-200 HTTP answer (grpc/doc/http-grpc-status-mapping.md).
@@ -347,13 +326,32 @@ fn from_http(status: u16) -> u32 {
 mod tests {
     use super::*;
 
+    /// What a unary call answers for the response body `body` closed with status 0: the
+    /// stream's cutting, then the unary rule.
+    fn answer_for(body: &[u8]) -> GrpcEvent {
+        let mut messages = Vec::new();
+        let mut collect = |ev| {
+            if let GrpcEvent::Message(m) = ev {
+                messages.push(m);
+            }
+        };
+        match cut(&mut BytesMut::from(body), true, &mut collect) {
+            Ok(()) => {
+                let count = messages.len();
+                let first = messages.into_iter().next();
+                unary_answer(first, count, Some((code::OK, String::new())))
+            }
+            Err(m) => GrpcEvent::Close(code::INTERNAL, m.into()),
+        }
+    }
+
     #[test]
     fn one_message_is_unframed() {
         assert_eq!(
-            message_of(frame(b"pong")),
-            GrpcAnswer::Message(b"pong".to_vec())
+            answer_for(&frame(b"pong")),
+            GrpcEvent::Reply(b"pong".to_vec())
         );
-        assert_eq!(message_of(frame(b"")), GrpcAnswer::Message(Vec::new()));
+        assert_eq!(answer_for(&frame(b"")), GrpcEvent::Reply(Vec::new()));
     }
 
     #[test]
@@ -366,10 +364,27 @@ mod tests {
             Bytes::from(c)
         }] {
             assert!(
-                matches!(message_of(bad), GrpcAnswer::Failed(code::INTERNAL, _)),
+                matches!(answer_for(&bad), GrpcEvent::Close(code::INTERNAL, _)),
                 "accepted"
             );
         }
+    }
+
+    #[test]
+    fn a_unary_answer_is_one_message_and_status_0() {
+        let two = [frame(b"a"), frame(b"b")].concat();
+        assert!(matches!(
+            answer_for(&two),
+            GrpcEvent::Close(code::INTERNAL, _)
+        ));
+        assert!(matches!(
+            answer_for(b""),
+            GrpcEvent::Close(code::INTERNAL, _)
+        ));
+        assert_eq!(
+            unary_answer(Some(b"x".to_vec()), 1, Some((5, "no".into()))),
+            GrpcEvent::Close(5, "no".into())
+        );
     }
 
     #[test]
@@ -378,17 +393,11 @@ mod tests {
         assert_eq!(status_of(&h), None);
         h.insert("grpc-status", HeaderValue::from_static("5"));
         h.insert("grpc-message", HeaderValue::from_static("not found"));
-        assert_eq!(
-            status_of(&h),
-            Some(GrpcAnswer::Failed(5, "not found".into()))
-        );
+        assert_eq!(status_of(&h), Some((5, "not found".into())));
         h.insert("grpc-status", HeaderValue::from_static("0"));
-        assert_eq!(status_of(&h), Some(GrpcAnswer::Message(Vec::new())));
+        assert_eq!(status_of(&h), Some((code::OK, String::new())));
         h.insert("grpc-status", HeaderValue::from_static("x"));
-        assert!(matches!(
-            status_of(&h),
-            Some(GrpcAnswer::Failed(code::UNKNOWN, _))
-        ));
+        assert!(matches!(status_of(&h), Some((code::UNKNOWN, _))));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use weir_host_abi::{
 };
 
 use super::FilterSet;
-use super::grpc_callout::{self, GrpcAnswer, GrpcEvent, StreamCmd};
+use super::grpc_callout::{self, GrpcEvent, StreamCmd};
 use crate::http::body::ProxyBody;
 use crate::upstream::{self, Cluster};
 
@@ -338,16 +338,16 @@ impl WorkerFilters {
                     }
                     None => "unknown cluster",
                 };
-                let answer = GrpcAnswer::Failed(grpc_callout::code::UNAVAILABLE, why.into());
-                return self.deliver_grpc(filter, generation, req.token, answer);
+                let ev = GrpcEvent::Close(grpc_callout::code::UNAVAILABLE, why.into());
+                return self.deliver_grpc(filter, generation, req.token, ev);
             }
         };
         let clusters = clusters.clone();
         if !req.streaming {
             let me = self.clone();
             tokio::task::spawn_local(async move {
-                let answer = grpc_callout::call(&clusters[ci], &req).await;
-                me.deliver_grpc(filter, generation, req.token, answer);
+                let ev = grpc_callout::call(&clusters[ci], &req).await;
+                me.deliver_grpc(filter, generation, req.token, ev);
             });
             return;
         }
@@ -360,7 +360,7 @@ impl WorkerFilters {
             let token = req.token;
             grpc_callout::stream(&clusters[ci], &req, rx, |ev| {
                 if let Some(me) = me.upgrade() {
-                    me.deliver_grpc_stream(filter, generation, token, ev);
+                    me.deliver_grpc(filter, generation, token, ev);
                 }
             })
             .await;
@@ -370,21 +370,8 @@ impl WorkerFilters {
         });
     }
 
-    fn deliver_grpc(&self, filter: usize, generation: u64, token: u32, answer: GrpcAnswer) {
-        self.deliver(filter, generation, |vm| {
-            let origin = vm.grpc_call_context(token);
-            let stream = origin.and_then(|c| self.stream(filter, c));
-            let mut lent = stream.as_ref().map(|s| s.stream.borrow_mut());
-            match answer {
-                GrpcAnswer::Message(m) => vm.on_grpc_call_response(token, m, lent.as_deref_mut()),
-                GrpcAnswer::Failed(code, message) => {
-                    vm.on_grpc_close(token, code, message, lent.as_deref_mut())
-                }
-            }
-        });
-    }
-
-    fn deliver_grpc_stream(&self, filter: usize, generation: u64, token: u32, ev: GrpcEvent) {
+    /// Hands a gRPC event to the filter, lending the dispatching stream if it still exists.
+    fn deliver_grpc(&self, filter: usize, generation: u64, token: u32, ev: GrpcEvent) {
         self.deliver(filter, generation, |vm| {
             let origin = vm.grpc_call_context(token);
             let stream = origin.and_then(|c| self.stream(filter, c));
@@ -399,6 +386,7 @@ impl WorkerFilters {
                     vm.on_grpc_receive_trailing_metadata(token, m, lent)
                 }
                 GrpcEvent::Close(code, message) => vm.on_grpc_close(token, code, message, lent),
+                GrpcEvent::Reply(m) => vm.on_grpc_call_response(token, m, lent),
             }
         });
     }
