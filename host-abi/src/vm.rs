@@ -1141,31 +1141,16 @@ impl Vm {
         message: Vec<u8>,
         stream: Option<&mut StreamBox>,
     ) -> Result<Outcome, VmError> {
-        let n = clamp(message.len());
-        let data = GrpcData {
-            message: Some(message),
-            ..GrpcData::default()
-        };
-        self.grpc_event(
-            "proxy_on_grpc_receive",
-            |e| &e.grpc_receive,
-            token,
-            n,
-            data,
-            (0, String::new()),
-            stream,
-            false,
-        )
+        self.grpc_message(token, message, stream, false)
     }
 
-    /// The answer of a unary gRPC call (`proxy_dispatch_grpc_call`): `proxy_on_grpc_receive`
-    /// with the response message, after which the call is over (as in Envoy, no close follows a
-    /// successful unary call). A failed call is answered with [`Vm::on_grpc_close`] instead.
-    pub fn on_grpc_call_response(
+    /// `proxy_on_grpc_receive` with `message`; `last`: the call is over with it.
+    fn grpc_message(
         &mut self,
         token: u32,
         message: Vec<u8>,
         stream: Option<&mut StreamBox>,
+        last: bool,
     ) -> Result<Outcome, VmError> {
         let n = clamp(message.len());
         let data = GrpcData {
@@ -1180,8 +1165,20 @@ impl Vm {
             data,
             (0, String::new()),
             stream,
-            true,
+            last,
         )
+    }
+
+    /// The answer of a unary gRPC call (`proxy_dispatch_grpc_call`): `proxy_on_grpc_receive`
+    /// with the response message, after which the call is over (as in Envoy, no close follows a
+    /// successful unary call). A failed call is answered with [`Vm::on_grpc_close`] instead.
+    pub fn on_grpc_call_response(
+        &mut self,
+        token: u32,
+        message: Vec<u8>,
+        stream: Option<&mut StreamBox>,
+    ) -> Result<Outcome, VmError> {
+        self.grpc_message(token, message, stream, true)
     }
 
     /// gRPC trailing metadata arrived (map 5 during the call).
