@@ -396,18 +396,15 @@ impl ChainRun {
         held: &mut Vec<Vec<u8>>,
         at: BodyPause,
     ) -> Result<BodyOut, Stop> {
-        let body = self.with_stream(|s| {
-            std::mem::take(if response {
-                &mut s.response_body
-            } else {
-                &mut s.request_body
-            })
-        });
-        let next = self
-            .order(response)
+        let body = self.with_stream(|s| std::mem::take(s.body_mut(response)));
+        self.body_from(response, held, body, true, self.after(response, at))
+    }
+
+    /// How many positions, in phase order, come before the one after the pause `at`.
+    fn after(&self, response: bool, at: BodyPause) -> usize {
+        self.order(response)
             .position(|p| p == at.pos)
-            .map_or(self.chain.len(), |i| i + 1);
-        self.body_from(response, held, body, true, next)
+            .map_or(self.chain.len(), |i| i + 1)
     }
 
     /// [`ChainRun::body_chunk`] from the `skip`-th position in phase order.
@@ -450,26 +447,14 @@ impl ChainRun {
                 h.extend_from_slice(&chunk);
                 Bytes::from(h)
             };
-            self.with_stream(|s| {
-                if response {
-                    s.response_body = buf;
-                } else {
-                    s.request_body = buf;
-                }
-            });
+            self.with_stream(|s| *s.body_mut(response) = buf);
             let result = {
                 let mut slot = self.filters.plugins[fi].borrow_mut();
                 let vm = match slot.as_mut().map(|p| p.vm()) {
                     Some(Availability::Ready(vm)) => vm,
                     Some(Availability::Unavailable(Verdict::FailOpen)) => {
                         // Skipped (fail open): its bytes go on unchanged.
-                        chunk = self.with_stream(|s| {
-                            std::mem::take(if response {
-                                &mut s.response_body
-                            } else {
-                                &mut s.request_body
-                            })
-                        });
+                        chunk = self.with_stream(|s| std::mem::take(s.body_mut(response)));
                         continue;
                     }
                     _ => {
@@ -478,13 +463,7 @@ impl ChainRun {
                         return Err(Stop::Fail(StatusCode::SERVICE_UNAVAILABLE, "filter_failed"));
                     }
                 };
-                let len = self.with_stream(|s| {
-                    if response {
-                        s.response_body.len()
-                    } else {
-                        s.request_body.len()
-                    }
-                });
+                let len = self.with_stream(|s| s.body_mut(response).len());
                 let mut stream = self.shared.stream.borrow_mut();
                 if response {
                     vm.on_response_body(ctx, &mut stream, len, end_of_stream)
@@ -492,13 +471,7 @@ impl ChainRun {
                     vm.on_request_body(ctx, &mut stream, len, end_of_stream)
                 }
             };
-            let out = self.with_stream(|s| {
-                std::mem::take(if response {
-                    &mut s.response_body
-                } else {
-                    &mut s.request_body
-                })
-            });
+            let out = self.with_stream(|s| std::mem::take(s.body_mut(response)));
             let outcome = match result {
                 Ok(o) => o,
                 Err(e) => {
@@ -522,13 +495,7 @@ impl ChainRun {
                 }
                 // Pause on the end of the body (typically a callout about it): the body stays
                 // where the filter can read and change it until it continues the stream.
-                self.with_stream(|s| {
-                    *(if response {
-                        &mut s.response_body
-                    } else {
-                        &mut s.request_body
-                    }) = out;
-                });
+                self.with_stream(|s| *s.body_mut(response) = out);
                 return Ok(BodyOut::Paused(BodyPause { pos, fi, ctx }));
             }
             chunk = out;
@@ -549,11 +516,7 @@ impl ChainRun {
         response: bool,
         at: BodyPause,
     ) -> Result<Option<BodyPause>, Stop> {
-        let next = self
-            .order(response)
-            .position(|p| p == at.pos)
-            .map_or(self.chain.len(), |i| i + 1);
-        self.trailers_from(response, next)
+        self.trailers_from(response, self.after(response, at))
     }
 
     /// [`ChainRun::trailers_phase`] from the `skip`-th position in phase order.

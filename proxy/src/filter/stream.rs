@@ -81,6 +81,15 @@ pub struct HttpStream {
 }
 
 impl HttpStream {
+    /// The body buffer filters of one direction read and write (`response`: the response's).
+    pub fn body_mut(&mut self, response: bool) -> &mut Bytes {
+        if response {
+            &mut self.response_body
+        } else {
+            &mut self.request_body
+        }
+    }
+
     /// The downstream's verified client certificate, if it presented one.
     fn peer_cert(&self) -> Option<&crate::tls::CertInfo> {
         self.downstream.tls.as_ref()?.peer.as_ref()
