@@ -187,14 +187,9 @@ impl Control {
     pub async fn reload(&self, dry_run: bool) -> Result<Applied, ControlError> {
         let path = self.manifest.clone().ok_or(ControlError::NoManifest)?;
         let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
-        let read = tokio::task::spawn_blocking(move || {
-            config::read_file(&path).map(|text| {
-                let seen = config::digest(text.as_bytes());
-                (seen, config::parse_file(&text, &path))
-            })
-        })
-        .await
-        .map_err(|e| ControlError::Internal(e.to_string()))?;
+        let read = tokio::task::spawn_blocking(move || config::read_manifest(&path))
+            .await
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
         let next = read.and_then(|(seen, parsed)| {
             if !dry_run {
                 self.manifest_seen.store(seen, Relaxed);

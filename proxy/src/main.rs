@@ -430,11 +430,9 @@ fn main() -> ExitCode {
             // start-up and on every reload, and a watched symlink is followed afresh each time.
             let config = config.map(|p| std::path::absolute(&p).unwrap_or(p));
             let loaded = config.map(|path| {
-                let text = weir::config::read_file(&path)?;
-                let cfg = weir::config::parse_file(&text, &path)?;
-                let digest = weir::config::digest(text.as_bytes());
+                let (digest, cfg) = weir::config::read_manifest(&path)?;
                 Ok::<_, weir::config::ConfigError>((
-                    cfg,
+                    cfg?,
                     weir::config::ManifestFile { path, digest },
                 ))
             });

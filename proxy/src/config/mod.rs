@@ -656,16 +656,23 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     parse_file(&read_file(path)?, path)
 }
 
-/// Reads a manifest file's text. `--watch` and reloads take the [`digest`] of this text, so
-/// "what the running config came from" is exactly the text that was parsed.
-pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+/// Reads the manifest file at `path` once: the [`digest`] of its text, and that text parsed and
+/// validated. `--watch` compares the file with the digest, so "what the running config came
+/// from" is exactly the text that was parsed (a refused text has a digest too). Only an
+/// unreadable file is the outer error.
+pub fn read_manifest(path: &Path) -> Result<(u64, Result<Config, ConfigError>), ConfigError> {
+    let text = read_file(path)?;
+    Ok((digest(text.as_bytes()), parse_file(&text, path)))
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path)
         .map_err(|e| ConfigError::one(&path.display().to_string(), "", format!("cannot read: {e}")))
 }
 
 /// Parses and validates `text`, read from the manifest file at `path` (errors name the file;
 /// relative paths in it resolve from its folder).
-pub fn parse_file(text: &str, path: &Path) -> Result<Config, ConfigError> {
+fn parse_file(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let base = path.parent().unwrap_or_else(|| Path::new("."));
     parse(text, &path.display().to_string(), base)
 }
