@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, RawClient, RawResponse, Weir};
 
+use crate::observability::scrape;
+
 const TOKEN: &str = "test-token-1234";
 
 /// A chain `c` of filter `v` (version A: adds `x-v: a` to responses), on listener `main`, with a
@@ -496,12 +498,6 @@ async fn watch_does_not_repeat_a_post_reload_or_retry_a_refused_manifest() {
     // The watcher still follows the file: a good version is picked up without an admin call.
     replace(&original.replace(r#""x-v":"a""#, r#""x-v":"c""#));
     wait_for(&weir, "c").await;
-}
-
-async fn scrape(admin: SocketAddr) -> weir_tests::prom::Metrics {
-    let r = call(admin, "GET", "/metrics", None, &[], b"").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    weir_tests::prom::Metrics::parse(&r.text()).unwrap()
 }
 
 /// `weir_manifest_watch_checks_total`: how many times the watcher has looked at the file.

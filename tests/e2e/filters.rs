@@ -725,48 +725,30 @@ async fn fail_open_skips_a_trapping_filter() {
     assert!(reqs.iter().all(|r| r.header("x-order") == Some("a")));
 }
 
-/// A `fail_closed` filter that traps in the request body phase (the head already went upstream):
-/// the upstream exchange is abandoned and the answer is the filter's 503, not a gateway error.
+/// A `fail_closed` filter that traps in a body phase answers 503 `filter_failed`: in the request
+/// body phase (the head already went upstream) once the upstream exchange is abandoned, not as a
+/// gateway error; in the response body phase while the response head has not gone out, not as a
+/// reset connection.
 #[tokio::test]
-async fn a_trap_in_the_request_body_phase_answers_503_filter_failed() {
+async fn a_trap_in_a_body_phase_answers_503_filter_failed() {
     let echo = EchoServer::start().await;
-    let weir = one_chain(
-        echo.addr,
-        vec![
-            conformance(
-                "trap",
-                r#"{"scenario":"body","panic_in":"on_request_body"}"#,
-            )
-            .failure_policy("fail_closed"),
-        ],
-    )
-    .start()
-    .await;
-    let mut c = H1Client::connect(weir.listener_addr("main")).await;
-    let resp = c.post("/upload", b"some body".to_vec()).await;
-    assert_error(&resp, 503, "filter_failed");
-}
-
-/// The same in the response body phase, while the response head has not gone out: the answer is
-/// the filter's 503, not a reset connection.
-#[tokio::test]
-async fn a_trap_in_the_response_body_phase_answers_503_filter_failed() {
-    let echo = EchoServer::start().await;
-    let weir = one_chain(
-        echo.addr,
-        vec![
-            conformance(
-                "trap",
-                r#"{"scenario":"body","panic_in":"on_response_body"}"#,
-            )
-            .failure_policy("fail_closed"),
-        ],
-    )
-    .start()
-    .await;
-    let mut c = H1Client::connect(weir.listener_addr("main")).await;
-    let resp = c.post("/echo", b"some body".to_vec()).await;
-    assert_error(&resp, 503, "filter_failed");
+    for callback in ["on_request_body", "on_response_body"] {
+        let weir = one_chain(
+            echo.addr,
+            vec![
+                conformance(
+                    "trap",
+                    &format!(r#"{{"scenario":"body","panic_in":"{callback}"}}"#),
+                )
+                .failure_policy("fail_closed"),
+            ],
+        )
+        .start()
+        .await;
+        let mut c = H1Client::connect(weir.listener_addr("main")).await;
+        let resp = c.post("/upload", b"some body".to_vec()).await;
+        assert_error(&resp, 503, "filter_failed");
+    }
 }
 
 #[tokio::test]
@@ -1225,6 +1207,17 @@ async fn request_body_waits_for_a_callout() {
     assert!(resp.body == body);
 }
 
+/// Listener `main` → cluster `web` (`web`), with chain `edge` of one conformance filter `g`
+/// (`config`) and an HTTP/2 cluster `grpc` (`grpc`) for its gRPC callouts.
+fn grpc_chain(web: SocketAddr, grpc: SocketAddr, config: &str) -> ChainManifest {
+    ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[web])
+        .cluster_with("grpc", &[grpc], &["protocol: http2"])
+        .chain("edge", &["g"])
+        .filter(conformance("g", config))
+}
+
 /// `proxy_dispatch_grpc_call` to an HTTP/2 cluster: the call goes out as gRPC (path, metadata,
 /// `te: trailers`, one framed message), its reply comes back to the paused filter through
 /// `on_grpc_call_response`, and a failed call reaches the filter with its status and message.
@@ -1232,15 +1225,8 @@ async fn request_body_waits_for_a_callout() {
 async fn a_unary_grpc_callout_reaches_an_h2_cluster_and_answers_the_filter() {
     let echo = EchoServer::start().await;
     let grpc = EchoServer::start_h2().await;
-    let manifest = |config: &str| {
-        ChainManifest::new()
-            .listener("main", "web", Some("edge"))
-            .cluster("web", &[echo.addr])
-            .cluster_with("grpc", &[grpc.addr], &["protocol: http2"])
-            .cluster("plain", &[echo.addr])
-            .chain("edge", &["g"])
-            .filter(conformance("g", config))
-    };
+    let manifest =
+        |config: &str| grpc_chain(echo.addr, grpc.addr, config).cluster("plain", &[echo.addr]);
     let weir = manifest(r#"{"scenario":"grpc"}"#).start().await;
     let resp = get_with(weir.listener_addr("main"), "/a", &[]).await;
     assert_eq!(resp.status, 200, "{resp:?}");
@@ -1298,14 +1284,13 @@ async fn a_unary_grpc_callout_reaches_an_h2_cluster_and_answers_the_filter() {
 async fn a_grpc_stream_from_a_filter_runs_both_ways_to_its_close() {
     let echo = EchoServer::start().await;
     let grpc = EchoServer::start_h2().await;
-    let weir = ChainManifest::new()
-        .listener("main", "web", Some("edge"))
-        .cluster("web", &[echo.addr])
-        .cluster_with("grpc", &[grpc.addr], &["protocol: http2"])
-        .chain("edge", &["g"])
-        .filter(conformance("g", r#"{"scenario":"grpc","mode":"stream"}"#))
-        .start()
-        .await;
+    let weir = grpc_chain(
+        echo.addr,
+        grpc.addr,
+        r#"{"scenario":"grpc","mode":"stream"}"#,
+    )
+    .start()
+    .await;
     let resp = get_with(weir.listener_addr("main"), "/s", &[]).await;
     assert_eq!(resp.status, 200, "{resp:?}");
     let call = &grpc.wait_requests(1).await[0];
@@ -1566,17 +1551,13 @@ async fn a_client_that_leaves_while_paused_does_not_break_the_filter() {
 async fn a_grpc_stream_is_reset_when_its_stream_context_goes() {
     let echo = EchoServer::start().await;
     let grpc = EchoServer::start_h2().await;
-    let weir = ChainManifest::new()
-        .listener("main", "web", Some("edge"))
-        .cluster("web", &[echo.addr])
-        .cluster_with("grpc", &[grpc.addr], &["protocol: http2"])
-        .chain("edge", &["g"])
-        .filter(conformance(
-            "g",
-            r#"{"scenario":"grpc","mode":"stream","method":"Listen"}"#,
-        ))
-        .start()
-        .await;
+    let weir = grpc_chain(
+        echo.addr,
+        grpc.addr,
+        r#"{"scenario":"grpc","mode":"stream","method":"Listen"}"#,
+    )
+    .start()
+    .await;
     let addr = weir.listener_addr("main");
     let leaver = tokio::spawn(async move { get_with(addr, "/leave", &[]).await });
     grpc.wait_requests(1).await;

@@ -18,7 +18,7 @@ const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 
 /// One scrape of `/metrics`, parsed strictly.
-async fn scrape(admin: SocketAddr) -> Metrics {
+pub(crate) async fn scrape(admin: SocketAddr) -> Metrics {
     let mut c = H1Client::connect(admin).await;
     let r = c.get("/metrics").await;
     assert_eq!(r.status, 200);

@@ -379,12 +379,7 @@ async fn respond(
     rec.trailers = trailers.clone();
     st.requests.push(rec);
 
-    let is_grpc = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if is_grpc && path.ends_with("/Fail") {
+    if grpc_content && path.ends_with("/Fail") {
         // A trailers-only gRPC error: status in the headers, no body, END_STREAM on HEADERS.
         return Response::builder()
             .header(header::CONTENT_TYPE, "application/grpc")
@@ -393,7 +388,7 @@ async fn respond(
             .body(body_empty())
             .unwrap();
     }
-    if is_grpc {
+    if grpc_content {
         let mut t = HeaderMap::new();
         t.insert("grpc-status", HeaderValue::from_static("0"));
         t.insert("grpc-message", HeaderValue::from_static("OK"));
