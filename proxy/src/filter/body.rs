@@ -2,8 +2,9 @@
 //! bodies in chain order, response bodies in reverse). A filter that pauses on a chunk gets the
 //! accumulated buffer with the next one (Envoy's buffering), bounded by [`MAX_BUFFERED`]. A filter
 //! that pauses on the end of the body (to make a callout about it, say), or in the trailers phase,
-//! holds the end of the body until it continues the stream, as in Envoy. The response body wrapper also holds the chain run
-//! to its end, so `on_log` runs once the response is complete (or abandoned).
+//! holds the end of the body until it continues the stream, as in Envoy. The response body
+//! wrapper also holds the chain run to its end, so `on_log` runs once the response is complete
+//! (or abandoned).
 
 use std::future::Future;
 use std::pin::Pin;
