@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request};
 use weir::http::body::ProxyBody;
-use weir::http::h1::parse::{Head, Parser};
+use weir::proto::h1::head::{Parser, RequestHead as Head};
 use weir::http::headers::{
     client_ip_value, ensure_request_id, new_request_id, set_client_cert, set_forwarded,
     strip_hop_by_hop,
@@ -64,7 +64,7 @@ fn raw(parser: &Parser, wire: &[u8], client: &HeaderValue) -> usize {
 }
 
 fn heads(c: &mut Criterion) {
-    let parser = Parser::new(100, 64 * 1024);
+    let parser = Parser::new(100, 64 * 1024, 16 * 1024);
     let client = client_ip_value([127, 0, 0, 1].into());
     for (name, wire) in [("wrk", WRK), ("browser", BROWSER)] {
         // Both ways send the same fields (the raw way keeps the client's name case).

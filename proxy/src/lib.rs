@@ -29,6 +29,7 @@ pub mod demo;
 pub mod filter;
 pub mod http;
 pub mod listener;
+pub mod proto;
 pub mod rt;
 pub mod scaffold;
 pub mod telemetry;

@@ -57,7 +57,7 @@ pub struct ListenerCtx {
     /// Index into `Config::listeners` (the generation's chain for it is looked up by this).
     pub index: usize,
     /// The HTTP/1.1 head limits (Weir's own server).
-    pub h1: crate::http::h1::parse::Parser,
+    pub h1: crate::proto::h1::head::Parser,
     /// hyper's HTTP/2 server settings, built once.
     pub h2: http2::Builder<LocalExec>,
     /// TLS termination (shared by every worker; its material rotates on its own).
@@ -91,9 +91,10 @@ impl ListenerCtx {
             limits: l.clone(),
             local,
             index,
-            h1: crate::http::h1::parse::Parser::new(
+            h1: crate::proto::h1::head::Parser::new(
                 l.max_request_headers,
                 l.max_request_headers_size,
+                l.max_uri_length,
             ),
             h2,
             tls,

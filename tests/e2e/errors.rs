@@ -211,26 +211,93 @@ async fn refused_h2_cluster_is_503() {
     assert_error(&c.get("/").await, 503, "upstream_connect_failure");
 }
 
-#[tokio::test]
-async fn upstream_response_with_conflicting_framing_is_not_passed_on() {
-    let up = FaultyServer::start(Fault::Respond(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    ))
-    .await;
+/// Sends two requests through weir to an upstream whose every connection answers `reply` first
+/// and a valid `200` second: both must be 502 `upstream_protocol_error`, each on a connection of
+/// its own (the one that carried the bad response is never reused).
+async fn refused_and_never_reused(name: &str, reply: &'static [u8]) -> Option<String> {
+    static VALID: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let script: &'static [&'static [u8]] = Box::leak(Box::new([reply, VALID]));
+    let up = FaultyServer::start(Fault::Script(script)).await;
     let weir = Manifest::new(&[up.addr]).start().await;
-    let (_c, r) = weir_tests::client::raw_request(
-        weir.listener_addr("main"),
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .await;
-    // Either refused (502) or re-framed with exactly one framing header: never both downstream.
-    assert!(
-        !(r.header("content-length").is_some() && r.header("transfer-encoding").is_some()),
-        "both Content-Length and Transfer-Encoding reached the client: {}",
-        r.head
-    );
-    if r.status != 502 {
-        assert_eq!(r.text(), "hello", "head {}", r.head);
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    for i in 0..2 {
+        let r = c.get("/").await;
+        if r.status != 502 || r.header("x-weir-error") != Some("upstream_protocol_error") {
+            return Some(format!(
+                "{name}: request {i} answered {} {:?}",
+                r.status,
+                r.header("x-weir-error")
+            ));
+        }
+    }
+    (up.accepts() != 2).then(|| {
+        format!(
+            "{name}: {} upstream connections for 2 requests",
+            up.accepts()
+        )
+    })
+}
+
+#[tokio::test]
+async fn hostile_upstream_framing_is_502_and_the_connection_is_dropped() {
+    let mut big = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+    while big.len() < 100 * 1024 {
+        big.extend_from_slice(b"x-pad: 0123456789abcdef0123456789abcdef\r\n");
+    }
+    big.extend_from_slice(b"\r\nok");
+    let shapes: [(&str, &'static [u8]); 6] = [
+        (
+            "both Content-Length and Transfer-Encoding",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("100 KiB of response headers", Box::leak(big.into_boxed_slice())),
+        (
+            "bare LF line ends",
+            b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: 1\n\nok",
+        ),
+        (
+            "a bare LF before a field",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\nSet-Cookie: injected=1\r\n\r\nok",
+        ),
+        (
+            "obs-fold",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n folded\r\n\r\nok",
+        ),
+        (
+            "a signed Content-Length",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, reply) in shapes {
+        wrong.extend(refused_and_never_reused(name, reply).await);
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[tokio::test]
+async fn hostile_upstream_chunked_framing_aborts_the_response() {
+    // The head is fine; the chunked body is not (the same rules as for request bodies). The
+    // client sees the response cut, never a clean end.
+    for reply in [
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+    ] {
+        let reply: &'static [u8] = Box::leak(reply.to_vec().into_boxed_slice());
+        let up = FaultyServer::start(Fault::Respond(reply)).await;
+        let weir = Manifest::new(&[up.addr]).start().await;
+        let mut c = H1Client::connect(weir.listener_addr("main")).await;
+        let req = c
+            .request("GET", "/")
+            .body(weir_tests::body_empty())
+            .unwrap();
+        let outcome = truncated_outcome(c.send(req).await).await;
+        assert!(
+            !outcome.starts_with("clean end: status 200"),
+            "{:?}: {outcome}",
+            String::from_utf8_lossy(reply)
+        );
     }
 }
 

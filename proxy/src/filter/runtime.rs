@@ -474,8 +474,8 @@ async fn callout(clusters: &[Cluster], set: &FilterSet, req: &HttpCallRequest) -
         let collected = Limited::new(body, MAX_CALLOUT_BODY)
             .collect()
             .await
-            .map_err(|_| crate::http::respond::ProxyError::Internal("callout body"))?;
-        Ok::<_, crate::http::respond::ProxyError>((parts, collected))
+            .map_err(|_| crate::proto::error::ProxyError::Internal("callout body"))?;
+        Ok::<_, crate::proto::error::ProxyError>((parts, collected))
     };
     match tokio::time::timeout(timeout, exchange).await {
         Err(_) => local_response(504, "upstream request timeout"),

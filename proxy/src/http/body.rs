@@ -15,7 +15,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::{Notify, mpsc};
 
-use crate::upstream::h1::{H1Body, RawHead};
+use crate::proto::h1::head::RawHead;
+use crate::upstream::h1::H1Body;
 use crate::upstream::pool::ResponseGuard;
 
 /// The error type of bodies inside Weir (hyper's, or Weir's own HTTP/1.1 client's).

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
+use crate::proto::h1::fields::is_hop_by_hop;
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -67,17 +69,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             h.remove(header::TE);
         }
     }
-}
-
-/// The fields that are always hop-by-hop (RFC 9110 §7.6.1), `te` (kept only as `trailers`) and
-/// `connection` (which may nominate more).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::TE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
 }
 
 /// A client address as a header value: made once per connection, so that a request whose
@@ -164,35 +155,6 @@ impl IpText {
 
     fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
-    }
-}
-
-/// A `Content-Length` value of plain decimal digits (no sign, no list, no whitespace), as a
-/// number; at most 19 digits, so it cannot overflow.
-pub fn plain_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-/// Header lines kept as they came off the wire (each `name: value` ending in CRLF, already
-/// validated by the parser) as fields of `map`; values share the lines' buffer.
-pub fn append_lines(lines: &bytes::Bytes, map: &mut HeaderMap) {
-    let mut rest = &lines[..];
-    while let Some(end) = memchr::memchr(b'\n', rest) {
-        let line = &rest[..end];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        rest = &rest[end + 1..];
-        let Some(colon) = memchr::memchr(b':', line) else {
-            continue;
-        };
-        if let Ok(name) = HeaderName::from_bytes(&line[..colon])
-            && let Ok(value) =
-                HeaderValue::from_maybe_shared(lines.slice_ref(line[colon + 1..].trim_ascii()))
-        {
-            map.append(name, value);
-        }
     }
 }
 

@@ -12,17 +12,18 @@ use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
 use super::body::{DownstreamBody, H2Body, ProxyBody};
-use super::h1::parse::RawFields;
 use super::headers::{
-    append_lines, ensure_request_id, new_request_id, set_client_cert, set_forwarded,
-    strip_hop_by_hop,
+    ensure_request_id, new_request_id, set_client_cert, set_forwarded, strip_hop_by_hop,
 };
-use super::respond::{self, ProxyError};
+use super::respond;
 use crate::filter::body::{FilteredBody, FilteredBodyError, Prefetch};
 use crate::filter::chain::{ChainRun, Stop, local_reply_response};
 use crate::filter::runtime::WorkerFilters;
 use crate::filter::stream::{Downstream, HttpStream};
 use crate::listener::ListenerCtx;
+use crate::proto::error::ProxyError;
+use crate::proto::h1::fields::append_lines;
+use crate::proto::h1::head::RawFields;
 use crate::telemetry::Exchange;
 use crate::tls::ConnTls;
 use crate::upstream::{self, Cluster, Endpoint};
@@ -106,7 +107,7 @@ impl ProxyService {
     /// Whether this listener's requests go upstream with their fields untouched but for what
     /// the proxy appends: no filter chain, no telemetry that reads request fields (access log,
     /// tracing), an HTTP/1.1 default cluster. The HTTP/1.1 server then keeps a qualifying head's
-    /// fields raw ([`crate::http::h1::parse::Head`]'s `raw`), and `proxy` checks again.
+    /// fields raw ([`crate::proto::h1::head::RequestHead`]'s `raw`), and `proxy` checks again.
     pub fn takes_raw_requests(&self) -> bool {
         !self.worker.telemetry.detailed()
             && self.worker.clusters[self.listener.default_cluster].protocol

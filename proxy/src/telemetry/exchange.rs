@@ -23,7 +23,7 @@ use http_body::{Body, Frame, SizeHint};
 use super::metrics::{self, class_of, flags};
 use super::{WorkerTelemetry, access_log, trace};
 use crate::http::body::{BoxError, ProxyBody};
-use crate::http::respond::{ERROR_HEADER, ProxyError};
+use crate::proto::error::{ERROR_HEADER, ProxyError, flag_of_reason};
 use crate::tls::ConnTls;
 use crate::upstream::Endpoint;
 
@@ -185,7 +185,7 @@ impl Exchange {
                 if let Some(slot) = slot {
                     self.tel.shard.add(up.base + slot, 1);
                 }
-                up.flags |= flag_of(e.reason());
+                up.flags |= e.flag();
             }
         }
         let Some(d) = self.detail.as_deref_mut() else {
@@ -218,7 +218,7 @@ impl Exchange {
             && let Some(reason) = resp.headers().get(ERROR_HEADER)
         {
             let reason = reason.to_str().unwrap_or("");
-            self.flags |= flag_of(reason);
+            self.flags |= flag_of_reason(reason);
             if let Some(log) = self.detail.as_deref_mut().and_then(|d| d.log.as_mut()) {
                 log.error = Some(reason.to_owned());
             }
@@ -314,31 +314,6 @@ impl Exchange {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// The response flag for an error reason token (`x-weir-error`, [`ProxyError::reason`]).
-pub fn flag_of(reason: &str) -> u16 {
-    match reason {
-        "no_healthy_upstream" => flags::UH,
-        "upstream_connect_failure" | "upstream_connect_timeout" => flags::UF,
-        "upstream_response_timeout" | "upstream_per_try_timeout" | "upstream_request_timeout" => {
-            flags::UT
-        }
-        "upstream_overflow" => flags::UO,
-        "upstream_reset" => flags::UC,
-        "upstream_body_error" => flags::UR,
-        "upstream_protocol_error" => flags::UPE,
-        "unknown_cluster" => flags::NC,
-        "bad_request"
-        | "conflicting_framing"
-        | "uri_too_long"
-        | "request_headers_too_large"
-        | "unsupported_transfer_coding"
-        | "method_not_allowed" => flags::DPE,
-        "filter_failed" | "filter_unavailable" => flags::FF,
-        "filter_reset" => flags::LR,
-        _ => 0,
-    }
 }
 
 /// An HTTP/2 response body that ends its [`Exchange`] with its last frame (or, dropped early,
@@ -554,8 +529,8 @@ mod tests {
             &scrape(&t),
             r#"weir_downstream_rq_flags_total{listener="main",flag="UF"} 1"#,
         );
-        assert_eq!(flag_of("upstream_response_timeout"), flags::UT);
-        assert_eq!(flag_of("filter_failed"), flags::FF);
-        assert_eq!(flag_of("no_route"), 0);
+        assert_eq!(flag_of_reason("upstream_response_timeout"), flags::UT);
+        assert_eq!(flag_of_reason("filter_failed"), flags::FF);
+        assert_eq!(flag_of_reason("no_route"), 0);
     }
 }

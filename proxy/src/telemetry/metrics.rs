@@ -48,52 +48,7 @@ pub fn class_of(status: u16) -> usize {
     }
 }
 
-/// Response flags (Envoy's letters, the subset Weir can raise), as bits of a `u16`.
-pub mod flags {
-    /// No healthy upstream host (the cluster had no endpoint to pick).
-    pub const UH: u16 = 1 << 0;
-    /// Upstream connection failure (refused, unreachable, TLS, connect timeout).
-    pub const UF: u16 = 1 << 1;
-    /// Upstream request timeout (no response head in time).
-    pub const UT: u16 = 1 << 2;
-    /// Upstream connection termination (closed before a complete response).
-    pub const UC: u16 = 1 << 3;
-    /// Upstream remote reset (HTTP/2 reset, or a broken response body).
-    pub const UR: u16 = 1 << 4;
-    /// Upstream protocol error (not HTTP, bad framing).
-    pub const UPE: u16 = 1 << 5;
-    /// No cluster: a route decision named a cluster the manifest does not have.
-    pub const NC: u16 = 1 << 6;
-    /// Downstream connection termination (the client went away before the response ended).
-    pub const DC: u16 = 1 << 7;
-    /// Local reset: a filter reset the stream (`proxy_close_stream`).
-    pub const LR: u16 = 1 << 8;
-    /// Downstream protocol error (a request Weir refused to parse or forward).
-    pub const DPE: u16 = 1 << 9;
-    /// Upstream overflow: a circuit breaker refused the request.
-    pub const UO: u16 = 1 << 10;
-    /// Upstream retry limit exceeded.
-    pub const URX: u16 = 1 << 11;
-    /// A filter failed (trap, deadline, unavailable VM): Weir's own flag, Envoy has none.
-    pub const FF: u16 = 1 << 12;
-
-    /// Every flag with its letters, in the order they are written.
-    pub const NAMES: [(u16, &str); 13] = [
-        (UH, "UH"),
-        (UF, "UF"),
-        (UT, "UT"),
-        (UC, "UC"),
-        (UR, "UR"),
-        (UPE, "UPE"),
-        (NC, "NC"),
-        (DC, "DC"),
-        (LR, "LR"),
-        (DPE, "DPE"),
-        (UO, "UO"),
-        (URX, "URX"),
-        (FF, "FF"),
-    ];
-}
+pub use crate::proto::error::flags;
 
 /// Per-listener slots.
 pub mod listener {

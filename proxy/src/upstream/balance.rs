@@ -192,10 +192,10 @@ impl Level {
 
 impl Cluster {
     /// The endpoint for the next request, or the 503 a request gets when there is none.
-    pub fn endpoint(&self) -> Result<Rc<Endpoint>, crate::http::respond::ProxyError> {
+    pub fn endpoint(&self) -> Result<Rc<Endpoint>, crate::proto::error::ProxyError> {
         self.pick().cloned().ok_or_else(|| {
             crate::telemetry::upstream_no_healthy(self.index);
-            crate::http::respond::ProxyError::NoHealthyUpstream(self.name.clone())
+            crate::proto::error::ProxyError::NoHealthyUpstream(self.name.clone())
         })
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::Cluster;
 use super::shared::{Local, Resource, WorkerStats};
-use crate::http::respond::ProxyError;
+use crate::proto::error::ProxyError;
 
 impl Cluster {
     /// Admits one more unit of `r`, or counts the overflow and says no.

@@ -17,13 +17,13 @@ use super::shared::Resource;
 use super::{Cluster, Endpoint, Route, connect, h1};
 use crate::config::Protocol;
 use crate::http::body::ProxyBody;
-use crate::http::respond::ProxyError;
+use crate::proto::error::ProxyError;
 
 /// Sends `req` to `ep` and returns the response with a body that streams from the upstream.
 /// `route.response_timeout` bounds the wait for the response head once the request is sent (the
 /// cluster's, or a route decision's). `route.raw_head`: an HTTP/1.1 response head may stay raw
-/// ([`h1::RawHead`]), because it goes straight to an HTTP/1.1 client. `route.raw_request`: the
-/// request's fields as the client wrote them ([`h1::RawRequest`]).
+/// ([`crate::proto::h1::head::RawHead`]), because it goes straight to an HTTP/1.1 client.
+/// `route.raw_request`: the request's fields as the client wrote them ([`h1::RawRequest`]).
 pub async fn send(
     cluster: &Cluster,
     ep: &Rc<Endpoint>,

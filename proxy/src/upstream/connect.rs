@@ -18,7 +18,7 @@ use super::Cluster;
 use super::breaker::ConnCount;
 use super::pool::{H1Conn, H1Sender, H2Sender};
 use crate::http::body::ProxyBody;
-use crate::http::respond::ProxyError;
+use crate::proto::error::ProxyError;
 use crate::rt::LocalExec;
 
 /// An upstream byte stream: plain TCP, or TLS over it.

@@ -32,7 +32,7 @@ use super::shared::{Resource, TimeoutKind, WorkerStats};
 use super::{Cluster, Endpoint, send};
 use crate::config::{LbPolicy, RetryPolicy};
 use crate::http::body::{BoxError, ProxyBody};
-use crate::http::respond::{ATTEMPT_COUNT_HEADER, ProxyError};
+use crate::proto::error::{ATTEMPT_COUNT_HEADER, ProxyError};
 use crate::timer::{self, Deadline};
 
 /// What the route decision may change for one request.
@@ -45,7 +45,7 @@ pub struct Route {
     /// Retries after the first try (the cluster's `retries.attempts` unless set; 0: none).
     pub retries: Option<u32>,
     /// The response goes straight to an HTTP/1.1 client with nothing reading its headers on
-    /// the way: its head may stay raw ([`super::h1::RawHead`]).
+    /// the way: its head may stay raw ([`crate::proto::h1::head::RawHead`]).
     pub raw_head: bool,
     /// The request's fields as the client wrote them, with what the proxy appends
     /// ([`super::h1::RawRequest`]); every attempt sends them.

@@ -16,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::config::{RetryBudgetConfig, RetryOn, RetryPolicy};
 use crate::http::body::{BoxError, ProxyBody};
-use crate::http::respond::ProxyError;
+use crate::proto::error::{ProxyError, UpstreamFailure};
 
 /// How one attempt ended, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,17 +40,13 @@ pub enum Outcome {
 impl Outcome {
     /// Classifies a failed attempt.
     pub fn of_error(e: &ProxyError) -> Self {
-        match e {
-            ProxyError::ConnectFailure { .. } | ProxyError::ConnectTimeout(_) => {
-                Outcome::ConnectFailure
-            }
-            ProxyError::UpstreamReset(h) if is_refused_stream(h) => Outcome::RefusedStream,
-            ProxyError::UpstreamReset(_)
-            | ProxyError::UpstreamIo(_)
-            | ProxyError::UpstreamClosed => Outcome::Reset,
-            ProxyError::ResponseTimeout(_) | ProxyError::PerTryTimeout(_) => Outcome::Timeout,
-            ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamMalformed(_) => Outcome::Protocol,
-            _ => Outcome::Final,
+        match e.upstream_failure() {
+            Some(UpstreamFailure::ConnectFailure) => Outcome::ConnectFailure,
+            Some(UpstreamFailure::RefusedStream) => Outcome::RefusedStream,
+            Some(UpstreamFailure::Reset) => Outcome::Reset,
+            Some(UpstreamFailure::Timeout) => Outcome::Timeout,
+            Some(UpstreamFailure::Protocol) => Outcome::Protocol,
+            None => Outcome::Final,
         }
     }
 
@@ -76,18 +72,6 @@ pub fn retries_on(on: &RetryOn, o: Outcome) -> bool {
         }
         Outcome::Final => false,
     }
-}
-
-/// An HTTP/2 RST_STREAM with REFUSED_STREAM: the server guarantees it did not process the stream.
-fn is_refused_stream(e: &hyper::Error) -> bool {
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
-            return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        src = s.source();
-    }
-    false
 }
 
 /// The wait before retry number `n` (1-based): Envoy's full jitter, uniform in

@@ -44,33 +44,9 @@ impl Local {
     }
 }
 
-/// Circuit-breaker resources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resource {
-    Connections = 0,
-    Pending = 1,
-    Requests = 2,
-    Retries = 3,
-}
+pub use crate::proto::error::Resource;
 
 impl Resource {
-    pub const ALL: [Resource; 4] = [
-        Resource::Connections,
-        Resource::Pending,
-        Resource::Requests,
-        Resource::Retries,
-    ];
-
-    /// The label in `/metrics`, `/clusters` and `x-weir-overflow`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Resource::Connections => "connections",
-            Resource::Pending => "pending",
-            Resource::Requests => "requests",
-            Resource::Retries => "retries",
-        }
-    }
-
     /// Its limit in a cluster's breaker settings.
     pub fn limit(self, c: &CircuitBreakerConfig) -> u64 {
         u64::from(match self {

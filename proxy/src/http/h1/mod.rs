@@ -8,11 +8,10 @@
 //! the connection's task: the request future is awaited in place, no allocation per request
 //! beyond the head's buffer and header map.
 //!
-//! Order on one connection: head (`parse`) → request with its body reading from the shared
+//! Order on one connection: head ([`crate::proto::h1::head`]) → request with its body reading from the shared
 //! [`wire::Wire`] → service → response (`write`) → whatever is left of the request body is drained
 //! (small) or the connection closed → next head. Pipelined requests wait in the read buffer.
 
-pub mod parse;
 pub mod wire;
 pub mod write;
 
@@ -26,13 +25,14 @@ use http::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
-use self::parse::{Head, Parser, Sniff};
 use self::wire::{BodyState, RequestBody, Wire};
 use self::write::{Exchange, Written};
 use crate::conn::{ConnCtl, DownIo, Phase};
 use crate::http::body::{DownstreamBody, ProxyBody};
-use crate::http::respond::{self, ProxyError};
+use crate::http::respond;
 use crate::http::service::ProxyService;
+use crate::proto::error::ProxyError;
+use crate::proto::h1::head::{self, Parser, RawFields, RequestHead, Sniff};
 
 /// A request body left unread when its response is complete is read and dropped up to this
 /// much, so the connection can serve the next request; a longer one closes the connection.
@@ -60,7 +60,7 @@ pub async fn serve(
     let mut wire = Wire::new(io, BytesMut::with_capacity(8 * 1024));
     if sniff {
         loop {
-            match parse::sniff(&wire.rbuf) {
+            match head::sniff(&wire.rbuf) {
                 _ if wire.rbuf.is_empty() => {}
                 Sniff::Http2 => return Ended::Http2(wire.io, wire.rbuf),
                 Sniff::Http1 => break,
@@ -153,7 +153,7 @@ async fn read_head(
     parser: &Parser,
     svc: &ProxyService,
     served: u64,
-) -> Result<Option<Head>, ProxyError> {
+) -> Result<Option<RequestHead>, ProxyError> {
     loop {
         {
             let mut w = wire.borrow_mut();
@@ -210,8 +210,8 @@ async fn client_gone(wire: &RefCell<Wire>, max: usize) {
 /// The request for `head`, with its body reading from the wire.
 fn request(
     wire: &Rc<RefCell<Wire>>,
-    head: Head,
-) -> (Request<DownstreamBody>, bool, Option<parse::RawFields>) {
+    head: RequestHead,
+) -> (Request<DownstreamBody>, bool, Option<RawFields>) {
     let id = wire
         .borrow_mut()
         .start_body(head.framing, head.expect_continue);

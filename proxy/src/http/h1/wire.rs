@@ -14,20 +14,17 @@ use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 
-use super::parse::BodyFraming;
 use crate::conn::DownIo;
 use crate::http::body::BoxError;
+use crate::proto::h1::chunked::{self, ChunkState, Decoded};
+use crate::proto::h1::head::BodyFraming;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 8 * 1024;
-/// Longest chunk-size line (with extensions).
-const MAX_CHUNK_LINE: usize = 4096;
-/// Largest trailer section of a chunked request body.
-const MAX_TRAILERS: usize = 16 * 1024;
 /// The interim response owed to a client that sent `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -36,20 +33,10 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 pub enum BodyState {
     /// Bytes left of a `Content-Length` body.
     Length(u64),
-    Chunked(Chunk),
+    Chunked(ChunkState),
     Done,
     /// Malformed or cut short: the connection cannot serve another request.
     Failed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chunk {
-    Size,
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    /// Trailer fields after the last chunk (bytes seen so far).
-    Trailers(usize),
 }
 
 /// A connection's socket and what has been read from it but not yet consumed.
@@ -101,7 +88,7 @@ impl Wire {
         self.body = match framing {
             BodyFraming::Length(0) => BodyState::Done,
             BodyFraming::Length(n) => BodyState::Length(n),
-            BodyFraming::Chunked => BodyState::Chunked(Chunk::Size),
+            BodyFraming::Chunked => BodyState::Chunked(ChunkState::Size),
         };
         self.continue_owed = if expect_continue { CONTINUE.len() } else { 0 };
         self.trailers = None;
@@ -156,66 +143,25 @@ impl Wire {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 BodyState::Length(_) => {}
-                BodyState::Chunked(Chunk::Data(n)) if !self.rbuf.is_empty() => {
-                    let take = n.min(self.rbuf.len() as u64) as usize;
-                    let data = self.rbuf.split_to(take).freeze();
-                    self.body = BodyState::Chunked(match n - take as u64 {
-                        0 => Chunk::DataEnd,
-                        left => Chunk::Data(left),
-                    });
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                BodyState::Chunked(Chunk::Data(_)) => {}
-                BodyState::Chunked(Chunk::DataEnd) if self.rbuf.len() >= 2 => {
-                    if &self.rbuf[..2] != b"\r\n" {
-                        return self.fail("chunk data not followed by CRLF");
-                    }
-                    let _ = self.rbuf.split_to(2);
-                    self.body = BodyState::Chunked(Chunk::Size);
-                    continue;
-                }
-                BodyState::Chunked(Chunk::DataEnd) => {}
-                BodyState::Chunked(Chunk::Size) => {
-                    match take_line(&mut self.rbuf, MAX_CHUNK_LINE) {
+                BodyState::Chunked(mut state) => {
+                    let step = chunked::decode(&mut state, &mut self.rbuf);
+                    self.body = BodyState::Chunked(state);
+                    match step {
                         Err(why) => return self.fail(why),
-                        Ok(Some(line)) => match chunk_size(&line) {
-                            Some(0) => {
-                                self.body = BodyState::Chunked(Chunk::Trailers(0));
-                                continue;
-                            }
-                            Some(n) => {
-                                self.body = BodyState::Chunked(Chunk::Data(n));
-                                continue;
-                            }
-                            None => return self.fail("invalid chunk size line"),
-                        },
-                        Ok(None) => {}
-                    }
-                }
-                BodyState::Chunked(Chunk::Trailers(seen)) => {
-                    match take_line(&mut self.rbuf, MAX_TRAILERS) {
-                        Err(why) => return self.fail(why),
-                        Ok(Some(line)) if line.is_empty() => {
+                        Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Ok(Decoded::Trailer(name, value)) => {
+                            self.trailers
+                                .get_or_insert_with(HeaderMap::new)
+                                .append(name, value);
+                            continue;
+                        }
+                        Ok(Decoded::End) => {
                             self.body = BodyState::Done;
                             return Poll::Ready(
                                 self.trailers.take().map(|t| Ok(Frame::trailers(t))),
                             );
                         }
-                        Ok(Some(line)) => {
-                            let seen = seen + line.len() + 2;
-                            if seen > MAX_TRAILERS {
-                                return self.fail("request trailers too large");
-                            }
-                            let Some((name, value)) = trailer_field(&line) else {
-                                return self.fail("invalid trailer field");
-                            };
-                            self.trailers
-                                .get_or_insert_with(HeaderMap::new)
-                                .append(name, value);
-                            self.body = BodyState::Chunked(Chunk::Trailers(seen));
-                            continue;
-                        }
-                        Ok(None) => {}
+                        Ok(Decoded::NeedMore) => {}
                     }
                 }
             }
@@ -230,46 +176,6 @@ impl Wire {
             }
         }
     }
-}
-
-/// Takes one CRLF-terminated line (without its CRLF) off the front of `buf`, if complete. A bare
-/// LF, or a line longer than `max`, is an error: chunk framing is read strictly, the way the
-/// next hop will read what is forwarded.
-fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, &'static str> {
-    match memchr::memchr(b'\n', buf) {
-        Some(i) if i == 0 || buf[i - 1] != b'\r' => Err("bare LF in chunked framing"),
-        Some(i) => {
-            let line = buf.split_to(i + 1).freeze();
-            Ok(Some(line.slice(..i - 1)))
-        }
-        None if buf.len() > max => Err("chunked framing line too long"),
-        None => Ok(None),
-    }
-}
-
-/// `1*HEXDIG *( BWS ";" BWS chunk-ext )`: the size, or `None` for anything else.
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 15 {
-        return None;
-    }
-    let rest = &line[digits..];
-    let ext = rest.trim_ascii_start();
-    if !(ext.is_empty() || ext[0] == b';') {
-        return None;
-    }
-    if ext.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return None;
-    }
-    let hex = std::str::from_utf8(&line[..digits]).ok()?;
-    u64::from_str_radix(hex, 16).ok()
-}
-
-fn trailer_field(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
-    let colon = line.iter().position(|&b| b == b':')?;
-    let name = HeaderName::from_bytes(&line[..colon]).ok()?;
-    let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?;
-    Some((name, value))
 }
 
 /// The body of a request read from an HTTP/1.1 connection.
@@ -311,43 +217,5 @@ impl Body for RequestBody {
             BodyState::Chunked(_) if w.request == self.request => SizeHint::default(),
             _ => SizeHint::with_exact(0),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_size_lines() {
-        assert_eq!(chunk_size(b"1a"), Some(26));
-        assert_eq!(chunk_size(b"0"), Some(0));
-        assert_eq!(chunk_size(b"5;name=value"), Some(5));
-        assert_eq!(chunk_size(b"5 ; x"), Some(5));
-        for bad in [
-            &b""[..],
-            b"g",
-            b"-1",
-            b"+5",
-            b"5x",
-            b"0x5",
-            b"1234567890123456",
-            b"5;\x01",
-        ] {
-            assert_eq!(chunk_size(bad), None, "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn lines_need_crlf() {
-        let mut b = BytesMut::from(&b"5\r\nrest"[..]);
-        assert_eq!(take_line(&mut b, 100).unwrap().unwrap(), "5");
-        assert_eq!(&b[..], b"rest");
-        let mut bare = BytesMut::from(&b"5\nhello"[..]);
-        assert!(take_line(&mut bare, 100).is_err());
-        let mut long = BytesMut::from(&[b'a'; 200][..]);
-        assert!(take_line(&mut long, 100).is_err());
-        let mut partial = BytesMut::from(&b"5\r"[..]);
-        assert!(take_line(&mut partial, 100).unwrap().is_none());
     }
 }

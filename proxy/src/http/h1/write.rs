@@ -19,8 +19,10 @@ use tokio::io::AsyncWrite;
 
 use super::wire::Wire;
 use crate::http::body::{BoxError, ProxyBody};
-use crate::http::respond::{self, ProxyError};
-use crate::upstream::h1::RawHead;
+use crate::http::respond;
+use crate::proto::error::ProxyError;
+use crate::proto::h1::chunked::{chunk_prefix, last_chunk};
+use crate::proto::h1::head::RawHead;
 
 /// What the request asked that shapes the response's framing.
 #[derive(Clone, Copy)]
@@ -233,12 +235,7 @@ impl Out {
         };
         match self.framing {
             Framing::Chunked => {
-                let mut last = Vec::with_capacity(64);
-                last.extend_from_slice(b"0\r\n");
-                for (name, value) in trailers.iter().flatten() {
-                    push_field(&mut last, name.as_str().as_bytes(), value.as_bytes());
-                }
-                last.extend_from_slice(b"\r\n");
+                let last = last_chunk(trailers.as_ref());
                 write_all(wire, &mut [IoSlice::new(head_part), IoSlice::new(&last)]).await
             }
             Framing::Length(left) if left > 0 => {
@@ -249,24 +246,6 @@ impl Out {
             _ => write_all(wire, &mut [IoSlice::new(head_part)]).await,
         }
     }
-}
-
-/// `{size:x}\r\n` in `buf`.
-fn chunk_prefix(buf: &mut [u8; 20], n: usize) -> &[u8] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut i = buf.len() - 2;
-    buf[i] = b'\r';
-    buf[i + 1] = b'\n';
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = HEX[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 /// Writes every slice, in order.
@@ -303,7 +282,7 @@ fn declared_length(h: &HeaderMap) -> Option<u64> {
     if all.next().is_some() {
         return None;
     }
-    crate::http::headers::plain_length(v)
+    crate::proto::h1::fields::plain_length(v)
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -404,15 +383,6 @@ thread_local! {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_prefixes_are_hex() {
-        let mut b = [0u8; 20];
-        assert_eq!(chunk_prefix(&mut b, 0), b"0\r\n");
-        assert_eq!(chunk_prefix(&mut b, 255), b"ff\r\n");
-        assert_eq!(chunk_prefix(&mut b, 0x10000), b"10000\r\n");
-        assert_eq!(chunk_prefix(&mut b, usize::MAX), b"ffffffffffffffff\r\n");
-    }
 
     fn head_of(
         status: u16,

@@ -1,0 +1,155 @@
+//! Field names that mean something to HTTP/1.1 framing or to a forwarding proxy: one table for
+//! both roles, so the server's and the client's idea of "hop-by-hop" or "framing" cannot drift.
+//!
+//! Each role reads the classes its own way (a `Host` matters to a request kept raw, a `Date` to a
+//! response kept raw), but the names behind a class are written once, here.
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// What a field name means to the codec and the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldClass {
+    /// `host`.
+    Host,
+    /// `cookie`.
+    Cookie,
+    /// `date`.
+    Date,
+    /// `content-length`.
+    ContentLength,
+    /// `transfer-encoding`.
+    TransferEncoding,
+    /// Always hop-by-hop (RFC 9110 §7.6.1): `connection`, `keep-alive`, `proxy-connection`, `te`,
+    /// `upgrade`.
+    HopByHop,
+    /// `expect`.
+    Expect,
+    /// A field the proxy sets on a request it forwards: `x-forwarded-for`, `x-forwarded-proto`,
+    /// `x-forwarded-client-cert`, `x-request-id`.
+    Forwarding,
+    /// `x-weir-attempt-count`, set by Weir on both requests and responses after a retry policy ran.
+    AttemptCount,
+    /// Anything else: forwarded as it is.
+    Other,
+}
+
+/// The class of a field name (any case). Names are told apart by length first: one compare
+/// for most names, no hashing.
+#[inline]
+pub fn classify(name: &[u8]) -> FieldClass {
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 if is(b"te") => FieldClass::HopByHop,
+        4 if is(b"host") => FieldClass::Host,
+        4 if is(b"date") => FieldClass::Date,
+        6 if is(b"cookie") => FieldClass::Cookie,
+        6 if is(b"expect") => FieldClass::Expect,
+        7 if is(b"upgrade") => FieldClass::HopByHop,
+        10 if is(b"connection") || is(b"keep-alive") => FieldClass::HopByHop,
+        12 if is(b"x-request-id") => FieldClass::Forwarding,
+        14 if is(b"content-length") => FieldClass::ContentLength,
+        15 if is(b"x-forwarded-for") => FieldClass::Forwarding,
+        16 if is(b"proxy-connection") => FieldClass::HopByHop,
+        17 if is(b"transfer-encoding") => FieldClass::TransferEncoding,
+        17 if is(b"x-forwarded-proto") => FieldClass::Forwarding,
+        20 if is(b"x-weir-attempt-count") => FieldClass::AttemptCount,
+        23 if is(b"x-forwarded-client-cert") => FieldClass::Forwarding,
+        _ => FieldClass::Other,
+    }
+}
+
+/// Whether a field never crosses the proxy as it is: the always-hop-by-hop names and the
+/// message framing (`transfer-encoding`). A `connection` field may nominate more.
+#[inline]
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        classify(name.as_str().as_bytes()),
+        FieldClass::HopByHop | FieldClass::TransferEncoding
+    )
+}
+
+/// A `Content-Length` value of plain decimal digits (no sign, no list, no whitespace), as a
+/// number; at most 19 digits, so it cannot overflow.
+pub fn plain_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Header lines kept as they came off the wire (each `name: value` ending in CRLF, already
+/// validated by the parser) as fields of `map`; values share the lines' buffer.
+pub fn append_lines(lines: &Bytes, map: &mut HeaderMap) {
+    let mut rest = &lines[..];
+    while let Some(end) = memchr::memchr(b'\n', rest) {
+        let line = &rest[..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        rest = &rest[end + 1..];
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        if let Ok(name) = HeaderName::from_bytes(&line[..colon])
+            && let Ok(value) =
+                HeaderValue::from_maybe_shared(lines.slice_ref(line[colon + 1..].trim_ascii()))
+        {
+            map.append(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_ignore_case_and_cover_the_hop_by_hop_names() {
+        for name in [
+            "connection",
+            "Keep-Alive",
+            "PROXY-CONNECTION",
+            "te",
+            "Upgrade",
+            "transfer-encoding",
+        ] {
+            let n = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(is_hop_by_hop(&n), "{name}");
+        }
+        for name in [
+            "host",
+            "content-length",
+            "x-forwarded-for",
+            "trailer",
+            "x-te",
+        ] {
+            let n = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(!is_hop_by_hop(&n), "{name}");
+        }
+        assert_eq!(classify(b"Content-Length"), FieldClass::ContentLength);
+        assert_eq!(classify(b"X-Forwarded-Client-Cert"), FieldClass::Forwarding);
+        assert_eq!(classify(b"x-weir-attempt-count"), FieldClass::AttemptCount);
+        assert_eq!(classify(b"dates"), FieldClass::Other);
+    }
+
+    #[test]
+    fn plain_lengths_are_digits_only() {
+        assert_eq!(plain_length(b"0"), Some(0));
+        assert_eq!(plain_length(b"1234"), Some(1234));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1,1",
+            b"0x1",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                plain_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

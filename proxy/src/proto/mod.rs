@@ -1,0 +1,13 @@
+//! The bottom layer of the data path: what every stage above shares and none of them owns.
+//!
+//! - [`error`]: the one error type of a request, classified once (whose fault, status, reason,
+//!   response flag, what a retry makes of it).
+//! - [`h1`]: the one HTTP/1.1 codec, with a server role (requests in, responses out) and a client
+//!   role (requests out, responses in) that share their parsing rules, field classes, chunked
+//!   framing and limits — the rules that stop request smuggling and response splitting.
+//!
+//! This module imports nothing from the stages above it (`http`, `filter`, `upstream`, ...);
+//! the layering test (`tests/layering.rs`) keeps it that way.
+
+pub mod error;
+pub mod h1;
