@@ -3,10 +3,21 @@
 //! Weir hands a filter its configuration as JSON bytes in buffer 7 during `on_configure` (Envoy does
 //! the same for a `google.protobuf.Struct`). An empty configuration parses as `{}`, so a config type
 //! whose fields all have `#[serde(default)]` accepts "no config".
+//!
+//! Durations and sizes are written as in the manifest (`10ms`, `1m30s`, `64KiB`):
+//! [`parse_duration`] and [`parse_size`] for a field validated by hand (the error can then name
+//! the field), [`HumanDuration`] / [`HumanSize`] or [`deserialize_duration`] /
+//! [`deserialize_size`] for serde.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, Status};
 use serde::de::DeserializeOwned;
+
+mod units;
+pub use units::{
+    DurationError, DurationErrorKind, HumanDuration, HumanSize, SizeError, deserialize_duration,
+    deserialize_size, format_duration, format_size, parse_duration, parse_size,
+};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,8 @@
 //! re-exports the upstream [`proxy_wasm`] crate unchanged, so filters written for Envoy run here and
 //! the other way round. On top it adds small, optional helpers:
 //!
-//! * [`config`]: typed plugin configuration (JSON via serde) for `on_configure`.
+//! * [`config`]: typed plugin configuration (JSON via serde) for `on_configure`, with the
+//!   manifest's grammar for durations and sizes (`10ms`, `1m30s`, `64KiB`).
 //! * [`phases`]: declare the HTTP phases the filter handles, so Weir skips the callbacks it
 //!   does not need (portable: other hosts ignore it).
 //! * [`properties`]: typed reads of Envoy's attributes (`request.path`, `source.address`,

@@ -559,6 +559,23 @@ fn jwks_refreshed_periodically_and_failed_refresh_keeps_keys() {
     assert_passes(&with_token(&f, RS_VALID).1);
 }
 
+#[test]
+fn jwks_durations_take_the_manifest_grammar() {
+    let mut config = cluster_config();
+    config["jwt"]["jwks_cluster"]["refresh"] = json!("1h");
+    config["jwt"]["jwks_cluster"]["timeout"] = json!("1s 500ms");
+    let f = auth("jwksunits", config);
+    let calls = f.callouts();
+    assert_eq!(calls[0].timeout, Some(Duration::from_millis(1_500)));
+    f.answer_callout(calls[0].token, jwks_answer(JWKS_V1));
+    // A tick advances the clock by its period, 1 s.
+    f.advance_clock(Duration::from_secs(3_598));
+    f.tick();
+    assert_eq!(f.callouts().len(), 1, "not due after 3599 s");
+    f.tick();
+    assert_eq!(f.callouts().len(), 2, "refreshed after an hour");
+}
+
 // ---------------------------------------------------------------------------------------------
 // ext_authz.
 
@@ -573,6 +590,23 @@ fn authz_config(extra: Value) -> Value {
         }
     }
     c
+}
+
+#[test]
+fn ext_authz_timeout_takes_the_manifest_grammar() {
+    // Rounded up to whole milliseconds: the ABI reads 0 as "no timeout".
+    for (i, (timeout, want)) in [("1.5s", 1_500), ("1h", 3_600_000), ("500us", 1), ("0s", 0)]
+        .into_iter()
+        .enumerate()
+    {
+        let f = auth(
+            &format!("authzunits{i}"),
+            authz_config(json!({"timeout": timeout})),
+        );
+        let (s, _) = authz_request(&f);
+        let want = (want > 0).then(|| Duration::from_millis(want));
+        assert_eq!(s.callouts()[0].timeout, want, "{timeout}");
+    }
 }
 
 fn authz_request(f: &Filter) -> (HttpStream, Step) {
@@ -729,7 +763,10 @@ fn bad_configurations_are_refused() {
         json!({"jwt": {"jwks": jwks_v1(), "clock_skew": "soon"}}),
         json!({"rules": [{"allow": true, "paths": {"prefix": "/a", "exact": "/b"}}]}),
         json!({"default": "maybe"}),
-        json!({"ext_authz": {"cluster": "a", "timeout": "1h"}}),
+        json!({"ext_authz": {"cluster": "a", "timeout": "25h"}}),
+        json!({"ext_authz": {"cluster": "a", "timeout": "500"}}),
+        json!({"jwt": {"jwks": jwks_v1(), "clock_skew": "60"}}),
+        json!({"jwt": {"jwks_cluster": {"cluster": "a", "path": "/", "refresh": "1d 1s"}}}),
     ] {
         let err = Filter::load(wasm())
             .unwrap()

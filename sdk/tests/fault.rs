@@ -242,18 +242,30 @@ fn delay_pauses_until_the_deadline_then_resumes() {
 
 #[test]
 fn delay_resumes_at_the_deadline_not_before() {
-    let f = fault("delayexact", json!({"delay": {"fixed": "1s"}}));
-    let start = f.now();
-    let (_s, step) = request(&f, GET);
-    assert!(step.is_pause());
-    let steps = tick_until_idle(&f, 1000);
-    assert_eq!(steps.len(), 1, "{steps:?}");
-    let waited = f.now().duration_since(start).unwrap();
-    let period = Duration::from_millis(10);
-    assert!(
-        waited >= Duration::from_secs(1) && waited <= Duration::from_secs(1) + period,
-        "resumed after {waited:?}"
-    );
+    // `fixed` takes the manifest's duration grammar (weir_sdk::config::parse_duration).
+    let cases = [
+        ("1s", 1_000),
+        ("1.5s", 1_500),
+        ("1s 250ms", 1_250),
+        ("1500000us", 1_500),
+    ];
+    for (i, (fixed, ms)) in cases.into_iter().enumerate() {
+        let f = fault(
+            &format!("delayexact{i}"),
+            json!({"delay": {"fixed": fixed}}),
+        );
+        let start = f.now();
+        let (_s, step) = request(&f, GET);
+        assert!(step.is_pause());
+        let steps = tick_until_idle(&f, 1000);
+        assert_eq!(steps.len(), 1, "{fixed}: {steps:?}");
+        let waited = f.now().duration_since(start).unwrap();
+        let (want, period) = (Duration::from_millis(ms), Duration::from_millis(10));
+        assert!(
+            waited >= want && waited <= want + period,
+            "{fixed}: resumed after {waited:?}"
+        );
+    }
 }
 
 #[test]
@@ -448,13 +460,17 @@ fn bad_configurations_are_refused() {
             "exactly one",
         ),
         (json!({"abort": {"percent": 5}}), "exactly one"),
-        (json!({"delay": {"fixed": "200"}}), "duration"),
-        (json!({"delay": {"fixed": "1m"}}), "duration"),
-        (json!({"delay": {"fixed": "1.5s"}}), "duration"),
-        (json!({"delay": {"fixed": "ms"}}), "duration"),
-        (json!({"delay": {"fixed": "-5ms"}}), "duration"),
-        (json!({"delay": {"fixed": "2h"}}), "duration"),
+        (json!({"delay": {"fixed": "200"}}), "time unit needed"),
+        (
+            json!({"delay": {"fixed": "1 fortnight"}}),
+            "unknown time unit",
+        ),
+        (json!({"delay": {"fixed": "ms"}}), "invalid duration"),
+        (json!({"delay": {"fixed": "-5ms"}}), "invalid duration"),
+        (json!({"delay": {"fixed": "1.s"}}), "invalid duration"),
+        (json!({"delay": {"fixed": "2h"}}), "one hour"),
         (json!({"delay": {"fixed": "3601s"}}), "one hour"),
+        (json!({"delay": {"fixed": "1h 1ns"}}), "one hour"),
         (json!({"delay": {"percent": 5}}), "fixed"),
         (
             json!({"delay": {"fixed": "1s"}, "jitter": 1}),

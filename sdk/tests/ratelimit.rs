@@ -198,6 +198,22 @@ fn retry_after_and_reset_count_down() {
 }
 
 #[test]
+fn refill_per_takes_the_manifest_grammar() {
+    // One token per `per`: `retry-after` and `x-ratelimit-reset` are `per` in whole seconds.
+    for (i, (per, secs)) in [("1m30s", 90), ("1d", 86_400), ("1.5s", 2), ("2500ms", 3)]
+        .into_iter()
+        .enumerate()
+    {
+        let f = ratelimit(
+            &format!("rl-units{i}"),
+            one_bucket(&json!({"global": true}), 1, 1, per),
+        );
+        assert_allowed(&f, GET, &[], 1, 0);
+        assert_eq!(assert_limited(&f, GET, &[], 1), (secs, secs), "{per}");
+    }
+}
+
+#[test]
 fn header_key_gives_each_value_its_own_bucket() {
     let f = ratelimit(
         "rl-header",
@@ -508,8 +524,20 @@ fn bad_configurations_are_refused() {
             "refill.tokens 0",
         ),
         (
-            b(json!({"refill": {"tokens": 1, "per": "1d"}})),
-            "refill.per",
+            b(json!({"refill": {"tokens": 1, "per": "1d 1ms"}})),
+            "refill.per: \"1d 1ms\" is not between 1ms and 24h",
+        ),
+        (
+            b(json!({"refill": {"tokens": 1, "per": "100us"}})),
+            "is not between 1ms and 24h",
+        ),
+        (
+            b(json!({"refill": {"tokens": 1, "per": "1500us"}})),
+            "refill.per: \"1500us\" is not a whole number of milliseconds",
+        ),
+        (
+            b(json!({"refill": {"tokens": 1, "per": "1"}})),
+            "refill.per: invalid duration `1`: time unit needed",
         ),
         (
             b(json!({"refill": {"tokens": 1, "per": "0s"}})),

@@ -241,14 +241,21 @@ fn timeout_and_retries_become_route_properties() {
         {"match": {"path": {"prefix": "/frac"}}, "to": "a", "timeout": "1.5s"},
         {"match": {"path": {"prefix": "/min"}}, "to": "a", "timeout": "1m", "retries": 0},
         {"match": {"path": {"prefix": "/off"}}, "to": "a", "timeout": "0s"},
+        {"match": {"path": {"prefix": "/both"}}, "to": "a", "timeout": "1h 30m"},
+        {"match": {"path": {"prefix": "/tiny"}}, "to": "a", "timeout": "500us"},
+        {"match": {"path": {"prefix": "/day"}}, "to": "a", "timeout": "1d"},
         {"match": {}, "to": "a"},
     ]}));
-    let cases: [(&str, Option<&str>, Option<&str>); 6] = [
+    let cases: [(&str, Option<&str>, Option<&str>); 9] = [
         ("/slow", Some("2000"), Some("3")),
         ("/ms", Some("250"), None),
         ("/frac", Some("1500"), None),
         ("/min", Some("60000"), Some("0")),
         ("/off", Some("0"), None),
+        ("/both", Some("5400000"), None),
+        // Rounded up to whole milliseconds, so a sub-millisecond timeout is not "none".
+        ("/tiny", Some("1"), None),
+        ("/day", Some("86400000"), None),
         ("/x", None, None),
     ];
     for (path, timeout, retries) in cases {
@@ -497,12 +504,26 @@ fn bad_configurations_are_refused_with_a_logged_reason() {
             json!({"routes": [{"direct": {"status": 200}, "timeout": "1s"}]}),
             "timeout needs",
         ),
-        (json!({"routes": [{"to": "a", "timeout": "2"}]}), "timeout"),
         (
             json!({"routes": [{"to": "a", "timeout": "-1s"}]}),
             "timeout",
         ),
-        (json!({"routes": [{"to": "a", "timeout": "2d"}]}), "timeout"),
+        (
+            json!({"routes": [{"to": "a", "timeout": "2"}]}),
+            "timeout: invalid duration `2`: time unit needed",
+        ),
+        (
+            json!({"routes": [{"to": "a", "timeout": "2 fortnights"}]}),
+            "unknown time unit",
+        ),
+        (
+            json!({"routes": [{"to": "a", "per_try_timeout": ".5s"}]}),
+            "per_try_timeout: invalid duration",
+        ),
+        (
+            json!({"routes": [{"to": "a", "timeout": "100y"}]}),
+            "timeout: \"100y\": out of range",
+        ),
         (
             json!({"routes": [{"match": {"path": {"prefix": "/", "exact": "/"}}, "to": "a"}]}),
             "exactly one",
