@@ -13,7 +13,8 @@
 //! | `max_active` | integer | unlimited | at most this many requests delayed at once per VM; beyond it requests are not delayed (aborts still apply) |
 //!
 //! `percent` is a number from 0 to 100 (fractions allowed, e.g. `0.5`) and defaults to 100. A
-//! `duration` is an integer followed by `ms` or `s` (`"200ms"`, `"1s"`), at most one hour.
+//! `duration` is written as in the manifest (`weir_sdk::config::parse_duration`: `"200ms"`,
+//! `"1.5s"`, `"1m30s"`), at most one hour.
 //!
 //! Example: `{"delay": {"fixed": "200ms", "percent": 10}, "abort": {"status": 503, "percent": 5},
 //! "match": {"path_prefix": "/api"}}`.
@@ -209,25 +210,13 @@ fn check_percent(p: f64) -> Result<f64, String> {
     }
 }
 
-/// `"200ms"`, `"1s"`: an unsigned integer and a unit, at most [`MAX_DELAY_MS`].
+/// A duration in the manifest's grammar (`"200ms"`, `"1.5s"`, `"1m"`), at most [`MAX_DELAY_MS`].
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (digits, ms_per_unit) = if let Some(d) = s.strip_suffix("ms") {
-        (d, 1)
-    } else if let Some(d) = s.strip_suffix('s') {
-        (d, 1000)
-    } else {
-        return Err(format!("{s:?} is not a duration (e.g. \"200ms\", \"1s\")"));
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{s:?} is not a duration (e.g. \"200ms\", \"1s\")"));
+    let d = weir_sdk::config::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > Duration::from_millis(MAX_DELAY_MS) {
+        return Err(format!("{s:?} is longer than one hour"));
     }
-    let ms = digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(ms_per_unit))
-        .filter(|ms| *ms <= MAX_DELAY_MS)
-        .ok_or_else(|| format!("{s:?} is longer than one hour"))?;
-    Ok(Duration::from_millis(ms))
+    Ok(d)
 }
 
 fn grpc_code(code: u32) -> Option<GrpcStatusCode> {

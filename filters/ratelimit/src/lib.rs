@@ -15,7 +15,7 @@
 //! | `name` | string of `[A-Za-z0-9_-]`, 1–64 chars, unique | required | names the bucket (and its shared-data keys) |
 //! | `key` | one of the keys below | required | what a separate bucket is kept per |
 //! | `capacity` | integer 1–1 000 000 000 | required | the burst: tokens in a full bucket (a new bucket starts full) |
-//! | `refill` | `{"tokens": n, "per": duration}` | required | the rate: `n` (1–1 000 000 000) tokens every `per`; a duration is an integer and `ms`, `s`, `m` or `h`, from 1 ms to 24 h |
+//! | `refill` | `{"tokens": n, "per": duration}` | required | the rate: `n` (1–1 000 000 000) tokens every `per`; a duration is written as in the manifest (`weir_sdk::config::parse_duration`: `"1s"`, `"1m30s"`, `"1h"`), a whole number of milliseconds from 1 ms to 24 h |
 //! | `match` | `{"path_prefix": p, "method": m, "header": h}` | absent (all) | every given part must hold: `:path` starts with `p`; `:method` is `m` (exact); `h` is a header name that must be present, or `{"name": n, "value": v}` for an exact value |
 //!
 //! Keys (one field each):
@@ -67,7 +67,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -299,29 +299,18 @@ impl Config {
     }
 }
 
-/// `"100ms"`, `"1s"`, `"1m"`, `"1h"`: an unsigned integer and a unit, 1 ms to [`MAX_PER_MS`].
+/// A duration in the manifest's grammar (`"100ms"`, `"1s"`, `"1m30s"`, `"1h"`) in whole
+/// milliseconds, 1 ms to [`MAX_PER_MS`].
 fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let bad = || format!("{s:?} is not a duration (e.g. \"500ms\", \"1s\", \"1m\", \"1h\")");
-    let (digits, unit) = if let Some(d) = s.strip_suffix("ms") {
-        (d, 1)
-    } else if let Some(d) = s.strip_suffix('s') {
-        (d, 1000)
-    } else if let Some(d) = s.strip_suffix('m') {
-        (d, 60_000)
-    } else if let Some(d) = s.strip_suffix('h') {
-        (d, 3_600_000)
-    } else {
-        return Err(bad());
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
+    let d = weir_sdk::config::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(Duration::from_millis(1)..=Duration::from_millis(MAX_PER_MS)).contains(&d) {
+        return Err(format!("{s:?} is not between 1ms and 24h"));
     }
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit))
-        .filter(|ms| (1..=MAX_PER_MS).contains(ms))
-        .ok_or_else(|| format!("{s:?} is not between 1ms and 24h"))
+    // The bucket state counts milliseconds; rounding would change the rate.
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!("{s:?} is not a whole number of milliseconds"));
+    }
+    Ok(u64::try_from(d.as_millis()).unwrap_or(MAX_PER_MS))
 }
 
 /// The stored bucket: tokens in [`SCALE`] units and the last refill (ms since the epoch).

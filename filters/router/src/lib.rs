@@ -22,7 +22,7 @@
 //! | `to` | string, `{cluster}` or array of `{cluster, weight}` | the cluster (`weir.route.cluster`); weights are non-negative integers summing to > 0 (default 1) |
 //! | `sticky` | `{header: name}` or `{cookie: name}` | pick the split by a hash (FNV-1a) of this value; requests without it are spread at random |
 //! | `rewrite` | `{prefix}` | replaces the `match.path.prefix` part of the path (`weir.route.path`, query kept) |
-//! | `timeout` | duration string (`250ms`, `2s`, `1.5s`, `1m`, `0s` = none) | `weir.route.timeout_ms` |
+//! | `timeout` | duration string in the manifest's grammar (`250ms`, `2s`, `1.5s`, `1m30s`, `0s` = none) | `weir.route.timeout_ms` (rounded up to whole milliseconds) |
 //! | `retries` | integer | `weir.route.retries`: retries after the first try (0: none), under the cluster's retry policy (or its defaults) |
 //! | `per_try_timeout` | duration string (`0s` = the cluster's) | `weir.route.per_try_timeout_ms`: bounds each attempt |
 //! | `request_headers` | `{add: {name: value}, remove: [name]}` | edits of the forwarded request (removals first) |
@@ -58,7 +58,7 @@ use std::rc::Rc;
 
 use regex_lite::Regex;
 use serde::Deserialize;
-use weir_sdk::config::{header_name, header_value, is_token};
+use weir_sdk::config::{header_name, header_value, is_token, parse_duration};
 use weir_sdk::phases::Phase;
 use weir_sdk::proxy_wasm;
 use weir_sdk::proxy_wasm::hostcalls;
@@ -573,28 +573,14 @@ fn header_edits(edits: RawHeaderEdits, what: &str) -> Result<(Vec<String>, Heade
     Ok((remove, add))
 }
 
-/// `250ms`, `2s`, `1.5s`, `1m`, `1h`, `0s` → whole milliseconds (rounded up).
+/// A duration in the manifest's grammar (`250ms`, `2s`, `1.5s`, `1m30s`, `1h`, `0s`) → whole
+/// milliseconds (rounded up), at most 10¹² (about 31 years).
 fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let split = s
-        .find(|c: char| c.is_ascii_alphabetic())
-        .ok_or_else(|| format!("{s:?}: needs a unit (ms, s, m, h)"))?;
-    let (number, unit) = s.split_at(split);
-    let unit_ms = match unit {
-        "ms" => 1.0,
-        "s" => 1_000.0,
-        "m" => 60_000.0,
-        "h" => 3_600_000.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    };
-    let value: f64 = match number.parse() {
-        Ok(v) if number.bytes().all(|b| b.is_ascii_digit() || b == b'.') => v,
-        _ => return Err(format!("{s:?}: not a duration")),
-    };
-    let ms = (value * unit_ms).ceil();
-    if !(0.0..=1e12).contains(&ms) {
-        return Err(format!("{s:?}: out of range"));
-    }
-    Ok(ms as u64)
+    let d = parse_duration(s).map_err(|e| e.to_string())?;
+    u64::try_from(d.as_nanos().div_ceil(1_000_000))
+        .ok()
+        .filter(|ms| *ms <= 1_000_000_000_000)
+        .ok_or_else(|| format!("{s:?}: out of range"))
 }
 
 // ---------------------------------------------------------------------------------------------
