@@ -15,13 +15,13 @@
 //! [`upstream`] (forward, balance, breaker, retry, outlier, health, shared state, pool, connect,
 //! client, h1).
 //! [`worker`] runs one copy of the data path per core; [`app`] wires them and owns the lifecycle;
-//! [`config`] turns a manifest into validated types; [`certs`] is `weir certs`' development PKI;
+//! [`config`] turns a manifest into validated types; [`admin`] serves the admin endpoint; [`cli`]
+//! holds the `weir` subcommands beside the data plane (`certs`, `new-filter`, `admin`);
 //! [`telemetry`] is what every request leaves behind (metrics, spans, access-log lines).
 
 pub mod admin;
-pub mod admin_client;
 pub mod app;
-pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod control;
@@ -31,7 +31,6 @@ pub mod http;
 pub mod listener;
 pub mod proto;
 pub mod rt;
-pub mod scaffold;
 pub mod telemetry;
 pub mod timer;
 pub mod tls;

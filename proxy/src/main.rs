@@ -120,10 +120,10 @@ enum CertsAction {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// SPIFFE trust domain the CA names (URI SAN spiffe://TD).
-        #[arg(long, value_name = "TD", default_value = weir::certs::DEFAULT_TRUST_DOMAIN)]
+        #[arg(long, value_name = "TD", default_value = weir::cli::certs::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
         /// Lifetime in days.
-        #[arg(long, default_value_t = weir::certs::DEFAULT_CA_DAYS)]
+        #[arg(long, default_value_t = weir::cli::certs::DEFAULT_CA_DAYS)]
         days: u32,
         /// Overwrite existing files.
         #[arg(long)]
@@ -147,7 +147,7 @@ enum CertsAction {
         #[arg(long, value_name = "NAME")]
         dns: Vec<String>,
         /// Lifetime in days (never past the CA's expiry).
-        #[arg(long, default_value_t = weir::certs::DEFAULT_LEAF_DAYS)]
+        #[arg(long, default_value_t = weir::cli::certs::DEFAULT_LEAF_DAYS)]
         days: u32,
         /// Overwrite existing files; issue even if the trust domain differs from the CA's.
         #[arg(long)]
@@ -159,7 +159,7 @@ enum CertsAction {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// SPIFFE trust domain.
-        #[arg(long, value_name = "TD", default_value = weir::certs::DEFAULT_TRUST_DOMAIN)]
+        #[arg(long, value_name = "TD", default_value = weir::cli::certs::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
         /// Overwrite existing files.
         #[arg(long)]
@@ -168,7 +168,7 @@ enum CertsAction {
 }
 
 fn certs(action: CertsAction) -> ExitCode {
-    use weir::certs::{self, CaOptions, IssueOptions, Issued, MeshOptions};
+    use weir::cli::certs::{self, CaOptions, IssueOptions, Issued, MeshOptions};
     let expiry = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     let print_issued = |w: &Issued| {
         println!("spiffe id: {}", w.spiffe_id);
@@ -261,7 +261,7 @@ fn certs(action: CertsAction) -> ExitCode {
 }
 
 fn admin(addr: std::net::SocketAddr, token_file: Option<&Path>, action: AdminAction) -> ExitCode {
-    use weir::admin_client::{AdminClient, with_dry_run};
+    use weir::cli::admin_client::{AdminClient, with_dry_run};
     let client = match AdminClient::new(addr, token_file) {
         Ok(c) => c,
         Err(e) => {
@@ -387,9 +387,9 @@ fn main() -> ExitCode {
         },
         Command::NewFilter { name, dir, sdk } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let sdk = sdk.unwrap_or_else(weir::scaffold::default_sdk_path);
+            let sdk = sdk.unwrap_or_else(weir::cli::scaffold::default_sdk_path);
             let sdk = sdk.canonicalize().unwrap_or(sdk);
-            match weir::scaffold::new_filter(&name, &dir, &sdk) {
+            match weir::cli::scaffold::new_filter(&name, &dir, &sdk) {
                 Ok(()) => {
                     println!(
                         "created {} (depends on weir-sdk at {})",

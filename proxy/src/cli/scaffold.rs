@@ -7,10 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-const CARGO_TOML: &str = include_str!("../../sdk/template/Cargo.toml");
-const LIB_RS: &str = include_str!("../../sdk/template/src/lib.rs");
-const TESTS_RS: &str = include_str!("../../sdk/template/tests/filter.rs");
-const README: &str = include_str!("../../sdk/template/README.md");
+const CARGO_TOML: &str = include_str!("../../../sdk/template/Cargo.toml");
+const LIB_RS: &str = include_str!("../../../sdk/template/src/lib.rs");
+const TESTS_RS: &str = include_str!("../../../sdk/template/tests/filter.rs");
+const README: &str = include_str!("../../../sdk/template/README.md");
 
 /// The `sdk/` directory of the checkout this binary was built from.
 pub fn default_sdk_path() -> PathBuf {
