@@ -1,4 +1,5 @@
-//! Human units in the manifest: durations (`10ms`, `1s`, `5m`) and sizes (`64KiB`, `1MiB`, `512`).
+//! Human units in the manifest: durations (`10ms`, `1s`, `5m`) and sizes (`64KiB`, `1MiB`, `512`);
+//! the runtime types write their durations back the same way (`/config_dump`).
 //!
 //! Bare integers are accepted for sizes (bytes) but not for durations: `timeout: 5` is ambiguous
 //! (seconds? milliseconds?), so it is an error that says which form to write.
@@ -40,6 +41,21 @@ impl<'de> Deserialize<'de> for HumanDuration {
 impl Serialize for HumanDuration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+/// A runtime duration written back the way a manifest writes it (`/config_dump`).
+pub(super) fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+pub(super) fn ser_opt_duration<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
     }
 }
 

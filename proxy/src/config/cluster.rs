@@ -1,0 +1,235 @@
+//! `clusters:`: the upstreams weir forwards to, their endpoints, protocol, balancing, timeouts
+//! and pool. Their resilience sections are in `resilience.rs`, their `tls:` in `tls.rs`.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::check::{Errors, check_name, positive};
+use super::resilience::{circuit_breaker, ewma, failover, health_check, outlier, retry_policy};
+use super::tls::cluster_tls;
+use super::units::{self, ser_duration, ser_opt_duration};
+use super::{
+    CircuitBreakerConfig, ClusterTlsConfig, EwmaConfig, FailoverConfig, HealthCheckConfig,
+    LbPolicy, OutlierConfig, Protocol, RetryPolicy, raw,
+};
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DEFAULT_POOL_MAX_IDLE: usize = 128;
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// Position in [`Config::clusters`](super::Config::clusters) (metric slots are found by it).
+    #[serde(skip)]
+    pub index: usize,
+    pub endpoints: Endpoints,
+    pub protocol: Protocol,
+    pub lb: LbPolicy,
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub response_timeout: Duration,
+    /// Bounds each attempt from its start (connect included) to its response head.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub per_try_timeout: Option<Duration>,
+    /// Bounds the whole exchange (every attempt and backoff) up to the response head.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub request_timeout: Option<Duration>,
+    /// A response body that stalls this long is aborted.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    pub pool_max_idle: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub pool_idle_timeout: Duration,
+    pub tls: Option<ClusterTlsConfig>,
+    pub retries: Option<RetryPolicy>,
+    pub circuit_breaker: CircuitBreakerConfig,
+    pub outlier: Option<OutlierConfig>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub failover: FailoverConfig,
+    pub ewma: EwmaConfig,
+}
+
+impl ClusterConfig {
+    /// Weight and priority of the `i`-th endpoint (a demo upstream has weight 1, priority 0).
+    pub fn endpoint_meta(&self, i: usize) -> (u32, u32) {
+        match &self.endpoints {
+            Endpoints::Static(eps) => eps.get(i).map_or((1, 0), |e| (e.weight, e.priority)),
+            Endpoints::Demo(_) => (1, 0),
+        }
+    }
+}
+
+/// Where a cluster's endpoints come from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoints {
+    Static(Vec<EndpointConfig>),
+    /// The built-in demo upstream with this label; started by the proxy on 127.0.0.1:0.
+    Demo(String),
+}
+
+/// One static endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EndpointConfig {
+    pub address: SocketAddr,
+    /// Relative share of its priority level's traffic.
+    pub weight: u32,
+    /// 0 is served first; higher levels take the load that unhealthy lower levels cannot.
+    pub priority: u32,
+}
+
+/// The `clusters:` map, in name order (a cluster's index is its position).
+pub(super) fn clusters(
+    map: BTreeMap<String, raw::Cluster>,
+    base_dir: &Path,
+    errs: &mut Errors,
+) -> Vec<ClusterConfig> {
+    let mut clusters = Vec::with_capacity(map.len());
+    for (name, c) in map {
+        let p = format!("clusters.{name}");
+        check_name(&name, &p, errs);
+        let endpoints = match (c.endpoints, c.demo) {
+            (Some(_), Some(_)) => {
+                errs.push(&p, "give either `endpoints` or `demo`, not both");
+                Endpoints::Static(vec![])
+            }
+            (None, None) => {
+                errs.push(&p, "needs `endpoints` (a list of ip:port) or `demo: LABEL`");
+                Endpoints::Static(vec![])
+            }
+            (None, Some(label)) => Endpoints::Demo(label),
+            (Some(list), None) => {
+                if list.is_empty() {
+                    errs.push(format!("{p}.endpoints"), "must list at least one endpoint");
+                }
+                let mut eps = Vec::with_capacity(list.len());
+                for (i, e) in list.iter().enumerate() {
+                    eps.push(endpoint(e, &format!("{p}.endpoints[{i}]"), errs));
+                }
+                Endpoints::Static(eps)
+            }
+        };
+        let connect_timeout = positive(
+            c.timeouts.connect.map(|d| d.0),
+            DEFAULT_CONNECT_TIMEOUT,
+            &format!("{p}.timeouts.connect"),
+            errs,
+        );
+        let response_timeout = positive(
+            c.timeouts.response.map(|d| d.0),
+            DEFAULT_RESPONSE_TIMEOUT,
+            &format!("{p}.timeouts.response"),
+            errs,
+        );
+        let pool_idle_timeout = positive(
+            c.pool.idle_timeout.map(|d| d.0),
+            DEFAULT_POOL_IDLE_TIMEOUT,
+            &format!("{p}.pool.idle_timeout"),
+            errs,
+        );
+        let opt = |d: Option<units::HumanDuration>, field: &str, errs: &mut Errors| {
+            d.map(|d| positive(Some(d.0), d.0, &format!("{p}.timeouts.{field}"), errs))
+        };
+        let per_try_timeout = opt(c.timeouts.per_try, "per_try", errs);
+        let request_timeout = opt(c.timeouts.request, "request", errs);
+        let idle_timeout = opt(c.timeouts.idle, "idle", errs);
+        clusters.push(ClusterConfig {
+            index: clusters.len(),
+            name,
+            endpoints,
+            protocol: c.protocol,
+            lb: c.lb,
+            connect_timeout,
+            response_timeout,
+            per_try_timeout,
+            request_timeout,
+            idle_timeout,
+            pool_max_idle: c.pool.max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
+            pool_idle_timeout,
+            tls: c
+                .tls
+                .map(|t| cluster_tls(t, base_dir, &format!("{p}.tls"), errs)),
+            retries: c
+                .retries
+                .map(|r| retry_policy(r, &format!("{p}.retries"), errs)),
+            circuit_breaker: circuit_breaker(
+                c.circuit_breaker.unwrap_or_default(),
+                &format!("{p}.circuit_breaker"),
+                errs,
+            ),
+            outlier: c.outlier.map(|o| outlier(o, &format!("{p}.outlier"), errs)),
+            health_check: c
+                .health_check
+                .map(|h| health_check(h, &format!("{p}.health_check"), errs)),
+            failover: failover(
+                c.failover.unwrap_or_default(),
+                &format!("{p}.failover"),
+                errs,
+            ),
+            ewma: ewma(c.ewma.unwrap_or_default(), &format!("{p}.ewma"), errs),
+        });
+    }
+    clusters
+}
+
+/// One `endpoints` entry: an address, or `{address, weight, priority}`.
+fn endpoint(e: &raw::Endpoint, p: &str, errs: &mut Errors) -> EndpointConfig {
+    match e {
+        raw::Endpoint::Address(a) => EndpointConfig {
+            address: endpoint_addr(a, p, errs),
+            weight: 1,
+            priority: 0,
+        },
+        raw::Endpoint::Detailed(d) => {
+            let weight = d.weight.unwrap_or(1);
+            if !(1..=MAX_WEIGHT).contains(&weight) {
+                errs.push(
+                    format!("{p}.weight"),
+                    format!("must be between 1 and {MAX_WEIGHT}"),
+                );
+            }
+            let priority = d.priority.unwrap_or(0);
+            if priority > MAX_PRIORITY {
+                errs.push(
+                    format!("{p}.priority"),
+                    format!("must be between 0 and {MAX_PRIORITY}"),
+                );
+            }
+            EndpointConfig {
+                address: endpoint_addr(&d.address, &format!("{p}.address"), errs),
+                weight,
+                priority,
+            }
+        }
+    }
+}
+
+const MAX_WEIGHT: u32 = 10_000;
+const MAX_PRIORITY: u32 = 127;
+
+/// An endpoint is `ip:port` or `host:port` (resolved once, at load time).
+fn endpoint_addr(s: &str, path: &str, errs: &mut Errors) -> SocketAddr {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            errs.push(path, "endpoint port must not be 0");
+        }
+        return a;
+    }
+    match s.to_socket_addrs().map(|mut it| it.next()) {
+        Ok(Some(a)) => a,
+        _ => {
+            errs.push(
+                path,
+                format!("`{s}` is not an ip:port or resolvable host:port"),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        }
+    }
+}
