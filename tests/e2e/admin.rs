@@ -7,7 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, RawClient, RawResponse, Weir};
+use weir_tests::weir::READY_TIMEOUT;
+use weir_tests::{
+    ChainManifest, EchoServer, FilterDef, H1Client, RawClient, RawResponse, Weir, eventually,
+    eventually_for,
+};
 
 use crate::observability::scrape;
 
@@ -362,15 +366,13 @@ async fn watch_reloads_on_a_symlink_swap_and_refuses_a_broken_manifest() {
     write_version("v3", "listeners: [ this is not a manifest");
     swap("v3");
     // Refused (logged); the running config keeps serving.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !weir.stderr().contains("was refused") {
-        assert!(
-            Instant::now() < deadline,
-            "no refusal logged:\n{}",
-            weir.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the refusal logged", async || {
+        match weir.stderr().contains("was refused") {
+            true => Ok(()),
+            false => Err("no `was refused` in weir's log"),
+        }
+    })
+    .await;
     assert_eq!(behaviour(addr).await.0.as_deref(), Some("2"));
 }
 
@@ -404,14 +406,13 @@ async fn watch_sees_a_change_made_while_weir_starts() {
     let v2 = yaml("2");
     let weir = Weir::start_with_hook(&yaml("1"), &[], &["--watch"], async |pid, dir| {
         // Wait until a thread of weir blocks opening the FIFO: the manifest has been read.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !blocked_on_a_fifo(pid) {
-            assert!(
-                Instant::now() < deadline,
-                "weir never opened its access log"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually_for(READY_TIMEOUT, "weir to open its access log", async || {
+            match blocked_on_a_fifo(pid) {
+                true => Ok(()),
+                false => Err("no thread of weir waits on the FIFO"),
+            }
+        })
+        .await;
         let tmp = dir.join("weir.yaml.tmp");
         std::fs::write(&tmp, &v2).unwrap();
         std::fs::rename(&tmp, dir.join("weir.yaml")).unwrap();
@@ -510,10 +511,9 @@ async fn watch_looks(admin: SocketAddr) -> f64 {
 
 /// Waits (bounded by the suite's timeout) until the watcher has looked `n` times.
 async fn wait_for_looks(admin: SocketAddr, n: f64) {
-    weir_tests::within("the watcher's looks", async {
-        while watch_looks(admin).await < n {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    eventually(&format!("{n} looks of the watcher"), async || {
+        let looks = watch_looks(admin).await;
+        if looks >= n { Ok(()) } else { Err(looks) }
     })
     .await;
 }
@@ -531,18 +531,15 @@ fn blocked_on_a_fifo(pid: u32) -> bool {
 /// Polls until responses carry `x-v: want` (the watcher looks every 200 ms).
 async fn wait_for(weir: &Weir, want: &str) {
     let addr = weir.listener_addr("main");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if behaviour(addr).await.0.as_deref() == Some(want) {
-            return;
+    eventually(&format!("responses with x-v: {want}"), async || {
+        let (v, _) = behaviour(addr).await;
+        if v.as_deref() == Some(want) {
+            Ok(())
+        } else {
+            Err(v)
         }
-        assert!(
-            Instant::now() < deadline,
-            "never switched to x-v: {want}; weir's log:\n{}",
-            weir.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 fn rss_kib(pid: u32) -> u64 {

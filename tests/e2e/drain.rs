@@ -5,23 +5,23 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
-use weir_tests::{EchoServer, H1Client, H2Client, Manifest, within};
+use weir_tests::{EchoServer, H1Client, H2Client, Manifest, eventually, within};
 
 /// Waits (bounded) until connecting to `addr` is refused, i.e. the listener socket is closed.
 /// Polls: there is no event to wait on from outside the process.
 async fn wait_refused(addr: SocketAddr) {
-    let t0 = Instant::now();
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await {
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
-            _ => {}
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "new connections to {addr} still accepted 5s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("connections to {addr} refused after SIGTERM"),
+        async || match tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr))
+            .await
+        {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            Ok(Err(e)) => Err(format!("connect failed otherwise: {e}")),
+            Ok(Ok(_)) => Err("connection accepted".to_string()),
+            Err(_) => Err("connect pending after 500ms".to_string()),
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -12,7 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_tests::otlp::{CLIENT, OtlpReceiver, SERVER};
 use weir_tests::prom::Metrics;
 use weir_tests::tls::Json;
-use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, H2Client, RawClient, Weir};
+use weir_tests::{
+    ChainManifest, EchoServer, FilterDef, H1Client, H2Client, RawClient, Weir, eventually,
+};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
@@ -31,16 +33,14 @@ pub(crate) async fn scrape(admin: SocketAddr) -> Metrics {
     Metrics::parse(&r.text()).unwrap_or_else(|e| panic!("/metrics does not parse: {e}"))
 }
 
-/// Scrapes until `done` holds (a request is counted right after its last byte is written, so a
-/// scrape may race the final count by microseconds); bounded by the suite's timeout.
-async fn scrape_until(admin: SocketAddr, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
-    weir_tests::within(what, async {
-        loop {
-            let m = scrape(admin).await;
-            if done(&m) {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+/// Scrapes until `n` requests are counted (a request is counted right after its last byte is
+/// written, so a scrape may race the final count by microseconds); bounded by the suite's timeout.
+async fn scrape_counted(admin: SocketAddr, n: f64) -> Metrics {
+    eventually(&format!("{n} requests counted"), async || {
+        let m = scrape(admin).await;
+        match m.sum("weir_downstream_rq_time_seconds_count", &[]) {
+            counted if counted == n => Ok(m),
+            counted => Err(format!("{counted} requests counted")),
         }
     })
     .await
@@ -73,10 +73,7 @@ async fn metrics_count_the_traffic_sent() {
         assert_eq!(h2.get("/via-filter").await.status, 200);
     }
 
-    let m = scrape_until(admin, "10 requests counted", |m| {
-        m.sum("weir_downstream_rq_time_seconds_count", &[]) == 10.0
-    })
-    .await;
+    let m = scrape_counted(admin, 10.0).await;
     let class = |l: &str, c: &str| {
         m.get("weir_downstream_rq_total", &[("listener", l), ("class", c)])
             .unwrap_or_else(|| panic!("no weir_downstream_rq_total for {l} {c}"))
@@ -187,10 +184,7 @@ async fn upstream_failures_count_by_kind_and_flag() {
         assert_eq!(c.get("/").await.status, 503);
     }
     let ep = closed.to_string();
-    let m = scrape_until(weir.admin_addr(), "3 failures counted", |m| {
-        m.sum("weir_downstream_rq_time_seconds_count", &[]) == 3.0
-    })
-    .await;
+    let m = scrape_counted(weir.admin_addr(), 3.0).await;
     let labels = [("cluster", "dead"), ("endpoint", ep.as_str())];
     assert_eq!(
         m.get("weir_upstream_cx_connect_fail_total", &labels),
@@ -381,19 +375,13 @@ async fn the_telemetry_filter_continues_the_core_trace() {
     assert_eq!(up_parent, client.span_id);
     assert_eq!(client.parent_span_id, server.span_id);
     // The filter saw the core's server span as its parent and logged the same trace.
-    let log = weir_tests::within("the filter's access-log line", async {
-        loop {
-            let line = weir
-                .stderr()
-                .lines()
-                .filter(|l| l.contains(TRACE) && l.contains("parent_id"))
-                .filter_map(|l| Some(l[l.find('{')?..=l.rfind('}')?].to_owned()))
-                .find_map(|j| Json::parse(&j).ok());
-            if let Some(v) = line {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let log = eventually("the filter's access-log line", async || {
+        weir.stderr()
+            .lines()
+            .filter(|l| l.contains(TRACE) && l.contains("parent_id"))
+            .filter_map(|l| Some(l[l.find('{')?..=l.rfind('}')?].to_owned()))
+            .find_map(|j| Json::parse(&j).ok())
+            .ok_or("no JSON line with the trace id and a parent_id in weir's log")
     })
     .await;
     assert_eq!(
@@ -405,17 +393,16 @@ async fn the_telemetry_filter_continues_the_core_trace() {
 
 /// Reads the access-log file until it holds `n` lines; returns them parsed.
 async fn log_lines(path: &std::path::Path, n: usize) -> Vec<Json> {
-    weir_tests::within(&format!("{n} access-log lines"), async {
-        loop {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            if lines.len() >= n && text.ends_with('\n') {
-                return lines
-                    .iter()
-                    .map(|l| Json::parse(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-                    .collect();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually(&format!("{n} access-log lines"), async || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.len() >= n && text.ends_with('\n') {
+            Ok(lines
+                .iter()
+                .map(|l| Json::parse(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+                .collect())
+        } else {
+            Err(text)
         }
     })
     .await
@@ -542,14 +529,9 @@ async fn access_log_to_stdout_with_chosen_fields() {
     let mut c = H1Client::connect(weir.listener_addr("main")).await;
     assert_eq!(c.get("/a").await.status, 200);
     assert_eq!(c.get("/status/418").await.status, 418);
-    let lines = weir_tests::within("two lines on stdout", async {
-        loop {
-            let out = weir.stdout_after_ready();
-            if out.len() >= 2 {
-                return out;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let lines = eventually("two lines on stdout", async || {
+        let out = weir.stdout_after_ready();
+        if out.len() >= 2 { Ok(out) } else { Err(out) }
     })
     .await;
     assert_eq!(
@@ -648,9 +630,10 @@ async fn the_log_level_changes_at_run_time() {
     let mut c = RawClient::connect(weir.listener_addr("main")).await;
     c.write(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     assert_eq!(c.read_response().await.status, 400);
-    weir_tests::within("a debug line", async {
-        while !weir.stderr().contains("rejected request") {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually("a debug line", async || {
+        match weir.stderr().contains("rejected request") {
+            true => Ok(()),
+            false => Err("no `rejected request` in weir's log"),
         }
     })
     .await;

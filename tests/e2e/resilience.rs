@@ -12,8 +12,8 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use weir_tests::client::Collected;
 use weir_tests::{
-    ChainManifest, ControlledServer, EchoServer, FilterDef, H1Client, Weir, check, within,
-    within_for,
+    ChainManifest, ControlledServer, EchoServer, FilterDef, H1Client, Weir, check, eventually,
+    within, within_for,
 };
 
 use crate::{assert_error, pattern};
@@ -63,13 +63,11 @@ fn endpoint(clusters: &Value, addr: SocketAddr) -> Value {
 /// counters (class, flags) are written when its response has gone out, which can be just after
 /// the client has read it.
 async fn settled_metrics(weir: &Weir) -> String {
-    within("listener main has no request in flight", async {
-        loop {
-            let text = admin_get(weir, "/metrics").await;
-            if metric(&text, r#"weir_downstream_rq_active{listener="main"}"#) == Some(0.0) {
-                return text;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually("listener main has no request in flight", async || {
+        let text = admin_get(weir, "/metrics").await;
+        match metric(&text, r#"weir_downstream_rq_active{listener="main"}"#) {
+            Some(0.0) => Ok(text),
+            active => Err(format!("weir_downstream_rq_active {active:?}")),
         }
     })
     .await
@@ -81,17 +79,15 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// Polls `check` every 20 ms until it holds (bounded by `weir_tests::TIMEOUT`).
-async fn poll_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    within(what, async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+/// Polls `/clusters` until endpoint `addr` shows `key: want` (`healthy`, `ejected`).
+async fn wait_endpoint(weir: &Weir, addr: SocketAddr, key: &str, want: bool) {
+    eventually(
+        &format!("endpoint {addr} to show {key}: {want}"),
+        async || {
+            let ep = endpoint(&clusters(weir).await, addr);
+            if ep[key] == want { Ok(()) } else { Err(ep) }
+        },
+    )
     .await;
 }
 
@@ -492,10 +488,7 @@ async fn an_endpoint_answering_500s_is_ejected_and_later_readmitted() {
 
     // It recovers; once its ejection is over it is balanced to again.
     bad.set_status(200);
-    poll_until("the ejected endpoint to return", || async {
-        endpoint(&clusters(&weir).await, bad.addr)["ejected"] == false
-    })
-    .await;
+    wait_endpoint(&weir, bad.addr, "ejected", false).await;
     let mut to_bad = 0;
     for _ in 0..10 {
         let r = c.get("/z").await;
@@ -519,10 +512,7 @@ async fn a_tcp_health_check_marks_a_refusing_endpoint_down() {
         &["health_check: { kind: tcp, interval: 100ms, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 1 }"],
     ))
     .await;
-    poll_until("the refusing endpoint to be marked down", || async {
-        endpoint(&clusters(&weir).await, dead)["healthy"] == false
-    })
-    .await;
+    wait_endpoint(&weir, dead, "healthy", false).await;
     let c = clusters(&weir).await;
     assert_eq!(endpoint(&c, live.addr)["healthy"], true, "{c}");
     let hc = &c["clusters"][0]["health_check"];
@@ -531,8 +521,9 @@ async fn a_tcp_health_check_marks_a_refusing_endpoint_down() {
     assert!(hc["passes"].as_u64().unwrap() >= 2, "{c}");
     // Two rounds have run: the live endpoint was connected to (its accept loop may trail the
     // probes by a moment), never asked anything.
-    poll_until("the live endpoint to accept both probes", || async {
-        live.accepts() >= 2
+    eventually("the live endpoint to accept both probes", async || {
+        let accepts = live.accepts();
+        if accepts >= 2 { Ok(()) } else { Err(accepts) }
     })
     .await;
     assert_eq!(live.health_checks(), 0);
@@ -586,14 +577,15 @@ async fn a_failing_health_check_fails_over_to_the_next_priority() {
     primary.set_status(503);
     let down = Instant::now();
     let mut failed_in_window = 0;
-    let detected = within("the health check to mark the primary down", async {
-        loop {
-            if c.get("/x").await.status != 200 {
-                failed_in_window += 1;
-            }
-            if endpoint(&clusters(&weir).await, primary.addr)["healthy"] == false {
-                return Instant::now();
-            }
+    let detected = eventually("the health check to mark the primary down", async || {
+        if c.get("/x").await.status != 200 {
+            failed_in_window += 1;
+        }
+        let ep = endpoint(&clusters(&weir).await, primary.addr);
+        if ep["healthy"] == false {
+            Ok(Instant::now())
+        } else {
+            Err(ep)
         }
     })
     .await;
@@ -630,10 +622,7 @@ async fn a_failing_health_check_fails_over_to_the_next_priority() {
     // Healthy again: traffic comes back to priority 0.
     primary.set_healthy(true);
     primary.set_status(200);
-    poll_until("the primary to pass its health check", || async {
-        endpoint(&clusters(&weir).await, primary.addr)["healthy"] == true
-    })
-    .await;
+    wait_endpoint(&weir, primary.addr, "healthy", true).await;
     for _ in 0..10 {
         let r = c.get("/x").await;
         assert_eq!(r.status, 200);

@@ -6,7 +6,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use weir_tests::client::body_channel;
-use weir_tests::{EchoServer, Fault, FaultyServer, H1Client, H2Client, RawClient, within};
+use weir_tests::{
+    EchoServer, Fault, FaultyServer, H1Client, H2Client, RawClient, eventually, eventually_for,
+    within,
+};
 
 #[tokio::test]
 async fn echo_h1_and_h2_direct() {
@@ -91,4 +94,26 @@ async fn failed_start_panics_with_weir_stderr() {
             "adress: 127.0.0.1:0\n    default_cluster",
         );
     weir_tests::Weir::start(&m).await;
+}
+
+#[tokio::test]
+async fn eventually_returns_what_the_probe_found() {
+    let mut looks = 0;
+    let found = eventually("the third look", async || {
+        looks += 1;
+        if looks == 3 { Ok("found") } else { Err(looks) }
+    })
+    .await;
+    assert_eq!((found, looks), ("found", 3));
+}
+
+#[tokio::test]
+#[should_panic(expected = "waiting for: a value that never comes; last seen: 7")]
+async fn eventually_panics_with_what_and_the_last_value_seen() {
+    eventually_for(
+        Duration::from_millis(100),
+        "a value that never comes",
+        async || Err::<(), _>(7),
+    )
+    .await;
 }

@@ -4,11 +4,10 @@
 //! `traceparent` the upstream gets a fresh valid one.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use weir_tests::client::Collected;
 use weir_tests::tls::Json;
-use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, Weir};
+use weir_tests::{ChainManifest, EchoServer, FilterDef, H1Client, Weir, eventually};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
@@ -53,28 +52,23 @@ fn field<'a>(log: &'a Json, key: &str) -> Option<&'a str> {
     log.get(key).and_then(Json::as_str)
 }
 
-/// Polls weir's stderr (up to 10 s) for the JSON access-log line whose `trace_id` is `trace`.
+/// Polls weir's stderr for the JSON access-log line whose `trace_id` is `trace` (written when the
+/// response body has ended, which can be just after the client has read it).
 async fn access_log(weir: &Weir, trace: &str) -> Json {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let stderr = weir.stderr();
-        let found = stderr
-            .lines()
-            .filter(|l| l.contains(trace))
-            // tracing's line: `<time>  INFO {json} filter="t"`.
-            .filter_map(|l| Some(&l[l.find('{')?..=l.rfind('}')?]))
-            .filter_map(|j| Json::parse(j).ok())
-            .find(|v| field(v, "trace_id") == Some(trace));
-        if let Some(v) = found {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no access log line with trace_id {trace} within 10s; stderr:\n{stderr}"
-        );
-        // Poll, not a fixed wait: the line is written when the response body has ended.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("the access log line with trace_id {trace}"),
+        async || {
+            weir.stderr()
+                .lines()
+                .filter(|l| l.contains(trace))
+                // tracing's line: `<time>  INFO {json} filter="t"`.
+                .filter_map(|l| Some(&l[l.find('{')?..=l.rfind('}')?]))
+                .filter_map(|j| Json::parse(j).ok())
+                .find(|v| field(v, "trace_id") == Some(trace))
+                .ok_or("no such line in weir's log")
+        },
+    )
+    .await
 }
 
 #[tokio::test]

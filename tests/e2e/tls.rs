@@ -31,8 +31,8 @@ use weir_tests::tls::{
     tls11_client_hello, write_atomic,
 };
 use weir_tests::{
-    ChainManifest, EchoServer, FilterDef, H1Client, Weir, add_to_listener, body_empty, within,
-    within_for,
+    ChainManifest, EchoServer, FilterDef, H1Client, Weir, add_to_listener, body_empty, eventually,
+    eventually_for, within,
 };
 
 use crate::assert_error;
@@ -215,36 +215,29 @@ fn expected_xfcc(peer: &Leaf) -> String {
 /// Waits until the `trace` filter's log on B (read by `client`) is exactly `want`; fails at once
 /// if it is ever something `want` does not start with (an entry that should not be there).
 async fn wait_trace_log(back: SocketAddr, client: &TlsClient, want: &str) {
-    within(&format!("B's trace log to read {want:?}"), async {
-        loop {
-            let (r, _) = https_get_with(back, client, "/", &[("x-read-log", "b")])
-                .await
-                .expect("log read over mTLS");
-            assert_eq!(r.status, 200, "log read: {r:?}");
-            let log = r.text();
-            if log == want {
-                return;
-            }
-            assert!(
-                want.starts_with(&log),
-                "trace log is {log:?}, expected {want:?}: a refused connection ran a filter?"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually(&format!("B's trace log to read {want:?}"), async || {
+        let (r, _) = https_get_with(back, client, "/", &[("x-read-log", "b")])
+            .await
+            .expect("log read over mTLS");
+        assert_eq!(r.status, 200, "log read: {r:?}");
+        let log = r.text();
+        assert!(
+            want.starts_with(&log),
+            "trace log is {log:?}, expected {want:?}: a refused connection ran a filter?"
+        );
+        if log == want { Ok(()) } else { Err(log) }
     })
     .await;
 }
 
 /// Polls `GET /metrics` on `admin` until metric `name{labels}` is at least `min`.
 async fn wait_metric_at_least(admin: SocketAddr, name: &str, labels: &[(&str, &str)], min: f64) {
-    within(&format!("{name}{labels:?} >= {min}"), async {
-        loop {
-            let text = get_metrics(admin).await;
-            let v = metric_values(&text, name, labels);
-            if v.iter().any(|v| *v >= min) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually(&format!("{name}{labels:?} >= {min}"), async || {
+        let v = metric_values(&get_metrics(admin).await, name, labels);
+        if v.iter().any(|v| *v >= min) {
+            Ok(())
+        } else {
+            Err(v)
         }
     })
     .await;
@@ -252,22 +245,11 @@ async fn wait_metric_at_least(admin: SocketAddr, name: &str, labels: &[(&str, &s
 
 /// Polls `GET /certs` on `admin` until `pred` holds (bounded: the watch interval is 100 ms).
 async fn wait_certs(admin: SocketAddr, what: &str, pred: impl Fn(&Certs) -> bool) -> Certs {
-    let mut last = None;
-    let r = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let c = get_certs(admin).await;
-            if pred(&c) {
-                return c;
-            }
-            last = Some(c);
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+    eventually(&format!("/certs: {what}"), async || {
+        let c = get_certs(admin).await;
+        if pred(&c) { Ok(c) } else { Err(c) }
     })
-    .await;
-    match r {
-        Ok(c) => c,
-        Err(_) => panic!("timed out waiting for /certs: {what}; last: {last:#?}"),
-    }
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -792,17 +774,17 @@ impl Load {
     /// Waits until every kind of loop completed at least `min` more successful requests.
     async fn progress(&self, min: u64, phase: &str) {
         let start = self.counts();
-        within_for(
+        eventually_for(
             Duration::from_secs(30),
             &format!("{phase}: {min} more successful requests of each kind"),
-            async {
-                loop {
-                    self.assert_no_failures(phase);
-                    let now = self.counts();
-                    if (0..3).all(|i| now[i] - start[i] >= min) {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+            async || {
+                self.assert_no_failures(phase);
+                let now = self.counts();
+                let done: [u64; 3] = std::array::from_fn(|i| now[i] - start[i]);
+                if done.iter().all(|n| *n >= min) {
+                    Ok(())
+                } else {
+                    Err(done)
                 }
             },
         )
