@@ -9,12 +9,12 @@ use std::hint::black_box;
 use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request};
-use weir::http::body::ProxyBody;
-use weir::proto::h1::head::{Parser, RequestHead as Head};
 use weir::http::headers::{
     client_ip_value, ensure_request_id, new_request_id, set_client_cert, set_forwarded,
     strip_hop_by_hop,
 };
+use weir::proto::body::ProxyBody;
+use weir::proto::h1::head::{Parser, RequestHead as Head};
 use weir::upstream::h1::{RawRequest, encode_head};
 
 const WRK: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n";

@@ -10,10 +10,13 @@
 //!      response phases (reverse)
 //!   ─▶ downstream ─▶ on_log ─▶ telemetry (metrics, spans, access-log line)
 //! ```
-//! Modules follow that line: [`listener`], [`conn`], [`tls`], [`http`] (service, body, headers, the one
-//! error-to-response mapping in `respond`), [`filter`] (chains of proxy-wasm filters),
-//! [`upstream`] (forward, balance, breaker, retry, outlier, health, shared state, pool, connect,
-//! client, h1).
+//! Modules follow that line: [`listener`], [`conn`], [`tls`], [`http`] (the HTTP/1.1 server's
+//! connection loop and writer, the service, headers, the one error-to-response mapping in
+//! `respond`), [`filter`] (chains of proxy-wasm filters), [`upstream`] (forward, balance, breaker,
+//! retry, outlier, health, shared state, pool, connect, client, h1). Under all of them,
+//! [`proto`] holds what they share and none of them owns: the error type, the body type and the
+//! one HTTP/1.1 codec (both roles). Layers only point down (see `ARCHITECTURE.md` and
+//! `tests/layering.rs`).
 //! [`worker`] runs one copy of the data path per core; [`app`] wires them and owns the lifecycle;
 //! [`config`] turns a manifest into validated types; [`admin`] serves the admin endpoint; [`cli`]
 //! holds the `weir` subcommands beside the data plane (`certs`, `new-filter`, `admin`);

@@ -204,7 +204,7 @@ async fn run(spec: WorkerSpec) {
     }
     tokio::task::spawn_local(sweep_pools(worker.clone()));
     tokio::task::spawn_local(follow_generations(worker.clone(), generations, acks));
-    tokio::task::spawn_local(crate::http::body::run_drainer());
+    tokio::task::spawn_local(crate::proto::body::run_drainer());
     tokio::task::spawn_local(crate::timer::run_driver());
     tokio::task::spawn_local(telemetry.clone().run_flusher());
     let tick = config

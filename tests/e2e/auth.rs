@@ -23,7 +23,8 @@ use tokio::task::JoinHandle;
 use weir_tests::client::Collected;
 use weir_tests::tls::{Leaf, TestCa, TlsClient, https_get};
 use weir_tests::{
-    ChainManifest, EchoServer, FilterDef, H1Client, Weir, add_to_listener, eventually,
+    ChainManifest, ControlledServer, EchoServer, FilterDef, H1Client, Weir, add_to_listener,
+    eventually,
 };
 
 /// One answer of a [`MockServer`].
@@ -425,6 +426,48 @@ async fn ext_authz_allow_deny_and_timeout() {
     let r = get(&mut c, "/api", &[("x-user", "slow")]).await;
     assert_refused(&r, 403, "ext_authz_unavailable");
     assert_eq!(echo.wait_requests(1).await.len(), 1);
+}
+
+#[tokio::test]
+async fn ext_authz_callouts_count_for_outlier_detection_like_requests() {
+    // A callout takes the same upstream path as a request: an authorization endpoint answering
+    // 500s is ejected by the cluster's outlier detection, and the healthy one takes over.
+    let echo = EchoServer::start().await;
+    let bad = ControlledServer::start().await;
+    bad.set_status(500);
+    let good = MockServer::start(Arc::new(|_| Reply::new(200, ""))).await;
+    let config = r#"{"ext_authz": {"cluster": "authz", "path": "/check", "timeout": "2s"}}"#;
+    let weir = ChainManifest::new()
+        .listener("main", "web", Some("edge"))
+        .cluster("web", &[echo.addr])
+        .cluster_with(
+            "authz",
+            &[bad.addr, good.addr],
+            &["outlier: { consecutive_5xx: 3, interval: 50ms, base_ejection: 30s, max_ejection_percent: 50 }"],
+        )
+        .chain("edge", &["auth"])
+        .filter(FilterDef::new("auth", "builtin:auth").config(config))
+        .start()
+        .await;
+    let mut c = H1Client::connect(weir.listener_addr("main")).await;
+    // Round robin: three of these six callouts reach the endpoint answering 500.
+    let mut allowed = 0;
+    for _ in 0..6 {
+        if get(&mut c, "/api", &[]).await.status == 200 {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 3, "the healthy endpoint allowed its three");
+    let m = crate::observability::scrape(weir.admin_addr()).await;
+    assert_eq!(
+        m.sum("weir_upstream_ejections_total", &[("cluster", "authz")]),
+        1.0,
+        "the 500s of callouts ejected their endpoint"
+    );
+    // Ejected: every callout now reaches the healthy endpoint.
+    for _ in 0..4 {
+        assert_eq!(get(&mut c, "/api", &[]).await.status, 200);
+    }
 }
 
 // The keys and tokens (shared with the harness tests).

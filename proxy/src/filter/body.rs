@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::chain::{BodyOut, BodyPause, ChainRun, Stop};
-use crate::http::body::{BoxError, ProxyBody};
+use crate::proto::body::{BoxError, ProxyBody, StageBody};
 
 /// Most bytes filters may hold back on one stream (hardening.md: 1 MiB per stream).
 pub const MAX_BUFFERED: usize = 1 << 20;
@@ -264,6 +264,9 @@ impl FilteredBody {
         Some(Ok(Frame::data(out)))
     }
 }
+
+/// A filter chain's body phases are a stage above the body type: it carries them boxed.
+impl StageBody for FilteredBody {}
 
 impl Body for FilteredBody {
     type Data = Bytes;

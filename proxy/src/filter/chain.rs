@@ -21,7 +21,7 @@ use weir_host_abi::{
 
 use super::runtime::{ChainShared, StreamEvent, WorkerFilters};
 use super::stream::HttpStream;
-use crate::http::body::ProxyBody;
+use crate::proto::body::ProxyBody;
 
 /// How long a filter may keep a stream paused (waiting on a callout it made) before the stream
 /// fails with 504.

@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use weir_host_abi::{GrpcCallRequest, Pairs};
 
 use crate::config::Protocol;
-use crate::http::body::ProxyBody;
+use crate::proto::body::ProxyBody;
+use crate::proto::error::ProxyError;
 use crate::upstream::{self, Cluster};
 
 /// Largest response message a callout may read (as for HTTP callouts).
@@ -146,9 +147,6 @@ pub async fn stream(
     mut emit: impl FnMut(GrpcEvent),
 ) {
     let close = |code: u32, message: &str| GrpcEvent::Close(code, message.to_owned());
-    let Some(ep) = cluster.pick().cloned() else {
-        return emit(close(code::UNAVAILABLE, "no healthy upstream"));
-    };
     let (tx, rx) = mpsc::unbounded_channel();
     let mut tx = Some(tx);
     let timeout = req.timeout.unwrap_or(cluster.response_timeout);
@@ -169,7 +167,8 @@ pub async fn stream(
         response_timeout: timeout,
         ..upstream::Route::of(cluster)
     };
-    let send = upstream::send(cluster, &ep, request, &route);
+    // The same path as a request's: breakers, health, balancing, outlier accounting.
+    let send = upstream::callout(cluster, request, &route);
     tokio::pin!(send);
     let resp = loop {
         tokio::select! {
@@ -181,6 +180,9 @@ pub async fn stream(
     };
     let (parts, mut body) = match resp {
         Ok(r) => r.into_parts(),
+        Err(ProxyError::NoHealthyUpstream(_)) => {
+            return emit(close(code::UNAVAILABLE, "no healthy upstream"));
+        }
         Err(e) => return emit(close(code::UNAVAILABLE, e.reason())),
     };
     if parts.status != http::StatusCode::OK {

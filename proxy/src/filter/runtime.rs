@@ -25,7 +25,8 @@ use weir_host_abi::{
 
 use super::FilterSet;
 use super::grpc_callout::{self, GrpcEvent, StreamCmd};
-use crate::http::body::ProxyBody;
+use crate::proto::body::ProxyBody;
+use crate::proto::error::ProxyError;
 use crate::upstream::{self, Cluster};
 
 /// Largest callout response body delivered to a filter.
@@ -421,9 +422,6 @@ async fn callout(clusters: &[Cluster], set: &FilterSet, req: &HttpCallRequest) -
         return CalloutResponse::failure("unknown cluster");
     };
     let cluster = &clusters[ci];
-    let Some(ep) = cluster.pick().cloned() else {
-        return local_response(503, "no healthy upstream");
-    };
     let mut builder = Request::builder();
     let mut authority = None;
     for (k, v) in &req.headers {
@@ -460,9 +458,8 @@ async fn callout(clusters: &[Cluster], set: &FilterSet, req: &HttpCallRequest) -
     };
     let timeout = req.timeout.unwrap_or(cluster.response_timeout);
     let exchange = async {
-        let resp = upstream::send(
+        let resp = upstream::callout(
             cluster,
-            &ep,
             request,
             &upstream::Route {
                 response_timeout: timeout,
@@ -474,15 +471,17 @@ async fn callout(clusters: &[Cluster], set: &FilterSet, req: &HttpCallRequest) -
         let collected = Limited::new(body, MAX_CALLOUT_BODY)
             .collect()
             .await
-            .map_err(|_| crate::proto::error::ProxyError::Internal("callout body"))?;
-        Ok::<_, crate::proto::error::ProxyError>((parts, collected))
+            .map_err(|_| ProxyError::Internal("callout body"))?;
+        Ok::<_, ProxyError>((parts, collected))
     };
     match tokio::time::timeout(timeout, exchange).await {
         Err(_) => local_response(504, "upstream request timeout"),
-        Ok(Err(e)) => match e.status().as_u16() {
-            503 => local_response(503, "no healthy upstream"),
-            504 => local_response(504, "upstream request timeout"),
-            _ => CalloutResponse::failure(e.reason()),
+        Ok(Err(e)) => match e {
+            ProxyError::NoHealthyUpstream(_) => local_response(503, "no healthy upstream"),
+            ProxyError::Overflow(_) => local_response(503, "upstream overflow"),
+            e if e.status() == 503 => local_response(503, "upstream connect error"),
+            e if e.status() == 504 => local_response(504, "upstream request timeout"),
+            e => CalloutResponse::failure(e.reason()),
         },
         Ok(Ok((parts, collected))) => {
             let mut headers = vec![(

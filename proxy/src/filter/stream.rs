@@ -130,7 +130,7 @@ impl HttpStream {
         }
         if n == http::header::CONTENT_LENGTH || n == http::header::TRANSFER_ENCODING {
             self.request_framing_edited = true;
-        } else if n == crate::http::headers::X_FORWARDED_CLIENT_CERT {
+        } else if n == crate::proto::h1::fields::X_FORWARDED_CLIENT_CERT {
             self.request_xfcc_edited = true;
         }
     }

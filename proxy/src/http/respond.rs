@@ -7,7 +7,7 @@
 
 use http::{HeaderValue, Response, header};
 
-use super::body::ProxyBody;
+use crate::proto::body::ProxyBody;
 pub use crate::proto::error::{ATTEMPT_COUNT_HEADER, ERROR_HEADER, OVERFLOW_HEADER};
 use crate::proto::error::{ErrorKind, ProxyError};
 

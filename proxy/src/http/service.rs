@@ -11,7 +11,6 @@ use std::sync::Arc;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
-use super::body::{DownstreamBody, H2Body, ProxyBody};
 use super::headers::{
     ensure_request_id, new_request_id, set_client_cert, set_forwarded, strip_hop_by_hop,
 };
@@ -21,6 +20,7 @@ use crate::filter::chain::{ChainRun, Stop, local_reply_response};
 use crate::filter::runtime::WorkerFilters;
 use crate::filter::stream::{Downstream, HttpStream};
 use crate::listener::ListenerCtx;
+use crate::proto::body::{DownstreamBody, H2Body, ProxyBody};
 use crate::proto::error::ProxyError;
 use crate::proto::h1::fields::append_lines;
 use crate::proto::h1::head::RawFields;
@@ -316,7 +316,7 @@ impl ProxyService {
         *req.extensions_mut() = extensions;
         let request_body = ProxyBody::Downstream(body);
         *req.body_mut() = if body_filtered {
-            ProxyBody::Filtered(Box::new(FilteredBody::new(
+            ProxyBody::Stage(Box::new(FilteredBody::new(
                 request_body,
                 run.clone(),
                 false,
@@ -418,7 +418,7 @@ impl ProxyService {
         ) {
             // No filter saw the response head or runs a body phase: the response goes out as
             // the upstream framed it; the wrapper only ends the chain's run with its body.
-            return Ok(ProxyBody::Filtered(Box::new(FilteredBody::new(
+            return Ok(ProxyBody::Stage(Box::new(FilteredBody::new(
                 body,
                 run.clone(),
                 true,
@@ -429,7 +429,7 @@ impl ProxyService {
         let empty = http_body::Body::is_end_stream(&body);
         let mut body = FilteredBody::new(body, run.clone(), true);
         if empty {
-            return Ok(ProxyBody::Filtered(Box::new(body)));
+            return Ok(ProxyBody::Stage(Box::new(body)));
         }
         if !run.wants(HttpPhases::RESPONSE_BODY | HttpPhases::RESPONSE_TRAILERS) {
             // No filter runs a response body phase: the body streams as the upstream framed it,
@@ -439,7 +439,7 @@ impl ProxyService {
             {
                 return Err(Stop::Fail(StatusCode::BAD_GATEWAY, "filter_body_length"));
             }
-            return Ok(ProxyBody::Filtered(Box::new(body)));
+            return Ok(ProxyBody::Stage(Box::new(body)));
         }
         match body.prefetch().await {
             Ok(Prefetch::Complete(n)) => {
@@ -468,7 +468,7 @@ impl ProxyService {
                 });
             }
         }
-        Ok(ProxyBody::Filtered(Box::new(body)))
+        Ok(ProxyBody::Stage(Box::new(body)))
     }
 
     /// A chain stop becomes the response: a local reply (through the response phases, like

@@ -22,7 +22,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::metrics::{self, class_of, flags};
 use super::{WorkerTelemetry, access_log, trace};
-use crate::http::body::{BoxError, ProxyBody};
+use crate::proto::body::{BoxError, ProxyBody};
 use crate::proto::error::{ERROR_HEADER, ProxyError, flag_of_reason};
 use crate::tls::ConnTls;
 use crate::upstream::Endpoint;

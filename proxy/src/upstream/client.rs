@@ -16,7 +16,7 @@ use super::pool::ResponseGuard;
 use super::shared::Resource;
 use super::{Cluster, Endpoint, Route, connect, h1};
 use crate::config::Protocol;
-use crate::http::body::ProxyBody;
+use crate::proto::body::ProxyBody;
 use crate::proto::error::ProxyError;
 
 /// Sends `req` to `ep` and returns the response with a body that streams from the upstream.
@@ -73,7 +73,7 @@ pub async fn send(
                 guard.complete();
                 ProxyBody::Incoming(body)
             } else {
-                ProxyBody::Upstream(body, Some(guard))
+                ProxyBody::Upstream(body, Some(guard.into_in_flight()))
             };
             Ok(Response::from_parts(parts, body))
         }

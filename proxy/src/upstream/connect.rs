@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::Cluster;
 use super::breaker::ConnCount;
 use super::pool::{H1Conn, H1Sender, H2Sender};
-use crate::http::body::ProxyBody;
+use crate::proto::body::ProxyBody;
 use crate::proto::error::ProxyError;
 use crate::rt::LocalExec;
 

@@ -27,12 +27,13 @@ use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 
 use super::breaker::Held;
-use super::retry::{Outcome, Replay, backoff, retries_on};
+use super::retry::{Outcome, backoff, retries_on};
 use super::shared::{Resource, TimeoutKind, WorkerStats};
 use super::{Cluster, Endpoint, send};
 use crate::config::{LbPolicy, RetryPolicy};
-use crate::http::body::{BoxError, ProxyBody};
+use crate::proto::body::{BoxError, ProxyBody, Replay, StageBody};
 use crate::proto::error::{ATTEMPT_COUNT_HEADER, ProxyError};
+use crate::proto::h1::head::RawHead;
 use crate::timer::{self, Deadline};
 
 /// What the route decision may change for one request.
@@ -100,6 +101,20 @@ pub async fn forward(
         return once(cluster, req, route, obs).await;
     }
     Box::pin(resilient(cluster, req, route, retries, per_try, obs)).await
+}
+
+/// A filter's callout (HTTP or gRPC) to `cluster`: the same path as a request's, under the
+/// cluster's `max_requests` breaker, its health, ejection and balancing, with the attempt
+/// counted by outlier detection and the endpoint statistics. One attempt: like Envoy's async
+/// client, a callout is not retried under the cluster's policy (the filter decides what to do
+/// with a failure).
+pub async fn callout(
+    cluster: &Cluster,
+    req: Request<ProxyBody>,
+    route: &Route,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    cluster.admit(Resource::Requests)?;
+    once(cluster, req, route, &mut ()).await
 }
 
 /// One pick, one attempt.
@@ -409,7 +424,7 @@ impl Cluster {
     fn idle_wrap(&self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
         match self.idle_timeout {
             Some(idle) if !resp.body().is_end_stream() => {
-                resp.map(|b| ProxyBody::Idle(Box::new(IdleBody::new(b, idle, &self.stats))))
+                resp.map(|b| ProxyBody::Stage(Box::new(IdleBody::new(b, idle, &self.stats))))
             }
             _ => resp,
         }
@@ -434,12 +449,13 @@ pub struct IdleBody {
     stats: Arc<WorkerStats>,
 }
 
-impl IdleBody {
-    /// The body it watches.
-    pub fn inner_mut(&mut self) -> &mut ProxyBody {
-        &mut self.inner
+impl StageBody for IdleBody {
+    fn take_raw_head(&mut self) -> Option<RawHead> {
+        self.inner.take_raw_head()
     }
+}
 
+impl IdleBody {
     fn new(inner: ProxyBody, idle: Duration, stats: &Arc<WorkerStats>) -> Self {
         Self {
             inner,

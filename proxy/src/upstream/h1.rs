@@ -5,7 +5,7 @@
 //! about a tenth of the proxy's CPU in profiles. A reverse proxy needs far less: write one head,
 //! stream one body, read one head, stream one body, on a connection nobody else touches. So the
 //! downstream connection's task does it directly: the request is written and the response head read
-//! in [`send`], and the response body ([`H1Body`]) reads from the pooled socket itself. The
+//! in [`send`], and the response body ([`ResponseBody`]) reads from the pooled socket itself. The
 //! connection returns to the pool when that body has been read to its end with the framing intact.
 //!
 //! On the plain path the request's own header lines go out as they came ([`RawRequest`]), and a
@@ -17,12 +17,12 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -34,9 +34,10 @@ use tokio::sync::Notify;
 use super::breaker::ConnCount;
 use super::connect::{UpstreamIo, UpstreamRead, UpstreamWrite};
 use super::pool::ResponseGuard;
-use crate::http::body::{BoxError, ProxyBody};
+use crate::proto::body::ProxyBody;
 use crate::proto::error::ProxyError;
-use crate::proto::h1::chunked::{self, ChunkState, Decoded, chunk_prefix, last_chunk};
+use crate::proto::h1::body::{ClientConn, ResponseBody};
+use crate::proto::h1::chunked::{chunk_prefix, last_chunk};
 use crate::proto::h1::head::{RawHead, ResponseFraming, ResponseHead, parse_response};
 
 /// Read granularity.
@@ -57,6 +58,9 @@ pub struct Conn {
     raw: Option<RawHead>,
     /// Counts the connection against the cluster's `max_connections` while it lives.
     _count: ConnCount,
+    /// The request in flight on it (from the response head to the end of its body): counted at
+    /// its endpoint, and what hands the connection back to the pool.
+    guard: Option<ResponseGuard>,
 }
 
 impl std::ops::Deref for H1Conn {
@@ -89,6 +93,7 @@ impl H1Conn {
             poisoned: false,
             raw: None,
             _count: count,
+            guard: None,
         }))
     }
 
@@ -131,6 +136,7 @@ impl H1Conn {
             return None;
         }
         self.raw = None;
+        self.guard = None;
         match std::mem::replace(&mut self.io, Io::Gone) {
             Io::Whole(io) => self.io = Io::Whole(io),
             Io::Split(rd, pump) => {
@@ -142,18 +148,8 @@ impl H1Conn {
         Some(self)
     }
 
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let c = &mut *self.0;
-        c.rbuf.reserve(READ_CHUNK);
-        match &mut c.io {
-            Io::Whole(io) => tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut c.rbuf),
-            Io::Split(rd, _) => tokio_util::io::poll_read_buf(Pin::new(rd), cx, &mut c.rbuf),
-            Io::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-        }
-    }
-
     async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+        std::future::poll_fn(|cx| ClientConn::poll_fill(&mut *self.0, cx)).await
     }
 }
 
@@ -353,7 +349,7 @@ pub fn encode_head(
 const INLINE_BODY_MAX: u64 = 64 * 1024;
 
 /// Writes the request and reads the response head. The response body is read later, through
-/// the returned [`H1Body`], which owns the connection (and the guard) until then.
+/// the returned [`ResponseBody`], which owns the connection (and the guard) until then.
 /// `response_timeout` bounds the wait for the response head once the request is fully sent.
 pub async fn send(
     mut conn: H1Conn,
@@ -558,181 +554,53 @@ fn into_response(
     mut conn: H1Conn,
     p: ResponseHead,
     method: &Method,
-    mut guard: ResponseGuard,
+    guard: ResponseGuard,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (framing, keep_alive) = p.framing(method);
-    let framing = match framing {
-        ResponseFraming::Length(n) => Framing::Length(n),
-        ResponseFraming::Chunked => Framing::Chunked(ChunkState::Size),
-        ResponseFraming::UntilClose => Framing::UntilClose,
-    };
     // The 101 body is never read here: the upgrade path uses hyper's client.
     let mut parts = Response::new(()).into_parts().0;
     parts.status = p.status;
     parts.version = p.version;
     parts.headers = p.headers;
-    let done = matches!(framing, Framing::Length(0));
+    let done = framing == ResponseFraming::Length(0);
     debug_assert!(!(done && p.raw.is_some()), "a raw head frames a body");
     conn.raw = p.raw;
-    let mut body = H1Body {
-        conn: Some(conn),
-        framing,
-        keep_alive,
-        guard: None,
-        trailers: None,
-    };
+    conn.guard = Some(guard);
     if done {
         // Nothing to read: hand the connection back now (hyper never polls an empty body).
-        if keep_alive && let Some(c) = body.conn.take().and_then(H1Conn::into_reusable) {
-            guard.set_h1(c);
-        }
-        guard.complete();
+        ClientConn::release(conn.0, keep_alive);
         return Ok(Response::from_parts(parts, ProxyBody::Empty));
     }
-    body.guard = Some(guard);
+    let body = ResponseBody::new(conn.0, framing, keep_alive);
     Ok(Response::from_parts(parts, ProxyBody::H1(body)))
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Framing {
-    Length(u64),
-    Chunked(ChunkState),
-    UntilClose,
-    Done,
-}
-
-/// A response body read straight from the upstream connection.
-pub struct H1Body {
-    conn: Option<H1Conn>,
-    framing: Framing,
-    keep_alive: bool,
-    guard: Option<ResponseGuard>,
-    /// Boxed: rare, and a `HeaderMap` inline would triple the size of every response body.
-    trailers: Option<Box<HeaderMap>>,
-}
-
-impl H1Body {
-    /// The response head's lines, if they were kept raw; taken once, before the first frame.
-    pub fn take_raw_head(&mut self) -> Option<RawHead> {
-        self.conn.as_mut()?.raw.take()
+impl ClientConn for Conn {
+    fn rbuf(&mut self) -> &mut BytesMut {
+        &mut self.rbuf
     }
 
-    /// The body ended cleanly: the connection may serve the next request.
-    fn finish(&mut self) {
-        self.framing = Framing::Done;
-        if let Some(mut g) = self.guard.take() {
-            if self.keep_alive
-                && let Some(c) = self.conn.take().and_then(H1Conn::into_reusable)
-            {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.rbuf.reserve(READ_CHUNK);
+        match &mut self.io {
+            Io::Whole(io) => tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.rbuf),
+            Io::Split(rd, _) => tokio_util::io::poll_read_buf(Pin::new(rd), cx, &mut self.rbuf),
+            Io::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn take_raw_head(&mut self) -> Option<RawHead> {
+        self.raw.take()
+    }
+
+    fn release(mut self: Box<Self>, keep_alive: bool) {
+        // The guard leaves the connection first: an idle pooled connection holds none.
+        let guard = self.guard.take();
+        if let Some(mut g) = guard {
+            if keep_alive && let Some(c) = H1Conn(self).into_reusable() {
                 g.set_h1(c);
             }
             g.complete();
-        }
-        self.conn = None;
-    }
-
-    fn fail(&mut self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.framing = Framing::Done;
-        self.conn = None; // the connection's framing is lost: close it
-        self.guard = None;
-        Poll::Ready(Some(Err(e)))
-    }
-
-    /// Reads more bytes; `Ok(0)` is end of stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        match self.conn.as_mut() {
-            Some(conn) => conn.poll_fill(cx),
-            None => Poll::Ready(Ok(0)),
-        }
-    }
-}
-
-impl Body for H1Body {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        loop {
-            let buffered = this.conn.as_ref().map_or(0, |c| c.rbuf.len());
-            match this.framing {
-                Framing::Done => return Poll::Ready(None),
-                Framing::Length(0) => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                Framing::Length(n) if buffered > 0 => {
-                    let take = (n.min(buffered as u64)) as usize;
-                    let conn = this.conn.as_mut().expect("buffered implies a connection");
-                    let data = conn.rbuf.split_to(take).freeze();
-                    let left = n - take as u64;
-                    this.framing = Framing::Length(left);
-                    if left == 0 {
-                        // Hand the connection back before the last frame is delivered: hyper
-                        // may stop polling once `is_end_stream` says so.
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Framing::UntilClose if buffered > 0 => {
-                    let conn = this.conn.as_mut().expect("buffered implies a connection");
-                    let data = conn.rbuf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Framing::Chunked(mut state) if buffered > 0 => {
-                    let conn = this.conn.as_mut().expect("buffered implies a connection");
-                    let step = chunked::decode(&mut state, &mut conn.rbuf);
-                    this.framing = Framing::Chunked(state);
-                    match step {
-                        Err(why) => return this.fail(format!("upstream {why}").into()),
-                        Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                        Ok(Decoded::Trailer(name, value)) => {
-                            this.trailers
-                                .get_or_insert_with(Default::default)
-                                .append(name, value);
-                            continue;
-                        }
-                        Ok(Decoded::End) => {
-                            let trailers = this.trailers.take();
-                            this.finish();
-                            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(*t))));
-                        }
-                        Ok(Decoded::NeedMore) => {}
-                    }
-                }
-                _ => {}
-            }
-            // Need more bytes.
-            match ready!(this.poll_fill(cx)) {
-                Ok(0) => {
-                    return match this.framing {
-                        Framing::UntilClose => {
-                            this.framing = Framing::Done;
-                            this.conn = None;
-                            this.guard = None;
-                            Poll::Ready(None)
-                        }
-                        _ => this.fail("upstream closed the connection mid-body".into()),
-                    };
-                }
-                Ok(_) => {}
-                Err(e) => return this.fail(Box::new(e)),
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self.framing, Framing::Done | Framing::Length(0))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Length(n) => SizeHint::with_exact(n),
-            Framing::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
         }
     }
 }

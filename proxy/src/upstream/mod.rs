@@ -34,7 +34,7 @@ use std::time::Duration;
 use crate::config::{ClusterConfig, LbPolicy, Protocol, RetryPolicy};
 
 pub use client::send;
-pub use forward::{Observer, Route, forward};
+pub use forward::{Observer, Route, callout, forward};
 pub use shared::ClusterShared;
 use shared::WorkerStats;
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use hyper::client::conn::{http1, http2};
 
 use super::Endpoint;
-use crate::http::body::ProxyBody;
+use crate::proto::body::{EndpointLoad, InFlight, ProxyBody};
 
 pub use super::h1::H1Conn;
 /// A hyper HTTP/1.1 connection (used for upgrades, never pooled).
@@ -114,13 +114,26 @@ impl Pool {
 pub struct ResponseGuard {
     ep: Rc<Endpoint>,
     conn: Option<H1Conn>,
+    /// Ends the request at the endpoint when dropped.
+    active: InFlight,
 }
 
 impl ResponseGuard {
     /// Marks a request to `ep` as in flight.
     pub fn new(ep: Rc<Endpoint>) -> Self {
         ep.begin();
-        Self { ep, conn: None }
+        let active = InFlight::new(ep.clone());
+        Self {
+            ep,
+            conn: None,
+            active,
+        }
+    }
+
+    /// What an HTTP/2 response body holds until it ends: no connection to hand back, only the
+    /// request to end at the endpoint.
+    pub fn into_in_flight(self) -> InFlight {
+        self.active
     }
 
     /// Attaches the HTTP/1.1 connection to return when the response completes.
@@ -136,8 +149,8 @@ impl ResponseGuard {
     }
 }
 
-impl Drop for ResponseGuard {
-    fn drop(&mut self) {
-        self.ep.end();
+impl EndpointLoad for Endpoint {
+    fn end(&self) {
+        Endpoint::end(self);
     }
 }

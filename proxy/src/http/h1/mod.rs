@@ -25,13 +25,14 @@ use http::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
-use self::wire::{BodyState, RequestBody, Wire};
+use self::wire::{BodyState, Wire};
 use self::write::{Exchange, Written};
 use crate::conn::{ConnCtl, DownIo, Phase};
-use crate::http::body::{DownstreamBody, ProxyBody};
 use crate::http::respond;
 use crate::http::service::ProxyService;
+use crate::proto::body::{DownstreamBody, ProxyBody};
 use crate::proto::error::ProxyError;
+use crate::proto::h1::body::RequestBody;
 use crate::proto::h1::head::{self, Parser, RawFields, RequestHead, Sniff};
 
 /// A request body left unread when its response is complete is read and dropped up to this

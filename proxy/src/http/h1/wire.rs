@@ -7,19 +7,18 @@
 //! in the wire, not in the body value, so once the response is out the loop knows exactly how
 //! much of the request is left unread — and takes over, draining it or closing.
 
-use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWrite;
 
 use crate::conn::DownIo;
-use crate::http::body::BoxError;
+use crate::proto::body::BoxError;
+use crate::proto::h1::body::RequestSource;
 use crate::proto::h1::chunked::{self, ChunkState, Decoded};
 use crate::proto::h1::head::BodyFraming;
 
@@ -178,43 +177,26 @@ impl Wire {
     }
 }
 
-/// The body of a request read from an HTTP/1.1 connection.
-pub struct RequestBody {
-    wire: Rc<RefCell<Wire>>,
-    request: u64,
-}
-
-impl RequestBody {
-    pub fn new(wire: Rc<RefCell<Wire>>, request: u64) -> Self {
-        Self { wire, request }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
+impl RequestSource for Wire {
+    fn poll_body(
+        &mut self,
+        request: u64,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut w = self.wire.borrow_mut();
-        if w.request != self.request {
+        if self.request != request {
             return Poll::Ready(Some(Err("request body abandoned".into())));
         }
-        w.poll_body(cx)
+        Wire::poll_body(self, cx)
     }
 
-    fn is_end_stream(&self) -> bool {
-        let w = self.wire.borrow();
-        w.request != self.request || w.body == BodyState::Done
+    fn is_end(&self, request: u64) -> bool {
+        self.request != request || self.body == BodyState::Done
     }
 
-    fn size_hint(&self) -> SizeHint {
-        let w = self.wire.borrow();
-        match w.body {
-            BodyState::Length(n) if w.request == self.request => SizeHint::with_exact(n),
-            BodyState::Chunked(_) if w.request == self.request => SizeHint::default(),
+    fn size_hint(&self, request: u64) -> SizeHint {
+        match self.body {
+            BodyState::Length(n) if self.request == request => SizeHint::with_exact(n),
+            BodyState::Chunked(_) if self.request == request => SizeHint::default(),
             _ => SizeHint::with_exact(0),
         }
     }

@@ -18,8 +18,8 @@ use http_body::{Body, Frame};
 use tokio::io::AsyncWrite;
 
 use super::wire::Wire;
-use crate::http::body::{BoxError, ProxyBody};
 use crate::http::respond;
+use crate::proto::body::{BoxError, ProxyBody};
 use crate::proto::error::ProxyError;
 use crate::proto::h1::chunked::{chunk_prefix, last_chunk};
 use crate::proto::h1::head::RawHead;

@@ -7,6 +7,10 @@
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+/// The client certificate of a mutual-TLS connection, as the proxy forwards it (Envoy's XFCC);
+/// filters see the one the proxy set, never one the client sent.
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
 /// What a field name means to the codec and the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldClass {

@@ -10,6 +10,7 @@
 //! exactly one copy of each; `both_roles_refuse_the_same_hostile_framing` and the chunked tests
 //! feed both roles the same hostile input.
 
+pub mod body;
 pub mod chunked;
 pub mod fields;
 pub mod head;

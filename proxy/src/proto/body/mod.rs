@@ -1,8 +1,13 @@
-//! The one body type that flows through the proxy in both directions.
+//! The one body type that flows through the proxy in both directions, and its wrappers.
 //!
-//! An enum rather than a boxed trait object: no allocation per request, and the upstream variant
-//! carries the guard that hands a pooled connection back (and releases the endpoint's
-//! active-request count) exactly when the response body has been read to its end.
+//! An enum rather than a boxed trait object: no allocation per request for the common bodies.
+//! The stages above add behaviour through small hooks they implement, never by being named
+//! here: a pooled HTTP/1.1 connection is a [`ClientConn`](crate::proto::h1::body::ClientConn)
+//! that goes back to its pool when its response body ends, an HTTP/2 response holds an
+//! [`InFlight`] that ends the request at its endpoint, and a body running through a filter
+//! chain or a cluster's idle timeout is a [`StageBody`] (already boxed, and rare).
+
+pub mod replay;
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -15,9 +20,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::{Notify, mpsc};
 
+pub use self::replay::{Replay, ReplayBody};
+use crate::proto::h1::body::{RequestBody, ResponseBody};
 use crate::proto::h1::head::RawHead;
-use crate::upstream::h1::H1Body;
-use crate::upstream::pool::ResponseGuard;
 
 /// The error type of bodies inside Weir (hyper's, or Weir's own HTTP/1.1 client's).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,18 +39,17 @@ pub enum ProxyBody {
     Incoming(Incoming),
     /// A request body from the downstream client; drained in the background if abandoned.
     Downstream(DownstreamBody),
-    /// A body running through a filter chain.
-    Filtered(Box<crate::filter::body::FilteredBody>),
+    /// A body running through a stage above: a filter chain's body phases, a cluster's idle
+    /// timeout.
+    Stage(Box<dyn StageBody>),
     /// A body whose end is announced (an HTTP/2 upstream's response timer starts then).
     Watched(Box<ProxyBody>, Rc<Notify>),
     /// An HTTP/2 upstream response body; the guard runs when it ends (or is dropped early).
-    Upstream(Incoming, Option<ResponseGuard>),
+    Upstream(Incoming, Option<InFlight>),
     /// An HTTP/1.1 upstream response body, read straight from the pooled connection.
-    H1(H1Body),
+    H1(ResponseBody),
     /// One attempt's copy of a request body kept for retries.
-    Replay(crate::upstream::retry::ReplayBody),
-    /// An upstream response body under the cluster's idle timeout. Boxed: rare.
-    Idle(Box<crate::upstream::forward::IdleBody>),
+    Replay(ReplayBody),
     /// Chunks sent by Weir itself as they come (a filter's gRPC stream); ends when the sender
     /// is dropped.
     Channel(tokio::sync::mpsc::UnboundedReceiver<Bytes>),
@@ -57,7 +61,7 @@ impl ProxyBody {
     pub fn take_raw_head(&mut self) -> Option<RawHead> {
         match self {
             ProxyBody::H1(b) => b.take_raw_head(),
-            ProxyBody::Idle(b) => b.inner_mut().take_raw_head(),
+            ProxyBody::Stage(b) => b.take_raw_head(),
             _ => None,
         }
     }
@@ -98,9 +102,8 @@ impl Body for ProxyBody {
                 r
             }
             ProxyBody::H1(b) => Pin::new(b).poll_frame(cx),
-            ProxyBody::Filtered(b) => Pin::new(&mut **b).poll_frame(cx),
+            ProxyBody::Stage(b) => Pin::new(&mut **b).poll_frame(cx),
             ProxyBody::Replay(b) => Pin::new(b).poll_frame(cx),
-            ProxyBody::Idle(b) => Pin::new(&mut **b).poll_frame(cx),
             ProxyBody::Channel(rx) => rx.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d)))),
             ProxyBody::Upstream(b, guard) => {
                 let r = Pin::new(&mut *b).poll_frame(cx);
@@ -128,9 +131,8 @@ impl Body for ProxyBody {
             ProxyBody::Watched(b, _) => b.is_end_stream(),
             ProxyBody::Upstream(b, _) => b.is_end_stream(),
             ProxyBody::H1(b) => b.is_end_stream(),
-            ProxyBody::Filtered(b) => b.is_end_stream(),
+            ProxyBody::Stage(b) => b.is_end_stream(),
             ProxyBody::Replay(b) => b.is_end_stream(),
-            ProxyBody::Idle(b) => b.is_end_stream(),
             ProxyBody::Channel(rx) => rx.is_closed() && rx.is_empty(),
         }
     }
@@ -145,18 +147,48 @@ impl Body for ProxyBody {
             ProxyBody::Downstream(b) => b.size_hint(),
             ProxyBody::Watched(b, _) => b.size_hint(),
             ProxyBody::H1(b) => b.size_hint(),
-            ProxyBody::Filtered(b) => b.size_hint(),
+            ProxyBody::Stage(b) => b.size_hint(),
             ProxyBody::Replay(b) => b.size_hint(),
-            ProxyBody::Idle(b) => b.size_hint(),
             ProxyBody::Channel(_) => SizeHint::default(),
         }
     }
 }
 
-/// Read to the end: the connection is clean and may be reused.
-fn complete(guard: &mut Option<ResponseGuard>) {
-    if let Some(g) = guard.take() {
-        g.complete();
+/// Read to the end: the request is over at its endpoint.
+fn complete(guard: &mut Option<InFlight>) {
+    drop(guard.take());
+}
+
+/// A body of a stage above this layer, wrapping another (a filter chain's body phases, a
+/// cluster's idle timeout).
+pub trait StageBody: Body<Data = Bytes, Error = BoxError> + Unpin {
+    /// The raw upstream response head inside, if the wrapped body carries one.
+    fn take_raw_head(&mut self) -> Option<RawHead> {
+        None
+    }
+}
+
+/// What the upstream stage does when a request ends at an endpoint (its body read to the end,
+/// or dropped): the endpoint's active-request count goes down.
+pub trait EndpointLoad {
+    /// The request is over.
+    fn end(&self);
+}
+
+/// A request in flight at an endpoint, until dropped. Made from the endpoint's own `Rc`, so it
+/// costs no allocation.
+pub struct InFlight(Rc<dyn EndpointLoad>);
+
+impl InFlight {
+    /// Counts a request at `ep` (already begun by the caller) until this is dropped.
+    pub fn new(ep: Rc<dyn EndpointLoad>) -> Self {
+        Self(ep)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 
@@ -166,7 +198,7 @@ pub enum DownstreamBody {
     Empty,
     /// Read from an HTTP/1.1 connection by Weir's own server; what the proxy leaves unread when
     /// the response is done, the connection drains itself.
-    H1(crate::http::h1::wire::RequestBody),
+    H1(RequestBody),
     /// An HTTP/2 stream's body (hyper's).
     H2(H2Body),
 }
