@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc: measured faster than glibc malloc on the request path (see benches/README.md).
+/// mimalloc: measured faster than glibc malloc on the request path (see benches/HISTORY.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -43,7 +43,7 @@ pub use proxy_wasm;
 /// hostcall that returns data (the host calls `proxy_on_memory_allocate`), for every property path
 /// and header it builds, and for every context; in the stock edge chain that is about 40
 /// malloc/free pairs per request, and dlmalloc spent about 270 instructions per pair
-/// (`benches/README.md`). Single-threaded wasm only: a module built with `atomics` keeps dlmalloc.
+/// (`benches/HISTORY.md`). Single-threaded wasm only: a module built with `atomics` keeps dlmalloc.
 #[cfg(all(
     feature = "talc",
     target_family = "wasm",

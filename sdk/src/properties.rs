@@ -11,7 +11,7 @@
 //! [`set_raw`]: segments joined by NUL bytes, e.g. `b"weir\0route\0cluster"`). The upstream
 //! crate's `hostcalls::get_property(vec![..])` allocates the segment list and the joined path on
 //! every call; in the stock edge chain (ten property calls per request) that was ~8k guest
-//! instructions per request (`benches/README.md`). Both reach the same ABI call, so a filter may
+//! instructions per request (`benches/HISTORY.md`). Both reach the same ABI call, so a filter may
 //! mix them.
 
 use std::net::{IpAddr, SocketAddr};

@@ -1,6 +1,6 @@
 //! `weir certs`: a development PKI, so that a newcomer can bring up an mTLS mesh of Weir
 //! instances in minutes. This module owns minting a CA, issuing SPIFFE workload certificates
-//! signed by it, the one-shot `mesh` layout the README and `examples/mesh/` use, SPIFFE ID
+//! signed by it, the one-shot `mesh` layout `docs/mtls.md` and `examples/mesh/` use, SPIFFE ID
 //! validation for what it issues, and writing the files (private keys mode 0600, every file
 //! written to a temporary name and renamed into place, so a watching Weir never reads half a file).
 //!

@@ -1,6 +1,6 @@
 //! What the admin endpoint shows of the clusters' live state: `/clusters` (JSON) and the
 //! `weir_cluster_*` series of `/metrics` (Prometheus text). Read on the control thread from the
-//! shared state (`shared.rs`), summing the workers' shards. Kept apart from `admin.rs` so that a
+//! shared state (`shared.rs`), summing the workers' shards. Kept apart from `admin/` so that a
 //! general metrics registry can take the series over later.
 
 use std::fmt::Write as _;
