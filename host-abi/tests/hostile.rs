@@ -1,6 +1,8 @@
 //! Hostile modules, hand-written in WAT: each test checks that the fault is contained — the VM
 //! reports a failure (or the guest gets a `Status`), the host never panics or hangs, the failed VM
 //! is never re-entered, and a fresh VM on the same `Runtime` still works.
+//!
+//! Long (1.3k lines): each hostile module is written inline as WAT beside the test that loads it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,6 +3,8 @@
 //! asserts what the filter observably did (maps, bodies, replies, records, metrics), so it fails
 //! when the host function or callback behind it breaks. Scenario semantics are documented in
 //! `tests/programs/conformance/src/lib.rs`.
+//!
+//! Long (1.6k lines): one test per ABI behaviour of the guest programs, grouped by ABI area.
 
 mod support;
 

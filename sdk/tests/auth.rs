@@ -3,6 +3,9 @@
 //! fetched by the root with rotation, API keys, forwarded claims (and spoofed claim headers
 //! removed), identity rules on the peer SPIFFE ID, the ext_authz callout, and refused
 //! configurations. Tokens and keys are fixed fixtures (signed once offline; see the constants).
+//!
+//! Long (880 lines): one test per auth behaviour (JWT, JWKS, identity rules, ext_authz) through the
+//! native harness.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -1,5 +1,7 @@
 //! Downstream limits and malformed HTTP/1.1: oversized heads (431), long request targets (414),
 //! smuggling shapes (400, connection closed, nothing forwarded), and the slow-header timeout.
+//!
+//! Just over 700 lines: one test per limit or smuggling shape, each with its own raw bytes.
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,7 @@
 //! HTTP/1.1 proxying: requests and bodies both ways, streaming, hop-by-hop stripping, the
 //! forwarded headers, status pass-through, and the admin endpoints.
+//!
+//! Long (900 lines): one test per HTTP/1.1 behaviour, each with its own raw exchange.
 
 use bytes::Bytes;
 use std::time::Duration;

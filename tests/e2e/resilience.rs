@@ -4,6 +4,9 @@
 //! ejection and return, health checks failing over to the next priority, peak-EWMA balancing
 //! away from a slow endpoint, per-try / overall / idle timeouts, the route decision's retry
 //! settings, and what `/clusters`, `/metrics` and `weir check` show.
+//!
+//! Long (950 lines) because each test states its own cluster settings and upstream behaviour; a new
+//! resilience feature gets a module of its own.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

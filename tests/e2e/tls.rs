@@ -16,6 +16,9 @@
 //! headers, which travel back through A to the client; the `trace` filter records every final
 //! status in shared data (read back with `x-read-log: b`), so a refused handshake that ran a
 //! filter would show up there.
+//!
+//! Long (1.2k lines) because each test mints its own certificates and states its own manifest; a
+//! new TLS area gets a module of its own.
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -13,6 +13,9 @@
 //! workload certificates carry a SPIFFE ID and often no DNS name. Tests that care which
 //! certificate a server presented compare [`TlsInfo::peer_certs`] with the expected [`Leaf`].
 //! Session resumption is off, so every connection is a full handshake that presents certificates.
+//!
+//! Long (1.35k lines): certificate minting, TLS clients and servers for the e2e tests, kept
+//! together so one test can mix them.
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -52,6 +52,9 @@
 //! pre-rendered) and shared through an `Rc`. Per request the filter allocates only what the SDK
 //! forces: the stream context, the header values it reads (`:path`, `:method`, `:authority` only
 //! when some route tests them), the property-path vectors, and a rewritten path.
+//!
+//! About 900 lines: one filter whose configuration, matching and decision read top to bottom in
+//! request order; its behaviour is tested in `sdk/tests/router.rs`.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;

@@ -7,6 +7,9 @@
 //! traps applies its failure policy to this stream only: fail closed (503) or skip the filter.
 //! When the `ChainRun` goes away (the response body ended, or the request failed), every filter
 //! that saw the stream gets `on_log` → `on_done` → `on_delete`, in chain order.
+//!
+//! One file of about 700 lines: the phases share one state machine (`ChainRun`) whose states and
+//! transitions read best side by side.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

@@ -14,6 +14,8 @@
 //! Framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; chunked when
 //! `Transfer-Encoding` ends in `chunked`; `Content-Length` otherwise (conflicting values are a
 //! protocol error); else read until close (and never reuse the connection).
+//!
+//! Over 700 lines only with its unit tests (the code is about 600).
 
 use std::io;
 use std::pin::Pin;

@@ -36,6 +36,9 @@
 //!
 //! Simplifications (inherited from [`embedder::MemStream`]): every map the stream has is readable
 //! and writable in every phase, and body buffering has no size limit.
+//!
+//! About 900 lines: the harness's whole public API (harness, streams, replies, callouts, clocks) in
+//! one page a filter author reads top to bottom; the host side is in `embedder.rs`.
 
 mod build;
 pub mod driver;

@@ -2,6 +2,8 @@
 //! trailers or the response's end; time out, outlive their client, run many at once, two in one
 //! chain, under load, during drain, pooled, to an h2 cluster, from `on_tick`; gRPC callouts
 //! (unary and streams) to an HTTP/2 cluster.
+//!
+//! Just over 700 lines: HTTP and gRPC callouts, each test with its own chain manifest.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

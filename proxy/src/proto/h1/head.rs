@@ -14,6 +14,9 @@
 //! with itself, is refused, as is `chunked` applied twice. Header values are not copied: they are
 //! slices of the head's bytes. On the plain path a head whose fields need no rewriting is not
 //! parsed into a map at all: its lines are kept as they came ([`RawFields`], [`RawHead`]).
+//!
+//! Over 700 lines only with its unit tests (the code is about 670): both roles' hostile-input
+//! tables live beside the rules they test.
 
 use std::mem::MaybeUninit;
 
