@@ -93,30 +93,17 @@ async fn long_uri_is_414() {
     let up = EchoServer::start().await;
     let weir = Manifest::new(&[up.addr]).start().await;
     let addr = weir.listener_addr("main");
-    // Default max_uri_length is 16 KiB.
-    let path = format!("/{}", "a".repeat(17 * 1024));
-    let (_c, r) = send_raw(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: weir.test\r\n\r\n").as_bytes(),
-    )
-    .await;
-    assert_raw_error(&r, 414, "uri_too_long");
-    assert_nothing_forwarded(addr, &up).await;
-}
-
-#[tokio::test]
-async fn a_target_past_the_head_limit_is_414_not_431() {
-    let up = EchoServer::start().await;
-    let weir = Manifest::new(&[up.addr]).start().await;
-    let addr = weir.listener_addr("main");
-    // 70 KB: over the 16 KiB target limit and the 60 KiB head limit; the target is what is long.
-    let path = format!("/{}", "a".repeat(70 * 1024));
-    let (_c, r) = send_raw(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: weir.test\r\n\r\n").as_bytes(),
-    )
-    .await;
-    assert_raw_error(&r, 414, "uri_too_long");
+    // Default max_uri_length is 16 KiB. 70 KB is over the 60 KiB head limit too: still 414
+    // (the request line has not ended), never 431.
+    for len in [17 * 1024, 70 * 1024] {
+        let path = format!("/{}", "a".repeat(len));
+        let (_c, r) = send_raw(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: weir.test\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_raw_error(&r, 414, "uri_too_long");
+    }
     assert_nothing_forwarded(addr, &up).await;
 }
 
