@@ -138,7 +138,10 @@ impl H1Conn {
             return None;
         }
         self.raw = None;
-        self.guard = None;
+        debug_assert!(
+            self.guard.is_none(),
+            "the guard leaves before the pool takes it back"
+        );
         match std::mem::replace(&mut self.io, Io::Gone) {
             Io::Whole(io) => self.io = Io::Whole(io),
             Io::Split(rd, pump) => {
@@ -567,7 +570,9 @@ fn into_response(
     let done = framing == ResponseFraming::Length(0);
     debug_assert!(!(done && p.raw.is_some()), "a raw head frames a body");
     conn.raw = p.raw;
-    conn.guard = Some(guard);
+    // A connection out of the pool holds no guard: set it without dropping an old one.
+    debug_assert!(conn.guard.is_none());
+    conn.guard.get_or_insert(guard);
     if done {
         // Nothing to read: hand the connection back now (hyper never polls an empty body).
         ClientConn::release(conn.0, keep_alive);
