@@ -3,6 +3,11 @@
 //!
 //! Bare integers are accepted for sizes (bytes) but not for durations: `timeout: 5` is ambiguous
 //! (seconds? milliseconds?), so it is an error that says which form to write.
+//!
+//! The grammar itself is `weir_sdk::config`'s, the one the stock filters read their `config:`
+//! with, so a duration or a size means the same in the manifest and in a filter's configuration
+//! (one parser, not two copies that could drift). It never panics: a sum of units that overflows
+//! is an error (the `humantime` parser used before panicked on some).
 
 use std::fmt;
 use std::time::Duration;
@@ -59,10 +64,9 @@ pub(super) fn ser_opt_duration<S: serde::Serializer>(
     }
 }
 
-/// Parses `10ms`, `1s`, `1m30s`, `2h` (via the well-kept `humantime` crate).
+/// Parses `10ms`, `1s`, `1m30s`, `2h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration `{s}`: {e} (write e.g. 10ms, 1s, 5m)"))
+    weir_sdk::config::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// A byte size written as `64KiB`, `1MiB`, `1MB`, `512B` or a bare number of bytes.
@@ -102,38 +106,12 @@ impl Serialize for HumanSize {
 /// Parses a size. Binary (`KiB`, `MiB`, `GiB`) and decimal (`KB`, `MB`, `GB`) units; case of the
 /// unit letters is not significant except that `b` alone means bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size `{s}` (write e.g. 64KiB, 1MiB or 4096)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" | "ki" | "k" => 1 << 10,
-        "mib" | "mi" | "m" => 1 << 20,
-        "gib" | "gi" | "g" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "invalid size unit `{other}` in `{s}` (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size `{s}` is too large"))
+    weir_sdk::config::parse_size(s).map_err(|e| e.to_string())
 }
 
 /// Formats bytes in the largest exact binary unit, so a dumped config reads back unchanged.
 pub fn format_size(n: u64) -> String {
-    for (unit, m) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if n >= m && n.is_multiple_of(m) {
-            return format!("{}{unit}", n / m);
-        }
-    }
-    n.to_string()
+    weir_sdk::config::format_size(n)
 }
 
 #[cfg(test)]
@@ -163,5 +141,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no unit"), "{e}");
+        // An overflow is an error, never a panic (humantime panicked on this one).
+        let e = parse_duration("18446744073709551615s 1000000000ns").unwrap_err();
+        assert!(e.starts_with("invalid duration"), "{e}");
     }
 }
