@@ -39,7 +39,7 @@ pub enum FieldClass {
 }
 
 /// The class of a field name (any case). Names are told apart by length, then by first letter,
-/// so a field costs at most one comparison, done a word at a time ([`eq_lower`]): this runs for
+/// so a field costs at most one comparison, done a word at a time (`eq_lower`): this runs for
 /// every field of every request and response on the plain path.
 #[inline(always)]
 pub fn classify(name: &[u8]) -> FieldClass {
