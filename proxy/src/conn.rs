@@ -105,6 +105,9 @@ impl ConnCtl {
 enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// An in-memory pipe: in-process tests drive a connection without a socket.
+    #[cfg(test)]
+    Memory(tokio::io::DuplexStream),
 }
 
 /// The connection's byte stream (a socket, or TLS over it), counting activity as it goes.
@@ -124,6 +127,8 @@ impl AsyncRead for DownIo {
         let r = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(test)]
+            Stream::Memory(s) => Pin::new(s).poll_read(cx, buf),
         };
         let n = buf.filled().len() - before;
         if n != 0 {
@@ -144,6 +149,8 @@ impl AsyncWrite for DownIo {
         let r = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(test)]
+            Stream::Memory(s) => Pin::new(s).poll_write(cx, buf),
         };
         if let Poll::Ready(Ok(n)) = r
             && n > 0
@@ -163,6 +170,8 @@ impl AsyncWrite for DownIo {
         let r = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            #[cfg(test)]
+            Stream::Memory(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         };
         if let Poll::Ready(Ok(n)) = r
             && n > 0
@@ -177,6 +186,8 @@ impl AsyncWrite for DownIo {
         match &self.stream {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            #[cfg(test)]
+            Stream::Memory(s) => s.is_write_vectored(),
         }
     }
 
@@ -184,6 +195,8 @@ impl AsyncWrite for DownIo {
         match &mut self.get_mut().stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(test)]
+            Stream::Memory(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -191,6 +204,8 @@ impl AsyncWrite for DownIo {
         match &mut self.get_mut().stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(test)]
+            Stream::Memory(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -256,7 +271,7 @@ pub async fn serve(
     peer: SocketAddr,
     worker: Rc<WorkerCtx>,
     listener: Rc<ListenerCtx>,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
     ctl: Rc<ConnCtl>,
 ) {
     let (stream, tls, alpn_h2) = match listener.tls.clone() {
@@ -272,6 +287,22 @@ pub async fn serve(
             }
         },
     };
+    serve_stream(stream, tls, alpn_h2, peer, worker, listener, drain, ctl).await;
+}
+
+/// Serves a connection whose TLS handshake (if any) is done: HTTP/1.1, or HTTP/2 by ALPN or the
+/// prior-knowledge preface.
+#[allow(clippy::too_many_arguments)]
+async fn serve_stream(
+    stream: Stream,
+    tls: Option<Arc<crate::tls::ConnTls>>,
+    alpn_h2: bool,
+    peer: SocketAddr,
+    worker: Rc<WorkerCtx>,
+    listener: Rc<ListenerCtx>,
+    mut drain: watch::Receiver<bool>,
+    ctl: Rc<ConnCtl>,
+) {
     let io = DownIo {
         stream,
         ctl: ctl.clone(),
@@ -297,6 +328,30 @@ pub async fn serve(
     if let Some(Err(e)) = supervise(conn, &ctl, limits, &mut drain, wind_down).await {
         tracing::debug!(%peer, error = %e, "downstream HTTP/2 connection ended with an error");
     }
+}
+
+/// Serves a plaintext connection over an in-memory pipe, as [`serve`] serves a socket: the
+/// in-process tests' way in (a failure then points at a module, not at a process).
+#[cfg(test)]
+pub(crate) async fn serve_in_memory(
+    io: tokio::io::DuplexStream,
+    peer: SocketAddr,
+    worker: Rc<WorkerCtx>,
+    listener: Rc<ListenerCtx>,
+    drain: watch::Receiver<bool>,
+) {
+    let ctl = Rc::new(ConnCtl::new());
+    serve_stream(
+        Stream::Memory(io),
+        None,
+        false,
+        peer,
+        worker,
+        listener,
+        drain,
+        ctl,
+    )
+    .await;
 }
 
 /// The TLS handshake (boxed: a TLS stream is large, and the plain path should not carry its

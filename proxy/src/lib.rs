@@ -35,6 +35,8 @@ pub mod listener;
 pub mod proto;
 pub mod rt;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod timer;
 pub mod tls;
 pub mod upstream;

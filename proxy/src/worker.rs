@@ -152,37 +152,18 @@ async fn run(spec: WorkerSpec) {
     } = spec;
     let telemetry = telemetry.worker(id);
     crate::telemetry::set_worker(telemetry.clone());
-    let clusters: std::rc::Rc<Vec<Cluster>> = std::rc::Rc::new(
-        config
-            .clusters
-            .iter()
-            .zip(endpoints.iter())
-            .enumerate()
-            .map(|(i, (c, addrs))| {
-                Cluster::new(
-                    c,
-                    addrs,
-                    tls.clusters.get(i).cloned().flatten(),
-                    cluster_state[i].clone(),
-                    id,
-                )
-            })
-            .collect(),
-    );
     // Callouts go through the same clusters (and pools) as requests.
     let first = generations.borrow_and_update().clone();
-    let current = Rc::new(Generation::build(&first, &clusters));
-    let _ = acks.send((id, first.id));
-    let worker = std::rc::Rc::new(WorkerCtx {
+    let worker = context(
         id,
-        clusters,
-        current: RefCell::new(current),
-        watchdog: Rc::default(),
-        telemetry: telemetry.clone(),
-        conns: Cell::new(0),
-        all_closed: Notify::new(),
-        next_conn: Cell::new(0),
-    });
+        &config,
+        &endpoints,
+        &tls,
+        &cluster_state,
+        telemetry.clone(),
+        &first,
+    );
+    let _ = acks.send((id, first.id));
     for (li, sock) in sockets {
         let listener = match TcpListener::from_std(sock) {
             Ok(l) => l,
@@ -231,6 +212,46 @@ async fn run(spec: WorkerSpec) {
     }
     worker.telemetry.flush();
     tracing::debug!(worker = id, "worker drained");
+}
+
+/// A worker's context: its clusters (and so its pools) and its first generation's VMs.
+pub(crate) fn context(
+    id: usize,
+    config: &Config,
+    endpoints: &[Vec<SocketAddr>],
+    tls: &crate::tls::TlsContexts,
+    cluster_state: &[Arc<crate::upstream::ClusterShared>],
+    telemetry: Rc<crate::telemetry::WorkerTelemetry>,
+    first: &Published,
+) -> Rc<WorkerCtx> {
+    let clusters: Rc<Vec<Cluster>> = Rc::new(
+        config
+            .clusters
+            .iter()
+            .zip(endpoints.iter())
+            .enumerate()
+            .map(|(i, (c, addrs))| {
+                Cluster::new(
+                    c,
+                    addrs,
+                    tls.clusters.get(i).cloned().flatten(),
+                    cluster_state[i].clone(),
+                    id,
+                )
+            })
+            .collect(),
+    );
+    let current = Rc::new(Generation::build(first, &clusters));
+    Rc::new(WorkerCtx {
+        id,
+        clusters,
+        current: RefCell::new(current),
+        watchdog: Rc::default(),
+        telemetry,
+        conns: Cell::new(0),
+        all_closed: Notify::new(),
+        next_conn: Cell::new(0),
+    })
 }
 
 /// Switches new requests to each newly published generation (its VMs are started here, on the

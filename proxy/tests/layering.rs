@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "entry",
-        &["main", "lib", "cli", "certs", "scaffold", "admin_client"],
+        // `testing` is the in-process test harness (test builds only): it wires everything.
+        &["main", "lib", "cli", "testing"],
     ),
     // The demo upstream is part of the embedded default that `app` starts.
     ("app", &["app", "demo"]),

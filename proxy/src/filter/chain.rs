@@ -712,3 +712,64 @@ pub fn local_reply_response(r: &LocalReply) -> Response<ProxyBody> {
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    //! A chain in process: real stock filters in the real sandbox, a connection over an
+    //! in-memory pipe, a real upstream.
+
+    use crate::testing::{Upstream, Worker, run};
+
+    #[test]
+    fn the_chain_edits_both_directions_and_answers_locally() {
+        run(async {
+            let up = Upstream::start().await;
+            let w = Worker::start(
+                "
+listeners:
+  - { name: main, address: 127.0.0.1:0, default_cluster: up, chain: edge }
+clusters:
+  up: { endpoints: [\"{up}\"] }
+chains:
+  edge: [stamp, deny]
+filters:
+  stamp:
+    module: builtin:add-header
+    config: { request: { x-via-weir: \"1\" }, response: { x-served-by: weir } }
+  deny:
+    module: builtin:local-reply
+    config: { status: 403, body: no, when_header: x-deny }
+",
+                up.addr,
+            )
+            .await;
+            let out = w
+                .exchange(b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .await;
+            assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+            assert!(
+                out.to_ascii_lowercase()
+                    .contains("\r\nx-served-by: weir\r\n"),
+                "{out}"
+            );
+            let head = up.heads.lock().unwrap()[0].to_ascii_lowercase();
+            assert!(head.contains("\r\nx-via-weir: 1\r\n"), "{head}");
+            // The second filter answers locally; the response phases still run (the first
+            // filter stamps the reply), and nothing goes upstream.
+            let out = w
+                .exchange(b"GET /b HTTP/1.1\r\nHost: a\r\nX-Deny: 1\r\nConnection: close\r\n\r\n")
+                .await;
+            assert!(out.starts_with("HTTP/1.1 403 "), "{out}");
+            assert!(
+                out.to_ascii_lowercase()
+                    .contains("\r\nx-served-by: weir\r\n"),
+                "{out}"
+            );
+            assert_eq!(
+                up.heads.lock().unwrap().len(),
+                1,
+                "the denied request went upstream"
+            );
+        });
+    }
+}

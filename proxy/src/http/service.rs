@@ -642,3 +642,72 @@ fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The service in process: a connection over an in-memory pipe, a real upstream.
+
+    use crate::testing::{Upstream, Worker, run};
+
+    const PLAIN: &str = "
+listeners:
+  - { name: main, address: 127.0.0.1:0, default_cluster: up }
+clusters:
+  up: { endpoints: [\"{up}\"] }
+";
+
+    #[test]
+    fn a_request_goes_upstream_with_the_forwarding_fields_and_comes_back() {
+        run(async {
+            let up = Upstream::start().await;
+            let w = Worker::start(PLAIN, up.addr).await;
+            let out = w
+                .exchange(b"GET /hello?x=1 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                .await;
+            assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+            let heads = up.heads.lock().unwrap().clone();
+            assert_eq!(heads.len(), 1, "{heads:?}");
+            let head = heads[0].to_ascii_lowercase();
+            assert!(head.starts_with("get /hello?x=1 http/1.1\r\n"), "{head}");
+            assert!(head.contains("\r\nhost: a.test\r\n"), "{head}");
+            assert!(
+                head.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+                "{head}"
+            );
+            assert!(head.contains("\r\nx-request-id: "), "{head}");
+            assert!(
+                !head.contains("connection: close"),
+                "hop-by-hop forwarded: {head}"
+            );
+            // The upstream's answer (its view of the request) is the response body.
+            assert!(out.ends_with(&heads[0]), "{out}");
+        });
+    }
+
+    #[test]
+    fn hostile_heads_are_refused_before_the_upstream() {
+        run(async {
+            let up = Upstream::start().await;
+            let w = Worker::start(PLAIN, up.addr).await;
+            for (head, status) in [
+                (&b"GET / HTTP/1.1\nHost: a\n\n"[..], "400"),
+                (
+                    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    "400",
+                ),
+                (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n folded\r\n\r\n", "400"),
+            ] {
+                let out = w.exchange(head).await;
+                assert!(
+                    out.starts_with(&format!("HTTP/1.1 {status} ")),
+                    "{:?}: {out}",
+                    String::from_utf8_lossy(head)
+                );
+            }
+            assert!(
+                up.heads.lock().unwrap().is_empty(),
+                "something reached the upstream"
+            );
+        });
+    }
+}
