@@ -14,3 +14,8 @@
 pub mod body;
 pub mod error;
 pub mod h1;
+
+/// The error type of bodies inside Weir (hyper's, or Weir's own HTTP/1.1 codec's). Here rather
+/// than in `body`, so that the codec's message bodies and the body type need not import each
+/// other.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

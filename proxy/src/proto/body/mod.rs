@@ -24,8 +24,7 @@ pub use self::replay::{Replay, ReplayBody};
 use crate::proto::h1::body::{RequestBody, ResponseBody};
 use crate::proto::h1::head::RawHead;
 
-/// The error type of bodies inside Weir (hyper's, or Weir's own HTTP/1.1 client's).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::proto::BoxError;
 
 /// A request or response body inside Weir.
 pub enum ProxyBody {

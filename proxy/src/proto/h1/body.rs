@@ -20,7 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::chunked::{self, ChunkState, Decoded};
 use super::head::{RawHead, ResponseFraming};
-use crate::proto::body::BoxError;
+use crate::proto::BoxError;
 
 /// Where a server connection's request bodies come from: the connection's read side, which
 /// the HTTP/1.1 server shares between its head reader and the current request's body.
