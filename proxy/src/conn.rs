@@ -263,17 +263,42 @@ impl AsyncWrite for Rewind {
     }
 }
 
+/// An accepted connection's byte stream.
+pub enum Accepted {
+    /// A socket from the listener.
+    Tcp(TcpStream),
+    /// An in-memory pipe: in-process tests drive a connection without a socket (plaintext).
+    #[cfg(test)]
+    Memory(tokio::io::DuplexStream),
+}
+
 /// Serves one accepted connection until it ends: on a TLS listener, the handshake first (a
 /// connection that fails it is closed before any HTTP is read). `ctl` is registered with the
-/// worker's watchdog, which may abort this future.
+/// worker's watchdog, which may abort this future. (One async fn from the handshake to the
+/// end: a nested future would cost a poll frame on every wake-up of the connection.)
 pub async fn serve(
-    stream: TcpStream,
+    accepted: Accepted,
     peer: SocketAddr,
     worker: Rc<WorkerCtx>,
     listener: Rc<ListenerCtx>,
-    drain: watch::Receiver<bool>,
+    mut drain: watch::Receiver<bool>,
     ctl: Rc<ConnCtl>,
 ) {
+    // One arm outside test builds.
+    #[allow(clippy::infallible_destructuring_match)]
+    let stream = match accepted {
+        Accepted::Tcp(s) => s,
+        #[cfg(test)]
+        Accepted::Memory(m) => {
+            let svc = ProxyService::new(worker, listener.clone(), peer, None);
+            let io = DownIo {
+                stream: Stream::Memory(m),
+                ctl: ctl.clone(),
+            };
+            let _ = h1::serve(io, &svc, &ctl, &listener.h1, false).await;
+            return;
+        }
+    };
     let (stream, tls, alpn_h2) = match listener.tls.clone() {
         None => (Stream::Plain(stream), None, false),
         Some(tls) => match handshake(&ctl, &tls, stream).await {
@@ -287,22 +312,6 @@ pub async fn serve(
             }
         },
     };
-    serve_stream(stream, tls, alpn_h2, peer, worker, listener, drain, ctl).await;
-}
-
-/// Serves a connection whose TLS handshake (if any) is done: HTTP/1.1, or HTTP/2 by ALPN or the
-/// prior-knowledge preface.
-#[allow(clippy::too_many_arguments)]
-async fn serve_stream(
-    stream: Stream,
-    tls: Option<Arc<crate::tls::ConnTls>>,
-    alpn_h2: bool,
-    peer: SocketAddr,
-    worker: Rc<WorkerCtx>,
-    listener: Rc<ListenerCtx>,
-    mut drain: watch::Receiver<bool>,
-    ctl: Rc<ConnCtl>,
-) {
     let io = DownIo {
         stream,
         ctl: ctl.clone(),
@@ -328,30 +337,6 @@ async fn serve_stream(
     if let Some(Err(e)) = supervise(conn, &ctl, limits, &mut drain, wind_down).await {
         tracing::debug!(%peer, error = %e, "downstream HTTP/2 connection ended with an error");
     }
-}
-
-/// Serves a plaintext connection over an in-memory pipe, as [`serve`] serves a socket: the
-/// in-process tests' way in (a failure then points at a module, not at a process).
-#[cfg(test)]
-pub(crate) async fn serve_in_memory(
-    io: tokio::io::DuplexStream,
-    peer: SocketAddr,
-    worker: Rc<WorkerCtx>,
-    listener: Rc<ListenerCtx>,
-    drain: watch::Receiver<bool>,
-) {
-    let ctl = Rc::new(ConnCtl::new());
-    serve_stream(
-        Stream::Memory(io),
-        None,
-        false,
-        peer,
-        worker,
-        listener,
-        drain,
-        ctl,
-    )
-    .await;
 }
 
 /// The TLS handshake (boxed: a TLS stream is large, and the plain path should not carry its

@@ -162,7 +162,8 @@ pub async fn accept_loop(
                     let task_ctl = ctl.clone();
                     let task = tokio::task::spawn_local(async move {
                         let _slot = slot;
-                        crate::conn::serve(stream, peer, w, c, d, task_ctl).await;
+                        crate::conn::serve(crate::conn::Accepted::Tcp(stream), peer, w, c, d, task_ctl)
+                            .await;
                     });
                     worker.watchdog.watch(ctl, task.abort_handle(), &ctx.limits);
                 }

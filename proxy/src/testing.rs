@@ -149,12 +149,13 @@ impl Worker {
     pub async fn exchange(&self, request: &[u8]) -> String {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
-        let conn = crate::conn::serve_in_memory(
-            server,
+        let conn = crate::conn::serve(
+            crate::conn::Accepted::Memory(server),
             peer,
             self.worker.clone(),
             self.listener.clone(),
             self.drain.clone(),
+            std::rc::Rc::new(crate::conn::ConnCtl::new()),
         );
         let talk = async {
             client.write_all(request).await.expect("write the request");
