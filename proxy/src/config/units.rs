@@ -9,10 +9,9 @@
 //! (one parser, not two copies that could drift). It never panics: a sum of units that overflows
 //! is an error (the `humantime` parser used before panicked on some).
 
-use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::Deserializer;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// A duration written as `10ms`, `1s`, `1m30s`, …
@@ -21,25 +20,9 @@ pub struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = HumanDuration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration with a unit, like 10ms, 1s or 5m")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                parse_duration(s).map(HumanDuration).map_err(E::custom)
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
-                Err(E::custom(format!(
-                    "`{n}` has no unit: write a duration like {n}ms or {n}s"
-                )))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
-                self.visit_u64(n.unsigned_abs())
-            }
-        }
-        d.deserialize_any(V)
+        // The sdk's type reads the grammar (and refuses a bare number); written back by
+        // humantime, as `/config_dump` always has.
+        weir_sdk::config::HumanDuration::deserialize(d).map(|h| HumanDuration(h.0))
     }
 }
 
@@ -75,25 +58,7 @@ pub struct HumanSize(pub u64);
 
 impl<'de> Deserialize<'de> for HumanSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = HumanSize;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size like 64KiB, 1MiB or a number of bytes")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                parse_size(s).map(HumanSize).map_err(E::custom)
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
-                Ok(HumanSize(n))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
-                u64::try_from(n)
-                    .map(HumanSize)
-                    .map_err(|_| E::custom(format!("size must not be negative (got {n})")))
-            }
-        }
-        d.deserialize_any(V)
+        weir_sdk::config::HumanSize::deserialize(d).map(|h| HumanSize(h.0))
     }
 }
 
