@@ -293,29 +293,9 @@ impl ProxyError {
 
     /// The response flag ([`flags`]) a request answered with this error carries.
     pub fn flag(&self) -> u16 {
-        match self {
-            ProxyError::BadRequest(_)
-            | ProxyError::ConflictingFraming
-            | ProxyError::UriTooLong(_)
-            | ProxyError::HeadersTooLarge
-            | ProxyError::UnsupportedTransferCoding
-            | ProxyError::MethodNotAllowed(_) => flags::DPE,
-            ProxyError::NoHealthyUpstream(_) => flags::UH,
-            ProxyError::ConnectFailure { .. } | ProxyError::ConnectTimeout(_) => flags::UF,
-            ProxyError::ResponseTimeout(_)
-            | ProxyError::PerTryTimeout(_)
-            | ProxyError::RequestTimeout(_) => flags::UT,
-            ProxyError::UpstreamReset(_)
-            | ProxyError::UpstreamIo(_)
-            | ProxyError::UpstreamClosed => flags::UC,
-            ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamMalformed(_) => flags::UPE,
-            ProxyError::UpstreamBodyFailed => flags::UR,
-            ProxyError::Overflow(_) => flags::UO,
-            ProxyError::UnknownCluster(_) => flags::NC,
-            ProxyError::Filter(_, reason) => filter_flag(reason),
-            ProxyError::Internal(_) => 0,
-            ProxyError::Retried { last, .. } => last.flag(),
-        }
+        // One table, by reason: a filter's local reply carries only its reason, and must flag
+        // the same way.
+        flag_of_reason(self.reason())
     }
 
     /// How an attempt at an upstream failed, or `None` for an error that is not an attempt's
@@ -340,17 +320,9 @@ impl ProxyError {
     }
 }
 
-/// The flag of a filter's failure, by its reason.
-fn filter_flag(reason: &str) -> u16 {
-    match reason {
-        "filter_failed" | "filter_unavailable" => flags::FF,
-        "filter_reset" => flags::LR,
-        _ => 0,
-    }
-}
-
-/// The response flag of a response Weir answered itself, from the reason token it carries in
-/// `x-weir-error` (a filter's local reply may carry one too).
+/// The response flag of a reason token ([`ProxyError::reason`], or the `x-weir-error` of a
+/// response Weir answered itself: a filter's local reply may carry one too). The one table of
+/// flags.
 pub fn flag_of_reason(reason: &str) -> u16 {
     match reason {
         "no_healthy_upstream" => flags::UH,
@@ -369,7 +341,9 @@ pub fn flag_of_reason(reason: &str) -> u16 {
         | "request_headers_too_large"
         | "unsupported_transfer_coding"
         | "method_not_allowed" => flags::DPE,
-        r => filter_flag(r),
+        "filter_failed" | "filter_unavailable" => flags::FF,
+        "filter_reset" => flags::LR,
+        _ => 0,
     }
 }
 
@@ -424,11 +398,16 @@ mod tests {
     }
 
     #[test]
-    fn the_flag_of_an_error_is_the_flag_of_its_reason() {
-        // Telemetry reads a local reply's reason back off the response (a filter's reply carries
-        // no `ProxyError`): both routes must agree for every error.
-        for e in every_error() {
-            assert_eq!(e.flag(), flag_of_reason(e.reason()), "{e:?}");
+    fn every_error_has_its_flag() {
+        use flags::*;
+        let expected = [
+            DPE, DPE, DPE, DPE, DPE, DPE, UH, UF, UF, UT, UC, UC, UPE, UR, 0, FF, FF, LR, 0, NC,
+            UO, UT, UT,
+        ];
+        let errors = every_error();
+        assert_eq!(errors.len(), expected.len());
+        for (e, flag) in errors.iter().zip(expected) {
+            assert_eq!(e.flag(), flag, "{e:?}");
         }
         assert_eq!(flag_of_reason("no_route"), 0);
     }
