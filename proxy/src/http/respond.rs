@@ -8,7 +8,7 @@
 use http::{HeaderValue, Response, header};
 
 use crate::proto::body::ProxyBody;
-pub use crate::proto::error::{ATTEMPT_COUNT_HEADER, ERROR_HEADER, OVERFLOW_HEADER};
+use crate::proto::error::{ATTEMPT_COUNT_HEADER, ERROR_HEADER, OVERFLOW_HEADER};
 use crate::proto::error::{ErrorKind, ProxyError};
 
 /// Builds the response for an error. An error in the request's framing also closes the
