@@ -1,5 +1,6 @@
-//! Wiring and lifecycle: start the built-in demo upstreams, bind every listener once per worker,
-//! start the workers and the admin endpoint, announce readiness, and on SIGTERM/SIGINT drain.
+//! Wiring and lifecycle: load the TLS material, build the first cluster versions (starting the
+//! built-in demo upstreams they name), bind every listener once per worker, start the workers
+//! and the admin endpoint, announce readiness, and on SIGTERM/SIGINT drain.
 //! The control work runs on the main thread's own runtime, never on a worker.
 
 use std::io::Write;
@@ -10,8 +11,9 @@ use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, Endpoints};
-use crate::upstream::ClusterShared;
+use crate::config::Config;
+use crate::upstream::EndpointSource;
+use crate::upstream::manager::{ClusterManager, DemoStarter};
 use crate::worker::{self, WorkerSpec};
 
 /// Why the proxy could not start or stop cleanly.
@@ -21,12 +23,6 @@ pub enum AppError {
     Bind {
         name: String,
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot start the demo upstream for cluster {cluster}: {source}")]
-    Demo {
-        cluster: String,
         #[source]
         source: std::io::Error,
     },
@@ -67,35 +63,6 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), AppError> {
 async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<(), AppError> {
     // Handlers first: a SIGTERM that arrives right after "ready" must drain, not kill.
     let signals = Signals::install()?;
-    // Built-in demo origins first: their addresses become cluster endpoints.
-    let mut endpoints = Vec::with_capacity(config.clusters.len());
-    for c in &config.clusters {
-        endpoints.push(match &c.endpoints {
-            Endpoints::Static(a) => a.iter().map(|e| e.address).collect(),
-            Endpoints::Demo(label) => {
-                vec![
-                    crate::demo::start(label.clone())
-                        .await
-                        .map_err(|source| AppError::Demo {
-                            cluster: c.name.clone(),
-                            source,
-                        })?,
-                ]
-            }
-        });
-    }
-    let endpoints = Arc::new(endpoints);
-
-    // Filters are compiled (and each started once as a canary) before anything is bound: a bad
-    // module or configuration stops start-up with the filter's name.
-    let (control, generations, acks) = {
-        let cfg = config.clone();
-        let manifest = opts.manifest.clone();
-        tokio::task::spawn_blocking(move || crate::control::Control::start(cfg, workers, manifest))
-            .await
-            .map_err(|e| AppError::Runtime(std::io::Error::other(e)))??
-    };
-
     // TLS material is loaded before anything is bound: a missing or bad certificate stops
     // start-up with its file. From here on the files are followed for rotation.
     let tls = {
@@ -108,39 +75,41 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
     };
     tokio::spawn(tls.clone().watch(config.tls_watch_interval));
 
-    // Metric slots for every listener, cluster and endpoint, one shard per worker; the trace
-    // exporter's requests run on this (control) runtime.
+    // Metric slots, one shard per worker; the trace exporter's requests run on this (control)
+    // runtime.
     let telemetry = Arc::new(crate::telemetry::Telemetry::new(
         &config,
         workers,
-        &endpoints,
         tokio::runtime::Handle::current(),
     )?);
-    // Cluster state all workers share (health, ejections, retry budget, breaker counts,
-    // statistics), and the tasks that keep it: health checkers and outlier sweepers run here, on
-    // the control thread, never on a worker.
-    let cluster_state: Arc<Vec<Arc<ClusterShared>>> = Arc::new(
-        config
-            .clusters
-            .iter()
-            .zip(endpoints.iter())
-            .map(|(c, addrs)| Arc::new(ClusterShared::new(c, addrs, workers)))
-            .collect(),
-    );
-    for (i, (c, state)) in config.clusters.iter().zip(cluster_state.iter()).enumerate() {
-        if let Some(hc) = &c.health_check {
-            let tls = tls.clusters.get(i).cloned().flatten();
-            tokio::spawn(crate::upstream::health::run(
-                state.clone(),
-                hc.clone(),
-                c.protocol,
-                tls,
-            ));
-        }
-        if c.outlier.is_some() {
-            tokio::spawn(crate::upstream::outlier::run_sweeper(state.clone()));
-        }
-    }
+    // The cluster manager builds each cluster's versions (built-in demo origins are started
+    // for the clusters that name one; their addresses become the endpoints) and runs their
+    // health checkers and outlier sweepers here, on the control thread, never on a worker.
+    let demo: DemoStarter = Arc::new(|label| Box::pin(crate::demo::start(label)));
+    let manager = Arc::new(ClusterManager::new(
+        workers,
+        telemetry.clone(),
+        tls.clone(),
+        Some(demo),
+    ));
+    let first = manager
+        .plan(&config, &[], 1, EndpointSource::Static)
+        .await
+        .map_err(crate::control::ControlError::from)?;
+
+    // Filters are compiled (and each started once as a canary) before anything is bound: a bad
+    // module or configuration stops start-up with the filter's name.
+    let (control, generations, acks) = {
+        let cfg = config.clone();
+        let manifest = opts.manifest.clone();
+        let clusters = first.clusters;
+        let manager = manager.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::control::Control::start(cfg, workers, manifest, manager, clusters)
+        })
+        .await
+        .map_err(|e| AppError::Runtime(std::io::Error::other(e)))??
+    };
 
     // Every listener bound before any worker starts: a bind error stops start-up cleanly.
     let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
@@ -163,7 +132,6 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
     let admin_state = Arc::new(AdminState {
         tls: tls.clone(),
         telemetry: Some(telemetry.clone()),
-        clusters: cluster_state.iter().cloned().collect(),
         ..AdminState::default()
     });
     if let Some(a) = &config.admin {
@@ -185,14 +153,12 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
             id,
             workers,
             config: config.clone(),
-            endpoints: endpoints.clone(),
             sockets,
             drain: drain_rx.clone(),
             generations: generations.clone(),
             acks: acks.clone(),
             tls: tls.clone(),
             telemetry: telemetry.clone(),
-            cluster_state: cluster_state.clone(),
         })?);
     }
     drop(acks);

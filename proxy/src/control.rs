@@ -1,15 +1,19 @@
-//! The control plane: generations of filters and chains, and the one transaction that changes
-//! them (design.md §5) — for start-up, `POST /reload`, `PUT /filters/NAME`, `PUT /chains/NAME`,
-//! `POST /rollback` and `--watch` alike:
+//! The control plane: generations of filters, chains and clusters, and the one transaction that
+//! changes them (design.md §5) — for start-up, `POST /reload`, `PUT /filters/NAME`,
+//! `PUT /chains/NAME`, `PUT /clusters/NAME/endpoints`, `POST /rollback` and `--watch` alike:
 //!
 //! parse → validate → compile (cached by sha256) → link → canary VM (`on_vm_start`,
-//! `on_configure`) → publish → every worker acknowledges.
+//! `on_configure`) → cluster versions ([`ClusterManager::plan`]) → publish → every worker
+//! acknowledges.
 //!
 //! Mutations are single-flight (a second one while one runs is refused, `Busy`); a failure at any
 //! step leaves the running generation untouched. Workers start the new generation's VMs on their
-//! own threads and switch new requests to it; requests in flight finish on theirs, whose VMs are
-//! freed when the last of them ends. A reload may change `filters`, `chains` and each listener's
-//! `chain`; anything else (listeners, clusters, workers, admin) needs a restart and is refused.
+//! own threads and switch new requests to it; requests in flight finish on theirs, whose VMs and
+//! cluster versions are freed when the last of them ends. A change that leaves the filters and
+//! chains as they are (an endpoint update, a cluster setting) reuses the running filter set, so
+//! workers keep their VMs; a cluster it does not touch keeps its version, so workers keep its
+//! pools and balancer state. A reload may change filters, chains, clusters and each listener's
+//! `chain`; the rest of a listener, the worker count and the admin endpoint need a restart.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -21,8 +25,12 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, mpsc, watch};
 use weir_host_abi::{Module, Runtime};
 
-use crate::config::{self, ChainConfig, Config, FailurePolicy, FilterConfig, ModuleRef};
+use crate::config::{
+    self, ChainConfig, Config, EndpointConfig, Endpoints, FailurePolicy, FilterConfig, ModuleRef,
+};
 use crate::filter::{FilterError, FilterSet, Uploads};
+use crate::upstream::manager::{ClusterManager, ManagerError};
+use crate::upstream::{ClusterShared, EndpointSource};
 
 /// How many earlier generations `POST /rollback` can go back to.
 const HISTORY: usize = 8;
@@ -37,6 +45,10 @@ pub struct Published {
     pub config: Arc<Config>,
     /// Compiled filters and chains (absent when the config has no filters).
     pub filters: Option<Arc<FilterSet>>,
+    /// Each cluster's version, indexed like `config.clusters`.
+    pub clusters: Arc<[Arc<ClusterShared>]>,
+    /// The generation that last changed each listener, indexed like `config.listeners`.
+    pub listener_versions: Arc<[u64]>,
 }
 
 /// Why a change was refused. The running generation is untouched in every case.
@@ -50,6 +62,10 @@ pub enum ControlError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Filter(#[from] FilterError),
+    #[error(transparent)]
+    Cluster(#[from] ManagerError),
+    #[error("clusters.{0}: no such cluster")]
+    UnknownCluster(String),
     #[error("no earlier generation to roll back to")]
     NoHistory,
     #[error("this weir runs the embedded default manifest: there is no file to reload")]
@@ -117,6 +133,8 @@ pub struct Control {
     /// How many times `--watch` has looked at the file (`/metrics`).
     pub watch_checks: AtomicU64,
     state: Mutex<State>,
+    /// Builds cluster versions and keeps their tasks.
+    pub clusters: Arc<ClusterManager>,
     publish: watch::Sender<Arc<Published>>,
     acks: Mutex<mpsc::UnboundedReceiver<(usize, u64)>>,
     next_id: AtomicU64,
@@ -126,19 +144,23 @@ pub struct Control {
 }
 
 impl Control {
-    /// Builds generation 1 from the start-up config (its filters compiled and canaried) and the
-    /// channels the workers follow.
+    /// Builds generation 1 from the start-up config (its filters compiled and canaried; its
+    /// cluster versions `clusters`, planned by `manager`) and the channels the workers follow.
     pub fn start(
         config: Arc<Config>,
         workers: usize,
         manifest: Option<config::ManifestFile>,
+        manager: Arc<ClusterManager>,
+        clusters: Vec<Arc<ClusterShared>>,
     ) -> Result<Started, ControlError> {
         let runtime = FilterSet::runtime()?;
         let filters = build_filters(&config, &runtime, &Uploads::new())?;
         let first = Arc::new(Published {
             id: 1,
+            listener_versions: vec![1; config.listeners.len()].into(),
             config,
             filters,
+            clusters: clusters.into(),
         });
         let (publish, rx) = watch::channel(first.clone());
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
@@ -154,6 +176,7 @@ impl Control {
                 uploads: Uploads::new(),
                 upload_order: Vec::new(),
             }),
+            clusters: manager,
             publish,
             acks: Mutex::new(ack_rx),
             next_id: AtomicU64::new(2),
@@ -163,8 +186,10 @@ impl Control {
         Ok((control, rx, ack_tx))
     }
 
-    /// Waits until every worker serves generation 1.
+    /// Waits until every worker serves generation 1 (and starts its clusters' health checkers
+    /// and sweepers).
     pub async fn wait_started(&self) -> Result<(), ControlError> {
+        self.clusters.commit(&self.current().clusters);
         self.wait_acks(1).await
     }
 
@@ -305,9 +330,46 @@ impl Control {
             id,
             config: prev.config.clone(),
             filters: prev.filters.clone(),
+            clusters: prev.clusters.clone(),
+            listener_versions: prev.listener_versions.clone(),
         });
         self.publish_and_wait(&mut st, p.clone(), false).await?;
         Ok(applied(&p, false, started))
+    }
+
+    /// `PUT /clusters/NAME/endpoints`: replaces a cluster's endpoint set (Envoy's
+    /// `ClusterLoadAssignment`). Only that cluster gets a new version; the filters are reused, so
+    /// workers swap one cluster view and nothing else.
+    pub async fn set_endpoints(
+        &self,
+        cluster: &str,
+        endpoints: Vec<EndpointConfig>,
+        dry_run: bool,
+    ) -> Result<Applied, ControlError> {
+        check_endpoints(&endpoints)?;
+        let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
+        let mut next = (*st.current.config).clone();
+        let c = next
+            .clusters
+            .iter_mut()
+            .find(|c| c.name == cluster)
+            .ok_or_else(|| ControlError::UnknownCluster(cluster.to_owned()))?;
+        Arc::make_mut(c).endpoints = Endpoints::Static(endpoints);
+        let uploads = st.uploads.clone();
+        let r = self
+            .transact_from(
+                &mut st,
+                next,
+                dry_run,
+                uploads,
+                Instant::now(),
+                EndpointSource::Admin,
+            )
+            .await;
+        if r.is_ok() && !dry_run {
+            self.clusters.counts.endpoint_updates.fetch_add(1, Relaxed);
+        }
+        r
     }
 
     async fn transact(
@@ -329,16 +391,44 @@ impl Control {
         uploads: Uploads,
         started: Instant,
     ) -> Result<Applied, ControlError> {
+        self.transact_from(st, next, dry_run, uploads, started, EndpointSource::Static)
+            .await
+    }
+
+    /// The transaction; `source` says where the endpoints of clusters it changes come from.
+    async fn transact_from(
+        &self,
+        st: &mut State,
+        next: Config,
+        dry_run: bool,
+        uploads: Uploads,
+        started: Instant,
+        source: EndpointSource,
+    ) -> Result<Applied, ControlError> {
         let result = async {
             check_reloadable(&st.current.config, &next)?;
             check_references(&next)?;
             let next = Arc::new(next);
-            let runtime = self.runtime.clone();
-            let cfg = next.clone();
-            let filters =
+            let filters = if same_filters(&st.current.config, &next) {
+                // Nothing the filters see changed: workers keep their VMs.
+                st.current.filters.clone()
+            } else {
+                let runtime = self.runtime.clone();
+                let cfg = next.clone();
                 tokio::task::spawn_blocking(move || build_filters(&cfg, &runtime, &uploads))
                     .await
-                    .map_err(|e| ControlError::Internal(e.to_string()))??;
+                    .map_err(|e| ControlError::Internal(e.to_string()))??
+            };
+            // The id this change will publish as (a dry run publishes nothing).
+            let id = if dry_run {
+                st.current.id
+            } else {
+                self.next_id.load(Relaxed)
+            };
+            let plan = self
+                .clusters
+                .plan(&next, &st.current.clusters, id, source)
+                .await?;
             if dry_run {
                 return Ok(Applied {
                     generation: st.current.id,
@@ -350,9 +440,12 @@ impl Control {
             let id = self.next_id.fetch_add(1, Relaxed);
             let p = Arc::new(Published {
                 id,
+                listener_versions: listener_versions(&st.current, &next, id),
                 config: next,
                 filters,
+                clusters: plan.clusters.clone().into(),
             });
+            self.clusters.count(&plan);
             self.publish_and_wait(st, p.clone(), true).await?;
             Ok(applied(&p, false, started))
         }
@@ -380,6 +473,7 @@ impl Control {
             }
         }
         self.publish.send_replace(p.clone());
+        self.clusters.commit(&p.clusters);
         self.wait_acks(p.id).await
     }
 
@@ -476,15 +570,97 @@ fn new_filter(name: &str) -> FilterConfig {
     }
 }
 
-/// A reload changes filters, chains and listener chains; the rest needs a restart.
+/// Whether `next` leaves everything the filter set is built from as it is (filters, chains, and
+/// the cluster names callouts may reach), so the running set can be reused.
+fn same_filters(running: &Config, next: &Config) -> bool {
+    let same_names = running.clusters.len() == next.clusters.len()
+        && running
+            .clusters
+            .iter()
+            .zip(&next.clusters)
+            .all(|(a, b)| a.name == b.name);
+    let json = |c: &Config| {
+        (
+            serde_json::to_value(&c.filters).ok(),
+            serde_json::to_value(&c.chains).ok(),
+        )
+    };
+    same_names && json(running) == json(next)
+}
+
+/// The generation that last changed each of `next`'s listeners, if `next` publishes as `id`.
+fn listener_versions(current: &Published, next: &Config, id: u64) -> Arc<[u64]> {
+    next.listeners
+        .iter()
+        .map(|l| {
+            let was = current
+                .config
+                .listeners
+                .iter()
+                .position(|o| o.name == l.name);
+            match was {
+                Some(i)
+                    if serde_json::to_value(&current.config.listeners[i]).ok()
+                        == serde_json::to_value(l).ok() =>
+                {
+                    current.listener_versions.get(i).copied().unwrap_or(id)
+                }
+                _ => id,
+            }
+        })
+        .collect()
+}
+
+/// An endpoint set from the endpoint API: every field within its range, no address twice.
+fn check_endpoints(eps: &[EndpointConfig]) -> Result<(), ControlError> {
+    let mut errs = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, e) in eps.iter().enumerate() {
+        if e.address.port() == 0 {
+            errs.push(format!("endpoints[{i}].address: port must not be 0"));
+        }
+        if !seen.insert(e.address) {
+            errs.push(format!(
+                "endpoints[{i}].address: {} listed twice",
+                e.address
+            ));
+        }
+        if !(1..=config::MAX_WEIGHT).contains(&e.weight) {
+            errs.push(format!(
+                "endpoints[{i}].weight: must be between 1 and {}",
+                config::MAX_WEIGHT
+            ));
+        }
+        if e.priority > config::MAX_PRIORITY {
+            errs.push(format!(
+                "endpoints[{i}].priority: must be between 0 and {}",
+                config::MAX_PRIORITY
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(errs.join("; ")))
+    }
+}
+
+/// A reload changes filters, chains, clusters and listener chains; the rest needs a restart.
 fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError> {
     let fixed = |c: &Config| -> serde_json::Map<String, serde_json::Value> {
-        let mut v = match serde_json::to_value(c) {
+        // What may change is left out before serializing (a proxy may hold thousands of
+        // clusters; an endpoint update must not serialize them all).
+        let mut c = c.clone();
+        c.clusters.clear();
+        c.filters.clear();
+        c.chains.clear();
+        let mut v = match serde_json::to_value(&c) {
             Ok(serde_json::Value::Object(m)) => m,
             _ => serde_json::Map::new(),
         };
         v.remove("filters");
         v.remove("chains");
+        v.remove("clusters");
         if let Some(serde_json::Value::Array(ls)) = v.get_mut("listeners") {
             for l in ls {
                 if let Some(o) = l.as_object_mut() {
@@ -507,7 +683,7 @@ fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError>
         return Ok(());
     }
     Err(ControlError::Invalid(format!(
-        "{}: changed, which needs a restart (a reload applies filters, chains and each listener's chain)",
+        "{}: changed, which needs a restart (a reload applies filters, chains, clusters and each listener's chain)",
         changed.join(", ")
     )))
 }

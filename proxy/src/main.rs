@@ -110,6 +110,16 @@ enum AdminAction {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Replace a cluster's endpoints (PUT /clusters/NAME/endpoints). Each endpoint is
+    /// `IP:PORT` optionally followed by `,weight=N`, `,priority=N`, `,zone=Z` and
+    /// `,health=healthy|draining|unhealthy`; no endpoint at all empties the cluster.
+    SetEndpoints {
+        cluster: String,
+        #[arg(value_name = "ENDPOINT")]
+        endpoints: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -317,6 +327,25 @@ fn admin(addr: std::net::SocketAddr, token_file: Option<&Path>, action: AdminAct
             client.call(
                 "PUT",
                 &with_dry_run(&format!("/filters/{name}"), dry_run),
+                json,
+                body.as_bytes(),
+            )
+        }
+        AdminAction::SetEndpoints {
+            cluster,
+            endpoints,
+            dry_run,
+        } => {
+            let body = match weir::cli::admin_client::endpoints_body(&endpoints) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            client.call(
+                "PUT",
+                &with_dry_run(&format!("/clusters/{cluster}/endpoints"), dry_run),
                 json,
                 body.as_bytes(),
             )

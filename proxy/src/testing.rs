@@ -16,7 +16,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Endpoints;
 use crate::listener::ListenerCtx;
 use crate::worker::WorkerCtx;
 
@@ -95,36 +94,29 @@ impl Worker {
             crate::config::parse(&text, "in-process.yaml", Path::new("."))
                 .unwrap_or_else(|e| panic!("the test manifest is refused: {e}")),
         );
-        let endpoints: Vec<Vec<SocketAddr>> = config
-            .clusters
-            .iter()
-            .map(|c| match &c.endpoints {
-                Endpoints::Static(a) => a.iter().map(|e| e.address).collect(),
-                Endpoints::Demo(_) => panic!("in-process tests use real upstreams"),
-            })
-            .collect();
-        let (_control, generations, _acks) =
-            crate::control::Control::start(config.clone(), 1, None)
-                .unwrap_or_else(|e| panic!("the test manifest's filters do not start: {e}"));
-        let tls = crate::tls::TlsContexts::load(&config).expect("TLS contexts");
-        let telemetry = crate::telemetry::Telemetry::new(
-            &config,
+        let tls = Arc::new(crate::tls::TlsContexts::load(&config).expect("TLS contexts"));
+        let telemetry = Arc::new(
+            crate::telemetry::Telemetry::new(&config, 1, tokio::runtime::Handle::current())
+                .expect("telemetry"),
+        );
+        // No demo upstreams: in-process tests use real ones.
+        let manager = Arc::new(crate::upstream::manager::ClusterManager::new(
             1,
-            &endpoints,
-            tokio::runtime::Handle::current(),
-        )
-        .expect("telemetry");
-        let cluster_state: Vec<_> = config
-            .clusters
-            .iter()
-            .zip(endpoints.iter())
-            .map(|(c, addrs)| Arc::new(crate::upstream::ClusterShared::new(c, addrs, 1)))
-            .collect();
+            telemetry.clone(),
+            tls.clone(),
+            None,
+        ));
+        let plan = manager
+            .plan(&config, &[], 1, crate::upstream::EndpointSource::Static)
+            .await
+            .unwrap_or_else(|e| panic!("the test manifest's clusters do not build: {e}"));
+        let (_control, generations, _acks) =
+            crate::control::Control::start(config.clone(), 1, None, manager, plan.clusters)
+                .unwrap_or_else(|e| panic!("the test manifest's filters do not start: {e}"));
         let wt = telemetry.worker(0);
         crate::telemetry::set_worker(wt.clone());
         let first = generations.borrow().clone();
-        let worker =
-            crate::worker::context(0, &config, &endpoints, &tls, &cluster_state, wt, &first);
+        let worker = crate::worker::context(0, wt, &first);
         tokio::task::spawn_local(crate::proto::body::run_drainer());
         tokio::task::spawn_local(crate::timer::run_driver());
         let lc = &config.listeners[0];

@@ -1,9 +1,8 @@
 //! Workers: one OS thread each with a current-thread tokio runtime and a `LocalSet`. A worker owns
-//! its listener sockets, its view of every cluster (pools, balancer state) and, later, its filter
+//! its listener sockets, its view of every cluster version (pools, balancer state) and its filter
 //! VMs; a stream lives on one worker from accept to log, so nothing on the request path is shared.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,14 +14,19 @@ use crate::config::Config;
 use crate::control::Published;
 use crate::filter::runtime::WorkerFilters;
 use crate::listener::{ListenerCtx, accept_loop};
-use crate::upstream::Cluster;
+use crate::upstream::{ClusterTable, CurrentClusters};
 
-/// One published generation as this worker runs it: its filter VMs and each listener's chain.
-/// A request takes the current one when it starts and keeps it to its end, so a swap never
-/// touches a stream in flight; a replaced generation (and its VMs) goes when its last stream
-/// does.
+/// One published generation as this worker runs it: its cluster views, its filter VMs and each
+/// listener's chain. A request takes the current one when it starts and keeps it to its end, so
+/// a swap never touches a stream in flight; a replaced generation (its VMs, the cluster versions
+/// only it used, and their pools) goes when its last stream does.
 pub struct Generation {
     pub id: u64,
+    /// This worker's view of each cluster, indexed like the generation's `Config::clusters`.
+    pub clusters: Rc<ClusterTable>,
+    /// Per listener (indexed like `Config::listeners`): its default cluster's index in
+    /// `clusters`.
+    pub default_clusters: Vec<usize>,
     /// The filters' VMs on this worker (absent when the generation has no filters).
     pub filters: Option<Rc<WorkerFilters>>,
     /// Per listener (indexed like `Config::listeners`): its chain's filter indexes.
@@ -30,11 +34,32 @@ pub struct Generation {
 }
 
 impl Generation {
-    fn build(p: &Published, clusters: &Rc<Vec<Cluster>>) -> Self {
-        let filters = p
-            .filters
-            .as_ref()
-            .map(|set| WorkerFilters::start(set.clone(), clusters.clone()));
+    /// Builds worker `worker`'s view of `p`, reusing what `prev` has: unchanged cluster
+    /// versions keep their views, and an unchanged filter set keeps its VMs.
+    fn build(
+        p: &Published,
+        prev: Option<&Generation>,
+        worker: usize,
+        current: &CurrentClusters,
+    ) -> Self {
+        let clusters = Rc::new(ClusterTable::build(
+            &p.clusters,
+            prev.map(|g| &*g.clusters),
+            worker,
+        ));
+        // Callouts of running VMs use the clusters new requests do.
+        *current.borrow_mut() = clusters.clone();
+        let filters = match (&p.filters, prev) {
+            (Some(set), Some(g))
+                if g.filters
+                    .as_ref()
+                    .is_some_and(|f| Arc::ptr_eq(f.set(), set)) =>
+            {
+                g.filters.clone()
+            }
+            (Some(set), _) => Some(WorkerFilters::start(set.clone(), current.clone())),
+            (None, _) => None,
+        };
         let chains = p
             .config
             .listeners
@@ -47,17 +72,29 @@ impl Generation {
             .collect();
         Self {
             id: p.id,
+            default_clusters: p
+                .config
+                .listeners
+                .iter()
+                .map(|l| l.default_cluster)
+                .collect(),
+            clusters,
             filters,
             chains,
         }
+    }
+
+    /// The default cluster of listener `l`.
+    pub fn default_cluster(&self, l: usize) -> &Rc<crate::upstream::Cluster> {
+        &self.clusters[self.default_clusters.get(l).copied().unwrap_or(0)]
     }
 }
 
 /// One worker's state, shared by its tasks through `Rc`.
 pub struct WorkerCtx {
     pub id: usize,
-    /// Indexed like `Config::clusters`.
-    pub clusters: std::rc::Rc<Vec<Cluster>>,
+    /// The cluster table of the current generation (filter callouts read it).
+    pub clusters: CurrentClusters,
     /// The generation new requests use.
     current: RefCell<Rc<Generation>>,
     /// The clocks of this worker's connections.
@@ -106,8 +143,6 @@ pub struct WorkerSpec {
     pub id: usize,
     pub workers: usize,
     pub config: Arc<Config>,
-    /// Resolved endpoint addresses, indexed like `Config::clusters`.
-    pub endpoints: Arc<Vec<Vec<SocketAddr>>>,
     /// `(listener index, socket)` pairs for this worker.
     pub sockets: Vec<(usize, std::net::TcpListener)>,
     pub drain: watch::Receiver<bool>,
@@ -115,11 +150,9 @@ pub struct WorkerSpec {
     pub generations: watch::Receiver<Arc<Published>>,
     /// `(worker id, generation id)` once this worker serves a generation.
     pub acks: mpsc::UnboundedSender<(usize, u64)>,
-    /// TLS contexts of listeners and clusters (indexed like the config's).
+    /// TLS contexts of the listeners (indexed like the config's).
     pub tls: Arc<crate::tls::TlsContexts>,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
-    /// Each cluster's state shared by all workers (indexed like `Config::clusters`).
-    pub cluster_state: Arc<Vec<Arc<crate::upstream::ClusterShared>>>,
 }
 
 /// Starts a worker thread; it returns once drained.
@@ -141,28 +174,18 @@ async fn run(spec: WorkerSpec) {
         id,
         workers,
         config,
-        endpoints,
         sockets,
         mut drain,
         mut generations,
         acks,
         tls,
         telemetry,
-        cluster_state,
     } = spec;
     let telemetry = telemetry.worker(id);
     crate::telemetry::set_worker(telemetry.clone());
     // Callouts go through the same clusters (and pools) as requests.
     let first = generations.borrow_and_update().clone();
-    let worker = context(
-        id,
-        &config,
-        &endpoints,
-        &tls,
-        &cluster_state,
-        telemetry.clone(),
-        &first,
-    );
+    let worker = context(id, telemetry.clone(), &first);
     let _ = acks.send((id, first.id));
     for (li, sock) in sockets {
         let listener = match TcpListener::from_std(sock) {
@@ -214,34 +237,14 @@ async fn run(spec: WorkerSpec) {
     tracing::debug!(worker = id, "worker drained");
 }
 
-/// A worker's context: its clusters (and so its pools) and its first generation's VMs.
+/// A worker's context: its first generation's cluster views (and so its pools) and VMs.
 pub(crate) fn context(
     id: usize,
-    config: &Config,
-    endpoints: &[Vec<SocketAddr>],
-    tls: &crate::tls::TlsContexts,
-    cluster_state: &[Arc<crate::upstream::ClusterShared>],
     telemetry: Rc<crate::telemetry::WorkerTelemetry>,
     first: &Published,
 ) -> Rc<WorkerCtx> {
-    let clusters: Rc<Vec<Cluster>> = Rc::new(
-        config
-            .clusters
-            .iter()
-            .zip(endpoints.iter())
-            .enumerate()
-            .map(|(i, (c, addrs))| {
-                Cluster::new(
-                    c,
-                    addrs,
-                    tls.clusters.get(i).cloned().flatten(),
-                    cluster_state[i].clone(),
-                    id,
-                )
-            })
-            .collect(),
-    );
-    let current = Rc::new(Generation::build(first, &clusters));
+    let clusters = CurrentClusters::default();
+    let current = Rc::new(Generation::build(first, None, id, &clusters));
     Rc::new(WorkerCtx {
         id,
         clusters,
@@ -263,7 +266,14 @@ async fn follow_generations(
 ) {
     while generations.changed().await.is_ok() {
         let p = generations.borrow_and_update().clone();
-        let next = Rc::new(Generation::build(&p, &worker.clusters));
+        let prev = worker.generation();
+        let next = Rc::new(Generation::build(
+            &p,
+            Some(&prev),
+            worker.id,
+            &worker.clusters,
+        ));
+        drop(prev);
         // The old generation stays alive in the requests that hold it.
         *worker.current.borrow_mut() = next;
         let _ = acks.send((worker.id, p.id));
@@ -272,19 +282,25 @@ async fn follow_generations(
 
 /// Closes pooled upstream connections once idle past their cluster's `pool.idle_timeout`, so idle
 /// connections do not linger when traffic stops (checkout and checkin also drop stale ones).
+/// Walks the current generation's clusters each round (pools of replaced versions close when
+/// their last request ends).
 async fn sweep_pools(worker: std::rc::Rc<WorkerCtx>) {
-    let shortest = worker
-        .clusters
-        .iter()
-        .flat_map(|c| c.endpoints.iter().map(|e| e.pool.idle_timeout()))
-        .min();
-    let Some(shortest) = shortest else { return };
-    let mut every = tokio::time::interval((shortest / 4).max(std::time::Duration::from_millis(10)));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        every.tick().await;
+        let shortest = {
+            let g = worker.generation();
+            g.clusters
+                .clusters
+                .iter()
+                .flat_map(|c| c.endpoints.iter().map(|e| e.pool.idle_timeout()))
+                .min()
+        };
+        let every = shortest
+            .map_or(std::time::Duration::from_secs(1), |s| s / 4)
+            .max(std::time::Duration::from_millis(10));
+        crate::timer::deadline(every).await;
         let now = crate::timer::now_ms();
-        for c in worker.clusters.iter() {
+        let g = worker.generation();
+        for c in &g.clusters.clusters {
             for e in &c.endpoints {
                 e.pool.evict_stale(now);
             }

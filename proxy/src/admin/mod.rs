@@ -55,9 +55,6 @@ pub struct AdminState {
     pub tls: Arc<crate::tls::TlsContexts>,
     /// The core's metrics (`/metrics`).
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
-    /// Each cluster's live state (indexed like the config's clusters, which a reload never
-    /// changes): `/clusters` and the `weir_cluster_*` metrics.
-    pub clusters: Vec<Arc<crate::upstream::ClusterShared>>,
 }
 
 struct Admin {
@@ -138,6 +135,8 @@ enum Route<'a> {
     Rollback,
     Filter(&'a str),
     Chain(&'a str),
+    /// `PUT /clusters/NAME/endpoints`.
+    Endpoints(&'a str),
 }
 
 impl Route<'_> {
@@ -146,7 +145,7 @@ impl Route<'_> {
             Route::Read(_) => "GET, HEAD",
             Route::Logging => "GET, HEAD, POST",
             Route::Reload | Route::Rollback => "POST",
-            Route::Filter(_) | Route::Chain(_) => "PUT",
+            Route::Filter(_) | Route::Chain(_) | Route::Endpoints(_) => "PUT",
         }
     }
 }
@@ -172,9 +171,17 @@ impl Admin {
             "/rollback" => Route::Rollback,
             "/logging" => Route::Logging,
             p => {
-                let (kind, name) = match (p.strip_prefix("/filters/"), p.strip_prefix("/chains/")) {
-                    (Some(n), _) => (0, n),
-                    (_, Some(n)) => (1, n),
+                let endpoints = p
+                    .strip_prefix("/clusters/")
+                    .and_then(|r| r.strip_suffix("/endpoints"));
+                let (kind, name) = match (
+                    p.strip_prefix("/filters/"),
+                    p.strip_prefix("/chains/"),
+                    endpoints,
+                ) {
+                    (Some(n), _, _) => (0, n),
+                    (_, Some(n), _) => (1, n),
+                    (_, _, Some(n)) => (2, n),
                     _ => return error(StatusCode::NOT_FOUND, "not found"),
                 };
                 if !valid_name(name) {
@@ -183,10 +190,10 @@ impl Admin {
                         format!("invalid name {name:?}: letters, digits, `-`, `_`, `.` only"),
                     );
                 }
-                if kind == 0 {
-                    Route::Filter(name)
-                } else {
-                    Route::Chain(name)
+                match kind {
+                    0 => Route::Filter(name),
+                    1 => Route::Chain(name),
+                    _ => Route::Endpoints(name),
                 }
             }
         };
@@ -194,7 +201,7 @@ impl Admin {
             Route::Read(_) => matches!(*req.method(), Method::GET | Method::HEAD),
             Route::Logging => matches!(*req.method(), Method::GET | Method::HEAD | Method::POST),
             Route::Reload | Route::Rollback => req.method() == Method::POST,
-            Route::Filter(_) | Route::Chain(_) => req.method() == Method::PUT,
+            Route::Filter(_) | Route::Chain(_) | Route::Endpoints(_) => req.method() == Method::PUT,
         };
         if !method_ok {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
@@ -232,6 +239,7 @@ fn control_error(e: &ControlError) -> Resp {
     let status = match e {
         ControlError::Busy => StatusCode::CONFLICT,
         ControlError::NoHistory | ControlError::NoManifest => StatusCode::CONFLICT,
+        ControlError::UnknownCluster(_) => StatusCode::NOT_FOUND,
         ControlError::Timeout(_) | ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };

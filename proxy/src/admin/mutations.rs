@@ -1,5 +1,5 @@
-//! The changes: `POST /reload`, `POST /rollback`, `PUT /filters/NAME` and `PUT /chains/NAME`,
-//! each one transaction of [`Control`](crate::control::Control) with one audit line; and
+//! The changes: `POST /reload`, `POST /rollback`, `PUT /filters/NAME`, `PUT /chains/NAME` and
+//! `PUT /clusters/NAME/endpoints`, each one transaction of [`Control`](crate::control::Control) with one audit line; and
 //! `POST /logging`, outside the transaction. A body is read only up to its bound.
 
 use http::{Request, StatusCode, header};
@@ -78,12 +78,70 @@ impl Admin {
                     self.control.put_chain(name, filters, dry_run).await,
                 )
             }
+            Route::Endpoints(name) => {
+                let eps = match serde_json::from_slice::<EndpointsBody>(&body) {
+                    Ok(b) => b.endpoints.into_iter().map(EndpointBody::into_config),
+                    Err(e) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!(
+                                "endpoints: expected {{\"endpoints\": [{{\"address\": \"IP:PORT\", …}}]}}: {e}"
+                            ),
+                        );
+                    }
+                };
+                (
+                    "set_endpoints",
+                    name.to_owned(),
+                    self.control
+                        .set_endpoints(name, eps.collect(), dry_run)
+                        .await,
+                )
+            }
             Route::Read(_) | Route::Logging => unreachable!("not a transaction"),
         };
         audit(action, &target, dry_run, &result);
         match result {
             Ok(a) => json_resp(StatusCode::OK, &applied_json(&a)),
             Err(e) => control_error(&e),
+        }
+    }
+}
+
+/// The body of `PUT /clusters/NAME/endpoints`: the shape of Envoy's `ClusterLoadAssignment`,
+/// flattened (one priority per endpoint rather than a list per priority).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointsBody {
+    endpoints: Vec<EndpointBody>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointBody {
+    /// `IP:PORT` (a name is resolved by DNS discovery, never here).
+    address: std::net::SocketAddr,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default)]
+    priority: u32,
+    zone: Option<String>,
+    #[serde(default)]
+    health: crate::config::EndpointHealth,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl EndpointBody {
+    fn into_config(self) -> crate::config::EndpointConfig {
+        crate::config::EndpointConfig {
+            address: self.address,
+            weight: self.weight,
+            priority: self.priority,
+            zone: self.zone,
+            health: self.health,
         }
     }
 }

@@ -25,6 +25,21 @@ impl Admin {
                 let mut v = serde_json::to_value(&*p.config).unwrap_or_default();
                 // The token file's path is not secret, but nothing read from it is ever shown.
                 v["generation"] = json!(p.id);
+                // The generation that last changed each listener and cluster.
+                v["versions"] = json!({
+                    "listeners": p
+                        .config
+                        .listeners
+                        .iter()
+                        .zip(p.listener_versions.iter())
+                        .map(|(l, g)| (l.name.clone(), json!(g)))
+                        .collect::<serde_json::Map<_, _>>(),
+                    "clusters": p
+                        .clusters
+                        .iter()
+                        .map(|c| (c.name.clone(), json!(c.generation)))
+                        .collect::<serde_json::Map<_, _>>(),
+                });
                 json_resp(StatusCode::OK, &v)
             }
             "/filters" => json_resp(StatusCode::OK, &self.filters_json()),
@@ -33,10 +48,7 @@ impl Admin {
                 let p = self.control.current();
                 json_resp(
                     StatusCode::OK,
-                    &crate::upstream::report::clusters_json(
-                        &p.config.clusters,
-                        &self.state.clusters,
-                    ),
+                    &crate::upstream::report::clusters_json(&p.clusters),
                 )
             }
             "/metrics" => {
@@ -150,10 +162,21 @@ impl Admin {
             guest_metrics(&set.runtime, &mut out);
         }
         self.state.tls.metrics(&mut out);
+        let p = self.control.current();
         if let Some(t) = &self.state.telemetry {
-            t.render(&mut out);
+            let live: Vec<crate::telemetry::metrics::LiveCluster<'_>> = p
+                .clusters
+                .iter()
+                .map(|c| crate::telemetry::metrics::LiveCluster {
+                    name: &c.name,
+                    slots: c.metrics,
+                    endpoints: c.endpoints.iter().map(|e| (e.addr, e.metrics)).collect(),
+                })
+                .collect();
+            t.render(&mut out, &live);
         }
-        crate::upstream::report::prometheus(&self.state.clusters, &mut out);
+        crate::upstream::report::prometheus(&p.clusters, &mut out);
+        self.control.clusters.metrics(&mut out);
         out
     }
 }

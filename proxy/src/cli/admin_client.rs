@@ -146,6 +146,40 @@ fn parse(raw: &[u8]) -> Result<Answer, ClientError> {
 }
 
 /// `?dry_run=true` when asked.
+/// The JSON body of `PUT /clusters/NAME/endpoints` from `IP:PORT[,key=value…]` arguments.
+pub fn endpoints_body(specs: &[String]) -> Result<String, String> {
+    let mut eps = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let mut parts = spec.split(',');
+        let address = parts.next().unwrap_or_default();
+        if address.parse::<SocketAddr>().is_err() {
+            return Err(format!("`{address}` is not IP:PORT"));
+        }
+        let mut ep = serde_json::Map::new();
+        ep.insert("address".into(), address.into());
+        for kv in parts {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("`{kv}` in `{spec}` is not key=value"))?;
+            let value = match k {
+                "weight" | "priority" => serde_json::Value::from(
+                    v.parse::<u32>()
+                        .map_err(|_| format!("{k} in `{spec}`: `{v}` is not a number"))?,
+                ),
+                "zone" | "health" => serde_json::Value::from(v),
+                _ => {
+                    return Err(format!(
+                        "`{k}` in `{spec}`: use weight, priority, zone or health"
+                    ));
+                }
+            };
+            ep.insert(k.into(), value);
+        }
+        eps.push(serde_json::Value::Object(ep));
+    }
+    Ok(serde_json::json!({ "endpoints": eps }).to_string())
+}
+
 pub fn with_dry_run(path: &str, dry_run: bool) -> String {
     if dry_run {
         format!("{path}?dry_run=true")

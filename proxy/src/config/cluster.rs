@@ -22,12 +22,9 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_POOL_MAX_IDLE: usize = 128;
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClusterConfig {
     pub name: String,
-    /// Position in [`Config::clusters`](super::Config::clusters) (metric slots are found by it).
-    #[serde(skip)]
-    pub index: usize,
     pub endpoints: Endpoints,
     pub protocol: Protocol,
     pub lb: LbPolicy,
@@ -64,10 +61,19 @@ impl ClusterConfig {
             Endpoints::Demo(_) => (1, 0),
         }
     }
+
+    /// Whether connections made for `self` may serve `next` (same protocol, TLS and pool
+    /// settings): a changed cluster keeps its endpoints' pools only then.
+    pub fn pools_compatible(&self, next: &ClusterConfig) -> bool {
+        self.protocol == next.protocol
+            && self.tls == next.tls
+            && self.pool_max_idle == next.pool_max_idle
+            && self.pool_idle_timeout == next.pool_idle_timeout
+    }
 }
 
 /// Where a cluster's endpoints come from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Endpoints {
     Static(Vec<EndpointConfig>),
@@ -75,14 +81,46 @@ pub enum Endpoints {
     Demo(String),
 }
 
-/// One static endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// One static endpoint (from the manifest or `PUT /clusters/NAME/endpoints`): the fields of
+/// Envoy's `LbEndpoint`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EndpointConfig {
     pub address: SocketAddr,
     /// Relative share of its priority level's traffic.
     pub weight: u32,
     /// 0 is served first; higher levels take the load that unhealthy lower levels cannot.
     pub priority: u32,
+    /// The locality label (shown in `/clusters`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// What the source says of it; only `healthy` endpoints get new requests.
+    pub health: EndpointHealth,
+}
+
+impl EndpointConfig {
+    /// An endpoint with the defaults: weight 1, priority 0, healthy.
+    pub fn at(address: SocketAddr) -> Self {
+        Self {
+            address,
+            weight: 1,
+            priority: 0,
+            zone: None,
+            health: EndpointHealth::Healthy,
+        }
+    }
+}
+
+/// An endpoint's health as its source reports it (Envoy's `HealthStatus`, reduced to what a
+/// balancer acts on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointHealth {
+    #[default]
+    Healthy,
+    /// Finishing what it has: no new requests, its idle pooled connections close.
+    Draining,
+    /// Gets no requests.
+    Unhealthy,
 }
 
 /// The `clusters:` map, in name order (a cluster's index is its position).
@@ -141,7 +179,6 @@ pub(super) fn clusters(
         let request_timeout = opt(c.timeouts.request, "request", errs);
         let idle_timeout = opt(c.timeouts.idle, "idle", errs);
         clusters.push(ClusterConfig {
-            index: clusters.len(),
             name,
             endpoints,
             protocol: c.protocol,
@@ -182,11 +219,7 @@ pub(super) fn clusters(
 /// One `endpoints` entry: an address, or `{address, weight, priority}`.
 fn endpoint(e: &raw::Endpoint, p: &str, errs: &mut Errors) -> EndpointConfig {
     match e {
-        raw::Endpoint::Address(a) => EndpointConfig {
-            address: endpoint_addr(a, p, errs),
-            weight: 1,
-            priority: 0,
-        },
+        raw::Endpoint::Address(a) => EndpointConfig::at(endpoint_addr(a, p, errs)),
         raw::Endpoint::Detailed(d) => {
             let weight = d.weight.unwrap_or(1);
             if !(1..=MAX_WEIGHT).contains(&weight) {
@@ -206,13 +239,15 @@ fn endpoint(e: &raw::Endpoint, p: &str, errs: &mut Errors) -> EndpointConfig {
                 address: endpoint_addr(&d.address, &format!("{p}.address"), errs),
                 weight,
                 priority,
+                zone: d.zone.clone(),
+                health: d.health.unwrap_or_default(),
             }
         }
     }
 }
 
-const MAX_WEIGHT: u32 = 10_000;
-const MAX_PRIORITY: u32 = 127;
+pub const MAX_WEIGHT: u32 = 10_000;
+pub const MAX_PRIORITY: u32 = 127;
 
 /// An endpoint is `ip:port` or `host:port` (resolved once, at load time).
 fn endpoint_addr(s: &str, path: &str, errs: &mut Errors) -> SocketAddr {

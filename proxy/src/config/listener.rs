@@ -65,7 +65,7 @@ impl Default for ListenerLimits {
 /// The `listeners:` list; `clusters` and `chains` are the validated ones they may name.
 pub(super) fn listeners(
     list: Vec<raw::Listener>,
-    clusters: &[ClusterConfig],
+    clusters: &[std::sync::Arc<ClusterConfig>],
     chains: &[ChainConfig],
     base_dir: &Path,
     errs: &mut Errors,

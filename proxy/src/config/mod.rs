@@ -33,7 +33,7 @@ use units::ser_duration;
 
 pub use cluster::{
     ClusterConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE,
-    DEFAULT_RESPONSE_TIMEOUT, EndpointConfig, Endpoints,
+    DEFAULT_RESPONSE_TIMEOUT, EndpointConfig, EndpointHealth, Endpoints, MAX_PRIORITY, MAX_WEIGHT,
 };
 pub use filter::{
     ChainConfig, DEFAULT_FILTER_CALLBACK_DEADLINE, DEFAULT_FILTER_MEMORY, FilterConfig, ModuleRef,
@@ -83,7 +83,8 @@ pub struct Config {
     pub tls_watch_interval: Duration,
     pub admin: Option<AdminConfig>,
     pub listeners: Vec<ListenerConfig>,
-    pub clusters: Vec<ClusterConfig>,
+    /// Shared so that a change to one cluster copies only that one.
+    pub clusters: Vec<std::sync::Arc<ClusterConfig>>,
     pub chains: Vec<ChainConfig>,
     pub filters: Vec<FilterConfig>,
     pub telemetry: TelemetryConfig,
@@ -204,7 +205,11 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
     });
 
     // Clusters first: listeners refer to them.
-    let clusters = cluster::clusters(m.clusters, base_dir, &mut errs);
+    let clusters: Vec<std::sync::Arc<ClusterConfig>> =
+        cluster::clusters(m.clusters, base_dir, &mut errs)
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect();
     // Filters, then the chains that name them.
     let filters = filter::filters(m.filters, base_dir, &mut errs);
     let chains = filter::chains(m.chains, &filters, &mut errs);

@@ -188,6 +188,8 @@ pub struct EndpointSpec {
     pub address: String,
     pub weight: Option<u32>,
     pub priority: Option<u32>,
+    pub zone: Option<String>,
+    pub health: Option<super::EndpointHealth>,
 }
 
 impl<'de> Deserialize<'de> for Endpoint {

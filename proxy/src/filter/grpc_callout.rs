@@ -91,7 +91,7 @@ fn build(
         .method(Method::POST)
         .uri(format!("/{}/{}", req.service, req.method))
         .version(http::Version::HTTP_2)
-        .header(http::header::HOST, cluster.name.as_str())
+        .header(http::header::HOST, &*cluster.name)
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header(http::header::TE, "trailers");
     if let Some(t) = timeout {

@@ -27,7 +27,7 @@ use super::FilterSet;
 use super::grpc_callout::{self, GrpcEvent, StreamCmd};
 use crate::proto::body::ProxyBody;
 use crate::proto::error::ProxyError;
-use crate::upstream::{self, Cluster};
+use crate::upstream::{self, ClusterTable, CurrentClusters};
 
 /// Largest callout response body delivered to a filter.
 const MAX_CALLOUT_BODY: usize = 1 << 20;
@@ -119,8 +119,9 @@ impl Drop for WorkerFilters {
 }
 
 impl WorkerFilters {
-    /// Starts every filter's VM on this worker and the worker's filter event loop.
-    pub fn start(set: Arc<FilterSet>, clusters: Rc<Vec<Cluster>>) -> Rc<Self> {
+    /// Starts every filter's VM on this worker and the worker's filter event loop. Callouts go
+    /// to the clusters of the worker's current generation (`clusters`).
+    pub fn start(set: Arc<FilterSet>, clusters: CurrentClusters) -> Rc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let generations: Vec<Arc<AtomicU64>> =
             (0..set.filters.len()).map(|_| Arc::default()).collect();
@@ -164,6 +165,11 @@ impl WorkerFilters {
         let task = tokio::task::spawn_local(Self::run(Rc::downgrade(&me), rx, clusters));
         *me.events.borrow_mut() = Some(task.abort_handle());
         me
+    }
+
+    /// The filter set these VMs run.
+    pub fn set(&self) -> &Arc<FilterSet> {
+        &self.set
     }
 
     /// The generation of the filter's current VM.
@@ -246,23 +252,20 @@ impl WorkerFilters {
         }
     }
 
-    async fn run(
-        me: Weak<Self>,
-        mut rx: mpsc::UnboundedReceiver<Event>,
-        clusters: Rc<Vec<Cluster>>,
-    ) {
+    async fn run(me: Weak<Self>, mut rx: mpsc::UnboundedReceiver<Event>, current: CurrentClusters) {
         while let Some(ev) = rx.recv().await {
             let Some(this) = me.upgrade() else { return };
+            let clusters = current.borrow().clone();
             match ev {
                 Event::HttpCall {
                     filter,
                     generation,
                     req,
                 } => {
-                    let (me, clusters) = (this.clone(), clusters.clone());
+                    let me = this.clone();
                     tokio::task::spawn_local(async move {
                         let token = req.token;
-                        let resp = callout(&clusters, &me.set, &req).await;
+                        let resp = callout(&clusters, &req).await;
                         me.deliver_callout(filter, generation, token, resp);
                     });
                 }
@@ -322,19 +325,18 @@ impl WorkerFilters {
         filter: usize,
         generation: u64,
         req: GrpcCallRequest,
-        clusters: &Rc<Vec<Cluster>>,
+        clusters: &Rc<ClusterTable>,
     ) {
-        let found = self
-            .set
-            .clusters
-            .iter()
-            .position(|c| c.as_bytes() == req.upstream);
-        let ci = match found {
-            Some(ci) if grpc_callout::usable(&clusters[ci]) => ci,
+        let found = std::str::from_utf8(&req.upstream)
+            .ok()
+            .and_then(|n| clusters.get(n))
+            .cloned();
+        let cluster = match found {
+            Some(c) if grpc_callout::usable(&c) => c,
             other => {
                 let why = match other {
-                    Some(ci) => {
-                        tracing::warn!(cluster = %clusters[ci].name, "a gRPC callout needs a cluster with protocol: http2");
+                    Some(c) => {
+                        tracing::warn!(cluster = %c.name, "a gRPC callout needs a cluster with protocol: http2");
                         "the cluster does not speak HTTP/2"
                     }
                     None => "unknown cluster",
@@ -343,11 +345,10 @@ impl WorkerFilters {
                 return self.deliver_grpc(filter, generation, req.token, ev);
             }
         };
-        let clusters = clusters.clone();
         if !req.streaming {
             let me = self.clone();
             tokio::task::spawn_local(async move {
-                let ev = grpc_callout::call(&clusters[ci], &req).await;
+                let ev = grpc_callout::call(&cluster, &req).await;
                 me.deliver_grpc(filter, generation, req.token, ev);
             });
             return;
@@ -359,7 +360,7 @@ impl WorkerFilters {
         let me = Rc::downgrade(self);
         tokio::task::spawn_local(async move {
             let token = req.token;
-            grpc_callout::stream(&clusters[ci], &req, rx, |ev| {
+            grpc_callout::stream(&cluster, &req, rx, |ev| {
                 if let Some(me) = me.upgrade() {
                     me.deliver_grpc(filter, generation, token, ev);
                 }
@@ -417,11 +418,10 @@ impl WorkerFilters {
 
 /// Performs an HTTP callout on a manifest cluster, through the worker's pools. Like Envoy, a
 /// timeout or an unreachable cluster comes back as a response (504 / 503); a reset as a failure.
-async fn callout(clusters: &[Cluster], set: &FilterSet, req: &HttpCallRequest) -> CalloutResponse {
-    let Some(ci) = set.clusters.iter().position(|c| *c == req.upstream) else {
+async fn callout(clusters: &ClusterTable, req: &HttpCallRequest) -> CalloutResponse {
+    let Some(cluster) = clusters.get(&req.upstream) else {
         return CalloutResponse::failure("unknown cluster");
     };
-    let cluster = &clusters[ci];
     let mut builder = Request::builder();
     let mut authority = None;
     for (k, v) in &req.headers {

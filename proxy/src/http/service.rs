@@ -27,7 +27,7 @@ use crate::proto::h1::head::RawFields;
 use crate::telemetry::Exchange;
 use crate::tls::ConnTls;
 use crate::upstream::{self, Cluster, Endpoint};
-use crate::worker::WorkerCtx;
+use crate::worker::{Generation, WorkerCtx};
 use weir_host_abi::HttpPhases;
 
 /// The proxy service of one downstream connection (HTTP/1.1 calls it directly; HTTP/2 through
@@ -110,7 +110,11 @@ impl ProxyService {
     /// fields raw ([`crate::proto::h1::head::RequestHead`]'s `raw`), and `proxy` checks again.
     pub fn takes_raw_requests(&self) -> bool {
         !self.worker.telemetry.detailed()
-            && self.worker.clusters[self.listener.default_cluster].protocol
+            && self
+                .worker
+                .generation()
+                .default_cluster(self.listener.index)
+                .protocol
                 == crate::config::Protocol::Http1
             && !self.has_chain()
     }
@@ -144,8 +148,9 @@ impl ProxyService {
         ex: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let limits = &self.listener.limits;
+        let generation = self.worker.generation();
         let chain = self.chain();
-        let cluster = &self.worker.clusters[self.listener.default_cluster];
+        let cluster = generation.default_cluster(self.listener.index);
         let raw = match raw {
             Some(raw)
                 if chain.is_none()
@@ -200,13 +205,20 @@ impl ProxyService {
             // Upgrades too: a filter that denies a request must deny its upgrade.
             // Boxed: the chain's future is large, and an async fn's state is as large as its
             // largest await; inline, every request (chain or not) would carry and copy it.
-            return Box::pin(self.through_chain(parts, body, filters, chain, upgrade, ex)).await;
+            return Box::pin(self.through_chain(
+                parts,
+                body,
+                (&generation, filters, chain),
+                upgrade,
+                ex,
+            ))
+            .await;
         }
 
         let mut req = Request::from_parts(parts, ProxyBody::Downstream(body));
         if upgrade {
             let ep = cluster.endpoint()?;
-            ex.upstream_start(cluster.index, &ep, &mut req, false, false);
+            ex.upstream_start(cluster, &ep, &mut req, false, false);
             let r = Box::pin(tunnel(cluster, &ep, req)).await;
             ex.upstream_done(&r);
             return r;
@@ -237,8 +249,7 @@ impl ProxyService {
         &self,
         parts: http::request::Parts,
         body: DownstreamBody,
-        filters: Rc<WorkerFilters>,
-        chain: std::sync::Arc<[usize]>,
+        (generation, filters, chain): (&Generation, Rc<WorkerFilters>, Arc<[usize]>),
         upgrade: bool,
         ex: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -325,20 +336,17 @@ impl ProxyService {
             request_body
         };
 
-        let ci = match &route.cluster {
-            Some(name) => self
-                .worker
+        let cluster = match &route.cluster {
+            Some(name) => generation
                 .clusters
-                .iter()
-                .position(|c| &c.name == name)
+                .get(name)
                 .ok_or_else(|| ProxyError::UnknownCluster(name.clone()))?,
-            None => self.listener.default_cluster,
+            None => generation.default_cluster(self.listener.index),
         };
-        let cluster = &self.worker.clusters[ci];
         if upgrade {
             let ep = cluster.endpoint()?;
             run.with_stream(|s| s.upstream_address = Some(ep.addr));
-            ex.upstream_start(ci, &ep, &mut req, true, route.cluster.is_some());
+            ex.upstream_start(cluster, &ep, &mut req, true, route.cluster.is_some());
             let r = tunnel(cluster, &ep, req).await;
             ex.upstream_done(&r);
             return r;
@@ -573,7 +581,7 @@ struct Attempts<'a> {
 }
 
 impl upstream::Observer for Attempts<'_> {
-    fn start(&mut self, cluster: usize, ep: &Endpoint, req: &mut Request<ProxyBody>) {
+    fn start(&mut self, cluster: &Cluster, ep: &Endpoint, req: &mut Request<ProxyBody>) {
         if let Some(run) = self.run {
             run.with_stream(|s| s.upstream_address = Some(ep.addr));
         }

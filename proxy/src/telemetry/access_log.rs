@@ -19,7 +19,6 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Version};
 
-use super::metrics::Layout;
 use crate::config::{AccessLogConfig, AccessLogField, AccessLogPath};
 use crate::tls::ConnTls;
 
@@ -126,9 +125,9 @@ impl WorkerLog {
     }
 
     /// Formats `rec` as one line into the buffer (handing the buffer over when it is full).
-    pub fn push(&self, rec: &Record, layout: &Layout) {
+    pub fn push(&self, rec: &Record, listeners: &[String]) {
         let mut b = self.buf.borrow_mut();
-        rec.write_json(&mut b.0, &self.sink.fields, layout);
+        rec.write_json(&mut b.0, &self.sink.fields, listeners);
         b.1 += 1;
         if b.0.len() >= FLUSH_AT {
             let full = std::mem::replace(&mut b.0, Vec::with_capacity(FLUSH_AT));
@@ -165,7 +164,7 @@ pub struct Record {
     request_id: Option<HeaderValue>,
     peer: Option<SocketAddr>,
     peer_identity: Option<String>,
-    upstream: Option<(usize, SocketAddr)>,
+    upstream: Option<(Arc<str>, SocketAddr)>,
     routed: bool,
     pub trace_id: Option<[u8; 16]>,
     pub upstream_service_time: Option<Duration>,
@@ -220,8 +219,8 @@ impl Record {
     }
 
     /// The upstream attempt: where it went, and the request id the upstream got.
-    pub fn upstream(&mut self, cluster: usize, addr: SocketAddr, routed: bool, h: &HeaderMap) {
-        self.upstream = Some((cluster, addr));
+    pub fn upstream(&mut self, cluster: &Arc<str>, addr: SocketAddr, routed: bool, h: &HeaderMap) {
+        self.upstream = Some((cluster.clone(), addr));
         self.routed = routed;
         if let Some(id) = h.get("x-request-id") {
             self.request_id = Some(id.clone());
@@ -229,7 +228,7 @@ impl Record {
     }
 
     /// Appends the line (with its newline) to `out`.
-    pub fn write_json(&self, out: &mut Vec<u8>, fields: &[AccessLogField], layout: &Layout) {
+    pub fn write_json(&self, out: &mut Vec<u8>, fields: &[AccessLogField], listeners: &[String]) {
         let mut s = String::with_capacity(512);
         s.push('{');
         for (i, f) in fields.iter().enumerate() {
@@ -239,13 +238,13 @@ impl Record {
             s.push('"');
             s.push_str(f.name());
             s.push_str("\":");
-            self.value(&mut s, *f, layout);
+            self.value(&mut s, *f, listeners);
         }
         s.push_str("}\n");
         out.extend_from_slice(s.as_bytes());
     }
 
-    fn value(&self, s: &mut String, f: AccessLogField, layout: &Layout) {
+    fn value(&self, s: &mut String, f: AccessLogField, listeners: &[String]) {
         use AccessLogField as F;
         let opt_ms = |s: &mut String, d: Option<Duration>| match d {
             Some(d) => {
@@ -286,22 +285,18 @@ impl Record {
             }
             F::DurationMs => opt_ms(s, Some(self.duration)),
             F::UpstreamServiceTimeMs => opt_ms(s, self.upstream_service_time),
-            F::UpstreamHost => match self.upstream {
+            F::UpstreamHost => match &self.upstream {
                 Some((_, a)) => json_str(s, &a.to_string()),
                 None => s.push_str("null"),
             },
-            F::UpstreamCluster => opt_str(
-                s,
-                self.upstream
-                    .and_then(|(c, _)| layout.clusters.get(c))
-                    .map(|(n, _)| n.as_str()),
-            ),
+            F::UpstreamCluster => opt_str(s, self.upstream.as_ref().map(|(c, _)| &**c)),
             F::Route => opt_str(
                 s,
                 self.upstream
+                    .as_ref()
                     .map(|_| if self.routed { "filter" } else { "default" }),
             ),
-            F::Listener => opt_str(s, layout.listeners.get(self.listener).map(String::as_str)),
+            F::Listener => opt_str(s, listeners.get(self.listener).map(String::as_str)),
             F::DownstreamRemoteAddress => match self.peer {
                 Some(p) => json_str(s, &p.to_string()),
                 None => s.push_str("null"),
@@ -356,10 +351,7 @@ mod tests {
 
     #[test]
     fn a_line_is_one_json_object_with_the_fields_asked_for() {
-        let layout = Layout::new(
-            vec!["main".into()],
-            vec![("web".into(), vec!["127.0.0.1:9".into()])],
-        );
+        let listeners = ["main".to_owned()];
         let mut rec = Record::new(0);
         let req = Request::builder()
             .method("POST")
@@ -369,13 +361,18 @@ mod tests {
             .body(())
             .unwrap();
         rec.request(&req, ([10, 0, 0, 1], 5555).into(), None);
-        rec.upstream(0, ([127, 0, 0, 1], 9).into(), false, &HeaderMap::new());
+        rec.upstream(
+            &Arc::from("web"),
+            ([127, 0, 0, 1], 9).into(),
+            false,
+            &HeaderMap::new(),
+        );
         rec.status = 503;
         rec.flags = super::super::flags::UF;
         rec.bytes = (10, 20);
         rec.duration = Duration::from_micros(1500);
         let mut out = Vec::new();
-        rec.write_json(&mut out, AccessLogField::ALL, &layout);
+        rec.write_json(&mut out, AccessLogField::ALL, &listeners);
         let line = String::from_utf8(out).unwrap();
         assert!(line.ends_with("}\n") && line.lines().count() == 1, "{line}");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -400,7 +397,7 @@ mod tests {
         rec.write_json(
             &mut out,
             &[AccessLogField::Status, AccessLogField::Method],
-            &layout,
+            &listeners,
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),

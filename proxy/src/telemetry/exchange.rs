@@ -25,7 +25,7 @@ use super::{WorkerTelemetry, access_log, trace};
 use crate::proto::body::{BoxError, ProxyBody};
 use crate::proto::error::{ERROR_HEADER, ProxyError, flag_of_reason};
 use crate::tls::ConnTls;
-use crate::upstream::Endpoint;
+use crate::upstream::{Cluster, Endpoint};
 
 /// One upstream attempt.
 struct Attempt {
@@ -64,7 +64,7 @@ pub struct Exchange {
 impl Exchange {
     /// A request head arrived on listener `listener` (its index in the config).
     pub fn start(tel: &Rc<WorkerTelemetry>, listener: usize) -> Self {
-        let base = tel.layout.listener(listener);
+        let base = metrics::listener_slots(listener);
         tel.shard.add(base + metrics::listener::RQ_ACTIVE, 1);
         let detail = tel.detailed().then(|| {
             Box::new(Detail {
@@ -120,13 +120,13 @@ impl Exchange {
     /// time, its client span ended) and counts the new one as a retry.
     pub fn upstream_start<B>(
         &mut self,
-        cluster: usize,
+        cluster: &Cluster,
         ep: &Endpoint,
         req: &mut Request<B>,
         timed: bool,
         routed: bool,
     ) {
-        let base = self.tel.layout.endpoint(cluster, ep.index);
+        let base = ep.metric_slots();
         let retry = match self.upstream.take() {
             Some(previous) => {
                 self.count_attempt(&previous, Instant::now());
@@ -146,14 +146,13 @@ impl Exchange {
             return;
         };
         if let (Some(t), Some(rt)) = (&self.tel.tracing, &mut d.trace) {
-            let cluster_name = &self.tel.layout.clusters[cluster].0;
-            rt.client_span(t, req, ep.addr, cluster_name);
+            rt.client_span(t, req, ep.addr, &cluster.name);
             if let Some(cx) = rt.client_context() {
                 t.inject(cx, req.headers_mut());
             }
         }
         if let Some(log) = &mut d.log {
-            log.upstream(cluster, ep.addr, routed, req.headers());
+            log.upstream(&cluster.name, ep.addr, routed, req.headers());
             if log.trace_id.is_none() {
                 log.trace_id = trace::trace_id_of(req.headers());
             }
@@ -283,7 +282,7 @@ impl Exchange {
             log.status = self.status;
             log.flags = self.flags;
             log.duration = end - self.start;
-            w.push(&log, &self.tel.layout);
+            w.push(&log, &self.tel.listeners);
         }
     }
 }
@@ -406,20 +405,30 @@ mod tests {
         )
         .unwrap();
         let addrs: Vec<SocketAddr> = vec![([127, 0, 0, 1], 1).into(), ([127, 0, 0, 1], 2).into()];
-        let t = Telemetry::metrics_only(&cfg, 1, std::slice::from_ref(&addrs));
+        let t = Telemetry::metrics_only(&cfg, 1);
         let w = t.worker(0);
-        let shared = std::sync::Arc::new(crate::upstream::ClusterShared::new(
+        let shared = std::sync::Arc::new(crate::upstream::ClusterShared::simple(
             &cfg.clusters[0],
             &addrs,
             1,
+            &t,
         ));
-        let c = Cluster::new(&cfg.clusters[0], &addrs, None, shared, 0);
+        let c = Cluster::new(shared, 0, None);
         (t, w, c)
     }
 
-    fn scrape(t: &Telemetry) -> String {
+    fn scrape(t: &Telemetry, c: &Cluster) -> String {
         let mut out = String::new();
-        t.render(&mut out);
+        let live = [crate::telemetry::metrics::LiveCluster {
+            name: &c.name,
+            slots: c.metrics,
+            endpoints: c
+                .endpoints
+                .iter()
+                .map(|e| (e.addr, e.metric_slots()))
+                .collect(),
+        }];
+        t.render(&mut out, &live);
         out
     }
 
@@ -439,14 +448,14 @@ mod tests {
         let (t, w, c) = setup();
         let mut ex = Exchange::start(&w, 0);
         let mut req = Request::new(());
-        ex.upstream_start(0, &c.endpoints[0], &mut req, false, false);
+        ex.upstream_start(&c, &c.endpoints[0], &mut req, false, false);
         ex.upstream_done::<ProxyBody>(&Err(ProxyError::ConnectTimeout(c.endpoints[0].addr)));
-        ex.upstream_start(0, &c.endpoints[1], &mut req, false, false);
+        ex.upstream_start(&c, &c.endpoints[1], &mut req, false, false);
         let resp = ok(200);
         ex.upstream_done(&resp);
         ex.respond(resp.as_ref().unwrap());
         ex.finish(10, 20);
-        let out = scrape(&t);
+        let out = scrape(&t, &c);
         let e1 = r#"cluster="web",endpoint="127.0.0.1:1""#;
         let e2 = r#"cluster="web",endpoint="127.0.0.1:2""#;
         has(
@@ -486,13 +495,13 @@ mod tests {
         let (t, w, c) = setup();
         let mut ex = Exchange::start(&w, 0);
         let mut req = Request::new(());
-        ex.upstream_start(0, &c.endpoints[0], &mut req, true, false);
+        ex.upstream_start(&c, &c.endpoints[0], &mut req, true, false);
         has(
-            &scrape(&t),
+            &scrape(&t, &c),
             r#"weir_downstream_rq_active{listener="main"} 1"#,
         );
         drop(ex);
-        let out = scrape(&t);
+        let out = scrape(&t, &c);
         has(
             &out,
             r#"weir_downstream_rq_total{listener="main",class="none"} 1"#,
@@ -511,14 +520,14 @@ mod tests {
         ex.respond(&Response::new(()));
         ex.finish(0, 0);
         has(
-            &scrape(&t),
+            &scrape(&t, &c),
             r#"weir_downstream_rq_time_seconds_count{listener="main"} 2"#,
         );
     }
 
     #[test]
     fn local_errors_flag_by_their_reason() {
-        let (t, w, _) = setup();
+        let (t, w, c) = setup();
         let mut ex = Exchange::start(&w, 0);
         let resp = crate::http::respond::error_response(&ProxyError::ConnectTimeout(
             ([127, 0, 0, 1], 1).into(),
@@ -526,7 +535,7 @@ mod tests {
         ex.respond(&resp);
         ex.finish(0, 0);
         has(
-            &scrape(&t),
+            &scrape(&t, &c),
             r#"weir_downstream_rq_flags_total{listener="main",flag="UF"} 1"#,
         );
         assert_eq!(flag_of_reason("upstream_response_timeout"), flags::UT);

@@ -2,14 +2,17 @@
 //! Prometheus text when `/metrics` is scraped.
 //!
 //! Every label set (listener; cluster and endpoint; status class; response flag) is resolved to a
-//! slot index when the process starts, so recording is an index computation and a counter bump:
+//! slot index when it appears (at start-up, or on the control thread when a reload or an endpoint
+//! update brings a new cluster or endpoint), so recording is an index computation and a counter bump:
 //! no lock, no hash lookup, no allocation, no formatting on the request path. Each worker owns one
 //! [`Shard`] and is its only writer, so a bump is a `Relaxed` load and store of the worker's own
 //! cache lines (not even a locked read-modify-write); the admin thread only reads and sums.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 /// Upper bounds (nanoseconds) of the request-latency histogram buckets, then `+Inf`. Finer than
 /// Envoy's millisecond buckets at the low end: a proxy hop on a fast network is sub-millisecond.
@@ -105,37 +108,32 @@ pub mod cluster {
 }
 
 /// Where each label set's slots start; the same for every worker's shard.
+///
+/// Listeners get their slots at start-up, in manifest order. Clusters and endpoints come and go
+/// with reloads and endpoint updates, so their slots are handed out by [`Layout::cluster_slots`]
+/// and [`Layout::endpoint_slots`] (on the control thread, before the version that uses them is
+/// published) and kept per name for the life of the process: a cluster or endpoint that comes
+/// back continues its counters, as Prometheus expects of a counter. Only the live ones are
+/// rendered (the caller names them).
 #[derive(Debug)]
 pub struct Layout {
     pub listeners: Vec<String>,
-    /// `(cluster name, endpoint addresses)`, indexed like `Config::clusters`.
-    pub clusters: Vec<(String, Vec<String>)>,
-    /// First slot of each cluster's first endpoint.
-    endpoint_base: Vec<usize>,
-    cluster_base: usize,
+    clusters: HashMap<String, usize>,
+    endpoints: HashMap<(String, SocketAddr), usize>,
     len: usize,
 }
 
 impl Layout {
-    pub fn new(listeners: Vec<String>, clusters: Vec<(String, Vec<String>)>) -> Self {
-        let mut at = listeners.len() * listener::SLOTS;
-        let mut endpoint_base = Vec::with_capacity(clusters.len());
-        for (_, eps) in &clusters {
-            endpoint_base.push(at);
-            at += eps.len() * endpoint::SLOTS;
-        }
-        let cluster_base = at;
-        at += clusters.len() * cluster::SLOTS;
+    pub fn new(listeners: Vec<String>) -> Self {
         Self {
+            len: listeners.len() * listener::SLOTS,
             listeners,
-            clusters,
-            endpoint_base,
-            cluster_base,
-            len: at,
+            clusters: HashMap::new(),
+            endpoints: HashMap::new(),
         }
     }
 
-    /// Slots per shard.
+    /// Slots in use (the shards hold at least this many).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -145,25 +143,49 @@ impl Layout {
         self.len == 0
     }
 
-    /// The index of the cluster called `name`.
-    pub fn cluster_index(&self, name: &str) -> Option<usize> {
-        self.clusters.iter().position(|(n, _)| n == name)
-    }
-
     /// The first slot of listener `l`.
     pub fn listener(&self, l: usize) -> usize {
-        l * listener::SLOTS
+        listener_slots(l)
     }
 
-    /// The first slot of endpoint `e` of cluster `c`.
-    pub fn endpoint(&self, c: usize, e: usize) -> usize {
-        self.endpoint_base[c] + e * endpoint::SLOTS
+    /// The first slot of cluster `name`'s counters (allocated on first use).
+    pub fn cluster_slots(&mut self, name: &str) -> usize {
+        if let Some(&b) = self.clusters.get(name) {
+            return b;
+        }
+        let b = self.grow(cluster::SLOTS);
+        self.clusters.insert(name.to_owned(), b);
+        b
     }
 
-    /// The first slot of cluster `c`.
-    pub fn cluster(&self, c: usize) -> usize {
-        self.cluster_base + c * cluster::SLOTS
+    /// The first slot of endpoint `addr` of cluster `cluster` (allocated on first use).
+    pub fn endpoint_slots(&mut self, cluster: &str, addr: SocketAddr) -> usize {
+        if let Some(&b) = self.endpoints.get(&(cluster.to_owned(), addr)) {
+            return b;
+        }
+        let b = self.grow(endpoint::SLOTS);
+        self.endpoints.insert((cluster.to_owned(), addr), b);
+        b
     }
+
+    fn grow(&mut self, n: usize) -> usize {
+        let b = self.len;
+        self.len += n;
+        b
+    }
+}
+
+/// The first slot of listener `l` (listeners' slots come first, in manifest order).
+pub fn listener_slots(l: usize) -> usize {
+    l * listener::SLOTS
+}
+
+/// A live cluster as `/metrics` renders it: its name, its first slot, and each endpoint's
+/// address and first slot.
+pub struct LiveCluster<'a> {
+    pub name: &'a str,
+    pub slots: usize,
+    pub endpoints: Vec<(SocketAddr, usize)>,
 }
 
 /// 16 counters: one 128-byte block (two cache lines, the prefetch pair), so no two shards ever
@@ -171,37 +193,64 @@ impl Layout {
 #[repr(align(128))]
 struct Block([AtomicU64; 16]);
 
+/// Blocks per chunk: a chunk is 8 KiB, 1,024 slots.
+const CHUNK_BLOCKS: usize = 64;
+const CHUNK_SLOTS: usize = CHUNK_BLOCKS * 16;
+/// Chunks a shard can hold: 4 Mi slots, about 120,000 endpoints. The table of chunk pointers
+/// is 64 KiB per worker; chunks are allocated as slots are handed out.
+const MAX_CHUNKS: usize = 4096;
+
 /// One worker's counters. Written only by its worker (see the module docs); read by anyone.
+///
+/// Chunked so that it can grow while workers write to it: a chunk, once set, never moves, and
+/// slots are handed out (and their chunks allocated, [`Shard::reserve`]) before any worker can
+/// know of them.
 pub struct Shard {
-    blocks: Box<[Block]>,
+    chunks: Box<[OnceLock<Box<[Block]>>]>,
 }
 
 impl Shard {
+    /// A shard with room for `slots` slots now (more are reserved as they are handed out).
     pub fn new(slots: usize) -> Self {
-        Self {
-            blocks: (0..slots.div_ceil(16))
-                .map(|_| Block(std::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
+        let s = Self {
+            chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect(),
+        };
+        s.reserve(slots);
+        s
+    }
+
+    /// Makes sure slots `0..slots` exist. Control thread only, before the slots are published.
+    pub fn reserve(&self, slots: usize) {
+        for c in &self.chunks[..slots.div_ceil(CHUNK_SLOTS).min(MAX_CHUNKS)] {
+            c.get_or_init(|| {
+                (0..CHUNK_BLOCKS)
+                    .map(|_| Block(std::array::from_fn(|_| AtomicU64::new(0))))
+                    .collect()
+            });
         }
     }
 
     #[inline]
-    fn slot(&self, i: usize) -> &AtomicU64 {
-        &self.blocks[i / 16].0[i % 16]
+    fn slot(&self, i: usize) -> Option<&AtomicU64> {
+        let chunk = self.chunks.get(i / CHUNK_SLOTS)?.get()?;
+        let j = i % CHUNK_SLOTS;
+        Some(&chunk[j / 16].0[j % 16])
     }
 
     /// Adds `n` to slot `i`. Only the owning worker calls this: a plain load and store suffice.
     #[inline]
     pub fn add(&self, i: usize, n: u64) {
-        let s = self.slot(i);
-        s.store(s.load(Relaxed).wrapping_add(n), Relaxed);
+        if let Some(s) = self.slot(i) {
+            s.store(s.load(Relaxed).wrapping_add(n), Relaxed);
+        }
     }
 
     /// Subtracts `n` from a gauge slot.
     #[inline]
     pub fn sub(&self, i: usize, n: u64) {
-        let s = self.slot(i);
-        s.store(s.load(Relaxed).wrapping_sub(n), Relaxed);
+        if let Some(s) = self.slot(i) {
+            s.store(s.load(Relaxed).wrapping_sub(n), Relaxed);
+        }
     }
 
     /// Records one observation of `nanos` in the histogram at `base`.
@@ -213,31 +262,21 @@ impl Shard {
     }
 
     pub fn read(&self, i: usize) -> u64 {
-        self.slot(i).load(Relaxed)
+        self.slot(i).map_or(0, |s| s.load(Relaxed))
     }
 }
 
 /// Sums of every worker's shard at one scrape.
-struct Sums(Vec<u64>);
+struct Sums<'a>(&'a [Arc<Shard>]);
 
-impl Sums {
-    fn of(layout: &Layout, shards: &[Arc<Shard>]) -> Self {
-        let mut v = vec![0u64; layout.len];
-        for s in shards {
-            for (i, x) in v.iter_mut().enumerate() {
-                *x = x.wrapping_add(s.read(i));
-            }
-        }
-        Self(v)
-    }
-
+impl Sums<'_> {
     fn get(&self, i: usize) -> u64 {
-        self.0[i]
+        self.0.iter().fold(0u64, |a, s| a.wrapping_add(s.read(i)))
     }
 
     /// A gauge kept as up/down counts in wrapping arithmetic.
     fn gauge(&self, i: usize) -> i64 {
-        self.0[i] as i64
+        self.get(i) as i64
     }
 }
 
@@ -294,8 +333,13 @@ pub const LATENCY_LE: [&str; 18] = [
 ];
 
 /// Writes every core metric, summed over `shards`, as Prometheus text.
-pub fn render(out: &mut String, layout: &Layout, shards: &[Arc<Shard>]) {
-    let s = Sums::of(layout, shards);
+pub fn render(
+    out: &mut String,
+    layout: &Layout,
+    clusters: &[LiveCluster<'_>],
+    shards: &[Arc<Shard>],
+) {
+    let s = Sums(shards);
     let listeners: Vec<(usize, String)> = layout
         .listeners
         .iter()
@@ -387,15 +431,13 @@ pub fn render(out: &mut String, layout: &Layout, shards: &[Arc<Shard>]) {
         }
     }
 
-    let endpoints: Vec<(usize, String)> = layout
-        .clusters
+    let endpoints: Vec<(usize, String)> = clusters
         .iter()
-        .enumerate()
-        .flat_map(|(c, (name, eps))| {
-            eps.iter().enumerate().map(move |(e, addr)| {
+        .flat_map(|c| {
+            c.endpoints.iter().map(move |(addr, base)| {
                 (
-                    layout.endpoint(c, e),
-                    format!("cluster=\"{}\",endpoint=\"{}\"", label(name), label(addr)),
+                    *base,
+                    format!("cluster=\"{}\",endpoint=\"{addr}\"", label(c.name)),
                 )
             })
         })
@@ -485,9 +527,9 @@ pub fn render(out: &mut String, layout: &Layout, shards: &[Arc<Shard>]) {
     ];
     for (name, help, slot) in per_cluster {
         header(out, name, "counter", help);
-        for (c, (cname, _)) in layout.clusters.iter().enumerate() {
-            let v = s.get(layout.cluster(c) + slot);
-            let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {v}", label(cname));
+        for c in clusters {
+            let v = s.get(c.slots + slot);
+            let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {v}", label(c.name));
         }
     }
 }
@@ -509,13 +551,24 @@ mod tests {
 
     #[test]
     fn shards_sum_and_histograms_are_cumulative() {
-        let layout = Layout::new(
-            vec!["main".into()],
-            vec![(
-                "web".into(),
-                vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
-            )],
+        let mut layout = Layout::new(vec!["main".into()]);
+        let web = layout.cluster_slots("web");
+        let (a1, a2) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
         );
+        let e1 = layout.endpoint_slots("web", a1);
+        let e2 = layout.endpoint_slots("web", a2);
+        assert_eq!(
+            layout.endpoint_slots("web", a2),
+            e2,
+            "one slot range per name"
+        );
+        let live = [LiveCluster {
+            name: "web",
+            slots: web,
+            endpoints: vec![(a1, e1), (a2, e2)],
+        }];
         let shards: Vec<Arc<Shard>> = (0..2).map(|_| Arc::new(Shard::new(layout.len))).collect();
         let l = layout.listener(0);
         shards[0].add(l + listener::RQ_CLASS + class_of(200), 3);
@@ -528,9 +581,9 @@ mod tests {
         shards[0].observe(l + listener::RQ_TIME, 50_000); // ≤ 100 µs
         shards[1].observe(l + listener::RQ_TIME, 300_000); // ≤ 500 µs
         shards[1].observe(l + listener::RQ_TIME, 100_000_000_000); // +Inf
-        shards[0].add(layout.endpoint(0, 1) + endpoint::CX_TOTAL, 4);
+        shards[0].add(e2 + endpoint::CX_TOTAL, 4);
         let mut out = String::new();
-        render(&mut out, &layout, &shards);
+        render(&mut out, &layout, &live, &shards);
         for want in [
             "weir_downstream_rq_total{listener=\"main\",class=\"2xx\"} 5",
             "weir_downstream_rq_total{listener=\"main\",class=\"5xx\"} 1",
@@ -547,6 +600,20 @@ mod tests {
         ] {
             assert!(out.lines().any(|l| l == want), "missing {want:?} in\n{out}");
         }
+    }
+
+    #[test]
+    fn a_shard_grows_without_moving_what_it_holds() {
+        let s = Shard::new(10);
+        s.add(3, 7);
+        let before = s.slot(3).unwrap() as *const AtomicU64;
+        s.reserve(CHUNK_SLOTS * 3 + 1);
+        assert_eq!(s.slot(3).unwrap() as *const AtomicU64, before);
+        s.add(CHUNK_SLOTS * 3, 2);
+        assert_eq!((s.read(3), s.read(CHUNK_SLOTS * 3)), (7, 2));
+        // A slot past what was reserved is dropped, never a panic on a worker.
+        s.add(CHUNK_SLOTS * 5, 1);
+        assert_eq!(s.read(CHUNK_SLOTS * 5), 0);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Telemetry: what every request leaves behind, vendor-neutral.
 //!
 //! * [`metrics`]: the core's Prometheus metrics — per-worker shards of counters and fixed-bucket
-//!   histograms, label sets resolved to slot indexes at start, summed by the admin `/metrics`.
+//!   histograms, label sets resolved to slot indexes as they appear, summed by the admin `/metrics`.
 //! * [`trace`]: OpenTelemetry spans (a server span per request, a client span per upstream
 //!   attempt), W3C trace context in and out, exported over OTLP/HTTP by [`otlp`]'s client.
 //! * [`access_log`]: one JSON line per request, buffered per worker, written by one thread.
@@ -24,7 +24,7 @@ pub mod trace;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use exchange::{Exchange, H2Body, declared_length};
 pub use metrics::flags;
@@ -48,23 +48,23 @@ pub enum TelemetryError {
 /// Process-wide telemetry: the metric layout and every worker's shard, the tracer, the access
 /// log's writer.
 pub struct Telemetry {
-    layout: Arc<Layout>,
+    /// Slot assignments; grown on the control thread (never touched by a request).
+    layout: Mutex<Layout>,
     shards: Vec<Arc<Shard>>,
     tracing: Option<Arc<trace::Tracing>>,
     access_log: Option<Arc<access_log::Sink>>,
 }
 
 impl Telemetry {
-    /// Builds the metric layout for `cfg`'s listeners and clusters (with their resolved
-    /// `endpoints`), one shard per worker, and starts the exporter and log writer the manifest
-    /// asks for. `rt` runs the exporter's HTTP requests (the control runtime).
+    /// Builds the metric layout for `cfg`'s listeners (clusters and endpoints get their slots
+    /// as their versions are built), one shard per worker, and starts the exporter and log
+    /// writer the manifest asks for. `rt` runs the exporter's HTTP requests (the control runtime).
     pub fn new(
         cfg: &Config,
         workers: usize,
-        endpoints: &[Vec<SocketAddr>],
         rt: tokio::runtime::Handle,
     ) -> Result<Self, TelemetryError> {
-        let Self { layout, shards, .. } = Self::metrics_only(cfg, workers, endpoints);
+        let Self { layout, shards, .. } = Self::metrics_only(cfg, workers);
         let tracing = match &cfg.telemetry.tracing {
             Some(t) => Some(Arc::new(
                 trace::Tracing::new(t, rt).map_err(TelemetryError::Tracing)?,
@@ -92,28 +92,50 @@ impl Telemetry {
     }
 
     /// Telemetry with metrics only (no tracer, no access log), for tests and tools.
-    pub fn metrics_only(cfg: &Config, workers: usize, endpoints: &[Vec<SocketAddr>]) -> Self {
-        // Endpoint labels are the resolved addresses, in the order every worker's cluster has them.
-        let layout = Arc::new(Layout::new(
-            cfg.listeners.iter().map(|l| l.name.clone()).collect(),
-            cfg.clusters
-                .iter()
-                .zip(endpoints)
-                .map(|(c, eps)| {
-                    (
-                        c.name.clone(),
-                        eps.iter().map(ToString::to_string).collect(),
-                    )
-                })
-                .collect(),
-        ));
+    pub fn metrics_only(cfg: &Config, workers: usize) -> Self {
+        let layout = Layout::new(cfg.listeners.iter().map(|l| l.name.clone()).collect());
         Self {
-            shards: (0..workers)
+            shards: (0..workers.max(1))
                 .map(|_| Arc::new(Shard::new(layout.len())))
                 .collect(),
-            layout,
+            layout: Mutex::new(layout),
             tracing: None,
             access_log: None,
+        }
+    }
+
+    /// Metrics only, for no listener (tests and tools that build clusters on their own).
+    pub fn bare(workers: usize) -> Self {
+        let layout = Layout::new(Vec::new());
+        Self {
+            shards: (0..workers.max(1))
+                .map(|_| Arc::new(Shard::new(0)))
+                .collect(),
+            layout: Mutex::new(layout),
+            tracing: None,
+            access_log: None,
+        }
+    }
+
+    /// The first metric slot of cluster `name` (control thread; kept for the process's life).
+    pub fn cluster_slots(&self, name: &str) -> usize {
+        let mut l = self.layout.lock().unwrap_or_else(|e| e.into_inner());
+        let b = l.cluster_slots(name);
+        self.reserve(l.len());
+        b
+    }
+
+    /// The first metric slot of endpoint `addr` of cluster `cluster` (control thread).
+    pub fn endpoint_slots(&self, cluster: &str, addr: SocketAddr) -> usize {
+        let mut l = self.layout.lock().unwrap_or_else(|e| e.into_inner());
+        let b = l.endpoint_slots(cluster, addr);
+        self.reserve(l.len());
+        b
+    }
+
+    fn reserve(&self, len: usize) {
+        for s in &self.shards {
+            s.reserve(len);
         }
     }
 
@@ -121,7 +143,13 @@ impl Telemetry {
     pub fn worker(&self, id: usize) -> Rc<WorkerTelemetry> {
         Rc::new(WorkerTelemetry {
             shard: self.shards[id % self.shards.len()].clone(),
-            layout: self.layout.clone(),
+            listeners: self
+                .layout
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .listeners
+                .clone()
+                .into(),
             tracing: self.tracing.clone(),
             log: self
                 .access_log
@@ -130,9 +158,10 @@ impl Telemetry {
         })
     }
 
-    /// Every core metric as Prometheus text.
-    pub fn render(&self, out: &mut String) {
-        metrics::render(out, &self.layout, &self.shards);
+    /// Every core metric as Prometheus text; `clusters` are the live ones.
+    pub fn render(&self, out: &mut String, clusters: &[metrics::LiveCluster<'_>]) {
+        let layout = self.layout.lock().unwrap_or_else(|e| e.into_inner());
+        metrics::render(out, &layout, clusters, &self.shards);
         if let Some(s) = &self.access_log {
             s.render(out);
         }
@@ -171,28 +200,29 @@ fn on_worker(f: impl FnOnce(&WorkerTelemetry)) {
     });
 }
 
-/// Counts a new upstream connection to endpoint `e` of cluster `c` on this worker.
-pub fn upstream_connect(c: usize, e: usize) {
-    on_worker(|t| t.upstream_connect(c, e));
+/// Counts a new upstream connection to the endpoint whose metric slots start at `ep` (on this
+/// worker).
+pub fn upstream_connect(ep: usize) {
+    on_worker(|t| t.upstream_connect(ep));
 }
 
-/// Counts endpoint `e` of cluster `c` ejected by outlier detection (on the worker that saw the
-/// error that ejected it).
-pub fn upstream_ejection(c: usize, e: usize) {
-    on_worker(|t| t.upstream_ejection(c, e));
+/// Counts the endpoint whose slots start at `ep` ejected by outlier detection (on the worker
+/// that saw the error that ejected it).
+pub fn upstream_ejection(ep: usize) {
+    on_worker(|t| t.upstream_ejection(ep));
 }
 
-/// Counts a request to cluster `c` refused by a circuit breaker.
+/// Counts a request to the cluster whose slots start at `c` refused by a circuit breaker.
 pub fn upstream_overflow(c: usize) {
     on_worker(|t| t.upstream_overflow(c));
 }
 
-/// Counts a request to cluster `c` that failed with its retries used up.
+/// Counts a request to the cluster at `c` that failed with its retries used up.
 pub fn upstream_retry_limit(c: usize) {
     on_worker(|t| t.upstream_retry_limit(c));
 }
 
-/// Counts a request to cluster `c` that found no endpoint to pick.
+/// Counts a request to the cluster at `c` that found no endpoint to pick.
 pub fn upstream_no_healthy(c: usize) {
     on_worker(|t| t.upstream_no_healthy(c));
 }
@@ -200,7 +230,8 @@ pub fn upstream_no_healthy(c: usize) {
 /// One worker's view: its shard (it is the only writer), and the tracer and log buffer when on.
 pub struct WorkerTelemetry {
     pub shard: Arc<Shard>,
-    pub layout: Arc<Layout>,
+    /// Listener names, indexed like `Config::listeners` (access-log lines name them).
+    listeners: Arc<[String]>,
     tracing: Option<Arc<trace::Tracing>>,
     log: Option<access_log::WorkerLog>,
 }
@@ -214,48 +245,43 @@ impl WorkerTelemetry {
 
     /// A downstream connection was accepted on listener `l`.
     pub fn connection_opened(&self, l: usize) {
-        let base = self.layout.listener(l);
+        let base = metrics::listener_slots(l);
         self.shard.add(base + metrics::listener::CX_TOTAL, 1);
         self.shard.add(base + metrics::listener::CX_ACTIVE, 1);
     }
 
     /// A downstream connection of listener `l` closed after moving `rx`/`tx` bytes.
     pub fn connection_closed(&self, l: usize, (rx, tx): (u64, u64)) {
-        let base = self.layout.listener(l);
+        let base = metrics::listener_slots(l);
         self.shard.sub(base + metrics::listener::CX_ACTIVE, 1);
         self.shard.add(base + metrics::listener::CX_RX_BYTES, rx);
         self.shard.add(base + metrics::listener::CX_TX_BYTES, tx);
     }
 
-    /// A new upstream connection to endpoint `e` of cluster `c` (a pool miss).
-    pub fn upstream_connect(&self, c: usize, e: usize) {
-        self.shard
-            .add(self.layout.endpoint(c, e) + metrics::endpoint::CX_TOTAL, 1);
+    /// A new upstream connection to the endpoint at `ep` (a pool miss).
+    pub fn upstream_connect(&self, ep: usize) {
+        self.shard.add(ep + metrics::endpoint::CX_TOTAL, 1);
     }
 
-    /// Outlier detection ejected endpoint `e` of cluster `c` (resilience hook).
-    pub fn upstream_ejection(&self, c: usize, e: usize) {
-        self.shard
-            .add(self.layout.endpoint(c, e) + metrics::endpoint::EJECTIONS, 1);
+    /// Outlier detection ejected the endpoint at `ep` (resilience hook).
+    pub fn upstream_ejection(&self, ep: usize) {
+        self.shard.add(ep + metrics::endpoint::EJECTIONS, 1);
     }
 
-    /// A circuit breaker of cluster `c` refused a request (resilience hook; flag it `UO` on the
-    /// request's [`Exchange`]).
+    /// A circuit breaker of the cluster at `c` refused a request (resilience hook; flag it `UO`
+    /// on the request's [`Exchange`]).
     pub fn upstream_overflow(&self, c: usize) {
-        self.shard
-            .add(self.layout.cluster(c) + metrics::cluster::RQ_OVERFLOW, 1);
+        self.shard.add(c + metrics::cluster::RQ_OVERFLOW, 1);
     }
 
-    /// A request to cluster `c` ran out of retries (resilience hook; flag `URX`).
+    /// A request to the cluster at `c` ran out of retries (resilience hook; flag `URX`).
     pub fn upstream_retry_limit(&self, c: usize) {
-        self.shard
-            .add(self.layout.cluster(c) + metrics::cluster::RQ_RETRY_LIMIT, 1);
+        self.shard.add(c + metrics::cluster::RQ_RETRY_LIMIT, 1);
     }
 
-    /// Cluster `c` had no endpoint to pick (resilience hook; flag `UH`).
+    /// The cluster at `c` had no endpoint to pick (resilience hook; flag `UH`).
     pub fn upstream_no_healthy(&self, c: usize) {
-        self.shard
-            .add(self.layout.cluster(c) + metrics::cluster::RQ_NO_HEALTHY, 1);
+        self.shard.add(c + metrics::cluster::RQ_NO_HEALTHY, 1);
     }
 
     /// Writes out this worker's buffered access-log lines.

@@ -32,8 +32,16 @@ pub struct ClientTls {
     server_name: Option<ServerName<'static>>,
 }
 
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("context", &self.watched.name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClientTls {
-    pub(super) fn load(
+    pub fn load(
         cluster: &str,
         cfg: &ClusterTlsConfig,
         protocol: Protocol,

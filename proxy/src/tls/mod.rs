@@ -206,16 +206,19 @@ fn digest(contents: &[Vec<u8>]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Every TLS context of the process, indexed like the config's listeners and clusters. Shared by
-/// the workers (handshakes), the admin endpoint (reads) and the control thread (rotation).
+/// Every TLS context of the process: the listeners' (indexed like the config's listeners) and
+/// the live clusters' (set by the cluster manager each time the published clusters change).
+/// Shared by the workers (handshakes), the admin endpoint (reads) and the control thread
+/// (rotation).
 #[derive(Default)]
 pub struct TlsContexts {
     pub listeners: Vec<Option<Arc<ServerTls>>>,
-    pub clusters: Vec<Option<Arc<ClientTls>>>,
+    clusters: std::sync::RwLock<Vec<Arc<ClientTls>>>,
 }
 
 impl TlsContexts {
-    /// Loads every context's material; the first error stops start-up with its file.
+    /// Loads every listener context's material; the first error stops start-up with its file.
+    /// (Cluster contexts are loaded with their cluster's version.)
     pub fn load(cfg: &Config) -> Result<Self, TlsError> {
         let listeners = cfg
             .listeners
@@ -227,24 +230,26 @@ impl TlsContexts {
                     .transpose()
             })
             .collect::<Result<_, _>>()?;
-        let clusters = cfg
-            .clusters
-            .iter()
-            .map(|c| {
-                c.tls
-                    .as_ref()
-                    .map(|t| ClientTls::load(&c.name, t, c.protocol).map(Arc::new))
-                    .transpose()
-            })
-            .collect::<Result<_, _>>()?;
         Ok(Self {
             listeners,
-            clusters,
+            clusters: Default::default(),
         })
     }
 
+    /// The cluster contexts in use now (the cluster manager calls this as versions change).
+    pub fn set_clusters(&self, live: Vec<Arc<ClientTls>>) {
+        *self.clusters.write().unwrap_or_else(|e| e.into_inner()) = live;
+    }
+
+    fn clusters(&self) -> Vec<Arc<ClientTls>> {
+        self.clusters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.listeners.iter().all(Option::is_none) && self.clusters.iter().all(Option::is_none)
+        self.listeners.iter().all(Option::is_none) && self.clusters().is_empty()
     }
 
     /// Re-reads every context's files once. Returns how many rotated.
@@ -253,7 +258,7 @@ impl TlsContexts {
         for s in self.listeners.iter().flatten() {
             n += usize::from(s.refresh());
         }
-        for c in self.clusters.iter().flatten() {
+        for c in self.clusters() {
             n += usize::from(c.refresh());
         }
         n
@@ -262,9 +267,6 @@ impl TlsContexts {
     /// Follows the files until the process exits (on the control runtime; reads are blocking
     /// but small, so they run on its blocking pool).
     pub async fn watch(self: Arc<Self>, interval: Duration) {
-        if self.is_empty() {
-            return;
-        }
         let mut every = tokio::time::interval(interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every.tick().await;
@@ -276,13 +278,13 @@ impl TlsContexts {
     }
 
     /// Every context's bookkeeping and certificates.
-    fn each(&self) -> Vec<ContextStats<'_>> {
+    fn each(&self) -> Vec<ContextStats> {
         let mut out = Vec::new();
         for s in self.listeners.iter().flatten() {
             let w = &s.watched;
             out.push(stats(w, w.current().certs.clone()));
         }
-        for c in self.clusters.iter().flatten() {
+        for c in self.clusters() {
             let w = &c.watched;
             out.push(stats(w, w.current().certs.clone()));
         }
@@ -295,7 +297,7 @@ impl TlsContexts {
         let mut certs = Vec::new();
         let mut contexts = Vec::new();
         for c in self.each() {
-            let name = c.name;
+            let name = &c.name;
             contexts.push(json!({
                 "name": name,
                 "reloads": c.reloads,
@@ -329,7 +331,7 @@ impl TlsContexts {
         let each = self.each();
         out.push_str("# HELP weir_tls_certificate_expiry_timestamp_seconds When each certificate in use expires (unix time).\n# TYPE weir_tls_certificate_expiry_timestamp_seconds gauge\n");
         for c in &each {
-            let name = c.name;
+            let name = &c.name;
             for e in &c.certs {
                 let _ = writeln!(
                     out,
@@ -350,7 +352,7 @@ impl TlsContexts {
             let _ = writeln!(
                 out,
                 "weir_tls_reloads_total{{context=\"{}\"}} {}",
-                label(c.name),
+                label(&c.name),
                 c.reloads
             );
         }
@@ -359,7 +361,7 @@ impl TlsContexts {
             let _ = writeln!(
                 out,
                 "weir_tls_reload_errors_total{{context=\"{}\"}} {}",
-                label(c.name),
+                label(&c.name),
                 c.errors
             );
         }
@@ -388,17 +390,17 @@ impl TlsContexts {
 }
 
 /// One context as admin and metrics show it.
-struct ContextStats<'a> {
-    name: &'a str,
+struct ContextStats {
+    name: String,
     reloads: u64,
     errors: u64,
     last_error: Option<String>,
     certs: Vec<CertEntry>,
 }
 
-fn stats<T>(w: &Watched<T>, certs: Vec<CertEntry>) -> ContextStats<'_> {
+fn stats<T>(w: &Watched<T>, certs: Vec<CertEntry>) -> ContextStats {
     ContextStats {
-        name: &w.name,
+        name: w.name.clone(),
         reloads: w.reloads.load(Relaxed),
         errors: w.reload_errors.load(Relaxed),
         last_error: lock(&w.last_error).clone(),
@@ -501,7 +503,7 @@ mod tests {
 
         let contexts = TlsContexts {
             listeners: vec![Some(Arc::new(s))],
-            clusters: vec![None],
+            clusters: Default::default(),
         };
         let mut m = String::new();
         contexts.metrics(&mut m);

@@ -120,7 +120,7 @@ impl View {
                 .endpoints
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| e.level == li && (ll.panic || e.available()))
+                .filter(|(_, e)| e.level == li && e.usable() && (ll.panic || e.available()))
                 .map(|(i, _)| i)
                 .collect();
             if eps.is_empty() {
@@ -194,8 +194,8 @@ impl Cluster {
     /// The endpoint for the next request, or the 503 a request gets when there is none.
     pub fn endpoint(&self) -> Result<Rc<Endpoint>, crate::proto::error::ProxyError> {
         self.pick().cloned().ok_or_else(|| {
-            crate::telemetry::upstream_no_healthy(self.index);
-            crate::proto::error::ProxyError::NoHealthyUpstream(self.name.clone())
+            crate::telemetry::upstream_no_healthy(self.metrics);
+            crate::proto::error::ProxyError::NoHealthyUpstream(self.name.to_string())
         })
     }
 
@@ -349,15 +349,14 @@ pub(crate) mod tests {
             .collect();
         let cfg = ClusterConfig {
             name: "c".into(),
-            index: 0,
             endpoints: Endpoints::Static(
                 addrs
                     .iter()
                     .zip(eps)
                     .map(|(&address, &(weight, priority))| EndpointConfig {
-                        address,
                         weight,
                         priority,
+                        ..EndpointConfig::at(address)
                     })
                     .collect(),
             ),
@@ -383,8 +382,10 @@ pub(crate) mod tests {
 
     pub(crate) fn cluster_with(lb: LbPolicy, eps: &[(u32, u32)]) -> Cluster {
         let (cfg, addrs) = config(lb, eps);
-        let shared = Arc::new(ClusterShared::new(&cfg, &addrs, 1));
-        Cluster::new(&cfg, &addrs, None, shared, 0)
+        let cfg = Arc::new(cfg);
+        let tel = crate::telemetry::Telemetry::bare(1);
+        let shared = Arc::new(ClusterShared::simple(&cfg, &addrs, 1, &tel));
+        Cluster::new(shared, 0, None)
     }
 
     fn cluster(lb: LbPolicy, n: usize) -> Cluster {
@@ -420,8 +421,8 @@ pub(crate) mod tests {
     #[test]
     fn least_request_avoids_the_busy_endpoint() {
         let c = cluster(LbPolicy::LeastRequest, 2);
-        c.stats.eps[0].rq_active.inc();
-        c.stats.eps[0].rq_active.inc();
+        c.endpoints[0].begin();
+        c.endpoints[0].begin();
         for _ in 0..50 {
             assert_eq!(c.pick().unwrap().addr.port(), 2);
         }
@@ -438,7 +439,7 @@ pub(crate) mod tests {
         }
         // In flight requests raise the fast one's cost past the slow one's.
         for _ in 0..20 {
-            c.stats.eps[1].rq_active.inc();
+            c.endpoints[1].begin();
         }
         assert_eq!(c.pick().unwrap().addr.port(), 1);
     }

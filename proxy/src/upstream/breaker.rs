@@ -22,7 +22,7 @@ impl Cluster {
         }
         self.stats.overflow[r as usize].inc();
         if r != Resource::Retries {
-            crate::telemetry::upstream_overflow(self.index);
+            crate::telemetry::upstream_overflow(self.metrics);
         }
         Err(ProxyError::Overflow(r))
     }

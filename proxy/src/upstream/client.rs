@@ -114,7 +114,7 @@ async fn new_h1(cluster: &Cluster, ep: &Endpoint) -> Result<h1::H1Conn, ProxyErr
     cluster.admit(Resource::Connections)?;
     cluster.admit(Resource::Pending)?;
     let _pending = Held::new(&cluster.stats.rq_pending);
-    crate::telemetry::upstream_connect(cluster.index, ep.index);
+    crate::telemetry::upstream_connect(ep.metric_slots());
     connect::h1(cluster, ep.addr).await
 }
 
@@ -130,7 +130,7 @@ async fn send_h2(
             cluster.admit(Resource::Connections)?;
             cluster.admit(Resource::Pending)?;
             let pending = Held::new(&cluster.stats.rq_pending);
-            crate::telemetry::upstream_connect(cluster.index, ep.index);
+            crate::telemetry::upstream_connect(ep.metric_slots());
             let s = connect::h2(cluster, ep.addr).await?;
             drop(pending);
             ep.pool.set_h2(s.clone());

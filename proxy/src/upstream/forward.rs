@@ -68,9 +68,9 @@ impl Route {
 
 /// What the caller hears of each attempt (telemetry, the filters' stream information).
 pub trait Observer {
-    /// An attempt to endpoint `ep` of cluster `cluster` (its index in the config) is about to
-    /// send `req` (which may still be changed: trace context, for one).
-    fn start(&mut self, cluster: usize, ep: &Endpoint, req: &mut Request<ProxyBody>);
+    /// An attempt to endpoint `ep` of `cluster` is about to send `req` (which may still be
+    /// changed: trace context, for one).
+    fn start(&mut self, cluster: &Cluster, ep: &Endpoint, req: &mut Request<ProxyBody>);
     /// How that attempt ended, before any retry is decided.
     fn done(&mut self, r: &Result<Response<ProxyBody>, ProxyError>);
     /// The request failed a retriable way with no retry left (Envoy's `URX`).
@@ -79,7 +79,7 @@ pub trait Observer {
 
 /// Hears nothing.
 impl Observer for () {
-    fn start(&mut self, _: usize, _: &Endpoint, _: &mut Request<ProxyBody>) {}
+    fn start(&mut self, _: &Cluster, _: &Endpoint, _: &mut Request<ProxyBody>) {}
     fn done(&mut self, _: &Result<Response<ProxyBody>, ProxyError>) {}
 }
 
@@ -125,7 +125,7 @@ async fn once(
     obs: &mut impl Observer,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let ep = cluster.endpoint()?;
-    obs.start(cluster.index, &ep, &mut req);
+    obs.start(cluster, &ep, &mut req);
     let start = cluster.start_clock();
     let r = send(cluster, &ep, req, route).await;
     obs.done(&r);
@@ -169,7 +169,7 @@ async fn resilient(
     }
     let mut overall = cluster.request_timeout.map(|d| (timer::deadline(d), d));
     let mut attempt = 1u32;
-    let mut last_endpoint: Option<usize> = None;
+    let mut last_endpoint: Option<std::net::SocketAddr> = None;
     let mut retrying: Option<Held<'_>> = None;
     loop {
         let mut parts = match first_parts.take() {
@@ -190,8 +190,8 @@ async fn resilient(
             Ok(ep) => ep,
             Err(e) => return Err(retried(e, attempt, may_retry)),
         };
-        last_endpoint = Some(ep.index);
-        obs.start(cluster.index, &ep, &mut req);
+        last_endpoint = Some(ep.addr);
+        obs.start(cluster, &ep, &mut req);
         let start = cluster.start_clock();
         let result = race(send(cluster, &ep, req, route), per_try, overall.as_mut()).await;
         obs.done(&result);
@@ -210,7 +210,7 @@ async fn resilient(
             && budget_allows(cluster);
         if !retry {
             if retriable && attempt > retries {
-                crate::telemetry::upstream_retry_limit(cluster.index);
+                crate::telemetry::upstream_retry_limit(cluster.metrics);
                 obs.retry_limit();
             }
             return finish(cluster, result, attempt, may_retry, retriable);
@@ -254,14 +254,14 @@ fn budget_allows(cluster: &Cluster) -> bool {
 /// A retry tries another endpoint than the one that just failed, when it can.
 fn pick_avoiding(
     cluster: &Cluster,
-    last: Option<usize>,
+    last: Option<std::net::SocketAddr>,
 ) -> Result<std::rc::Rc<Endpoint>, ProxyError> {
     let mut ep = cluster.endpoint()?;
     if let Some(last) = last
         && cluster.endpoints.len() > 1
     {
         for _ in 0..2 {
-            if ep.index != last {
+            if ep.addr != last {
                 break;
             }
             ep = cluster.endpoint()?;
@@ -395,12 +395,12 @@ impl Cluster {
         };
         let failed = !matches!(o, Outcome::Final) && !o.is_success();
         if failed {
-            self.stats.eps[ep.index].rq_error.inc();
+            ep.count_error();
         }
         if self.shared.outlier.is_some() {
             let now = if failed { timer::now_ms() } else { 0 };
-            if self.shared.report(ep.index, o, now) {
-                crate::telemetry::upstream_ejection(self.index, ep.index);
+            if self.shared.report(&ep.state, o, now) {
+                crate::telemetry::upstream_ejection(ep.metric_slots());
             }
         }
         if let Some(t0) = start {

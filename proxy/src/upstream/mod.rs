@@ -19,6 +19,7 @@ pub mod connect;
 pub mod forward;
 pub mod h1;
 pub mod health;
+pub mod manager;
 pub mod outlier;
 pub mod pool;
 pub mod report;
@@ -26,23 +27,87 @@ pub mod retry;
 pub mod shared;
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{ClusterConfig, LbPolicy, Protocol, RetryPolicy};
+use crate::config::{EndpointHealth, LbPolicy, Protocol, RetryPolicy};
 
 pub use client::send;
 pub use forward::{Observer, Route, callout, forward};
-pub use shared::ClusterShared;
-use shared::WorkerStats;
+pub use shared::{ClusterShared, EndpointSource};
+use shared::{EndpointState, EndpointStats, WorkerStats};
 
-/// A cluster as one worker sees it.
+/// The cluster table a worker's running filter VMs reach for callouts: the current generation's
+/// (set by the worker each time it switches).
+pub type CurrentClusters = Rc<RefCell<Rc<ClusterTable>>>;
+
+/// A worker's clusters at one generation, indexed like that generation's `Config::clusters`.
+/// Requests hold the table they started with; a cluster a new generation did not change is the
+/// same `Rc` in both tables (same pools, same balancer state).
+#[derive(Default)]
+pub struct ClusterTable {
+    pub clusters: Vec<Rc<Cluster>>,
+    by_name: HashMap<Arc<str>, usize>,
+}
+
+impl ClusterTable {
+    /// Builds worker `worker`'s table for `versions`, reusing what `prev` has: a cluster whose
+    /// version is the same is taken as is; a changed one keeps each endpoint's pool and latency
+    /// estimate while its address stays and its connections remain valid.
+    pub fn build(
+        versions: &[Arc<ClusterShared>],
+        prev: Option<&ClusterTable>,
+        worker: usize,
+    ) -> Self {
+        let clusters: Vec<Rc<Cluster>> = versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let old = prev.and_then(|p| {
+                    // Same position first (the common case), then by name.
+                    p.clusters
+                        .get(i)
+                        .filter(|c| *c.name == *v.name)
+                        .or_else(|| p.get(&v.name))
+                });
+                match old {
+                    Some(c) if Arc::ptr_eq(&c.shared, v) => c.clone(),
+                    old => Rc::new(Cluster::new(v.clone(), worker, old.map(|c| &**c))),
+                }
+            })
+            .collect();
+        let by_name = clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
+        Self { clusters, by_name }
+    }
+
+    /// The cluster called `name`.
+    pub fn get(&self, name: &str) -> Option<&Rc<Cluster>> {
+        self.by_name.get(name).map(|&i| &self.clusters[i])
+    }
+
+    /// The position of the cluster called `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+}
+
+impl std::ops::Index<usize> for ClusterTable {
+    type Output = Rc<Cluster>;
+    fn index(&self, i: usize) -> &Rc<Cluster> {
+        &self.clusters[i]
+    }
+}
+
+/// A cluster as one worker sees it (one version of it).
 pub struct Cluster {
-    pub name: String,
-    /// Position in `Config::clusters`.
-    pub index: usize,
+    pub name: Arc<str>,
     pub protocol: Protocol,
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
@@ -50,15 +115,19 @@ pub struct Cluster {
     pub per_try_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    /// Indexed like the version's endpoints ([`ClusterShared::endpoints`]).
     pub endpoints: Vec<Rc<Endpoint>>,
     /// TLS origination (shared by every worker; its material rotates on its own).
     pub tls: Option<Arc<crate::tls::ClientTls>>,
     /// The cluster's retry policy (a route decision may enable retries without one: the
     /// defaults then apply).
     pub retries: Option<RetryPolicy>,
-    /// State shared with the other workers, and this worker's shard of the statistics.
+    /// The version's state shared with the other workers, and this worker's shard of the
+    /// statistics.
     pub shared: Arc<ClusterShared>,
     pub stats: Arc<WorkerStats>,
+    /// Its first metric slot (`telemetry::metrics::cluster`).
+    pub metrics: usize,
     /// Peak-EWMA constants, in milliseconds.
     ewma_decay_ms: f64,
     /// Round-robin cursor.
@@ -68,15 +137,18 @@ pub struct Cluster {
     view_version: Cell<u64>,
 }
 
-/// One upstream address with this worker's pool and load figures for it.
+/// One upstream address with this worker's pool and load figures for it. Kept across versions
+/// of its cluster while its address, weight and connection settings stay.
 pub struct Endpoint {
     pub addr: SocketAddr,
-    /// Its index in the cluster (and in the shared state).
-    pub index: usize,
     pub weight: u32,
-    pub pool: pool::Pool,
-    /// This worker's shard of the cluster's statistics (`eps[index]` is this endpoint's).
-    stats: Arc<WorkerStats>,
+    pub pool: Rc<pool::Pool>,
+    /// Cluster-wide state kept across versions (health, ejection, statistics).
+    pub state: Arc<EndpointState>,
+    /// This worker's id (its shard of `state.stats`).
+    worker: usize,
+    /// This worker's shard of its cluster's statistics.
+    cluster_stats: Arc<WorkerStats>,
     /// Peak-EWMA latency estimate (`lb: p2c_ewma`).
     ewma: balance::Ewma,
     /// Smooth weighted round robin's running weight.
@@ -84,47 +156,90 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    fn stats(&self) -> &EndpointStats {
+        &self.state.stats[self.worker % self.state.stats.len()]
+    }
+
     /// Requests in flight from this worker (least-request and peak-EWMA balancing).
     pub fn active(&self) -> u32 {
-        u32::try_from(self.stats.eps[self.index].rq_active.get()).unwrap_or(u32::MAX)
+        u32::try_from(self.stats().rq_active.get()).unwrap_or(u32::MAX)
     }
 
     /// An attempt starts: counted in flight, for this endpoint and the cluster.
     pub(crate) fn begin(&self) {
-        let e = &self.stats.eps[self.index];
+        let e = self.stats();
         e.rq_total.inc();
         e.rq_active.inc();
-        self.stats.rq_total.inc();
-        self.stats.rq_active.inc();
+        self.cluster_stats.rq_total.inc();
+        self.cluster_stats.rq_active.inc();
     }
 
     /// An attempt ended (its response body was read or dropped, or it failed).
     pub(crate) fn end(&self) {
-        self.stats.eps[self.index].rq_active.dec();
-        self.stats.rq_active.dec();
+        self.stats().rq_active.dec();
+        self.cluster_stats.rq_active.dec();
     }
 
-    /// This worker's statistics for the cluster.
-    pub fn stats(&self) -> &Arc<WorkerStats> {
-        &self.stats
+    /// An attempt failed (5xx or a local failure), for its error rate.
+    pub(crate) fn count_error(&self) {
+        self.stats().rq_error.inc();
+    }
+
+    /// Its first metric slot (`telemetry::metrics::endpoint`).
+    pub fn metric_slots(&self) -> usize {
+        self.state.metrics
     }
 }
 
 impl Cluster {
-    /// Builds worker `worker`'s view of a cluster over resolved endpoint addresses.
-    pub fn new(
-        cfg: &ClusterConfig,
-        addrs: &[SocketAddr],
-        tls: Option<Arc<crate::tls::ClientTls>>,
-        shared: Arc<ClusterShared>,
-        worker: usize,
-    ) -> Self {
+    /// Builds worker `worker`'s view of a cluster version; with `prev` (its view of the
+    /// version this one replaces) endpoints that stay keep their pools and estimates.
+    pub fn new(shared: Arc<ClusterShared>, worker: usize, prev: Option<&Cluster>) -> Self {
+        let cfg = shared.config.clone();
         let stats = shared.workers[worker % shared.workers.len()].clone();
         let now = crate::timer::now_ms();
         let default_rtt = cfg.ewma.default_rtt.as_secs_f64() * 1000.0;
+        let pools_kept = prev.is_some_and(|p| p.shared.config.pools_compatible(&cfg));
+        let endpoints = shared
+            .endpoints
+            .iter()
+            .map(|e| {
+                let old = prev
+                    .filter(|_| pools_kept)
+                    .and_then(|p| p.endpoints.iter().find(|o| o.addr == e.addr));
+                let ep = match old {
+                    Some(o)
+                        if o.weight == e.weight
+                            && Arc::ptr_eq(&o.state, &e.state)
+                            && Arc::ptr_eq(&o.cluster_stats, &stats) =>
+                    {
+                        o.clone()
+                    }
+                    _ => Rc::new(Endpoint {
+                        addr: e.addr,
+                        weight: e.weight,
+                        pool: old.map_or_else(
+                            || Rc::new(pool::Pool::new(cfg.pool_max_idle, cfg.pool_idle_timeout)),
+                            |o| o.pool.clone(),
+                        ),
+                        state: e.state.clone(),
+                        worker,
+                        cluster_stats: stats.clone(),
+                        ewma: balance::Ewma::new(old.map_or(default_rtt, |o| o.ewma.get()), now),
+                        wrr: Cell::new(0),
+                    }),
+                };
+                if e.health != EndpointHealth::Healthy {
+                    // Draining or unhealthy: no new requests, and its idle connections go now.
+                    ep.pool.close();
+                } else {
+                    ep.pool.reopen();
+                }
+                ep
+            })
+            .collect();
         let c = Self {
-            name: cfg.name.clone(),
-            index: cfg.index,
+            name: Arc::from(cfg.name.as_str()),
             protocol: cfg.protocol,
             lb: cfg.lb,
             connect_timeout: cfg.connect_timeout,
@@ -132,24 +247,11 @@ impl Cluster {
             per_try_timeout: cfg.per_try_timeout,
             request_timeout: cfg.request_timeout,
             idle_timeout: cfg.idle_timeout,
-            endpoints: addrs
-                .iter()
-                .enumerate()
-                .map(|(index, &addr)| {
-                    Rc::new(Endpoint {
-                        addr,
-                        index,
-                        weight: cfg.endpoint_meta(index).0,
-                        pool: pool::Pool::new(cfg.pool_max_idle, cfg.pool_idle_timeout),
-                        stats: stats.clone(),
-                        ewma: balance::Ewma::new(default_rtt, now),
-                        wrr: Cell::new(0),
-                    })
-                })
-                .collect(),
-            tls,
+            endpoints,
+            tls: shared.tls.clone(),
             retries: cfg.retries.clone(),
             ewma_decay_ms: cfg.ewma.decay.as_secs_f64() * 1000.0,
+            metrics: shared.metrics,
             stats,
             rr: Cell::new(fastrand::usize(..)),
             view: RefCell::new(balance::View::default()),

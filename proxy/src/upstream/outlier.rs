@@ -19,16 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::retry::Outcome;
-use super::shared::{ClusterShared, EjectReason};
+use super::shared::{ClusterShared, EjectReason, EndpointState};
 
 impl ClusterShared {
-    /// Reports how an attempt to endpoint `i` ended; true when this report ejected it. Only
+    /// Reports how an attempt to endpoint `ep` ended; true when this report ejected it. Only
     /// called with `outlier:` configured.
-    pub fn report(&self, i: usize, o: Outcome, now_ms: u64) -> bool {
+    pub fn report(&self, ep: &EndpointState, o: Outcome, now_ms: u64) -> bool {
         let Some(cfg) = &self.outlier else {
-            return false;
-        };
-        let Some(ep) = self.endpoints.get(i) else {
             return false;
         };
         let clear = |c: &std::sync::atomic::AtomicU32| {
@@ -76,15 +73,14 @@ impl ClusterShared {
         } else {
             return false;
         };
-        self.eject(i, reason, now_ms)
+        self.eject(ep, reason, now_ms)
     }
 
-    /// Ejects endpoint `i` unless it already is or the ejected share is at its maximum.
-    fn eject(&self, i: usize, reason: EjectReason, now_ms: u64) -> bool {
+    /// Ejects endpoint `ep` unless it already is or the ejected share is at its maximum.
+    fn eject(&self, ep: &EndpointState, reason: EjectReason, now_ms: u64) -> bool {
         let Some(cfg) = &self.outlier else {
             return false;
         };
-        let ep = &self.endpoints[i];
         if ep.ejected.load(Relaxed) {
             return false;
         }
@@ -195,21 +191,22 @@ mod tests {
             max_ejection: Duration::from_secs(25),
             max_ejection_percent: max_pct,
         });
-        ClusterShared::new(&cfg, &addrs, 1)
+        let tel = crate::telemetry::Telemetry::bare(1);
+        ClusterShared::simple(&Arc::new(cfg), &addrs, 1, &tel)
     }
 
     #[test]
     fn consecutive_5xx_ejects_and_a_success_resets_the_run() {
         let s = shared(4, 50);
-        s.report(0, Outcome::Status(500), 0);
-        s.report(0, Outcome::Status(500), 0);
-        s.report(0, Outcome::Status(200), 0);
-        s.report(0, Outcome::Status(500), 0);
-        assert!(!s.report(0, Outcome::Status(503), 0));
+        s.report(&s.endpoints[0].state.clone(), Outcome::Status(500), 0);
+        s.report(&s.endpoints[0].state.clone(), Outcome::Status(500), 0);
+        s.report(&s.endpoints[0].state.clone(), Outcome::Status(200), 0);
+        s.report(&s.endpoints[0].state.clone(), Outcome::Status(500), 0);
+        assert!(!s.report(&s.endpoints[0].state.clone(), Outcome::Status(503), 0));
         assert!(!s.endpoints[0].ejected.load(Relaxed));
         let v = s.version.load(Relaxed);
         // A local failure counts as a 5xx; the report that ejects says so.
-        assert!(s.report(0, Outcome::Reset, 0));
+        assert!(s.report(&s.endpoints[0].state.clone(), Outcome::Reset, 0));
         assert!(s.endpoints[0].ejected.load(Relaxed));
         assert!(s.version.load(Relaxed) > v, "workers are told");
         assert_eq!(
@@ -218,12 +215,12 @@ mod tests {
         );
         // Client-side failures are not the endpoint's.
         for _ in 0..10 {
-            s.report(1, Outcome::Final, 0);
+            s.report(&s.endpoints[1].state.clone(), Outcome::Final, 0);
         }
         assert!(!s.endpoints[1].ejected.load(Relaxed));
         // Connect failures have their own, shorter run.
-        s.report(1, Outcome::ConnectFailure, 0);
-        s.report(1, Outcome::ConnectFailure, 0);
+        s.report(&s.endpoints[1].state.clone(), Outcome::ConnectFailure, 0);
+        s.report(&s.endpoints[1].state.clone(), Outcome::ConnectFailure, 0);
         assert!(s.endpoints[1].ejected.load(Relaxed));
         assert_eq!(
             s.ejections[EjectReason::ConsecutiveConnectFailures as usize].load(Relaxed),
@@ -236,7 +233,7 @@ mod tests {
         let s = shared(4, 10);
         for i in 0..4 {
             for _ in 0..3 {
-                s.report(i, Outcome::Status(500), 0);
+                s.report(&s.endpoints[i].state.clone(), Outcome::Status(500), 0);
             }
         }
         let ejected = (0..4)
@@ -251,7 +248,7 @@ mod tests {
         let s = shared(2, 100);
         let eject = |at: u64| {
             for _ in 0..3 {
-                s.report(0, Outcome::Status(502), at);
+                s.report(&s.endpoints[0].state.clone(), Outcome::Status(502), at);
             }
         };
         eject(0);

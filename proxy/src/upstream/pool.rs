@@ -6,7 +6,7 @@
 //! ([`ResponseGuard::complete`]); a connection abandoned mid-response is closed instead.
 //! HTTP/2: one shared multiplexed connection per endpoint, replaced when it closes.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
@@ -30,6 +30,8 @@ pub struct Pool {
     max_idle: usize,
     idle_timeout: Duration,
     idle_ms: u64,
+    /// Its endpoint is draining (or gone unhealthy by its source): nothing is pooled.
+    closed: Cell<bool>,
 }
 
 impl Pool {
@@ -40,7 +42,26 @@ impl Pool {
             max_idle,
             idle_timeout,
             idle_ms: u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            closed: Cell::new(false),
         }
+    }
+
+    /// Closes the idle connections and pools no more (the endpoint is draining); connections
+    /// in use finish their requests and then close.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.idle.borrow_mut().clear();
+        *self.h2.borrow_mut() = None;
+    }
+
+    /// Pools again (the endpoint is back to healthy).
+    pub fn reopen(&self) {
+        self.closed.set(false);
+    }
+
+    /// Idle HTTP/1.1 connections held now.
+    pub fn idle_len(&self) -> usize {
+        self.idle.borrow().len()
     }
 
     /// The warmest idle HTTP/1.1 connection that is still open, if any.
@@ -57,7 +78,7 @@ impl Pool {
 
     /// Returns a connection whose last response was fully read.
     pub fn checkin_h1(&self, s: H1Conn) {
-        if self.max_idle == 0 {
+        if self.max_idle == 0 || self.closed.get() {
             return;
         }
         let now = crate::timer::now_ms();
@@ -104,6 +125,9 @@ impl Pool {
 
     /// Stores a freshly opened HTTP/2 connection for the next requests.
     pub fn set_h2(&self, s: H2Sender) {
+        if self.closed.get() {
+            return;
+        }
         *self.h2.borrow_mut() = Some(s);
     }
 }

@@ -12,14 +12,14 @@ use serde_json::{Value, json};
 use super::shared::{ClusterShared, EjectReason, Resource, TimeoutKind};
 use crate::config::ClusterConfig;
 
-/// `/clusters`: each cluster's settings, endpoints (health, ejection, load), priority loads,
-/// breakers, retries and timeouts. `states` is indexed like `cfgs`.
-pub fn clusters_json(cfgs: &[ClusterConfig], states: &[Arc<ClusterShared>]) -> Value {
+/// `/clusters`: each cluster's settings, version and endpoint source, endpoints (health,
+/// ejection, load), priority loads, breakers, retries and timeouts.
+pub fn clusters_json(states: &[Arc<ClusterShared>]) -> Value {
     let now = crate::timer::now_ms();
-    let clusters: Vec<Value> = cfgs
+    let clusters: Vec<Value> = states
         .iter()
-        .zip(states)
-        .map(|(c, s)| {
+        .map(|s| {
+            let c: &ClusterConfig = &s.config;
             let endpoints: Vec<Value> = s
                 .endpoints
                 .iter()
@@ -30,6 +30,8 @@ pub fn clusters_json(cfgs: &[ClusterConfig], states: &[Arc<ClusterShared>]) -> V
                         "address": e.addr,
                         "priority": e.priority,
                         "weight": e.weight,
+                        "zone": e.zone.as_deref(),
+                        "health_status": e.health,
                         "available": e.available(),
                         "healthy": e.healthy.load(Relaxed),
                         "ejected": ejected,
@@ -89,6 +91,8 @@ pub fn clusters_json(cfgs: &[ClusterConfig], states: &[Arc<ClusterShared>]) -> V
             let budget = s.budget.snapshot(now);
             json!({
                 "name": c.name,
+                "version": s.generation,
+                "endpoint_source": s.source,
                 "protocol": c.protocol,
                 "lb": c.lb,
                 "endpoints": endpoints,

@@ -1,22 +1,34 @@
-//! Cluster state that outlives a worker's view: one [`ClusterShared`] per cluster, created once at
-//! start-up (`app.rs`) and shared by every worker, the health checker, the outlier sweeper and the
-//! admin endpoint.
+//! Cluster state shared by every worker, the health checker, the outlier sweeper and the admin
+//! endpoint, in three lifetimes:
+//!
+//! - [`ClusterShared`]: one **version** of a cluster, immutable once published (its settings,
+//!   its endpoint set with each endpoint's weight, priority, zone and reported health, its TLS
+//!   context). A reload or an endpoint update that changes a cluster publishes a new version;
+//!   requests in flight finish on the version they started with.
+//! - [`ClusterCore`]: what a cluster keeps **across its versions** (breaker gauges and statistics,
+//!   the retry budget, ejection counts, its metric slots, the availability version workers
+//!   watch). A version reaches it through `Deref`: a version *is* its cluster plus this version's
+//!   membership, and code that reads `shared.budget` or `shared.version` should not care which.
+//! - [`EndpointState`]: what an endpoint keeps across versions while its address stays in the
+//!   cluster (health, ejection and its run counts, per-worker statistics, its metric slots), so
+//!   a reload never cold-starts or re-ejects an endpoint that did not change.
 //!
 //! Two kinds of state, chosen for what the request path pays:
-//! - **Per-worker shards** ([`WorkerStats`]): counters and gauges each written by one worker only,
-//!   with a plain load and store ([`Local`]); no locked instruction, no shared cache line on the
-//!   request path. The admin endpoint and the circuit breakers sum them.
-//! - **Cluster-wide atomics** ([`EndpointShared`], [`ClusterShared::version`]): health, ejection
-//!   and consecutive-error counts, written rarely (on errors, by the checker, by the sweeper) and
-//!   read by every worker only when [`ClusterShared::version`] moves.
+//! - **Per-worker shards** ([`WorkerStats`], [`EndpointStats`]): counters and gauges each written
+//!   by one worker only, with a plain load and store ([`Local`]); no locked instruction, no
+//!   shared cache line on the request path. The admin endpoint and the circuit breakers sum them.
+//! - **Cluster-wide atomics**: health, ejection and consecutive-error counts, written rarely (on
+//!   errors, by the checker, by the sweeper) and read by every worker only when
+//!   [`ClusterCore::version`] moves.
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use crate::config::{
-    CircuitBreakerConfig, ClusterConfig, FailoverConfig, OutlierConfig, RetryBudgetConfig,
-    RetryPolicy,
+    CircuitBreakerConfig, ClusterConfig, EndpointConfig, EndpointHealth, FailoverConfig,
+    OutlierConfig, RetryBudgetConfig, RetryPolicy,
 };
 
 /// A counter or gauge with one writer (its worker) and any number of readers. The writer's
@@ -134,18 +146,9 @@ pub struct WorkerStats {
     pub overflow: [Local; 4],
     /// Timeouts, by [`TimeoutKind`].
     pub timeouts: [Local; 5],
-    /// Per endpoint, indexed like the cluster's endpoints.
-    pub eps: Box<[EndpointStats]>,
 }
 
 impl WorkerStats {
-    fn new(endpoints: usize) -> Self {
-        Self {
-            eps: (0..endpoints).map(|_| EndpointStats::default()).collect(),
-            ..Self::default()
-        }
-    }
-
     /// The gauge a breaker resource is measured by.
     pub fn gauge(&self, r: Resource) -> &Local {
         match r {
@@ -157,7 +160,8 @@ impl WorkerStats {
     }
 }
 
-/// One worker's figures for one endpoint.
+/// One worker's figures for one endpoint (aligned like [`WorkerStats`]).
+#[repr(align(64))]
 #[derive(Debug, Default)]
 pub struct EndpointStats {
     pub rq_total: Local,
@@ -166,14 +170,10 @@ pub struct EndpointStats {
     pub rq_active: Local,
 }
 
-/// One endpoint's cluster-wide state.
+/// What an endpoint keeps across its cluster's versions while its address stays in it.
 #[derive(Debug)]
-pub struct EndpointShared {
+pub struct EndpointState {
     pub addr: SocketAddr,
-    pub weight: u32,
-    pub priority: u32,
-    /// Index of its priority level in [`ClusterShared::levels`].
-    pub level: usize,
     /// The active health check's verdict (always true without one).
     pub healthy: AtomicBool,
     /// Ejected by outlier detection, until `ejected_until` (coarse ms).
@@ -190,24 +190,91 @@ pub struct EndpointShared {
     /// Consecutive health-check results of the current streak (for `/clusters`).
     pub hc_streak_failures: AtomicU32,
     pub hc_streak_successes: AtomicU32,
+    /// Indexed by worker id; each written by its worker only.
+    pub stats: Box<[EndpointStats]>,
+    /// Its first metric slot (`telemetry::metrics::endpoint`).
+    pub metrics: usize,
+}
+
+impl EndpointState {
+    fn new(addr: SocketAddr, workers: usize, metrics: usize) -> Self {
+        Self {
+            addr,
+            healthy: AtomicBool::new(true),
+            ejected: AtomicBool::new(false),
+            ejected_until: AtomicU64::new(0),
+            times_ejected: AtomicU32::new(0),
+            ejections_total: AtomicU64::new(0),
+            consecutive_5xx: AtomicU32::new(0),
+            consecutive_gateway: AtomicU32::new(0),
+            consecutive_connect: AtomicU32::new(0),
+            hc_streak_failures: AtomicU32::new(0),
+            hc_streak_successes: AtomicU32::new(0),
+            stats: (0..workers.max(1))
+                .map(|_| EndpointStats::default())
+                .collect(),
+            metrics,
+        }
+    }
+
+    /// A figure summed over every worker.
+    pub fn sum(&self, f: impl Fn(&EndpointStats) -> &Local) -> u64 {
+        self.stats.iter().map(|e| f(e).get()).sum()
+    }
+}
+
+/// An endpoint as one version of its cluster has it.
+#[derive(Debug)]
+pub struct EndpointShared {
+    pub state: Arc<EndpointState>,
+    pub weight: u32,
+    pub priority: u32,
+    /// Index of its priority level in [`ClusterShared::levels`].
+    pub level: usize,
+    pub zone: Option<Arc<str>>,
+    /// What its source reports (`draining` and `unhealthy` get no new requests).
+    pub health: EndpointHealth,
+}
+
+impl Deref for EndpointShared {
+    type Target = EndpointState;
+    fn deref(&self) -> &EndpointState {
+        &self.state
+    }
 }
 
 impl EndpointShared {
     /// Whether the balancer may send to it (outside panic mode).
     pub fn available(&self) -> bool {
-        self.healthy.load(Relaxed) && !self.ejected.load(Relaxed)
+        self.health == EndpointHealth::Healthy
+            && self.state.healthy.load(Relaxed)
+            && !self.state.ejected.load(Relaxed)
+    }
+
+    /// Whether even a level in panic may use it: only endpoints their source calls healthy
+    /// (a draining one is on its way out whatever the balancer thinks of its peers).
+    pub fn usable(&self) -> bool {
+        self.health == EndpointHealth::Healthy
     }
 }
 
-/// A cluster's state shared by all workers (see the module docs).
+/// Where a cluster version's endpoints came from (`/clusters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointSource {
+    /// The manifest's `endpoints:` (or the built-in demo upstream).
+    Static,
+    /// `PUT /clusters/NAME/endpoints`.
+    Admin,
+    /// DNS discovery.
+    Dns,
+}
+
+/// What a cluster keeps across its versions (see the module docs).
 #[derive(Debug)]
-pub struct ClusterShared {
-    pub name: String,
+pub struct ClusterCore {
     /// Indexed by worker id.
     pub workers: Box<[Arc<WorkerStats>]>,
-    pub endpoints: Box<[EndpointShared]>,
-    /// The distinct priorities, ascending; an endpoint's `level` indexes this.
-    pub levels: Box<[u32]>,
     /// Bumped whenever an endpoint's availability changes; each worker rebuilds its balancing
     /// view when it sees a new value (one relaxed load per request otherwise).
     pub version: AtomicU64,
@@ -219,61 +286,166 @@ pub struct ClusterShared {
     pub hc_success: AtomicU64,
     pub hc_failure: AtomicU64,
     pub budget: super::retry::RetryBudget,
+    /// The retry-budget settings `budget` was made with (a change makes a new core).
+    budget_cfg: RetryBudgetConfig,
+    /// Its first metric slot (`telemetry::metrics::cluster`).
+    pub metrics: usize,
+}
+
+/// One version of a cluster, shared by all workers (see the module docs).
+#[derive(Debug)]
+pub struct ClusterShared {
+    pub name: String,
+    pub config: Arc<ClusterConfig>,
+    pub core: Arc<ClusterCore>,
+    pub endpoints: Box<[EndpointShared]>,
+    /// The distinct priorities, ascending; an endpoint's `level` indexes this.
+    pub levels: Box<[u32]>,
     pub limits: CircuitBreakerConfig,
     pub outlier: Option<OutlierConfig>,
     pub failover: FailoverConfig,
+    /// TLS origination (its material rotates on its own).
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
+    pub source: EndpointSource,
+    /// The generation that made this version (`/config_dump`).
+    pub generation: u64,
+    /// Set once a newer version (or none) replaced it: its health checker and sweeper stop.
+    pub retired: AtomicBool,
+}
+
+impl Deref for ClusterShared {
+    type Target = ClusterCore;
+    fn deref(&self) -> &ClusterCore {
+        &self.core
+    }
+}
+
+/// What a new version of a cluster is made of.
+pub struct VersionSpec<'a> {
+    pub config: Arc<ClusterConfig>,
+    pub endpoints: &'a [EndpointConfig],
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
+    pub source: EndpointSource,
+    pub generation: u64,
+    pub workers: usize,
 }
 
 impl ClusterShared {
-    /// The state of `cfg` over its resolved addresses, with a shard for each of `workers`.
-    pub fn new(cfg: &ClusterConfig, addrs: &[SocketAddr], workers: usize) -> Self {
-        let mut levels: Vec<u32> = (0..addrs.len()).map(|i| cfg.endpoint_meta(i).1).collect();
+    /// A version of a cluster. With `prev` (the cluster's running version), it keeps the
+    /// cluster's core (unless the retry budget's settings changed) and the state of every
+    /// endpoint whose address is still in it. `slots` hands out metric slots: `None` for the
+    /// cluster's, `Some(addr)` for an endpoint's.
+    pub fn build(
+        spec: VersionSpec<'_>,
+        prev: Option<&ClusterShared>,
+        slots: &mut dyn FnMut(Option<SocketAddr>) -> usize,
+    ) -> Self {
+        let VersionSpec {
+            config: cfg,
+            endpoints: eps,
+            tls,
+            source,
+            generation,
+            workers,
+        } = spec;
+        let mut levels: Vec<u32> = eps.iter().map(|e| e.priority).collect();
         levels.sort_unstable();
         levels.dedup();
-        let endpoints = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, &addr)| {
-                let (weight, priority) = cfg.endpoint_meta(i);
-                EndpointShared {
-                    addr,
-                    weight,
-                    priority,
-                    level: levels.binary_search(&priority).unwrap_or(0),
-                    healthy: AtomicBool::new(true),
-                    ejected: AtomicBool::new(false),
-                    ejected_until: AtomicU64::new(0),
-                    times_ejected: AtomicU32::new(0),
-                    ejections_total: AtomicU64::new(0),
-                    consecutive_5xx: AtomicU32::new(0),
-                    consecutive_gateway: AtomicU32::new(0),
-                    consecutive_connect: AtomicU32::new(0),
-                    hc_streak_failures: AtomicU32::new(0),
-                    hc_streak_successes: AtomicU32::new(0),
-                }
-            })
-            .collect();
-        let budget: RetryBudgetConfig = cfg
+        let budget_cfg: RetryBudgetConfig = cfg
             .retries
             .as_ref()
             .map_or_else(|| RetryPolicy::default().budget, |r| r.budget);
+        let core = match prev {
+            Some(p) if p.core.budget_cfg == budget_cfg => p.core.clone(),
+            _ => Arc::new(ClusterCore {
+                workers: (0..workers.max(1))
+                    .map(|_| Arc::new(WorkerStats::default()))
+                    .collect(),
+                version: AtomicU64::new(prev.map_or(0, |p| p.version.load(Relaxed) + 1)),
+                ejected: AtomicU32::new(0),
+                ejections: Default::default(),
+                hc_success: AtomicU64::new(0),
+                hc_failure: AtomicU64::new(0),
+                budget: super::retry::RetryBudget::new(&budget_cfg),
+                budget_cfg,
+                metrics: slots(None),
+            }),
+        };
+        let kept = |addr: SocketAddr| {
+            prev.and_then(|p| p.endpoints.iter().find(|e| e.addr == addr))
+                .map(|e| e.state.clone())
+        };
+        let endpoints: Box<[EndpointShared]> = eps
+            .iter()
+            .map(|e| EndpointShared {
+                state: kept(e.address).unwrap_or_else(|| {
+                    Arc::new(EndpointState::new(
+                        e.address,
+                        workers,
+                        slots(Some(e.address)),
+                    ))
+                }),
+                weight: e.weight,
+                priority: e.priority,
+                level: levels.binary_search(&e.priority).unwrap_or(0),
+                zone: e.zone.as_deref().map(Arc::from),
+                health: e.health,
+            })
+            .collect();
+        // Ejections of endpoints that left no longer count against the cluster's share.
+        let ejected = endpoints.iter().filter(|e| e.ejected.load(Relaxed)).count();
+        core.ejected.store(ejected as u32, Relaxed);
         Self {
             name: cfg.name.clone(),
-            workers: (0..workers.max(1))
-                .map(|_| Arc::new(WorkerStats::new(addrs.len())))
-                .collect(),
-            endpoints,
-            levels: levels.into(),
-            version: AtomicU64::new(0),
-            ejected: AtomicU32::new(0),
-            ejections: Default::default(),
-            hc_success: AtomicU64::new(0),
-            hc_failure: AtomicU64::new(0),
-            budget: super::retry::RetryBudget::new(&budget),
             limits: cfg.circuit_breaker,
             outlier: cfg.outlier,
             failover: cfg.failover,
+            config: cfg,
+            core,
+            endpoints,
+            levels: levels.into(),
+            tls,
+            source,
+            generation,
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// A first version over plain addresses, with metric slots from `tel` (tests and tools).
+    pub fn simple(
+        cfg: &Arc<ClusterConfig>,
+        addrs: &[SocketAddr],
+        workers: usize,
+        tel: &crate::telemetry::Telemetry,
+    ) -> Self {
+        let eps: Vec<EndpointConfig> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| {
+                let (weight, priority) = cfg.endpoint_meta(i);
+                EndpointConfig {
+                    weight,
+                    priority,
+                    ..EndpointConfig::at(a)
+                }
+            })
+            .collect();
+        let name = cfg.name.clone();
+        Self::build(
+            VersionSpec {
+                config: cfg.clone(),
+                endpoints: &eps,
+                tls: None,
+                source: EndpointSource::Static,
+                generation: 1,
+                workers,
+            },
+            None,
+            &mut |a| match a {
+                None => tel.cluster_slots(&name),
+                Some(a) => tel.endpoint_slots(&name, a),
+            },
+        )
     }
 
     /// A shard's figure summed over every worker.
@@ -283,11 +455,7 @@ impl ClusterShared {
 
     /// An endpoint's figure summed over every worker.
     pub fn sum_endpoint(&self, i: usize, f: impl Fn(&EndpointStats) -> &Local) -> u64 {
-        self.workers
-            .iter()
-            .filter_map(|w| w.eps.get(i))
-            .map(|e| f(e).get())
-            .sum()
+        self.endpoints.get(i).map_or(0, |e| e.sum(f))
     }
 
     /// Tells every worker that an endpoint's availability changed.
@@ -298,7 +466,7 @@ impl ClusterShared {
     /// The load each priority level gets now, from the endpoints' availability.
     pub fn priority_loads(&self) -> Vec<super::balance::LevelLoad> {
         let mut counts = vec![(0u32, 0u32); self.levels.len()];
-        for e in self.endpoints.iter() {
+        for e in self.endpoints.iter().filter(|e| e.usable()) {
             let c = &mut counts[e.level];
             c.1 += 1;
             if e.available() {

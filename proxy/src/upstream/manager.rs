@@ -1,0 +1,323 @@
+//! The cluster manager (Envoy's name for it), on the control thread: turns the clusters of a
+//! config about to be published into cluster versions ([`ClusterShared`]), reusing every version
+//! that did not change, and once a generation is published keeps what runs beside the versions
+//! (health checkers, outlier sweepers, the TLS contexts `/certs` and rotation follow).
+//!
+//! A version is reused (the same `Arc`, so every worker keeps its view, pools and balancer state)
+//! when its cluster's settings and endpoints are equal to the running version's. A changed cluster
+//! gets a new version that keeps the cluster's core and the state of every endpoint still in it
+//! ([`ClusterShared::build`]); workers then keep those endpoints' pools too when the connection
+//! settings allow ([`crate::upstream::Cluster::new`]). Nothing here runs on a worker, and nothing
+//! a worker does waits for it: workers pick the new versions up with the generation.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use super::shared::{ClusterShared, EndpointSource, VersionSpec};
+use crate::config::{ClusterConfig, Config, EndpointConfig, Endpoints};
+use crate::telemetry::Telemetry;
+use crate::tls::{ClientTls, TlsContexts};
+
+/// Why a cluster version could not be built; the running generation keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("clusters.{cluster}.tls: {source}")]
+    Tls {
+        cluster: String,
+        #[source]
+        source: crate::tls::TlsError,
+    },
+    #[error("clusters.{cluster}.demo: cannot start the demo upstream: {source}")]
+    Demo {
+        cluster: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Counts of what changes did (`/metrics`).
+#[derive(Debug, Default)]
+pub struct ChangeCounts {
+    pub cluster_added: AtomicU64,
+    pub cluster_removed: AtomicU64,
+    pub cluster_updated: AtomicU64,
+    /// Endpoint sets replaced by `PUT /clusters/NAME/endpoints`.
+    pub endpoint_updates: AtomicU64,
+}
+
+/// What a planned change does to the clusters.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// The new versions, indexed like the next config's clusters.
+    pub clusters: Vec<Arc<ClusterShared>>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub updated: Vec<String>,
+}
+
+/// Starts a demo upstream for a label (`app` provides it; the manager only remembers them).
+pub type DemoStarter = Arc<
+    dyn Fn(String) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<SocketAddr>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A published version and the tasks that run beside it.
+struct Running {
+    version: Arc<ClusterShared>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+/// See the module docs.
+pub struct ClusterManager {
+    workers: usize,
+    telemetry: Arc<Telemetry>,
+    tls: Arc<TlsContexts>,
+    demo: Option<DemoStarter>,
+    /// Demo upstreams started so far, by label (a reload naming the label again reuses it).
+    demos: Mutex<HashMap<String, SocketAddr>>,
+    running: Mutex<HashMap<String, Running>>,
+    pub counts: ChangeCounts,
+}
+
+impl ClusterManager {
+    pub fn new(
+        workers: usize,
+        telemetry: Arc<Telemetry>,
+        tls: Arc<TlsContexts>,
+        demo: Option<DemoStarter>,
+    ) -> Self {
+        Self {
+            workers,
+            telemetry,
+            tls,
+            demo,
+            demos: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            counts: ChangeCounts::default(),
+        }
+    }
+
+    /// The versions for `next`'s clusters at generation `generation`, reusing `current`'s where
+    /// nothing changed. `source` says where the endpoints of changed clusters come from.
+    pub async fn plan(
+        &self,
+        next: &Config,
+        current: &[Arc<ClusterShared>],
+        generation: u64,
+        source: EndpointSource,
+    ) -> Result<Plan, ManagerError> {
+        let by_name: HashMap<&str, &Arc<ClusterShared>> =
+            current.iter().map(|c| (c.name.as_str(), c)).collect();
+        let mut plan = Plan::default();
+        for (i, cfg) in next.clusters.iter().enumerate() {
+            // Same position first: one pointer comparison per cluster on an endpoint update.
+            let prev = current
+                .get(i)
+                .filter(|c| c.name == cfg.name)
+                .or_else(|| by_name.get(cfg.name.as_str()).copied());
+            if let Some(p) = prev
+                && (Arc::ptr_eq(&p.config, cfg) || *p.config == **cfg)
+            {
+                plan.clusters.push(p.clone());
+                continue;
+            }
+            match prev {
+                Some(_) => plan.updated.push(cfg.name.clone()),
+                None => plan.added.push(cfg.name.clone()),
+            }
+            let v = self
+                .version(cfg, prev.map(|p| &**p), generation, source)
+                .await?;
+            plan.clusters.push(Arc::new(v));
+        }
+        let next_names: std::collections::HashSet<&str> =
+            next.clusters.iter().map(|c| c.name.as_str()).collect();
+        plan.removed = current
+            .iter()
+            .filter(|c| !next_names.contains(c.name.as_str()))
+            .map(|c| c.name.clone())
+            .collect();
+        Ok(plan)
+    }
+
+    /// One new version of `cfg`.
+    async fn version(
+        &self,
+        cfg: &Arc<ClusterConfig>,
+        prev: Option<&ClusterShared>,
+        generation: u64,
+        source: EndpointSource,
+    ) -> Result<ClusterShared, ManagerError> {
+        let (endpoints, source) = match &cfg.endpoints {
+            Endpoints::Static(list) => (list.clone(), source),
+            Endpoints::Demo(label) => (
+                vec![EndpointConfig::at(self.demo_addr(&cfg.name, label).await?)],
+                EndpointSource::Static,
+            ),
+        };
+        // The TLS context is kept while its settings are (rotation follows its files anyway).
+        let tls = match (&cfg.tls, prev) {
+            (None, _) => None,
+            (Some(t), Some(p))
+                if p.config.tls.as_ref() == Some(t)
+                    && p.config.protocol == cfg.protocol
+                    && p.tls.is_some() =>
+            {
+                p.tls.clone()
+            }
+            (Some(t), _) => {
+                let (name, t, protocol) = (cfg.name.clone(), t.clone(), cfg.protocol);
+                let loaded =
+                    tokio::task::spawn_blocking(move || ClientTls::load(&name, &t, protocol))
+                        .await
+                        .map_err(|e| ManagerError::Internal(e.to_string()))?
+                        .map_err(|source| ManagerError::Tls {
+                            cluster: cfg.name.clone(),
+                            source,
+                        })?;
+                Some(Arc::new(loaded))
+            }
+        };
+        let tel = &self.telemetry;
+        let name = cfg.name.as_str();
+        Ok(ClusterShared::build(
+            VersionSpec {
+                config: cfg.clone(),
+                endpoints: &endpoints,
+                tls,
+                source,
+                generation,
+                workers: self.workers,
+            },
+            prev,
+            &mut |a| match a {
+                None => tel.cluster_slots(name),
+                Some(a) => tel.endpoint_slots(name, a),
+            },
+        ))
+    }
+
+    async fn demo_addr(&self, cluster: &str, label: &str) -> Result<SocketAddr, ManagerError> {
+        if let Some(a) = lock(&self.demos).get(label) {
+            return Ok(*a);
+        }
+        let Some(start) = &self.demo else {
+            return Err(ManagerError::Demo {
+                cluster: cluster.to_owned(),
+                source: std::io::Error::other("no demo upstreams in this process"),
+            });
+        };
+        let addr = start(label.to_owned())
+            .await
+            .map_err(|source| ManagerError::Demo {
+                cluster: cluster.to_owned(),
+                source,
+            })?;
+        lock(&self.demos).insert(label.to_owned(), addr);
+        Ok(addr)
+    }
+
+    /// The published clusters are now `live`: versions no longer published retire (their health
+    /// checker and sweeper stop), new ones get theirs, and the TLS contexts in use are updated.
+    /// Runs on the control runtime (the tasks it starts run there).
+    pub fn commit(&self, live: &[Arc<ClusterShared>]) {
+        let mut running = lock(&self.running);
+        let mut next: HashMap<String, Running> = HashMap::with_capacity(live.len());
+        for v in live {
+            if let Some(r) = running.remove(&v.name)
+                && Arc::ptr_eq(&r.version, v)
+            {
+                next.insert(v.name.clone(), r);
+                continue;
+            } else if let Some(r) = running.get(&v.name) {
+                retire(r);
+            }
+            v.retired.store(false, Relaxed);
+            next.insert(
+                v.name.clone(),
+                Running {
+                    version: v.clone(),
+                    tasks: start_tasks(v),
+                },
+            );
+        }
+        for r in running.values() {
+            retire(r);
+        }
+        *running = next;
+        self.tls
+            .set_clusters(live.iter().filter_map(|v| v.tls.clone()).collect());
+    }
+
+    /// Counts a plan's changes once it is published.
+    pub fn count(&self, plan: &Plan) {
+        let c = &self.counts;
+        c.cluster_added.fetch_add(plan.added.len() as u64, Relaxed);
+        c.cluster_removed
+            .fetch_add(plan.removed.len() as u64, Relaxed);
+        c.cluster_updated
+            .fetch_add(plan.updated.len() as u64, Relaxed);
+    }
+
+    /// The `weir_cluster_*_total` change counters, as Prometheus text.
+    pub fn metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let c = &self.counts;
+        let _ = writeln!(
+            out,
+            "# HELP weir_cluster_changes_total Clusters added, removed and updated by reloads and endpoint updates.\n# TYPE weir_cluster_changes_total counter"
+        );
+        for (op, n) in [
+            ("add", &c.cluster_added),
+            ("remove", &c.cluster_removed),
+            ("update", &c.cluster_updated),
+        ] {
+            let _ = writeln!(
+                out,
+                "weir_cluster_changes_total{{op=\"{op}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP weir_endpoint_updates_total Endpoint sets replaced through the endpoint API.\n# TYPE weir_endpoint_updates_total counter\nweir_endpoint_updates_total {}",
+            c.endpoint_updates.load(Relaxed)
+        );
+    }
+}
+
+fn retire(r: &Running) {
+    r.version.retired.store(true, Relaxed);
+    for t in &r.tasks {
+        t.abort();
+    }
+}
+
+/// The health checker and outlier sweeper of a version (on the control runtime).
+fn start_tasks(v: &Arc<ClusterShared>) -> Vec<tokio::task::AbortHandle> {
+    let mut tasks = Vec::new();
+    if let Some(hc) = &v.config.health_check {
+        tasks.push(
+            tokio::spawn(super::health::run(
+                v.clone(),
+                hc.clone(),
+                v.config.protocol,
+                v.tls.clone(),
+            ))
+            .abort_handle(),
+        );
+    }
+    if v.outlier.is_some() {
+        tasks.push(tokio::spawn(super::outlier::run_sweeper(v.clone())).abort_handle());
+    }
+    tasks
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
