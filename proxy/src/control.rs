@@ -93,6 +93,9 @@ pub struct Applied {
     pub modules: Vec<(String, String)>,
     /// Time from the start of the transaction to every worker serving it, in microseconds.
     pub micros: u64,
+    /// Of that, the time up to the publish (validation, filters, cluster versions): the
+    /// control thread's work; the rest is the workers switching.
+    pub prepare_micros: u64,
 }
 
 /// A filter change from `PUT /filters/NAME` (JSON form). Every field is optional; absent ones
@@ -333,8 +336,9 @@ impl Control {
             clusters: prev.clusters.clone(),
             listener_versions: prev.listener_versions.clone(),
         });
+        let prepared = started.elapsed();
         self.publish_and_wait(&mut st, p.clone(), false).await?;
-        Ok(applied(&p, false, started))
+        Ok(applied(&p, false, started, prepared))
     }
 
     /// `PUT /clusters/NAME/endpoints`: replaces a cluster's endpoint set (Envoy's
@@ -435,6 +439,7 @@ impl Control {
                     dry_run: true,
                     modules: modules_of(filters.as_deref()),
                     micros: started.elapsed().as_micros() as u64,
+                    prepare_micros: started.elapsed().as_micros() as u64,
                 });
             }
             let id = self.next_id.fetch_add(1, Relaxed);
@@ -446,8 +451,9 @@ impl Control {
                 clusters: plan.clusters.clone().into(),
             });
             self.clusters.count(&plan);
+            let prepared = started.elapsed();
             self.publish_and_wait(st, p.clone(), true).await?;
-            Ok(applied(&p, false, started))
+            Ok(applied(&p, false, started, prepared))
         }
         .await;
         match &result {
@@ -495,12 +501,13 @@ impl Control {
     }
 }
 
-fn applied(p: &Published, dry_run: bool, started: Instant) -> Applied {
+fn applied(p: &Published, dry_run: bool, started: Instant, prepared: Duration) -> Applied {
     Applied {
         generation: p.id,
         dry_run,
         modules: modules_of(p.filters.as_deref()),
         micros: started.elapsed().as_micros() as u64,
+        prepare_micros: prepared.as_micros() as u64,
     }
 }
 

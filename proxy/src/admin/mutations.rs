@@ -227,6 +227,7 @@ fn applied_json(a: &Applied) -> serde_json::Value {
         "dry_run": a.dry_run,
         "modules": a.modules.iter().map(|(n, d)| json!({"filter": n, "sha256": d})).collect::<Vec<_>>(),
         "micros": a.micros,
+        "prepare_micros": a.prepare_micros,
     })
 }
 
