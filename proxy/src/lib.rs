@@ -29,6 +29,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod demo;
+pub mod discovery;
 pub mod filter;
 pub mod http;
 pub mod listener;

@@ -32,6 +32,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     // telemetry (metrics, traces, logs) sits below everything that reports to it.
     ("exchange", &["telemetry::exchange"]),
     ("upstream", &["upstream"]),
+    // Endpoint discovery (DNS): below the clusters that apply its answers, above what it may
+    // report to.
+    ("discovery", &["discovery"]),
     ("telemetry", &["telemetry"]),
     ("tls", &["tls"]),
     ("config", &["config"]),

@@ -12,11 +12,14 @@
 //!   port.
 //! - [`chain`]: manifests with several listeners and clusters, filter chains and filters.
 //! - [`client`]: hyper h1 / h2c clients and a raw TCP client for malformed requests.
+//! - [`dns`]: an authoritative DNS server for zone `test.` whose records a test changes (DNS
+//!   discovery), and which can be made to stop answering.
 //! - [`otlp`]: an in-test OpenTelemetry collector (OTLP/HTTP trace exports, decoded spans).
 //! - [`prom`]: a strict Prometheus text parser for `/metrics`.
 
 pub mod chain;
 pub mod client;
+pub mod dns;
 pub mod otlp;
 pub mod prom;
 pub mod tls;

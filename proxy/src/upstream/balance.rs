@@ -4,7 +4,7 @@
 //!
 //! Each worker keeps a `View`: per priority level, the endpoints it may pick and the share of
 //! traffic the level gets. Health checks and outlier ejection change endpoints' availability in
-//! shared atomics and bump [`ClusterShared::version`](super::shared::ClusterShared::version); a
+//! shared atomics and bump [`ClusterCore::version`](super::shared::ClusterCore::version); a
 //! worker rebuilds its view when it sees a new version, so a pick costs one relaxed load beyond
 //! the balancing itself, and nothing at all is allocated.
 //!
