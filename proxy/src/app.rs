@@ -93,7 +93,7 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
         Some(demo),
     ));
     let first = manager
-        .plan(&config, &[], 1, EndpointSource::Static)
+        .plan(&config, &[], 1, EndpointSource::Static, None)
         .await
         .map_err(crate::control::ControlError::from)?;
 
@@ -163,6 +163,7 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
     }
     drop(acks);
     control.wait_started().await?;
+    control.follow_discovery();
     if let (true, Some(m)) = (opts.watch, &opts.manifest) {
         tokio::spawn(crate::watch::follow(m.path.clone(), control.clone()));
     }

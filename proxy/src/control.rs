@@ -367,7 +367,7 @@ impl Control {
                 dry_run,
                 uploads,
                 Instant::now(),
-                EndpointSource::Admin,
+                (EndpointSource::Admin, None),
             )
             .await;
         if r.is_ok() && !dry_run {
@@ -395,11 +395,63 @@ impl Control {
         uploads: Uploads,
         started: Instant,
     ) -> Result<Applied, ControlError> {
-        self.transact_from(st, next, dry_run, uploads, started, EndpointSource::Static)
-            .await
+        self.transact_from(
+            st,
+            next,
+            dry_run,
+            uploads,
+            started,
+            (EndpointSource::Static, None),
+        )
+        .await
     }
 
-    /// The transaction; `source` says where the endpoints of clusters it changes come from.
+    /// Publishes the endpoints DNS discovery found for `cluster` (only it gets a new version).
+    pub async fn apply_discovered(&self, cluster: &str) -> Result<Applied, ControlError> {
+        let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
+        let next = (*st.current.config).clone();
+        let uploads = st.uploads.clone();
+        self.transact_from(
+            &mut st,
+            next,
+            false,
+            uploads,
+            Instant::now(),
+            (EndpointSource::Dns, Some(cluster)),
+        )
+        .await
+    }
+
+    /// Follows DNS discovery on the control runtime: each cluster whose answer changed is
+    /// published as soon as no other change is running.
+    pub fn follow_discovery(self: &Arc<Self>) {
+        let Some(mut rx) = self.clusters.discovered() else {
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(name) = rx.recv().await {
+                loop {
+                    match me.apply_discovered(&name).await {
+                        Err(ControlError::Busy) => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(cluster = %name, error = %e, "discovered endpoints not applied");
+                            break;
+                        }
+                        Ok(a) => {
+                            tracing::debug!(cluster = %name, generation = a.generation, "discovered endpoints published");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// The transaction; `source` says where the endpoints of clusters it changes come from, and
+    /// `rediscovered` names a cluster to rebuild over its newly discovered endpoints.
     async fn transact_from(
         &self,
         st: &mut State,
@@ -407,7 +459,7 @@ impl Control {
         dry_run: bool,
         uploads: Uploads,
         started: Instant,
-        source: EndpointSource,
+        (source, rediscovered): (EndpointSource, Option<&str>),
     ) -> Result<Applied, ControlError> {
         let result = async {
             check_reloadable(&st.current.config, &next)?;
@@ -431,7 +483,7 @@ impl Control {
             };
             let plan = self
                 .clusters
-                .plan(&next, &st.current.clusters, id, source)
+                .plan(&next, &st.current.clusters, id, source, rediscovered)
                 .await?;
             if dry_run {
                 return Ok(Applied {
@@ -668,6 +720,7 @@ fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError>
         v.remove("filters");
         v.remove("chains");
         v.remove("clusters");
+        v.remove("dns");
         if let Some(serde_json::Value::Array(ls)) = v.get_mut("listeners") {
             for l in ls {
                 if let Some(o) = l.as_object_mut() {

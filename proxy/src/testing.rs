@@ -107,7 +107,13 @@ impl Worker {
             None,
         ));
         let plan = manager
-            .plan(&config, &[], 1, crate::upstream::EndpointSource::Static)
+            .plan(
+                &config,
+                &[],
+                1,
+                crate::upstream::EndpointSource::Static,
+                None,
+            )
             .await
             .unwrap_or_else(|e| panic!("the test manifest's clusters do not build: {e}"));
         let (_control, generations, _acks) =

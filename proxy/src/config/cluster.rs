@@ -58,7 +58,7 @@ impl ClusterConfig {
     pub fn endpoint_meta(&self, i: usize) -> (u32, u32) {
         match &self.endpoints {
             Endpoints::Static(eps) => eps.get(i).map_or((1, 0), |e| (e.weight, e.priority)),
-            Endpoints::Demo(_) => (1, 0),
+            Endpoints::Demo(_) | Endpoints::Dns(_) => (1, 0),
         }
     }
 
@@ -79,7 +79,33 @@ pub enum Endpoints {
     Static(Vec<EndpointConfig>),
     /// The built-in demo upstream with this label; started by the proxy on 127.0.0.1:0.
     Demo(String),
+    /// Hosts resolved by DNS, again every `refresh` (`discovery: dns | logical_dns`).
+    Dns(DnsEndpoints),
 }
+
+/// A DNS-discovered endpoint set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DnsEndpoints {
+    /// Each host with the settings every address it resolves to gets (`address` unused).
+    pub hosts: Vec<DnsHost>,
+    /// `logical_dns`: one address (the first host's first) at a time.
+    pub logical: bool,
+    #[serde(serialize_with = "ser_duration")]
+    pub refresh: Duration,
+}
+
+/// One host of a DNS-discovered cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsHost {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    pub priority: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 
 /// One static endpoint (from the manifest or `PUT /clusters/NAME/endpoints`): the fields of
 /// Envoy's `LbEndpoint`.
@@ -134,6 +160,34 @@ pub(super) fn clusters(
         let p = format!("clusters.{name}");
         check_name(&name, &p, errs);
         let endpoints = match (c.endpoints, c.demo) {
+            (Some(list), None) if c.discovery != raw::Discovery::Static => {
+                if list.is_empty() {
+                    errs.push(format!("{p}.endpoints"), "must list at least one host");
+                }
+                let hosts = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| dns_host(e, &format!("{p}.endpoints[{i}]"), errs))
+                    .collect();
+                let refresh = positive(
+                    c.dns_refresh.map(|d| d.0),
+                    DEFAULT_DNS_REFRESH,
+                    &format!("{p}.dns_refresh"),
+                    errs,
+                );
+                Endpoints::Dns(DnsEndpoints {
+                    hosts,
+                    logical: c.discovery == raw::Discovery::LogicalDns,
+                    refresh,
+                })
+            }
+            (_, Some(_)) if c.discovery != raw::Discovery::Static => {
+                errs.push(
+                    format!("{p}.discovery"),
+                    "a demo upstream is not discovered",
+                );
+                Endpoints::Static(vec![])
+            }
             (Some(_), Some(_)) => {
                 errs.push(&p, "give either `endpoints` or `demo`, not both");
                 Endpoints::Static(vec![])
@@ -248,6 +302,58 @@ fn endpoint(e: &raw::Endpoint, p: &str, errs: &mut Errors) -> EndpointConfig {
 
 pub const MAX_WEIGHT: u32 = 10_000;
 pub const MAX_PRIORITY: u32 = 127;
+
+/// An endpoint of a DNS-discovered cluster: `host:port`, or a map with `address: host:port`.
+fn dns_host(e: &raw::Endpoint, p: &str, errs: &mut Errors) -> DnsHost {
+    let (address, weight, priority, zone, path) = match e {
+        raw::Endpoint::Address(a) => (a.as_str(), 1, 0, None, p.to_owned()),
+        raw::Endpoint::Detailed(d) => {
+            if d.health.is_some() {
+                errs.push(
+                    format!("{p}.health"),
+                    "a discovered endpoint's health comes from its source",
+                );
+            }
+            (
+                d.address.as_str(),
+                d.weight.unwrap_or(1),
+                d.priority.unwrap_or(0),
+                d.zone.clone(),
+                format!("{p}.address"),
+            )
+        }
+    };
+    if !(1..=MAX_WEIGHT).contains(&weight) {
+        errs.push(
+            format!("{p}.weight"),
+            format!("must be between 1 and {MAX_WEIGHT}"),
+        );
+    }
+    if priority > MAX_PRIORITY {
+        errs.push(
+            format!("{p}.priority"),
+            format!("must be between 0 and {MAX_PRIORITY}"),
+        );
+    }
+    let (host, port) = match address.rsplit_once(':') {
+        Some((h, port)) if !h.is_empty() => (h.trim_start_matches('[').trim_end_matches(']'), port),
+        _ => ("", ""),
+    };
+    let port = match port.parse::<u16>() {
+        Ok(n) if n > 0 && !host.is_empty() => n,
+        _ => {
+            errs.push(path, format!("`{address}` is not host:port"));
+            0
+        }
+    };
+    DnsHost {
+        host: host.to_owned(),
+        port,
+        weight,
+        priority,
+        zone,
+    }
+}
 
 /// An endpoint is `ip:port` or `host:port` (resolved once, at load time).
 fn endpoint_addr(s: &str, path: &str, errs: &mut Errors) -> SocketAddr {

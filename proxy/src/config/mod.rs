@@ -32,8 +32,9 @@ use check::{Errors, positive, socket_addr};
 use units::ser_duration;
 
 pub use cluster::{
-    ClusterConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE,
-    DEFAULT_RESPONSE_TIMEOUT, EndpointConfig, EndpointHealth, Endpoints, MAX_PRIORITY, MAX_WEIGHT,
+    ClusterConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DNS_REFRESH, DEFAULT_POOL_IDLE_TIMEOUT,
+    DEFAULT_POOL_MAX_IDLE, DEFAULT_RESPONSE_TIMEOUT, DnsEndpoints, DnsHost, EndpointConfig,
+    EndpointHealth, Endpoints, MAX_PRIORITY, MAX_WEIGHT,
 };
 pub use filter::{
     ChainConfig, DEFAULT_FILTER_CALLBACK_DEADLINE, DEFAULT_FILTER_MEMORY, FilterConfig, ModuleRef,
@@ -88,6 +89,27 @@ pub struct Config {
     pub chains: Vec<ChainConfig>,
     pub filters: Vec<FilterConfig>,
     pub telemetry: TelemetryConfig,
+    pub dns: DnsConfig,
+}
+
+/// `dns:`: how DNS-discovered clusters resolve.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DnsConfig {
+    /// Nameservers; empty: the system's (`/etc/resolv.conf`, `/etc/hosts`).
+    pub resolvers: Vec<SocketAddr>,
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            resolvers: Vec::new(),
+            timeout: DEFAULT_DNS_TIMEOUT,
+        }
+    }
 }
 
 impl Config {
@@ -234,6 +256,23 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
         .map(|t| telemetry::telemetry(t, base_dir, &mut errs))
         .unwrap_or_default();
 
+    let dns = m.dns.unwrap_or_default();
+    let dns = DnsConfig {
+        resolvers: dns
+            .resolvers
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| socket_addr(r, &format!("dns.resolvers[{i}]"), &mut errs))
+            .collect(),
+        timeout: positive(
+            dns.timeout.map(|d| d.0),
+            DEFAULT_DNS_TIMEOUT,
+            "dns.timeout",
+            &mut errs,
+        ),
+    };
+
     if errs.0.is_empty() {
         Ok(Config {
             workers: m.workers,
@@ -245,6 +284,7 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
             chains,
             filters,
             telemetry,
+            dns,
         })
     } else {
         Err(errs.0)

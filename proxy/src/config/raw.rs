@@ -26,6 +26,30 @@ pub struct Manifest {
     pub filters: BTreeMap<String, Filter>,
     /// Traces and access logs (metrics are always on at the admin `/metrics`).
     pub telemetry: Option<Telemetry>,
+    /// How clusters with `discovery: dns | logical_dns` resolve their hosts.
+    pub dns: Option<Dns>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// Nameservers (`ip:port`); absent: the system's (`/etc/resolv.conf`, `/etc/hosts`).
+    pub resolvers: Option<Vec<String>>,
+    /// How long one resolution may take.
+    pub timeout: Option<HumanDuration>,
+}
+
+/// Where a cluster's endpoints come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    /// The addresses listed (a `host:port` is resolved once, at load).
+    #[default]
+    Static,
+    /// Every A/AAAA record of each host is an endpoint, re-resolved (Envoy's STRICT_DNS).
+    Dns,
+    /// One address of the first host at a time (Envoy's LOGICAL_DNS).
+    LogicalDns,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +179,10 @@ pub struct ListenerLimits {
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub endpoints: Option<Vec<Endpoint>>,
+    #[serde(default)]
+    pub discovery: Discovery,
+    /// How often `dns`/`logical_dns` hosts are resolved again (sooner when a TTL runs out).
+    pub dns_refresh: Option<HumanDuration>,
     /// The built-in demo upstream, labelled: `demo: v1`.
     pub demo: Option<String>,
     #[serde(default)]

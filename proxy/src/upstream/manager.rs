@@ -9,14 +9,28 @@
 //! ([`ClusterShared::build`]); workers then keep those endpoints' pools too when the connection
 //! settings allow ([`crate::upstream::Cluster::new`]). Nothing here runs on a worker, and nothing
 //! a worker does waits for it: workers pick the new versions up with the generation.
+//!
+//! **DNS discovery** (`discovery: dns | logical_dns`): a version of such a cluster is built over
+//! the last good resolution of its hosts. Beside each such version runs a refresher (like a
+//! health checker) that resolves the hosts again every `dns_refresh`, or sooner when a record's
+//! TTL runs out; when the answer differs, it stores the new set and names the cluster on the
+//! [`ClusterManager::discovered`] channel, and the control plane publishes it through the usual
+//! transaction (only that cluster gets a new version). A failed resolution changes nothing: the
+//! last good endpoints keep serving, and the failure is counted ([`DnsStatus`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use super::shared::{ClusterShared, EndpointSource, VersionSpec};
-use crate::config::{ClusterConfig, Config, EndpointConfig, Endpoints};
+use tokio::sync::mpsc;
+
+use super::shared::{ClusterShared, DnsStatus, EndpointSource, VersionSpec};
+use crate::config::{
+    ClusterConfig, Config, DnsConfig, DnsEndpoints, EndpointConfig, EndpointHealth, Endpoints,
+};
+use crate::discovery::{Nameservers, Resolver};
 use crate::telemetry::Telemetry;
 use crate::tls::{ClientTls, TlsContexts};
 
@@ -35,8 +49,19 @@ pub enum ManagerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("dns: {0}")]
+    Dns(#[from] crate::discovery::DnsError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A discovered cluster's state across its versions.
+struct Discovered {
+    /// The hosts' settings the set was resolved for (a changed config resolves again).
+    spec: DnsEndpoints,
+    /// The last good resolution: the endpoints its versions are built over.
+    endpoints: Vec<EndpointConfig>,
+    status: Arc<DnsStatus>,
 }
 
 /// Counts of what changes did (`/metrics`).
@@ -81,6 +106,12 @@ pub struct ClusterManager {
     /// Demo upstreams started so far, by label (a reload naming the label again reuses it).
     demos: Mutex<HashMap<String, SocketAddr>>,
     running: Mutex<HashMap<String, Running>>,
+    /// The resolver for `dns:` and the settings it was made with.
+    resolver: Mutex<Option<(DnsConfig, Resolver)>>,
+    discovered: Mutex<HashMap<String, Discovered>>,
+    /// Names of clusters whose discovered endpoints changed (the control plane publishes them).
+    changed_tx: mpsc::UnboundedSender<String>,
+    changed_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     pub counts: ChangeCounts,
 }
 
@@ -91,6 +122,7 @@ impl ClusterManager {
         tls: Arc<TlsContexts>,
         demo: Option<DemoStarter>,
     ) -> Self {
+        let (changed_tx, changed_rx) = mpsc::unbounded_channel();
         Self {
             workers,
             telemetry,
@@ -98,19 +130,33 @@ impl ClusterManager {
             demo,
             demos: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            resolver: Mutex::new(None),
+            discovered: Mutex::new(HashMap::new()),
+            changed_tx,
+            changed_rx: Mutex::new(Some(changed_rx)),
             counts: ChangeCounts::default(),
         }
     }
 
+    /// The channel naming clusters whose discovered endpoints changed (taken once, by the
+    /// control plane).
+    pub fn discovered(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        lock(&self.changed_rx).take()
+    }
+
     /// The versions for `next`'s clusters at generation `generation`, reusing `current`'s where
-    /// nothing changed. `source` says where the endpoints of changed clusters come from.
+    /// nothing changed. `source` says where the endpoints of changed clusters come from;
+    /// `rediscovered` names a cluster whose discovered endpoints changed (it gets a new version
+    /// though its settings did not).
     pub async fn plan(
         &self,
         next: &Config,
         current: &[Arc<ClusterShared>],
         generation: u64,
         source: EndpointSource,
+        rediscovered: Option<&str>,
     ) -> Result<Plan, ManagerError> {
+        self.set_resolver(&next.dns)?;
         let by_name: HashMap<&str, &Arc<ClusterShared>> =
             current.iter().map(|c| (c.name.as_str(), c)).collect();
         let mut plan = Plan::default();
@@ -122,6 +168,7 @@ impl ClusterManager {
                 .or_else(|| by_name.get(cfg.name.as_str()).copied());
             if let Some(p) = prev
                 && (Arc::ptr_eq(&p.config, cfg) || *p.config == **cfg)
+                && rediscovered != Some(cfg.name.as_str())
             {
                 plan.clusters.push(p.clone());
                 continue;
@@ -153,12 +200,18 @@ impl ClusterManager {
         generation: u64,
         source: EndpointSource,
     ) -> Result<ClusterShared, ManagerError> {
+        let mut dns = None;
         let (endpoints, source) = match &cfg.endpoints {
             Endpoints::Static(list) => (list.clone(), source),
             Endpoints::Demo(label) => (
                 vec![EndpointConfig::at(self.demo_addr(&cfg.name, label).await?)],
                 EndpointSource::Static,
             ),
+            Endpoints::Dns(spec) => {
+                let (eps, status) = self.discovered_endpoints(&cfg.name, spec).await;
+                dns = Some(status);
+                (eps, EndpointSource::Dns)
+            }
         };
         // The TLS context is kept while its settings are (rotation follows its files anyway).
         let tls = match (&cfg.tls, prev) {
@@ -191,6 +244,7 @@ impl ClusterManager {
                 endpoints: &endpoints,
                 tls,
                 source,
+                dns,
                 generation,
                 workers: self.workers,
             },
@@ -200,6 +254,145 @@ impl ClusterManager {
                 Some(a) => tel.endpoint_slots(name, a),
             },
         ))
+    }
+
+    /// (Re)makes the resolver when the `dns:` settings changed.
+    fn set_resolver(&self, cfg: &DnsConfig) -> Result<(), ManagerError> {
+        let mut r = lock(&self.resolver);
+        if r.as_ref().is_some_and(|(c, _)| c == cfg) {
+            return Ok(());
+        }
+        let ns = if cfg.resolvers.is_empty() {
+            Nameservers::System
+        } else {
+            Nameservers::Servers(cfg.resolvers.clone())
+        };
+        match Resolver::new(&ns, cfg.timeout) {
+            Ok(res) => {
+                *r = Some((cfg.clone(), res));
+                Ok(())
+            }
+            // No system configuration is only an error once a cluster needs DNS.
+            Err(e) if cfg.resolvers.is_empty() => {
+                tracing::debug!(error = %e, "no system DNS configuration");
+                *r = None;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn resolver(&self) -> Option<Resolver> {
+        lock(&self.resolver).as_ref().map(|(_, r)| r.clone())
+    }
+
+    /// A discovered cluster's endpoints: the stored set, or (new cluster, changed hosts) a first
+    /// resolution now. A first resolution that fails leaves the cluster empty until one works.
+    async fn discovered_endpoints(
+        &self,
+        name: &str,
+        spec: &DnsEndpoints,
+    ) -> (Vec<EndpointConfig>, Arc<DnsStatus>) {
+        let status = {
+            let d = lock(&self.discovered);
+            match d.get(name) {
+                Some(x) if x.spec == *spec => return (x.endpoints.clone(), x.status.clone()),
+                Some(x) => x.status.clone(),
+                None => Arc::default(),
+            }
+        };
+        let endpoints = match self.resolve(name, spec, &status).await {
+            Some((eps, _)) => eps,
+            None => Vec::new(),
+        };
+        lock(&self.discovered).insert(
+            name.to_owned(),
+            Discovered {
+                spec: spec.clone(),
+                endpoints: endpoints.clone(),
+                status: status.clone(),
+            },
+        );
+        (endpoints, status)
+    }
+
+    /// Resolves every host of `spec` once: the endpoint set and how long it is valid, or `None`
+    /// (counted and logged) when any host failed.
+    async fn resolve(
+        &self,
+        name: &str,
+        spec: &DnsEndpoints,
+        status: &DnsStatus,
+    ) -> Option<(Vec<EndpointConfig>, Duration)> {
+        let Some(resolver) = self.resolver() else {
+            status.record(Err(
+                "no DNS configuration (no /etc/resolv.conf, no dns.resolvers)".into(),
+            ));
+            return None;
+        };
+        let mut out: Vec<EndpointConfig> = Vec::new();
+        let mut valid = spec.refresh;
+        let hosts = if spec.logical {
+            &spec.hosts[..spec.hosts.len().min(1)]
+        } else {
+            &spec.hosts[..]
+        };
+        for h in hosts {
+            match resolver.resolve(&h.host, h.port).await {
+                Ok(r) => {
+                    valid = valid.min(r.valid_for);
+                    let addrs = if spec.logical {
+                        &r.addrs[..r.addrs.len().min(1)]
+                    } else {
+                        &r.addrs[..]
+                    };
+                    for &a in addrs {
+                        if !out.iter().any(|e| e.address == a) {
+                            out.push(EndpointConfig {
+                                address: a,
+                                weight: h.weight,
+                                priority: h.priority,
+                                zone: h.zone.clone(),
+                                health: EndpointHealth::Healthy,
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = name, error = %e, "DNS resolution failed: the last good endpoints keep serving");
+                    status.record(Err(e.to_string()));
+                    return None;
+                }
+            }
+        }
+        status.record(Ok(()));
+        Some((out, valid))
+    }
+
+    /// Resolves a discovered cluster's hosts again and again (its version's refresher), until
+    /// the version retires; a changed answer is stored and the cluster named on the channel.
+    async fn refresh(self: Arc<Self>, v: Arc<ClusterShared>, spec: DnsEndpoints) {
+        let status = v.dns.clone().unwrap_or_default();
+        let mut wait = spec.refresh;
+        loop {
+            tokio::time::sleep(wait).await;
+            if v.retired.load(Relaxed) {
+                return;
+            }
+            let Some((eps, valid)) = self.resolve(&v.name, &spec, &status).await else {
+                wait = spec.refresh;
+                continue;
+            };
+            wait = valid.max(Duration::from_millis(10));
+            let mut d = lock(&self.discovered);
+            let Some(x) = d.get_mut(&v.name) else { return };
+            if x.spec != spec || x.endpoints == eps {
+                continue;
+            }
+            tracing::info!(cluster = %v.name, endpoints = eps.len(), "DNS answer changed");
+            x.endpoints = eps;
+            let _ = self.changed_tx.send(v.name.clone());
+        }
     }
 
     async fn demo_addr(&self, cluster: &str, label: &str) -> Result<SocketAddr, ManagerError> {
@@ -225,7 +418,7 @@ impl ClusterManager {
     /// The published clusters are now `live`: versions no longer published retire (their health
     /// checker and sweeper stop), new ones get theirs, and the TLS contexts in use are updated.
     /// Runs on the control runtime (the tasks it starts run there).
-    pub fn commit(&self, live: &[Arc<ClusterShared>]) {
+    pub fn commit(self: &Arc<Self>, live: &[Arc<ClusterShared>]) {
         let mut running = lock(&self.running);
         let mut next: HashMap<String, Running> = HashMap::with_capacity(live.len());
         for v in live {
@@ -242,7 +435,7 @@ impl ClusterManager {
                 v.name.clone(),
                 Running {
                     version: v.clone(),
-                    tasks: start_tasks(v),
+                    tasks: self.start_tasks(v),
                 },
             );
         }
@@ -250,8 +443,34 @@ impl ClusterManager {
             retire(r);
         }
         *running = next;
+        drop(running);
+        lock(&self.discovered).retain(|name, _| live.iter().any(|v| v.name == *name));
         self.tls
             .set_clusters(live.iter().filter_map(|v| v.tls.clone()).collect());
+    }
+
+    /// The health checker, outlier sweeper and DNS refresher of a version (on the control
+    /// runtime).
+    fn start_tasks(self: &Arc<Self>, v: &Arc<ClusterShared>) -> Vec<tokio::task::AbortHandle> {
+        let mut tasks = Vec::new();
+        if let Some(hc) = &v.config.health_check {
+            tasks.push(
+                tokio::spawn(super::health::run(
+                    v.clone(),
+                    hc.clone(),
+                    v.config.protocol,
+                    v.tls.clone(),
+                ))
+                .abort_handle(),
+            );
+        }
+        if v.outlier.is_some() {
+            tasks.push(tokio::spawn(super::outlier::run_sweeper(v.clone())).abort_handle());
+        }
+        if let Endpoints::Dns(spec) = &v.config.endpoints {
+            tasks.push(tokio::spawn(self.clone().refresh(v.clone(), spec.clone())).abort_handle());
+        }
+        tasks
     }
 
     /// Counts a plan's changes once it is published.
@@ -296,26 +515,6 @@ fn retire(r: &Running) {
     for t in &r.tasks {
         t.abort();
     }
-}
-
-/// The health checker and outlier sweeper of a version (on the control runtime).
-fn start_tasks(v: &Arc<ClusterShared>) -> Vec<tokio::task::AbortHandle> {
-    let mut tasks = Vec::new();
-    if let Some(hc) = &v.config.health_check {
-        tasks.push(
-            tokio::spawn(super::health::run(
-                v.clone(),
-                hc.clone(),
-                v.config.protocol,
-                v.tls.clone(),
-            ))
-            .abort_handle(),
-        );
-    }
-    if v.outlier.is_some() {
-        tasks.push(tokio::spawn(super::outlier::run_sweeper(v.clone())).abort_handle());
-    }
-    tasks
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

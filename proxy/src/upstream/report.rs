@@ -93,6 +93,13 @@ pub fn clusters_json(states: &[Arc<ClusterShared>]) -> Value {
                 "name": c.name,
                 "version": s.generation,
                 "endpoint_source": s.source,
+                "dns": s.dns.as_ref().map(|d| json!({
+                    "resolutions": d.resolutions.load(Relaxed),
+                    "failures": d.failures.load(Relaxed),
+                    "last_resolution_unix_ms": d.last_at_ms.load(Relaxed),
+                    "last_ok": d.last_ok.load(Relaxed),
+                    "last_error": d.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                })),
                 "protocol": c.protocol,
                 "lb": c.lb,
                 "endpoints": endpoints,
@@ -371,6 +378,39 @@ pub fn prometheus(states: &[Arc<ClusterShared>], out: &mut String) {
         "Upstream requests in flight to the endpoint.",
         &|s, i| s.sum_endpoint(i, |x| &x.rq_active),
     );
+    let discovered: Vec<_> = states
+        .iter()
+        .filter_map(|s| s.dns.as_ref().map(|d| (&s.name, d)))
+        .collect();
+    if discovered.is_empty() {
+        return;
+    }
+    head(
+        out,
+        "weir_dns_resolutions_total",
+        "counter",
+        "DNS resolutions of a discovered cluster's hosts (every refresh).",
+    );
+    for (name, d) in &discovered {
+        let _ = writeln!(
+            out,
+            "weir_dns_resolutions_total{{cluster=\"{name}\"}} {}",
+            d.resolutions.load(Relaxed)
+        );
+    }
+    head(
+        out,
+        "weir_dns_resolution_failures_total",
+        "counter",
+        "DNS resolutions that failed (the last good endpoints kept serving).",
+    );
+    for (name, d) in &discovered {
+        let _ = writeln!(
+            out,
+            "weir_dns_resolution_failures_total{{cluster=\"{name}\"}} {}",
+            d.failures.load(Relaxed)
+        );
+    }
 }
 
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -307,6 +307,8 @@ pub struct ClusterShared {
     /// TLS origination (its material rotates on its own).
     pub tls: Option<Arc<crate::tls::ClientTls>>,
     pub source: EndpointSource,
+    /// DNS discovery's figures (a `dns` or `logical_dns` cluster), kept across versions.
+    pub dns: Option<Arc<DnsStatus>>,
     /// The generation that made this version (`/config_dump`).
     pub generation: u64,
     /// Set once a newer version (or none) replaced it: its health checker and sweeper stop.
@@ -320,12 +322,41 @@ impl Deref for ClusterShared {
     }
 }
 
+/// What DNS discovery did for a cluster (`/clusters`, `/metrics`).
+#[derive(Debug, Default)]
+pub struct DnsStatus {
+    pub resolutions: AtomicU64,
+    pub failures: AtomicU64,
+    /// When the last resolution ended (unix ms; 0: none yet) and whether it succeeded.
+    pub last_at_ms: AtomicU64,
+    pub last_ok: AtomicBool,
+    /// The last failure's message.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl DnsStatus {
+    /// Records one resolution's outcome.
+    pub fn record(&self, r: Result<(), String>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.resolutions.fetch_add(1, Relaxed);
+        self.last_at_ms.store(now, Relaxed);
+        self.last_ok.store(r.is_ok(), Relaxed);
+        if let Err(e) = r {
+            self.failures.fetch_add(1, Relaxed);
+            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        }
+    }
+}
+
 /// What a new version of a cluster is made of.
 pub struct VersionSpec<'a> {
     pub config: Arc<ClusterConfig>,
     pub endpoints: &'a [EndpointConfig],
     pub tls: Option<Arc<crate::tls::ClientTls>>,
     pub source: EndpointSource,
+    pub dns: Option<Arc<DnsStatus>>,
     pub generation: u64,
     pub workers: usize,
 }
@@ -345,6 +376,7 @@ impl ClusterShared {
             endpoints: eps,
             tls,
             source,
+            dns,
             generation,
             workers,
         } = spec;
@@ -406,6 +438,7 @@ impl ClusterShared {
             levels: levels.into(),
             tls,
             source,
+            dns,
             generation,
             retired: AtomicBool::new(false),
         }
@@ -437,6 +470,7 @@ impl ClusterShared {
                 endpoints: &eps,
                 tls: None,
                 source: EndpointSource::Static,
+                dns: None,
                 generation: 1,
                 workers,
             },

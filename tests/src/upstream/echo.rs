@@ -62,6 +62,13 @@ impl EchoServer {
         EchoServer::start_inner(false).await
     }
 
+    /// Starts an echo server on `addr` (another loopback address, say, so that several share a
+    /// port as DNS-discovered endpoints do).
+    pub async fn start_at(addr: SocketAddr) -> std::io::Result<EchoServer> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(EchoServer::serve(listener, false, None))
+    }
+
     /// Starts an echo server speaking h2c (prior knowledge) only, like a gRPC backend.
     pub async fn start_h2() -> EchoServer {
         EchoServer::start_inner(true).await
@@ -80,6 +87,10 @@ impl EchoServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind echo upstream");
+        EchoServer::serve(listener, h2_only, max_streams)
+    }
+
+    fn serve(listener: TcpListener, h2_only: bool, max_streams: Option<u32>) -> EchoServer {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             addr,

@@ -1,0 +1,259 @@
+//! DNS discovery (issue 25): clusters with `discovery: dns` / `logical_dns` follow a real DNS
+//! server on loopback whose answers the test changes, under continuous load on two workers with
+//! zero failed requests.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use weir_tests::dns::DnsServer;
+use weir_tests::{EchoServer, H1Client, Weir, eventually};
+
+/// Echo servers on 127.0.0.N, all on one port (DNS gives addresses; the port is the manifest's).
+async fn upstreams(hosts: &[u8]) -> (u16, Vec<EchoServer>) {
+    'again: loop {
+        let first = EchoServer::start_at(SocketAddr::from(([127, 0, 0, hosts[0]], 0)))
+            .await
+            .expect("bind the first upstream");
+        let port = first.addr.port();
+        let mut all = vec![first];
+        for &h in &hosts[1..] {
+            match EchoServer::start_at(SocketAddr::from(([127, 0, 0, h], port))).await {
+                Ok(s) => all.push(s),
+                // The port is taken on that address: pick another.
+                Err(_) => continue 'again,
+            }
+        }
+        return (port, all);
+    }
+}
+
+fn ip(h: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, h])
+}
+
+/// Requests in a loop on a few keep-alive connections until stopped: which upstream answered
+/// each, and how many failed.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicU64>,
+    ok: Arc<AtomicU64>,
+    seen: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(AtomicU64::new(0));
+        let ok = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..4)
+            .map(|_| {
+                let (stop, failures, ok, seen) =
+                    (stop.clone(), failures.clone(), ok.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let mut c = H1Client::connect(addr).await;
+                    while !stop.load(Relaxed) {
+                        let r = c.get("/load").await;
+                        if r.status == 200 {
+                            ok.fetch_add(1, Relaxed);
+                            let up = r.header("x-upstream").unwrap_or_default().to_owned();
+                            seen.lock().unwrap().push(up);
+                        } else {
+                            failures.fetch_add(1, Relaxed);
+                            eprintln!("failed request: {} {}", r.status, r.text());
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            failures,
+            ok,
+            seen,
+            tasks,
+        }
+    }
+
+    /// The upstreams that answered since the last call.
+    fn take_seen(&self) -> BTreeSet<String> {
+        self.seen.lock().unwrap().drain(..).collect()
+    }
+
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (self.ok.load(Relaxed), self.failures.load(Relaxed))
+    }
+}
+
+fn manifest(dns: &DnsServer, discovery: &str, port: u16) -> String {
+    format!(
+        "workers: 2
+admin: {{ address: 127.0.0.1:0 }}
+dns: {{ resolvers: [\"{}\"], timeout: 300ms }}
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, default_cluster: api }}
+clusters:
+  api:
+    discovery: {discovery}
+    dns_refresh: 100ms
+    endpoints: [\"api.test:{port}\"]
+",
+        dns.addr()
+    )
+}
+
+async fn clusters_json(weir: &Weir) -> serde_json::Value {
+    let mut c = H1Client::connect(weir.admin_addr()).await;
+    let r = c.get("/clusters").await;
+    assert_eq!(r.status, 200);
+    serde_json::from_str(&r.text()).unwrap()
+}
+
+async fn metric(weir: &Weir, name: &str) -> f64 {
+    crate::observability::scrape(weir.admin_addr())
+        .await
+        .sum(name, &[("cluster", "api")])
+}
+
+/// Waits until only `want` answer (after the change: what arrives from then on).
+async fn until_only(load: &Load, want: &[&EchoServer]) {
+    let want: BTreeSet<String> = want.iter().map(|s| s.addr.to_string()).collect();
+    load.take_seen();
+    eventually(
+        "traffic goes to exactly the resolved addresses",
+        async || {
+            // A window of fresh answers.
+            let before = load.ok.load(Relaxed);
+            eventually("a window of requests", async || {
+                if load.ok.load(Relaxed) >= before + 40 {
+                    Ok(())
+                } else {
+                    Err("waiting")
+                }
+            })
+            .await;
+            let seen = load.take_seen();
+            if seen == want {
+                Ok(())
+            } else {
+                Err(format!("saw {seen:?}, want {want:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn traffic_follows_dns_records_from_one_address_to_two_to_a_third() {
+    let (port, ups) = upstreams(&[21, 22, 23]).await;
+    let dns = DnsServer::start().await.unwrap();
+    dns.set("api.test.", &[ip(21)], 1);
+    let weir = Weir::start(&manifest(&dns, "dns", port)).await;
+    let load = Load::start(weir.listener_addr("main"));
+
+    until_only(&load, &[&ups[0]]).await;
+    dns.set("api.test.", &[ip(21), ip(22)], 1);
+    until_only(&load, &[&ups[0], &ups[1]]).await;
+    dns.set("api.test.", &[ip(23)], 1);
+    until_only(&load, &[&ups[2]]).await;
+
+    let v = clusters_json(&weir).await;
+    let api = &v["clusters"][0];
+    assert_eq!(api["endpoint_source"], "dns");
+    assert_eq!(api["endpoints"].as_array().unwrap().len(), 1);
+    assert_eq!(api["endpoints"][0]["address"], ups[2].addr.to_string());
+    assert!(api["dns"]["resolutions"].as_u64().unwrap() >= 3, "{api}");
+    assert!(metric(&weir, "weir_dns_resolutions_total").await >= 3.0);
+    let (ok, failed) = load.stop().await;
+    assert_eq!(
+        failed, 0,
+        "no request fails while the records change ({ok} succeeded)"
+    );
+}
+
+#[tokio::test]
+async fn a_dns_server_that_stops_answering_keeps_the_last_endpoints_serving() {
+    let (port, ups) = upstreams(&[31, 32]).await;
+    let dns = DnsServer::start().await.unwrap();
+    dns.set("api.test.", &[ip(31), ip(32)], 1);
+    let weir = Weir::start(&manifest(&dns, "dns", port)).await;
+    let load = Load::start(weir.listener_addr("main"));
+    until_only(&load, &[&ups[0], &ups[1]]).await;
+
+    dns.set_answering(false);
+    let failures_before = metric(&weir, "weir_dns_resolution_failures_total").await;
+    eventually("resolution failures are counted", async || {
+        let n = metric(&weir, "weir_dns_resolution_failures_total").await;
+        if n >= failures_before + 2.0 {
+            Ok(())
+        } else {
+            Err(n)
+        }
+    })
+    .await;
+    // The last good endpoints serve on.
+    until_only(&load, &[&ups[0], &ups[1]]).await;
+    let v = clusters_json(&weir).await;
+    assert_eq!(v["clusters"][0]["dns"]["last_ok"], false);
+    assert!(
+        v["clusters"][0]["dns"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("api.test"),
+        "the failure names the host: {v}"
+    );
+
+    // Answering again, with a change: followed.
+    dns.set("api.test.", &[ip(32)], 1);
+    dns.set_answering(true);
+    until_only(&load, &[&ups[1]]).await;
+    let (ok, failed) = load.stop().await;
+    assert_eq!(
+        failed, 0,
+        "no request fails while DNS is down ({ok} succeeded)"
+    );
+}
+
+#[tokio::test]
+async fn logical_dns_uses_one_address_at_a_time() {
+    let (port, ups) = upstreams(&[41, 42]).await;
+    let dns = DnsServer::start().await.unwrap();
+    dns.set("api.test.", &[ip(41), ip(42)], 1);
+    let weir = Weir::start(&manifest(&dns, "logical_dns", port)).await;
+    let load = Load::start(weir.listener_addr("main"));
+    until_only(&load, &[&ups[0]]).await;
+    dns.set("api.test.", &[ip(42)], 1);
+    until_only(&load, &[&ups[1]]).await;
+    let v = clusters_json(&weir).await;
+    assert_eq!(v["clusters"][0]["endpoints"].as_array().unwrap().len(), 1);
+    let (_, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+}
+
+#[test]
+fn a_discovered_endpoint_must_be_host_and_port() {
+    let out = weir_tests::check(
+        "listeners: [{name: main, address: 127.0.0.1:0, default_cluster: api}]
+clusters:
+  api: { discovery: dns, endpoints: [api.test, {address: \"b.test:80\", health: draining}] }
+",
+    );
+    assert!(!out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("clusters.api.endpoints[0]") && out.stderr.contains("host:port"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("clusters.api.endpoints[1].health"),
+        "{}",
+        out.stderr
+    );
+}
