@@ -63,16 +63,10 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), AppError> {
 async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<(), AppError> {
     // Handlers first: a SIGTERM that arrives right after "ready" must drain, not kill.
     let signals = Signals::install()?;
-    // TLS material is loaded before anything is bound: a missing or bad certificate stops
-    // start-up with its file. From here on the files are followed for rotation.
-    let tls = {
-        let cfg = config.clone();
-        Arc::new(
-            tokio::task::spawn_blocking(move || crate::tls::TlsContexts::load(&cfg))
-                .await
-                .map_err(|e| AppError::Runtime(std::io::Error::other(e)))??,
-        )
-    };
+    // The TLS contexts in use, followed for rotation from here on (each is loaded with its
+    // listener's or cluster's version: a missing or bad certificate stops start-up with its
+    // file).
+    let tls = Arc::new(crate::tls::TlsContexts::new());
     tokio::spawn(tls.clone().watch(config.tls_watch_interval));
 
     // Metric slots, one shard per worker; the trace exporter's requests run on this (control)
@@ -96,6 +90,12 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
         .plan(&config, &[], 1, EndpointSource::Static, None)
         .await
         .map_err(crate::control::ControlError::from)?;
+    // Every listener bound before any worker starts: a bind error stops start-up cleanly.
+    let listeners = crate::control::plan_listeners(&config, &[], workers, 1, &telemetry).await?;
+    let mut announce: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("weir: listener {} listening on {}", l.name, l.local))
+        .collect();
 
     // Filters are compiled (and each started once as a canary) before anything is bound: a bad
     // module or configuration stops start-up with the filter's name.
@@ -105,30 +105,12 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
         let clusters = first.clusters;
         let manager = manager.clone();
         tokio::task::spawn_blocking(move || {
-            crate::control::Control::start(cfg, workers, manifest, manager, clusters)
+            crate::control::Control::start(cfg, workers, manifest, manager, (listeners, clusters))
         })
         .await
         .map_err(|e| AppError::Runtime(std::io::Error::other(e)))??
     };
 
-    // Every listener bound before any worker starts: a bind error stops start-up cleanly.
-    let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
-        (0..workers).map(|_| Vec::new()).collect();
-    let mut announce = Vec::new();
-    for (li, l) in config.listeners.iter().enumerate() {
-        let socks = crate::listener::bind_reuseport(l.address, workers).map_err(|source| {
-            AppError::Bind {
-                name: l.name.clone(),
-                addr: l.address,
-                source,
-            }
-        })?;
-        let bound = socks[0].local_addr()?;
-        announce.push(format!("weir: listener {} listening on {bound}", l.name));
-        for (w, s) in socks.into_iter().enumerate() {
-            per_worker[w].push((li, s));
-        }
-    }
     let admin_state = Arc::new(AdminState {
         tls: tls.clone(),
         telemetry: Some(telemetry.clone()),
@@ -148,16 +130,14 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
 
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut handles = Vec::with_capacity(workers);
-    for (id, sockets) in per_worker.into_iter().enumerate() {
+    for id in 0..workers {
         handles.push(worker::spawn(WorkerSpec {
             id,
             workers,
             config: config.clone(),
-            sockets,
             drain: drain_rx.clone(),
             generations: generations.clone(),
             acks: acks.clone(),
-            tls: tls.clone(),
             telemetry: telemetry.clone(),
         })?);
     }

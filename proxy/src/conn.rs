@@ -403,6 +403,8 @@ async fn supervise<F: Future>(
 struct Watched {
     ctl: Rc<ConnCtl>,
     abort: tokio::task::AbortHandle,
+    /// The key of the accept loop that accepted it.
+    listener: usize,
     header_read_ms: u64,
     idle_ms: u64,
     opened: u64,
@@ -436,6 +438,7 @@ impl Watchdog {
         ctl: Rc<ConnCtl>,
         abort: tokio::task::AbortHandle,
         limits: &ListenerLimits,
+        listener: usize,
     ) {
         let now = crate::timer::now_ms();
         if self.draining.get() {
@@ -444,6 +447,7 @@ impl Watchdog {
         let w = Watched {
             ctl,
             abort,
+            listener,
             header_read_ms: ms(limits.header_read_timeout),
             idle_ms: ms(limits.idle_timeout),
             opened: now,
@@ -515,6 +519,41 @@ impl Watchdog {
                 w.abort.abort();
             }
         }
+    }
+
+    /// The accept loop `id` stopped (its listener removed or moved): its idle connections close
+    /// now, busy ones after their current request.
+    pub fn drain_listener(&self, id: usize) {
+        for w in self.conns.borrow().iter().flatten() {
+            if w.listener == id {
+                w.ctl.draining.set(true);
+                if matches!(
+                    w.ctl.phase.get(),
+                    Phase::Fresh | Phase::Idle | Phase::Handshake
+                ) {
+                    w.abort.abort();
+                }
+            }
+        }
+    }
+
+    /// Closes every connection of accept loop `id` that is still open (its drain time is up).
+    pub fn abort_listener(&self, id: usize) {
+        for w in self.conns.borrow().iter().flatten() {
+            if w.listener == id {
+                w.abort.abort();
+            }
+        }
+    }
+
+    /// Connections of accept loop `id` open now.
+    pub fn open_on(&self, id: usize) -> usize {
+        self.conns
+            .borrow()
+            .iter()
+            .flatten()
+            .filter(|w| w.listener == id)
+            .count()
     }
 
     /// Runs the checks every `tick` until the worker ends.

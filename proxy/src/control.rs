@@ -29,6 +29,8 @@ use crate::config::{
     self, ChainConfig, Config, EndpointConfig, Endpoints, FailurePolicy, FilterConfig, ModuleRef,
 };
 use crate::filter::{FilterError, FilterSet, Uploads};
+use crate::listener::ListenerVersion;
+use crate::tls::ServerTls;
 use crate::upstream::manager::{ClusterManager, ManagerError};
 use crate::upstream::{ClusterShared, EndpointSource};
 
@@ -47,8 +49,8 @@ pub struct Published {
     pub filters: Option<Arc<FilterSet>>,
     /// Each cluster's version, indexed like `config.clusters`.
     pub clusters: Arc<[Arc<ClusterShared>]>,
-    /// The generation that last changed each listener, indexed like `config.listeners`.
-    pub listener_versions: Arc<[u64]>,
+    /// Each listener's version, indexed like `config.listeners`.
+    pub listeners: Arc<[Arc<ListenerVersion>]>,
 }
 
 /// Why a change was refused. The running generation is untouched in every case.
@@ -66,6 +68,19 @@ pub enum ControlError {
     Cluster(#[from] ManagerError),
     #[error("clusters.{0}: no such cluster")]
     UnknownCluster(String),
+    #[error("listeners.{listener}.address: cannot bind {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listeners.{listener}.tls: {source}")]
+    ListenerTls {
+        listener: String,
+        #[source]
+        source: crate::tls::TlsError,
+    },
     #[error("no earlier generation to roll back to")]
     NoHistory,
     #[error("this weir runs the embedded default manifest: there is no file to reload")]
@@ -154,13 +169,13 @@ impl Control {
         workers: usize,
         manifest: Option<config::ManifestFile>,
         manager: Arc<ClusterManager>,
-        clusters: Vec<Arc<ClusterShared>>,
+        (listeners, clusters): (Vec<Arc<ListenerVersion>>, Vec<Arc<ClusterShared>>),
     ) -> Result<Started, ControlError> {
         let runtime = FilterSet::runtime()?;
         let filters = build_filters(&config, &runtime, &Uploads::new())?;
         let first = Arc::new(Published {
             id: 1,
-            listener_versions: vec![1; config.listeners.len()].into(),
+            listeners: listeners.into(),
             config,
             filters,
             clusters: clusters.into(),
@@ -192,7 +207,7 @@ impl Control {
     /// Waits until every worker serves generation 1 (and starts its clusters' health checkers
     /// and sweepers).
     pub async fn wait_started(&self) -> Result<(), ControlError> {
-        self.clusters.commit(&self.current().clusters);
+        self.commit(&self.current());
         self.wait_acks(1).await
     }
 
@@ -334,7 +349,7 @@ impl Control {
             config: prev.config.clone(),
             filters: prev.filters.clone(),
             clusters: prev.clusters.clone(),
-            listener_versions: prev.listener_versions.clone(),
+            listeners: prev.listeners.clone(),
         });
         let prepared = started.elapsed();
         self.publish_and_wait(&mut st, p.clone(), false).await?;
@@ -485,6 +500,16 @@ impl Control {
                 .clusters
                 .plan(&next, &st.current.clusters, id, source, rediscovered)
                 .await?;
+            // Sockets of new and moved listeners are bound here: a bind failure refuses the
+            // change, and an address listens before the change is answered.
+            let listeners = plan_listeners(
+                &next,
+                &st.current.listeners,
+                self.workers,
+                id,
+                self.clusters.telemetry(),
+            )
+            .await?;
             if dry_run {
                 return Ok(Applied {
                     generation: st.current.id,
@@ -497,7 +522,7 @@ impl Control {
             let id = self.next_id.fetch_add(1, Relaxed);
             let p = Arc::new(Published {
                 id,
-                listener_versions: listener_versions(&st.current, &next, id),
+                listeners: listeners.into(),
                 config: next,
                 filters,
                 clusters: plan.clusters.clone().into(),
@@ -531,8 +556,17 @@ impl Control {
             }
         }
         self.publish.send_replace(p.clone());
-        self.clusters.commit(&p.clusters);
+        self.commit(&p);
         self.wait_acks(p.id).await
+    }
+
+    /// What runs beside a published generation follows it: cluster tasks, and the TLS contexts
+    /// `/certs` and rotation see.
+    fn commit(&self, p: &Published) {
+        self.clusters.commit(&p.clusters);
+        self.clusters
+            .tls()
+            .set_listeners(p.listeners.iter().filter_map(|l| l.tls.clone()).collect());
     }
 
     async fn wait_acks(&self, id: u64) -> Result<(), ControlError> {
@@ -647,27 +681,71 @@ fn same_filters(running: &Config, next: &Config) -> bool {
     same_names && json(running) == json(next)
 }
 
-/// The generation that last changed each of `next`'s listeners, if `next` publishes as `id`.
-fn listener_versions(current: &Published, next: &Config, id: u64) -> Arc<[u64]> {
-    next.listeners
-        .iter()
-        .map(|l| {
-            let was = current
-                .config
-                .listeners
-                .iter()
-                .position(|o| o.name == l.name);
-            match was {
-                Some(i)
-                    if serde_json::to_value(&current.config.listeners[i]).ok()
-                        == serde_json::to_value(l).ok() =>
-                {
-                    current.listener_versions.get(i).copied().unwrap_or(id)
-                }
-                _ => id,
+/// The listener versions for `next` at generation `generation`: `current`'s where a listener
+/// did not change; a new version (with its TLS context loaded again if its settings changed)
+/// that keeps the running sockets where its address is the same; freshly bound sockets
+/// (`workers` of them, `SO_REUSEPORT`) for a new or moved listener.
+pub async fn plan_listeners(
+    next: &Config,
+    current: &[Arc<ListenerVersion>],
+    workers: usize,
+    generation: u64,
+    telemetry: &crate::telemetry::Telemetry,
+) -> Result<Vec<Arc<ListenerVersion>>, ControlError> {
+    let mut out = Vec::with_capacity(next.listeners.len());
+    for l in &next.listeners {
+        let prev = current.iter().find(|v| *v.name == *l.name);
+        if let Some(p) = prev
+            && serde_json::to_value(&p.config).ok() == serde_json::to_value(l).ok()
+        {
+            out.push(p.clone());
+            continue;
+        }
+        let tls = match (&l.tls, prev) {
+            (None, _) => None,
+            (Some(t), Some(p)) if p.config.tls.as_ref() == Some(t) && p.tls.is_some() => {
+                p.tls.clone()
             }
-        })
-        .collect()
+            (Some(t), _) => {
+                let (name, t) = (l.name.clone(), t.clone());
+                let loaded = tokio::task::spawn_blocking(move || ServerTls::load(&name, &t))
+                    .await
+                    .map_err(|e| ControlError::Internal(e.to_string()))?
+                    .map_err(|source| ControlError::ListenerTls {
+                        listener: l.name.clone(),
+                        source,
+                    })?;
+                Some(Arc::new(loaded))
+            }
+        };
+        let (local, sockets) = match prev {
+            Some(p) if p.config.address == l.address => (p.local, None),
+            _ => {
+                let socks =
+                    crate::listener::bind_reuseport(l.address, workers).map_err(|source| {
+                        ControlError::Bind {
+                            listener: l.name.clone(),
+                            addr: l.address,
+                            source,
+                        }
+                    })?;
+                let local = socks
+                    .first()
+                    .and_then(|s| s.local_addr().ok())
+                    .unwrap_or(l.address);
+                (local, Some(socks))
+            }
+        };
+        out.push(Arc::new(ListenerVersion::new(
+            l.clone(),
+            telemetry.listener_slots(&l.name),
+            local,
+            sockets,
+            tls,
+            generation,
+        )));
+    }
+    Ok(out)
 }
 
 /// An endpoint set from the endpoint API: every field within its range, no address twice.
@@ -704,7 +782,8 @@ fn check_endpoints(eps: &[EndpointConfig]) -> Result<(), ControlError> {
     }
 }
 
-/// A reload changes filters, chains, clusters and listener chains; the rest needs a restart.
+/// A reload changes listeners, clusters, filters, chains and `dns`; the rest (workers, admin,
+/// telemetry, drain_timeout, tls_watch_interval) needs a restart.
 fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError> {
     let fixed = |c: &Config| -> serde_json::Map<String, serde_json::Value> {
         // What may change is left out before serializing (a proxy may hold thousands of
@@ -713,6 +792,7 @@ fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError>
         c.clusters.clear();
         c.filters.clear();
         c.chains.clear();
+        c.listeners.clear();
         let mut v = match serde_json::to_value(&c) {
             Ok(serde_json::Value::Object(m)) => m,
             _ => serde_json::Map::new(),
@@ -721,13 +801,7 @@ fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError>
         v.remove("chains");
         v.remove("clusters");
         v.remove("dns");
-        if let Some(serde_json::Value::Array(ls)) = v.get_mut("listeners") {
-            for l in ls {
-                if let Some(o) = l.as_object_mut() {
-                    o.remove("chain");
-                }
-            }
-        }
+        v.remove("listeners");
         v
     };
     let (a, b) = (fixed(running), fixed(next));
@@ -743,7 +817,7 @@ fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError>
         return Ok(());
     }
     Err(ControlError::Invalid(format!(
-        "{}: changed, which needs a restart (a reload applies filters, chains, clusters and each listener's chain)",
+        "{}: changed, which needs a restart (a reload applies listeners, clusters, filters, chains and dns)",
         changed.join(", ")
     )))
 }

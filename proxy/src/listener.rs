@@ -1,12 +1,22 @@
 //! Listeners: one `SO_REUSEPORT` socket per listener per worker (the kernel spreads connections
 //! across workers), an accept loop that honours the connection limit without busy-looping, and
 //! the per-listener settings every connection of it shares.
+//!
+//! Listeners are live. The control plane publishes each as a [`ListenerVersion`]; a version
+//! that moves the listener (or a new listener) carries sockets bound on the control thread
+//! before the change is published, so a bind failure refuses the change and the address is
+//! listening before the admin call answers. A worker starts an accept loop on its socket, and
+//! stops the old one only then; a version that only changes settings (TLS, limits, default
+//! cluster) swaps the accept loop's [`ListenerCtx`], so new connections get the new settings
+//! and established ones keep theirs. A removed listener stops accepting at once and its
+//! connections drain: busy ones end after their current request, and whatever is left after
+//! `drain_timeout` is closed.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http2;
@@ -46,16 +56,69 @@ pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::Tc
     Ok(out)
 }
 
+/// One version of a listener, as the control plane publishes it.
+pub struct ListenerVersion {
+    pub config: ListenerConfig,
+    /// Its stable id (also its first metric slot): generations and connections find it by this.
+    pub id: usize,
+    pub name: Arc<str>,
+    /// The address it listens on (the bound port when the manifest says 0).
+    pub local: SocketAddr,
+    /// Sockets bound for this version, one per worker, each taken by its worker; `None` when the
+    /// version keeps the sockets of the one before (same address).
+    sockets: Option<Mutex<Vec<Option<std::net::TcpListener>>>>,
+    pub tls: Option<Arc<ServerTls>>,
+    /// The generation that made this version (`/config_dump`, `/listeners`).
+    pub generation: u64,
+}
+
+impl ListenerVersion {
+    /// A version; `sockets` are freshly bound (one per worker), or `None` with `local` the
+    /// address the previous version's sockets listen on.
+    pub fn new(
+        config: ListenerConfig,
+        id: usize,
+        local: SocketAddr,
+        sockets: Option<Vec<std::net::TcpListener>>,
+        tls: Option<Arc<ServerTls>>,
+        generation: u64,
+    ) -> Self {
+        Self {
+            name: Arc::from(config.name.as_str()),
+            config,
+            id,
+            local,
+            sockets: sockets.map(|s| Mutex::new(s.into_iter().map(Some).collect())),
+            tls,
+            generation,
+        }
+    }
+
+    /// Whether this version listens on sockets of its own (new, or moved).
+    pub fn rebinds(&self) -> bool {
+        self.sockets.is_some()
+    }
+
+    /// Worker `w`'s socket (once).
+    pub fn take_socket(&self, w: usize) -> Option<std::net::TcpListener> {
+        let mut s = self
+            .sockets
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        s.get_mut(w)?.take()
+    }
+}
+
 /// What every connection of one listener on one worker shares.
 pub struct ListenerCtx {
-    pub name: String,
-    /// Index into the worker's clusters.
-    pub default_cluster: usize,
+    pub name: Arc<str>,
     pub limits: ListenerLimits,
     /// The bound address (for `destination.*` properties).
     pub local: SocketAddr,
-    /// Index into `Config::listeners` (the generation's chain for it is looked up by this).
-    pub index: usize,
+    /// The listener's stable id (its first metric slot; the generation's chain and default
+    /// cluster for it are looked up by this).
+    pub id: usize,
     /// The HTTP/1.1 head limits (Weir's own server).
     pub h1: crate::proto::h1::head::Parser,
     /// hyper's HTTP/2 server settings, built once.
@@ -71,7 +134,7 @@ pub struct ListenerCtx {
 impl ListenerCtx {
     pub fn new(
         cfg: &ListenerConfig,
-        index: usize,
+        id: usize,
         workers: usize,
         local: SocketAddr,
         tls: Option<Arc<ServerTls>>,
@@ -86,11 +149,10 @@ impl ListenerCtx {
             .max_pending_accept_reset_streams(Some(50))
             .max_local_error_reset_streams(Some(256));
         Self {
-            name: cfg.name.clone(),
-            default_cluster: cfg.default_cluster,
+            name: Arc::from(cfg.name.as_str()),
             limits: l.clone(),
             local,
-            index,
+            id,
             h1: crate::proto::h1::head::Parser::new(
                 l.max_request_headers,
                 l.max_request_headers_size,
@@ -117,7 +179,7 @@ impl ConnSlot {
     fn new(listener: Rc<ListenerCtx>, worker: Rc<WorkerCtx>, ctl: Rc<ConnCtl>) -> Self {
         listener.conns.set(listener.conns.get() + 1);
         worker.conn_opened();
-        worker.telemetry.connection_opened(listener.index);
+        worker.telemetry.connection_opened(listener.id);
         Self {
             listener,
             worker,
@@ -131,21 +193,31 @@ impl Drop for ConnSlot {
         self.worker.watchdog.forget(&self.ctl);
         self.worker
             .telemetry
-            .connection_closed(self.listener.index, self.ctl.bytes());
+            .connection_closed(self.listener.id, self.ctl.bytes());
         self.listener.conns.set(self.listener.conns.get() - 1);
         self.listener.released.notify_one();
         self.worker.conn_closed();
     }
 }
 
-/// Accepts connections until the drain signal; dropping the socket then refuses new ones.
+/// The settings a listener's accept loop gives new connections; the worker swaps them when a
+/// new version of the listener changes settings but not its address.
+pub type CurrentCtx = Rc<RefCell<Rc<ListenerCtx>>>;
+
+/// Accepts connections until the worker drains (or the worker aborts the loop: the listener was
+/// removed or moved); dropping the socket then refuses new ones. Connections get `conn_drain`'s
+/// signal, which the loop raises when the worker drains, and are known to the watchdog by `key`
+/// (this loop's).
 pub async fn accept_loop(
     listener: TcpListener,
-    ctx: Rc<ListenerCtx>,
+    current: CurrentCtx,
     worker: Rc<WorkerCtx>,
-    mut drain: watch::Receiver<bool>,
+    (mut drain, conn_drain): (watch::Receiver<bool>, Rc<watch::Sender<bool>>),
+    key: usize,
 ) {
+    let _raise = RaiseOnDrop(conn_drain.clone(), drain.clone());
     loop {
+        let ctx = current.borrow().clone();
         // At the limit: wait for a slot rather than accept and drop (no busy loop).
         while ctx.conns.get() >= ctx.max_conns {
             tokio::select! {
@@ -156,16 +228,19 @@ pub async fn accept_loop(
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
+                    // The settings in force now (a reload may have swapped them while this
+                    // loop waited).
+                    let ctx = current.borrow().clone();
                     let ctl = Rc::new(ConnCtl::new());
                     let slot = ConnSlot::new(ctx.clone(), worker.clone(), ctl.clone());
-                    let (c, w, d) = (ctx.clone(), worker.clone(), drain.clone());
+                    let (c, w, d) = (ctx.clone(), worker.clone(), conn_drain.subscribe());
                     let task_ctl = ctl.clone();
                     let task = tokio::task::spawn_local(async move {
                         let _slot = slot;
                         crate::conn::serve(crate::conn::Accepted::Tcp(stream), peer, w, c, d, task_ctl)
                             .await;
                     });
-                    worker.watchdog.watch(ctl, task.abort_handle(), &ctx.limits);
+                    worker.watchdog.watch(ctl, task.abort_handle(), &ctx.limits, key);
                 }
                 Err(e) => {
                     // EMFILE/ENFILE and friends: back off instead of spinning on the error.
@@ -174,6 +249,18 @@ pub async fn accept_loop(
                 }
             },
             _ = drain.changed() => return,
+        }
+    }
+}
+
+/// Raises a listener's connection drain signal when its accept loop ends because the worker
+/// drains (a loop aborted by the worker leaves the signal to the worker).
+struct RaiseOnDrop(Rc<watch::Sender<bool>>, watch::Receiver<bool>);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        if *self.1.borrow() {
+            let _ = self.0.send(true);
         }
     }
 }

@@ -390,7 +390,7 @@ fn main() -> ExitCode {
             // on_configure sees its config) too: a certificate that does not match its key or
             // a filter that refuses its configuration is caught here, not at start-up.
             Ok(cfg) => {
-                if let Err(e) = weir::tls::TlsContexts::load(&cfg) {
+                if let Err(e) = weir::tls::TlsContexts::check(&cfg) {
                     eprintln!("error: TLS: {e}");
                     return ExitCode::FAILURE;
                 }

@@ -94,7 +94,7 @@ impl Worker {
             crate::config::parse(&text, "in-process.yaml", Path::new("."))
                 .unwrap_or_else(|e| panic!("the test manifest is refused: {e}")),
         );
-        let tls = Arc::new(crate::tls::TlsContexts::load(&config).expect("TLS contexts"));
+        let tls = Arc::new(crate::tls::TlsContexts::new());
         let telemetry = Arc::new(
             crate::telemetry::Telemetry::new(&config, 1, tokio::runtime::Handle::current())
                 .expect("telemetry"),
@@ -116,23 +116,25 @@ impl Worker {
             )
             .await
             .unwrap_or_else(|e| panic!("the test manifest's clusters do not build: {e}"));
-        let (_control, generations, _acks) =
-            crate::control::Control::start(config.clone(), 1, None, manager, plan.clusters)
-                .unwrap_or_else(|e| panic!("the test manifest's filters do not start: {e}"));
+        let listeners = crate::control::plan_listeners(&config, &[], 1, 1, &telemetry)
+            .await
+            .unwrap_or_else(|e| panic!("the test manifest's listeners do not build: {e}"));
+        let (_control, generations, _acks) = crate::control::Control::start(
+            config.clone(),
+            1,
+            None,
+            manager,
+            (listeners, plan.clusters),
+        )
+        .unwrap_or_else(|e| panic!("the test manifest's filters do not start: {e}"));
         let wt = telemetry.worker(0);
         crate::telemetry::set_worker(wt.clone());
         let first = generations.borrow().clone();
         let worker = crate::worker::context(0, wt, &first);
         tokio::task::spawn_local(crate::proto::body::run_drainer());
         tokio::task::spawn_local(crate::timer::run_driver());
-        let lc = &config.listeners[0];
-        let listener = Rc::new(ListenerCtx::new(
-            lc,
-            0,
-            1,
-            lc.address,
-            tls.listeners.first().cloned().flatten(),
-        ));
+        let v = first.listeners[0].clone();
+        let listener = Rc::new(ListenerCtx::new(&v.config, v.id, 1, v.local, v.tls.clone()));
         let (drain_tx, drain) = watch::channel(false);
         Worker {
             worker,

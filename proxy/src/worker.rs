@@ -3,6 +3,7 @@
 //! VMs; a stream lives on one worker from accept to log, so nothing on the request path is shared.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,7 +14,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::config::Config;
 use crate::control::Published;
 use crate::filter::runtime::WorkerFilters;
-use crate::listener::{ListenerCtx, accept_loop};
+use crate::listener::{CurrentCtx, ListenerCtx, ListenerVersion, accept_loop};
 use crate::upstream::{ClusterTable, CurrentClusters};
 
 /// One published generation as this worker runs it: its cluster views, its filter VMs and each
@@ -24,13 +25,21 @@ pub struct Generation {
     pub id: u64,
     /// This worker's view of each cluster, indexed like the generation's `Config::clusters`.
     pub clusters: Rc<ClusterTable>,
-    /// Per listener (indexed like `Config::listeners`): its default cluster's index in
-    /// `clusters`.
-    pub default_clusters: Vec<usize>,
+    /// Each listener's chain and default cluster, found by the listener's id (a handful: a
+    /// scan beats a hash).
+    pub listeners: Vec<ListenerRoute>,
     /// The filters' VMs on this worker (absent when the generation has no filters).
     pub filters: Option<Rc<WorkerFilters>>,
-    /// Per listener (indexed like `Config::listeners`): its chain's filter indexes.
-    pub chains: Vec<Option<Arc<[usize]>>>,
+}
+
+/// What a generation does with a listener's requests.
+pub struct ListenerRoute {
+    /// The listener's stable id ([`ListenerCtx::id`]).
+    pub id: usize,
+    /// Its chain's filter indexes.
+    pub chain: Option<Arc<[usize]>>,
+    /// Its default cluster's index in the generation's clusters.
+    pub default_cluster: usize,
 }
 
 impl Generation {
@@ -60,33 +69,42 @@ impl Generation {
             (Some(set), _) => Some(WorkerFilters::start(set.clone(), current.clone())),
             (None, _) => None,
         };
-        let chains = p
+        let listeners = p
             .config
             .listeners
             .iter()
-            .map(|lc| {
-                let name = lc.chain.as_ref()?;
-                let ci = p.config.chains.iter().position(|c| &c.name == name)?;
-                p.filters.as_ref().map(|f| f.chains[ci].clone())
+            .zip(p.listeners.iter())
+            .map(|(lc, v)| ListenerRoute {
+                id: v.id,
+                chain: lc.chain.as_ref().and_then(|name| {
+                    let ci = p.config.chains.iter().position(|c| &c.name == name)?;
+                    p.filters.as_ref().map(|f| f.chains[ci].clone())
+                }),
+                default_cluster: lc.default_cluster,
             })
             .collect();
         Self {
             id: p.id,
-            default_clusters: p
-                .config
-                .listeners
-                .iter()
-                .map(|l| l.default_cluster)
-                .collect(),
             clusters,
+            listeners,
             filters,
-            chains,
         }
     }
 
-    /// The default cluster of listener `l`.
-    pub fn default_cluster(&self, l: usize) -> &Rc<crate::upstream::Cluster> {
-        &self.clusters[self.default_clusters.get(l).copied().unwrap_or(0)]
+    /// What this generation does with listener `id`'s requests (`None`: the listener is gone
+    /// from it; its last connections use the default cluster of the first listener).
+    pub fn route(&self, id: usize) -> Option<&ListenerRoute> {
+        self.listeners.iter().find(|l| l.id == id)
+    }
+
+    /// Listener `id`'s chain.
+    pub fn chain(&self, id: usize) -> Option<&Arc<[usize]>> {
+        self.route(id)?.chain.as_ref()
+    }
+
+    /// The default cluster of listener `id`.
+    pub fn default_cluster(&self, id: usize) -> &Rc<crate::upstream::Cluster> {
+        &self.clusters[self.route(id).map_or(0, |r| r.default_cluster)]
     }
 }
 
@@ -143,15 +161,11 @@ pub struct WorkerSpec {
     pub id: usize,
     pub workers: usize,
     pub config: Arc<Config>,
-    /// `(listener index, socket)` pairs for this worker.
-    pub sockets: Vec<(usize, std::net::TcpListener)>,
     pub drain: watch::Receiver<bool>,
     /// Published generations (filters and chains); the worker follows the latest.
     pub generations: watch::Receiver<Arc<Published>>,
     /// `(worker id, generation id)` once this worker serves a generation.
     pub acks: mpsc::UnboundedSender<(usize, u64)>,
-    /// TLS contexts of the listeners (indexed like the config's).
-    pub tls: Arc<crate::tls::TlsContexts>,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
@@ -174,11 +188,9 @@ async fn run(spec: WorkerSpec) {
         id,
         workers,
         config,
-        sockets,
         mut drain,
         mut generations,
         acks,
-        tls,
         telemetry,
     } = spec;
     let telemetry = telemetry.worker(id);
@@ -186,28 +198,21 @@ async fn run(spec: WorkerSpec) {
     // Callouts go through the same clusters (and pools) as requests.
     let first = generations.borrow_and_update().clone();
     let worker = context(id, telemetry.clone(), &first);
+    let listeners = Rc::new(Listeners {
+        workers,
+        drain: drain.clone(),
+        running: RefCell::new(HashMap::new()),
+        next_key: Cell::new(0),
+    });
+    listeners.apply(&worker, &first);
     let _ = acks.send((id, first.id));
-    for (li, sock) in sockets {
-        let listener = match TcpListener::from_std(sock) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(worker = id, error = %e, "cannot register listener socket");
-                continue;
-            }
-        };
-        let lc = &config.listeners[li];
-        let local = listener.local_addr().unwrap_or(lc.address);
-        let ctx = std::rc::Rc::new(ListenerCtx::new(
-            lc,
-            li,
-            workers,
-            local,
-            tls.listeners.get(li).cloned().flatten(),
-        ));
-        tokio::task::spawn_local(accept_loop(listener, ctx, worker.clone(), drain.clone()));
-    }
     tokio::task::spawn_local(sweep_pools(worker.clone()));
-    tokio::task::spawn_local(follow_generations(worker.clone(), generations, acks));
+    tokio::task::spawn_local(follow_generations(
+        worker.clone(),
+        listeners.clone(),
+        generations,
+        acks,
+    ));
     tokio::task::spawn_local(crate::proto::body::run_drainer());
     tokio::task::spawn_local(crate::timer::run_driver());
     tokio::task::spawn_local(telemetry.clone().run_flusher());
@@ -258,9 +263,10 @@ pub(crate) fn context(
 }
 
 /// Switches new requests to each newly published generation (its VMs are started here, on the
-/// worker thread) and acknowledges it to the control thread.
+/// worker thread), follows its listeners, and acknowledges it to the control thread.
 async fn follow_generations(
     worker: Rc<WorkerCtx>,
+    listeners: Rc<Listeners>,
     mut generations: watch::Receiver<Arc<Published>>,
     acks: mpsc::UnboundedSender<(usize, u64)>,
 ) {
@@ -276,8 +282,128 @@ async fn follow_generations(
         drop(prev);
         // The old generation stays alive in the requests that hold it.
         *worker.current.borrow_mut() = next;
+        listeners.apply(&worker, &p);
         let _ = acks.send((worker.id, p.id));
     }
+}
+
+/// This worker's accept loops, one per listener, kept in step with the published listeners.
+struct Listeners {
+    workers: usize,
+    drain: watch::Receiver<bool>,
+    /// By listener id.
+    running: RefCell<HashMap<usize, Accepting>>,
+    /// The next accept loop's key (the watchdog knows a loop's connections by it).
+    next_key: Cell<usize>,
+}
+
+/// One listener's accept loop on this worker.
+struct Accepting {
+    version: Arc<ListenerVersion>,
+    ctx: CurrentCtx,
+    task: tokio::task::AbortHandle,
+    /// Raised when the listener's connections must drain.
+    conn_drain: Rc<watch::Sender<bool>>,
+    /// This loop's key in the watchdog.
+    key: usize,
+}
+
+impl Listeners {
+    /// Starts, re-sets and stops accept loops so that they serve `p`'s listeners (see the
+    /// `listener` module docs).
+    fn apply(&self, worker: &Rc<WorkerCtx>, p: &Published) {
+        let mut running = self.running.borrow_mut();
+        for v in p.listeners.iter() {
+            match running.get_mut(&v.id) {
+                Some(a) if Arc::ptr_eq(&a.version, v) => {}
+                Some(a) if !v.rebinds() => {
+                    // New settings, same sockets: new connections get them.
+                    let local = a.ctx.borrow().local;
+                    *a.ctx.borrow_mut() = Rc::new(ListenerCtx::new(
+                        &v.config,
+                        v.id,
+                        self.workers,
+                        local,
+                        v.tls.clone(),
+                    ));
+                    a.version = v.clone();
+                }
+                _ => {
+                    // New or moved: the new socket accepts before the old one stops.
+                    let Some(a) = self.start(worker, v) else {
+                        continue;
+                    };
+                    if let Some(old) = running.insert(v.id, a) {
+                        retire(worker, old, p.config.drain_timeout);
+                    }
+                }
+            }
+        }
+        let gone: Vec<usize> = running
+            .keys()
+            .filter(|id| !p.listeners.iter().any(|v| v.id == **id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(old) = running.remove(&id) {
+                retire(worker, old, p.config.drain_timeout);
+            }
+        }
+    }
+
+    fn start(&self, worker: &Rc<WorkerCtx>, v: &Arc<ListenerVersion>) -> Option<Accepting> {
+        let sock = v.take_socket(worker.id)?;
+        let listener = match TcpListener::from_std(sock) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(worker = worker.id, listener = %v.name, error = %e, "cannot register listener socket");
+                return None;
+            }
+        };
+        let ctx: CurrentCtx = Rc::new(RefCell::new(Rc::new(ListenerCtx::new(
+            &v.config,
+            v.id,
+            self.workers,
+            v.local,
+            v.tls.clone(),
+        ))));
+        let conn_drain = Rc::new(watch::channel(false).0);
+        let key = self.next_key.get();
+        self.next_key.set(key + 1);
+        let task = tokio::task::spawn_local(accept_loop(
+            listener,
+            ctx.clone(),
+            worker.clone(),
+            (self.drain.clone(), conn_drain.clone()),
+            key,
+        ))
+        .abort_handle();
+        Some(Accepting {
+            version: v.clone(),
+            ctx,
+            task,
+            conn_drain,
+            key,
+        })
+    }
+}
+
+/// A listener this worker no longer serves (removed, or moved to new sockets): it stops
+/// accepting now (its socket closes with the aborted loop); its connections drain, and those
+/// still open after `drain_timeout` are closed.
+fn retire(worker: &Rc<WorkerCtx>, a: Accepting, drain_timeout: std::time::Duration) {
+    a.task.abort();
+    let _ = a.conn_drain.send(true);
+    let key = a.key;
+    worker.watchdog.drain_listener(key);
+    let watchdog = worker.watchdog.clone();
+    tokio::task::spawn_local(async move {
+        tokio::time::sleep(drain_timeout).await;
+        if watchdog.open_on(key) > 0 {
+            tracing::warn!(listener = %a.version.name, "drain timeout: closing the removed listener's remaining connections");
+        }
+        watchdog.abort_listener(key);
+    });
 }
 
 /// Closes pooled upstream connections once idle past their cluster's `pool.idle_timeout`, so idle

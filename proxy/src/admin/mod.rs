@@ -166,7 +166,7 @@ impl Admin {
         let path = req.uri().path().to_owned();
         let route = match path.as_str() {
             "/ready" | "/healthz" | "/metrics" | "/config_dump" | "/clusters" | "/filters"
-            | "/certs" => Route::Read(path.as_str()),
+            | "/listeners" | "/certs" => Route::Read(path.as_str()),
             "/reload" => Route::Reload,
             "/rollback" => Route::Rollback,
             "/logging" => Route::Logging,

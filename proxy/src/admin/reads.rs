@@ -28,11 +28,9 @@ impl Admin {
                 // The generation that last changed each listener and cluster.
                 v["versions"] = json!({
                     "listeners": p
-                        .config
                         .listeners
                         .iter()
-                        .zip(p.listener_versions.iter())
-                        .map(|(l, g)| (l.name.clone(), json!(g)))
+                        .map(|l| (l.name.to_string(), json!(l.generation)))
                         .collect::<serde_json::Map<_, _>>(),
                     "clusters": p
                         .clusters
@@ -43,6 +41,22 @@ impl Admin {
                 json_resp(StatusCode::OK, &v)
             }
             "/filters" => json_resp(StatusCode::OK, &self.filters_json()),
+            "/listeners" => {
+                let p = self.control.current();
+                let listeners: Vec<_> = p
+                    .listeners
+                    .iter()
+                    .map(|l| {
+                        json!({
+                            "name": &*l.name,
+                            "address": l.local,
+                            "version": l.generation,
+                            "tls": l.tls.is_some(),
+                        })
+                    })
+                    .collect();
+                json_resp(StatusCode::OK, &json!({ "listeners": listeners }))
+            }
             "/certs" => json_resp(StatusCode::OK, &self.state.tls.certs_json()),
             "/clusters" => {
                 let p = self.control.current();
@@ -173,7 +187,9 @@ impl Admin {
                     endpoints: c.endpoints.iter().map(|e| (e.addr, e.metrics)).collect(),
                 })
                 .collect();
-            t.render(&mut out, &live);
+            let listeners: Vec<(&str, usize)> =
+                p.listeners.iter().map(|l| (&*l.name, l.id)).collect();
+            t.render(&mut out, &listeners, &live);
         }
         crate::upstream::report::prometheus(&p.clusters, &mut out);
         self.control.clusters.metrics(&mut out);

@@ -64,7 +64,11 @@ impl ProxyService {
 
     /// The telemetry record of a request starting now on this connection.
     pub fn exchange(&self) -> Exchange {
-        Exchange::start(&self.worker.telemetry, self.listener.index)
+        Exchange::start(
+            &self.worker.telemetry,
+            self.listener.id,
+            &self.listener.name,
+        )
     }
 
     /// One request to its response. `websocket`: an HTTP/1.1 request to switch to WebSocket (the
@@ -113,7 +117,7 @@ impl ProxyService {
             && self
                 .worker
                 .generation()
-                .default_cluster(self.listener.index)
+                .default_cluster(self.listener.id)
                 .protocol
                 == crate::config::Protocol::Http1
             && !self.has_chain()
@@ -122,18 +126,14 @@ impl ProxyService {
     /// Whether the listener has a filter chain in the current generation (nothing cloned).
     fn has_chain(&self) -> bool {
         let generation = self.worker.generation();
-        generation.filters.is_some()
-            && matches!(generation.chains.get(self.listener.index), Some(Some(_)))
+        generation.filters.is_some() && generation.chain(self.listener.id).is_some()
     }
 
     /// The listener's filter chain in the current generation.
     fn chain(&self) -> Option<(Rc<WorkerFilters>, std::sync::Arc<[usize]>)> {
         let generation = self.worker.generation();
-        match (
-            &generation.filters,
-            generation.chains.get(self.listener.index),
-        ) {
-            (Some(filters), Some(Some(chain))) => Some((filters.clone(), chain.clone())),
+        match (&generation.filters, generation.chain(self.listener.id)) {
+            (Some(filters), Some(chain)) => Some((filters.clone(), chain.clone())),
             _ => None,
         }
     }
@@ -150,7 +150,7 @@ impl ProxyService {
         let limits = &self.listener.limits;
         let generation = self.worker.generation();
         let chain = self.chain();
-        let cluster = generation.default_cluster(self.listener.index);
+        let cluster = generation.default_cluster(self.listener.id);
         let raw = match raw {
             Some(raw)
                 if chain.is_none()
@@ -341,7 +341,7 @@ impl ProxyService {
                 .clusters
                 .get(name)
                 .ok_or_else(|| ProxyError::UnknownCluster(name.clone()))?,
-            None => generation.default_cluster(self.listener.index),
+            None => generation.default_cluster(self.listener.id),
         };
         if upgrade {
             let ep = cluster.endpoint()?;

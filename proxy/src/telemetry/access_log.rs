@@ -125,9 +125,9 @@ impl WorkerLog {
     }
 
     /// Formats `rec` as one line into the buffer (handing the buffer over when it is full).
-    pub fn push(&self, rec: &Record, listeners: &[String]) {
+    pub fn push(&self, rec: &Record) {
         let mut b = self.buf.borrow_mut();
-        rec.write_json(&mut b.0, &self.sink.fields, listeners);
+        rec.write_json(&mut b.0, &self.sink.fields);
         b.1 += 1;
         if b.0.len() >= FLUSH_AT {
             let full = std::mem::replace(&mut b.0, Vec::with_capacity(FLUSH_AT));
@@ -154,7 +154,7 @@ impl WorkerLog {
 /// no copies of the bytes) when the request starts; the rest as it goes.
 pub struct Record {
     start: SystemTime,
-    listener: usize,
+    listener: Arc<str>,
     method: Option<Method>,
     /// Path and query as received.
     path: Option<http::uri::PathAndQuery>,
@@ -176,7 +176,7 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(listener: usize) -> Self {
+    pub fn new(listener: Arc<str>) -> Self {
         Self {
             start: SystemTime::now(),
             listener,
@@ -228,7 +228,7 @@ impl Record {
     }
 
     /// Appends the line (with its newline) to `out`.
-    pub fn write_json(&self, out: &mut Vec<u8>, fields: &[AccessLogField], listeners: &[String]) {
+    pub fn write_json(&self, out: &mut Vec<u8>, fields: &[AccessLogField]) {
         let mut s = String::with_capacity(512);
         s.push('{');
         for (i, f) in fields.iter().enumerate() {
@@ -238,13 +238,13 @@ impl Record {
             s.push('"');
             s.push_str(f.name());
             s.push_str("\":");
-            self.value(&mut s, *f, listeners);
+            self.value(&mut s, *f);
         }
         s.push_str("}\n");
         out.extend_from_slice(s.as_bytes());
     }
 
-    fn value(&self, s: &mut String, f: AccessLogField, listeners: &[String]) {
+    fn value(&self, s: &mut String, f: AccessLogField) {
         use AccessLogField as F;
         let opt_ms = |s: &mut String, d: Option<Duration>| match d {
             Some(d) => {
@@ -296,7 +296,7 @@ impl Record {
                     .as_ref()
                     .map(|_| if self.routed { "filter" } else { "default" }),
             ),
-            F::Listener => opt_str(s, listeners.get(self.listener).map(String::as_str)),
+            F::Listener => opt_str(s, Some(&*self.listener)),
             F::DownstreamRemoteAddress => match self.peer {
                 Some(p) => json_str(s, &p.to_string()),
                 None => s.push_str("null"),
@@ -351,8 +351,7 @@ mod tests {
 
     #[test]
     fn a_line_is_one_json_object_with_the_fields_asked_for() {
-        let listeners = ["main".to_owned()];
-        let mut rec = Record::new(0);
+        let mut rec = Record::new(Arc::from("main"));
         let req = Request::builder()
             .method("POST")
             .uri("/a?b=%22c%22")
@@ -372,7 +371,7 @@ mod tests {
         rec.bytes = (10, 20);
         rec.duration = Duration::from_micros(1500);
         let mut out = Vec::new();
-        rec.write_json(&mut out, AccessLogField::ALL, &listeners);
+        rec.write_json(&mut out, AccessLogField::ALL);
         let line = String::from_utf8(out).unwrap();
         assert!(line.ends_with("}\n") && line.lines().count() == 1, "{line}");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -394,11 +393,7 @@ mod tests {
         assert_eq!(v.as_object().unwrap().len(), AccessLogField::ALL.len());
 
         let mut out = Vec::new();
-        rec.write_json(
-            &mut out,
-            &[AccessLogField::Status, AccessLogField::Method],
-            &listeners,
-        );
+        rec.write_json(&mut out, &[AccessLogField::Status, AccessLogField::Method]);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "{\"status\":503,\"method\":\"POST\"}\n"

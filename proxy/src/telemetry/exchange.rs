@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -62,14 +63,16 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// A request head arrived on listener `listener` (its index in the config).
-    pub fn start(tel: &Rc<WorkerTelemetry>, listener: usize) -> Self {
-        let base = metrics::listener_slots(listener);
+    /// A request head arrived on the listener `name` whose metric slots start at `base`.
+    pub fn start(tel: &Rc<WorkerTelemetry>, base: usize, name: &Arc<str>) -> Self {
         tel.shard.add(base + metrics::listener::RQ_ACTIVE, 1);
         let detail = tel.detailed().then(|| {
             Box::new(Detail {
                 trace: None,
-                log: tel.log.as_ref().map(|_| access_log::Record::new(listener)),
+                log: tel
+                    .log
+                    .as_ref()
+                    .map(|_| access_log::Record::new(name.clone())),
             })
         });
         Self {
@@ -282,7 +285,7 @@ impl Exchange {
             log.status = self.status;
             log.flags = self.flags;
             log.duration = end - self.start;
-            w.push(&log, &self.tel.listeners);
+            w.push(&log);
         }
     }
 }
@@ -428,7 +431,7 @@ mod tests {
                 .map(|e| (e.addr, e.metric_slots()))
                 .collect(),
         }];
-        t.render(&mut out, &live);
+        t.render(&mut out, &[("main", 0)], &live);
         out
     }
 
@@ -446,7 +449,7 @@ mod tests {
     #[test]
     fn a_retry_counts_both_attempts_and_only_the_last_outcome_flags_the_request() {
         let (t, w, c) = setup();
-        let mut ex = Exchange::start(&w, 0);
+        let mut ex = Exchange::start(&w, 0, &Arc::from("main"));
         let mut req = Request::new(());
         ex.upstream_start(&c, &c.endpoints[0], &mut req, false, false);
         ex.upstream_done::<ProxyBody>(&Err(ProxyError::ConnectTimeout(c.endpoints[0].addr)));
@@ -493,7 +496,7 @@ mod tests {
     #[test]
     fn a_dropped_exchange_is_counted_once_as_cut() {
         let (t, w, c) = setup();
-        let mut ex = Exchange::start(&w, 0);
+        let mut ex = Exchange::start(&w, 0, &Arc::from("main"));
         let mut req = Request::new(());
         ex.upstream_start(&c, &c.endpoints[0], &mut req, true, false);
         has(
@@ -516,7 +519,7 @@ mod tests {
         );
         has(&out, r#"weir_downstream_rq_active{listener="main"} 0"#);
         // A finished one is not counted again when dropped.
-        let mut ex = Exchange::start(&w, 0);
+        let mut ex = Exchange::start(&w, 0, &Arc::from("main"));
         ex.respond(&Response::new(()));
         ex.finish(0, 0);
         has(
@@ -528,7 +531,7 @@ mod tests {
     #[test]
     fn local_errors_flag_by_their_reason() {
         let (t, w, c) = setup();
-        let mut ex = Exchange::start(&w, 0);
+        let mut ex = Exchange::start(&w, 0, &Arc::from("main"));
         let resp = crate::http::respond::error_response(&ProxyError::ConnectTimeout(
             ([127, 0, 0, 1], 1).into(),
         ));

@@ -109,28 +109,34 @@ pub mod cluster {
 
 /// Where each label set's slots start; the same for every worker's shard.
 ///
-/// Listeners get their slots at start-up, in manifest order. Clusters and endpoints come and go
-/// with reloads and endpoint updates, so their slots are handed out by [`Layout::cluster_slots`]
-/// and [`Layout::endpoint_slots`] (on the control thread, before the version that uses them is
-/// published) and kept per name for the life of the process: a cluster or endpoint that comes
-/// back continues its counters, as Prometheus expects of a counter. Only the live ones are
-/// rendered (the caller names them).
-#[derive(Debug)]
+/// Listeners, clusters and endpoints come and go with reloads and endpoint updates, so their
+/// slots are handed out by [`Layout::listener_slots`], [`Layout::cluster_slots`] and
+/// [`Layout::endpoint_slots`] (on the control thread, before the version that uses them is
+/// published) and kept per name for the life of the process: one that comes back continues its
+/// counters, as Prometheus expects of a counter. Only the live ones are rendered (the caller
+/// names them).
+#[derive(Debug, Default)]
 pub struct Layout {
-    pub listeners: Vec<String>,
+    listeners: HashMap<String, usize>,
     clusters: HashMap<String, usize>,
     endpoints: HashMap<(String, SocketAddr), usize>,
     len: usize,
 }
 
 impl Layout {
-    pub fn new(listeners: Vec<String>) -> Self {
-        Self {
-            len: listeners.len() * listener::SLOTS,
-            listeners,
-            clusters: HashMap::new(),
-            endpoints: HashMap::new(),
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The first slot of listener `name`'s counters (allocated on first use). A listener's
+    /// first slot is also its stable id.
+    pub fn listener_slots(&mut self, name: &str) -> usize {
+        if let Some(&b) = self.listeners.get(name) {
+            return b;
         }
+        let b = self.grow(listener::SLOTS);
+        self.listeners.insert(name.to_owned(), b);
+        b
     }
 
     /// Slots in use (the shards hold at least this many).
@@ -141,11 +147,6 @@ impl Layout {
     /// Whether there is no slot at all.
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    /// The first slot of listener `l`.
-    pub fn listener(&self, l: usize) -> usize {
-        listener_slots(l)
     }
 
     /// The first slot of cluster `name`'s counters (allocated on first use).
@@ -173,11 +174,6 @@ impl Layout {
         self.len += n;
         b
     }
-}
-
-/// The first slot of listener `l` (listeners' slots come first, in manifest order).
-pub fn listener_slots(l: usize) -> usize {
-    l * listener::SLOTS
 }
 
 /// A live cluster as `/metrics` renders it: its name, its first slot, and each endpoint's
@@ -335,16 +331,14 @@ pub const LATENCY_LE: [&str; 18] = [
 /// Writes every core metric, summed over `shards`, as Prometheus text.
 pub fn render(
     out: &mut String,
-    layout: &Layout,
+    listeners: &[(&str, usize)],
     clusters: &[LiveCluster<'_>],
     shards: &[Arc<Shard>],
 ) {
     let s = Sums(shards);
-    let listeners: Vec<(usize, String)> = layout
-        .listeners
+    let listeners: Vec<(usize, String)> = listeners
         .iter()
-        .enumerate()
-        .map(|(i, n)| (layout.listener(i), format!("listener=\"{}\"", label(n))))
+        .map(|(n, base)| (*base, format!("listener=\"{}\"", label(n))))
         .collect();
     let counter = |out: &mut String, name: &str, help: &str, slot: usize| {
         header(out, name, "counter", help);
@@ -551,7 +545,8 @@ mod tests {
 
     #[test]
     fn shards_sum_and_histograms_are_cumulative() {
-        let mut layout = Layout::new(vec!["main".into()]);
+        let mut layout = Layout::new();
+        let l = layout.listener_slots("main");
         let web = layout.cluster_slots("web");
         let (a1, a2) = (
             "127.0.0.1:1".parse().unwrap(),
@@ -570,7 +565,6 @@ mod tests {
             endpoints: vec![(a1, e1), (a2, e2)],
         }];
         let shards: Vec<Arc<Shard>> = (0..2).map(|_| Arc::new(Shard::new(layout.len))).collect();
-        let l = layout.listener(0);
         shards[0].add(l + listener::RQ_CLASS + class_of(200), 3);
         shards[1].add(l + listener::RQ_CLASS + class_of(200), 2);
         shards[1].add(l + listener::RQ_CLASS + class_of(502), 1);
@@ -583,7 +577,7 @@ mod tests {
         shards[1].observe(l + listener::RQ_TIME, 100_000_000_000); // +Inf
         shards[0].add(e2 + endpoint::CX_TOTAL, 4);
         let mut out = String::new();
-        render(&mut out, &layout, &live, &shards);
+        render(&mut out, &[("main", l)], &live, &shards);
         for want in [
             "weir_downstream_rq_total{listener=\"main\",class=\"2xx\"} 5",
             "weir_downstream_rq_total{listener=\"main\",class=\"5xx\"} 1",

@@ -93,7 +93,11 @@ impl Telemetry {
 
     /// Telemetry with metrics only (no tracer, no access log), for tests and tools.
     pub fn metrics_only(cfg: &Config, workers: usize) -> Self {
-        let layout = Layout::new(cfg.listeners.iter().map(|l| l.name.clone()).collect());
+        let mut layout = Layout::new();
+        // The manifest's listeners first, in order (their slots are their ids).
+        for l in &cfg.listeners {
+            layout.listener_slots(&l.name);
+        }
         Self {
             shards: (0..workers.max(1))
                 .map(|_| Arc::new(Shard::new(layout.len())))
@@ -106,7 +110,7 @@ impl Telemetry {
 
     /// Metrics only, for no listener (tests and tools that build clusters on their own).
     pub fn bare(workers: usize) -> Self {
-        let layout = Layout::new(Vec::new());
+        let layout = Layout::new();
         Self {
             shards: (0..workers.max(1))
                 .map(|_| Arc::new(Shard::new(0)))
@@ -115,6 +119,15 @@ impl Telemetry {
             tracing: None,
             access_log: None,
         }
+    }
+
+    /// The first metric slot of listener `name`, which is also its stable id (control thread;
+    /// kept for the process's life).
+    pub fn listener_slots(&self, name: &str) -> usize {
+        let mut l = self.layout.lock().unwrap_or_else(|e| e.into_inner());
+        let b = l.listener_slots(name);
+        self.reserve(l.len());
+        b
     }
 
     /// The first metric slot of cluster `name` (control thread; kept for the process's life).
@@ -143,13 +156,6 @@ impl Telemetry {
     pub fn worker(&self, id: usize) -> Rc<WorkerTelemetry> {
         Rc::new(WorkerTelemetry {
             shard: self.shards[id % self.shards.len()].clone(),
-            listeners: self
-                .layout
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .listeners
-                .clone()
-                .into(),
             tracing: self.tracing.clone(),
             log: self
                 .access_log
@@ -158,10 +164,15 @@ impl Telemetry {
         })
     }
 
-    /// Every core metric as Prometheus text; `clusters` are the live ones.
-    pub fn render(&self, out: &mut String, clusters: &[metrics::LiveCluster<'_>]) {
-        let layout = self.layout.lock().unwrap_or_else(|e| e.into_inner());
-        metrics::render(out, &layout, clusters, &self.shards);
+    /// Every core metric as Prometheus text; `listeners` (name, first slot) and `clusters` are
+    /// the live ones.
+    pub fn render(
+        &self,
+        out: &mut String,
+        listeners: &[(&str, usize)],
+        clusters: &[metrics::LiveCluster<'_>],
+    ) {
+        metrics::render(out, listeners, clusters, &self.shards);
         if let Some(s) = &self.access_log {
             s.render(out);
         }
@@ -230,8 +241,6 @@ pub fn upstream_no_healthy(c: usize) {
 /// One worker's view: its shard (it is the only writer), and the tracer and log buffer when on.
 pub struct WorkerTelemetry {
     pub shard: Arc<Shard>,
-    /// Listener names, indexed like `Config::listeners` (access-log lines name them).
-    listeners: Arc<[String]>,
     tracing: Option<Arc<trace::Tracing>>,
     log: Option<access_log::WorkerLog>,
 }
@@ -243,16 +252,14 @@ impl WorkerTelemetry {
         self.tracing.is_some() || self.log.is_some()
     }
 
-    /// A downstream connection was accepted on listener `l`.
-    pub fn connection_opened(&self, l: usize) {
-        let base = metrics::listener_slots(l);
+    /// A downstream connection was accepted on the listener whose slots start at `base`.
+    pub fn connection_opened(&self, base: usize) {
         self.shard.add(base + metrics::listener::CX_TOTAL, 1);
         self.shard.add(base + metrics::listener::CX_ACTIVE, 1);
     }
 
-    /// A downstream connection of listener `l` closed after moving `rx`/`tx` bytes.
-    pub fn connection_closed(&self, l: usize, (rx, tx): (u64, u64)) {
-        let base = metrics::listener_slots(l);
+    /// A downstream connection of the listener at `base` closed after moving `rx`/`tx` bytes.
+    pub fn connection_closed(&self, base: usize, (rx, tx): (u64, u64)) {
         self.shard.sub(base + metrics::listener::CX_ACTIVE, 1);
         self.shard.add(base + metrics::listener::CX_RX_BYTES, rx);
         self.shard.add(base + metrics::listener::CX_TX_BYTES, tx);

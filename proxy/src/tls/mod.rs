@@ -206,34 +206,48 @@ fn digest(contents: &[Vec<u8>]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Every TLS context of the process: the listeners' (indexed like the config's listeners) and
-/// the live clusters' (set by the cluster manager each time the published clusters change).
-/// Shared by the workers (handshakes), the admin endpoint (reads) and the control thread
-/// (rotation).
+/// The TLS contexts in use: the live listeners' and clusters' (each set by the control plane
+/// when the published listeners or clusters change; the contexts themselves are loaded with
+/// their listener's or cluster's version). Shared by the admin endpoint (reads) and the control
+/// thread (rotation); handshakes use the contexts their versions hold.
 #[derive(Default)]
 pub struct TlsContexts {
-    pub listeners: Vec<Option<Arc<ServerTls>>>,
+    listeners: std::sync::RwLock<Vec<Arc<ServerTls>>>,
     clusters: std::sync::RwLock<Vec<Arc<ClientTls>>>,
 }
 
 impl TlsContexts {
-    /// Loads every listener context's material; the first error stops start-up with its file.
-    /// (Cluster contexts are loaded with their cluster's version.)
-    pub fn load(cfg: &Config) -> Result<Self, TlsError> {
-        let listeners = cfg
-            .listeners
-            .iter()
-            .map(|l| {
-                l.tls
-                    .as_ref()
-                    .map(|t| ServerTls::load(&l.name, t).map(Arc::new))
-                    .transpose()
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            listeners,
-            clusters: Default::default(),
-        })
+    /// No context yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Loads every context `cfg` names (listeners' and clusters'), to check the material; the
+    /// first error names its file (`weir check`).
+    pub fn check(cfg: &Config) -> Result<(), TlsError> {
+        for l in &cfg.listeners {
+            if let Some(t) = &l.tls {
+                ServerTls::load(&l.name, t)?;
+            }
+        }
+        for c in &cfg.clusters {
+            if let Some(t) = &c.tls {
+                ClientTls::load(&c.name, t, c.protocol)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The listener contexts in use now.
+    pub fn set_listeners(&self, live: Vec<Arc<ServerTls>>) {
+        *self.listeners.write().unwrap_or_else(|e| e.into_inner()) = live;
+    }
+
+    fn listeners(&self) -> Vec<Arc<ServerTls>> {
+        self.listeners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The cluster contexts in use now (the cluster manager calls this as versions change).
@@ -249,13 +263,13 @@ impl TlsContexts {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.listeners.iter().all(Option::is_none) && self.clusters().is_empty()
+        self.listeners().is_empty() && self.clusters().is_empty()
     }
 
     /// Re-reads every context's files once. Returns how many rotated.
     pub fn refresh(&self) -> usize {
         let mut n = 0;
-        for s in self.listeners.iter().flatten() {
+        for s in self.listeners() {
             n += usize::from(s.refresh());
         }
         for c in self.clusters() {
@@ -280,7 +294,7 @@ impl TlsContexts {
     /// Every context's bookkeeping and certificates.
     fn each(&self) -> Vec<ContextStats> {
         let mut out = Vec::new();
-        for s in self.listeners.iter().flatten() {
+        for s in self.listeners() {
             let w = &s.watched;
             out.push(stats(w, w.current().certs.clone()));
         }
@@ -365,7 +379,7 @@ impl TlsContexts {
                 c.errors
             );
         }
-        let servers: Vec<_> = self.listeners.iter().flatten().collect();
+        let servers = self.listeners();
         if !servers.is_empty() {
             out.push_str("# HELP weir_tls_handshakes_total Downstream TLS handshakes completed.\n# TYPE weir_tls_handshakes_total counter\n");
             for s in &servers {
@@ -501,10 +515,8 @@ mod tests {
         assert!(!s.refresh());
         assert_eq!(sha(&s), sha2);
 
-        let contexts = TlsContexts {
-            listeners: vec![Some(Arc::new(s))],
-            clusters: Default::default(),
-        };
+        let contexts = TlsContexts::new();
+        contexts.set_listeners(vec![Arc::new(s)]);
         let mut m = String::new();
         contexts.metrics(&mut m);
         assert!(

@@ -50,7 +50,7 @@ pub enum HandshakeError {
 }
 
 impl ServerTls {
-    pub(super) fn load(listener: &str, cfg: &ListenerTlsConfig) -> Result<Self, TlsError> {
+    pub fn load(listener: &str, cfg: &ListenerTlsConfig) -> Result<Self, TlsError> {
         let cfg = cfg.clone();
         let watched = Watched::load(format!("listener:{listener}"), files(&cfg), |c| {
             build(&cfg, c)

@@ -483,6 +483,16 @@ impl ClusterManager {
             .fetch_add(plan.updated.len() as u64, Relaxed);
     }
 
+    /// The telemetry metric slots come from.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// The TLS contexts in use.
+    pub fn tls(&self) -> &Arc<TlsContexts> {
+        &self.tls
+    }
+
     /// The `weir_cluster_*_total` change counters, as Prometheus text.
     pub fn metrics(&self, out: &mut String) {
         use std::fmt::Write as _;

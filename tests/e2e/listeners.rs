@@ -1,0 +1,279 @@
+//! Listeners live (issue 25): a reload adds a listener (bound before it answers), removes one
+//! (it stops accepting; a request in flight on it completes), moves one to a new port, changes
+//! one's settings, and a bind failure refuses the whole change. Two workers, a continuous load
+//! on a listener the change leaves alone, zero failed requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use serde_json::Value;
+use weir_tests::{EchoServer, H1Client, RawClient, RawResponse, Weir, eventually, within};
+
+const TOKEN: &str = "listeners-token-42";
+
+/// The manifest: listener `main` always, the others as given (`name: port` with port 0 for any),
+/// all to cluster `up`.
+fn manifest(up: SocketAddr, others: &[(&str, u16)], extra_main: &str) -> String {
+    let mut y = format!(
+        "workers: 2
+drain_timeout: 5s
+admin: {{ address: 127.0.0.1:0, token_file: token }}
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, default_cluster: up{extra_main} }}
+"
+    );
+    for (name, port) in others {
+        y.push_str(&format!(
+            "  - {{ name: {name}, address: 127.0.0.1:{port}, default_cluster: up }}\n"
+        ));
+    }
+    y.push_str(&format!("clusters:\n  up: {{ endpoints: [{up}] }}\n"));
+    y
+}
+
+async fn start(yaml: &str) -> Weir {
+    Weir::start_with_files(yaml, &[("token", TOKEN.as_bytes())], &[]).await
+}
+
+async fn reload(weir: &Weir, yaml: &str) -> RawResponse {
+    std::fs::write(weir.dir().join("weir.yaml"), yaml).unwrap();
+    let admin = weir.admin_addr();
+    let head = format!(
+        "POST /reload HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
+    );
+    let mut c = RawClient::connect(admin).await;
+    c.write(head.as_bytes()).await.unwrap();
+    c.read_response().await
+}
+
+/// The bound address of each listener, from `/listeners`.
+async fn bound(weir: &Weir) -> Vec<(String, SocketAddr, u64)> {
+    let mut c = H1Client::connect(weir.admin_addr()).await;
+    let r = c.get("/listeners").await;
+    assert_eq!(r.status, 200);
+    let v: Value = serde_json::from_str(&r.text()).unwrap();
+    v["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().to_owned(),
+                l["address"].as_str().unwrap().parse().unwrap(),
+                l["version"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn addr_of(weir: &Weir, name: &str) -> SocketAddr {
+    bound(weir)
+        .await
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .unwrap_or_else(|| panic!("no listener {name}"))
+        .1
+}
+
+/// New-connection requests on `addr` in a loop (a fresh connection each time: every request
+/// crosses accept), counting failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let tasks = (0..3)
+            .map(|i| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let mut keep = H1Client::connect(addr).await;
+                    while !stop.load(Relaxed) {
+                        // One keep-alive client and two that connect every time.
+                        let r = if i == 0 {
+                            keep.get("/load").await
+                        } else {
+                            H1Client::connect(addr).await.get("/load").await
+                        };
+                        if r.status == 200 {
+                            ok.fetch_add(1, Relaxed);
+                        } else {
+                            failed.fetch_add(1, Relaxed);
+                            eprintln!("failed: {} {}", r.status, r.text());
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (self.ok.load(Relaxed), self.failed.load(Relaxed))
+    }
+}
+
+async fn serves(addr: SocketAddr) -> bool {
+    match tokio::net::TcpStream::connect(addr).await {
+        Ok(_) => {
+            let mut c = H1Client::connect(addr).await;
+            c.get("/probe").await.status == 200
+        }
+        Err(_) => false,
+    }
+}
+
+async fn refuses(addr: SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_err()
+}
+
+#[tokio::test]
+async fn a_reload_adds_a_listener_that_serves_before_the_answer() {
+    let up = EchoServer::start().await;
+    let weir = start(&manifest(up.addr, &[], "")).await;
+    let load = Load::start(weir.listener_addr("main"));
+    let r = reload(&weir, &manifest(up.addr, &[("extra", 0)], "")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Bound before the answer: the first connection after it is served.
+    let extra = addr_of(&weir, "extra").await;
+    assert!(serves(extra).await, "the new listener serves at once");
+    let generation: Value = serde_json::from_str(&r.text()).unwrap();
+    let versions = bound(&weir).await;
+    let v = versions.iter().find(|(n, _, _)| n == "extra").unwrap().2;
+    assert_eq!(v, generation["generation"].as_u64().unwrap());
+    // main did not change: it keeps its version.
+    assert_eq!(versions.iter().find(|(n, _, _)| n == "main").unwrap().2, 1);
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{ok} succeeded");
+}
+
+#[tokio::test]
+async fn removing_a_listener_stops_accepting_and_finishes_its_request_in_flight() {
+    let up = EchoServer::start().await;
+    let weir = start(&manifest(up.addr, &[("extra", 0)], "")).await;
+    let extra = addr_of(&weir, "extra").await;
+    let load = Load::start(weir.listener_addr("main"));
+
+    // A slow request in flight on `extra`.
+    let mut held = H1Client::connect(extra).await;
+    let slow = tokio::spawn(async move { held.get("/hold/slow").await });
+    up.wait_in_flight(1).await;
+
+    let r = reload(&weir, &manifest(up.addr, &[], "")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually("the removed listener refuses connections", async || {
+        if refuses(extra).await {
+            Ok(())
+        } else {
+            Err("still accepting")
+        }
+    })
+    .await;
+    up.release(1);
+    let resp = within("the request in flight completes", slow)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(bound(&weir).await.iter().all(|(n, _, _)| n != "extra"));
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{ok} succeeded");
+}
+
+#[tokio::test]
+async fn a_listener_moves_to_a_new_port() {
+    let up = EchoServer::start().await;
+    let weir = start(&manifest(up.addr, &[("mobile", 0)], "")).await;
+    let old = addr_of(&weir, "mobile").await;
+    assert!(serves(old).await);
+    let load = Load::start(weir.listener_addr("main"));
+    // A port free now: bind and release it.
+    let new_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = reload(&weir, &manifest(up.addr, &[("mobile", new_port)], "")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let new: SocketAddr = ([127, 0, 0, 1], new_port).into();
+    assert_eq!(addr_of(&weir, "mobile").await, new);
+    assert!(serves(new).await, "the new port serves at once");
+    eventually("the old port stops accepting", async || {
+        if refuses(old).await {
+            Ok(())
+        } else {
+            Err("still accepting")
+        }
+    })
+    .await;
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{ok} succeeded");
+}
+
+#[tokio::test]
+async fn a_settings_change_keeps_the_socket_and_applies_to_new_connections() {
+    let up = EchoServer::start().await;
+    let weir = start(&manifest(up.addr, &[], "")).await;
+    let main = weir.listener_addr("main");
+    let load = Load::start(main);
+    // A tighter header limit: new connections get it.
+    let r = reload(
+        &weir,
+        &manifest(up.addr, &[], ", limits: { max_request_headers: 5 }"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(addr_of(&weir, "main").await, main, "same socket");
+    let mut c = RawClient::connect(main).await;
+    let mut head = String::from("GET /many HTTP/1.1\r\nhost: x\r\n");
+    for i in 0..10 {
+        head.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    head.push_str("\r\n");
+    c.write(head.as_bytes()).await.unwrap();
+    let resp = c.read_response().await;
+    assert_eq!(resp.status, 431, "the new limit applies: {}", resp.text());
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{ok} succeeded");
+}
+
+#[tokio::test]
+async fn a_bind_failure_refuses_the_whole_change_and_the_running_config_serves() {
+    let up = EchoServer::start().await;
+    let weir = start(&manifest(up.addr, &[], "")).await;
+    let load = Load::start(weir.listener_addr("main"));
+    // A plain socket (no SO_REUSEPORT) holds the port.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().port();
+    let r = reload(
+        &weir,
+        &manifest(up.addr, &[("ok", 0), ("clash", taken)], ""),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(
+        r.text().contains("listeners.clash.address") && r.text().contains(&taken.to_string()),
+        "names the listener and address: {}",
+        r.text()
+    );
+    let names: Vec<String> = bound(&weir).await.into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(names, ["main"], "nothing of the change applied");
+    drop(holder);
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{ok} succeeded");
+}
