@@ -67,7 +67,8 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
     // listener's or cluster's version: a missing or bad certificate stops start-up with its
     // file).
     let tls = Arc::new(crate::tls::TlsContexts::new());
-    tokio::spawn(tls.clone().watch(config.tls_watch_interval));
+    tls.set_watch_interval(config.tls_watch_interval);
+    tokio::spawn(tls.clone().watch());
 
     // Metric slots, one shard per worker; the trace exporter's requests run on this (control)
     // runtime.
@@ -163,7 +164,9 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
     );
 
     signals.wait().await;
-    tracing::info!(timeout = ?config.drain_timeout, "draining");
+    // The drain timeout in force now (a reload may have changed it).
+    let drain_timeout = control.current().config.drain_timeout;
+    tracing::info!(timeout = ?drain_timeout, "draining");
     admin_state.draining.store(true, Ordering::Relaxed);
     let _ = drain_tx.send(true);
     let joined = tokio::task::spawn_blocking(move || {
@@ -172,11 +175,7 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
         }
     });
     // Workers bound their own wait by the drain timeout; this is a backstop.
-    let _ = tokio::time::timeout(
-        config.drain_timeout + std::time::Duration::from_secs(5),
-        joined,
-    )
-    .await;
+    let _ = tokio::time::timeout(drain_timeout + std::time::Duration::from_secs(5), joined).await;
     // The last spans and access-log lines go out before the process does (the exporter's
     // requests need this runtime, so the blocking flush runs beside it).
     let _ = tokio::time::timeout(

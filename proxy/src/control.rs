@@ -158,6 +158,8 @@ pub struct Control {
     next_id: AtomicU64,
     /// Counters for `/metrics`.
     pub reloads_ok: AtomicU64,
+    /// Listeners added, removed and updated by published changes.
+    pub listener_changes: [AtomicU64; 3],
     pub reloads_failed: AtomicU64,
 }
 
@@ -199,6 +201,7 @@ impl Control {
             acks: Mutex::new(ack_rx),
             next_id: AtomicU64::new(2),
             reloads_ok: AtomicU64::new(0),
+            listener_changes: Default::default(),
             reloads_failed: AtomicU64::new(0),
         });
         Ok((control, rx, ack_tx))
@@ -528,6 +531,7 @@ impl Control {
                 clusters: plan.clusters.clone().into(),
             });
             self.clusters.count(&plan);
+            self.count_listeners(&st.current.listeners, &p.listeners);
             let prepared = started.elapsed();
             self.publish_and_wait(st, p.clone(), true).await?;
             Ok(applied(&p, false, started, prepared))
@@ -560,13 +564,29 @@ impl Control {
         self.wait_acks(p.id).await
     }
 
+    /// Counts what a change did to the listeners (`weir_listener_changes_total`).
+    fn count_listeners(&self, old: &[Arc<ListenerVersion>], new: &[Arc<ListenerVersion>]) {
+        for n in new {
+            match old.iter().find(|o| o.name == n.name) {
+                None => self.listener_changes[0].fetch_add(1, Relaxed),
+                Some(o) if !Arc::ptr_eq(o, n) => self.listener_changes[2].fetch_add(1, Relaxed),
+                Some(_) => 0,
+            };
+        }
+        let removed = old
+            .iter()
+            .filter(|o| !new.iter().any(|n| n.name == o.name))
+            .count();
+        self.listener_changes[1].fetch_add(removed as u64, Relaxed);
+    }
+
     /// What runs beside a published generation follows it: cluster tasks, and the TLS contexts
     /// `/certs` and rotation see.
     fn commit(&self, p: &Published) {
         self.clusters.commit(&p.clusters);
-        self.clusters
-            .tls()
-            .set_listeners(p.listeners.iter().filter_map(|l| l.tls.clone()).collect());
+        let tls = self.clusters.tls();
+        tls.set_listeners(p.listeners.iter().filter_map(|l| l.tls.clone()).collect());
+        tls.set_watch_interval(p.config.tls_watch_interval);
     }
 
     async fn wait_acks(&self, id: u64) -> Result<(), ControlError> {
@@ -782,8 +802,8 @@ fn check_endpoints(eps: &[EndpointConfig]) -> Result<(), ControlError> {
     }
 }
 
-/// A reload changes listeners, clusters, filters, chains and `dns`; the rest (workers, admin,
-/// telemetry, drain_timeout, tls_watch_interval) needs a restart.
+/// A reload changes listeners, clusters, filters, chains, `dns`, `drain_timeout` and
+/// `tls_watch_interval`; the rest (workers, admin, telemetry) needs a restart.
 fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError> {
     let fixed = |c: &Config| -> serde_json::Map<String, serde_json::Value> {
         // What may change is left out before serializing (a proxy may hold thousands of
@@ -802,6 +822,8 @@ fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError>
         v.remove("clusters");
         v.remove("dns");
         v.remove("listeners");
+        v.remove("drain_timeout");
+        v.remove("tls_watch_interval");
         v
     };
     let (a, b) = (fixed(running), fixed(next));
@@ -817,7 +839,7 @@ fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError>
         return Ok(());
     }
     Err(ControlError::Invalid(format!(
-        "{}: changed, which needs a restart (a reload applies listeners, clusters, filters, chains and dns)",
+        "{}: changed, which needs a restart (a reload applies listeners, clusters, filters, chains, dns, drain_timeout and tls_watch_interval)",
         changed.join(", ")
     )))
 }

@@ -210,7 +210,7 @@ async fn run(spec: WorkerSpec) {
     tokio::task::spawn_local(follow_generations(
         worker.clone(),
         listeners.clone(),
-        generations,
+        generations.clone(),
         acks,
     ));
     tokio::task::spawn_local(crate::proto::body::run_drainer());
@@ -227,8 +227,10 @@ async fn run(spec: WorkerSpec) {
     let _ = drain.wait_for(|d| *d).await;
     worker.watchdog.drain();
     // The accept loops have seen the same signal and dropped their sockets; connections are
-    // finishing their in-flight requests. Bound the wait, then drop whatever is left.
-    if tokio::time::timeout(config.drain_timeout, worker.all_connections_closed())
+    // finishing their in-flight requests. Bound the wait (by the drain timeout in force now: a
+    // reload may have changed it), then drop whatever is left.
+    let drain_timeout = generations.borrow().config.drain_timeout;
+    if tokio::time::timeout(drain_timeout, worker.all_connections_closed())
         .await
         .is_err()
     {

@@ -277,3 +277,29 @@ async fn a_bind_failure_refuses_the_whole_change_and_the_running_config_serves()
     let (ok, failed) = load.stop().await;
     assert_eq!(failed, 0, "{ok} succeeded");
 }
+
+#[tokio::test]
+async fn what_needs_a_restart_is_refused_by_name_and_the_rest_is_live() {
+    let up = EchoServer::start().await;
+    let base = manifest(up.addr, &[], "");
+    let weir = start(&base).await;
+    // The worker count cannot change without a restart: refused, naming it.
+    let r = reload(&weir, &base.replace("workers: 2", "workers: 3")).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(
+        r.text().contains("workers") && r.text().contains("restart"),
+        "{}",
+        r.text()
+    );
+    // The drain timeout can.
+    let r = reload(
+        &weir,
+        &base.replace("drain_timeout: 5s", "drain_timeout: 7s"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut c = H1Client::connect(weir.admin_addr()).await;
+    let dump: Value = serde_json::from_str(&c.get("/config_dump").await.text()).unwrap();
+    assert_eq!(dump["drain_timeout"], "7s", "{dump}");
+    assert!(serves(weir.listener_addr("main")).await);
+}

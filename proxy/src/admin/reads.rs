@@ -122,6 +122,14 @@ impl Admin {
             self.control.reloads_ok.load(Ordering::Relaxed),
             self.control.reloads_failed.load(Ordering::Relaxed)
         );
+        let lc = &self.control.listener_changes;
+        let _ = writeln!(
+            out,
+            "# HELP weir_listener_changes_total Listeners added, removed and updated by published changes.\n# TYPE weir_listener_changes_total counter\nweir_listener_changes_total{{op=\"add\"}} {}\nweir_listener_changes_total{{op=\"remove\"}} {}\nweir_listener_changes_total{{op=\"update\"}} {}",
+            lc[0].load(Ordering::Relaxed),
+            lc[1].load(Ordering::Relaxed),
+            lc[2].load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP weir_manifest_watch_checks_total Times --watch looked at the manifest file.\n# TYPE weir_manifest_watch_checks_total counter\nweir_manifest_watch_checks_total {}",

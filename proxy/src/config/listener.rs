@@ -90,7 +90,10 @@ pub(super) fn listeners(
             None => {
                 errs.push(
                     format!("{p}.default_cluster"),
-                    format!("unknown cluster `{}`", l.default_cluster),
+                    format!(
+                        "unknown cluster `{}` (listener `{}` names it)",
+                        l.default_cluster, l.name
+                    ),
                 );
                 0
             }

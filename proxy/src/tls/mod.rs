@@ -214,12 +214,19 @@ fn digest(contents: &[Vec<u8>]) -> [u8; 32] {
 pub struct TlsContexts {
     listeners: std::sync::RwLock<Vec<Arc<ServerTls>>>,
     clusters: std::sync::RwLock<Vec<Arc<ClientTls>>>,
+    /// `tls_watch_interval` in milliseconds (a reload may change it).
+    watch_ms: std::sync::atomic::AtomicU64,
 }
 
 impl TlsContexts {
     /// No context yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How often the files are looked at (`tls_watch_interval`; the next look uses it).
+    pub fn set_watch_interval(&self, d: Duration) {
+        self.watch_ms.store(d.as_millis().max(1) as u64, Relaxed);
     }
 
     /// Loads every context `cfg` names (listeners' and clusters'), to check the material; the
@@ -280,12 +287,10 @@ impl TlsContexts {
 
     /// Follows the files until the process exits (on the control runtime; reads are blocking
     /// but small, so they run on its blocking pool).
-    pub async fn watch(self: Arc<Self>, interval: Duration) {
-        let mut every = tokio::time::interval(interval);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        every.tick().await;
+    pub async fn watch(self: Arc<Self>) {
         loop {
-            every.tick().await;
+            let ms = self.watch_ms.load(Relaxed).max(1);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
             let me = self.clone();
             let _ = tokio::task::spawn_blocking(move || me.refresh()).await;
         }
