@@ -51,6 +51,8 @@ pub struct Published {
     pub clusters: Arc<[Arc<ClusterShared>]>,
     /// Each listener's version, indexed like `config.listeners`.
     pub listeners: Arc<[Arc<ListenerVersion>]>,
+    /// The tracer and access log `config.telemetry` turns on.
+    pub telemetry: Arc<crate::telemetry::Outputs>,
 }
 
 /// Why a change was refused. The running generation is untouched in every case.
@@ -178,6 +180,7 @@ impl Control {
         let first = Arc::new(Published {
             id: 1,
             listeners: listeners.into(),
+            telemetry: manager.telemetry().outputs(),
             config,
             filters,
             clusters: clusters.into(),
@@ -353,6 +356,7 @@ impl Control {
             filters: prev.filters.clone(),
             clusters: prev.clusters.clone(),
             listeners: prev.listeners.clone(),
+            telemetry: prev.telemetry.clone(),
         });
         let prepared = started.elapsed();
         self.publish_and_wait(&mut st, p.clone(), false).await?;
@@ -513,6 +517,11 @@ impl Control {
                 self.clusters.telemetry(),
             )
             .await?;
+            let telemetry = self
+                .clusters
+                .telemetry()
+                .outputs_for(&next.telemetry)
+                .map_err(|e| ControlError::Invalid(e.to_string()))?;
             if dry_run {
                 return Ok(Applied {
                     generation: st.current.id,
@@ -526,6 +535,7 @@ impl Control {
             let p = Arc::new(Published {
                 id,
                 listeners: listeners.into(),
+                telemetry,
                 config: next,
                 filters,
                 clusters: plan.clusters.clone().into(),
@@ -584,6 +594,7 @@ impl Control {
     /// `/certs` and rotation see.
     fn commit(&self, p: &Published) {
         self.clusters.commit(&p.clusters);
+        self.clusters.telemetry().set_outputs(p.telemetry.clone());
         let tls = self.clusters.tls();
         tls.set_listeners(p.listeners.iter().filter_map(|l| l.tls.clone()).collect());
         tls.set_watch_interval(p.config.tls_watch_interval);
@@ -802,8 +813,7 @@ fn check_endpoints(eps: &[EndpointConfig]) -> Result<(), ControlError> {
     }
 }
 
-/// A reload changes listeners, clusters, filters, chains, `dns`, `drain_timeout` and
-/// `tls_watch_interval`; the rest (workers, admin, telemetry) needs a restart.
+/// A reload changes everything but `workers` and `admin`, which need a restart.
 fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError> {
     let fixed = |c: &Config| -> serde_json::Map<String, serde_json::Value> {
         // What may change is left out before serializing (a proxy may hold thousands of
@@ -824,6 +834,7 @@ fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError>
         v.remove("listeners");
         v.remove("drain_timeout");
         v.remove("tls_watch_interval");
+        v.remove("telemetry");
         v
     };
     let (a, b) = (fixed(running), fixed(next));
@@ -839,7 +850,7 @@ fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError>
         return Ok(());
     }
     Err(ControlError::Invalid(format!(
-        "{}: changed, which needs a restart (a reload applies listeners, clusters, filters, chains, dns, drain_timeout and tls_watch_interval)",
+        "{}: changed, which needs a restart (a reload applies everything but workers and admin)",
         changed.join(", ")
     )))
 }

@@ -284,6 +284,7 @@ async fn follow_generations(
         drop(prev);
         // The old generation stays alive in the requests that hold it.
         *worker.current.borrow_mut() = next;
+        worker.telemetry.apply(&p.telemetry);
         listeners.apply(&worker, &p);
         let _ = acks.send((worker.id, p.id));
     }

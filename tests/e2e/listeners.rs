@@ -303,3 +303,48 @@ async fn what_needs_a_restart_is_refused_by_name_and_the_rest_is_live() {
     assert_eq!(dump["drain_timeout"], "7s", "{dump}");
     assert!(serves(weir.listener_addr("main")).await);
 }
+
+#[tokio::test]
+async fn a_reload_turns_the_access_log_on_and_off() {
+    let up = EchoServer::start().await;
+    let base = manifest(up.addr, &[], "");
+    let weir = start(&base).await;
+    let main = weir.listener_addr("main");
+    let log = weir.dir().join("access.log");
+    let on = format!(
+        "{base}telemetry:\n  access_log: {{ path: access.log, fields: [path, status], flush_interval: 10ms }}\n"
+    );
+    let r = reload(&weir, &on).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut c = H1Client::connect(main).await;
+    assert_eq!(c.get("/logged").await.status, 200);
+    let lines = eventually("the line reaches the new log", async || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("/logged") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    assert!(lines.contains("\"status\":200"), "{lines}");
+    // Off again: later requests are not logged (the writer is flushed and stopped first).
+    let r = reload(&weir, &base).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut c = H1Client::connect(main).await;
+    assert_eq!(c.get("/not-logged").await.status, 200);
+    // A request that is logged by a third log proves the second went through nothing.
+    let again = on.replace("access.log", "again.log");
+    assert_eq!(reload(&weir, &again).await.status, 200);
+    assert_eq!(
+        H1Client::connect(main).await.get("/again").await.status,
+        200
+    );
+    eventually("the third log has its line", async || {
+        let t = std::fs::read_to_string(weir.dir().join("again.log")).unwrap_or_default();
+        if t.contains("/again") { Ok(()) } else { Err(t) }
+    })
+    .await;
+    let first = std::fs::read_to_string(&log).unwrap();
+    assert!(!first.contains("/not-logged"), "{first}");
+}

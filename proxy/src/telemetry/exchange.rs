@@ -44,6 +44,8 @@ struct Attempt {
 
 /// What a request carries only while tracing or the access log is on.
 struct Detail {
+    /// The tracer in use when the request started (a reload may change it meanwhile).
+    tracing: Option<Arc<trace::Tracing>>,
     trace: Option<trace::RequestTrace>,
     log: Option<access_log::Record>,
 }
@@ -68,11 +70,9 @@ impl Exchange {
         tel.shard.add(base + metrics::listener::RQ_ACTIVE, 1);
         let detail = tel.detailed().then(|| {
             Box::new(Detail {
+                tracing: tel.tracing(),
                 trace: None,
-                log: tel
-                    .log
-                    .as_ref()
-                    .map(|_| access_log::Record::new(name.clone())),
+                log: tel.logging().then(|| access_log::Record::new(name.clone())),
             })
         });
         Self {
@@ -101,7 +101,7 @@ impl Exchange {
             return;
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
-        if let Some(t) = &self.tel.tracing {
+        if let Some(t) = &d.tracing {
             let rt = t.server_span(req, peer, scheme, listener);
             t.inject(rt.server_context(), req.headers_mut());
             d.trace = Some(rt);
@@ -148,7 +148,7 @@ impl Exchange {
         let Some(d) = self.detail.as_deref_mut() else {
             return;
         };
-        if let (Some(t), Some(rt)) = (&self.tel.tracing, &mut d.trace) {
+        if let (Some(t), Some(rt)) = (&d.tracing, &mut d.trace) {
             rt.client_span(t, req, ep.addr, &cluster.name);
             if let Some(cx) = rt.client_context() {
                 t.inject(cx, req.headers_mut());
@@ -281,11 +281,11 @@ impl Exchange {
         if let Some(rt) = d.trace.take() {
             rt.end(self.status, self.flags);
         }
-        if let (Some(mut log), Some(w)) = (d.log.take(), &self.tel.log) {
+        if let Some(mut log) = d.log.take() {
             log.status = self.status;
             log.flags = self.flags;
             log.duration = end - self.start;
-            w.push(&log);
+            self.tel.push_log(&log);
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod trace;
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -45,14 +46,37 @@ pub enum TelemetryError {
     },
 }
 
-/// Process-wide telemetry: the metric layout and every worker's shard, the tracer, the access
-/// log's writer.
+/// What a `telemetry:` section turns on: the tracer and the access log's writer. Published
+/// with each generation; workers switch to a new one with it, so a reload can turn tracing or
+/// the access log on, off, or to other settings.
+pub struct Outputs {
+    /// The settings these outputs were made from (a reload with the same ones keeps them).
+    config: serde_json::Value,
+    tracing: Option<Arc<trace::Tracing>>,
+    access_log: Option<Arc<access_log::Sink>>,
+}
+
+impl Outputs {
+    fn none() -> Self {
+        Self {
+            config: serde_json::Value::Null,
+            tracing: None,
+            access_log: None,
+        }
+    }
+}
+
+/// Process-wide telemetry: the metric layout and every worker's shard, and the outputs (tracer,
+/// access-log writer) in use.
 pub struct Telemetry {
     /// Slot assignments; grown on the control thread (never touched by a request).
     layout: Mutex<Layout>,
     shards: Vec<Arc<Shard>>,
-    tracing: Option<Arc<trace::Tracing>>,
-    access_log: Option<Arc<access_log::Sink>>,
+    /// Slots the shards hold already (callers hold `layout`'s lock).
+    reserved: std::sync::atomic::AtomicUsize,
+    /// Runs the exporter's HTTP requests (the control runtime).
+    rt: Option<tokio::runtime::Handle>,
+    outputs: Mutex<Arc<Outputs>>,
 }
 
 impl Telemetry {
@@ -64,14 +88,31 @@ impl Telemetry {
         workers: usize,
         rt: tokio::runtime::Handle,
     ) -> Result<Self, TelemetryError> {
-        let Self { layout, shards, .. } = Self::metrics_only(cfg, workers);
-        let tracing = match &cfg.telemetry.tracing {
-            Some(t) => Some(Arc::new(
-                trace::Tracing::new(t, rt).map_err(TelemetryError::Tracing)?,
+        let mut t = Self::metrics_only(cfg, workers);
+        t.rt = Some(rt);
+        let outputs = t.outputs_for(&cfg.telemetry)?;
+        t.set_outputs(outputs);
+        Ok(t)
+    }
+
+    /// The outputs for `cfg`: the ones in use when the settings are the same, else new ones
+    /// (started, not yet in use: [`Telemetry::set_outputs`]).
+    pub fn outputs_for(
+        &self,
+        cfg: &crate::config::TelemetryConfig,
+    ) -> Result<Arc<Outputs>, TelemetryError> {
+        let key = serde_json::to_value(cfg).unwrap_or_default();
+        let current = self.outputs();
+        if current.config == key {
+            return Ok(current);
+        }
+        let tracing = match (&cfg.tracing, &self.rt) {
+            (Some(t), Some(rt)) => Some(Arc::new(
+                trace::Tracing::new(t, rt.clone()).map_err(TelemetryError::Tracing)?,
             )),
-            None => None,
+            _ => None,
         };
-        let access_log = match &cfg.telemetry.access_log {
+        let access_log = match &cfg.access_log {
             Some(a) => Some(Arc::new(access_log::Sink::start(a).map_err(|source| {
                 TelemetryError::AccessLog {
                     path: match &a.path {
@@ -83,12 +124,39 @@ impl Telemetry {
             })?)),
             None => None,
         };
-        Ok(Self {
-            layout,
-            shards,
+        Ok(Arc::new(Outputs {
+            config: key,
             tracing,
             access_log,
-        })
+        }))
+    }
+
+    /// Makes `o` the outputs in use (`/metrics`, shutdown). The ones replaced stop once the
+    /// workers have switched: their last spans and lines go out then.
+    pub fn set_outputs(&self, o: Arc<Outputs>) {
+        let old = std::mem::replace(
+            &mut *self.outputs.lock().unwrap_or_else(|e| e.into_inner()),
+            o.clone(),
+        );
+        if !Arc::ptr_eq(&old, &o) && (old.tracing.is_some() || old.access_log.is_some()) {
+            // Blocking (a final export, the writer's join): off the control thread.
+            std::thread::spawn(move || {
+                if let Some(t) = &old.tracing {
+                    t.shutdown();
+                }
+                if let Some(s) = &old.access_log {
+                    s.shutdown();
+                }
+            });
+        }
+    }
+
+    /// The outputs in use.
+    pub fn outputs(&self) -> Arc<Outputs> {
+        self.outputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Telemetry with metrics only (no tracer, no access log), for tests and tools.
@@ -103,8 +171,9 @@ impl Telemetry {
                 .map(|_| Arc::new(Shard::new(layout.len())))
                 .collect(),
             layout: Mutex::new(layout),
-            tracing: None,
-            access_log: None,
+            reserved: Default::default(),
+            rt: None,
+            outputs: Mutex::new(Arc::new(Outputs::none())),
         }
     }
 
@@ -116,8 +185,9 @@ impl Telemetry {
                 .map(|_| Arc::new(Shard::new(0)))
                 .collect(),
             layout: Mutex::new(layout),
-            tracing: None,
-            access_log: None,
+            reserved: Default::default(),
+            rt: None,
+            outputs: Mutex::new(Arc::new(Outputs::none())),
         }
     }
 
@@ -147,21 +217,24 @@ impl Telemetry {
     }
 
     fn reserve(&self, len: usize) {
+        if len <= self.reserved.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         for s in &self.shards {
             s.reserve(len);
         }
+        self.reserved
+            .store(len, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Worker `id`'s handle (made on the worker's own thread).
     pub fn worker(&self, id: usize) -> Rc<WorkerTelemetry> {
-        Rc::new(WorkerTelemetry {
+        let t = WorkerTelemetry {
             shard: self.shards[id % self.shards.len()].clone(),
-            tracing: self.tracing.clone(),
-            log: self
-                .access_log
-                .as_ref()
-                .map(|s| access_log::WorkerLog::new(s.clone())),
-        })
+            current: RefCell::new(WorkerOutputs::default()),
+        };
+        t.apply(&self.outputs());
+        Rc::new(t)
     }
 
     /// Every core metric as Prometheus text; `listeners` (name, first slot) and `clusters` are
@@ -173,7 +246,7 @@ impl Telemetry {
         clusters: &[metrics::LiveCluster<'_>],
     ) {
         metrics::render(out, listeners, clusters, &self.shards);
-        if let Some(s) = &self.access_log {
+        if let Some(s) = &self.outputs().access_log {
             s.render(out);
         }
     }
@@ -181,10 +254,11 @@ impl Telemetry {
     /// Exports the spans still queued and writes the access-log lines still buffered. Blocks:
     /// call it off the control runtime (the exporter's requests run there).
     pub fn shutdown(&self) {
-        if let Some(t) = &self.tracing {
+        let o = self.outputs();
+        if let Some(t) = &o.tracing {
             t.shutdown();
         }
-        if let Some(s) = &self.access_log {
+        if let Some(s) = &o.access_log {
             s.shutdown();
         }
     }
@@ -241,15 +315,60 @@ pub fn upstream_no_healthy(c: usize) {
 /// One worker's view: its shard (it is the only writer), and the tracer and log buffer when on.
 pub struct WorkerTelemetry {
     pub shard: Arc<Shard>,
+    current: RefCell<WorkerOutputs>,
+}
+
+/// The outputs a worker uses now.
+#[derive(Default)]
+struct WorkerOutputs {
+    from: Option<Arc<Outputs>>,
     tracing: Option<Arc<trace::Tracing>>,
     log: Option<access_log::WorkerLog>,
 }
 
 impl WorkerTelemetry {
+    /// Switches to the outputs `o` (a generation's): the lines buffered for the old access log
+    /// go out first. New requests use `o`; a request in flight keeps the tracer it started with.
+    pub fn apply(&self, o: &Arc<Outputs>) {
+        let mut c = self.current.borrow_mut();
+        if c.from.as_ref().is_some_and(|f| Arc::ptr_eq(f, o)) {
+            return;
+        }
+        if let Some(l) = &c.log {
+            l.flush();
+        }
+        *c = WorkerOutputs {
+            from: Some(o.clone()),
+            tracing: o.tracing.clone(),
+            log: o
+                .access_log
+                .as_ref()
+                .map(|s| access_log::WorkerLog::new(s.clone())),
+        };
+    }
+
     /// Whether requests carry a detailed record (spans or access-log fields), which reads the
     /// request's fields.
     pub fn detailed(&self) -> bool {
-        self.tracing.is_some() || self.log.is_some()
+        let c = self.current.borrow();
+        c.tracing.is_some() || c.log.is_some()
+    }
+
+    /// The tracer, when tracing is on.
+    fn tracing(&self) -> Option<Arc<trace::Tracing>> {
+        self.current.borrow().tracing.clone()
+    }
+
+    /// Whether the access log is on.
+    fn logging(&self) -> bool {
+        self.current.borrow().log.is_some()
+    }
+
+    /// Buffers one access-log line (dropped when the log was turned off meanwhile).
+    fn push_log(&self, rec: &access_log::Record) {
+        if let Some(l) = &self.current.borrow().log {
+            l.push(rec);
+        }
     }
 
     /// A downstream connection was accepted on the listener whose slots start at `base`.
@@ -293,20 +412,22 @@ impl WorkerTelemetry {
 
     /// Writes out this worker's buffered access-log lines.
     pub fn flush(&self) {
-        if let Some(l) = &self.log {
+        if let Some(l) = &self.current.borrow().log {
             l.flush();
         }
     }
 
-    /// Runs on the worker: flushes the access log every `flush_interval` (absent: returns).
+    /// Runs on the worker: flushes the access log every `flush_interval` of the log in use
+    /// (looking again each second while there is none).
     pub async fn run_flusher(self: Rc<Self>) {
-        let Some(every) = self.log.as_ref().map(|l| l.flush_interval()) else {
-            return;
-        };
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let every = self
+                .current
+                .borrow()
+                .log
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(1), |l| l.flush_interval());
+            tokio::time::sleep(every).await;
             self.flush();
         }
     }

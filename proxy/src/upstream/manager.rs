@@ -95,6 +95,8 @@ pub type DemoStarter = Arc<
 struct Running {
     version: Arc<ClusterShared>,
     tasks: Vec<tokio::task::AbortHandle>,
+    /// The commit that last saw it live.
+    seen: u64,
 }
 
 /// See the module docs.
@@ -106,8 +108,10 @@ pub struct ClusterManager {
     /// Demo upstreams started so far, by label (a reload naming the label again reuses it).
     demos: Mutex<HashMap<String, SocketAddr>>,
     running: Mutex<HashMap<String, Running>>,
+    /// Counts commits (to find what a commit no longer names without building a set).
+    commits: AtomicU64,
     /// The resolver for `dns:` and the settings it was made with.
-    resolver: Mutex<Option<(DnsConfig, Resolver)>>,
+    resolver: Mutex<Option<(DnsConfig, Option<Resolver>)>>,
     discovered: Mutex<HashMap<String, Discovered>>,
     /// Names of clusters whose discovered endpoints changed (the control plane publishes them).
     changed_tx: mpsc::UnboundedSender<String>,
@@ -130,6 +134,7 @@ impl ClusterManager {
             demo,
             demos: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            commits: AtomicU64::new(0),
             resolver: Mutex::new(None),
             discovered: Mutex::new(HashMap::new()),
             changed_tx,
@@ -157,15 +162,27 @@ impl ClusterManager {
         rediscovered: Option<&str>,
     ) -> Result<Plan, ManagerError> {
         self.set_resolver(&next.dns)?;
-        let by_name: HashMap<&str, &Arc<ClusterShared>> =
-            current.iter().map(|c| (c.name.as_str(), c)).collect();
-        let mut plan = Plan::default();
+        // Same position first: an endpoint update costs a name and a pointer comparison per
+        // cluster, and no map is built unless the clusters moved.
+        let mut by_name: Option<HashMap<&str, &Arc<ClusterShared>>> = None;
+        let mut aligned = current.len() == next.clusters.len();
+        let mut plan = Plan {
+            clusters: Vec::with_capacity(next.clusters.len()),
+            ..Plan::default()
+        };
         for (i, cfg) in next.clusters.iter().enumerate() {
-            // Same position first: one pointer comparison per cluster on an endpoint update.
-            let prev = current
-                .get(i)
-                .filter(|c| c.name == cfg.name)
-                .or_else(|| by_name.get(cfg.name.as_str()).copied());
+            let prev = match current.get(i).filter(|c| c.name == cfg.name) {
+                Some(c) => Some(c),
+                None => {
+                    aligned = false;
+                    by_name
+                        .get_or_insert_with(|| {
+                            current.iter().map(|c| (c.name.as_str(), c)).collect()
+                        })
+                        .get(cfg.name.as_str())
+                        .copied()
+                }
+            };
             if let Some(p) = prev
                 && (Arc::ptr_eq(&p.config, cfg) || *p.config == **cfg)
                 && rediscovered != Some(cfg.name.as_str())
@@ -182,13 +199,15 @@ impl ClusterManager {
                 .await?;
             plan.clusters.push(Arc::new(v));
         }
-        let next_names: std::collections::HashSet<&str> =
-            next.clusters.iter().map(|c| c.name.as_str()).collect();
-        plan.removed = current
-            .iter()
-            .filter(|c| !next_names.contains(c.name.as_str()))
-            .map(|c| c.name.clone())
-            .collect();
+        if !aligned {
+            let next_names: std::collections::HashSet<&str> =
+                next.clusters.iter().map(|c| c.name.as_str()).collect();
+            plan.removed = current
+                .iter()
+                .filter(|c| !next_names.contains(c.name.as_str()))
+                .map(|c| c.name.clone())
+                .collect();
+        }
         Ok(plan)
     }
 
@@ -269,13 +288,14 @@ impl ClusterManager {
         };
         match Resolver::new(&ns, cfg.timeout) {
             Ok(res) => {
-                *r = Some((cfg.clone(), res));
+                *r = Some((cfg.clone(), Some(res)));
                 Ok(())
             }
-            // No system configuration is only an error once a cluster needs DNS.
+            // No system configuration is only an error once a cluster needs DNS (and it is not
+            // looked for again until the settings change).
             Err(e) if cfg.resolvers.is_empty() => {
                 tracing::debug!(error = %e, "no system DNS configuration");
-                *r = None;
+                *r = Some((cfg.clone(), None));
                 Ok(())
             }
             Err(e) => Err(e.into()),
@@ -283,7 +303,7 @@ impl ClusterManager {
     }
 
     fn resolver(&self) -> Option<Resolver> {
-        lock(&self.resolver).as_ref().map(|(_, r)| r.clone())
+        lock(&self.resolver).as_ref().and_then(|(_, r)| r.clone())
     }
 
     /// A discovered cluster's endpoints: the stored set, or (new cluster, changed hosts) a first
@@ -419,32 +439,51 @@ impl ClusterManager {
     /// checker and sweeper stop), new ones get theirs, and the TLS contexts in use are updated.
     /// Runs on the control runtime (the tasks it starts run there).
     pub fn commit(self: &Arc<Self>, live: &[Arc<ClusterShared>]) {
+        let stamp = self.commits.fetch_add(1, Relaxed) + 1;
         let mut running = lock(&self.running);
-        let mut next: HashMap<String, Running> = HashMap::with_capacity(live.len());
         for v in live {
-            if let Some(r) = running.remove(&v.name)
-                && Arc::ptr_eq(&r.version, v)
-            {
-                next.insert(v.name.clone(), r);
-                continue;
-            } else if let Some(r) = running.get(&v.name) {
-                retire(r);
+            match running.get_mut(v.name.as_str()) {
+                Some(r) if Arc::ptr_eq(&r.version, v) => r.seen = stamp,
+                Some(r) => {
+                    // A new version of a running cluster: the old one's tasks stop.
+                    retire(r);
+                    v.retired.store(false, Relaxed);
+                    *r = Running {
+                        version: v.clone(),
+                        tasks: self.start_tasks(v),
+                        seen: stamp,
+                    };
+                }
+                None => {
+                    v.retired.store(false, Relaxed);
+                    running.insert(
+                        v.name.clone(),
+                        Running {
+                            version: v.clone(),
+                            tasks: self.start_tasks(v),
+                            seen: stamp,
+                        },
+                    );
+                }
             }
-            v.retired.store(false, Relaxed);
-            next.insert(
-                v.name.clone(),
-                Running {
-                    version: v.clone(),
-                    tasks: self.start_tasks(v),
-                },
-            );
         }
-        for r in running.values() {
-            retire(r);
+        if running.len() != live.len() {
+            running.retain(|_, r| {
+                let keep = r.seen == stamp;
+                if !keep {
+                    retire(r);
+                }
+                keep
+            });
         }
-        *running = next;
         drop(running);
-        lock(&self.discovered).retain(|name, _| live.iter().any(|v| v.name == *name));
+        let mut discovered = lock(&self.discovered);
+        if !discovered.is_empty() {
+            let names: std::collections::HashSet<&str> =
+                live.iter().map(|v| v.name.as_str()).collect();
+            discovered.retain(|name, _| names.contains(name.as_str()));
+        }
+        drop(discovered);
         self.tls
             .set_clusters(live.iter().filter_map(|v| v.tls.clone()).collect());
     }

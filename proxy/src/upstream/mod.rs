@@ -50,7 +50,9 @@ pub type CurrentClusters = Rc<RefCell<Rc<ClusterTable>>>;
 #[derive(Default)]
 pub struct ClusterTable {
     pub clusters: Vec<Rc<Cluster>>,
-    by_name: HashMap<Arc<str>, usize>,
+    /// Shared with the previous table while the names and their order stay (an endpoint
+    /// update builds no map).
+    by_name: Rc<HashMap<Arc<str>, usize>>,
 }
 
 impl ClusterTable {
@@ -62,16 +64,20 @@ impl ClusterTable {
         prev: Option<&ClusterTable>,
         worker: usize,
     ) -> Self {
+        let mut aligned = prev.is_some_and(|p| p.clusters.len() == versions.len());
         let clusters: Vec<Rc<Cluster>> = versions
             .iter()
             .enumerate()
             .map(|(i, v)| {
                 let old = prev.and_then(|p| {
                     // Same position first (the common case), then by name.
-                    p.clusters
-                        .get(i)
-                        .filter(|c| *c.name == *v.name)
-                        .or_else(|| p.get(&v.name))
+                    match p.clusters.get(i).filter(|c| *c.name == *v.name) {
+                        Some(c) => Some(c),
+                        None => {
+                            aligned = false;
+                            p.get(&v.name)
+                        }
+                    }
                 });
                 match old {
                     Some(c) if Arc::ptr_eq(&c.shared, v) => c.clone(),
@@ -79,11 +85,16 @@ impl ClusterTable {
                 }
             })
             .collect();
-        let by_name = clusters
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.name.clone(), i))
-            .collect();
+        let by_name = match prev {
+            Some(p) if aligned => p.by_name.clone(),
+            _ => Rc::new(
+                clusters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name.clone(), i))
+                    .collect(),
+            ),
+        };
         Self { clusters, by_name }
     }
 
