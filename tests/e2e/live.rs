@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use weir_tests::client::Collected;
 use weir_tests::tls::{Leaf, TestCa};
 use weir_tests::{
-    ChainManifest, EchoServer, FilterDef, H1Client, RawClient, RawResponse, Weir, add_to_listener,
-    body_empty, eventually, weir_bin, within,
+    ChainManifest, ControlledServer, EchoServer, FilterDef, H1Client, RawClient, RawResponse, Weir,
+    add_to_listener, body_empty, eventually, weir_bin, within,
 };
 
 use crate::assert_error;
@@ -1156,4 +1156,32 @@ async fn changing_a_clusters_tls_expected_identity_verifies_new_connections_agai
     load.progress(300).await;
     load.finish("expecting B's identity again").await;
     assert!(received(&echo) > reached);
+}
+
+/// A replaced version's health checker stops: after an endpoint update, the endpoint that left
+/// is probed no more while the new one is.
+#[tokio::test]
+async fn a_replaced_versions_health_checker_stops() {
+    let (x, y) = (
+        ControlledServer::start().await,
+        ControlledServer::start().await,
+    );
+    let m = ChainManifest::new().cluster_with(
+        "web",
+        &[x.addr],
+        &["health_check: { path: /healthz, interval: 50ms, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 1 }"],
+    )
+    .listener("main", "web", None);
+    let weir = start(m).await;
+    x.wait_health_checks(2).await;
+    let r = put_endpoints(weir.admin_addr(), "web", &endpoints(&[y.addr])).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A probe of x may have been in flight when the update was answered.
+    let x_after = x.health_checks() + 1;
+    y.wait_health_checks(y.health_checks() + 6).await;
+    assert!(
+        x.health_checks() <= x_after,
+        "the old version still probes x: {} checks after the update (at most {x_after})",
+        x.health_checks()
+    );
 }
