@@ -594,7 +594,7 @@ impl Control {
     /// `/certs` and rotation see.
     fn commit(&self, p: &Published) {
         self.clusters.commit(&p.clusters);
-        self.clusters.telemetry().set_outputs(p.telemetry.clone());
+        self.clusters.telemetry().set_outputs(&p.telemetry);
         let tls = self.clusters.tls();
         tls.set_listeners(p.listeners.iter().filter_map(|l| l.tls.clone()).collect());
         tls.set_watch_interval(p.config.tls_watch_interval);

@@ -6,6 +6,7 @@ mod auth;
 mod balance;
 mod certs;
 mod check;
+mod churn;
 mod discovery;
 mod drain;
 mod errors;

@@ -91,7 +91,7 @@ impl Telemetry {
         let mut t = Self::metrics_only(cfg, workers);
         t.rt = Some(rt);
         let outputs = t.outputs_for(&cfg.telemetry)?;
-        t.set_outputs(outputs);
+        t.set_outputs(&outputs);
         Ok(t)
     }
 
@@ -133,12 +133,12 @@ impl Telemetry {
 
     /// Makes `o` the outputs in use (`/metrics`, shutdown). The ones replaced stop once the
     /// workers have switched: their last spans and lines go out then.
-    pub fn set_outputs(&self, o: Arc<Outputs>) {
+    pub fn set_outputs(&self, o: &Arc<Outputs>) {
         let old = std::mem::replace(
             &mut *self.outputs.lock().unwrap_or_else(|e| e.into_inner()),
             o.clone(),
         );
-        if !Arc::ptr_eq(&old, &o) && (old.tracing.is_some() || old.access_log.is_some()) {
+        if !Arc::ptr_eq(&old, o) && (old.tracing.is_some() || old.access_log.is_some()) {
             // Blocking (a final export, the writer's join): off the control thread.
             std::thread::spawn(move || {
                 if let Some(t) = &old.tracing {
