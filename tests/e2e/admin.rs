@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use weir_tests::weir::READY_TIMEOUT;
 use weir_tests::{
     ChainManifest, EchoServer, FilterDef, H1Client, RawClient, RawResponse, Weir, eventually,
-    eventually_for,
+    eventually_for, rss_kib,
 };
 
 use crate::observability::scrape;
@@ -540,15 +540,6 @@ async fn wait_for(weir: &Weir, want: &str) {
         }
     })
     .await;
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[tokio::test]

@@ -6,20 +6,17 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use http_body_util::BodyExt;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use weir_tests::client::Body;
 use weir_tests::tls::{Leaf, TestCa, TlsClient, TlsInfo, get_certs, peer_certificate, tls_connect};
 use weir_tests::{
-    ChainManifest, EchoServer, FilterDef, H1Client, RawClient, RawResponse, TIMEOUT, Weir,
-    add_to_listener, body_empty, eventually, within,
+    ChainManifest, EchoServer, FilterDef, H1Client, Load, RawClient, RawResponse, Weir,
+    add_to_listener, body_empty, eventually, rss_kib, within,
 };
 
 use crate::observability::scrape;
@@ -140,16 +137,6 @@ async fn wait_listening(pid: u32, n: usize, what: &str) {
     .await;
 }
 
-/// `VmRSS` of `pid`, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Load
 // ---------------------------------------------------------------------------------------------
@@ -159,188 +146,21 @@ const KEEP_ALIVE: usize = 4;
 /// Clients of the load that open a new connection for every request (each crosses accept).
 const FRESH: usize = 2;
 
-/// One HTTP/1.1 connection whose failures are returned, not panicked on.
-struct Conn(http1::SendRequest<Body>);
-
-impl Conn {
-    async fn open(addr: SocketAddr) -> Result<Conn, String> {
-        let fut = async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            let (send, conn) = http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(Conn(send))
-        };
-        tokio::time::timeout(TIMEOUT, fut)
-            .await
-            .unwrap_or_else(|_| Err("connect timed out".into()))
-    }
-
-    /// `GET /load`: `Ok(())` for a 200 from one of `ups` through the chain (`x-v` set).
-    async fn get(&mut self, addr: SocketAddr, ups: &[String]) -> Result<(), String> {
-        let fut = async {
-            self.0.ready().await.map_err(|e| format!("ready: {e}"))?;
-            let req = http::Request::get("/load")
-                .header(http::header::HOST, addr.to_string())
-                .body(body_empty())
-                .unwrap();
-            let resp = self
-                .0
-                .send_request(req)
-                .await
-                .map_err(|e| format!("send: {e:?}"))?;
-            let status = resp.status();
-            let header = |n: &str| {
-                resp.headers()
-                    .get(n)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            let (up, v, error) = (header("x-upstream"), header("x-v"), header("x-weir-error"));
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("{status}: body: {e:?}"))?
-                .to_bytes();
-            match (&up, &v) {
-                (Some(u), Some(_)) if status == 200 && ups.contains(u) => Ok(()),
-                _ => Err(format!(
-                    "{status} (x-weir-error {error:?}, x-upstream {up:?}, x-v {v:?}): {}",
-                    String::from_utf8_lossy(&body)
-                )),
-            }
-        };
-        tokio::time::timeout(TIMEOUT, fut)
-            .await
-            .unwrap_or_else(|_| Err("request timed out".into()))
-    }
-
-    fn is_closed(&self) -> bool {
-        self.0.is_closed()
-    }
-}
-
-#[derive(Default)]
-struct Stats {
-    keep_alive_ok: AtomicU64,
-    fresh_ok: AtomicU64,
-    failures: Mutex<Vec<String>>,
-}
-
-/// [`KEEP_ALIVE`] + [`FRESH`] clients sending `GET /load` to `addr` until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    stats: Arc<Stats>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, ups: &[SocketAddr]) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(Stats::default());
-        let ups: Arc<Vec<String>> = Arc::new(ups.iter().map(ToString::to_string).collect());
-        let tasks = (0..KEEP_ALIVE + FRESH)
-            .map(|i| {
-                let (stop, stats, ups) = (stop.clone(), stats.clone(), ups.clone());
-                let fresh = i >= KEEP_ALIVE;
-                tokio::spawn(async move {
-                    let mut conn: Option<Conn> = None;
-                    while !stop.load(Relaxed) {
-                        if fresh || conn.as_ref().is_none_or(Conn::is_closed) {
-                            conn = match Conn::open(addr).await {
-                                Ok(c) => Some(c),
-                                Err(e) => {
-                                    stats.failures.lock().unwrap().push(e);
-                                    continue;
-                                }
-                            };
-                        }
-                        let c = conn.as_mut().expect("a connection");
-                        match c.get(addr, &ups).await {
-                            Ok(()) if fresh => stats.fresh_ok.fetch_add(1, Relaxed),
-                            Ok(()) => stats.keep_alive_ok.fetch_add(1, Relaxed),
-                            Err(e) => {
-                                stats.failures.lock().unwrap().push(e);
-                                conn = None;
-                                continue;
-                            }
-                        };
-                    }
-                })
-            })
-            .collect();
-        Load { stop, stats, tasks }
-    }
-
-    /// Successful requests so far: (keep-alive, new-connection).
-    fn counts(&self) -> (u64, u64) {
-        (
-            self.stats.keep_alive_ok.load(Relaxed),
-            self.stats.fresh_ok.load(Relaxed),
-        )
-    }
-
-    fn ok(&self) -> u64 {
-        let (k, f) = self.counts();
-        k + f
-    }
-
-    #[track_caller]
-    fn assert_no_failures(&self, phase: &str) {
-        let f = self.stats.failures.lock().unwrap();
-        assert!(
-            f.is_empty(),
-            "{phase}: {} of the load's requests failed ({} succeeded), first ones: {:#?}",
-            f.len(),
-            self.ok(),
-            &f[..f.len().min(5)]
-        );
-    }
-
-    /// Waits until `n` more requests have succeeded than now.
-    async fn progress(&self, n: u64) {
-        let want = self.ok() + n;
-        eventually(&format!("{want} successful load requests"), async || {
-            self.assert_no_failures("while waiting for the load");
-            match self.ok() {
-                ok if ok >= want => Ok(()),
-                ok => Err(ok),
+/// [`KEEP_ALIVE`] + [`FRESH`] clients sending `GET /load` to `addr`; a success is a 200 from one
+/// of `ups` through the chain (`x-v` set).
+fn start_load(addr: SocketAddr, ups: &[SocketAddr]) -> Load {
+    let ups: Vec<String> = ups.iter().map(ToString::to_string).collect();
+    Load::on(addr)
+        .keep_alive(KEEP_ALIVE)
+        .fresh(FRESH)
+        .check(move |h| {
+            let up = h.get("x-upstream").and_then(|v| v.to_str().ok());
+            match (up, h.get("x-v")) {
+                (Some(up), Some(_)) if ups.iter().any(|u| u == up) => Ok(()),
+                (_, v) => Err(format!("not from {ups:?} through the chain (x-v {v:?})")),
             }
         })
-        .await;
-    }
-
-    /// Stops the load; returns (keep-alive successes, new-connection successes, failures).
-    async fn finish(mut self) -> (u64, u64, Vec<String>) {
-        self.stop.store(true, Relaxed);
-        for t in self.tasks.drain(..) {
-            if let Err(e) = within("a load client to stop", t).await {
-                self.stats
-                    .failures
-                    .lock()
-                    .unwrap()
-                    .push(format!("load client task: {e}"));
-            }
-        }
-        let failures = std::mem::take(&mut *self.stats.failures.lock().unwrap());
-        (
-            self.stats.keep_alive_ok.load(Relaxed),
-            self.stats.fresh_ok.load(Relaxed),
-            failures,
-        )
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
-    }
+        .start()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -476,7 +296,7 @@ async fn two_hundred_mixed_reloads_under_load_fail_nothing_and_free_what_they_re
     };
     let weir = start(&model.yaml(side.addr), &[]).await;
     let (addr, admin, pid) = (weir.listener_addr("main"), weir.admin_addr(), weir.pid());
-    let load = Load::start(addr, &[e1.addr, e2.addr]);
+    let load = start_load(addr, &[e1.addr, e2.addr]);
     load.progress(200).await;
 
     // Warm up: the rollback history fills, allocator pools and metric slots settle.
@@ -497,7 +317,7 @@ async fn two_hundred_mixed_reloads_under_load_fail_nothing_and_free_what_they_re
     }
     let took = started.elapsed();
     let after = load.counts();
-    let during = (after.0 - before.0, after.1 - before.1);
+    let during = after.since(before);
     let generation = (WARM_UP + CHANGES + 1) as u64;
 
     // The final state, as the admin endpoint reports it.
@@ -584,32 +404,26 @@ async fn two_hundred_mixed_reloads_under_load_fail_nothing_and_free_what_they_re
     .await;
 
     load.progress(100).await;
-    let (keep_alive, fresh, failures) = load.finish().await;
+    let all = load.finish("two hundred mixed changes").await;
     eprintln!(
         "churn: {CHANGES} changes in {took:?} ({:?} each) under load: {} keep-alive and {} \
-         new-connection requests meanwhile; {keep_alive} keep-alive and {fresh} new-connection requests in all, {} failed; \
-         RSS {rss_before} KiB -> {rss_after} KiB ({:+} KiB); listening sockets {listening_before}; \
-         side: {} connections opened and closed",
+         new-connection requests meanwhile; {} keep-alive and {} new-connection requests in all, \
+         none failed; RSS {rss_before} KiB -> {rss_after} KiB ({:+} KiB); listening sockets \
+         {listening_before}; side: {} connections opened and closed",
         took / CHANGES as u32,
-        during.0,
-        during.1,
-        failures.len(),
+        during.keep_alive,
+        during.fresh,
+        all.keep_alive,
+        all.fresh,
         rss_after as i64 - rss_before as i64,
         side.accepts(),
     );
     assert!(
-        failures.is_empty(),
-        "{} requests failed ({keep_alive} keep-alive and {fresh} new-connection ones \
-         succeeded), first ones: {:#?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    assert!(
-        during.0 >= 100 && during.1 >= 20,
+        during.keep_alive >= 100 && during.fresh >= 20,
         "both kinds of client ran through the changes: {} keep-alive and {} new-connection \
          requests meanwhile",
-        during.0,
-        during.1
+        during.keep_alive,
+        during.fresh
     );
 }
 

@@ -4,11 +4,9 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 
 use weir_tests::dns::DnsServer;
-use weir_tests::{EchoServer, H1Client, Weir, eventually};
+use weir_tests::{EchoServer, H1Client, Load, Weir, eventually};
 
 /// Echo servers on 127.0.0.N, all on one port (DNS gives addresses; the port is the manifest's).
 async fn upstreams(hosts: &[u8]) -> (u16, Vec<EchoServer>) {
@@ -31,65 +29,6 @@ async fn upstreams(hosts: &[u8]) -> (u16, Vec<EchoServer>) {
 
 fn ip(h: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, h])
-}
-
-/// Requests in a loop on a few keep-alive connections until stopped: which upstream answered
-/// each, and how many failed.
-struct Load {
-    stop: Arc<AtomicBool>,
-    failures: Arc<AtomicU64>,
-    ok: Arc<AtomicU64>,
-    seen: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failures = Arc::new(AtomicU64::new(0));
-        let ok = Arc::new(AtomicU64::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..4)
-            .map(|_| {
-                let (stop, failures, ok, seen) =
-                    (stop.clone(), failures.clone(), ok.clone(), seen.clone());
-                tokio::spawn(async move {
-                    let mut c = H1Client::connect(addr).await;
-                    while !stop.load(Relaxed) {
-                        let r = c.get("/load").await;
-                        if r.status == 200 {
-                            ok.fetch_add(1, Relaxed);
-                            let up = r.header("x-upstream").unwrap_or_default().to_owned();
-                            seen.lock().unwrap().push(up);
-                        } else {
-                            failures.fetch_add(1, Relaxed);
-                            eprintln!("failed request: {} {}", r.status, r.text());
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            failures,
-            ok,
-            seen,
-            tasks,
-        }
-    }
-
-    /// The upstreams that answered since the last call.
-    fn take_seen(&self) -> BTreeSet<String> {
-        self.seen.lock().unwrap().drain(..).collect()
-    }
-
-    async fn stop(self) -> (u64, u64) {
-        self.stop.store(true, Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        (self.ok.load(Relaxed), self.failures.load(Relaxed))
-    }
 }
 
 fn manifest(dns: &DnsServer, discovery: &str, port: u16) -> String {
@@ -130,15 +69,7 @@ async fn until_only(load: &Load, want: &[&EchoServer]) {
         "traffic goes to exactly the resolved addresses",
         async || {
             // A window of fresh answers.
-            let before = load.ok.load(Relaxed);
-            eventually("a window of requests", async || {
-                if load.ok.load(Relaxed) >= before + 40 {
-                    Ok(())
-                } else {
-                    Err("waiting")
-                }
-            })
-            .await;
+            load.progress(40).await;
             let seen = load.take_seen();
             if seen == want {
                 Ok(())
@@ -156,7 +87,7 @@ async fn traffic_follows_dns_records_from_one_address_to_two_to_a_third() {
     let dns = DnsServer::start().await.unwrap();
     dns.set("api.test.", &[ip(21)], 1);
     let weir = Weir::start(&manifest(&dns, "dns", port)).await;
-    let load = Load::start(weir.listener_addr("main"));
+    let load = Load::on(weir.listener_addr("main")).keep_alive(4).start();
 
     until_only(&load, &[&ups[0]]).await;
     dns.set("api.test.", &[ip(21), ip(22)], 1);
@@ -171,11 +102,7 @@ async fn traffic_follows_dns_records_from_one_address_to_two_to_a_third() {
     assert_eq!(api["endpoints"][0]["address"], ups[2].addr.to_string());
     assert!(api["dns"]["resolutions"].as_u64().unwrap() >= 3, "{api}");
     assert!(metric(&weir, "weir_dns_resolutions_total").await >= 3.0);
-    let (ok, failed) = load.stop().await;
-    assert_eq!(
-        failed, 0,
-        "no request fails while the records change ({ok} succeeded)"
-    );
+    load.finish("the records changing").await;
 }
 
 #[tokio::test]
@@ -184,7 +111,7 @@ async fn a_dns_server_that_stops_answering_keeps_the_last_endpoints_serving() {
     let dns = DnsServer::start().await.unwrap();
     dns.set("api.test.", &[ip(31), ip(32)], 1);
     let weir = Weir::start(&manifest(&dns, "dns", port)).await;
-    let load = Load::start(weir.listener_addr("main"));
+    let load = Load::on(weir.listener_addr("main")).keep_alive(4).start();
     until_only(&load, &[&ups[0], &ups[1]]).await;
 
     dns.set_answering(false);
@@ -214,11 +141,7 @@ async fn a_dns_server_that_stops_answering_keeps_the_last_endpoints_serving() {
     dns.set("api.test.", &[ip(32)], 1);
     dns.set_answering(true);
     until_only(&load, &[&ups[1]]).await;
-    let (ok, failed) = load.stop().await;
-    assert_eq!(
-        failed, 0,
-        "no request fails while DNS is down ({ok} succeeded)"
-    );
+    load.finish("DNS down, then answering again").await;
 }
 
 #[tokio::test]
@@ -227,14 +150,13 @@ async fn logical_dns_uses_one_address_at_a_time() {
     let dns = DnsServer::start().await.unwrap();
     dns.set("api.test.", &[ip(41), ip(42)], 1);
     let weir = Weir::start(&manifest(&dns, "logical_dns", port)).await;
-    let load = Load::start(weir.listener_addr("main"));
+    let load = Load::on(weir.listener_addr("main")).keep_alive(4).start();
     until_only(&load, &[&ups[0]]).await;
     dns.set("api.test.", &[ip(42)], 1);
     until_only(&load, &[&ups[1]]).await;
     let v = clusters_json(&weir).await;
     assert_eq!(v["clusters"][0]["endpoints"].as_array().unwrap().len(), 1);
-    let (_, failed) = load.stop().await;
-    assert_eq!(failed, 0);
+    load.finish("logical_dns following the records").await;
 }
 
 #[test]

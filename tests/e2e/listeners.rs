@@ -4,11 +4,9 @@
 //! on a listener the change leaves alone, zero failed requests.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use serde_json::Value;
-use weir_tests::{EchoServer, H1Client, RawClient, RawResponse, Weir, eventually, within};
+use weir_tests::{EchoServer, H1Client, Load, RawClient, RawResponse, Weir, eventually, within};
 
 const TOKEN: &str = "listeners-token-42";
 
@@ -76,57 +74,10 @@ async fn addr_of(weir: &Weir, name: &str) -> SocketAddr {
         .1
 }
 
-/// New-connection requests on `addr` in a loop (a fresh connection each time: every request
-/// crosses accept), counting failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let tasks = (0..3)
-            .map(|i| {
-                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                tokio::spawn(async move {
-                    let mut keep = H1Client::connect(addr).await;
-                    while !stop.load(Relaxed) {
-                        // One keep-alive client and two that connect every time.
-                        let r = if i == 0 {
-                            keep.get("/load").await
-                        } else {
-                            H1Client::connect(addr).await.get("/load").await
-                        };
-                        if r.status == 200 {
-                            ok.fetch_add(1, Relaxed);
-                        } else {
-                            failed.fetch_add(1, Relaxed);
-                            eprintln!("failed: {} {}", r.status, r.text());
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            tasks,
-        }
-    }
-
-    async fn stop(self) -> (u64, u64) {
-        self.stop.store(true, Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        (self.ok.load(Relaxed), self.failed.load(Relaxed))
-    }
+/// The load on listener `main` at `addr`, which the changes leave alone: one keep-alive client
+/// and two that connect for every request (each crosses accept).
+fn start_load(addr: SocketAddr) -> Load {
+    Load::on(addr).keep_alive(1).fresh(2).start()
 }
 
 async fn serves(addr: SocketAddr) -> bool {
@@ -147,7 +98,7 @@ async fn refuses(addr: SocketAddr) -> bool {
 async fn a_reload_adds_a_listener_that_serves_before_the_answer() {
     let up = EchoServer::start().await;
     let weir = start(&manifest(up.addr, &[], "")).await;
-    let load = Load::start(weir.listener_addr("main"));
+    let load = start_load(weir.listener_addr("main"));
     let r = reload(&weir, &manifest(up.addr, &[("extra", 0)], "")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     // Bound before the answer: the first connection after it is served.
@@ -159,8 +110,7 @@ async fn a_reload_adds_a_listener_that_serves_before_the_answer() {
     assert_eq!(v, generation["generation"].as_u64().unwrap());
     // main did not change: it keeps its version.
     assert_eq!(versions.iter().find(|(n, _, _)| n == "main").unwrap().2, 1);
-    let (ok, failed) = load.stop().await;
-    assert_eq!(failed, 0, "{ok} succeeded");
+    load.finish("a reload adding listener extra").await;
 }
 
 #[tokio::test]
@@ -168,7 +118,7 @@ async fn removing_a_listener_stops_accepting_and_finishes_its_request_in_flight(
     let up = EchoServer::start().await;
     let weir = start(&manifest(up.addr, &[("extra", 0)], "")).await;
     let extra = addr_of(&weir, "extra").await;
-    let load = Load::start(weir.listener_addr("main"));
+    let load = start_load(weir.listener_addr("main"));
 
     // A slow request in flight on `extra`.
     let mut held = H1Client::connect(extra).await;
@@ -191,8 +141,7 @@ async fn removing_a_listener_stops_accepting_and_finishes_its_request_in_flight(
         .unwrap();
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert!(bound(&weir).await.iter().all(|(n, _, _)| n != "extra"));
-    let (ok, failed) = load.stop().await;
-    assert_eq!(failed, 0, "{ok} succeeded");
+    load.finish("removing listener extra").await;
 }
 
 #[tokio::test]
@@ -201,7 +150,7 @@ async fn a_listener_moves_to_a_new_port() {
     let weir = start(&manifest(up.addr, &[("mobile", 0)], "")).await;
     let old = addr_of(&weir, "mobile").await;
     assert!(serves(old).await);
-    let load = Load::start(weir.listener_addr("main"));
+    let load = start_load(weir.listener_addr("main"));
     // A port free now: bind and release it.
     let new_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -221,8 +170,7 @@ async fn a_listener_moves_to_a_new_port() {
         }
     })
     .await;
-    let (ok, failed) = load.stop().await;
-    assert_eq!(failed, 0, "{ok} succeeded");
+    load.finish("moving listener mobile").await;
 }
 
 #[tokio::test]
@@ -230,7 +178,7 @@ async fn a_settings_change_keeps_the_socket_and_applies_to_new_connections() {
     let up = EchoServer::start().await;
     let weir = start(&manifest(up.addr, &[], "")).await;
     let main = weir.listener_addr("main");
-    let load = Load::start(main);
+    let load = start_load(main);
     // A tighter header limit: new connections get it.
     let r = reload(
         &weir,
@@ -248,15 +196,14 @@ async fn a_settings_change_keeps_the_socket_and_applies_to_new_connections() {
     c.write(head.as_bytes()).await.unwrap();
     let resp = c.read_response().await;
     assert_eq!(resp.status, 431, "the new limit applies: {}", resp.text());
-    let (ok, failed) = load.stop().await;
-    assert_eq!(failed, 0, "{ok} succeeded");
+    load.finish("a settings change of main").await;
 }
 
 #[tokio::test]
 async fn a_bind_failure_refuses_the_whole_change_and_the_running_config_serves() {
     let up = EchoServer::start().await;
     let weir = start(&manifest(up.addr, &[], "")).await;
-    let load = Load::start(weir.listener_addr("main"));
+    let load = start_load(weir.listener_addr("main"));
     // A plain socket (no SO_REUSEPORT) holds the port.
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = holder.local_addr().unwrap().port();
@@ -274,8 +221,7 @@ async fn a_bind_failure_refuses_the_whole_change_and_the_running_config_serves()
     let names: Vec<String> = bound(&weir).await.into_iter().map(|(n, _, _)| n).collect();
     assert_eq!(names, ["main"], "nothing of the change applied");
     drop(holder);
-    let (ok, failed) = load.stop().await;
-    assert_eq!(failed, 0, "{ok} succeeded");
+    load.finish("a reload refused by a bind failure").await;
 }
 
 #[tokio::test]

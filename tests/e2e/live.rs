@@ -5,18 +5,14 @@
 //! cluster's expected TLS identity changed by a reload. Every test runs two workers under continuous load and fails on any failed request,
 //! except in the one phase that breaks the upstream identity on purpose.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use weir_tests::client::Collected;
 use weir_tests::tls::{Leaf, TestCa};
 use weir_tests::{
-    ChainManifest, ControlledServer, EchoServer, FilterDef, H1Client, RawClient, RawResponse, Weir,
-    add_to_listener, body_empty, eventually, weir_bin, within,
+    ChainManifest, ControlledServer, EchoServer, FilterDef, H1Client, Load, RawClient, RawResponse,
+    Weir, add_to_listener, eventually, weir_bin, within,
 };
 
 use crate::assert_error;
@@ -28,152 +24,15 @@ const TOKEN: &str = "live-token-5678";
 /// that may be in flight when a change is answered.
 const LOAD_CONNECTIONS: usize = 12;
 
-// ---------------------------------------------------------------------------------------------
-// Load
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Default)]
-struct Stats {
-    ok: AtomicU64,
-    failures: Mutex<Vec<String>>,
-    /// Successful responses by their `x-upstream` (the echo server that answered).
-    by_upstream: Mutex<HashMap<String, u64>>,
+/// The load of a test: [`LOAD_CONNECTIONS`] keep-alive clients sending `GET /load` to `addr`.
+fn start_load(addr: SocketAddr) -> Load {
+    Load::on(addr).keep_alive(LOAD_CONNECTIONS).start()
 }
 
-/// [`LOAD_CONNECTIONS`] clients sending `GET /load` in a loop until stopped, counting successes
-/// (200 with an `x-upstream`) by upstream and keeping every failure's description.
-struct Load {
-    stop: Arc<AtomicBool>,
-    stats: Arc<Stats>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(Stats::default());
-        let tasks = (0..LOAD_CONNECTIONS)
-            .map(|_| {
-                let (stop, stats) = (stop.clone(), stats.clone());
-                tokio::spawn(async move {
-                    let mut conn: Option<H1Client> = None;
-                    while !stop.load(Relaxed) {
-                        let c = match &mut conn {
-                            Some(c) if !c.is_closed() => c,
-                            _ => conn.insert(H1Client::connect(addr).await),
-                        };
-                        match load_request(c).await {
-                            Ok(up) => {
-                                *stats.by_upstream.lock().unwrap().entry(up).or_default() += 1;
-                                stats.ok.fetch_add(1, Relaxed);
-                            }
-                            Err(e) => {
-                                stats.failures.lock().unwrap().push(e);
-                                conn = None;
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { stop, stats, tasks }
-    }
-
-    fn ok(&self) -> u64 {
-        self.stats.ok.load(Relaxed)
-    }
-
-    fn served_by(&self, up: SocketAddr) -> u64 {
-        let by = self.stats.by_upstream.lock().unwrap();
-        by.get(&up.to_string()).copied().unwrap_or(0)
-    }
-
-    #[track_caller]
-    fn assert_no_failures(&self, phase: &str) {
-        let f = self.stats.failures.lock().unwrap();
-        assert!(
-            f.is_empty(),
-            "{phase}: {} of the load's requests failed ({} succeeded), first ones: {:#?}",
-            f.len(),
-            self.ok(),
-            &f[..f.len().min(5)]
-        );
-    }
-
-    /// Waits until `n` more requests have succeeded than now.
-    async fn progress(&self, n: u64) {
-        let want = self.ok() + n;
-        eventually(&format!("{want} successful load requests"), async || {
-            self.assert_no_failures("while waiting for the load to progress");
-            match self.ok() {
-                ok if ok >= want => Ok(()),
-                ok => Err(ok),
-            }
-        })
-        .await;
-    }
-
-    /// Waits until `up` has answered at least `n` of the load's requests.
-    async fn wait_served(&self, up: SocketAddr, n: u64) {
-        eventually(&format!("{up} to answer {n} load requests"), async || {
-            self.assert_no_failures("while waiting for an upstream to serve");
-            match self.served_by(up) {
-                s if s >= n => Ok(()),
-                s => Err(s),
-            }
-        })
-        .await;
-    }
-
-    /// Stops the load; panics if any request failed (or a client task panicked). Returns how many
-    /// succeeded.
-    async fn finish(mut self, phase: &str) -> u64 {
-        self.stop.store(true, Relaxed);
-        for t in self.tasks.drain(..) {
-            if let Err(e) = within("a load client to stop", t).await {
-                self.stats
-                    .failures
-                    .lock()
-                    .unwrap()
-                    .push(format!("load client task: {e}"));
-            }
-        }
-        self.assert_no_failures(phase);
-        let ok = self.ok();
-        assert!(ok >= 100, "{phase}: the load ran ({ok} requests)");
-        ok
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
-    }
-}
-
-/// One load request: `Ok(x-upstream)` for a 200, `Err(what happened)` otherwise.
-async fn load_request(c: &mut H1Client) -> Result<String, String> {
-    let req = c.request("GET", "/load").body(body_empty()).unwrap();
-    let resp = c.send(req).await.map_err(|e| format!("send: {e:?}"))?;
-    let status = resp.status();
-    let header = |n: &str| {
-        resp.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let (up, error) = (header("x-upstream"), header("x-weir-error"));
-    let body = within("a load response body", resp.into_body().collect())
-        .await
-        .map_err(|e| format!("{status} (x-weir-error {error:?}): body failed: {e:?}"))?
-        .to_bytes();
-    match up {
-        Some(up) if status == 200 => Ok(up),
-        _ => Err(format!(
-            "{status} (x-weir-error {error:?}, x-upstream {up:?}): {}",
-            String::from_utf8_lossy(&body)
-        )),
-    }
+/// Stops the load; panics if any request failed or if it barely ran.
+async fn finish(load: Load, phase: &str) {
+    let ok = load.finish(phase).await.total();
+    assert!(ok >= 100, "{phase}: the load ran ({ok} requests)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -376,7 +235,7 @@ async fn rotating_endpoints_from_a_to_b_moves_traffic_and_closes_a() {
     )
     .await;
     let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
-    let load = Load::start(addr);
+    let load = start_load(addr);
     for up in &a {
         load.wait_served(up.addr, 50).await;
     }
@@ -445,7 +304,7 @@ async fn rotating_endpoints_from_a_to_b_moves_traffic_and_closes_a() {
         a_accepts,
         "nothing connects to A any more"
     );
-    load.finish("rotating A to B").await;
+    finish(load, "rotating A to B").await;
 
     // A1 comes back (no load now): its series continues where it stopped, counting every
     // request A1 ever answered.
@@ -488,7 +347,7 @@ async fn an_endpoint_that_stays_keeps_its_pooled_connections() {
     )
     .await;
     let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
-    let load = Load::start(addr);
+    let load = start_load(addr);
     load.wait_served(b.addr, 50).await;
     let (accepts, closes) = (settled_accepts(&load, &a).await, a.closes());
 
@@ -512,7 +371,7 @@ async fn an_endpoint_that_stays_keeps_its_pooled_connections() {
         "A was re-pooled: {accepts} accepts and {closes} closes before the change, \
          {accepts_now} and {closes_now} after"
     );
-    load.finish("B replaced by C").await;
+    finish(load, "B replaced by C").await;
 
     // No endpoint at all: the cluster answers 503 (no healthy upstream) until it has one again.
     generation_of(&put_endpoints(admin, "web", r#"{"endpoints": []}"#).await);
@@ -575,7 +434,7 @@ async fn draining_an_endpoint_finishes_its_request_and_sends_it_no_more() {
     )
     .await;
     let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
-    let load = Load::start(addr);
+    let load = start_load(addr);
     load.wait_served(x.addr, 50).await;
     load.wait_served(y.addr, 50).await;
     let held = hold_on(addr, &x, &y).await;
@@ -627,7 +486,7 @@ async fn draining_an_endpoint_finishes_its_request_and_sends_it_no_more() {
     .await;
     load.progress(200).await;
     assert_eq!(load.served_by(x.addr), served_x);
-    load.finish("draining X").await;
+    finish(load, "draining X").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -671,7 +530,7 @@ async fn a_reload_adds_changes_and_removes_clusters_under_load() {
     .await;
     let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
     let to = async |cluster: &str| get_once(addr, "/routed", &[("x-to", cluster)]).await;
-    let load = Load::start(addr);
+    let load = start_load(addr);
     load.wait_served(web.addr, 100).await;
     let accepts = settled_accepts(&load, &web).await;
     let closes = web.closes();
@@ -769,8 +628,7 @@ async fn a_reload_adds_changes_and_removes_clusters_under_load() {
         "web was re-pooled: {accepts} accepts and {closes} closes before the reloads, \
          {accepts_now} and {closes_now} after"
     );
-    load.finish("reloads adding, changing and removing clusters")
-        .await;
+    finish(load, "reloads adding, changing and removing clusters").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -796,7 +654,7 @@ async fn removing_a_cluster_a_listener_names_is_refused_with_both_names() {
     )
     .await;
     let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
-    let load = Load::start(addr);
+    let load = start_load(addr);
     load.wait_served(web.addr, 100).await;
 
     let r = reload(&weir, &m(&[("spare", spare.addr)])).await;
@@ -829,7 +687,7 @@ async fn removing_a_cluster_a_listener_names_is_refused_with_both_names() {
         Some(0.0)
     );
     assert!(spare.requests().is_empty());
-    load.finish("a refused reload").await;
+    finish(load, "a refused reload").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -846,7 +704,7 @@ async fn endpoint_api_refusals_name_the_field_and_change_nothing() {
     )
     .await;
     let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
-    let load = Load::start(addr);
+    let load = start_load(addr);
     load.wait_served(web.addr, 50).await;
     let (w, o) = (web.addr.to_string(), other.addr.to_string());
     let before = cluster_of(admin, "web").await;
@@ -948,7 +806,7 @@ async fn endpoint_api_refusals_name_the_field_and_change_nothing() {
         other.requests().is_empty(),
         "a refused or dry-run set got traffic"
     );
-    load.finish("refused endpoint changes").await;
+    finish(load, "refused endpoint changes").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -986,7 +844,7 @@ async fn weir_admin_set_endpoints_cli() {
     )
     .await;
     let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
-    let load = Load::start(addr);
+    let load = start_load(addr);
     load.wait_served(a.addr, 50).await;
 
     // Refusals first: a spec that is not IP:PORT (refused by the client), an unknown cluster.
@@ -1044,7 +902,7 @@ async fn weir_admin_set_endpoints_cli() {
         c.requests().is_empty(),
         "the dry run's endpoint got traffic"
     );
-    load.finish("weir admin set-endpoints").await;
+    finish(load, "weir admin set-endpoints").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1130,9 +988,9 @@ async fn changing_a_clusters_tls_expected_identity_verifies_new_connections_agai
     .await;
     let (addr, admin) = (front.listener_addr("front"), front.admin_addr());
 
-    let load = Load::start(addr);
+    let load = start_load(addr);
     load.progress(300).await;
-    load.finish("expecting B's identity").await;
+    finish(load, "expecting B's identity").await;
 
     // Expecting an identity B's certificate does not have: the pooled connections were made for
     // the old settings and are not reused; every new connection fails verification.
@@ -1152,9 +1010,9 @@ async fn changing_a_clusters_tls_expected_identity_verifies_new_connections_agai
     // Back to B's identity: served again, without a failure.
     let g2 = generation_of(&reload(&front, &front_yaml(back_addr, BACK_ID)).await);
     assert_eq!(g2, g + 1);
-    let load = Load::start(addr);
+    let load = start_load(addr);
     load.progress(300).await;
-    load.finish("expecting B's identity again").await;
+    finish(load, "expecting B's identity again").await;
     assert!(received(&echo) > reached);
 }
 

@@ -16,10 +16,15 @@
 //!   discovery), and which can be made to stop answering.
 //! - [`otlp`]: an in-test OpenTelemetry collector (OTLP/HTTP trace exports, decoded spans).
 //! - [`prom`]: a strict Prometheus text parser for `/metrics`.
+//! - [`load`]: continuous load (keep-alive and new-connection clients) for tests that change weir
+//!   while it serves and must see no request fail.
+//!
+//! And [`rss_kib`]: a process's resident memory, for the tests that check memory comes back.
 
 pub mod chain;
 pub mod client;
 pub mod dns;
+pub mod load;
 pub mod otlp;
 pub mod prom;
 pub mod tls;
@@ -32,6 +37,7 @@ use std::time::Duration;
 
 pub use chain::{ChainManifest, FilterDef, add_to_listener};
 pub use client::{H1Client, H2Client, RawClient, RawResponse, body_empty, body_full, collect};
+pub use load::Load;
 pub use upstream::{
     BlackholeListener, ControlledServer, EchoServer, Fault, FaultyServer, Recorded, closed_port,
 };
@@ -43,6 +49,17 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`eventually`] waits between two looks: short next to [`TIMEOUT`], long enough not to
 /// flood a log or an admin endpoint with reads.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// `VmRSS` of the process `pid` (from `/proc/PID/status`), KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status:\n{status}"))
+}
 
 /// Awaits `fut`, panicking with `what` if it takes longer than [`TIMEOUT`].
 pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
