@@ -95,14 +95,6 @@ put() {
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 p99() { sort -n | awk '{a[NR]=$1} END {i = int(NR * 0.99); if (i < 1) i = 1; print a[i]}'; }
-ten() { # i -> a 10-endpoint set for c0500, rotated by i
-  local s="" e
-  for ((e = 0; e < 10; e++)); do
-    s+="${s:+,}{\"address\":\"127.0.9.$(((e + $1) % 250 + 1)):$((30000 + e))\"}"
-  done
-  echo "{\"endpoints\":[$s]}"
-}
-
 echo "## memory (RSS after start-up, $WORKERS workers)"
 start m0 0 0
 r0=$(rss_kib "$WPID"); kill "$WPID"; wait "$WPID" 2>/dev/null || true
@@ -136,23 +128,42 @@ paced() { # label
 }
 WRK_DELAY_MS=2 wrk -t2 -c20 -d2s -s "$SHARED_BENCH/conf/stats.lua" "http://$LISTEN/" >/dev/null
 quiet=$(paced quiet)
-# The same number of admin calls that change nothing (GET /ready): what starting curl and an
-# admin round trip cost the machine, apart from the updates themselves.
-(
-  gap=$(awk -v d="$DURATION" -v n="$UPDATES" 'BEGIN {printf "%.3f", (d - 1) / n}')
-  sleep 0.5
-  for _ in $(seq "$UPDATES"); do curl -s -o /dev/null "http://$ADMIN/ready"; sleep "$gap"; done
-) &
+# Admin calls come from one python process (no process start per call, which on two cores costs
+# the paced load more than the updates do): first UPDATES calls that change nothing
+# (GET /ready), then UPDATES updates, each series spread over a paced run.
+calls() { # kind -> one "wall_us micros prepare_micros" line per call on stdout
+  python3 - "$1" "$ADMIN" "$UPDATES" "$DURATION" "$(cat "$RUN_DIR/token")" <<'PY'
+import http.client, json, sys, time
+kind, admin, n, duration, token = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+host, port = admin.rsplit(":", 1)
+gap = (duration - 1) / n
+time.sleep(0.5)
+for i in range(n):
+    c = http.client.HTTPConnection(host, int(port))
+    t0 = time.perf_counter()
+    if kind == "reads":
+        c.request("GET", "/ready")
+    else:
+        eps = [{"address": "127.0.9.%d:%d" % ((e + i) % 250 + 1, 30000 + e)} for e in range(10)]
+        c.request("PUT", "/clusters/c0500/endpoints", body=json.dumps({"endpoints": eps}),
+                  headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+    r = c.getresponse()
+    body = r.read()
+    wall = (time.perf_counter() - t0) * 1e6
+    if r.status != 200:
+        sys.exit("call failed: %d %s" % (r.status, body))
+    if kind != "reads":
+        a = json.loads(body)
+        print("%.0f %d %d" % (wall, a["micros"], a["prepare_micros"]), flush=True)
+    c.close()
+    time.sleep(gap)
+PY
+}
+calls reads >/dev/null &
 reader=$!
 reads=$(paced reads)
 wait "$reader"
-: >"$RUN_DIR/scale.txt"
-(
-  # Spread the updates over the paced run.
-  gap=$(awk -v d="$DURATION" -v n="$UPDATES" 'BEGIN {printf "%.3f", (d - 1) / n}')
-  sleep 0.5
-  for i in $(seq "$UPDATES"); do put c0500 "$(ten "$i")" >>"$RUN_DIR/scale.txt"; sleep "$gap"; done
-) &
+calls updates >"$RUN_DIR/scale.txt" &
 updater=$!
 busy=$(paced updating)
 wait "$updater"
