@@ -129,9 +129,8 @@ impl ProxyService {
         generation.filters.is_some() && generation.chain(self.listener.id).is_some()
     }
 
-    /// The listener's filter chain in the current generation.
-    fn chain(&self) -> Option<(Rc<WorkerFilters>, std::sync::Arc<[usize]>)> {
-        let generation = self.worker.generation();
+    /// The listener's filter chain in `generation`.
+    fn chain(&self, generation: &Generation) -> Option<(Rc<WorkerFilters>, Arc<[usize]>)> {
         match (&generation.filters, generation.chain(self.listener.id)) {
             (Some(filters), Some(chain)) => Some((filters.clone(), chain.clone())),
             _ => None,
@@ -149,7 +148,7 @@ impl ProxyService {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let limits = &self.listener.limits;
         let generation = self.worker.generation();
-        let chain = self.chain();
+        let chain = self.chain(&generation);
         let cluster = generation.default_cluster(self.listener.id);
         let raw = match raw {
             Some(raw)

@@ -202,7 +202,7 @@ const MAX_CHUNKS: usize = 4096;
 /// slots are handed out (and their chunks allocated, [`Shard::reserve`]) before any worker can
 /// know of them.
 pub struct Shard {
-    chunks: Box<[OnceLock<Box<[Block]>>]>,
+    chunks: Box<[OnceLock<Box<[Block; CHUNK_BLOCKS]>>]>,
 }
 
 impl Shard {
@@ -219,9 +219,9 @@ impl Shard {
     pub fn reserve(&self, slots: usize) {
         for c in &self.chunks[..slots.div_ceil(CHUNK_SLOTS).min(MAX_CHUNKS)] {
             c.get_or_init(|| {
-                (0..CHUNK_BLOCKS)
-                    .map(|_| Block(std::array::from_fn(|_| AtomicU64::new(0))))
-                    .collect()
+                Box::new(std::array::from_fn(|_| {
+                    Block(std::array::from_fn(|_| AtomicU64::new(0)))
+                }))
             });
         }
     }

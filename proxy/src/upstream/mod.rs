@@ -156,7 +156,7 @@ pub struct Endpoint {
     pub pool: Rc<pool::Pool>,
     /// Cluster-wide state kept across versions (health, ejection, statistics).
     pub state: Arc<EndpointState>,
-    /// This worker's id (its shard of `state.stats`).
+    /// This worker's shard of `state.stats` (its id, reduced once to the shard count).
     worker: usize,
     /// This worker's shard of its cluster's statistics.
     cluster_stats: Arc<WorkerStats>,
@@ -168,7 +168,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     fn stats(&self) -> &EndpointStats {
-        &self.state.stats[self.worker % self.state.stats.len()]
+        &self.state.stats[self.worker]
     }
 
     /// Requests in flight from this worker (least-request and peak-EWMA balancing).
@@ -234,7 +234,7 @@ impl Cluster {
                             |o| o.pool.clone(),
                         ),
                         state: e.state.clone(),
-                        worker,
+                        worker: worker % e.state.stats.len(),
                         cluster_stats: stats.clone(),
                         ewma: balance::Ewma::new(old.map_or(default_rtt, |o| o.ewma.get()), now),
                         wrr: Cell::new(0),
