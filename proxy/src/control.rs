@@ -347,16 +347,35 @@ impl Control {
     /// generation; the compiled modules are the same).
     pub async fn rollback(&self) -> Result<Applied, ControlError> {
         let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
-        let prev = st.history.pop().ok_or(ControlError::NoHistory)?;
+        let prev = st.history.last().cloned().ok_or(ControlError::NoHistory)?;
         let started = Instant::now();
+        // Listeners and telemetry outputs hold resources the generation since has let go of
+        // (sockets taken by workers, a stopped log writer): they are made again from the old
+        // config, reusing what runs now where it is the same. Filters and cluster versions are
+        // immutable and come back as they were.
+        let id = self.next_id.load(Relaxed);
+        let listeners = plan_listeners(
+            &prev.config,
+            &st.current.listeners,
+            self.workers,
+            id,
+            self.clusters.telemetry(),
+        )
+        .await?;
+        let telemetry = self
+            .clusters
+            .telemetry()
+            .outputs_for(&prev.config.telemetry)
+            .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        st.history.pop();
         let id = self.next_id.fetch_add(1, Relaxed);
         let p = Arc::new(Published {
             id,
             config: prev.config.clone(),
             filters: prev.filters.clone(),
             clusters: prev.clusters.clone(),
-            listeners: prev.listeners.clone(),
-            telemetry: prev.telemetry.clone(),
+            listeners: listeners.into(),
+            telemetry,
         });
         let prepared = started.elapsed();
         self.publish_and_wait(&mut st, p.clone(), false).await?;

@@ -294,3 +294,58 @@ async fn a_reload_turns_the_access_log_on_and_off() {
     let first = std::fs::read_to_string(&log).unwrap();
     assert!(!first.contains("/not-logged"), "{first}");
 }
+
+/// A free port now (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_rollback_moves_a_listener_back_and_binds_its_old_address_again() {
+    let up = EchoServer::start().await;
+    let (p1, p2) = (free_port(), free_port());
+    let weir = start(&manifest(up.addr, &[("mobile", p1)], "")).await;
+    let (a1, a2): (SocketAddr, SocketAddr) =
+        (([127, 0, 0, 1], p1).into(), ([127, 0, 0, 1], p2).into());
+    assert!(serves(a1).await);
+    let load = start_load(weir.listener_addr("main"));
+    assert_eq!(
+        reload(&weir, &manifest(up.addr, &[("mobile", p2)], ""))
+            .await
+            .status,
+        200
+    );
+    assert!(serves(a2).await);
+    eventually("the first port is let go", async || {
+        if refuses(a1).await {
+            Ok(())
+        } else {
+            Err("still accepting")
+        }
+    })
+    .await;
+    // Rollback: the previous generation's listener comes back on its own address.
+    let admin = weir.admin_addr();
+    let head = format!(
+        "POST /rollback HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
+    );
+    let mut c = RawClient::connect(admin).await;
+    c.write(head.as_bytes()).await.unwrap();
+    let r = c.read_response().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(addr_of(&weir, "mobile").await, a1);
+    assert!(serves(a1).await, "the old address serves again");
+    eventually("the second port is let go", async || {
+        if refuses(a2).await {
+            Ok(())
+        } else {
+            Err("still accepting")
+        }
+    })
+    .await;
+    load.finish("rolling a listener move back").await;
+}
