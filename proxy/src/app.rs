@@ -135,7 +135,6 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
         handles.push(worker::spawn(WorkerSpec {
             id,
             workers,
-            config: config.clone(),
             drain: drain_rx.clone(),
             generations: generations.clone(),
             acks: acks.clone(),

@@ -425,6 +425,8 @@ pub struct Watchdog {
     conns: std::cell::RefCell<Vec<Option<Watched>>>,
     free: std::cell::RefCell<Vec<usize>>,
     draining: Cell<bool>,
+    /// Milliseconds between two rounds (0 until set: a second).
+    tick_ms: Cell<u64>,
 }
 
 fn ms(d: std::time::Duration) -> u64 {
@@ -556,12 +558,20 @@ impl Watchdog {
             .count()
     }
 
-    /// Runs the checks every `tick` until the worker ends.
-    pub async fn run(self: Rc<Self>, tick: std::time::Duration) {
-        let mut every = tokio::time::interval(tick.max(std::time::Duration::from_millis(1)));
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Sets the time between two rounds (a quarter of the shortest timeout of the listeners
+    /// this worker serves now; the next round uses it).
+    pub fn set_tick(&self, tick: std::time::Duration) {
+        self.tick_ms.set(ms(tick).max(1));
+    }
+
+    /// Runs the checks every tick until the worker ends.
+    pub async fn run(self: Rc<Self>) {
         loop {
-            every.tick().await;
+            let tick = match self.tick_ms.get() {
+                0 => std::time::Duration::from_secs(1),
+                ms => std::time::Duration::from_millis(ms),
+            };
+            tokio::time::sleep(tick).await;
             self.check();
         }
     }

@@ -391,7 +391,6 @@ impl Control {
         endpoints: Vec<EndpointConfig>,
         dry_run: bool,
     ) -> Result<Applied, ControlError> {
-        check_endpoints(&endpoints)?;
         let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
         let mut next = (*st.current.config).clone();
         let c = next
@@ -399,6 +398,7 @@ impl Control {
             .iter_mut()
             .find(|c| c.name == cluster)
             .ok_or_else(|| ControlError::UnknownCluster(cluster.to_owned()))?;
+        check_endpoints(&endpoints)?;
         Arc::make_mut(c).endpoints = Endpoints::Static(endpoints);
         let uploads = st.uploads.clone();
         let r = self

@@ -127,8 +127,9 @@ pub struct ListenerCtx {
     pub tls: Option<Arc<ServerTls>>,
     /// This worker's share of `max_connections`.
     max_conns: usize,
-    conns: Cell<usize>,
-    released: Notify,
+    /// Connections open on this worker, shared by the contexts a settings change swaps in (so
+    /// `max_connections` counts the connections of the old settings too).
+    count: Rc<ConnCount>,
 }
 
 impl ListenerCtx {
@@ -161,9 +162,24 @@ impl ListenerCtx {
             h2,
             tls,
             max_conns: l.max_connections.div_ceil(workers).max(1),
-            conns: Cell::new(0),
-            released: Notify::new(),
+            count: Rc::default(),
         }
+    }
+}
+
+/// A listener's open connections on one worker, and the signal that one closed.
+#[derive(Default)]
+struct ConnCount {
+    open: Cell<usize>,
+    released: Notify,
+}
+
+impl ListenerCtx {
+    /// These settings, counting connections together with `old`'s (a settings change on the
+    /// same sockets).
+    pub fn counting_with(mut self, old: &ListenerCtx) -> Self {
+        self.count = old.count.clone();
+        self
     }
 }
 
@@ -177,7 +193,7 @@ struct ConnSlot {
 
 impl ConnSlot {
     fn new(listener: Rc<ListenerCtx>, worker: Rc<WorkerCtx>, ctl: Rc<ConnCtl>) -> Self {
-        listener.conns.set(listener.conns.get() + 1);
+        listener.count.open.set(listener.count.open.get() + 1);
         worker.conn_opened();
         worker.telemetry.connection_opened(listener.id);
         Self {
@@ -194,8 +210,9 @@ impl Drop for ConnSlot {
         self.worker
             .telemetry
             .connection_closed(self.listener.id, self.ctl.bytes());
-        self.listener.conns.set(self.listener.conns.get() - 1);
-        self.listener.released.notify_one();
+        let c = &self.listener.count;
+        c.open.set(c.open.get() - 1);
+        c.released.notify_one();
         self.worker.conn_closed();
     }
 }
@@ -219,9 +236,9 @@ pub async fn accept_loop(
     loop {
         let ctx = current.borrow().clone();
         // At the limit: wait for a slot rather than accept and drop (no busy loop).
-        while ctx.conns.get() >= ctx.max_conns {
+        while ctx.count.open.get() >= ctx.max_conns {
             tokio::select! {
-                _ = ctx.released.notified() => {}
+                _ = ctx.count.released.notified() => {}
                 _ = drain.changed() => return,
             }
         }

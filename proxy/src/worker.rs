@@ -11,7 +11,6 @@ use std::thread::JoinHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::config::Config;
 use crate::control::Published;
 use crate::filter::runtime::WorkerFilters;
 use crate::listener::{CurrentCtx, ListenerCtx, ListenerVersion, accept_loop};
@@ -160,7 +159,6 @@ impl WorkerCtx {
 pub struct WorkerSpec {
     pub id: usize,
     pub workers: usize,
-    pub config: Arc<Config>,
     pub drain: watch::Receiver<bool>,
     /// Published generations (filters and chains); the worker follows the latest.
     pub generations: watch::Receiver<Arc<Published>>,
@@ -187,7 +185,6 @@ async fn run(spec: WorkerSpec) {
     let WorkerSpec {
         id,
         workers,
-        config,
         mut drain,
         mut generations,
         acks,
@@ -216,13 +213,7 @@ async fn run(spec: WorkerSpec) {
     tokio::task::spawn_local(crate::proto::body::run_drainer());
     tokio::task::spawn_local(crate::timer::run_driver());
     tokio::task::spawn_local(telemetry.clone().run_flusher());
-    let tick = config
-        .listeners
-        .iter()
-        .map(|l| l.limits.header_read_timeout.min(l.limits.idle_timeout) / 4)
-        .min()
-        .unwrap_or(std::time::Duration::from_secs(1));
-    tokio::task::spawn_local(worker.watchdog.clone().run(tick));
+    tokio::task::spawn_local(worker.watchdog.clone().run());
     tracing::debug!(worker = id, "worker started");
     let _ = drain.wait_for(|d| *d).await;
     worker.watchdog.drain();
@@ -321,14 +312,11 @@ impl Listeners {
                 Some(a) if Arc::ptr_eq(&a.version, v) => {}
                 Some(a) if !v.rebinds() => {
                     // New settings, same sockets: new connections get them.
-                    let local = a.ctx.borrow().local;
-                    *a.ctx.borrow_mut() = Rc::new(ListenerCtx::new(
-                        &v.config,
-                        v.id,
-                        self.workers,
-                        local,
-                        v.tls.clone(),
-                    ));
+                    let old = a.ctx.borrow().clone();
+                    *a.ctx.borrow_mut() = Rc::new(
+                        ListenerCtx::new(&v.config, v.id, self.workers, old.local, v.tls.clone())
+                            .counting_with(&old),
+                    );
                     a.version = v.clone();
                 }
                 _ => {
@@ -352,6 +340,15 @@ impl Listeners {
                 retire(worker, old, p.config.drain_timeout);
             }
         }
+        // The watchdog looks a quarter of the shortest timeout of the listeners served now.
+        let tick = p
+            .config
+            .listeners
+            .iter()
+            .map(|l| l.limits.header_read_timeout.min(l.limits.idle_timeout) / 4)
+            .min()
+            .unwrap_or(std::time::Duration::from_secs(1));
+        worker.watchdog.set_tick(tick);
     }
 
     fn start(&self, worker: &Rc<WorkerCtx>, v: &Arc<ListenerVersion>) -> Option<Accepting> {

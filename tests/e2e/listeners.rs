@@ -349,3 +349,41 @@ async fn a_rollback_moves_a_listener_back_and_binds_its_old_address_again() {
     .await;
     load.finish("rolling a listener move back").await;
 }
+
+#[tokio::test]
+async fn max_connections_counts_connections_across_a_settings_change() {
+    let up = EchoServer::start().await;
+    let m = |extra: &str| manifest(up.addr, &[], extra).replace("workers: 2", "workers: 1");
+    let weir = start(&m(", limits: { max_connections: 2 }")).await;
+    let main = weir.listener_addr("main");
+    let mut a = H1Client::connect(main).await;
+    let mut b = H1Client::connect(main).await;
+    assert_eq!(a.get("/a").await.status, 200);
+    assert_eq!(b.get("/b").await.status, 200);
+    // New settings on the same socket: the two open connections still count.
+    let r = reload(
+        &weir,
+        &m(", limits: { max_connections: 2, max_request_headers: 50 }"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let third = tokio::spawn(async move {
+        let mut c = RawClient::connect(main).await;
+        c.write(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        c.read_response().await
+    });
+    // (a negative check can only be a bounded wait; it cannot fail spuriously, only miss)
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        up.requests().len(),
+        2,
+        "a third connection was served above max_connections 2 after the change"
+    );
+    drop(a);
+    let r = within("the third connection is served once one closed", third)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
