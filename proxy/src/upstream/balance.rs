@@ -507,4 +507,54 @@ pub(crate) mod tests {
         seen.dedup();
         assert_eq!(seen, [1, 2, 3]);
     }
+
+    #[test]
+    fn a_new_version_keeps_the_endpoints_that_stay_with_their_state_and_pools() {
+        use crate::config::EndpointConfig;
+        use crate::upstream::shared::{EndpointSource, VersionSpec};
+        // Over the scan threshold, so the address map is used.
+        let (cfg, addrs) = config(LbPolicy::RoundRobin, &[(1, 0); 20]);
+        let cfg = Arc::new(cfg);
+        let tel = crate::telemetry::Telemetry::bare(1);
+        let v1 = Arc::new(ClusterShared::simple(&cfg, &addrs, 1, &tel));
+        let c1 = Cluster::new(v1.clone(), 0, None);
+        // Drop the first endpoint, add a new one at the end.
+        let mut eps: Vec<EndpointConfig> =
+            addrs[1..].iter().map(|&a| EndpointConfig::at(a)).collect();
+        let fresh: std::net::SocketAddr = ([127, 0, 0, 9], 9).into();
+        eps.push(EndpointConfig::at(fresh));
+        let v2 = Arc::new(ClusterShared::build(
+            VersionSpec {
+                config: cfg.clone(),
+                endpoints: &eps,
+                tls: None,
+                source: EndpointSource::Admin,
+                dns: None,
+                generation: 2,
+                workers: 1,
+            },
+            Some(&v1),
+            &mut |_| 0,
+        ));
+        let c2 = Cluster::new(v2.clone(), 0, Some(&c1));
+        for (i, e) in c2.endpoints.iter().enumerate().take(19) {
+            let old = &c1.endpoints[i + 1];
+            assert!(
+                Rc::ptr_eq(e, old),
+                "endpoint {} kept its view and pool",
+                e.addr
+            );
+            assert!(Arc::ptr_eq(
+                &v2.endpoints[i].state,
+                &v1.endpoints[i + 1].state
+            ));
+        }
+        let last = c2.endpoints.last().unwrap();
+        assert_eq!(last.addr, fresh);
+        assert!(c1.endpoints.iter().all(|o| !Rc::ptr_eq(o, last)));
+        assert!(
+            Arc::ptr_eq(&v2.core, &v1.core),
+            "the cluster's core is kept"
+        );
+    }
 }

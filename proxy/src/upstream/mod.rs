@@ -211,13 +211,16 @@ impl Cluster {
         let now = crate::timer::now_ms();
         let default_rtt = cfg.ewma.default_rtt.as_secs_f64() * 1000.0;
         let pools_kept = prev.is_some_and(|p| p.shared.config.pools_compatible(&cfg));
+        let by_addr = prev
+            .filter(|_| pools_kept)
+            .map(|p| shared::AddrIndex::new(&p.endpoints, |e| e.addr));
         let endpoints = shared
             .endpoints
             .iter()
             .map(|e| {
                 let old = prev
-                    .filter(|_| pools_kept)
-                    .and_then(|p| p.endpoints.iter().find(|o| o.addr == e.addr));
+                    .zip(by_addr.as_ref())
+                    .and_then(|(p, idx)| idx.find(e.addr, &p.endpoints, |o| o.addr));
                 let ep = match old {
                     Some(o)
                         if o.weight == e.weight

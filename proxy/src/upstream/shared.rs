@@ -258,6 +258,37 @@ impl EndpointShared {
     }
 }
 
+/// Finds an endpoint of a version by address: a scan for a few, a map for many (a cluster of
+/// thousands of endpoints changed by one must not cost a scan per endpoint).
+pub(crate) struct AddrIndex(Option<std::collections::HashMap<SocketAddr, usize>>);
+
+impl AddrIndex {
+    /// Below this many endpoints a scan is cheaper than building a map.
+    const SCAN: usize = 16;
+
+    pub(crate) fn new<T>(items: &[T], addr: impl Fn(&T) -> SocketAddr) -> Self {
+        Self((items.len() > Self::SCAN).then(|| {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (addr(x), i))
+                .collect()
+        }))
+    }
+
+    pub(crate) fn find<'a, T>(
+        &self,
+        want: SocketAddr,
+        items: &'a [T],
+        addr: impl Fn(&T) -> SocketAddr,
+    ) -> Option<&'a T> {
+        match &self.0 {
+            Some(map) => map.get(&want).map(|&i| &items[i]),
+            None => items.iter().find(|x| addr(x) == want),
+        }
+    }
+}
+
 /// Where a cluster version's endpoints came from (`/clusters`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -403,8 +434,10 @@ impl ClusterShared {
                 metrics: slots(None),
             }),
         };
+        let by_addr = prev.map(|p| AddrIndex::new(&p.endpoints, |e| e.addr));
         let kept = |addr: SocketAddr| {
-            prev.and_then(|p| p.endpoints.iter().find(|e| e.addr == addr))
+            let (p, idx) = (prev?, by_addr.as_ref()?);
+            idx.find(addr, &p.endpoints, |e| e.addr)
                 .map(|e| e.state.clone())
         };
         let endpoints: Box<[EndpointShared]> = eps
