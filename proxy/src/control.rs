@@ -353,20 +353,9 @@ impl Control {
         // (sockets taken by workers, a stopped log writer): they are made again from the old
         // config, reusing what runs now where it is the same. Filters and cluster versions are
         // immutable and come back as they were.
-        let id = self.next_id.load(Relaxed);
-        let listeners = plan_listeners(
-            &prev.config,
-            &st.current.listeners,
-            self.workers,
-            id,
-            self.clusters.telemetry(),
-        )
-        .await?;
-        let telemetry = self
-            .clusters
-            .telemetry()
-            .outputs_for(&prev.config.telemetry)
-            .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        let (listeners, telemetry) = self
+            .edges(&prev.config, &st.current, self.next_id.load(Relaxed))
+            .await?;
         st.history.pop();
         let id = self.next_id.fetch_add(1, Relaxed);
         let p = Arc::new(Published {
@@ -526,21 +515,7 @@ impl Control {
                 .clusters
                 .plan(&next, &st.current.clusters, id, source, rediscovered)
                 .await?;
-            // Sockets of new and moved listeners are bound here: a bind failure refuses the
-            // change, and an address listens before the change is answered.
-            let listeners = plan_listeners(
-                &next,
-                &st.current.listeners,
-                self.workers,
-                id,
-                self.clusters.telemetry(),
-            )
-            .await?;
-            let telemetry = self
-                .clusters
-                .telemetry()
-                .outputs_for(&next.telemetry)
-                .map_err(|e| ControlError::Invalid(e.to_string()))?;
+            let (listeners, telemetry) = self.edges(&next, &st.current, id).await?;
             if dry_run {
                 return Ok(Applied {
                     generation: st.current.id,
@@ -591,6 +566,31 @@ impl Control {
         self.publish.send_replace(p.clone());
         self.commit(&p);
         self.wait_acks(p.id).await
+    }
+
+    /// What `config` needs at the process's edges, made from what runs now (`current`): its
+    /// listener versions (sockets of new and moved listeners are bound here, so a bind failure
+    /// refuses the change and an address listens before the change is answered) and its
+    /// telemetry outputs.
+    async fn edges(
+        &self,
+        config: &Config,
+        current: &Published,
+        generation: u64,
+    ) -> Result<(Vec<Arc<ListenerVersion>>, Arc<crate::telemetry::Outputs>), ControlError> {
+        let telemetry = self.clusters.telemetry();
+        let listeners = plan_listeners(
+            config,
+            &current.listeners,
+            self.workers,
+            generation,
+            telemetry,
+        )
+        .await?;
+        let outputs = telemetry
+            .outputs_for(&config.telemetry)
+            .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        Ok((listeners, outputs))
     }
 
     /// Counts what a change did to the listeners (`weir_listener_changes_total`).

@@ -216,6 +216,15 @@ impl Telemetry {
         b
     }
 
+    /// Hands out cluster `name`'s metric slots: `None` asks for the cluster's, `Some(addr)`
+    /// for an endpoint's (what building a cluster version needs).
+    pub fn slots_of<'a>(&'a self, name: &'a str) -> impl FnMut(Option<SocketAddr>) -> usize + 'a {
+        move |a| match a {
+            None => self.cluster_slots(name),
+            Some(a) => self.endpoint_slots(name, a),
+        }
+    }
+
     fn reserve(&self, len: usize) {
         if len <= self.reserved.load(std::sync::atomic::Ordering::Relaxed) {
             return;

@@ -268,10 +268,7 @@ impl ClusterManager {
                 workers: self.workers,
             },
             prev,
-            &mut |a| match a {
-                None => tel.cluster_slots(name),
-                Some(a) => tel.endpoint_slots(name, a),
-            },
+            &mut tel.slots_of(name),
         ))
     }
 

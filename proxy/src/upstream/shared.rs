@@ -508,10 +508,7 @@ impl ClusterShared {
                 workers,
             },
             None,
-            &mut |a| match a {
-                None => tel.cluster_slots(&name),
-                Some(a) => tel.endpoint_slots(&name, a),
-            },
+            &mut tel.slots_of(&name),
         )
     }
 
