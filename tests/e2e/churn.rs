@@ -12,11 +12,12 @@ use http_body_util::BodyExt;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use weir_tests::admin::{Listener, generation_of, start_with_token, with_token};
 use weir_tests::client::Body;
 use weir_tests::tls::{Leaf, TestCa, TlsClient, TlsInfo, get_certs, peer_certificate, tls_connect};
 use weir_tests::{
-    ChainManifest, EchoServer, FilterDef, H1Client, Load, RawClient, RawResponse, Weir,
-    add_to_listener, body_empty, eventually, rss_kib, within,
+    Admin, ChainManifest, EchoServer, FilterDef, H1Client, Load, Weir, add_to_listener, body_empty,
+    eventually, rss_kib, within,
 };
 
 use crate::observability::scrape;
@@ -27,75 +28,9 @@ const TOKEN: &str = "churn-token-3141";
 // The admin endpoint and the manifest
 // ---------------------------------------------------------------------------------------------
 
-/// `yaml` with mutations enabled by the token file `token` (written next to the manifest).
-fn with_token(yaml: &str) -> String {
-    let out = yaml.replace(
-        "admin: { address: 127.0.0.1:0 }",
-        "admin: { address: 127.0.0.1:0, token_file: token }",
-    );
-    assert!(out.contains("token_file"), "no admin line in:\n{yaml}");
-    out
-}
-
-/// Starts weir on `yaml` (mutations enabled with [`TOKEN`]) with `files` next to the manifest.
-async fn start(yaml: &str, files: &[(&str, &[u8])]) -> Weir {
-    let mut all: Vec<(&str, &[u8])> = vec![("token", TOKEN.as_bytes())];
-    all.extend_from_slice(files);
-    Weir::start_with_files(yaml, &all, &[]).await
-}
-
-/// One admin request (`Connection: close`) with [`TOKEN`].
-async fn call(admin: SocketAddr, method: &str, path: &str, body: &str) -> RawResponse {
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let mut c = RawClient::connect(admin).await;
-    c.write(head.as_bytes()).await.unwrap();
-    c.write(body.as_bytes()).await.unwrap();
-    c.read_response().await
-}
-
-/// Replaces the manifest file with `yaml` (atomically) and asks for a reload.
-async fn reload(weir: &Weir, yaml: &str) -> RawResponse {
-    let tmp = weir.dir().join("weir.yaml.tmp");
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, weir.dir().join("weir.yaml")).unwrap();
-    call(weir.admin_addr(), "POST", "/reload", "").await
-}
-
-/// The `generation` of a change's answer; panics unless the change answered 200.
-#[track_caller]
-fn generation_of(what: &str, r: &RawResponse) -> u64 {
-    assert_eq!(r.status, 200, "{what}: {}", r.text());
-    let v: Value = serde_json::from_slice(&r.body).unwrap();
-    v["generation"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{what}: no generation in {v}"))
-}
-
-async fn get_json(admin: SocketAddr, path: &str) -> Value {
-    let mut c = H1Client::connect(admin).await;
-    let r = c.get(path).await;
-    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("GET {path}: {e}: {}", r.text()))
-}
-
-/// `/listeners`: (name, bound address, version, tls) of each.
-async fn listeners(admin: SocketAddr) -> Vec<(String, SocketAddr, u64, bool)> {
-    get_json(admin, "/listeners").await["listeners"]
-        .as_array()
-        .expect("/listeners has a `listeners` list")
-        .iter()
-        .map(|l| {
-            (
-                l["name"].as_str().unwrap().to_owned(),
-                l["address"].as_str().unwrap().parse().unwrap(),
-                l["version"].as_u64().unwrap(),
-                l["tls"].as_bool().unwrap(),
-            )
-        })
-        .collect()
+/// `weir`'s admin endpoint, mutations with [`TOKEN`].
+fn admin_of(weir: &Weir) -> Admin {
+    Admin::of(weir).bearer(TOKEN)
 }
 
 /// Listening TCP sockets the process `pid` holds: its socket inodes in state LISTEN in
@@ -211,13 +146,13 @@ impl Model {
 /// Change `i` (its kind is `i % 5`) applied to weir and the model; every change answers 200 with
 /// the next generation. Cheap checks that the change took effect follow each kind.
 async fn change(i: usize, weir: &Weir, m: &mut Model, side: &EchoServer, sets: &[Vec<SocketAddr>]) {
-    let admin = weir.admin_addr();
+    let admin = admin_of(weir);
     let kind = i % 5;
     let r = match kind {
         // (a) add listener `extra` and cluster `side`; (b) remove them.
         0 | 1 => {
             m.extra = kind == 0;
-            reload(weir, &m.yaml(side.addr)).await
+            admin.reload(weir, &m.yaml(side.addr)).await
         }
         // (c) replace `web`'s endpoints.
         2 => {
@@ -228,18 +163,18 @@ async fn change(i: usize, weir: &Weir, m: &mut Model, side: &EchoServer, sets: &
                 .map(|a| json!({"address": a.to_string(), "weight": 1, "health": "healthy"}))
                 .collect();
             let body = json!({ "endpoints": eps }).to_string();
-            call(admin, "PUT", "/clusters/web/endpoints", &body).await
+            admin.put_endpoints("web", &body).await
         }
         // (d) patch filter `v`'s configuration.
         3 => {
             m.v += 1;
             let body = json!({"config": {"response": {"x-v": m.v.to_string()}}}).to_string();
-            call(admin, "PUT", "/filters/v", &body).await
+            admin.put_json("/filters/v", &body).await
         }
         // (e) flip `web`'s balancing.
         _ => {
             m.least_request = !m.least_request;
-            reload(weir, &m.yaml(side.addr)).await
+            admin.reload(weir, &m.yaml(side.addr)).await
         }
     };
     let what = format!("change {i} (kind {})", ["a", "b", "c", "d", "e"][kind]);
@@ -252,19 +187,19 @@ async fn change(i: usize, weir: &Weir, m: &mut Model, side: &EchoServer, sets: &
     match kind {
         0 => {
             // Bound before the answer: served at once, by `side`.
-            let extra = listeners(admin)
+            let extra = admin
+                .listeners()
                 .await
                 .into_iter()
-                .find(|l| l.0 == "extra")
+                .find(|l| l.name == "extra")
                 .unwrap_or_else(|| panic!("{what}: no listener extra"))
-                .1;
+                .address;
             let r = H1Client::connect(extra).await.get("/extra").await;
             assert_eq!(r.status, 200, "{what}: {}", r.text());
             assert_eq!(r.header("x-upstream"), Some(&*side.addr.to_string()));
         }
         1 => {
-            let names: Vec<String> = listeners(admin).await.into_iter().map(|l| l.0).collect();
-            assert_eq!(names, ["main"], "{what}");
+            assert_eq!(admin.listener_names().await, ["main"], "{what}");
         }
         3 => {
             let r = H1Client::connect(weir.listener_addr("main"))
@@ -294,8 +229,8 @@ async fn two_hundred_mixed_reloads_under_load_fail_nothing_and_free_what_they_re
         least_request: false,
         v: 0,
     };
-    let weir = start(&model.yaml(side.addr), &[]).await;
-    let (addr, admin, pid) = (weir.listener_addr("main"), weir.admin_addr(), weir.pid());
+    let weir = start_with_token(&model.yaml(side.addr), TOKEN, &[]).await;
+    let (addr, admin, pid) = (weir.listener_addr("main"), admin_of(&weir), weir.pid());
     let load = start_load(addr, &[e1.addr, e2.addr]);
     load.progress(200).await;
 
@@ -324,7 +259,7 @@ async fn two_hundred_mixed_reloads_under_load_fail_nothing_and_free_what_they_re
     eventually(
         "the final state in /clusters, /listeners and /metrics",
         async || {
-            let clusters = get_json(admin, "/clusters").await;
+            let clusters = admin.get_json("/clusters").await;
             let clusters = clusters["clusters"].as_array().unwrap();
             let names: Vec<&str> = clusters
                 .iter()
@@ -346,11 +281,11 @@ async fn two_hundred_mixed_reloads_under_load_fail_nothing_and_free_what_they_re
             if eps != want || web["lb"] != model.lb() {
                 return Err(format!("web: {web}"));
             }
-            let names: Vec<String> = listeners(admin).await.into_iter().map(|l| l.0).collect();
+            let names = admin.listener_names().await;
             if names != ["main"] {
                 return Err(format!("listeners {names:?}"));
             }
-            let m = scrape(admin).await;
+            let m = scrape(admin.addr).await;
             if m.get("weir_generation", &[]) != Some(generation as f64) {
                 return Err(format!(
                     "weir_generation {:?}",
@@ -506,6 +441,30 @@ fn serial_and_digest(l: &Leaf) -> Vec<(String, String)> {
     vec![(l.serial_hex.clone(), l.sha256_hex())]
 }
 
+/// Eight new handshakes with `addr`, each presenting `leaf` (`want` names it).
+async fn assert_new_handshakes_present(
+    addr: SocketAddr,
+    client: &TlsClient,
+    leaf: &Leaf,
+    want: &str,
+) {
+    for _ in 0..8 {
+        let der = peer_certificate(addr, client).await.expect("TLS handshake");
+        assert_is(&der, leaf, want);
+    }
+}
+
+/// `/listeners` shows `main` alone: bound at `addr`, at `version`, terminating TLS.
+async fn assert_main_listener(admin: &Admin, addr: SocketAddr, version: u64) {
+    let main = Listener {
+        name: "main".to_owned(),
+        address: addr,
+        version,
+        tls: true,
+    };
+    assert_eq!(admin.listeners().await, [main]);
+}
+
 /// A TLS listener with certificate A, one keep-alive connection made on it, a [`TlsClient`]
 /// trusting the CA, and the leaves A and B (same CA, different name and serial).
 struct TlsSetup {
@@ -523,8 +482,9 @@ async fn tls_setup() -> TlsSetup {
     let b = ca.leaf("cert-b", None, &["b.example.org"]);
     assert_ne!(a.serial_hex, b.serial_hex);
     let echo = EchoServer::start().await;
-    let weir = start(
+    let weir = start_with_token(
         &tls_yaml(echo.addr, "a.pem", "a-key.pem"),
+        TOKEN,
         &[
             ("a.pem", a.cert_pem.as_bytes()),
             ("a-key.pem", a.key_pem.as_bytes()),
@@ -560,24 +520,18 @@ async fn a_listeners_tls_change_applies_to_new_handshakes_and_established_connec
         b,
         mut conn,
     } = tls_setup().await;
-    let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
+    let (addr, admin) = (weir.listener_addr("main"), admin_of(&weir));
 
-    let r = reload(&weir, &tls_yaml(echo.addr, "b.pem", "b-key.pem")).await;
+    let r = admin
+        .reload(&weir, &tls_yaml(echo.addr, "b.pem", "b-key.pem"))
+        .await;
     let generation = generation_of("the reload to certificate B", &r);
     assert_eq!(generation, 2);
     // A settings change: same socket, a new version.
-    assert_eq!(
-        listeners(admin).await,
-        [("main".to_owned(), addr, generation, true)]
-    );
+    assert_main_listener(&admin, addr, generation).await;
 
     // Every new handshake presents B (the answer came once both workers had the new version).
-    for _ in 0..8 {
-        let leaf = peer_certificate(addr, &client)
-            .await
-            .expect("TLS handshake");
-        assert_is(&leaf, &b, "B on a new connection");
-    }
+    assert_new_handshakes_present(addr, &client, &b, "B on a new connection").await;
     let mut fresh = TlsConn::open(addr, &client).await;
     assert_eq!(fresh.get("/fresh").await, 200);
     // The established connection keeps its session (made with A) and is served on.
@@ -592,7 +546,7 @@ async fn a_listeners_tls_change_applies_to_new_handshakes_and_established_connec
     assert_eq!(paths, ["/first", "/fresh", "/second", "/third"]);
 
     // /certs shows B's material for the listener's context, and only it.
-    let certs = get_certs(admin).await;
+    let certs = get_certs(admin.addr).await;
     let ctx: Vec<&str> = certs.contexts.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(ctx, ["listener:main"], "{certs:?}");
     let entry = certs.of("listener:main", "cert");
@@ -619,10 +573,12 @@ async fn a_listener_tls_change_with_a_bad_certificate_is_refused_and_the_old_kee
         mut conn,
         ..
     } = tls_setup().await;
-    let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
+    let (addr, admin) = (weir.listener_addr("main"), admin_of(&weir));
 
     // B's certificate beside A's key: they do not match.
-    let r = reload(&weir, &tls_yaml(echo.addr, "b.pem", "a-key.pem")).await;
+    let r = admin
+        .reload(&weir, &tls_yaml(echo.addr, "b.pem", "a-key.pem"))
+        .await;
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(
         r.text().contains("listeners.main.tls"),
@@ -630,18 +586,13 @@ async fn a_listener_tls_change_with_a_bad_certificate_is_refused_and_the_old_kee
         r.text()
     );
     // Nothing changed: same version, A on new handshakes and in /certs, the connection serves.
-    assert_eq!(listeners(admin).await, [("main".to_owned(), addr, 1, true)]);
-    for _ in 0..8 {
-        let leaf = peer_certificate(addr, &client)
-            .await
-            .expect("TLS handshake");
-        assert_is(&leaf, &a, "A on a new connection");
-    }
+    assert_main_listener(&admin, addr, 1).await;
+    assert_new_handshakes_present(addr, &client, &a, "A on a new connection").await;
     assert_eq!(conn.get("/after").await, 200);
     let mut fresh = TlsConn::open(addr, &client).await;
     assert_eq!(fresh.get("/fresh").await, 200);
-    assert_eq!(main_cert(admin).await, serial_and_digest(&a));
-    let m = scrape(admin).await;
+    assert_eq!(main_cert(admin.addr).await, serial_and_digest(&a));
+    let m = scrape(admin.addr).await;
     assert_eq!(m.get("weir_generation", &[]), Some(1.0));
     assert_eq!(
         m.get("weir_config_changes_total", &[("result", "refused")]),

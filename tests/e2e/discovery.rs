@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use weir_tests::dns::DnsServer;
-use weir_tests::{EchoServer, H1Client, Load, Weir, eventually};
+use weir_tests::{Admin, EchoServer, Load, Weir, eventually};
 
 /// Echo servers on 127.0.0.N, all on one port (DNS gives addresses; the port is the manifest's).
 async fn upstreams(hosts: &[u8]) -> (u16, Vec<EchoServer>) {
@@ -48,17 +48,27 @@ clusters:
     )
 }
 
-async fn clusters_json(weir: &Weir) -> serde_json::Value {
-    let mut c = H1Client::connect(weir.admin_addr()).await;
-    let r = c.get("/clusters").await;
-    assert_eq!(r.status, 200);
-    serde_json::from_str(&r.text()).unwrap()
-}
-
 async fn metric(weir: &Weir, name: &str) -> f64 {
     crate::observability::scrape(weir.admin_addr())
         .await
         .sum(name, &[("cluster", "api")])
+}
+
+/// Upstreams on 127.0.0.N for each of `hosts`, a DNS server answering `api.test.` with the
+/// first `resolved` of them (TTL 1 s), weir with cluster `api` by `discovery` on it, and the load
+/// (four keep-alive clients) on its listener.
+async fn setup(
+    hosts: &[u8],
+    resolved: usize,
+    discovery: &str,
+) -> (Vec<EchoServer>, DnsServer, Weir, Load) {
+    let (port, ups) = upstreams(hosts).await;
+    let dns = DnsServer::start().await.unwrap();
+    let ips: Vec<IpAddr> = hosts[..resolved].iter().map(|&h| ip(h)).collect();
+    dns.set("api.test.", &ips, 1);
+    let weir = Weir::start(&manifest(&dns, discovery, port)).await;
+    let load = Load::on(weir.listener_addr("main")).keep_alive(4).start();
+    (ups, dns, weir, load)
 }
 
 /// Waits until only `want` answer (after the change: what arrives from then on).
@@ -83,11 +93,7 @@ async fn until_only(load: &Load, want: &[&EchoServer]) {
 
 #[tokio::test]
 async fn traffic_follows_dns_records_from_one_address_to_two_to_a_third() {
-    let (port, ups) = upstreams(&[21, 22, 23]).await;
-    let dns = DnsServer::start().await.unwrap();
-    dns.set("api.test.", &[ip(21)], 1);
-    let weir = Weir::start(&manifest(&dns, "dns", port)).await;
-    let load = Load::on(weir.listener_addr("main")).keep_alive(4).start();
+    let (ups, dns, weir, load) = setup(&[21, 22, 23], 1, "dns").await;
 
     until_only(&load, &[&ups[0]]).await;
     dns.set("api.test.", &[ip(21), ip(22)], 1);
@@ -95,7 +101,7 @@ async fn traffic_follows_dns_records_from_one_address_to_two_to_a_third() {
     dns.set("api.test.", &[ip(23)], 1);
     until_only(&load, &[&ups[2]]).await;
 
-    let v = clusters_json(&weir).await;
+    let v = Admin::of(&weir).get_json("/clusters").await;
     let api = &v["clusters"][0];
     assert_eq!(api["endpoint_source"], "dns");
     assert_eq!(api["endpoints"].as_array().unwrap().len(), 1);
@@ -107,11 +113,7 @@ async fn traffic_follows_dns_records_from_one_address_to_two_to_a_third() {
 
 #[tokio::test]
 async fn a_dns_server_that_stops_answering_keeps_the_last_endpoints_serving() {
-    let (port, ups) = upstreams(&[31, 32]).await;
-    let dns = DnsServer::start().await.unwrap();
-    dns.set("api.test.", &[ip(31), ip(32)], 1);
-    let weir = Weir::start(&manifest(&dns, "dns", port)).await;
-    let load = Load::on(weir.listener_addr("main")).keep_alive(4).start();
+    let (ups, dns, weir, load) = setup(&[31, 32], 2, "dns").await;
     until_only(&load, &[&ups[0], &ups[1]]).await;
 
     dns.set_answering(false);
@@ -127,7 +129,7 @@ async fn a_dns_server_that_stops_answering_keeps_the_last_endpoints_serving() {
     .await;
     // The last good endpoints serve on.
     until_only(&load, &[&ups[0], &ups[1]]).await;
-    let v = clusters_json(&weir).await;
+    let v = Admin::of(&weir).get_json("/clusters").await;
     assert_eq!(v["clusters"][0]["dns"]["last_ok"], false);
     assert!(
         v["clusters"][0]["dns"]["last_error"]
@@ -146,15 +148,11 @@ async fn a_dns_server_that_stops_answering_keeps_the_last_endpoints_serving() {
 
 #[tokio::test]
 async fn logical_dns_uses_one_address_at_a_time() {
-    let (port, ups) = upstreams(&[41, 42]).await;
-    let dns = DnsServer::start().await.unwrap();
-    dns.set("api.test.", &[ip(41), ip(42)], 1);
-    let weir = Weir::start(&manifest(&dns, "logical_dns", port)).await;
-    let load = Load::on(weir.listener_addr("main")).keep_alive(4).start();
+    let (ups, dns, weir, load) = setup(&[41, 42], 2, "logical_dns").await;
     until_only(&load, &[&ups[0]]).await;
     dns.set("api.test.", &[ip(42)], 1);
     until_only(&load, &[&ups[1]]).await;
-    let v = clusters_json(&weir).await;
+    let v = Admin::of(&weir).get_json("/clusters").await;
     assert_eq!(v["clusters"][0]["endpoints"].as_array().unwrap().len(), 1);
     load.finish("logical_dns following the records").await;
 }

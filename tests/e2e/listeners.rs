@@ -5,8 +5,8 @@
 
 use std::net::SocketAddr;
 
-use serde_json::Value;
-use weir_tests::{EchoServer, H1Client, Load, RawClient, RawResponse, Weir, eventually, within};
+use weir_tests::admin::{generation_of, start_with_token};
+use weir_tests::{Admin, EchoServer, H1Client, Load, RawClient, Weir, eventually, within};
 
 const TOKEN: &str = "listeners-token-42";
 
@@ -30,48 +30,11 @@ listeners:
     y
 }
 
-async fn start(yaml: &str) -> Weir {
-    Weir::start_with_files(yaml, &[("token", TOKEN.as_bytes())], &[]).await
-}
-
-async fn reload(weir: &Weir, yaml: &str) -> RawResponse {
-    std::fs::write(weir.dir().join("weir.yaml"), yaml).unwrap();
-    let admin = weir.admin_addr();
-    let head = format!(
-        "POST /reload HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
-    );
-    let mut c = RawClient::connect(admin).await;
-    c.write(head.as_bytes()).await.unwrap();
-    c.read_response().await
-}
-
-/// The bound address of each listener, from `/listeners`.
-async fn bound(weir: &Weir) -> Vec<(String, SocketAddr, u64)> {
-    let mut c = H1Client::connect(weir.admin_addr()).await;
-    let r = c.get("/listeners").await;
-    assert_eq!(r.status, 200);
-    let v: Value = serde_json::from_str(&r.text()).unwrap();
-    v["listeners"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                l["name"].as_str().unwrap().to_owned(),
-                l["address"].as_str().unwrap().parse().unwrap(),
-                l["version"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-async fn addr_of(weir: &Weir, name: &str) -> SocketAddr {
-    bound(weir)
-        .await
-        .into_iter()
-        .find(|(n, _, _)| n == name)
-        .unwrap_or_else(|| panic!("no listener {name}"))
-        .1
+/// Weir on `yaml` (mutations enabled with [`TOKEN`]) and its admin endpoint.
+async fn start(yaml: &str) -> (Weir, Admin) {
+    let weir = start_with_token(yaml, TOKEN, &[]).await;
+    let admin = Admin::of(&weir).bearer(TOKEN);
+    (weir, admin)
 }
 
 /// The load on listener `main` at `addr`, which the changes leave alone: one keep-alive client
@@ -90,34 +53,42 @@ async fn serves(addr: SocketAddr) -> bool {
     }
 }
 
-async fn refuses(addr: SocketAddr) -> bool {
-    tokio::net::TcpStream::connect(addr).await.is_err()
+/// Waits until connections to `addr` are refused (`what` names the wait).
+async fn until_refused(addr: SocketAddr, what: &str) {
+    eventually(what, async || {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still accepting"),
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_reload_adds_a_listener_that_serves_before_the_answer() {
     let up = EchoServer::start().await;
-    let weir = start(&manifest(up.addr, &[], "")).await;
+    let (weir, admin) = start(&manifest(up.addr, &[], "")).await;
     let load = start_load(weir.listener_addr("main"));
-    let r = reload(&weir, &manifest(up.addr, &[("extra", 0)], "")).await;
+    let r = admin
+        .reload(&weir, &manifest(up.addr, &[("extra", 0)], ""))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // Bound before the answer: the first connection after it is served.
-    let extra = addr_of(&weir, "extra").await;
+    let extra = admin.listener("extra").await.address;
     assert!(serves(extra).await, "the new listener serves at once");
-    let generation: Value = serde_json::from_str(&r.text()).unwrap();
-    let versions = bound(&weir).await;
-    let v = versions.iter().find(|(n, _, _)| n == "extra").unwrap().2;
-    assert_eq!(v, generation["generation"].as_u64().unwrap());
+    let listeners = admin.listeners().await;
+    let version = |name: &str| listeners.iter().find(|l| l.name == name).unwrap().version;
+    assert_eq!(version("extra"), generation_of("adding extra", &r));
     // main did not change: it keeps its version.
-    assert_eq!(versions.iter().find(|(n, _, _)| n == "main").unwrap().2, 1);
+    assert_eq!(version("main"), 1);
     load.finish("a reload adding listener extra").await;
 }
 
 #[tokio::test]
 async fn removing_a_listener_stops_accepting_and_finishes_its_request_in_flight() {
     let up = EchoServer::start().await;
-    let weir = start(&manifest(up.addr, &[("extra", 0)], "")).await;
-    let extra = addr_of(&weir, "extra").await;
+    let (weir, admin) = start(&manifest(up.addr, &[("extra", 0)], "")).await;
+    let extra = admin.listener("extra").await.address;
     let load = start_load(weir.listener_addr("main"));
 
     // A slow request in flight on `extra`.
@@ -125,68 +96,52 @@ async fn removing_a_listener_stops_accepting_and_finishes_its_request_in_flight(
     let slow = tokio::spawn(async move { held.get("/hold/slow").await });
     up.wait_in_flight(1).await;
 
-    let r = reload(&weir, &manifest(up.addr, &[], "")).await;
+    let r = admin.reload(&weir, &manifest(up.addr, &[], "")).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    eventually("the removed listener refuses connections", async || {
-        if refuses(extra).await {
-            Ok(())
-        } else {
-            Err("still accepting")
-        }
-    })
-    .await;
+    until_refused(extra, "the removed listener refuses connections").await;
     up.release(1);
     let resp = within("the request in flight completes", slow)
         .await
         .unwrap();
     assert_eq!(resp.status, 200, "{}", resp.text());
-    assert!(bound(&weir).await.iter().all(|(n, _, _)| n != "extra"));
+    assert!(admin.listeners().await.iter().all(|l| l.name != "extra"));
     load.finish("removing listener extra").await;
 }
 
 #[tokio::test]
 async fn a_listener_moves_to_a_new_port() {
     let up = EchoServer::start().await;
-    let weir = start(&manifest(up.addr, &[("mobile", 0)], "")).await;
-    let old = addr_of(&weir, "mobile").await;
+    let (weir, admin) = start(&manifest(up.addr, &[("mobile", 0)], "")).await;
+    let old = admin.listener("mobile").await.address;
     assert!(serves(old).await);
     let load = start_load(weir.listener_addr("main"));
-    // A port free now: bind and release it.
-    let new_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let r = reload(&weir, &manifest(up.addr, &[("mobile", new_port)], "")).await;
+    let new_port = free_port();
+    let r = admin
+        .reload(&weir, &manifest(up.addr, &[("mobile", new_port)], ""))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let new: SocketAddr = ([127, 0, 0, 1], new_port).into();
-    assert_eq!(addr_of(&weir, "mobile").await, new);
+    assert_eq!(admin.listener("mobile").await.address, new);
     assert!(serves(new).await, "the new port serves at once");
-    eventually("the old port stops accepting", async || {
-        if refuses(old).await {
-            Ok(())
-        } else {
-            Err("still accepting")
-        }
-    })
-    .await;
+    until_refused(old, "the old port stops accepting").await;
     load.finish("moving listener mobile").await;
 }
 
 #[tokio::test]
 async fn a_settings_change_keeps_the_socket_and_applies_to_new_connections() {
     let up = EchoServer::start().await;
-    let weir = start(&manifest(up.addr, &[], "")).await;
+    let (weir, admin) = start(&manifest(up.addr, &[], "")).await;
     let main = weir.listener_addr("main");
     let load = start_load(main);
     // A tighter header limit: new connections get it.
-    let r = reload(
-        &weir,
-        &manifest(up.addr, &[], ", limits: { max_request_headers: 5 }"),
-    )
-    .await;
+    let r = admin
+        .reload(
+            &weir,
+            &manifest(up.addr, &[], ", limits: { max_request_headers: 5 }"),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(addr_of(&weir, "main").await, main, "same socket");
+    assert_eq!(admin.listener("main").await.address, main, "same socket");
     let mut c = RawClient::connect(main).await;
     let mut head = String::from("GET /many HTTP/1.1\r\nhost: x\r\n");
     for i in 0..10 {
@@ -202,24 +157,28 @@ async fn a_settings_change_keeps_the_socket_and_applies_to_new_connections() {
 #[tokio::test]
 async fn a_bind_failure_refuses_the_whole_change_and_the_running_config_serves() {
     let up = EchoServer::start().await;
-    let weir = start(&manifest(up.addr, &[], "")).await;
+    let (weir, admin) = start(&manifest(up.addr, &[], "")).await;
     let load = start_load(weir.listener_addr("main"));
     // A plain socket (no SO_REUSEPORT) holds the port.
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = holder.local_addr().unwrap().port();
-    let r = reload(
-        &weir,
-        &manifest(up.addr, &[("ok", 0), ("clash", taken)], ""),
-    )
-    .await;
+    let r = admin
+        .reload(
+            &weir,
+            &manifest(up.addr, &[("ok", 0), ("clash", taken)], ""),
+        )
+        .await;
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(
         r.text().contains("listeners.clash.address") && r.text().contains(&taken.to_string()),
         "names the listener and address: {}",
         r.text()
     );
-    let names: Vec<String> = bound(&weir).await.into_iter().map(|(n, _, _)| n).collect();
-    assert_eq!(names, ["main"], "nothing of the change applied");
+    assert_eq!(
+        admin.listener_names().await,
+        ["main"],
+        "nothing of the change applied"
+    );
     drop(holder);
     load.finish("a reload refused by a bind failure").await;
 }
@@ -228,9 +187,11 @@ async fn a_bind_failure_refuses_the_whole_change_and_the_running_config_serves()
 async fn what_needs_a_restart_is_refused_by_name_and_the_rest_is_live() {
     let up = EchoServer::start().await;
     let base = manifest(up.addr, &[], "");
-    let weir = start(&base).await;
+    let (weir, admin) = start(&base).await;
     // The worker count cannot change without a restart: refused, naming it.
-    let r = reload(&weir, &base.replace("workers: 2", "workers: 3")).await;
+    let r = admin
+        .reload(&weir, &base.replace("workers: 2", "workers: 3"))
+        .await;
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(
         r.text().contains("workers") && r.text().contains("restart"),
@@ -238,14 +199,14 @@ async fn what_needs_a_restart_is_refused_by_name_and_the_rest_is_live() {
         r.text()
     );
     // The drain timeout can.
-    let r = reload(
-        &weir,
-        &base.replace("drain_timeout: 5s", "drain_timeout: 7s"),
-    )
-    .await;
+    let r = admin
+        .reload(
+            &weir,
+            &base.replace("drain_timeout: 5s", "drain_timeout: 7s"),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let mut c = H1Client::connect(weir.admin_addr()).await;
-    let dump: Value = serde_json::from_str(&c.get("/config_dump").await.text()).unwrap();
+    let dump = admin.get_json("/config_dump").await;
     assert_eq!(dump["drain_timeout"], "7s", "{dump}");
     assert!(serves(weir.listener_addr("main")).await);
 }
@@ -254,13 +215,13 @@ async fn what_needs_a_restart_is_refused_by_name_and_the_rest_is_live() {
 async fn a_reload_turns_the_access_log_on_and_off() {
     let up = EchoServer::start().await;
     let base = manifest(up.addr, &[], "");
-    let weir = start(&base).await;
+    let (weir, admin) = start(&base).await;
     let main = weir.listener_addr("main");
     let log = weir.dir().join("access.log");
     let on = format!(
         "{base}telemetry:\n  access_log: {{ path: access.log, fields: [path, status], flush_interval: 10ms }}\n"
     );
-    let r = reload(&weir, &on).await;
+    let r = admin.reload(&weir, &on).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let mut c = H1Client::connect(main).await;
     assert_eq!(c.get("/logged").await.status, 200);
@@ -275,13 +236,13 @@ async fn a_reload_turns_the_access_log_on_and_off() {
     .await;
     assert!(lines.contains("\"status\":200"), "{lines}");
     // Off again: later requests are not logged (the writer is flushed and stopped first).
-    let r = reload(&weir, &base).await;
+    let r = admin.reload(&weir, &base).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let mut c = H1Client::connect(main).await;
     assert_eq!(c.get("/not-logged").await.status, 200);
     // A request that is logged by a third log proves the second went through nothing.
     let again = on.replace("access.log", "again.log");
-    assert_eq!(reload(&weir, &again).await.status, 200);
+    assert_eq!(admin.reload(&weir, &again).await.status, 200);
     assert_eq!(
         H1Client::connect(main).await.get("/again").await.status,
         200
@@ -308,45 +269,26 @@ fn free_port() -> u16 {
 async fn a_rollback_moves_a_listener_back_and_binds_its_old_address_again() {
     let up = EchoServer::start().await;
     let (p1, p2) = (free_port(), free_port());
-    let weir = start(&manifest(up.addr, &[("mobile", p1)], "")).await;
+    let (weir, admin) = start(&manifest(up.addr, &[("mobile", p1)], "")).await;
     let (a1, a2): (SocketAddr, SocketAddr) =
         (([127, 0, 0, 1], p1).into(), ([127, 0, 0, 1], p2).into());
     assert!(serves(a1).await);
     let load = start_load(weir.listener_addr("main"));
     assert_eq!(
-        reload(&weir, &manifest(up.addr, &[("mobile", p2)], ""))
+        admin
+            .reload(&weir, &manifest(up.addr, &[("mobile", p2)], ""))
             .await
             .status,
         200
     );
     assert!(serves(a2).await);
-    eventually("the first port is let go", async || {
-        if refuses(a1).await {
-            Ok(())
-        } else {
-            Err("still accepting")
-        }
-    })
-    .await;
+    until_refused(a1, "the first port is let go").await;
     // Rollback: the previous generation's listener comes back on its own address.
-    let admin = weir.admin_addr();
-    let head = format!(
-        "POST /rollback HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
-    );
-    let mut c = RawClient::connect(admin).await;
-    c.write(head.as_bytes()).await.unwrap();
-    let r = c.read_response().await;
+    let r = admin.rollback().await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(addr_of(&weir, "mobile").await, a1);
+    assert_eq!(admin.listener("mobile").await.address, a1);
     assert!(serves(a1).await, "the old address serves again");
-    eventually("the second port is let go", async || {
-        if refuses(a2).await {
-            Ok(())
-        } else {
-            Err("still accepting")
-        }
-    })
-    .await;
+    until_refused(a2, "the second port is let go").await;
     load.finish("rolling a listener move back").await;
 }
 
@@ -354,18 +296,19 @@ async fn a_rollback_moves_a_listener_back_and_binds_its_old_address_again() {
 async fn max_connections_counts_connections_across_a_settings_change() {
     let up = EchoServer::start().await;
     let m = |extra: &str| manifest(up.addr, &[], extra).replace("workers: 2", "workers: 1");
-    let weir = start(&m(", limits: { max_connections: 2 }")).await;
+    let (weir, admin) = start(&m(", limits: { max_connections: 2 }")).await;
     let main = weir.listener_addr("main");
     let mut a = H1Client::connect(main).await;
     let mut b = H1Client::connect(main).await;
     assert_eq!(a.get("/a").await.status, 200);
     assert_eq!(b.get("/b").await.status, 200);
     // New settings on the same socket: the two open connections still count.
-    let r = reload(
-        &weir,
-        &m(", limits: { max_connections: 2, max_request_headers: 50 }"),
-    )
-    .await;
+    let r = admin
+        .reload(
+            &weir,
+            &m(", limits: { max_connections: 2, max_request_headers: 50 }"),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let third = tokio::spawn(async move {
         let mut c = RawClient::connect(main).await;

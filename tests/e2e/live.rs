@@ -8,11 +8,12 @@
 use std::net::SocketAddr;
 
 use serde_json::{Value, json};
+use weir_tests::admin::{generation_of, start_with_token, with_token};
 use weir_tests::client::Collected;
 use weir_tests::tls::{Leaf, TestCa};
 use weir_tests::{
-    ChainManifest, ControlledServer, EchoServer, FilterDef, H1Client, Load, RawClient, RawResponse,
-    Weir, add_to_listener, eventually, weir_bin, within,
+    Admin, ChainManifest, ControlledServer, EchoServer, FilterDef, H1Client, Load, Weir,
+    add_to_listener, eventually, weir_bin, within,
 };
 
 use crate::assert_error;
@@ -39,47 +40,28 @@ async fn finish(load: Load, phase: &str) {
 // Weir, the admin endpoint, the manifest
 // ---------------------------------------------------------------------------------------------
 
-/// `yaml` with mutations enabled by the token file `token` (written next to the manifest).
-fn with_token(yaml: &str) -> String {
-    let out = yaml.replace(
-        "admin: { address: 127.0.0.1:0 }",
-        "admin: { address: 127.0.0.1:0, token_file: token }",
-    );
-    assert!(out.contains("token_file"), "no admin line in:\n{yaml}");
-    out
-}
-
 /// Weir running `m` with two workers and mutations enabled with [`TOKEN`].
 async fn start(m: ChainManifest) -> Weir {
-    let yaml = with_token(&m.workers(2).yaml());
-    Weir::start_with_files(&yaml, &[("token", TOKEN.as_bytes())], &[]).await
+    start_with_token(&with_token(&m.workers(2).yaml()), TOKEN, &[]).await
 }
 
-/// One admin request (`Connection: close`) with [`TOKEN`] when `token`.
-async fn call(admin: SocketAddr, method: &str, path: &str, token: bool, body: &str) -> RawResponse {
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if token {
-        head.push_str(&format!("Authorization: Bearer {TOKEN}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut c = RawClient::connect(admin).await;
-    c.write(head.as_bytes()).await.unwrap();
-    c.write(body.as_bytes()).await.unwrap();
-    c.read_response().await
+/// `weir`'s admin endpoint, mutations with [`TOKEN`].
+fn admin_of(weir: &Weir) -> Admin {
+    Admin::of(weir).bearer(TOKEN)
 }
 
-async fn put_endpoints(admin: SocketAddr, cluster: &str, body: &str) -> RawResponse {
-    call(
-        admin,
-        "PUT",
-        &format!("/clusters/{cluster}/endpoints"),
-        true,
-        body,
+/// Weir (see [`start`]) with listener `main` → cluster `web` at `web`: weir, the listener's
+/// address, the admin endpoint and the load on the listener.
+async fn start_web(web: &[SocketAddr]) -> (Weir, SocketAddr, Admin, Load) {
+    let weir = start(
+        ChainManifest::new()
+            .cluster("web", web)
+            .listener("main", "web", None),
     )
-    .await
+    .await;
+    let (addr, admin) = (weir.listener_addr("main"), admin_of(&weir));
+    let load = start_load(addr);
+    (weir, addr, admin, load)
 }
 
 /// `{"endpoints": [{"address": …}, …]}`.
@@ -91,34 +73,9 @@ fn endpoints(addrs: &[SocketAddr]) -> String {
     json!({ "endpoints": eps }).to_string()
 }
 
-/// Replaces the manifest file with `yaml` (atomically) and asks for a reload.
-async fn reload(weir: &Weir, yaml: &str) -> RawResponse {
-    let tmp = weir.dir().join("weir.yaml.tmp");
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, weir.dir().join("weir.yaml")).unwrap();
-    call(weir.admin_addr(), "POST", "/reload", true, "").await
-}
-
-/// The `generation` of a successful change's answer.
-#[track_caller]
-fn generation_of(r: &RawResponse) -> u64 {
-    assert_eq!(r.status, 200, "{}", r.text());
-    let v: Value = serde_json::from_slice(&r.body).unwrap();
-    v["generation"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no generation in {v}"))
-}
-
-async fn get_json(admin: SocketAddr, path: &str) -> Value {
-    let mut c = H1Client::connect(admin).await;
-    let r = c.get(path).await;
-    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("GET {path}: {e}: {}", r.text()))
-}
-
 /// Cluster `name` in `/clusters`, if there is one.
-async fn cluster(admin: SocketAddr, name: &str) -> Option<Value> {
-    let all = get_json(admin, "/clusters").await;
+async fn cluster(admin: &Admin, name: &str) -> Option<Value> {
+    let all = admin.get_json("/clusters").await;
     all["clusters"]
         .as_array()
         .expect("/clusters has a `clusters` list")
@@ -128,7 +85,7 @@ async fn cluster(admin: SocketAddr, name: &str) -> Option<Value> {
 }
 
 /// Cluster `name` in `/clusters`; panics if absent.
-async fn cluster_of(admin: SocketAddr, name: &str) -> Value {
+async fn cluster_of(admin: &Admin, name: &str) -> Value {
     cluster(admin, name)
         .await
         .unwrap_or_else(|| panic!("no cluster {name} in /clusters"))
@@ -175,14 +132,12 @@ fn received(up: &EchoServer) -> usize {
     up.requests().len()
 }
 
-/// Waits until the load has run on while the upstreams `ups` received no request: returns their
-/// request count then. Requests that started before a change was answered may still reach them;
-/// this waits those out.
-async fn settled_requests(load: &Load, ups: &[&EchoServer]) -> usize {
-    let count = || ups.iter().map(|u| received(u)).sum::<usize>();
+/// Waits until `count` stays put while the load runs on for `requests` more requests: returns
+/// it then (`what` names the wait).
+async fn steady(load: &Load, requests: u64, what: &str, count: impl Fn() -> usize) -> usize {
     let mut last = count();
-    eventually("the old endpoints to get no more requests", async || {
-        load.progress(200).await;
+    eventually(what, async || {
+        load.progress(requests).await;
         let now = count();
         if now == last {
             Ok(now)
@@ -194,24 +149,24 @@ async fn settled_requests(load: &Load, ups: &[&EchoServer]) -> usize {
     .await
 }
 
+/// Waits until the load has run on while the upstreams `ups` received no request: returns their
+/// request count then. Requests that started before a change was answered may still reach them;
+/// this waits those out.
+async fn settled_requests(load: &Load, ups: &[&EchoServer]) -> usize {
+    steady(
+        load,
+        200,
+        "the old endpoints to get no more requests",
+        || ups.iter().map(|u| received(u)).sum(),
+    )
+    .await
+}
+
 /// Waits until `up`'s accept count stays put while the load runs on (the pools are full):
 /// returns it.
 async fn settled_accepts(load: &Load, up: &EchoServer) -> usize {
-    let mut last = up.accepts();
-    eventually(
-        &format!("the pools to {} to stop growing", up.addr),
-        async || {
-            load.progress(300).await;
-            let now = up.accepts();
-            if now == last {
-                Ok(now)
-            } else {
-                last = now;
-                Err(now)
-            }
-        },
-    )
-    .await
+    let what = format!("the pools to {} to stop growing", up.addr);
+    steady(load, 300, &what, || up.accepts()).await
 }
 
 /// One `GET path` with extra headers on a fresh connection.
@@ -234,17 +189,19 @@ async fn rotating_endpoints_from_a_to_b_moves_traffic_and_closes_a() {
             .listener("main", "web", None),
     )
     .await;
-    let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
+    let (addr, admin) = (weir.listener_addr("main"), admin_of(&weir));
     let load = start_load(addr);
     for up in &a {
         load.wait_served(up.addr, 50).await;
     }
-    let before = scrape(admin).await;
+    let before = scrape(admin.addr).await;
     assert!(has_endpoint_series(&before, a[0].addr));
     assert!(!has_endpoint_series(&before, b[0].addr));
 
-    let r = put_endpoints(admin, "web", &endpoints(&[b[0].addr, b[1].addr])).await;
-    let generation = generation_of(&r);
+    let r = admin
+        .put_endpoints("web", &endpoints(&[b[0].addr, b[1].addr]))
+        .await;
+    let generation = generation_of("the change to B", &r);
     assert_eq!(generation, 2, "{}", r.text());
     let at_answer = a.iter().map(received).sum::<usize>();
     // Only requests already started when the answer came may still reach A: one per connection.
@@ -270,16 +227,16 @@ async fn rotating_endpoints_from_a_to_b_moves_traffic_and_closes_a() {
     }
     let a_accepts: Vec<usize> = a.iter().map(EchoServer::accepts).collect();
 
-    let c = cluster_of(admin, "web").await;
+    let c = cluster_of(&admin, "web").await;
     assert_eq!(c["endpoint_source"], "admin", "{c}");
     assert_eq!(c["version"], generation, "{c}");
     assert_eq!(addresses(&c), sorted(&[b[0].addr, b[1].addr]), "{c}");
-    let dump = get_json(admin, "/config_dump").await;
+    let dump = admin.get_json("/config_dump").await;
     assert_eq!(dump["generation"], generation, "{dump}");
     assert_eq!(dump["versions"]["clusters"]["web"], generation, "{dump}");
     // The listener did not change.
     assert_eq!(dump["versions"]["listeners"]["main"], 1, "{dump}");
-    let m = scrape(admin).await;
+    let m = scrape(admin.addr).await;
     assert_eq!(m.get("weir_endpoint_updates_total", &[]), Some(1.0));
     assert_eq!(
         m.get("weir_cluster_changes_total", &[("op", "update")]),
@@ -309,9 +266,9 @@ async fn rotating_endpoints_from_a_to_b_moves_traffic_and_closes_a() {
     // A1 comes back (no load now): its series continues where it stopped, counting every
     // request A1 ever answered.
     let served = received(&a[0]) as f64;
-    let r = put_endpoints(admin, "web", &endpoints(&[a[0].addr])).await;
-    assert_eq!(generation_of(&r), 3);
-    let m = scrape(admin).await;
+    let r = admin.put_endpoints("web", &endpoints(&[a[0].addr])).await;
+    assert_eq!(generation_of("the change back to A1", &r), 3);
+    let m = scrape(admin.addr).await;
     let a0 = a[0].addr.to_string();
     let labels = [("cluster", "web"), ("endpoint", a0.as_str())];
     assert_eq!(m.sum("weir_upstream_rq_total", &labels), served);
@@ -321,7 +278,10 @@ async fn rotating_endpoints_from_a_to_b_moves_traffic_and_closes_a() {
     assert_eq!(r.header("x-upstream"), Some(a0.as_str()));
     eventually(
         "A1's series to count the new request",
-        async || match scrape(admin).await.sum("weir_upstream_rq_total", &labels) {
+        async || match scrape(admin.addr)
+            .await
+            .sum("weir_upstream_rq_total", &labels)
+        {
             n if n == served + 1.0 => Ok(()),
             n => Err(n),
         },
@@ -340,19 +300,17 @@ async fn an_endpoint_that_stays_keeps_its_pooled_connections() {
         EchoServer::start().await,
         EchoServer::start().await,
     );
-    let weir = start(
-        ChainManifest::new()
-            .cluster("web", &[a.addr, b.addr])
-            .listener("main", "web", None),
-    )
-    .await;
-    let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
-    let load = start_load(addr);
+    let (_weir, addr, admin, load) = start_web(&[a.addr, b.addr]).await;
     load.wait_served(b.addr, 50).await;
     let (accepts, closes) = (settled_accepts(&load, &a).await, a.closes());
 
     // B leaves, C comes: A stays, with the connections it had.
-    generation_of(&put_endpoints(admin, "web", &endpoints(&[a.addr, c.addr])).await);
+    generation_of(
+        "B replaced by C",
+        &admin
+            .put_endpoints("web", &endpoints(&[a.addr, c.addr]))
+            .await,
+    );
     settled_requests(&load, &[&b]).await;
     load.wait_served(c.addr, 50).await;
     eventually("every connection to B closed", async || {
@@ -374,14 +332,20 @@ async fn an_endpoint_that_stays_keeps_its_pooled_connections() {
     finish(load, "B replaced by C").await;
 
     // No endpoint at all: the cluster answers 503 (no healthy upstream) until it has one again.
-    generation_of(&put_endpoints(admin, "web", r#"{"endpoints": []}"#).await);
-    assert_eq!(cluster_of(admin, "web").await["endpoints"], json!([]));
+    generation_of(
+        "no endpoint",
+        &admin.put_endpoints("web", r#"{"endpoints": []}"#).await,
+    );
+    assert_eq!(cluster_of(&admin, "web").await["endpoints"], json!([]));
     assert_error(
         &get_once(addr, "/empty", &[]).await,
         503,
         "no_healthy_upstream",
     );
-    generation_of(&put_endpoints(admin, "web", &endpoints(&[c.addr])).await);
+    generation_of(
+        "C back",
+        &admin.put_endpoints("web", &endpoints(&[c.addr])).await,
+    );
     let r = get_once(addr, "/again", &[]).await;
     assert_eq!(r.header("x-upstream"), Some(&*c.addr.to_string()), "{r:?}");
 }
@@ -427,14 +391,7 @@ async fn hold_on(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_an_endpoint_finishes_its_request_and_sends_it_no_more() {
     let (x, y) = (EchoServer::start().await, EchoServer::start().await);
-    let weir = start(
-        ChainManifest::new()
-            .cluster("web", &[x.addr, y.addr])
-            .listener("main", "web", None),
-    )
-    .await;
-    let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
-    let load = start_load(addr);
+    let (_weir, addr, admin, load) = start_web(&[x.addr, y.addr]).await;
     load.wait_served(x.addr, 50).await;
     load.wait_served(y.addr, 50).await;
     let held = hold_on(addr, &x, &y).await;
@@ -444,7 +401,7 @@ async fn draining_an_endpoint_finishes_its_request_and_sends_it_no_more() {
         {"address": y.addr.to_string()},
     ]})
     .to_string();
-    generation_of(&put_endpoints(admin, "web", &body).await);
+    generation_of("draining X", &admin.put_endpoints("web", &body).await);
     let at_answer = received(&x);
     let settled = settled_requests(&load, &[&x]).await;
     assert!(
@@ -467,7 +424,7 @@ async fn draining_an_endpoint_finishes_its_request_and_sends_it_no_more() {
         }
     })
     .await;
-    let c = cluster_of(admin, "web").await;
+    let c = cluster_of(&admin, "web").await;
     assert_eq!(c["endpoint_source"], "admin", "{c}");
     assert_eq!(endpoint(&c, x.addr)["health_status"], "draining", "{c}");
     assert_eq!(endpoint(&c, y.addr)["health_status"], "healthy", "{c}");
@@ -522,19 +479,28 @@ async fn a_reload_adds_changes_and_removes_clusters_under_load() {
         EchoServer::start().await,
         EchoServer::start().await,
     );
-    let weir = Weir::start_with_files(
+    let weir = start_with_token(
         &routed(web.addr, Some((spare.addr, "round_robin")), None),
-        &[("token", TOKEN.as_bytes())],
+        TOKEN,
         &[],
     )
     .await;
-    let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
+    let (addr, admin) = (weir.listener_addr("main"), admin_of(&weir));
     let to = async |cluster: &str| get_once(addr, "/routed", &[("x-to", cluster)]).await;
+    // A reload to `spare` with `lb` (if any) and `extra`: its generation.
+    let reload_to = async |what: &str, spare_lb: Option<&str>| {
+        let yaml = routed(
+            web.addr,
+            spare_lb.map(|lb| (spare.addr, lb)),
+            Some(extra.addr),
+        );
+        generation_of(what, &admin.reload(&weir, &yaml).await)
+    };
     let load = start_load(addr);
     load.wait_served(web.addr, 100).await;
     let accepts = settled_accepts(&load, &web).await;
     let closes = web.closes();
-    assert_eq!(cluster_of(admin, "web").await["version"], 1);
+    assert_eq!(cluster_of(&admin, "web").await["version"], 1);
     assert_error(&to("extra").await, 503, "unknown_cluster");
     assert_eq!(
         to("spare").await.header("x-upstream"),
@@ -542,42 +508,22 @@ async fn a_reload_adds_changes_and_removes_clusters_under_load() {
     );
 
     // Add `extra`.
-    let g = generation_of(
-        &reload(
-            &weir,
-            &routed(
-                web.addr,
-                Some((spare.addr, "round_robin")),
-                Some(extra.addr),
-            ),
-        )
-        .await,
-    );
+    let g = reload_to("adding extra", Some("round_robin")).await;
     let r = to("extra").await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("x-upstream"), Some(&*extra.addr.to_string()));
-    let c = cluster_of(admin, "extra").await;
+    let c = cluster_of(&admin, "extra").await;
     assert_eq!(
         (c["version"].as_u64(), c["endpoint_source"].as_str()),
         (Some(g), Some("static"))
     );
     assert_eq!(addresses(&c), sorted(&[extra.addr]));
-    assert_eq!(cluster_of(admin, "web").await["version"], 1);
-    assert_eq!(cluster_of(admin, "spare").await["version"], 1);
+    assert_eq!(cluster_of(&admin, "web").await["version"], 1);
+    assert_eq!(cluster_of(&admin, "spare").await["version"], 1);
 
     // Change `spare`'s balancing.
-    let g = generation_of(
-        &reload(
-            &weir,
-            &routed(
-                web.addr,
-                Some((spare.addr, "least_request")),
-                Some(extra.addr),
-            ),
-        )
-        .await,
-    );
-    let c = cluster_of(admin, "spare").await;
+    let g = reload_to("changing spare's balancing", Some("least_request")).await;
+    let c = cluster_of(&admin, "spare").await;
     assert_eq!(c["version"], g, "{c}");
     assert_eq!(c["lb"], "least_request", "{c}");
     let r = to("spare").await;
@@ -586,18 +532,18 @@ async fn a_reload_adds_changes_and_removes_clusters_under_load() {
         Some(&*spare.addr.to_string()),
         "{r:?}"
     );
-    assert_eq!(cluster_of(admin, "web").await["version"], 1);
-    assert_eq!(cluster_of(admin, "extra").await["version"], g - 1);
+    assert_eq!(cluster_of(&admin, "web").await["version"], 1);
+    assert_eq!(cluster_of(&admin, "extra").await["version"], g - 1);
 
     // Remove `spare`.
-    let g = generation_of(&reload(&weir, &routed(web.addr, None, Some(extra.addr))).await);
+    let g = reload_to("removing spare", None).await;
     assert!(
-        cluster(admin, "spare").await.is_none(),
+        cluster(&admin, "spare").await.is_none(),
         "spare still in /clusters"
     );
     assert_error(&to("spare").await, 503, "unknown_cluster");
     assert_eq!(to("extra").await.status, 200);
-    let dump = get_json(admin, "/config_dump").await;
+    let dump = admin.get_json("/config_dump").await;
     assert_eq!(dump["generation"], g, "{dump}");
     assert_eq!(
         dump["versions"]["clusters"],
@@ -605,7 +551,7 @@ async fn a_reload_adds_changes_and_removes_clusters_under_load() {
         "{dump}"
     );
 
-    let m = scrape(admin).await;
+    let m = scrape(admin.addr).await;
     for (op, n) in [("add", 1.0), ("update", 1.0), ("remove", 1.0)] {
         assert_eq!(
             m.get("weir_cluster_changes_total", &[("op", op)]),
@@ -616,7 +562,7 @@ async fn a_reload_adds_changes_and_removes_clusters_under_load() {
     assert_eq!(m.get("weir_endpoint_updates_total", &[]), Some(0.0));
 
     // `web` never changed: same version, same pooled connections.
-    let c = cluster_of(admin, "web").await;
+    let c = cluster_of(&admin, "web").await;
     assert_eq!(
         (c["version"].as_u64(), c["endpoint_source"].as_str()),
         (Some(1), Some("static"))
@@ -647,17 +593,12 @@ async fn removing_a_cluster_a_listener_names_is_refused_with_both_names() {
         }
         with_token(&m.yaml())
     };
-    let weir = Weir::start_with_files(
-        &m(&[("web", web.addr), ("spare", spare.addr)]),
-        &[("token", TOKEN.as_bytes())],
-        &[],
-    )
-    .await;
-    let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
+    let weir = start_with_token(&m(&[("web", web.addr), ("spare", spare.addr)]), TOKEN, &[]).await;
+    let (addr, admin) = (weir.listener_addr("main"), admin_of(&weir));
     let load = start_load(addr);
     load.wait_served(web.addr, 100).await;
 
-    let r = reload(&weir, &m(&[("spare", spare.addr)])).await;
+    let r = admin.reload(&weir, &m(&[("spare", spare.addr)])).await;
     assert_eq!(r.status, 422, "{}", r.text());
     let text = r.text();
     assert!(
@@ -673,11 +614,11 @@ async fn removing_a_cluster_a_listener_names_is_refused_with_both_names() {
     let served = load.served_by(web.addr);
     load.progress(300).await;
     assert!(load.served_by(web.addr) >= served + 300);
-    let c = cluster_of(admin, "web").await;
+    let c = cluster_of(&admin, "web").await;
     assert_eq!(c["version"], 1, "{c}");
-    let dump = get_json(admin, "/config_dump").await;
+    let dump = admin.get_json("/config_dump").await;
     assert_eq!(dump["generation"], 1, "{dump}");
-    let m = scrape(admin).await;
+    let m = scrape(admin.addr).await;
     assert_eq!(
         m.get("weir_config_changes_total", &[("result", "refused")]),
         Some(1.0)
@@ -697,28 +638,16 @@ async fn removing_a_cluster_a_listener_names_is_refused_with_both_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_api_refusals_name_the_field_and_change_nothing() {
     let (web, other) = (EchoServer::start().await, EchoServer::start().await);
-    let weir = start(
-        ChainManifest::new()
-            .cluster("web", &[web.addr])
-            .listener("main", "web", None),
-    )
-    .await;
-    let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
-    let load = start_load(addr);
+    let (_weir, _, admin, load) = start_web(&[web.addr]).await;
     load.wait_served(web.addr, 50).await;
     let (w, o) = (web.addr.to_string(), other.addr.to_string());
-    let before = cluster_of(admin, "web").await;
+    let before = cluster_of(&admin, "web").await;
 
-    let r = call(
-        admin,
-        "PUT",
-        "/clusters/web/endpoints",
-        false,
-        &endpoints(&[other.addr]),
-    )
-    .await;
+    let r = Admin::new(admin.addr)
+        .put_endpoints("web", &endpoints(&[other.addr]))
+        .await;
     assert_eq!(r.status, 401, "without a token: {}", r.text());
-    let r = put_endpoints(admin, "nope", &endpoints(&[other.addr])).await;
+    let r = admin.put_endpoints("nope", &endpoints(&[other.addr])).await;
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(r.text().contains("nope"), "{}", r.text());
 
@@ -732,10 +661,10 @@ async fn endpoint_api_refusals_name_the_field_and_change_nothing() {
         format!(r#"["{o}"]"#),
     ];
     for body in &malformed {
-        let r = put_endpoints(admin, "web", body).await;
+        let r = admin.put_endpoints("web", body).await;
         assert_eq!(r.status, 400, "{body}: {}", r.text());
     }
-    let r = put_endpoints(admin, "web", &malformed[1]).await;
+    let r = admin.put_endpoints("web", &malformed[1]).await;
     assert!(r.text().contains("wieght"), "{}", r.text());
 
     let bad = [
@@ -753,7 +682,7 @@ async fn endpoint_api_refusals_name_the_field_and_change_nothing() {
     ];
     for (second, field) in &bad {
         let body = json!({"endpoints": [{"address": w}, second]}).to_string();
-        let r = put_endpoints(admin, "web", &body).await;
+        let r = admin.put_endpoints("web", &body).await;
         assert_eq!(r.status, 422, "{body}: {}", r.text());
         assert!(
             r.text().contains(field),
@@ -761,27 +690,20 @@ async fn endpoint_api_refusals_name_the_field_and_change_nothing() {
             r.text()
         );
         // A dry run refuses it the same way.
-        let r = call(
-            admin,
-            "PUT",
-            "/clusters/web/endpoints?dry_run=true",
-            true,
-            &body,
-        )
-        .await;
+        let r = admin
+            .put_json("/clusters/web/endpoints?dry_run=true", &body)
+            .await;
         assert_eq!(r.status, 422, "dry run {body}: {}", r.text());
         assert!(r.text().contains(field), "dry run {body}: {}", r.text());
     }
 
     // A dry run of a good set validates and changes nothing.
-    let r = call(
-        admin,
-        "PUT",
-        "/clusters/web/endpoints?dry_run=true",
-        true,
-        &endpoints(&[other.addr]),
-    )
-    .await;
+    let r = admin
+        .put_json(
+            "/clusters/web/endpoints?dry_run=true",
+            &endpoints(&[other.addr]),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(
@@ -791,15 +713,15 @@ async fn endpoint_api_refusals_name_the_field_and_change_nothing() {
     );
 
     load.progress(300).await;
-    let after = cluster_of(admin, "web").await;
+    let after = cluster_of(&admin, "web").await;
     for key in ["version", "endpoint_source", "lb", "protocol"] {
         assert_eq!(after[key], before[key], "{key}: {before} then {after}");
     }
     assert_eq!(after["version"], 1);
     assert_eq!(after["endpoint_source"], "static");
     assert_eq!(addresses(&after), sorted(&[web.addr]));
-    assert_eq!(get_json(admin, "/config_dump").await["generation"], 1);
-    let m = scrape(admin).await;
+    assert_eq!(admin.get_json("/config_dump").await["generation"], 1);
+    let m = scrape(admin.addr).await;
     assert_eq!(m.get("weir_endpoint_updates_total", &[]), Some(0.0));
     assert_eq!(m.get("weir_generation", &[]), Some(1.0));
     assert!(
@@ -837,14 +759,7 @@ async fn weir_admin_set_endpoints_cli() {
         EchoServer::start().await,
         EchoServer::start().await,
     );
-    let weir = start(
-        ChainManifest::new()
-            .cluster("web", &[a.addr])
-            .listener("main", "web", None),
-    )
-    .await;
-    let (addr, admin) = (weir.listener_addr("main"), weir.admin_addr());
-    let load = start_load(addr);
+    let (weir, _, admin, load) = start_web(&[a.addr]).await;
     load.wait_served(a.addr, 50).await;
 
     // Refusals first: a spec that is not IP:PORT (refused by the client), an unknown cluster.
@@ -865,7 +780,7 @@ async fn weir_admin_set_endpoints_cli() {
     let c_spec = c.addr.to_string();
     let out = weir_admin(&weir, &["set-endpoints", "--dry-run", "web", &c_spec]).await;
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(cluster_of(admin, "web").await["version"], 1);
+    assert_eq!(cluster_of(&admin, "web").await["version"], 1);
 
     let out = weir_admin(&weir, &["set-endpoints", "web", &b0_spec, &b1_spec]).await;
     assert!(
@@ -883,7 +798,7 @@ async fn weir_admin_set_endpoints_cli() {
     load.wait_served(b1.addr, 20).await;
     load.progress(200).await;
     assert_eq!(received(&a), settled, "A still gets requests");
-    let cl = cluster_of(admin, "web").await;
+    let cl = cluster_of(&admin, "web").await;
     assert_eq!(cl["version"], 2, "{cl}");
     assert_eq!(cl["endpoint_source"], "admin", "{cl}");
     assert_eq!(addresses(&cl), sorted(&[b0.addr, b1.addr]), "{cl}");
@@ -975,18 +890,17 @@ async fn changing_a_clusters_tls_expected_identity_verifies_new_connections_agai
     let back = start_back(echo.addr, &ca, &back_leaf).await;
     let back_addr = back.listener_addr("back");
     let ca_pem = ca.pem();
-    let front = Weir::start_with_files(
+    let front = start_with_token(
         &front_yaml(back_addr, BACK_ID),
+        TOKEN,
         &[
             ("front.pem", front_leaf.cert_pem.as_bytes()),
             ("front-key.pem", front_leaf.key_pem.as_bytes()),
             ("ca.pem", ca_pem.as_bytes()),
-            ("token", TOKEN.as_bytes()),
         ],
-        &[],
     )
     .await;
-    let (addr, admin) = (front.listener_addr("front"), front.admin_addr());
+    let (addr, admin) = (front.listener_addr("front"), admin_of(&front));
 
     let load = start_load(addr);
     load.progress(300).await;
@@ -994,8 +908,11 @@ async fn changing_a_clusters_tls_expected_identity_verifies_new_connections_agai
 
     // Expecting an identity B's certificate does not have: the pooled connections were made for
     // the old settings and are not reused; every new connection fails verification.
-    let g = generation_of(&reload(&front, &front_yaml(back_addr, OTHER_ID)).await);
-    assert_eq!(cluster_of(admin, "back").await["version"], g);
+    let g = generation_of(
+        "expecting another identity",
+        &admin.reload(&front, &front_yaml(back_addr, OTHER_ID)).await,
+    );
+    assert_eq!(cluster_of(&admin, "back").await["version"], g);
     let reached = received(&echo);
     for i in 0..16 {
         let r = get_once(addr, &format!("/wrong-{i}"), &[]).await;
@@ -1008,7 +925,10 @@ async fn changing_a_clusters_tls_expected_identity_verifies_new_connections_agai
     );
 
     // Back to B's identity: served again, without a failure.
-    let g2 = generation_of(&reload(&front, &front_yaml(back_addr, BACK_ID)).await);
+    let g2 = generation_of(
+        "expecting B's identity again",
+        &admin.reload(&front, &front_yaml(back_addr, BACK_ID)).await,
+    );
     assert_eq!(g2, g + 1);
     let load = start_load(addr);
     load.progress(300).await;
@@ -1032,7 +952,9 @@ async fn a_replaced_versions_health_checker_stops() {
     .listener("main", "web", None);
     let weir = start(m).await;
     x.wait_health_checks(2).await;
-    let r = put_endpoints(weir.admin_addr(), "web", &endpoints(&[y.addr])).await;
+    let r = admin_of(&weir)
+        .put_endpoints("web", &endpoints(&[y.addr]))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // A probe of x may have been in flight when the update was answered.
     let x_after = x.health_checks() + 1;

@@ -6,6 +6,8 @@
 //! [`eventually`], bounded the same way.
 //!
 //! - [`weir`]: locating the binary, [`Weir`] (a running `weir run`), `weir check`, manifest builder.
+//! - [`admin`]: the admin endpoint: [`Admin`] (requests with a bearer token, reload, rollback,
+//!   endpoint sets, JSON reads, `/listeners`), the `generation` of a change, token manifests.
 //! - [`upstream`]: mock upstreams: one echo server (h1/h2c; gRPC-style replies with trailers;
 //!   upgrades echoing bytes; held replies), misbehaving raw TCP servers, a controllable server
 //!   (resets, statuses, delays, stalls, a health endpoint to flip), hanging connects, a closed
@@ -21,6 +23,7 @@
 //!
 //! And [`rss_kib`]: a process's resident memory, for the tests that check memory comes back.
 
+pub mod admin;
 pub mod chain;
 pub mod client;
 pub mod dns;
@@ -35,6 +38,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::time::Duration;
 
+pub use admin::Admin;
 pub use chain::{ChainManifest, FilterDef, add_to_listener};
 pub use client::{H1Client, H2Client, RawClient, RawResponse, body_empty, body_full, collect};
 pub use load::Load;
