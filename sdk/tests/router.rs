@@ -1,6 +1,8 @@
 //! Unit tests of the stock filter `builtin:router` (`filters/router`), built from its current
 //! source and driven through the native harness: matching, the route decision properties, header
-//! edits in both directions, local replies, split statistics and configuration errors.
+//! edits in both directions, local replies, split statistics and configuration errors; virtual
+//! hosts (Envoy's domain search order and port handling), Envoy's header and query rules and the
+//! redirect built from the request.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -369,6 +371,544 @@ fn no_route_is_a_404_without_config_details() {
         .request_headers(&req("GET", "h", "/", &[]), true)
         .local_reply;
     assert_eq!(r.map(|r| r.status), Some(404));
+}
+
+fn vhosts(hosts: &Value, ignore_port: bool) -> Filter {
+    router(json!({"virtual_hosts": hosts, "ignore_port": ignore_port}))
+}
+
+/// A virtual host `name` of `domains` whose one route sends everything to cluster `name`.
+fn vhost(name: &str, domains: &[&str]) -> Value {
+    json!({"name": name, "domains": domains, "routes": [{"to": name}]})
+}
+
+#[test]
+fn virtual_hosts_are_picked_exact_then_suffix_then_prefix_then_any_longest_wildcard_first() {
+    let f = vhosts(
+        &json!([
+            vhost("any", &["*"]),
+            vhost("prefix", &["api.*"]),
+            vhost("prefix_short", &["api-*"]),
+            vhost("prefix_long", &["api-v2.*"]),
+            vhost("suffix", &["*.example.com"]),
+            vhost("suffix_long", &["*-bar.example.com"]),
+            vhost("exact", &["API.example.com", "www.example.org"]),
+        ]),
+        false,
+    );
+    let cases = [
+        // Exact beats the suffix (`*.example.com`) and prefix (`api.*`) wildcards it also fits.
+        ("api.example.com", "exact"),
+        ("Api.EXAMPLE.com", "exact"),
+        ("www.example.org", "exact"),
+        // The longest suffix wildcard wins.
+        ("foo-bar.example.com", "suffix_long"),
+        ("www.example.com", "suffix"),
+        ("a.b.example.com", "suffix"),
+        // A wildcard stands for at least one character.
+        ("-bar.example.com", "suffix"),
+        ("example.com", "any"),
+        (".example.com", "any"),
+        // A suffix wildcard beats a prefix wildcard.
+        ("api.foo.example.com", "suffix"),
+        ("api.other.org", "prefix"),
+        // The longest prefix wildcard wins.
+        ("api-v2.other.org", "prefix_long"),
+        ("api-v1.other.org", "prefix_short"),
+        ("api.", "any"),
+        ("other.org", "any"),
+        ("", "any"),
+    ];
+    for (host, want) in cases {
+        assert_eq!(get(&f, host, "/", &[]).as_deref(), Some(want), "{host:?}");
+    }
+}
+
+#[test]
+fn the_port_is_part_of_the_host_unless_ignore_port() {
+    let hosts = json!([
+        vhost("any", &["*"]),
+        vhost("port", &["a.example.com:8080"]),
+        vhost("plain", &["a.example.com"]),
+        vhost("wild", &["*.test"]),
+        vhost("pre", &["b.*"]),
+        vhost("v6", &["[::1]"]),
+    ]);
+    let f = vhosts(&hosts, false);
+    let cases = [
+        ("a.example.com:8080", "port"),
+        ("a.example.com", "plain"),
+        ("a.example.com:9090", "any"),
+        ("x.test:80", "any"),
+        ("x.test", "wild"),
+        // A prefix wildcard takes the port in its `*`.
+        ("b.example.com:443", "pre"),
+        ("[::1]:8080", "any"),
+        ("[::1]", "v6"),
+    ];
+    for (host, want) in cases {
+        assert_eq!(get(&f, host, "/", &[]).as_deref(), Some(want), "{host:?}");
+    }
+
+    let f = vhosts(&hosts, true);
+    let cases = [
+        // Stripped before matching: a domain with a port never matches.
+        ("a.example.com:8080", "plain"),
+        ("a.example.com:9090", "plain"),
+        ("A.Example.Com:1", "plain"),
+        ("x.test:80", "wild"),
+        ("[::1]:8080", "v6"),
+        ("[::1]", "v6"),
+        ("b.example.com:443", "pre"),
+    ];
+    for (host, want) in cases {
+        assert_eq!(get(&f, host, "/", &[]).as_deref(), Some(want), "{host:?}");
+    }
+}
+
+fn status_of(f: &Filter, host: &str, path: &str) -> Option<(u32, String)> {
+    let mut s = f.http_stream();
+    let step = s.request_headers(&req("GET", host, path, &[]), true);
+    step.local_reply
+        .map(|r| (r.status, r.header("x-weir-router").unwrap_or("").to_owned()))
+}
+
+#[test]
+fn no_virtual_host_or_no_route_in_it_is_a_404_without_trying_another_virtual_host() {
+    let f = vhosts(
+        &json!([
+            {"name": "a", "domains": ["a.test"], "routes": [
+                {"match": {"path": {"prefix": "/api"}}, "to": "a"}]},
+            {"name": "b", "domains": ["*.test"], "routes": [
+                {"to": "b", "response_headers": {"add": {"x-vhost": "b"}}}]},
+            {"name": "empty", "domains": ["empty.org"], "routes": []},
+        ]),
+        false,
+    );
+    assert_eq!(get(&f, "a.test", "/api/x", &[]).as_deref(), Some("a"));
+    assert_eq!(get(&f, "c.test", "/api/x", &[]).as_deref(), Some("b"));
+    // `a.test` also fits `*.test`, but its own virtual host decides.
+    let no_route = Some((404, "no_route".to_owned()));
+    assert_eq!(status_of(&f, "a.test", "/other"), no_route);
+    assert_eq!(status_of(&f, "other.org", "/api"), no_route);
+    assert_eq!(status_of(&f, "empty.org", "/"), no_route);
+
+    // The response edits of a route in the second virtual host.
+    let mut s = f.http_stream();
+    s.request_headers(&req("GET", "c.test", "/", &[]), true);
+    s.response_headers(&[(":status", "200")], true);
+    assert_eq!(s.response_header("x-vhost"), Some("b"));
+    let mut s = f.http_stream();
+    s.request_headers(&req("GET", "a.test", "/api", &[]), true);
+    s.response_headers(&[(":status", "200")], true);
+    assert_eq!(s.response_header("x-vhost"), None);
+}
+
+#[test]
+fn header_prefix_suffix_and_contains() {
+    let f = router(json!({"routes": [
+        {"match": {"headers": {"x-p": {"prefix": "ab"}}}, "to": "prefix"},
+        {"match": {"headers": {"x-s": {"suffix": "yz"}}}, "to": "suffix"},
+        {"match": {"headers": {"x-c": {"contains": "mid"}}}, "to": "contains"},
+    ]}));
+    let cases: [(&str, &str, Option<&str>); 9] = [
+        ("x-p", "abc", Some("prefix")),
+        ("x-p", "ab", Some("prefix")),
+        ("x-p", "xab", None),
+        ("x-s", "xyz", Some("suffix")),
+        ("x-s", "yzx", None),
+        ("x-c", "amidst", Some("contains")),
+        ("x-c", "mid", Some("contains")),
+        ("x-c", "mi-d", None),
+        ("x-other", "abc", None),
+    ];
+    for (name, value, want) in cases {
+        assert_eq!(
+            get(&f, "h", "/", &[(name, value)]).as_deref(),
+            want,
+            "{name}: {value}"
+        );
+    }
+}
+
+#[test]
+fn an_inverted_header_rule_negates_but_an_absent_header_fails_a_value_rule() {
+    let f = router(json!({"routes": [
+        {"match": {"path": {"prefix": "/exact"}, "headers": {"x-env": {"exact": "prod", "invert": true}}}, "to": "inv"},
+        {"match": {"path": {"prefix": "/prefix"}, "headers": {"x-v": {"prefix": "v1", "invert": true}}}, "to": "inv"},
+        {"match": {"path": {"prefix": "/suffix"}, "headers": {"x-v": {"suffix": ".0", "invert": true}}}, "to": "inv"},
+        {"match": {"path": {"prefix": "/contains"}, "headers": {"x-v": {"contains": "rc", "invert": true}}}, "to": "inv"},
+        {"match": {"path": {"prefix": "/regex"}, "headers": {"x-v": {"regex": "^[0-9]+$", "invert": true}}}, "to": "inv"},
+        {"match": {"path": {"prefix": "/present"}, "headers": {"x-debug": {"present": true, "invert": true}}}, "to": "inv"},
+        {"match": {"path": {"prefix": "/absent"}, "headers": {"x-debug": {"present": false, "invert": true}}}, "to": "inv"},
+        {"match": {"path": {"prefix": "/plain"}, "headers": {"x-env": {"exact": "prod", "invert": false}}}, "to": "plain"},
+    ]}));
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&str, Headers<'_>, Option<&str>); 20] = [
+        ("/exact", &[("x-env", "dev")], Some("inv")),
+        ("/exact", &[("x-env", "prod")], None),
+        // Envoy: an absent header fails a value rule, inverted or not.
+        ("/exact", &[], None),
+        ("/prefix", &[("x-v", "v2")], Some("inv")),
+        ("/prefix", &[("x-v", "v1.3")], None),
+        ("/prefix", &[], None),
+        ("/suffix", &[("x-v", "1.1")], Some("inv")),
+        ("/suffix", &[("x-v", "1.0")], None),
+        ("/contains", &[("x-v", "1.0")], Some("inv")),
+        ("/contains", &[("x-v", "1.0-rc1")], None),
+        ("/contains", &[], None),
+        ("/regex", &[("x-v", "12a")], Some("inv")),
+        ("/regex", &[("x-v", "123")], None),
+        ("/regex", &[], None),
+        // `present` answers for an absent header, and inverts like the rest.
+        ("/present", &[], Some("inv")),
+        ("/present", &[("x-debug", "1")], None),
+        ("/absent", &[("x-debug", "")], Some("inv")),
+        ("/absent", &[], None),
+        ("/plain", &[("x-env", "prod")], Some("plain")),
+        ("/plain", &[("x-env", "dev")], None),
+    ];
+    for (path, headers, want) in cases {
+        assert_eq!(
+            get(&f, "h", path, headers).as_deref(),
+            want,
+            "{path} {headers:?}"
+        );
+    }
+}
+
+#[test]
+fn a_repeated_header_is_matched_as_its_values_joined_with_commas() {
+    let f = router(json!({"routes": [
+        {"match": {"path": {"prefix": "/joined"}, "headers": {"x-tag": {"exact": "a,b"}}}, "to": "joined"},
+        {"match": {"path": {"prefix": "/first"}, "headers": {"x-tag": "a"}}, "to": "first"},
+        {"match": {"path": {"prefix": "/suffix"}, "headers": {"x-tag": {"suffix": ",c"}}}, "to": "suffix"},
+        {"match": {"path": {"prefix": "/regex"}, "headers": {"x-tag": {"regex": "^a,b,c$"}}}, "to": "regex"},
+        {"match": {"path": {"prefix": "/present"}, "headers": {"x-tag": {"present": true}, "x-other": {"present": false}}}, "to": "present"},
+    ]}));
+    let two = [("x-tag", "a"), ("x-other-tag", "z"), ("x-tag", "b")];
+    let three = [("x-tag", "a"), ("x-tag", "b"), ("x-tag", "c")];
+    assert_eq!(get(&f, "h", "/joined", &two).as_deref(), Some("joined"));
+    assert_eq!(get(&f, "h", "/joined", &three), None);
+    assert_eq!(get(&f, "h", "/first", &two), None);
+    assert_eq!(
+        get(&f, "h", "/first", &[("x-tag", "a")]).as_deref(),
+        Some("first")
+    );
+    assert_eq!(get(&f, "h", "/suffix", &three).as_deref(), Some("suffix"));
+    assert_eq!(get(&f, "h", "/regex", &three).as_deref(), Some("regex"));
+    assert_eq!(get(&f, "h", "/present", &three).as_deref(), Some("present"));
+}
+
+#[test]
+fn query_rules_exact_regex_and_presence_test_the_first_occurrence() {
+    let f = router(json!({"routes": [
+        {"match": {"path": {"prefix": "/e"}, "query": {"q": {"exact": "1"}}}, "to": "exact"},
+        {"match": {"path": {"prefix": "/r"}, "query": {"v": {"regex": "^v[0-9]+$"}}}, "to": "regex"},
+        {"match": {"path": {"prefix": "/s"}, "query": {"v": {"regex": "[0-9]"}}}, "to": "search"},
+        {"match": {"path": {"prefix": "/p"}, "query": {"debug": {"present": true}}}, "to": "present"},
+        {"match": {"path": {"prefix": "/n"}, "query": {"debug": {"present": false}}}, "to": "absent"},
+        {"match": {"path": {"prefix": "/m"}, "query": {"a": "1", "b": {"present": true}}}, "to": "mixed"},
+    ]}));
+    let cases: [(&str, Option<&str>); 22] = [
+        ("/e?q=1", Some("exact")),
+        ("/e?x=0&q=1&q=2", Some("exact")),
+        ("/e?q=2&q=1", None),
+        ("/e?q=10", None),
+        ("/e", None),
+        ("/r?v=v12", Some("regex")),
+        ("/r?v=v1&v=x", Some("regex")),
+        ("/r?v=x&v=v1", None),
+        ("/r?v=v1x", None),
+        ("/r", None),
+        ("/s?v=ab3c", Some("search")),
+        ("/s?v=abc", None),
+        ("/p?debug", Some("present")),
+        ("/p?x=1&debug=0", Some("present")),
+        ("/p?debugger=1", None),
+        ("/p", None),
+        ("/n", Some("absent")),
+        ("/n?x=1", Some("absent")),
+        ("/n?debug", None),
+        ("/m?b&a=1", Some("mixed")),
+        ("/m?a=1", None),
+        ("/m?b=1&a=2", None),
+    ];
+    for (path, want) in cases {
+        assert_eq!(get(&f, "h", path, &[]).as_deref(), want, "{path}");
+    }
+}
+
+/// The status and `location` of a redirect for a GET of `path` on `host` over `scheme`.
+fn redirect_of(f: &Filter, scheme: &str, host: &str, path: &str) -> (u32, String) {
+    let headers = [
+        (":method", "GET"),
+        (":path", path),
+        (":authority", host),
+        (":scheme", scheme),
+    ];
+    let mut s = f.http_stream();
+    let step = s.request_headers(&headers, true);
+    assert_eq!(step.action, Action::Pause, "{scheme}://{host}{path}");
+    let r = step
+        .local_reply
+        .unwrap_or_else(|| panic!("no reply for {scheme}://{host}{path}"));
+    (r.status, r.header("location").unwrap_or("").to_owned())
+}
+
+#[test]
+fn a_redirect_builds_its_location_from_the_request_like_envoy() {
+    let f = router(json!({"routes": [
+        {"match": {"path": {"prefix": "/https"}}, "redirect": {"scheme": "https"}},
+        {"match": {"path": {"prefix": "/toplain"}}, "redirect": {"scheme": "http", "status": 307}},
+        {"match": {"path": {"prefix": "/host"}}, "redirect": {"host": "b.test"}},
+        {"match": {"path": {"prefix": "/both"}}, "redirect": {"scheme": "https", "host": "b.test", "port": 8443}},
+        {"match": {"path": {"prefix": "/port"}}, "redirect": {"port": 9000}},
+        {"match": {"path": {"prefix": "/pathq"}}, "redirect": {"path": "/new?b=2", "strip_query": true}},
+        {"match": {"path": {"prefix": "/path"}}, "redirect": {"path": "/new"}},
+        {"match": {"path": {"prefix": "/rel"}}, "redirect": {"path": "new"}},
+        {"match": {"path": {"prefix": "/strip"}}, "redirect": {"path": "/new", "strip_query": true}},
+        {"match": {"path": {"prefix": "/sq"}}, "redirect": {"strip_query": true, "status": 303}},
+        {"match": {"path": {"prefix": "/old/"}}, "redirect": {"prefix": "/new/", "status": 308}},
+        {"match": {"path": {"prefix": "/gone"}}, "redirect": {"prefix": ""}},
+        {"match": {"path": {"prefix": "/self"}}, "redirect": {"status": 302}},
+    ]}));
+    let cases: [(&str, &str, &str, u32, &str); 25] = [
+        // A scheme change drops the request's port only when it is its scheme's default.
+        (
+            "http",
+            "a.test:80",
+            "/https?x=1",
+            301,
+            "https://a.test/https?x=1",
+        ),
+        (
+            "http",
+            "a.test:8080",
+            "/https",
+            301,
+            "https://a.test:8080/https",
+        ),
+        ("http", "a.test", "/https", 301, "https://a.test/https"),
+        (
+            "https",
+            "a.test:443",
+            "/https",
+            301,
+            "https://a.test:443/https",
+        ),
+        (
+            "https",
+            "a.test:443",
+            "/toplain",
+            307,
+            "http://a.test/toplain",
+        ),
+        (
+            "http",
+            "a.test:80",
+            "/toplain",
+            307,
+            "http://a.test:80/toplain",
+        ),
+        (
+            "https",
+            "[::1]:443",
+            "/toplain",
+            307,
+            "http://[::1]/toplain",
+        ),
+        // `host` replaces the whole authority, port included.
+        (
+            "http",
+            "a.test:8080",
+            "/host?q",
+            301,
+            "http://b.test/host?q",
+        ),
+        (
+            "http",
+            "a.test:8080",
+            "/both?q",
+            301,
+            "https://b.test:8443/both?q",
+        ),
+        // `port` replaces the request's port or is added.
+        (
+            "http",
+            "a.test:8080",
+            "/port",
+            301,
+            "http://a.test:9000/port",
+        ),
+        ("http", "a.test", "/port", 301, "http://a.test:9000/port"),
+        ("http", "[::1]:8080", "/port", 301, "http://[::1]:9000/port"),
+        ("http", "[::1]", "/port", 301, "http://[::1]:9000/port"),
+        // `path` keeps the request's query unless it has its own, which also beats strip_query.
+        ("http", "a.test", "/path?a=1", 301, "http://a.test/new?a=1"),
+        ("http", "a.test", "/path", 301, "http://a.test/new"),
+        ("http", "a.test", "/pathq?a=1", 301, "http://a.test/new?b=2"),
+        ("http", "a.test", "/rel?a", 301, "http://a.test/new?a"),
+        ("http", "a.test", "/strip?a=1", 301, "http://a.test/new"),
+        ("http", "a.test", "/sq/x?a=1&b", 303, "http://a.test/sq/x"),
+        // `prefix` replaces the matched prefix, query kept.
+        (
+            "http",
+            "a.test",
+            "/old/x/y?z=1",
+            308,
+            "http://a.test/new/x/y?z=1",
+        ),
+        ("http", "a.test", "/gone?q", 301, "http://a.test/?q"),
+        ("http", "a.test", "/gonexyz", 301, "http://a.test/xyz"),
+        ("http", "a.test", "/gone/a", 301, "http://a.test/a"),
+        // No field: back to the request's own URL.
+        (
+            "http",
+            "a.test:8080",
+            "/self?x",
+            302,
+            "http://a.test:8080/self?x",
+        ),
+        ("https", "A.test", "/self", 302, "https://A.test/self"),
+    ];
+    for (scheme, host, path, status, location) in cases {
+        assert_eq!(
+            redirect_of(&f, scheme, host, path),
+            (status, location.to_owned()),
+            "{scheme}://{host}{path}"
+        );
+    }
+    // Without `:scheme`, `http`.
+    let mut s = f.http_stream();
+    let r = s
+        .request_headers(
+            &[
+                (":method", "GET"),
+                (":path", "/port"),
+                (":authority", "a.test"),
+            ],
+            true,
+        )
+        .local_reply
+        .expect("redirect");
+    assert_eq!(r.header("location"), Some("http://a.test:9000/port"));
+}
+
+#[test]
+fn bad_virtual_hosts_and_new_rules_are_refused_with_a_logged_reason() {
+    let cases = [
+        (
+            json!({"virtual_hosts": [vhost("a", &["a.test"]), vhost("b", &["A.TEST"])]}),
+            "domain \"a.test\": already a domain of virtual host \"a\"",
+        ),
+        (
+            json!({"virtual_hosts": [vhost("a", &["*"]), vhost("b", &["*"])]}),
+            "already a domain",
+        ),
+        (
+            json!({"virtual_hosts": [vhost("a", &["*.test", "*.test"])]}),
+            "already a domain",
+        ),
+        (
+            json!({"virtual_hosts": [vhost("a", &["x.*"]), vhost("b", &["X.*"])]}),
+            "already a domain",
+        ),
+        (json!({"virtual_hosts": [vhost("a", &[])]}), "no domains"),
+        (
+            json!({"virtual_hosts": [vhost("a", &[""])]}),
+            "empty domain",
+        ),
+        (
+            json!({"virtual_hosts": [vhost("", &["a"])]}),
+            "virtual_hosts[0]: empty name",
+        ),
+        (json!({"virtual_hosts": [vhost("a", &["a\nb"])]}), "control"),
+        (
+            json!({"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"to": "a"}, {"match": {}}]}]}),
+            "virtual_hosts[0] (\"v\").routes[1]: a route needs one of",
+        ),
+        (
+            json!({"virtual_hosts": [{"name": "v", "routes": []}]}),
+            "invalid configuration",
+        ),
+        (
+            json!({"routes": [], "virtual_hosts": []}),
+            "exactly one of `routes`, `virtual_hosts`",
+        ),
+        (json!({}), "exactly one of `routes`, `virtual_hosts`"),
+        (
+            json!({"routes": [], "ignore_port": true}),
+            "ignore_port needs `virtual_hosts`",
+        ),
+        (
+            json!({"routes": [{"match": {"headers": {"x": {"prefix": ""}}}, "to": "a"}]}),
+            "prefix is empty",
+        ),
+        (
+            json!({"routes": [{"match": {"headers": {"x": {"contains": "a", "exact": "a"}}}, "to": "a"}]}),
+            "exactly one of exact, regex, present, prefix, suffix, contains",
+        ),
+        (
+            json!({"routes": [{"match": {"headers": {"x": {"invert": true}}}, "to": "a"}]}),
+            "exactly one of",
+        ),
+        (
+            json!({"routes": [{"match": {"query": {"q": {"exact": "a", "present": true}}}, "to": "a"}]}),
+            "match.query \"q\": needs exactly one of exact, regex, present",
+        ),
+        (
+            json!({"routes": [{"match": {"query": {"q": {"regex": "(["}}}, "to": "a"}]}),
+            "match.query \"q\": regex",
+        ),
+        (
+            json!({"routes": [{"redirect": {"location": "/x", "host": "b"}}]}),
+            "redirect.location excludes redirect.host",
+        ),
+        (
+            json!({"routes": [{"redirect": {"prefix": "/b"}}]}),
+            "redirect.prefix needs a match.path.prefix",
+        ),
+        (
+            json!({"routes": [{"match": {"path": {"prefix": "/"}}, "redirect": {"prefix": "/b", "path": "/c"}}]}),
+            "only one of `path`, `prefix`",
+        ),
+        (
+            json!({"routes": [{"redirect": {"port": 0}}]}),
+            "redirect.port",
+        ),
+        (
+            json!({"routes": [{"redirect": {"port": 70000}}]}),
+            "invalid configuration",
+        ),
+        (
+            json!({"routes": [{"redirect": {"scheme": "ht tp"}}]}),
+            "redirect.scheme",
+        ),
+        (
+            json!({"routes": [{"redirect": {"host": "b.test/x"}}]}),
+            "redirect.host",
+        ),
+        (
+            json!({"routes": [{"redirect": {"path": ""}}]}),
+            "redirect.path is empty",
+        ),
+        (
+            json!({"routes": [{"redirect": {"scheme": "https", "status": 200}}]}),
+            "redirect.status",
+        ),
+    ];
+    for (config, reason) in cases {
+        let e = refused(config.clone());
+        assert!(e.start_error().is_some(), "{config}: {e}");
+        assert!(
+            e.logs().iter().any(|l| l.level == LogLevel::Error
+                && l.message.starts_with("router: ")
+                && l.message.contains(reason)),
+            "{config}: expected a logged reason containing {reason:?}, got {:?}",
+            e.logs()
+        );
+    }
 }
 
 fn split(sticky: &Value) -> Filter {

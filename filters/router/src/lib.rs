@@ -3,11 +3,28 @@
 //! with a rewritten path, a timeout, a retry budget and header edits; or it is answered locally
 //! with a redirect or a fixed response. A request no route matches gets a local 404.
 //!
-//! Configuration (JSON plugin configuration; unknown fields are rejected):
+//! Configuration (JSON plugin configuration; unknown fields are rejected), exactly one of
+//! `routes` and `virtual_hosts`:
 //!
 //! | field | type | meaning |
 //! |---|---|---|
-//! | `routes` | array of routes | tried in order; the first match wins |
+//! | `routes` | array of routes | tried in order for every request; the first match wins |
+//! | `virtual_hosts` | array of virtual hosts | Envoy's `RouteConfiguration.virtual_hosts`: the request's host picks one virtual host, whose routes are then tried in order |
+//! | `ignore_port` | bool (default `false`, only with `virtual_hosts`) | Envoy's `ignore_port_in_host_matching`: strip the `:port` of `:authority` before picking the virtual host |
+//!
+//! A virtual host:
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `name` | non-empty string | for error messages |
+//! | `domains` | non-empty array of strings | lower-cased at parse: an exact host (`a.example.com`, `a.example.com:8080`), a suffix wildcard (`*.example.com`, `*-bar.example.com`), a prefix wildcard (`foo.*`, `foo-*`) or `*` |
+//! | `routes` | array of routes | tried in order; none matches: the 404 below (no other virtual host is tried) |
+//!
+//! The virtual host is picked as Envoy does: the request's `:authority` (or `host`), lower-cased,
+//! is matched whole, its `:port` included unless `ignore_port`. Exact domains first, then suffix
+//! wildcards, longest first, then prefix wildcards, longest first, then `*`. A wildcard stands for
+//! at least one character (`*.example.com` does not match `example.com` nor `.example.com`). A
+//! domain may appear once in the whole configuration (`*` too); a repeat is a configuration error.
 //!
 //! A route:
 //!
@@ -17,8 +34,8 @@
 //! | `match.host` | string | `:authority` without its port, case-insensitive: exact, `*.suffix` (at least one label before the suffix) or `*` |
 //! | `match.path` | `{prefix}` / `{exact}` / `{regex}` | the path without its query: string prefix, equality, or regex search (anchor with `^`/`$`) |
 //! | `match.method` | string or array | `:method` is one of these (case-sensitive) |
-//! | `match.headers` | object `{name: rule}` | rule: a string (exact value), `{exact}`, `{regex}` (search) or `{present: bool}` |
-//! | `match.query` | object `{name: value}` | a query parameter's first occurrence has exactly this (raw, not decoded) value |
+//! | `match.headers` | object `{name: rule}` | see header rules below |
+//! | `match.query` | object `{name: rule}` | see query rules below |
 //! | `to` | string, `{cluster}` or array of `{cluster, weight}` | the cluster (`weir.route.cluster`); weights are non-negative integers summing to > 0 (default 1) |
 //! | `sticky` | `{header: name}` or `{cookie: name}` | pick the split by a hash (FNV-1a) of this value; requests without it are spread at random |
 //! | `rewrite` | `{prefix}` | replaces the `match.path.prefix` part of the path (`weir.route.path`, query kept) |
@@ -27,36 +44,92 @@
 //! | `per_try_timeout` | duration string (`0s` = the cluster's) | `weir.route.per_try_timeout_ms`: bounds each attempt |
 //! | `request_headers` | `{add: {name: value}, remove: [name]}` | edits of the forwarded request (removals first) |
 //! | `response_headers` | `{add: {name: value}, remove: [name]}` | edits of the upstream's response (removals first) |
-//! | `redirect` | `{location, status}` | answer locally with a redirect (status 301 default, 302, 303, 307, 308) |
+//! | `redirect` | object, see below | answer locally with a redirect |
 //! | `direct` | `{status, body, headers}` | answer locally with a fixed response (status 200–599) |
 //!
 //! A route has exactly one of `to`, `redirect`, `direct`; `sticky`, `rewrite`, `timeout`,
 //! `retries`, `per_try_timeout`, `request_headers` and `response_headers` only go with `to`, and
 //! `rewrite` only with a `match.path.prefix`.
 //!
+//! Header rules (Envoy's `HeaderMatcher`). The value tested is the header's value; a header sent
+//! several times is tested as its values joined with `,` (as Envoy does).
+//!
+//! | rule | holds when |
+//! |---|---|
+//! | `"v"` or `{"exact": "v"}` | the value is `v` |
+//! | `{"prefix": "v"}` / `{"suffix": "v"}` / `{"contains": "v"}` | the value starts with / ends with / contains `v` (non-empty) |
+//! | `{"regex": "re"}` | the regex finds a match in the value (search; anchor with `^`/`$`) |
+//! | `{"present": b}` | the header is present (`true`) or absent (`false`) |
+//!
+//! Every object form takes `"invert": true` (Envoy's `invert_match`): the result is negated, except
+//! that, as in Envoy, an absent header fails a value rule (`exact`, `prefix`, `suffix`, `contains`,
+//! `regex`) whether inverted or not; only `present` answers for an absent header. Where Envoy
+//! differs, its meaning is written so: Envoy's `exact_match: ""` (any value) is `{"present":
+//! true}`, and its regexes (which must match the whole value) are anchored, `^(?:re)$`.
+//!
+//! Query rules (Envoy's `QueryParameterMatcher`) test the first occurrence of the parameter in the
+//! query, raw (not percent-decoded); a bare `name` has the value `""`.
+//!
+//! | rule | holds when |
+//! |---|---|
+//! | `"v"` or `{"exact": "v"}` | the parameter is present with the value `v` |
+//! | `{"regex": "re"}` | the parameter is present and the regex finds a match in its value |
+//! | `{"present": b}` | the parameter is present (`true`) or absent (`false`) |
+//!
+//! A redirect is either `{location, status}` (a fixed `location`) or built from the request like
+//! Envoy's `RedirectAction`, from any of the fields below (none: back to the request's own URL):
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `status` | integer | 301 (default), 302, 303, 307 or 308 |
+//! | `location` | string | the whole `location`; excludes every field below |
+//! | `scheme` | string | the scheme (`scheme_redirect`; `https_redirect` is `"https"`); default: the request's `:scheme`, else `http` |
+//! | `host` | string | replaces the request's whole `:authority`, its port included (`host_redirect`) |
+//! | `port` | integer 1–65535 | the authority's port (`port_redirect`): replaces the request's port or is added |
+//! | `path` | string | replaces the path (`path_redirect`); the request's query is appended unless `path` has a `?` of its own, which then wins over `strip_query` |
+//! | `prefix` | string | replaces the `match.path.prefix` part of the path (`prefix_rewrite`; only with a prefix match), query kept |
+//! | `strip_query` | bool | drop the query (`strip_query`) |
+//!
+//! The request's own authority loses its port when `port` is given, or when the scheme changes and
+//! the port was the default one of the request's scheme (`:80` for `http`, `:443` for `https`):
+//! `http://a.example.com:80/x` to `https` is `https://a.example.com/x`, and `:8080` stays. (Envoy
+//! reads the request's scheme from `x-forwarded-proto`, which it sets; Weir's `:scheme` is the
+//! downstream connection's.) A path not starting with `/` gets one.
+//!
 //! Example: `{"routes": [{"match": {"path": {"prefix": "/api"}, "headers": {"x-canary": "1"}},
 //! "to": "api-v2"}, {"match": {"path": {"prefix": "/api"}}, "to": [{"cluster": "api-v1", "weight":
 //! 90}, {"cluster": "api-v2", "weight": 10}], "sticky": {"header": "x-user"}, "timeout": "2s"}]}`.
+//! With virtual hosts: `{"virtual_hosts": [{"name": "api", "domains": ["api.example.com"],
+//! "routes": [{"to": "api"}]}, {"name": "web", "domains": ["*"], "routes": [{"match": {"path":
+//! {"prefix": "/"}}, "redirect": {"scheme": "https"}}]}], "ignore_port": true}`.
 //!
 //! Behaviour:
-//! * No route matches: a local `404` with `x-weir-router: no_route` and body `weir: no_route`.
+//! * No route matches (or no virtual host): a local `404` with `x-weir-router: no_route` and body
+//!   `weir: no_route`.
 //! * Random choices use a per-VM PRNG (splitmix64) seeded from WASI randomness through std's
 //!   `RandomState`, never from the proxy's clock.
 //! * Local replies (redirect, direct, 404) are sent from the request-headers phase, which then
 //!   returns `Pause`; the request never reaches an upstream.
 //! * A bad configuration (bad JSON or regex, weights summing to 0, a rewrite without a prefix
-//!   match, a bad status, an invalid header name or value, …) is logged at error level and fails
-//!   `on_configure`, so the plugin does not load.
+//!   match, a bad status, an invalid header name or value, a domain in two virtual hosts, …) is
+//!   logged at error level and fails `on_configure`, so the plugin does not load.
 //!
 //! Cost: the configuration is parsed once (hosts lower-cased, regexes compiled, property values
-//! pre-rendered) and shared through an `Rc`. Per request the filter allocates only what the SDK
-//! forces: the stream context, the header values it reads (`:path`, `:method`, `:authority` only
-//! when some route tests them), the property-path vectors, and a rewritten path.
+//! pre-rendered, domains in a hash map of exact names and hash maps of wildcards by length) and
+//! shared through an `Rc`. Per request the filter allocates only what the SDK forces: the stream
+//! context, the header values it reads (`:path`, `:method`, `:authority` only when some route or
+//! virtual host tests them; the request's header list once, at the first header rule that needs
+//! a value), the property-path vectors, a rewritten path or a built `location`, and a lower-cased
+//! copy of a host only when it has upper-case letters. Picking a virtual host costs one hash
+//! lookup, plus one per distinct wildcard length shorter than the host.
 //!
-//! About 900 lines: one filter whose configuration, matching and decision read top to bottom in
-//! request order; its behaviour is tested in `sdk/tests/router.rs`.
+//! About 1,500 lines, the first 130 this reference: one filter whose configuration, matching and
+//! decision read top to bottom in request order; its behaviour is tested in `sdk/tests/router.rs`.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::rc::Rc;
 
 use regex_lite::Regex;
@@ -83,6 +156,20 @@ proxy_wasm::main! {{
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    #[serde(default)]
+    routes: Option<Vec<RawRoute>>,
+    #[serde(default)]
+    virtual_hosts: Option<Vec<RawVirtualHost>>,
+    #[serde(default)]
+    ignore_port: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVirtualHost {
+    name: String,
+    domains: Vec<String>,
+    #[serde(default)]
     routes: Vec<RawRoute>,
 }
 
@@ -125,7 +212,7 @@ struct RawMatch {
     #[serde(default)]
     headers: BTreeMap<String, RawHeaderRule>,
     #[serde(default)]
-    query: BTreeMap<String, String>,
+    query: BTreeMap<String, RawQueryRule>,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +243,32 @@ enum RawHeaderRule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHeaderRuleObject {
+    #[serde(default)]
+    exact: Option<String>,
+    #[serde(default)]
+    regex: Option<String>,
+    #[serde(default)]
+    present: Option<bool>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    suffix: Option<String>,
+    #[serde(default)]
+    contains: Option<String>,
+    #[serde(default)]
+    invert: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawQueryRule {
+    Exact(String),
+    Rule(RawQueryRuleObject),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueryRuleObject {
     #[serde(default)]
     exact: Option<String>,
     #[serde(default)]
@@ -211,7 +324,20 @@ struct RawHeaderEdits {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRedirect {
-    location: String,
+    #[serde(default)]
+    location: Option<String>,
+    #[serde(default)]
+    scheme: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    strip_query: Option<bool>,
     #[serde(default = "moved_permanently")]
     status: u32,
 }
@@ -235,11 +361,31 @@ struct RawDirect {
 // ---------------------------------------------------------------------------------------------
 
 struct Config {
+    /// Every route; with virtual hosts, each one's routes are a range of these (so a route's index
+    /// names it across the whole configuration).
     routes: Vec<Route>,
-    /// Whether some route reads `:authority`, `:path`, `:method` (otherwise they are not fetched).
+    hosts: Option<VirtualHosts>,
+    /// Whether some route (or the virtual hosts) reads `:authority`, `:path`, `:method` (otherwise
+    /// they are not fetched).
     needs_host: bool,
     needs_path: bool,
     needs_method: bool,
+}
+
+/// The virtual hosts and Envoy's lookup structures for their domains (lower-cased), built once.
+struct VirtualHosts {
+    ignore_port: bool,
+    /// Each virtual host's routes, as a range of `Config::routes`.
+    routes: Vec<Range<usize>>,
+    /// Exact domains → virtual host.
+    exact: HashMap<String, usize>,
+    /// Suffix wildcards without their `*` (`*.foo.com` → `.foo.com`), grouped by that length,
+    /// longest first.
+    suffixes: Vec<(usize, HashMap<String, usize>)>,
+    /// Prefix wildcards without their `*` (`foo.*` → `foo.`), grouped likewise.
+    prefixes: Vec<(usize, HashMap<String, usize>)>,
+    /// The virtual host of `*`.
+    any: Option<usize>,
 }
 
 struct Route {
@@ -247,7 +393,7 @@ struct Route {
     path: Option<PathMatch>,
     methods: Vec<String>,
     headers: Vec<(String, HeaderRule)>,
-    query: Vec<(String, String)>,
+    query: Vec<(String, QueryRule)>,
     action: RouteAction,
 }
 
@@ -265,8 +411,23 @@ enum PathMatch {
     Regex(Regex),
 }
 
-enum HeaderRule {
+struct HeaderRule {
+    test: HeaderTest,
+    /// Envoy's `invert_match`.
+    invert: bool,
+}
+
+enum HeaderTest {
     Exact(Vec<u8>),
+    Prefix(Vec<u8>),
+    Suffix(Vec<u8>),
+    Contains(Vec<u8>),
+    Regex(Regex),
+    Present(bool),
+}
+
+enum QueryRule {
+    Exact(String),
     Regex(Regex),
     Present(bool),
 }
@@ -275,6 +436,28 @@ enum RouteAction {
     Forward(Box<Forward>),
     /// A local reply: status, headers, body.
     Reply(u32, Vec<(String, String)>, Option<String>),
+    /// A redirect whose `location` is built from the request.
+    Redirect(Box<Redirect>),
+}
+
+/// Envoy's `RedirectAction`, validated; see the module doc for the rules.
+struct Redirect {
+    status: u32,
+    scheme: Option<String>,
+    host: Option<String>,
+    /// Pre-rendered `:port`.
+    port: Option<String>,
+    path: RedirectPath,
+    strip_query: bool,
+}
+
+enum RedirectPath {
+    /// The request's path.
+    Keep,
+    /// `path`, and whether it has a query of its own.
+    Replace(String, bool),
+    /// The replacement for the matched prefix.
+    Prefix(String),
 }
 
 struct Forward {
@@ -317,20 +500,147 @@ impl Config {
     fn parse(bytes: &[u8]) -> Result<Self, String> {
         let raw: RawConfig =
             serde_json::from_slice(bytes).map_err(|e| format!("invalid configuration: {e}"))?;
-        let routes = raw
-            .routes
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| Route::parse(r).map_err(|e| format!("routes[{i}]: {e}")))
-            .collect::<Result<Vec<_>, String>>()?;
+        let parse_routes = |raw: Vec<RawRoute>, at: &str| {
+            raw.into_iter()
+                .enumerate()
+                .map(|(i, r)| Route::parse(r).map_err(|e| format!("{at}routes[{i}]: {e}")))
+                .collect::<Result<Vec<_>, String>>()
+        };
+        let (routes, hosts) = match (raw.routes, raw.virtual_hosts) {
+            (Some(routes), None) => {
+                if raw.ignore_port.is_some() {
+                    return Err("ignore_port needs `virtual_hosts`".into());
+                }
+                (parse_routes(routes, "")?, None)
+            }
+            (None, Some(vhosts)) => {
+                let mut routes = Vec::new();
+                let mut domains = Vec::with_capacity(vhosts.len());
+                let mut ranges = Vec::with_capacity(vhosts.len());
+                for (v, vhost) in vhosts.into_iter().enumerate() {
+                    let at = format!("virtual_hosts[{v}]");
+                    if vhost.name.is_empty() {
+                        return Err(format!("{at}: empty name"));
+                    }
+                    let at = format!("{at} ({:?})", vhost.name);
+                    let start = routes.len();
+                    routes.extend(parse_routes(vhost.routes, &format!("{at}."))?);
+                    ranges.push(start..routes.len());
+                    domains.push((at, vhost.name, vhost.domains));
+                }
+                let ignore_port = raw.ignore_port.unwrap_or(false);
+                (
+                    routes,
+                    Some(VirtualHosts::new(domains, ranges, ignore_port)?),
+                )
+            }
+            _ => {
+                return Err(
+                    "invalid configuration: needs exactly one of `routes`, `virtual_hosts`".into(),
+                );
+            }
+        };
         Ok(Self {
-            needs_host: routes.iter().any(|r| r.host.is_some()),
+            needs_host: hosts.is_some() || routes.iter().any(|r| r.host.is_some()),
             needs_path: routes
                 .iter()
                 .any(|r| r.path.is_some() || !r.query.is_empty()),
             needs_method: routes.iter().any(|r| !r.methods.is_empty()),
             routes,
+            hosts,
         })
+    }
+}
+
+/// Wildcards of one kind grouped by length, longest first.
+type Wildcards = BTreeMap<usize, HashMap<String, usize>>;
+
+impl VirtualHosts {
+    /// `domains`: per virtual host, its place for messages, its name and its domains.
+    fn new(
+        domains: Vec<(String, String, Vec<String>)>,
+        routes: Vec<Range<usize>>,
+        ignore_port: bool,
+    ) -> Result<Self, String> {
+        let names: Vec<&str> = domains.iter().map(|(_, name, _)| name.as_str()).collect();
+        let mut exact = HashMap::new();
+        let mut suffixes = Wildcards::new();
+        let mut prefixes = Wildcards::new();
+        let mut any = None;
+        for (v, (at, _, list)) in domains.iter().enumerate() {
+            if list.is_empty() {
+                return Err(format!("{at}: no domains"));
+            }
+            for domain in list {
+                let domain = domain.to_ascii_lowercase();
+                if domain.is_empty() {
+                    return Err(format!("{at}: empty domain"));
+                }
+                header_value(&domain).map_err(|e| format!("{at} domain {domain:?}: {e}"))?;
+                // Envoy's order of tests: `*`, a leading `*`, a trailing `*`, else exact.
+                let taken = if domain == "*" {
+                    any.replace(v)
+                } else if let Some(suffix) = domain.strip_prefix('*') {
+                    let by_len = suffixes.entry(suffix.len()).or_default();
+                    by_len.insert(suffix.to_owned(), v)
+                } else if let Some(prefix) = domain.strip_suffix('*') {
+                    let by_len = prefixes.entry(prefix.len()).or_default();
+                    by_len.insert(prefix.to_owned(), v)
+                } else {
+                    exact.insert(domain.clone(), v)
+                };
+                if let Some(other) = taken {
+                    return Err(format!(
+                        "{at} domain {domain:?}: already a domain of virtual host {:?}",
+                        names[other]
+                    ));
+                }
+            }
+        }
+        let longest_first = |w: Wildcards| w.into_iter().rev().collect();
+        Ok(Self {
+            ignore_port,
+            routes,
+            exact,
+            suffixes: longest_first(suffixes),
+            prefixes: longest_first(prefixes),
+            any,
+        })
+    }
+
+    /// The virtual host for `authority` (Envoy's `RouteMatcher::findVirtualHost`).
+    fn pick(&self, authority: &str) -> Option<usize> {
+        let host = if self.ignore_port {
+            &authority[..port_start(authority).unwrap_or(authority.len())]
+        } else {
+            authority
+        };
+        let host: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
+        if let Some(&v) = self.exact.get(host.as_ref()) {
+            return Some(v);
+        }
+        // A wildcard stands for at least one character, hence `len < host.len()`; a cut inside a
+        // multi-byte character (`get` → `None`) cannot equal a domain.
+        let wild = |groups: &[(usize, HashMap<String, usize>)], suffix: bool| {
+            groups
+                .iter()
+                .filter(|(len, _)| *len < host.len())
+                .find_map(|(len, by_part)| {
+                    let part = if suffix {
+                        host.get(host.len() - len..)
+                    } else {
+                        host.get(..*len)
+                    };
+                    by_part.get(part?).copied()
+                })
+        };
+        wild(&self.suffixes, true)
+            .or_else(|| wild(&self.prefixes, false))
+            .or(self.any)
     }
 }
 
@@ -363,7 +673,15 @@ impl Route {
                 Ok((name, rule))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let query = m.query.into_iter().collect();
+        let query = m
+            .query
+            .into_iter()
+            .map(|(name, rule)| {
+                let rule =
+                    parse_query_rule(rule).map_err(|e| format!("match.query {name:?}: {e}"))?;
+                Ok((name, rule))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
 
         let forward_only = [
             ("sticky", raw.sticky.is_some()),
@@ -416,19 +734,7 @@ impl Route {
                     return Err(format!("{field} needs `to`"));
                 }
                 match (redirect, direct) {
-                    (Some(r), None) => {
-                        if ![301, 302, 303, 307, 308].contains(&r.status) {
-                            return Err(format!(
-                                "redirect.status {} is not a redirect (301, 302, 303, 307, 308)",
-                                r.status
-                            ));
-                        }
-                        if r.location.is_empty() {
-                            return Err("redirect.location is empty".into());
-                        }
-                        header_value(&r.location).map_err(|e| format!("redirect.location: {e}"))?;
-                        RouteAction::Reply(r.status, vec![("location".into(), r.location)], None)
-                    }
+                    (Some(r), None) => parse_redirect(r, &path)?,
                     (None, Some(d)) => {
                         if !(200..=599).contains(&d.status) {
                             return Err(format!(
@@ -504,17 +810,131 @@ fn parse_path(p: RawPath) -> Result<PathMatch, String> {
 }
 
 fn parse_header_rule(rule: RawHeaderRule) -> Result<HeaderRule, String> {
+    let r = match rule {
+        RawHeaderRule::Exact(v) => {
+            return Ok(HeaderRule {
+                test: HeaderTest::Exact(v.into_bytes()),
+                invert: false,
+            });
+        }
+        RawHeaderRule::Rule(r) => r,
+    };
+    let non_empty = |what: &str, v: String| {
+        if v.is_empty() {
+            Err(format!("{what} is empty (use present)"))
+        } else {
+            Ok(v.into_bytes())
+        }
+    };
+    let test = match (r.exact, r.regex, r.present, r.prefix, r.suffix, r.contains) {
+        (Some(v), None, None, None, None, None) => HeaderTest::Exact(v.into_bytes()),
+        (None, Some(re), None, None, None, None) => {
+            HeaderTest::Regex(Regex::new(&re).map_err(|e| format!("regex {re:?}: {e}"))?)
+        }
+        (None, None, Some(p), None, None, None) => HeaderTest::Present(p),
+        (None, None, None, Some(v), None, None) => HeaderTest::Prefix(non_empty("prefix", v)?),
+        (None, None, None, None, Some(v), None) => HeaderTest::Suffix(non_empty("suffix", v)?),
+        (None, None, None, None, None, Some(v)) => HeaderTest::Contains(non_empty("contains", v)?),
+        _ => {
+            return Err(
+                "needs exactly one of exact, regex, present, prefix, suffix, contains".into(),
+            );
+        }
+    };
+    Ok(HeaderRule {
+        test,
+        invert: r.invert,
+    })
+}
+
+fn parse_query_rule(rule: RawQueryRule) -> Result<QueryRule, String> {
     match rule {
-        RawHeaderRule::Exact(v) => Ok(HeaderRule::Exact(v.into_bytes())),
-        RawHeaderRule::Rule(r) => match (r.exact, r.regex, r.present) {
-            (Some(v), None, None) => Ok(HeaderRule::Exact(v.into_bytes())),
+        RawQueryRule::Exact(v) => Ok(QueryRule::Exact(v)),
+        RawQueryRule::Rule(r) => match (r.exact, r.regex, r.present) {
+            (Some(v), None, None) => Ok(QueryRule::Exact(v)),
             (None, Some(re), None) => Regex::new(&re)
-                .map(HeaderRule::Regex)
+                .map(QueryRule::Regex)
                 .map_err(|e| format!("regex {re:?}: {e}")),
-            (None, None, Some(p)) => Ok(HeaderRule::Present(p)),
+            (None, None, Some(p)) => Ok(QueryRule::Present(p)),
             _ => Err("needs exactly one of exact, regex, present".into()),
         },
     }
+}
+
+fn parse_redirect(r: RawRedirect, path: &Option<PathMatch>) -> Result<RouteAction, String> {
+    if ![301, 302, 303, 307, 308].contains(&r.status) {
+        return Err(format!(
+            "redirect.status {} is not a redirect (301, 302, 303, 307, 308)",
+            r.status
+        ));
+    }
+    let parts = [
+        ("scheme", r.scheme.is_some()),
+        ("host", r.host.is_some()),
+        ("port", r.port.is_some()),
+        ("path", r.path.is_some()),
+        ("prefix", r.prefix.is_some()),
+        ("strip_query", r.strip_query.is_some()),
+    ];
+    if let Some(location) = r.location {
+        if let Some((field, _)) = parts.iter().find(|(_, set)| *set) {
+            return Err(format!("redirect.location excludes redirect.{field}"));
+        }
+        if location.is_empty() {
+            return Err("redirect.location is empty".into());
+        }
+        header_value(&location).map_err(|e| format!("redirect.location: {e}"))?;
+        return Ok(RouteAction::Reply(
+            r.status,
+            vec![("location".into(), location)],
+            None,
+        ));
+    }
+    if let Some(scheme) = &r.scheme {
+        let mut bytes = scheme.bytes();
+        let ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+        if !ok {
+            return Err(format!("redirect.scheme {scheme:?}: not a URI scheme"));
+        }
+    }
+    if let Some(host) = &r.host {
+        // A host that ends the authority early would make another URL than the one configured.
+        if host.is_empty() || host.contains(['/', '?', '#', ' ']) {
+            return Err(format!("redirect.host {host:?}: not a host"));
+        }
+        header_value(host).map_err(|e| format!("redirect.host: {e}"))?;
+    }
+    if r.port == Some(0) {
+        return Err("redirect.port: 0 is not a port".into());
+    }
+    let target = match (r.path, r.prefix, path) {
+        (None, None, _) => RedirectPath::Keep,
+        (Some(p), None, _) => {
+            if p.is_empty() {
+                return Err("redirect.path is empty".into());
+            }
+            header_value(&p).map_err(|e| format!("redirect.path: {e}"))?;
+            let has_query = p.contains('?');
+            RedirectPath::Replace(p, has_query)
+        }
+        (None, Some(p), Some(PathMatch::Prefix(_))) => {
+            header_value(&p).map_err(|e| format!("redirect.prefix: {e}"))?;
+            RedirectPath::Prefix(p)
+        }
+        (None, Some(_), _) => return Err("redirect.prefix needs a match.path.prefix".into()),
+        (Some(_), Some(_), _) => {
+            return Err("redirect has only one of `path`, `prefix`".into());
+        }
+    };
+    Ok(RouteAction::Redirect(Box::new(Redirect {
+        status: r.status,
+        scheme: r.scheme,
+        host: r.host,
+        port: r.port.map(|p| format!(":{p}")),
+        path: target,
+        strip_query: r.strip_query.unwrap_or(false),
+    })))
 }
 
 fn parse_targets(to: RawTo) -> Result<Vec<(String, u64)>, String> {
@@ -592,10 +1012,12 @@ fn parse_duration_ms(s: &str) -> Result<u64, String> {
 
 /// The request's pseudo-headers, fetched once per request (only those some route needs).
 struct Request {
-    /// Host without port.
     authority: Option<String>,
     path: Option<String>,
     method: Option<String>,
+    /// The whole header list, fetched at the first header rule that tests a value: Envoy tests a
+    /// repeated header as its values joined, and the ABI's single-value read returns the first.
+    headers: OnceCell<Vec<(String, Vec<u8>)>>,
 }
 
 impl Request {
@@ -611,6 +1033,16 @@ impl Request {
             Some((path, query)) => (path, query),
             None => (p, ""),
         }
+    }
+}
+
+/// Where the `:port` of `authority` starts (Envoy's `HeaderUtility::getPortStart`): its last `:`,
+/// unless that is inside an IPv6 literal's brackets.
+fn port_start(authority: &str) -> Option<usize> {
+    let colon = authority.rfind(':')?;
+    match authority.rfind(']') {
+        Some(bracket) if bracket > colon => None,
+        _ => Some(colon),
     }
 }
 
@@ -657,6 +1089,37 @@ fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
             None if pair == name => Some(""),
             _ => None,
         })
+}
+
+impl HeaderRule {
+    /// Envoy's `HeaderUtility::matchHeaders` for one rule: `value` is the header's value (its
+    /// values joined with `,`), `None` when absent.
+    fn holds(&self, value: Option<&[u8]>) -> bool {
+        let hit = match (&self.test, value) {
+            (HeaderTest::Present(want), v) => v.is_some() == *want,
+            // An absent header fails a value test, inverted or not.
+            (_, None) => return false,
+            (HeaderTest::Exact(want), Some(v)) => v == want.as_slice(),
+            (HeaderTest::Prefix(want), Some(v)) => v.starts_with(want),
+            (HeaderTest::Suffix(want), Some(v)) => v.ends_with(want),
+            (HeaderTest::Contains(want), Some(v)) => v.windows(want.len()).any(|w| w == want),
+            (HeaderTest::Regex(re), Some(v)) => {
+                std::str::from_utf8(v).is_ok_and(|v| re.is_match(v))
+            }
+        };
+        hit != self.invert
+    }
+}
+
+impl QueryRule {
+    /// `value`: the parameter's first occurrence.
+    fn holds(&self, value: Option<&str>) -> bool {
+        match self {
+            QueryRule::Exact(want) => value == Some(want.as_str()),
+            QueryRule::Regex(re) => value.is_some_and(|v| re.is_match(v)),
+            QueryRule::Present(want) => value.is_some() == *want,
+        }
+    }
 }
 
 /// The value of cookie `name` in a `cookie` header value.
@@ -756,21 +1219,74 @@ impl Router {
         if !route
             .query
             .iter()
-            .all(|(name, want)| query_param(query, name) == Some(want.as_str()))
+            .all(|(name, rule)| rule.holds(query_param(query, name)))
         {
             return false;
         }
-        route.headers.iter().all(|(name, rule)| {
-            let value = self.get_http_request_header_bytes(name);
-            match (rule, value) {
-                (HeaderRule::Present(want), v) => v.is_some() == *want,
-                (HeaderRule::Exact(want), Some(v)) => &v == want,
-                (HeaderRule::Regex(re), Some(v)) => {
-                    std::str::from_utf8(&v).is_ok_and(|v| re.is_match(v))
-                }
-                (_, None) => false,
+        route.headers.iter().all(|(name, rule)| match rule.test {
+            // Presence needs no value: one read, unless the list is already here.
+            HeaderTest::Present(_) if req.headers.get().is_none() => {
+                let present = self.get_http_request_header_bytes(name).is_some();
+                rule.holds(present.then_some(&[][..]))
             }
+            _ => rule.holds(self.header_value(req, name).as_deref()),
         })
+    }
+
+    /// Header `name`'s value, its values joined with `,` when it was sent more than once (as
+    /// Envoy's `getAllOfHeaderAsString`); only that case allocates.
+    fn header_value<'r>(&self, req: &'r Request, name: &str) -> Option<Cow<'r, [u8]>> {
+        let all = req
+            .headers
+            .get_or_init(|| self.get_http_request_headers_bytes());
+        let mut values = all
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice());
+        let first = values.next()?;
+        let Some(second) = values.next() else {
+            return Some(Cow::Borrowed(first));
+        };
+        let mut joined = [first, second].join(&b',');
+        for v in values {
+            joined.push(b',');
+            joined.extend_from_slice(v);
+        }
+        Some(Cow::Owned(joined))
+    }
+
+    /// The local 404 of a request no route takes.
+    fn no_route(&mut self) -> Action {
+        self.send_http_response(
+            404,
+            vec![("x-weir-router", "no_route")],
+            Some(b"weir: no_route"),
+        );
+        Action::Pause
+    }
+
+    /// Answers with `redirect`'s `location`, built from the request.
+    fn redirect(&mut self, r: &Redirect, route: &Route, req: &Request) -> Action {
+        let authority = match &req.authority {
+            Some(a) => Cow::Borrowed(a.as_str()),
+            None => Cow::Owned(
+                self.get_http_request_header(":authority")
+                    .or_else(|| self.get_http_request_header("host"))
+                    .unwrap_or_default(),
+            ),
+        };
+        let path = match &req.path {
+            Some(p) => Cow::Borrowed(p.as_str()),
+            None => Cow::Owned(self.get_http_request_header(":path").unwrap_or_default()),
+        };
+        let scheme = self.get_http_request_header(":scheme");
+        let prefix = match &route.path {
+            Some(PathMatch::Prefix(p)) => Some(p.as_str()),
+            _ => None,
+        };
+        let location = location(r, scheme.as_deref(), &authority, &path, prefix);
+        self.send_http_response(r.status, vec![("location", &location)], None);
+        Action::Pause
     }
 
     fn choose<'f>(&self, f: &'f Forward) -> &'f str {
@@ -828,6 +1344,78 @@ fn set_route(path: &[u8], value: &[u8]) {
     let _ = weir_sdk::properties::set_raw(path, value);
 }
 
+/// Envoy's `Http::Utility::newUri`: the `location` of redirect `r` for a request with this
+/// `:scheme`, `:authority` and `:path`; `prefix` is the route's matched `match.path.prefix`.
+fn location(
+    r: &Redirect,
+    scheme: Option<&str>,
+    authority: &str,
+    path: &str,
+    prefix: Option<&str>,
+) -> String {
+    let request_scheme = scheme.filter(|s| !s.is_empty()).unwrap_or("http");
+    let scheme = r.scheme.as_deref().unwrap_or(request_scheme);
+    let host = match &r.host {
+        Some(host) => host.as_str(),
+        None => redirect_host(authority, request_scheme, scheme, r.port.is_some()),
+    };
+    let port = r.port.as_deref().unwrap_or("");
+    let mut out = String::with_capacity(scheme.len() + 3 + host.len() + port.len() + path.len());
+    out.push_str(scheme);
+    out.push_str("://");
+    out.push_str(host);
+    out.push_str(port);
+    let path_at = out.len();
+    let mut own_query = false;
+    match (&r.path, prefix) {
+        (RedirectPath::Replace(to, has_query), _) => {
+            out.push_str(to);
+            own_query = *has_query;
+            // The request's query follows a path without one of its own.
+            if let (false, Some(q)) = (own_query, path.find('?')) {
+                out.push_str(&path[q..]);
+            }
+        }
+        (RedirectPath::Prefix(to), Some(prefix)) if path.starts_with(prefix) => {
+            out.push_str(to);
+            out.push_str(&path[prefix.len()..]);
+        }
+        _ => out.push_str(path),
+    }
+    if !out[path_at..].starts_with('/') {
+        out.insert(path_at, '/');
+    }
+    if r.strip_query
+        && !own_query
+        && let Some(q) = out[path_at..].find('?')
+    {
+        out.truncate(path_at + q);
+    }
+    out
+}
+
+/// The request's `authority` for a redirect that keeps it (Envoy's `processRequestHost`): without
+/// its port when the redirect sets one, or when the scheme changes and the port is the default
+/// one of the request's scheme.
+fn redirect_host<'a>(authority: &'a str, from: &str, to: &str, new_port: bool) -> &'a str {
+    let colon = if authority.starts_with('[') {
+        authority.rfind("]:").map(|i| i + 1)
+    } else {
+        authority.rfind(':')
+    };
+    let Some(colon) = colon else {
+        return authority;
+    };
+    let port = &authority[colon..];
+    let default_port = (from.eq_ignore_ascii_case("https") && port == ":443")
+        || (from.eq_ignore_ascii_case("http") && port == ":80");
+    if new_port || (to != from && default_port) {
+        &authority[..colon]
+    } else {
+        authority
+    }
+}
+
 /// `path` (with its query) with `prefix` (a prefix of it) replaced by `to`.
 fn rewritten(path: &str, prefix: &str, to: &str) -> String {
     let rest = &path[prefix.len()..];
@@ -863,14 +1451,22 @@ impl HttpContext for Router {
             } else {
                 None
             },
+            headers: OnceCell::new(),
         };
-        let Some(i) = config.routes.iter().position(|r| self.matches(r, &req)) else {
-            self.send_http_response(
-                404,
-                vec![("x-weir-router", "no_route")],
-                Some(b"weir: no_route"),
-            );
-            return Action::Pause;
+        let range = match &config.hosts {
+            None => 0..config.routes.len(),
+            Some(hosts) => match hosts.pick(req.authority.as_deref().unwrap_or("")) {
+                Some(v) => hosts.routes[v].clone(),
+                None => return self.no_route(),
+            },
+        };
+        let start = range.start;
+        let Some(i) = config.routes[range]
+            .iter()
+            .position(|r| self.matches(r, &req))
+            .map(|i| start + i)
+        else {
+            return self.no_route();
         };
         let route = &config.routes[i];
         match &route.action {
@@ -892,6 +1488,7 @@ impl HttpContext for Router {
                 self.send_http_response(*status, headers, body.as_deref().map(str::as_bytes));
                 Action::Pause
             }
+            RouteAction::Redirect(r) => self.redirect(r, route, &req),
         }
     }
 
