@@ -53,6 +53,8 @@ pub struct Published {
     pub listeners: Arc<[Arc<ListenerVersion>]>,
     /// The tracer and access log `config.telemetry` turns on.
     pub telemetry: Arc<crate::telemetry::Outputs>,
+    /// The part of `config` a control plane (xDS) supplied; the rest is the manifest's.
+    pub dynamic: Arc<config::Dynamic>,
 }
 
 /// Why a change was refused. The running generation is untouched in every case.
@@ -184,6 +186,7 @@ impl Control {
             config,
             filters,
             clusters: clusters.into(),
+            dynamic: Arc::default(),
         });
         let (publish, rx) = watch::channel(first.clone());
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
@@ -244,6 +247,13 @@ impl Control {
                 self.manifest_seen.store(seen, Relaxed);
             }
             parsed
+        });
+        // The control plane's part stays as it is over the new manifest.
+        let next = next.and_then(|c| {
+            config::merge(&c, &st.current.dynamic).map_err(|errors| config::ConfigError {
+                source_name: "manifest and xds".into(),
+                errors,
+            })
         });
         match next {
             Ok(next) => self.transact(&mut st, next, dry_run).await,
@@ -365,6 +375,7 @@ impl Control {
             clusters: prev.clusters.clone(),
             listeners: listeners.into(),
             telemetry,
+            dynamic: prev.dynamic.clone(),
         });
         let prepared = started.elapsed();
         self.publish_and_wait(&mut st, p.clone(), false).await?;
@@ -397,7 +408,7 @@ impl Control {
                 dry_run,
                 uploads,
                 Instant::now(),
-                (EndpointSource::Admin, None),
+                (EndpointSource::Admin, None, None),
             )
             .await;
         if r.is_ok() && !dry_run {
@@ -431,9 +442,84 @@ impl Control {
             dry_run,
             uploads,
             started,
-            (EndpointSource::Static, None),
+            (EndpointSource::Static, None, None),
         )
         .await
+    }
+
+    /// The xDS client's update: the control plane's whole part (`parts`), validated and laid over
+    /// the manifest's part of the running configuration, through the one transaction. A refusal
+    /// names the manifest field of the translated resource; nothing changes then.
+    pub async fn apply_dynamic(
+        &self,
+        parts: config::DynamicParts,
+        dry_run: bool,
+    ) -> Result<Applied, ControlError> {
+        let started = Instant::now();
+        let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
+        let statics = config::strip(&st.current.config, &st.current.dynamic);
+        let refused = |errors| config::ConfigError {
+            source_name: "xds".into(),
+            errors,
+        };
+        let dynamic = match config::dynamic(parts, &statics)
+            .and_then(|d| config::merge(&statics, &d).map(|next| (d, next)))
+        {
+            Ok(v) => v,
+            Err(errors) => {
+                self.reloads_failed.fetch_add(1, Relaxed);
+                return Err(refused(errors).into());
+            }
+        };
+        let (dynamic, next) = dynamic;
+        let uploads = st.uploads.clone();
+        self.transact_from(
+            &mut st,
+            next,
+            dry_run,
+            uploads,
+            started,
+            (EndpointSource::Xds, None, Some(Arc::new(dynamic))),
+        )
+        .await
+    }
+
+    /// An xDS endpoint update (EDS) for a cluster the control plane supplied: the endpoint
+    /// path of [`Control::set_endpoints`], and the control plane's part remembers the set.
+    pub async fn set_xds_endpoints(
+        &self,
+        cluster: &str,
+        endpoints: Vec<EndpointConfig>,
+    ) -> Result<Applied, ControlError> {
+        let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
+        let mut next = (*st.current.config).clone();
+        let c = next
+            .clusters
+            .iter_mut()
+            .find(|c| c.name == cluster)
+            .ok_or_else(|| ControlError::UnknownCluster(cluster.to_owned()))?;
+        check_endpoints(&endpoints)?;
+        Arc::make_mut(c).endpoints = Endpoints::Static(endpoints);
+        let changed = c.clone();
+        let mut dynamic = (*st.current.dynamic).clone();
+        if let Some(d) = dynamic.clusters.iter_mut().find(|d| d.name == cluster) {
+            *d = changed;
+        }
+        let uploads = st.uploads.clone();
+        let r = self
+            .transact_from(
+                &mut st,
+                next,
+                false,
+                uploads,
+                Instant::now(),
+                (EndpointSource::Xds, None, Some(Arc::new(dynamic))),
+            )
+            .await;
+        if r.is_ok() {
+            self.clusters.counts.endpoint_updates.fetch_add(1, Relaxed);
+        }
+        r
     }
 
     /// Publishes the endpoints DNS discovery found for `cluster` (only it gets a new version).
@@ -447,7 +533,7 @@ impl Control {
             false,
             uploads,
             Instant::now(),
-            (EndpointSource::Dns, Some(cluster)),
+            (EndpointSource::Dns, Some(cluster), None),
         )
         .await
     }
@@ -480,8 +566,9 @@ impl Control {
         });
     }
 
-    /// The transaction; `source` says where the endpoints of clusters it changes come from, and
-    /// `rediscovered` names a cluster to rebuild over its newly discovered endpoints.
+    /// The transaction; `source` says where the endpoints of clusters it changes come from,
+    /// `rediscovered` names a cluster to rebuild over its newly discovered endpoints, and
+    /// `dynamic` is the control plane's part of `next` (absent: it stays what it is).
     async fn transact_from(
         &self,
         st: &mut State,
@@ -489,7 +576,11 @@ impl Control {
         dry_run: bool,
         uploads: Uploads,
         started: Instant,
-        (source, rediscovered): (EndpointSource, Option<&str>),
+        (source, rediscovered, dynamic): (
+            EndpointSource,
+            Option<&str>,
+            Option<Arc<config::Dynamic>>,
+        ),
     ) -> Result<Applied, ControlError> {
         let result = async {
             check_reloadable(&st.current.config, &next)?;
@@ -533,6 +624,7 @@ impl Control {
                 config: next,
                 filters,
                 clusters: plan.clusters.clone().into(),
+                dynamic: dynamic.unwrap_or_else(|| st.current.dynamic.clone()),
             });
             self.clusters.count(&plan);
             self.count_listeners(&st.current.listeners, &p.listeners);
@@ -869,7 +961,7 @@ fn check_reloadable(running: &Config, next: &Config) -> Result<(), ControlError>
         return Ok(());
     }
     Err(ControlError::Invalid(format!(
-        "{}: changed, which needs a restart (a reload applies everything but workers and admin)",
+        "{}: changed, which needs a restart (a reload applies everything but workers, admin and xds)",
         changed.join(", ")
     )))
 }

@@ -37,8 +37,8 @@ pub struct ListenerRoute {
     pub id: usize,
     /// Its chain's filter indexes.
     pub chain: Option<Arc<[usize]>>,
-    /// Its default cluster's index in the generation's clusters.
-    pub default_cluster: usize,
+    /// Its default cluster's index in the generation's clusters (an xDS listener has none).
+    pub default_cluster: Option<usize>,
 }
 
 impl Generation {
@@ -101,9 +101,10 @@ impl Generation {
         self.route(id)?.chain.as_ref()
     }
 
-    /// The default cluster of listener `id`.
-    pub fn default_cluster(&self, id: usize) -> &Rc<crate::upstream::Cluster> {
-        &self.clusters[self.route(id).map_or(0, |r| r.default_cluster)]
+    /// The default cluster of listener `id`, if it has one.
+    pub fn default_cluster(&self, id: usize) -> Option<&Rc<crate::upstream::Cluster>> {
+        self.clusters
+            .at(self.route(id).map_or(Some(0), |r| r.default_cluster)?)
     }
 }
 

@@ -34,6 +34,36 @@ pub(super) fn positive(
     }
 }
 
+/// Where the items being validated come from. A control plane's names follow its own grammar
+/// (Istio's cluster names hold `|`), so they are checked more loosely than a manifest's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    Manifest,
+    Xds,
+}
+
+/// A name as `source` allows it.
+pub(super) fn check_name_in(name: &str, path: &str, source: Source, errs: &mut Errors) {
+    match source {
+        Source::Manifest => check_name(name, path, errs),
+        Source::Xds => {
+            // Printable ASCII without spaces, quotes or backslashes: safe in metric labels,
+            // JSON and admin paths without escaping rules of its own.
+            let ok = !name.is_empty()
+                && name.len() <= 256
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\'));
+            if !ok {
+                errs.push(
+                    path,
+                    format!("`{name}` is not a valid name (1-256 printable ASCII, no quotes)"),
+                );
+            }
+        }
+    }
+}
+
 pub(super) fn check_name(name: &str, path: &str, errs: &mut Errors) {
     let ok = !name.is_empty()
         && name.len() <= 128

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::check::{Errors, check_name, positive};
+use super::check::{Errors, Source, check_name_in, positive};
 use super::resilience::{circuit_breaker, ewma, failover, health_check, outlier, retry_policy};
 use super::tls::cluster_tls;
 use super::units::{self, ser_duration, ser_opt_duration};
@@ -153,12 +153,13 @@ pub enum EndpointHealth {
 pub(super) fn clusters(
     map: BTreeMap<String, raw::Cluster>,
     base_dir: &Path,
+    source: Source,
     errs: &mut Errors,
 ) -> Vec<ClusterConfig> {
     let mut clusters = Vec::with_capacity(map.len());
     for (name, c) in map {
         let p = format!("clusters.{name}");
-        check_name(&name, &p, errs);
+        check_name_in(&name, &p, source, errs);
         let endpoints = match (c.endpoints, c.demo) {
             (Some(list), None) if c.discovery != raw::Discovery::Static => {
                 if list.is_empty() {
@@ -198,7 +199,9 @@ pub(super) fn clusters(
             }
             (None, Some(label)) => Endpoints::Demo(label),
             (Some(list), None) => {
-                if list.is_empty() {
+                // A control plane may scale a cluster to nothing; a manifest that lists no
+                // endpoint is a mistake.
+                if list.is_empty() && source == Source::Manifest {
                     errs.push(format!("{p}.endpoints"), "must list at least one endpoint");
                 }
                 let mut eps = Vec::with_capacity(list.len());

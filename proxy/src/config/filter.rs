@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::check::{Errors, check_name, positive};
+use super::check::{Errors, Source, check_name_in, positive};
 use super::units::ser_duration;
 use super::{FailurePolicy, raw};
 
@@ -47,12 +47,13 @@ pub enum ModuleRef {
 pub(super) fn filters(
     map: BTreeMap<String, raw::Filter>,
     base_dir: &Path,
+    source: Source,
     errs: &mut Errors,
 ) -> Vec<FilterConfig> {
     let mut filters = Vec::with_capacity(map.len());
     for (name, f) in map {
         let p = format!("filters.{name}");
-        check_name(&name, &p, errs);
+        check_name_in(&name, &p, source, errs);
         let module = if let Some(b) = f.module.strip_prefix("builtin:") {
             if b.is_empty() {
                 errs.push(format!("{p}.module"), "`builtin:` needs a filter name");
@@ -106,15 +107,16 @@ pub(super) fn filters(
 /// The `chains:` map, in name order; every filter a chain names must be in `filters`.
 pub(super) fn chains(
     map: BTreeMap<String, Vec<String>>,
-    filters: &[FilterConfig],
+    filters: &[&[FilterConfig]],
+    source: Source,
     errs: &mut Errors,
 ) -> Vec<ChainConfig> {
     let mut chains = Vec::with_capacity(map.len());
     for (name, list) in map {
         let p = format!("chains.{name}");
-        check_name(&name, &p, errs);
+        check_name_in(&name, &p, source, errs);
         for (i, f) in list.iter().enumerate() {
-            if !filters.iter().any(|x| &x.name == f) {
+            if !filters.iter().any(|set| set.iter().any(|x| &x.name == f)) {
                 errs.push(format!("{p}[{i}]"), format!("unknown filter `{f}`"));
             }
         }

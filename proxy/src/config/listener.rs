@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::check::{Errors, check_name, positive, socket_addr};
+use super::check::{Errors, Source, check_name_in, positive, socket_addr};
 use super::tls::listener_tls;
 use super::units::ser_duration;
 use super::{ChainConfig, ClusterConfig, ListenerTlsConfig, raw};
@@ -25,11 +25,12 @@ pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
-    /// Index into [`Config::clusters`](super::Config::clusters).
+    /// Index into [`Config::clusters`](super::Config::clusters); an xDS listener has none (its
+    /// routes decide; a request they do not route gets a 404).
     #[serde(skip)]
-    pub default_cluster: usize,
-    #[serde(rename = "default_cluster")]
-    pub default_cluster_name: String,
+    pub default_cluster: Option<usize>,
+    #[serde(rename = "default_cluster", skip_serializing_if = "Option::is_none")]
+    pub default_cluster_name: Option<String>,
     pub chain: Option<String>,
     pub limits: ListenerLimits,
     pub tls: Option<ListenerTlsConfig>,
@@ -62,22 +63,21 @@ impl Default for ListenerLimits {
     }
 }
 
-/// The `listeners:` list; `clusters` and `chains` are the validated ones they may name.
+/// The `listeners:` list; `clusters` and `chains` are the validated ones they may name (a
+/// listener from xDS may name the manifest's as well as its own).
 pub(super) fn listeners(
     list: Vec<raw::Listener>,
-    clusters: &[std::sync::Arc<ClusterConfig>],
-    chains: &[ChainConfig],
+    clusters: &[&[std::sync::Arc<ClusterConfig>]],
+    chains: &[&[ChainConfig]],
     base_dir: &Path,
+    source: Source,
     errs: &mut Errors,
 ) -> Vec<ListenerConfig> {
-    if list.is_empty() {
-        errs.push("listeners", "at least one listener is needed");
-    }
     let mut names = BTreeSet::new();
     let mut listeners = Vec::with_capacity(list.len());
     for (i, l) in list.into_iter().enumerate() {
         let p = format!("listeners[{i}]");
-        check_name(&l.name, &format!("{p}.name"), errs);
+        check_name_in(&l.name, &format!("{p}.name"), source, errs);
         if !names.insert(l.name.clone()) {
             errs.push(
                 format!("{p}.name"),
@@ -85,21 +85,30 @@ pub(super) fn listeners(
             );
         }
         let address = socket_addr(&l.address, &format!("{p}.address"), errs);
-        let default_cluster = match clusters.iter().position(|c| c.name == l.default_cluster) {
-            Some(ix) => ix,
-            None => {
+        let default_cluster = match &l.default_cluster {
+            // The index is set when the manifest's and the control plane's parts are merged.
+            Some(name)
+                if clusters
+                    .iter()
+                    .any(|set| set.iter().any(|c| &c.name == name)) =>
+            {
+                None
+            }
+            Some(name) => {
                 errs.push(
                     format!("{p}.default_cluster"),
-                    format!(
-                        "unknown cluster `{}` (listener `{}` names it)",
-                        l.default_cluster, l.name
-                    ),
+                    format!("unknown cluster `{name}` (listener `{}` names it)", l.name),
                 );
-                0
+                None
             }
+            None if source == Source::Manifest => {
+                errs.push(format!("{p}.default_cluster"), "is required");
+                None
+            }
+            None => None,
         };
         if let Some(ch) = &l.chain
-            && !chains.iter().any(|c| &c.name == ch)
+            && !chains.iter().any(|set| set.iter().any(|c| &c.name == ch))
         {
             errs.push(format!("{p}.chain"), format!("unknown chain `{ch}`"));
         }

@@ -13,6 +13,7 @@
 
 mod check;
 mod cluster;
+mod dynamic;
 mod filter;
 mod listener;
 pub mod raw;
@@ -20,6 +21,7 @@ mod resilience;
 mod telemetry;
 mod tls;
 pub mod units;
+mod xds;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -28,7 +30,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use check::{Errors, positive, socket_addr};
+use check::{Errors, Source, positive, socket_addr};
 use units::ser_duration;
 
 pub use cluster::{
@@ -36,6 +38,7 @@ pub use cluster::{
     DEFAULT_POOL_MAX_IDLE, DEFAULT_RESPONSE_TIMEOUT, DnsEndpoints, DnsHost, EndpointConfig,
     EndpointHealth, Endpoints, MAX_PRIORITY, MAX_WEIGHT,
 };
+pub use dynamic::{Dynamic, DynamicParts, dynamic, merge, strip};
 pub use filter::{
     ChainConfig, DEFAULT_FILTER_CALLBACK_DEADLINE, DEFAULT_FILTER_MEMORY, FilterConfig, ModuleRef,
 };
@@ -44,6 +47,7 @@ pub use listener::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_HEADERS, DEFAULT_MAX_REQUEST_HEADERS_SIZE,
     DEFAULT_MAX_URI_LENGTH, ListenerConfig, ListenerLimits,
 };
+pub use raw::XdsMode;
 pub use raw::{ClientAuth, FailurePolicy, ForwardClientCert, HealthCheckKind, LbPolicy, Protocol};
 pub use resilience::{
     CircuitBreakerConfig, DEFAULT_BREAKER_LIMIT, DEFAULT_EWMA_DECAY, DEFAULT_EWMA_RTT,
@@ -66,6 +70,7 @@ pub use tls::{
     ClusterTlsConfig, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_WATCH_INTERVAL, ExpectedIdentity,
     ListenerTlsConfig,
 };
+pub use xds::{DEFAULT_XDS_INITIAL_FETCH_TIMEOUT, XdsConfig, XdsNodeConfig};
 
 /// The manifest `weir run` uses when no `--config` is given: a working proxy in front of the
 /// built-in demo upstream.
@@ -90,6 +95,9 @@ pub struct Config {
     pub filters: Vec<FilterConfig>,
     pub telemetry: TelemetryConfig,
     pub dns: DnsConfig,
+    /// The control plane weir follows, if any (restart-only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xds: Option<XdsConfig>,
 }
 
 /// `dns:`: how DNS-discovered clusters resolve.
@@ -228,14 +236,29 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
 
     // Clusters first: listeners refer to them.
     let clusters: Vec<std::sync::Arc<ClusterConfig>> =
-        cluster::clusters(m.clusters, base_dir, &mut errs)
+        cluster::clusters(m.clusters, base_dir, Source::Manifest, &mut errs)
             .into_iter()
             .map(std::sync::Arc::new)
             .collect();
     // Filters, then the chains that name them.
-    let filters = filter::filters(m.filters, base_dir, &mut errs);
-    let chains = filter::chains(m.chains, &filters, &mut errs);
-    let listeners = listener::listeners(m.listeners, &clusters, &chains, base_dir, &mut errs);
+    let filters = filter::filters(m.filters, base_dir, Source::Manifest, &mut errs);
+    let chains = filter::chains(m.chains, &[&filters], Source::Manifest, &mut errs);
+    // Under a control plane the listeners may all come from it.
+    if m.listeners.is_empty() && m.xds.is_none() {
+        errs.push(
+            "listeners",
+            "at least one listener is needed (or an `xds:` control plane that sends them)",
+        );
+    }
+    let listeners = listener::listeners(
+        m.listeners,
+        &[&clusters],
+        &[&chains],
+        base_dir,
+        Source::Manifest,
+        &mut errs,
+    );
+    let xds = m.xds.map(|x| xds::xds(x, base_dir, &mut errs));
 
     let drain_timeout = positive(
         m.drain_timeout.map(|d| d.0),
@@ -273,19 +296,22 @@ pub fn validate(m: raw::Manifest, base_dir: &Path) -> Result<Config, Vec<FieldEr
         ),
     };
 
+    let mut config = Config {
+        workers: m.workers,
+        drain_timeout,
+        tls_watch_interval,
+        admin,
+        listeners,
+        clusters,
+        chains,
+        filters,
+        telemetry,
+        dns,
+        xds,
+    };
+    dynamic::resolve_default_clusters(&mut config, &mut Errors(Vec::new()));
     if errs.0.is_empty() {
-        Ok(Config {
-            workers: m.workers,
-            drain_timeout,
-            tls_watch_interval,
-            admin,
-            listeners,
-            clusters,
-            chains,
-            filters,
-            telemetry,
-            dns,
-        })
+        Ok(config)
     } else {
         Err(errs.0)
     }

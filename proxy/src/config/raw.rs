@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::units::{HumanDuration, HumanSize};
 
 /// Top level of a manifest (v1).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub workers: Option<usize>,
@@ -28,9 +28,52 @@ pub struct Manifest {
     pub telemetry: Option<Telemetry>,
     /// How clusters with `discovery: dns | logical_dns` resolve their hosts.
     pub dns: Option<Dns>,
+    /// A control plane that streams listeners, routes, clusters and endpoints (xDS).
+    pub xds: Option<Xds>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `xds:` — Envoy's `dynamic_resources` (one ADS server) and `node`, in Weir's style.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Xds {
+    pub server: XdsServer,
+    pub node: XdsNode,
+    /// `delta` (the default, Envoy's DeltaAggregatedResources) or `sotw` (state of the world).
+    pub mode: Option<XdsMode>,
+    /// How long start-up waits for the first complete configuration before `/ready` answers
+    /// and warming clusters are used without their endpoints (Envoy: 15s).
+    pub initial_fetch_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsServer {
+    /// `host:port` or `ip:port` of the ADS (gRPC) server.
+    pub address: String,
+    /// TLS or mutual TLS to the server (absent: plaintext HTTP/2).
+    pub tls: Option<ClusterTls>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsNode {
+    pub id: String,
+    pub cluster: Option<String>,
+    /// Sent to the control plane, and readable by filters as `xds.node.metadata.KEY`.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The node's locality zone (`node.locality.zone`).
+    pub zone: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdsMode {
+    #[default]
+    Delta,
+    Sotw,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dns {
     /// Nameservers (`ip:port`); absent: the system's (`/etc/resolv.conf`, `/etc/hosts`).
@@ -52,7 +95,7 @@ pub enum Discovery {
     LogicalDns,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Telemetry {
     /// OpenTelemetry traces exported over OTLP/HTTP; absent: tracing is off.
@@ -61,7 +104,7 @@ pub struct Telemetry {
     pub access_log: Option<AccessLog>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tracing {
     /// The collector's OTLP/HTTP address: `http://HOST:PORT` (then `/v1/traces`) or a full URL.
@@ -80,7 +123,7 @@ pub struct Tracing {
     pub headers: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLog {
     /// `stdout` (the default) or a file path (appended to; relative to the manifest).
@@ -91,7 +134,7 @@ pub struct AccessLog {
     pub flush_interval: Option<HumanDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub address: String,
@@ -99,12 +142,14 @@ pub struct Admin {
     pub token_file: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: String,
     pub address: String,
-    pub default_cluster: String,
+    /// Where a request goes when no filter chose a cluster. Required in a manifest; a listener
+    /// from xDS has none (its routes decide, and a request no route matches gets a 404).
+    pub default_cluster: Option<String>,
     pub chain: Option<String>,
     #[serde(default)]
     pub limits: ListenerLimits,
@@ -112,7 +157,7 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     /// PEM certificate chain, leaf first.
@@ -150,7 +195,7 @@ pub enum ForwardClientCert {
     Sanitize,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterTls {
     /// PEM trust bundle the upstream's certificate must chain to.
@@ -163,7 +208,7 @@ pub struct ClusterTls {
     pub expect_identity: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerLimits {
     pub max_request_headers_size: Option<HumanSize>,
@@ -175,7 +220,7 @@ pub struct ListenerLimits {
     pub h2_max_concurrent_streams: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub endpoints: Option<Vec<Endpoint>>,
@@ -204,13 +249,13 @@ pub struct Cluster {
 }
 
 /// One endpoint: `ip:port` / `host:port`, or `{address, weight, priority}`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Endpoint {
     Address(String),
     Detailed(EndpointSpec),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     pub address: String,
@@ -243,7 +288,7 @@ impl<'de> Deserialize<'de> for Endpoint {
 }
 
 /// `retries:` — the cluster's retry policy.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Retries {
     /// Retries after the first try (Istio's `attempts`).
@@ -261,14 +306,14 @@ pub struct Retries {
 }
 
 /// A `retries.on` entry: a condition name or a status code.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum RetryOn {
     Status(u16),
     Name(String),
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
     pub base: Option<HumanDuration>,
@@ -276,7 +321,7 @@ pub struct Backoff {
 }
 
 /// Linkerd's retry budget: retries ≤ `percent` of requests plus `min_per_second`, over `ttl`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
     pub percent: Option<f64>,
@@ -308,7 +353,7 @@ pub struct Outlier {
 }
 
 /// `health_check:` — active probes of every endpoint.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// `http` (the default: `GET path`, a 2xx passes) or `tcp` (a connection passes).
@@ -368,7 +413,7 @@ pub enum LbPolicy {
     P2cEwma,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterTimeouts {
     pub connect: Option<HumanDuration>,
@@ -378,14 +423,14 @@ pub struct ClusterTimeouts {
     pub idle: Option<HumanDuration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSettings {
     pub max_idle: Option<usize>,
     pub idle_timeout: Option<HumanDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
     /// `builtin:NAME` or a path to a `.wasm` file (relative to the manifest's folder).
@@ -411,7 +456,7 @@ pub enum FailurePolicy {
     Reload,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterLimits {
     pub memory: Option<HumanSize>,

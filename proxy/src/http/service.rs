@@ -118,8 +118,7 @@ impl ProxyService {
                 .worker
                 .generation()
                 .default_cluster(self.listener.id)
-                .protocol
-                == crate::config::Protocol::Http1
+                .is_some_and(|c| c.protocol == crate::config::Protocol::Http1)
             && !self.has_chain()
     }
 
@@ -154,7 +153,7 @@ impl ProxyService {
             Some(raw)
                 if chain.is_none()
                     && !upgrade
-                    && cluster.protocol == crate::config::Protocol::Http1 =>
+                    && cluster.is_some_and(|c| c.protocol == crate::config::Protocol::Http1) =>
             {
                 Some(raw)
             }
@@ -214,6 +213,7 @@ impl ProxyService {
             .await;
         }
 
+        let cluster = cluster.ok_or(ProxyError::NoRoute)?;
         let mut req = Request::from_parts(parts, ProxyBody::Downstream(body));
         if upgrade {
             let ep = cluster.endpoint()?;
@@ -340,7 +340,9 @@ impl ProxyService {
                 .clusters
                 .get(name)
                 .ok_or_else(|| ProxyError::UnknownCluster(name.clone()))?,
-            None => generation.default_cluster(self.listener.id),
+            None => generation
+                .default_cluster(self.listener.id)
+                .ok_or(ProxyError::NoRoute)?,
         };
         if upgrade {
             let ep = cluster.endpoint()?;

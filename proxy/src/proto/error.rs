@@ -92,9 +92,12 @@ pub mod flags {
     pub const URX: u16 = 1 << 11;
     /// A filter failed (trap, deadline, unavailable VM): Weir's own flag, Envoy has none.
     pub const FF: u16 = 1 << 12;
+    /// No route: nothing decided where the request goes (an xDS listener's routes matched
+    /// nothing, or a listener without a default cluster).
+    pub const NR: u16 = 1 << 13;
 
     /// Every flag with its letters, in the order they are written.
-    pub const NAMES: [(u16, &str); 13] = [
+    pub const NAMES: [(u16, &str); 14] = [
         (UH, "UH"),
         (UF, "UF"),
         (UT, "UT"),
@@ -108,6 +111,7 @@ pub mod flags {
         (UO, "UO"),
         (URX, "URX"),
         (FF, "FF"),
+        (NR, "NR"),
     ];
 }
 
@@ -171,6 +175,9 @@ pub enum ProxyError {
     Filter(StatusCode, &'static str),
     #[error("route decision names unknown cluster {0}")]
     UnknownCluster(String),
+    /// No filter chose a cluster and the listener has no default one.
+    #[error("no route for this request")]
+    NoRoute,
     #[error("circuit breaker open: cluster at max_{}", .0.name())]
     Overflow(Resource),
     #[error("attempt got no response head within its per-try timeout {0:?}")]
@@ -206,7 +213,10 @@ impl ProxyError {
             | ProxyError::UnsupportedTransferCoding
             | ProxyError::MethodNotAllowed(_) => ErrorKind::Downstream,
             ProxyError::Filter(..) => ErrorKind::Filter,
-            ProxyError::Internal(_) | ProxyError::UnknownCluster(_) => ErrorKind::Internal,
+            // A route decision is configuration: neither side's fault.
+            ProxyError::Internal(_) | ProxyError::UnknownCluster(_) | ProxyError::NoRoute => {
+                ErrorKind::Internal
+            }
             ProxyError::Retried { last, .. } => last.kind(),
             ProxyError::NoHealthyUpstream(_)
             | ProxyError::ConnectFailure { .. }
@@ -239,6 +249,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoHealthyUpstream(_)
             | ProxyError::ConnectFailure { .. }
             | ProxyError::ConnectTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -270,6 +281,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => "request_headers_too_large",
             ProxyError::UnsupportedTransferCoding => "unsupported_transfer_coding",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::NoRoute => "no_route",
             ProxyError::NoHealthyUpstream(_) => "no_healthy_upstream",
             ProxyError::ConnectFailure { .. } => "upstream_connect_failure",
             ProxyError::ConnectTimeout(_) => "upstream_connect_timeout",
@@ -335,6 +347,7 @@ pub fn flag_of_reason(reason: &str) -> u16 {
         "upstream_body_error" => flags::UR,
         "upstream_protocol_error" => flags::UPE,
         "unknown_cluster" => flags::NC,
+        "no_route" => flags::NR,
         "bad_request"
         | "conflicting_framing"
         | "uri_too_long"
@@ -391,6 +404,7 @@ mod tests {
             ProxyError::Filter(StatusCode::BAD_GATEWAY, "filter_reset"),
             ProxyError::Filter(StatusCode::GATEWAY_TIMEOUT, "filter_pause_timeout"),
             ProxyError::UnknownCluster("c".into()),
+            ProxyError::NoRoute,
             ProxyError::Overflow(Resource::Pending),
             ProxyError::PerTryTimeout(d),
             ProxyError::RequestTimeout(d),
@@ -402,14 +416,15 @@ mod tests {
         use flags::*;
         let expected = [
             DPE, DPE, DPE, DPE, DPE, DPE, UH, UF, UF, UT, UC, UC, UPE, UR, 0, FF, FF, LR, 0, NC,
-            UO, UT, UT,
+            NR, UO, UT, UT,
         ];
         let errors = every_error();
         assert_eq!(errors.len(), expected.len());
         for (e, flag) in errors.iter().zip(expected) {
             assert_eq!(e.flag(), flag, "{e:?}");
         }
-        assert_eq!(flag_of_reason("no_route"), 0);
+        // The router's local 404 carries the reason and so the flag (Envoy's NR).
+        assert_eq!(flag_of_reason("no_route"), NR);
     }
 
     #[test]

@@ -543,6 +543,6 @@ mod tests {
         );
         assert_eq!(flag_of_reason("upstream_response_timeout"), flags::UT);
         assert_eq!(flag_of_reason("filter_failed"), flags::FF);
-        assert_eq!(flag_of_reason("no_route"), 0);
+        assert_eq!(flag_of_reason("no_route"), flags::NR);
     }
 }

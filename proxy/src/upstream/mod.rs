@@ -103,6 +103,11 @@ impl ClusterTable {
         self.by_name.get(name).map(|&i| &self.clusters[i])
     }
 
+    /// The cluster at index `i`, if there is one.
+    pub fn at(&self, i: usize) -> Option<&Rc<Cluster>> {
+        self.clusters.get(i)
+    }
+
     /// The position of the cluster called `name`.
     pub fn position(&self, name: &str) -> Option<usize> {
         self.by_name.get(name).copied()

@@ -299,6 +299,8 @@ pub enum EndpointSource {
     Admin,
     /// DNS discovery.
     Dns,
+    /// A control plane (xDS: a CDS cluster's own endpoints, or EDS).
+    Xds,
 }
 
 /// What a cluster keeps across its versions (see the module docs).
