@@ -112,9 +112,14 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
         .map_err(|e| AppError::Runtime(std::io::Error::other(e)))??
     };
 
+    let xds = config
+        .xds
+        .as_ref()
+        .map(|x| Arc::new(crate::xds::XdsStatus::new(x)));
     let admin_state = Arc::new(AdminState {
         tls: tls.clone(),
         telemetry: Some(telemetry.clone()),
+        xds: xds.clone(),
         ..AdminState::default()
     });
     if let Some(a) = &config.admin {
@@ -144,6 +149,11 @@ async fn serve(config: Arc<Config>, workers: usize, opts: RunOptions) -> Result<
     drop(acks);
     control.wait_started().await?;
     control.follow_discovery();
+    // The control plane's configuration arrives from here on; the manifest's part serves
+    // meanwhile (and `/ready` says 503 until the first complete configuration).
+    if let (Some(cfg), Some(status)) = (&config.xds, xds) {
+        crate::xds::follow(control.clone(), cfg, status);
+    }
     if let (true, Some(m)) = (opts.watch, &opts.manifest) {
         tokio::spawn(crate::watch::follow(m.path.clone(), control.clone()));
     }

@@ -43,3 +43,4 @@ pub mod tls;
 pub mod upstream;
 pub mod watch;
 pub mod worker;
+pub mod xds;

@@ -21,7 +21,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     // The demo upstream is part of the embedded default that `app` starts.
     ("app", &["app", "demo"]),
-    ("admin", &["admin", "watch"]),
+    // The xDS client asks the control plane for changes, as the admin endpoint does.
+    ("admin", &["admin", "watch", "xds"]),
     ("worker", &["worker"]),
     ("control", &["control"]),
     ("listener", &["listener"]),

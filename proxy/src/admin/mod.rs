@@ -55,6 +55,8 @@ pub struct AdminState {
     pub tls: Arc<crate::tls::TlsContexts>,
     /// The core's metrics (`/metrics`).
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// The xDS client, when weir follows a control plane (`/ready`, `/config_dump`, `/metrics`).
+    pub xds: Option<Arc<crate::xds::XdsStatus>>,
 }
 
 struct Admin {

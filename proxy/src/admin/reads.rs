@@ -15,6 +15,11 @@ impl Admin {
             "/ready" => {
                 if self.state.draining.load(Ordering::Relaxed) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else if self.state.xds.as_ref().is_some_and(|x| !x.ready()) {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "waiting for the first configuration from the control plane\n",
+                    )
                 } else {
                     text(StatusCode::OK, "ready\n")
                 }
@@ -38,6 +43,17 @@ impl Admin {
                         .map(|c| (c.name.clone(), json!(c.generation)))
                         .collect::<serde_json::Map<_, _>>(),
                 });
+                if let Some(x) = &self.state.xds {
+                    let mut dump = x.dump();
+                    // Which listeners, clusters, filters and chains the control plane supplied.
+                    dump["dynamic"] = json!({
+                        "listeners": p.dynamic.listeners.iter().map(|l| &l.name).collect::<Vec<_>>(),
+                        "clusters": p.dynamic.clusters.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                        "filters": p.dynamic.filters.iter().map(|f| &f.name).collect::<Vec<_>>(),
+                        "chains": p.dynamic.chains.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                    });
+                    v["xds"] = dump;
+                }
                 json_resp(StatusCode::OK, &v)
             }
             "/filters" => json_resp(StatusCode::OK, &self.filters_json()),
@@ -122,6 +138,9 @@ impl Admin {
             self.control.reloads_ok.load(Ordering::Relaxed),
             self.control.reloads_failed.load(Ordering::Relaxed)
         );
+        if let Some(x) = &self.state.xds {
+            x.metrics(&mut out);
+        }
         let lc = &self.control.listener_changes;
         let _ = writeln!(
             out,

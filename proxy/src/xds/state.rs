@@ -1,0 +1,271 @@
+//! What the client holds of each resource type (the accepted resources, as the server sent them,
+//! with their versions), and the assembly of the control plane's whole part from it.
+//!
+//! Assembly follows Envoy's warming: an EDS cluster joins the configuration once its
+//! `ClusterLoadAssignment` arrived, a listener once its `RouteConfiguration` and every filter
+//! config it names by ECDS arrived; each waits at most `initial_fetch_timeout` from when it
+//! first appeared, then joins without them (a cluster with no endpoints, a listener whose
+//! routes match nothing). Each listener becomes a chain of its HTTP filters followed by the
+//! stock router configured from its routes; routes from RDS become one router filter per route
+//! configuration, shared by the listeners that name it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+
+use super::Kind;
+use super::translate::{self, HttpFilterSpec, Rejection, RouteSource};
+use crate::config::{DynamicParts, EndpointConfig, raw};
+
+/// One accepted resource.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub version: String,
+    pub resource: Any,
+    /// When it first appeared (its warming deadline counts from here).
+    pub since: Instant,
+}
+
+/// The accepted resources of every type, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Cache {
+    pub kinds: [BTreeMap<String, Entry>; 5],
+}
+
+impl Cache {
+    pub fn of(&self, kind: Kind) -> &BTreeMap<String, Entry> {
+        &self.kinds[kind.index()]
+    }
+
+    pub fn of_mut(&mut self, kind: Kind) -> &mut BTreeMap<String, Entry> {
+        &mut self.kinds[kind.index()]
+    }
+}
+
+/// The control plane's part as the cache makes it now.
+#[derive(Debug, Default)]
+pub struct Assembly {
+    pub parts: DynamicParts,
+    /// Resources held back for what they depend on.
+    pub warming: Vec<(Kind, String)>,
+    /// When the first of them stops waiting.
+    pub next_deadline: Option<Instant>,
+    /// The names each named type is wanted by (what to subscribe to).
+    pub wanted: BTreeMap<Kind, BTreeSet<String>>,
+    /// The clusters in `parts` fed by each `ClusterLoadAssignment` name.
+    pub eds_users: BTreeMap<String, Vec<String>>,
+}
+
+/// Decodes a resource of type `M` (the type URL was checked when it arrived).
+pub fn decode<M: Message + Default>(any: &Any) -> Result<M, Rejection> {
+    M::decode(any.value.as_slice()).map_err(|e| Rejection {
+        field: String::new(),
+        message: format!("cannot decode: {e}"),
+    })
+}
+
+/// Checks one incoming resource on its own (its type, its decoding, its translation): what
+/// can be refused before anything is applied. Returns the name the resource carries.
+pub fn check(kind: Kind, any: &Any) -> Result<String, Rejection> {
+    if any.type_url != kind.type_url() {
+        return Err(Rejection {
+            field: "type_url".into(),
+            message: format!(
+                "`{}` where `{}` was asked for",
+                any.type_url,
+                kind.type_url()
+            ),
+        });
+    }
+    Ok(match kind {
+        Kind::Cluster => translate::cluster(&decode::<Cluster>(any)?)?.name,
+        Kind::Endpoint => {
+            let cla = decode::<ClusterLoadAssignment>(any)?;
+            translate::load_assignment(&cla)?;
+            cla.cluster_name
+        }
+        Kind::Listener => translate::listener(&decode::<Listener>(any)?)?.name,
+        Kind::Route => {
+            let rc = decode::<RouteConfiguration>(any)?;
+            translate::route_config(&rc)?;
+            rc.name
+        }
+        Kind::Extension => {
+            let tec = decode::<TypedExtensionConfig>(any)?;
+            let typed = tec.typed_config.as_ref().ok_or_else(|| Rejection {
+                field: "typed_config".into(),
+                message: "is required".into(),
+            })?;
+            translate::wasm_filter(&tec.name, typed).map_err(|r| Rejection {
+                field: format!("typed_config.{}", r.field),
+                message: r.message,
+            })?;
+            tec.name
+        }
+    })
+}
+
+/// The filter name of a route configuration's router, and of an ECDS filter config.
+fn rds_filter(name: &str) -> String {
+    format!("rds/{name}")
+}
+
+fn ecds_filter(name: &str) -> String {
+    format!("ecds/{name}")
+}
+
+/// Assembles the control plane's part from `cache`. `timeout` is `initial_fetch_timeout`.
+pub fn assemble(cache: &Cache, now: Instant, timeout: Duration) -> Assembly {
+    let mut a = Assembly::default();
+    for k in Kind::ALL.into_iter().filter(|k| !k.wildcard()) {
+        a.wanted.insert(k, BTreeSet::new());
+    }
+    let expired = |e: &Entry| now.saturating_duration_since(e.since) >= timeout;
+    let note_wait = |a: &mut Assembly, kind: Kind, name: &str, e: &Entry| {
+        a.warming.push((kind, name.to_owned()));
+        let deadline = e.since + timeout;
+        a.next_deadline = Some(a.next_deadline.map_or(deadline, |d| d.min(deadline)));
+    };
+
+    for (name, e) in cache.of(Kind::Cluster) {
+        let Ok(spec) = decode::<Cluster>(&e.resource).and_then(|c| translate::cluster(&c)) else {
+            continue; // checked when it arrived
+        };
+        let mut cluster = spec.cluster;
+        if let Some(svc) = &spec.eds {
+            a.wanted
+                .entry(Kind::Endpoint)
+                .or_default()
+                .insert(svc.clone());
+            let endpoints = match cache.of(Kind::Endpoint).get(svc) {
+                Some(cla) => decode::<ClusterLoadAssignment>(&cla.resource)
+                    .and_then(|c| translate::load_assignment(&c))
+                    .unwrap_or_default(),
+                None if expired(e) => Vec::new(),
+                None => {
+                    note_wait(&mut a, Kind::Cluster, name, e);
+                    continue;
+                }
+            };
+            cluster.endpoints = Some(endpoints.iter().map(raw_endpoint).collect());
+            a.eds_users
+                .entry(svc.clone())
+                .or_default()
+                .push(spec.name.clone());
+        }
+        a.parts.clusters.insert(spec.name, cluster);
+    }
+
+    for (name, e) in cache.of(Kind::Listener) {
+        let Ok(spec) = decode::<Listener>(&e.resource).and_then(|l| translate::listener(&l)) else {
+            continue;
+        };
+        let mut chain = Vec::with_capacity(spec.filters.len() + 1);
+        let mut filters = Vec::new();
+        let mut waiting = false;
+        for f in &spec.filters {
+            match f {
+                HttpFilterSpec::Wasm {
+                    name: fname,
+                    filter,
+                } => {
+                    let id = format!("{}/{fname}", spec.name);
+                    filters.push((id.clone(), filter.clone()));
+                    chain.push(id);
+                }
+                HttpFilterSpec::Ecds { config_name, .. } => {
+                    a.wanted
+                        .entry(Kind::Extension)
+                        .or_default()
+                        .insert(config_name.clone());
+                    let id = ecds_filter(config_name);
+                    match ecds(cache, config_name) {
+                        Some(filter) => {
+                            filters.push((id.clone(), filter));
+                            chain.push(id);
+                        }
+                        // Envoy serves without a filter config that never came only when the
+                        // filter has a default config; Weir has none, so the listener waits.
+                        None if !expired(e) => waiting = true,
+                        None => {}
+                    }
+                }
+            }
+        }
+        let router = match &spec.routes {
+            RouteSource::Inline(config) => {
+                let id = format!("{}/router", spec.name);
+                filters.push((id.clone(), router(config.clone())));
+                id
+            }
+            RouteSource::Rds(rname) => {
+                a.wanted
+                    .entry(Kind::Route)
+                    .or_default()
+                    .insert(rname.clone());
+                let id = rds_filter(rname);
+                match cache.of(Kind::Route).get(rname).and_then(|r| {
+                    decode::<RouteConfiguration>(&r.resource)
+                        .and_then(|rc| translate::route_config(&rc))
+                        .ok()
+                }) {
+                    Some(config) => filters.push((id.clone(), router(config))),
+                    None if !expired(e) => waiting = true,
+                    // Routes that never came: a listener that answers every request 404.
+                    None => filters.push((id.clone(), router(serde_json::json!({"routes": []})))),
+                }
+                id
+            }
+        };
+        if waiting {
+            note_wait(&mut a, Kind::Listener, name, e);
+            continue;
+        }
+        chain.push(router);
+        let mut listener = spec.listener;
+        listener.chain = Some(spec.name.clone());
+        for (id, f) in filters {
+            a.parts.filters.insert(id, f);
+        }
+        a.parts.chains.insert(spec.name.clone(), chain);
+        a.parts.listeners.push(listener);
+    }
+    a
+}
+
+/// An ECDS filter config, translated.
+fn ecds(cache: &Cache, name: &str) -> Option<raw::Filter> {
+    let e = cache.of(Kind::Extension).get(name)?;
+    let tec = decode::<TypedExtensionConfig>(&e.resource).ok()?;
+    translate::wasm_filter(&tec.name, tec.typed_config.as_ref()?).ok()
+}
+
+/// The stock router configured with `config`.
+fn router(config: serde_json::Value) -> raw::Filter {
+    raw::Filter {
+        module: "builtin:router".into(),
+        sha256: None,
+        config: Some(config),
+        vm_config: None,
+        failure_policy: raw::FailurePolicy::FailClosed,
+        limits: raw::FilterLimits::default(),
+    }
+}
+
+/// An EDS endpoint as the manifest writes one.
+pub fn raw_endpoint(e: &EndpointConfig) -> raw::Endpoint {
+    raw::Endpoint::Detailed(raw::EndpointSpec {
+        address: e.address.to_string(),
+        weight: Some(e.weight),
+        priority: Some(e.priority),
+        zone: e.zone.clone(),
+        health: Some(e.health),
+    })
+}
