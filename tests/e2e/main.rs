@@ -9,6 +9,7 @@ mod check;
 mod churn;
 mod discovery;
 mod drain;
+mod envoy_parity;
 mod errors;
 mod fault;
 mod filters;
@@ -28,6 +29,7 @@ mod support;
 mod telemetry;
 mod tls;
 mod websocket;
+mod xds;
 
 use weir_tests::RawResponse;
 use weir_tests::client::Collected;

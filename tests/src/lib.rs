@@ -27,12 +27,15 @@ pub mod admin;
 pub mod chain;
 pub mod client;
 pub mod dns;
+pub mod envoy;
 pub mod load;
 pub mod otlp;
 pub mod prom;
+pub mod resources;
 pub mod tls;
 pub mod upstream;
 pub mod weir;
+pub mod xds;
 
 use std::fmt::Debug;
 use std::future::Future;

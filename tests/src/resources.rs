@@ -1,0 +1,237 @@
+//! Envoy v3 resources, built the way a control plane sends them, for the xDS tests (the
+//! scripted server in [`crate::xds`] serves them; Envoy and weir both read them).
+//!
+//! Each builder makes the smallest resource of its kind that does the job; a test changes what
+//! it needs with struct update syntax on the result.
+
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::config::cluster::v3 as cl;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as ep;
+use envoy_types::pb::envoy::config::listener::v3 as ls;
+use envoy_types::pb::envoy::config::route::v3 as rt;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::google::protobuf::Duration;
+
+use crate::xds::any;
+
+pub use cl::Cluster;
+pub use ep::ClusterLoadAssignment;
+pub use ls::Listener;
+pub use rt::RouteConfiguration;
+
+/// The ADS config source (`{ads: {}, resource_api_version: V3}`).
+pub fn ads() -> core::ConfigSource {
+    core::ConfigSource {
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
+        resource_api_version: core::ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+/// A cluster whose endpoints come by EDS under its own name.
+pub fn eds_cluster(name: &str) -> cl::Cluster {
+    cl::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cl::cluster::ClusterDiscoveryType::Type(
+            cl::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cl::cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A socket address.
+pub fn address(a: SocketAddr) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: a.ip().to_string(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
+                a.port().into(),
+            )),
+            ..Default::default()
+        })),
+    }
+}
+
+/// One endpoint: address, weight, priority.
+pub struct Ep {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub priority: u32,
+}
+
+impl From<SocketAddr> for Ep {
+    fn from(addr: SocketAddr) -> Ep {
+        Ep {
+            addr,
+            weight: 1,
+            priority: 0,
+        }
+    }
+}
+
+/// A `ClusterLoadAssignment` for `cluster`: one locality per priority (zone `zone-P`).
+pub fn load_assignment(
+    cluster: &str,
+    eps: impl IntoIterator<Item = Ep>,
+) -> ep::ClusterLoadAssignment {
+    let mut by_priority: std::collections::BTreeMap<u32, Vec<ep::LbEndpoint>> = Default::default();
+    for e in eps {
+        by_priority
+            .entry(e.priority)
+            .or_default()
+            .push(ep::LbEndpoint {
+                host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(ep::Endpoint {
+                    address: Some(address(e.addr)),
+                    ..Default::default()
+                })),
+                load_balancing_weight: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                    value: e.weight,
+                }),
+                ..Default::default()
+            });
+    }
+    ep::ClusterLoadAssignment {
+        cluster_name: cluster.into(),
+        endpoints: by_priority
+            .into_iter()
+            .map(|(priority, lb_endpoints)| ep::LocalityLbEndpoints {
+                locality: Some(core::Locality {
+                    zone: format!("zone-{priority}"),
+                    ..Default::default()
+                }),
+                lb_endpoints,
+                priority,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The router, the last HTTP filter.
+pub fn router_filter() -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+            &Router::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// A listener on `addr` whose HTTP connection manager takes its routes from RDS `routes` and
+/// runs `filters` before the router.
+pub fn listener(
+    name: &str,
+    addr: SocketAddr,
+    routes: &str,
+    filters: Vec<hcm::HttpFilter>,
+) -> ls::Listener {
+    let mut http_filters = filters;
+    http_filters.push(router_filter());
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: name.into(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: routes.into(),
+            },
+        )),
+        http_filters,
+        ..Default::default()
+    };
+    ls::Listener {
+        name: name.into(),
+        address: Some(address(addr)),
+        filter_chains: vec![ls::FilterChain {
+            filters: vec![ls::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(ls::filter::ConfigType::TypedConfig(any(&manager))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A route that sends a path prefix to one cluster.
+pub fn prefix_route(prefix: &str, cluster: &str) -> rt::Route {
+    rt::Route {
+        r#match: Some(rt::RouteMatch {
+            path_specifier: Some(rt::route_match::PathSpecifier::Prefix(prefix.into())),
+            ..Default::default()
+        }),
+        action: Some(rt::route::Action::Route(rt::RouteAction {
+            cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster(cluster.into())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// A route configuration with one virtual host for every domain.
+pub fn route_config(name: &str, routes: Vec<rt::Route>) -> rt::RouteConfiguration {
+    rt::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![rt::VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A cluster's `transport_socket`: TLS to the endpoints, whose certificates must chain to the PEM
+/// bundle at `ca` and carry the SPIFFE ID `san` (a URI SAN).
+pub fn upstream_tls(ca: &str, san: &str) -> core::TransportSocket {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as m;
+    let context = tls::UpstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            validation_context_type: Some(
+                tls::common_tls_context::ValidationContextType::ValidationContext(
+                    tls::CertificateValidationContext {
+                        trusted_ca: Some(core::DataSource {
+                            specifier: Some(core::data_source::Specifier::Filename(ca.into())),
+                            ..Default::default()
+                        }),
+                        match_typed_subject_alt_names: vec![tls::SubjectAltNameMatcher {
+                            san_type: tls::subject_alt_name_matcher::SanType::Uri as i32,
+                            matcher: Some(m::StringMatcher {
+                                match_pattern: Some(m::string_matcher::MatchPattern::Exact(
+                                    san.into(),
+                                )),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(
+            &context,
+        ))),
+    }
+}
