@@ -455,3 +455,233 @@ clusters:
     assert!(metrics.sum("weir_xds_connect_failures_total", &[]) >= 1.0);
     assert_eq!(metrics.sum("weir_xds_connected", &[]), 0.0);
 }
+
+#[tokio::test]
+async fn an_sds_secret_serves_a_tls_listener_and_rotates_under_load_with_no_failure() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use weir_tests::tls::{TestCa, TlsClient, https_get, peer_certificate};
+
+    let (web, api) = (EchoServer::start().await, EchoServer::start().await);
+    let ads = AdsServer::start().await.unwrap();
+    world(&ads, web.addr, api.addr);
+    let ca = TestCa::new("td.test");
+    let first = ca.leaf("server-1", Some("spiffe://td.test/server"), &[]);
+    ads.set(
+        types::SECRET,
+        [(
+            "server",
+            any(&res::tls_secret("server", &first.cert_pem, &first.key_pem)),
+        )],
+    );
+    ads.set(
+        types::LISTENER,
+        [
+            (
+                "in",
+                any(&res::listener("in", any_port(), "routes", vec![])),
+            ),
+            (
+                "secure",
+                any(&res::tls_listener("secure", any_port(), "routes", "server")),
+            ),
+        ],
+    );
+    let weir = Weir::start(&manifest(ads.addr(), "delta", "")).await;
+    until_ready(&weir).await;
+    let addr = listener_addr(&weir, "secure").await;
+    let client = Arc::new(TlsClient::new(&ca.pem()));
+    assert_eq!(peer_certificate(addr, &client).await.unwrap(), first.der);
+
+    // HTTPS requests on new connections (each a handshake) until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, stop, ok, failed) =
+                (client.clone(), stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                while !stop.load(Relaxed) {
+                    match https_get(addr, &client, "/x").await {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Relaxed),
+                        other => {
+                            eprintln!("failed: {other:?}");
+                            failed.fetch_add(1, Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    eventually("requests flow over TLS", async || {
+        if ok.load(Relaxed) >= 20 {
+            Ok(())
+        } else {
+            Err(ok.load(Relaxed))
+        }
+    })
+    .await;
+
+    let second = ca.leaf("server-2", Some("spiffe://td.test/server"), &[]);
+    let v = ads.set(
+        types::SECRET,
+        [(
+            "server",
+            any(&res::tls_secret(
+                "server",
+                &second.cert_pem,
+                &second.key_pem,
+            )),
+        )],
+    );
+    ack(&ads, types::SECRET, &v).await;
+    eventually(
+        "new handshakes present the rotated certificate",
+        async || {
+            let got = peer_certificate(addr, &client)
+                .await
+                .map_err(|e| e.to_string())?;
+            if got == second.der {
+                Ok(())
+            } else {
+                Err("the first certificate".to_owned())
+            }
+        },
+    )
+    .await;
+    let after = ok.load(Relaxed);
+    eventually("requests flow after the rotation", async || {
+        if ok.load(Relaxed) >= after + 20 {
+            Ok(())
+        } else {
+            Err(ok.load(Relaxed))
+        }
+    })
+    .await;
+    stop.store(true, Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Relaxed),
+        0,
+        "no request failed across the rotation"
+    );
+
+    // A secret that is not PEM is refused, and the rotated certificate keeps serving.
+    let v = ads.set(
+        types::SECRET,
+        [(
+            "server",
+            any(&res::tls_secret("server", "not pem", "not pem")),
+        )],
+    );
+    let seen = nack(&ads, types::SECRET, &v).await;
+    let (_, message) = seen.error.expect("error_detail");
+    assert!(
+        message.contains("server") && message.contains("certificate_chain"),
+        "{message}"
+    );
+    assert_eq!(peer_certificate(addr, &client).await.unwrap(), second.der);
+}
+
+#[tokio::test]
+async fn an_ecds_filter_config_swaps_a_wasm_filter_and_filters_read_the_node() {
+    use weir_test_artifacts::CONFORMANCE;
+    let (web, api) = (EchoServer::start().await, EchoServer::start().await);
+    let ads = AdsServer::start().await.unwrap();
+    world(&ads, web.addr, api.addr);
+    ads.set(
+        types::LISTENER,
+        [(
+            "in",
+            any(&res::listener(
+                "in",
+                any_port(),
+                "routes",
+                vec![res::ecds_filter("props")],
+            )),
+        )],
+    );
+    ads.hold(types::EXTENSION_CONFIG, true);
+    ads.set(
+        types::EXTENSION_CONFIG,
+        [(
+            "props",
+            any(&res::wasm_extension(
+                "props",
+                CONFORMANCE,
+                r#"{"scenario":"properties"}"#,
+            )),
+        )],
+    );
+    let weir = Weir::start(&manifest(ads.addr(), "delta", "")).await;
+    // The listener waits for its filter's configuration.
+    ads.wait_for(|s| {
+        s.type_url == types::EXTENSION_CONFIG && s.subscribe.iter().any(|n| n == "props")
+    })
+    .await
+    .expect("weir asks for the filter config");
+    assert!(
+        Admin::of(&weir).listener_names().await.is_empty(),
+        "the listener warms"
+    );
+    ads.hold(types::EXTENSION_CONFIG, false);
+    until_ready(&weir).await;
+    let addr = listener_addr(&weir, "in").await;
+
+    let mut c = H1Client::connect(addr).await;
+    let r = c.get("/x").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-upstream"),
+        Some(web.addr.to_string().as_str()),
+        "the router still routes"
+    );
+    assert_eq!(r.header("x-prop-xds.node.id"), Some("test-node"));
+    assert_eq!(r.header("x-prop-node.id"), Some("test-node"));
+    assert_eq!(r.header("x-prop-xds.node.cluster"), Some("test"));
+    assert_eq!(r.header("x-prop-xds.node.metadata.team"), Some("edge"));
+    assert_eq!(r.header("x-prop-node.metadata.team"), Some("edge"));
+
+    // ECDS swaps the filter's configuration.
+    let v = ads.set(
+        types::EXTENSION_CONFIG,
+        [(
+            "props",
+            any(&res::wasm_extension(
+                "props",
+                CONFORMANCE,
+                r#"{"scenario":"headers"}"#,
+            )),
+        )],
+    );
+    ack(&ads, types::EXTENSION_CONFIG, &v).await;
+    eventually("the new configuration runs", async || {
+        let mut c = H1Client::connect(addr).await;
+        let r = c.get("/x").await;
+        match (r.header("x-filter"), r.header("x-prop-node.id")) {
+            (Some("conformance"), None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // A configuration the filter refuses (on_configure fails): NACKed, the last one serves.
+    let v = ads.set(
+        types::EXTENSION_CONFIG,
+        [(
+            "props",
+            any(&res::wasm_extension(
+                "props",
+                CONFORMANCE,
+                r#"{"scenario":"headers","reject":true}"#,
+            )),
+        )],
+    );
+    let seen = nack(&ads, types::EXTENSION_CONFIG, &v).await;
+    let (_, message) = seen.error.expect("error_detail");
+    assert!(message.contains("props"), "{message}");
+    let mut c = H1Client::connect(addr).await;
+    assert_eq!(c.get("/x").await.header("x-filter"), Some("conformance"));
+}

@@ -235,3 +235,98 @@ pub fn upstream_tls(ca: &str, san: &str) -> core::TransportSocket {
         ))),
     }
 }
+
+/// [`listener`] terminating TLS with the certificate of SDS secret `secret`.
+pub fn tls_listener(name: &str, addr: SocketAddr, routes: &str, secret: &str) -> ls::Listener {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    let context = tls::DownstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![tls::SdsSecretConfig {
+                name: secret.into(),
+                sds_config: Some(ads()),
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut l = listener(name, addr, routes, vec![]);
+    l.filter_chains[0].transport_socket = Some(core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(
+            &context,
+        ))),
+    });
+    l
+}
+
+/// An SDS secret holding a certificate chain and its key (PEM, inline).
+pub fn tls_secret(
+    name: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    let inline = |s: &str| {
+        Some(core::DataSource {
+            specifier: Some(core::data_source::Specifier::InlineString(s.into())),
+            ..Default::default()
+        })
+    };
+    tls::Secret {
+        name: name.into(),
+        r#type: Some(tls::secret::Type::TlsCertificate(tls::TlsCertificate {
+            certificate_chain: inline(cert_pem),
+            private_key: inline(key_pem),
+            ..Default::default()
+        })),
+    }
+}
+
+/// An HTTP filter whose configuration comes by ECDS under `name` (a Wasm filter).
+pub fn ecds_filter(name: &str) -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm::http_filter::ConfigType::ConfigDiscovery(
+            core::ExtensionConfigSource {
+                config_source: Some(ads()),
+                type_urls: vec![
+                    "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm".into(),
+                ],
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// A Wasm filter's configuration (ECDS `TypedExtensionConfig`): the module at `module` (an
+/// absolute path) with the plugin configuration `config` (JSON, as a StringValue).
+pub fn wasm_extension(name: &str, module: &str, config: &str) -> core::TypedExtensionConfig {
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    use envoy_types::pb::envoy::extensions::wasm::v3 as w;
+    let plugin = w::PluginConfig {
+        name: name.into(),
+        configuration: Some(any(&envoy_types::pb::google::protobuf::StringValue {
+            value: config.into(),
+        })),
+        vm: Some(w::plugin_config::Vm::VmConfig(w::VmConfig {
+            runtime: "envoy.wasm.runtime.v8".into(),
+            code: Some(core::AsyncDataSource {
+                specifier: Some(core::async_data_source::Specifier::Local(
+                    core::DataSource {
+                        specifier: Some(core::data_source::Specifier::Filename(module.into())),
+                        ..Default::default()
+                    },
+                )),
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    core::TypedExtensionConfig {
+        name: name.into(),
+        typed_config: Some(any(&Wasm {
+            config: Some(plugin),
+        })),
+    }
+}

@@ -91,6 +91,37 @@ pub struct FilterSet {
     pub chains: Vec<Arc<[usize]>>,
     /// Cluster names, indexed like `Config::clusters` (callouts and route decisions name them).
     pub clusters: Arc<[String]>,
+    /// The xDS node's properties for filters (empty without `xds:`).
+    pub node: Arc<NodeProperties>,
+}
+
+/// Property path (dotted) → value: what filters read of the xDS node.
+pub type NodeProperties = std::collections::HashMap<Box<[u8]>, Vec<u8>>;
+
+/// The node's properties, under `xds.node.` and Envoy's older `node.`: `id`, `cluster`,
+/// `locality.zone` and `metadata.KEY` (a string as itself, any other value as JSON).
+fn node_properties(xds: Option<&crate::config::XdsConfig>) -> NodeProperties {
+    let mut out = NodeProperties::new();
+    let Some(x) = xds else { return out };
+    let n = &x.node;
+    for prefix in ["xds.node", "node"] {
+        let mut put = |key: &str, v: Vec<u8>| {
+            out.insert(format!("{prefix}.{key}").into_bytes().into(), v);
+        };
+        put("id", n.id.clone().into_bytes());
+        put("cluster", n.cluster.clone().into_bytes());
+        if let Some(z) = &n.zone {
+            put("locality.zone", z.clone().into_bytes());
+        }
+        for (k, v) in &n.metadata {
+            let bytes = match v {
+                serde_json::Value::String(s) => s.clone().into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            put(&format!("metadata.{k}"), bytes);
+        }
+    }
+    out
 }
 
 impl FilterSet {
@@ -138,6 +169,7 @@ impl FilterSet {
             filters,
             chains,
             clusters: cfg.clusters.iter().map(|c| c.name.clone()).collect(),
+            node: Arc::new(node_properties(cfg.xds.as_ref())),
         })
     }
 

@@ -135,6 +135,7 @@ impl WorkerFilters {
                     generation: 0,
                     name: f.name.clone().into(),
                     clusters: set.clusters.clone(),
+                    node: set.node.clone(),
                     tx: tx.clone(),
                 };
                 let generation = generations[i].clone();
@@ -543,10 +544,27 @@ struct WorkerPluginHost {
     generation: u64,
     name: Arc<str>,
     clusters: Arc<[String]>,
+    /// What the xDS node says of this proxy (`xds.node.*`, `node.*`).
+    node: Arc<super::NodeProperties>,
     tx: mpsc::UnboundedSender<Event>,
 }
 
 impl PluginHost for WorkerPluginHost {
+    /// Properties no stream has: the xDS node's (`xds.node.id`, `node.metadata.KEY`, …).
+    fn get_property(&mut self, path: &[&[u8]]) -> Option<Vec<u8>> {
+        if self.node.is_empty() {
+            return None;
+        }
+        let mut dotted = Vec::with_capacity(path.iter().map(|p| p.len() + 1).sum());
+        for (i, seg) in path.iter().enumerate() {
+            if i > 0 {
+                dotted.push(b'.');
+            }
+            dotted.extend_from_slice(seg);
+        }
+        self.node.get(dotted.as_slice()).cloned()
+    }
+
     fn log(&mut self, level: LogLevel, message: &str) {
         let f = &*self.name;
         match level {

@@ -30,8 +30,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use super::sds::SdsDir;
 use super::state::{self, Cache, Entry};
-use super::{Kind, XdsStatus, translate};
+use super::{KINDS, Kind, XdsStatus, translate};
 use crate::config::{XdsConfig, XdsMode};
 use crate::control::{Control, ControlError};
 use crate::tls::ClientTls;
@@ -59,15 +60,23 @@ pub fn start(control: Arc<Control>, cfg: XdsConfig, status: Arc<XdsStatus>) {
             );
         }
     });
+    let sds = match SdsDir::create() {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "xds: cannot create the directory for SDS secrets; not following the control plane");
+            return;
+        }
+    };
     tokio::spawn(async move {
         let mut client = Client {
             control,
             status,
             cache: Cache::default(),
             subs: Default::default(),
-            got: [false; 5],
+            got: [false; KINDS],
             applied: None,
             tls: None,
+            sds,
             cfg,
         };
         client.run().await;
@@ -81,12 +90,14 @@ struct Client {
     /// Accepted resources.
     cache: Cache,
     /// Names subscribed to, per named type (wildcard types have none).
-    subs: [BTreeSet<String>; 5],
+    subs: [BTreeSet<String>; KINDS],
     /// Whether a first response of each type was accepted.
-    got: [bool; 5],
+    got: [bool; KINDS],
     /// What the running configuration holds of the control plane's part.
     applied: Option<Shape>,
     tls: Option<Arc<ClientTls>>,
+    /// Where accepted secrets are written.
+    sds: SdsDir,
 }
 
 /// The outline of an applied assembly: which clusters and listeners serve, and which clusters
@@ -302,8 +313,8 @@ impl Client {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut node = Some(self.node());
         // The version and nonce each type last saw on this stream.
-        let mut versions: [String; 5] = Default::default();
-        let mut nonces: [String; 5] = Default::default();
+        let mut versions: [String; KINDS] = Default::default();
+        let mut nonces: [String; KINDS] = Default::default();
         for kind in Kind::ALL {
             if !kind.wildcard() && self.subs[kind.index()].is_empty() {
                 continue;
@@ -475,10 +486,10 @@ impl Client {
         if names.is_empty() && removed.is_empty() && !first {
             return Ok(()); // nothing changed
         }
-        let result = if kind == Kind::Endpoint {
-            self.apply_endpoints(&names).await
-        } else {
-            self.apply_all().await
+        let result = match kind {
+            Kind::Endpoint => self.apply_endpoints(&names).await,
+            Kind::Secret => self.apply_secrets(&names).await,
+            _ => self.apply_all().await,
         };
         match result {
             Ok(()) => {
@@ -497,7 +508,7 @@ impl Client {
     /// An endpoint update: through the endpoint path when the clusters it feeds serve already
     /// and nothing else changes shape; else the whole part again.
     async fn apply_endpoints(&mut self, changed: &[(String, String)]) -> Result<(), String> {
-        let a = state::assemble(&self.cache, Instant::now(), self.cfg.initial_fetch_timeout);
+        let a = self.assemble();
         let shape = shape_of(&a);
         if self.applied.as_ref() != Some(&shape) {
             return self.apply_all().await;
@@ -524,9 +535,49 @@ impl Client {
         Ok(())
     }
 
+    /// New or changed secrets: their files are written (all checked first: a bad one writes
+    /// nothing), and the TLS contexts that read them rotate; when a secret lets a warming
+    /// listener or cluster in, the whole part goes to the transaction.
+    async fn apply_secrets(&mut self, changed: &[(String, String)]) -> Result<(), String> {
+        let mut files = Vec::new();
+        for (name, _) in changed {
+            let spec = self
+                .cache
+                .of(Kind::Secret)
+                .get(name)
+                .and_then(|e| state::decode(&e.resource).ok())
+                .and_then(|s| translate::secret(&s).ok());
+            let Some(spec) = spec else { continue };
+            files.extend(
+                self.sds
+                    .prepare(&spec)
+                    .map_err(|e| format!("secret {name}: {e}"))?,
+            );
+        }
+        self.sds.write(&files)?;
+        let rotated = self.control.clusters.tls().refresh();
+        if rotated > 0 {
+            tracing::info!(contexts = rotated, "xds: secrets rotated");
+        }
+        let a = self.assemble();
+        if self.applied.as_ref() != Some(&shape_of(&a)) {
+            return self.apply_all().await;
+        }
+        Ok(())
+    }
+
+    fn assemble(&self) -> state::Assembly {
+        state::assemble(
+            &self.cache,
+            Instant::now(),
+            self.cfg.initial_fetch_timeout,
+            &self.sds,
+        )
+    }
+
     /// Assembles the control plane's whole part and offers it to the transaction.
     async fn apply_all(&mut self) -> Result<(), String> {
-        let a = state::assemble(&self.cache, Instant::now(), self.cfg.initial_fetch_timeout);
+        let a = self.assemble();
         let shape = shape_of(&a);
         let warming = a.warming.clone();
         let parts = a.parts;
@@ -558,7 +609,7 @@ impl Client {
 
     /// When the first resource still warming stops waiting.
     fn warming_deadline(&self) -> Option<tokio::time::Instant> {
-        let a = state::assemble(&self.cache, Instant::now(), self.cfg.initial_fetch_timeout);
+        let a = self.assemble();
         a.next_deadline.map(tokio::time::Instant::from_std)
     }
 
@@ -570,7 +621,7 @@ impl Client {
         {
             return;
         }
-        let a = state::assemble(&self.cache, Instant::now(), self.cfg.initial_fetch_timeout);
+        let a = self.assemble();
         if a.warming.is_empty() {
             self.status.ready.store(true, Relaxed);
             tracing::info!("xds: first complete configuration applied; ready");
@@ -581,7 +632,7 @@ impl Client {
     /// use: `(type, subscribe, unsubscribe)` for each type that changed. Resources no longer
     /// wanted leave the cache.
     fn resubscribe(&mut self) -> Vec<(Kind, Vec<String>, Vec<String>)> {
-        let a = state::assemble(&self.cache, Instant::now(), self.cfg.initial_fetch_timeout);
+        let a = self.assemble();
         let mut out = Vec::new();
         for (kind, want) in a.wanted {
             let have = &self.subs[kind.index()];
@@ -592,6 +643,9 @@ impl Client {
             }
             for n in &unsub {
                 self.cache.of_mut(kind).remove(n);
+                if kind == Kind::Secret {
+                    self.sds.remove(n);
+                }
             }
             self.subs[kind.index()] = want;
             out.push((kind, sub, unsub));
@@ -652,6 +706,13 @@ fn resource_name(kind: Kind, any: &Any) -> Option<String> {
         }
         Kind::Listener => state::decode::<Listener>(any).ok()?.name,
         Kind::Route => state::decode::<RouteConfiguration>(any).ok()?.name,
+        Kind::Secret => {
+            state::decode::<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>(
+                any,
+            )
+            .ok()?
+            .name
+        }
         Kind::Extension => state::decode::<TypedExtensionConfig>(any).ok()?.name,
     };
     (!name.is_empty()).then_some(name)

@@ -1,7 +1,7 @@
 //! The xDS client: Weir as the data plane of an existing control plane (istiod, Envoy Gateway,
 //! go-control-plane, …). One ADS stream (Delta by default, or state of the world) carries
-//! clusters (CDS), endpoints (EDS), listeners (LDS), routes (RDS) and Wasm filter configs
-//! (ECDS). Every accepted update goes through the control plane's one transaction
+//! clusters (CDS), endpoints (EDS), listeners (LDS), routes (RDS), TLS secrets (SDS) and Wasm
+//! filter configs (ECDS). Every accepted update goes through the control plane's one transaction
 //! ([`Control::apply_dynamic`](crate::control::Control::apply_dynamic)), or for an endpoint
 //! change of a serving cluster its endpoint path
 //! ([`Control::set_xds_endpoints`](crate::control::Control::set_xds_endpoints)), so xDS adds no
@@ -11,7 +11,10 @@
 //!   is a rejection naming it).
 //! - `state`: what the client holds of each type, and the assembly of the control plane's whole
 //!   part from it (with Envoy's warming: a cluster waits for its endpoints, a listener for its
-//!   routes and filter configs, each at most `initial_fetch_timeout`).
+//!   routes and filter configs, each at most `initial_fetch_timeout`; both wait for the SDS
+//!   secrets their TLS names).
+//! - `sds`: the private directory secrets are written to (TLS contexts follow files, so a new
+//!   secret rotates exactly as a rotated file does).
 //! - `client`: the stream: connect (plaintext or Weir's own TLS), subscribe, apply, ACK or NACK,
 //!   reconnect with jittered exponential backoff. It runs on the control thread, never on a
 //!   worker.
@@ -20,6 +23,7 @@
 //! resource's version, last update and last rejection.
 
 mod client;
+mod sds;
 mod state;
 pub mod translate;
 
@@ -42,15 +46,20 @@ pub enum Kind {
     Endpoint,
     Listener,
     Route,
+    Secret,
     Extension,
 }
 
+/// How many resource types there are.
+const KINDS: usize = 6;
+
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; KINDS] = [
         Kind::Cluster,
         Kind::Endpoint,
         Kind::Listener,
         Kind::Route,
+        Kind::Secret,
         Kind::Extension,
     ];
 
@@ -60,6 +69,7 @@ impl Kind {
             Kind::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
             Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Kind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            Kind::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
             Kind::Extension => "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
         }
     }
@@ -75,6 +85,7 @@ impl Kind {
             Kind::Endpoint => "endpoint",
             Kind::Listener => "listener",
             Kind::Route => "route",
+            Kind::Secret => "secret",
             Kind::Extension => "extension_config",
         }
     }
@@ -101,7 +112,7 @@ pub struct XdsStatus {
     /// ADS streams opened, and connection attempts that failed.
     streams: AtomicU64,
     failures: AtomicU64,
-    kinds: [KindStatus; 5],
+    kinds: [KindStatus; KINDS],
     resources: Mutex<BTreeMap<(Kind, String), ResourceStatus>>,
 }
 

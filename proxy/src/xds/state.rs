@@ -17,10 +17,13 @@ use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 use super::Kind;
+use super::sds::SdsDir;
+use super::translate::secret::parse_sds_path;
 use super::translate::{self, HttpFilterSpec, Rejection, RouteSource};
 use crate::config::{DynamicParts, EndpointConfig, raw};
 
@@ -36,7 +39,7 @@ pub struct Entry {
 /// The accepted resources of every type, by name.
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
-    pub kinds: [BTreeMap<String, Entry>; 5],
+    pub kinds: [BTreeMap<String, Entry>; super::KINDS],
 }
 
 impl Cache {
@@ -97,6 +100,7 @@ pub fn check(kind: Kind, any: &Any) -> Result<String, Rejection> {
             translate::route_config(&rc)?;
             rc.name
         }
+        Kind::Secret => translate::secret(&decode::<Secret>(any)?)?.name,
         Kind::Extension => {
             let tec = decode::<TypedExtensionConfig>(any)?;
             let typed = tec.typed_config.as_ref().ok_or_else(|| Rejection {
@@ -121,8 +125,9 @@ fn ecds_filter(name: &str) -> String {
     format!("ecds/{name}")
 }
 
-/// Assembles the control plane's part from `cache`. `timeout` is `initial_fetch_timeout`.
-pub fn assemble(cache: &Cache, now: Instant, timeout: Duration) -> Assembly {
+/// Assembles the control plane's part from `cache`. `timeout` is `initial_fetch_timeout`;
+/// `sds` is where accepted secrets are written.
+pub fn assemble(cache: &Cache, now: Instant, timeout: Duration, sds: &SdsDir) -> Assembly {
     let mut a = Assembly::default();
     for k in Kind::ALL.into_iter().filter(|k| !k.wildcard()) {
         a.wanted.insert(k, BTreeSet::new());
@@ -139,6 +144,15 @@ pub fn assemble(cache: &Cache, now: Instant, timeout: Duration) -> Assembly {
             continue; // checked when it arrived
         };
         let mut cluster = spec.cluster;
+        if let Some(tls) = &mut cluster.tls {
+            let mut paths: Vec<&mut String> = vec![&mut tls.ca];
+            paths.extend(tls.cert.as_mut());
+            paths.extend(tls.key.as_mut());
+            if !resolve_secrets(&mut a, cache, sds, paths) {
+                a.warming.push((Kind::Cluster, name.clone()));
+                continue;
+            }
+        }
         if let Some(svc) = &spec.eds {
             a.wanted
                 .entry(Kind::Endpoint)
@@ -230,6 +244,14 @@ pub fn assemble(cache: &Cache, now: Instant, timeout: Duration) -> Assembly {
         }
         chain.push(router);
         let mut listener = spec.listener;
+        if let Some(tls) = &mut listener.tls {
+            let mut paths: Vec<&mut String> = vec![&mut tls.cert, &mut tls.key];
+            paths.extend(tls.client_ca.as_mut());
+            if !resolve_secrets(&mut a, cache, sds, paths) {
+                a.warming.push((Kind::Listener, name.clone()));
+                continue;
+            }
+        }
         listener.chain = Some(spec.name.clone());
         for (id, f) in filters {
             a.parts.filters.insert(id, f);
@@ -238,6 +260,34 @@ pub fn assemble(cache: &Cache, now: Instant, timeout: Duration) -> Assembly {
         a.parts.listeners.push(listener);
     }
     a
+}
+
+/// Replaces the SDS placeholders among `paths` with the files of secrets that arrived, and
+/// notes the secrets as wanted. Whether every one arrived (else the resource waits for them:
+/// with no deadline, since a context without its material cannot be built).
+fn resolve_secrets(a: &mut Assembly, cache: &Cache, sds: &SdsDir, paths: Vec<&mut String>) -> bool {
+    let mut all = true;
+    for path in paths {
+        let Some((part, name)) = parse_sds_path(path) else {
+            continue;
+        };
+        a.wanted
+            .entry(Kind::Secret)
+            .or_default()
+            .insert(name.to_owned());
+        let have = cache
+            .of(Kind::Secret)
+            .get(name)
+            .and_then(|e| decode::<Secret>(&e.resource).ok())
+            .and_then(|s| translate::secret(&s).ok())
+            .is_some_and(|s| s.has(part));
+        if have {
+            *path = sds.path(name, part).display().to_string();
+        } else {
+            all = false;
+        }
+    }
+    all
 }
 
 /// An ECDS filter config, translated.

@@ -1844,7 +1844,7 @@ mod tests {
             .tls_certificate_sds_secret_configs = vec![SdsSecretConfig::default()];
         let r = cluster(&with_tls(sds)).unwrap_err();
         assert_eq!(r.field, format!("{CTX}.tls_certificate_sds_secret_configs"));
-        assert_eq!(r.message, "SDS secrets are not supported yet");
+        assert_eq!(r.message, "give the certificate inline or by SDS, not both");
         let mut inline = tls(vec![], "x.example");
         inline.common_tls_context.as_mut().unwrap().tls_certificates[0].private_key =
             Some(DataSource {

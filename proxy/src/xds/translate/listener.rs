@@ -1568,9 +1568,23 @@ mod tests {
         let ctx = sds.common_tls_context.as_mut().unwrap();
         ctx.tls_certificates.clear();
         ctx.tls_certificate_sds_secret_configs = vec![SdsSecretConfig::default()];
-        let r = listener(&tls_listener(sds)).unwrap_err();
-        assert_eq!(r.field, format!("{CTX}.tls_certificate_sds_secret_configs"));
-        assert_eq!(r.message, "SDS secrets are not supported yet");
+        let r = listener(&tls_listener(sds.clone())).unwrap_err();
+        assert_eq!(
+            r.field,
+            format!("{CTX}.tls_certificate_sds_secret_configs[0].name")
+        );
+        // A named SDS secret: the context reads the client's files for it.
+        sds.common_tls_context
+            .as_mut()
+            .unwrap()
+            .tls_certificate_sds_secret_configs[0]
+            .name = "default".into();
+        let l = listener(&tls_listener(sds)).unwrap();
+        let t = l.listener.tls.unwrap();
+        assert_eq!(
+            crate::xds::translate::secret::parse_sds_path(&t.cert),
+            Some((crate::xds::translate::secret::Part::Cert, "default"))
+        );
         let sni = DownstreamTlsContext {
             require_sni: Some(BoolValue { value: true }),
             ..downstream(vec![], false)

@@ -30,7 +30,7 @@
 //! |---|---|---|
 //! | `ConfigSource` (EDS, RDS, ECDS sources) | `ads {}`, `self {}` (Weir reads everything from its one ADS stream); `resource_api_version` AUTO or V3; `initial_fetch_timeout` accepted and ignored (the client decides how long it waits) | `path`, `path_config_source`, `api_config_source`, `authorities`, V2 |
 //! | `DataSource` (certificates, keys, CAs, Wasm code) | `filename`, an absolute path (Envoy would read a relative one from its working directory) | `inline_bytes`, `inline_string` ("not supported yet"), `environment_variable`, `watched_directory` |
-//! | `CommonTlsContext` | `tls_certificates` (at most one: `certificate_chain`, `private_key`), `validation_context` (`trusted_ca`, subject-alt-name matchers: see `cluster.rs` and `listener.rs`), `alpn_protocols`, `tls_params.tls_minimum_protocol_version` TLSv1_2/TLSv1_3 (and AUTO), `tls_maximum_protocol_version` AUTO/TLSv1_3 | SDS (`tls_certificate_sds_secret_configs`, `validation_context_sds_secret_config`: "not supported yet"), certificate providers, `combined_validation_context`, custom handshakers and selectors, `key_log`, cipher, curve and signature lists, TLS below 1.2 |
+//! | `CommonTlsContext` | `tls_certificates` (at most one: `certificate_chain`, `private_key`) or one `tls_certificate_sds_secret_configs` entry (an SDS secret from the ADS stream), `validation_context_sds_secret_config`, `combined_validation_context` (`default_validation_context` for subject-alt-names + `validation_context_sds_secret_config` for the trust bundle, Istio's form), `validation_context` (`trusted_ca`, subject-alt-name matchers: see `cluster.rs` and `listener.rs`), `alpn_protocols`, `tls_params.tls_minimum_protocol_version` TLSv1_2/TLSv1_3 (and AUTO), `tls_maximum_protocol_version` AUTO/TLSv1_3 | certificate providers, custom handshakers and selectors, `key_log`, cipher, curve and signature lists, TLS below 1.2 |
 //! | `CertificateValidationContext` | `trusted_ca`, `match_typed_subject_alt_names` (URI and DNS types; `exact`, and `prefix` for SPIFFE trust domains), the deprecated `match_subject_alt_names` (the same matchers without a type) | everything else (SPKI/hash pins, CRLs, `allow_expired_certificate`, `max_verify_depth`, `system_root_certs`, …), `ignore_case` |
 
 // Deprecated fields and oneof members are named in every exhaustive destructuring (to be
@@ -44,7 +44,8 @@ use envoy_types::pb::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, data_source,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, TlsCertificate, TlsParameters,
+    CertificateValidationContext, CommonTlsContext, SdsSecretConfig, TlsCertificate, TlsParameters,
+    common_tls_context::CombinedCertificateValidationContext,
     common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
     tls_parameters::TlsProtocol,
 };
@@ -58,11 +59,13 @@ mod cluster;
 mod endpoint;
 mod listener;
 mod route;
+pub mod secret;
 
 pub use cluster::cluster;
 pub use endpoint::load_assignment;
 pub use listener::{listener, wasm_filter};
 pub use route::route_config;
+pub use secret::secret;
 
 /// Why a resource is refused: the field (a path inside the resource, e.g. `lb_policy`,
 /// `filter_chains[0].filters[0].typed_config.http_filters[1].typed_config.config.vm_config.runtime`)
@@ -426,9 +429,6 @@ pub(super) fn common_tls(c: &CommonTlsContext) -> Result<CommonTls, Rejection> {
         key_log,
         validation_context_type,
     } = c;
-    if !tls_certificate_sds_secret_configs.is_empty() {
-        return Err(sds_not_yet("tls_certificate_sds_secret_configs"));
-    }
     unsupported!(
         tls_certificate_provider_instance,
         custom_tls_certificate_selector,
@@ -444,13 +444,35 @@ pub(super) fn common_tls(c: &CommonTlsContext) -> Result<CommonTls, Rejection> {
     if let Some(p) = tls_params {
         out.min_version = tls_parameters(p).at("tls_params")?;
     }
-    match tls_certificates.as_slice() {
-        [] => {}
-        [one] => out.cert = Some(tls_certificate(one).at("tls_certificates[0]")?),
-        [_, ..] => {
+    match (
+        tls_certificates.as_slice(),
+        tls_certificate_sds_secret_configs.as_slice(),
+    ) {
+        ([], []) => {}
+        ([one], []) => out.cert = Some(tls_certificate(one).at("tls_certificates[0]")?),
+        ([], [one]) => {
+            let name = sds_secret(one).at("tls_certificate_sds_secret_configs[0]")?;
+            out.cert = Some((
+                secret::sds_path(&name, secret::Part::Cert),
+                secret::sds_path(&name, secret::Part::Key),
+            ));
+        }
+        ([_, _, ..], _) => {
             return Err(Rejection::new(
                 "tls_certificates[1]",
                 "Weir serves one certificate per context",
+            ));
+        }
+        (_, [_, _, ..]) => {
+            return Err(Rejection::new(
+                "tls_certificate_sds_secret_configs[1]",
+                "Weir serves one certificate per context",
+            ));
+        }
+        ([_], [_]) => {
+            return Err(Rejection::new(
+                "tls_certificate_sds_secret_configs",
+                "give the certificate inline or by SDS, not both",
             ));
         }
     }
@@ -459,15 +481,44 @@ pub(super) fn common_tls(c: &CommonTlsContext) -> Result<CommonTls, Rejection> {
         Some(ValidationContextType::ValidationContext(v)) => {
             (out.ca, out.sans) = validation_context(v).at("validation_context")?;
         }
-        Some(ValidationContextType::ValidationContextSdsSecretConfig(_)) => {
-            return Err(sds_not_yet("validation_context_sds_secret_config"));
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(c)) => {
+            let name = sds_secret(c).at("validation_context_sds_secret_config")?;
+            out.ca = Some(secret::sds_path(&name, secret::Part::Ca));
         }
         Some(ValidationContextType::CombinedValidationContext(c)) => {
-            return Err(if c.validation_context_sds_secret_config.is_some() {
-                sds_not_yet("combined_validation_context.validation_context_sds_secret_config")
-            } else {
-                Rejection::unsupported("combined_validation_context")
-            });
+            // Istio's form: the subject-alt-names here, the trust bundle from SDS.
+            let CombinedCertificateValidationContext {
+                default_validation_context,
+                validation_context_sds_secret_config,
+                validation_context_certificate_provider,
+                validation_context_certificate_provider_instance,
+            } = c;
+            let p = "combined_validation_context";
+            unsupported!("combined_validation_context.";
+                validation_context_certificate_provider,
+                validation_context_certificate_provider_instance,
+            );
+            if let Some(v) = default_validation_context {
+                let (ca, sans) =
+                    validation_context(v).at(format!("{p}.default_validation_context"))?;
+                if ca.is_some() {
+                    return Err(Rejection::new(
+                        format!("{p}.default_validation_context.trusted_ca"),
+                        "the trust bundle comes from validation_context_sds_secret_config",
+                    ));
+                }
+                out.sans = sans;
+            }
+            let sds = validation_context_sds_secret_config
+                .as_ref()
+                .ok_or_else(|| {
+                    Rejection::new(
+                        format!("{p}.validation_context_sds_secret_config"),
+                        "is required",
+                    )
+                })?;
+            let name = sds_secret(sds).at(format!("{p}.validation_context_sds_secret_config"))?;
+            out.ca = Some(secret::sds_path(&name, secret::Part::Ca));
         }
         Some(ValidationContextType::ValidationContextCertificateProvider(_)) => {
             return Err(Rejection::unsupported(
@@ -483,8 +534,16 @@ pub(super) fn common_tls(c: &CommonTlsContext) -> Result<CommonTls, Rejection> {
     Ok(out)
 }
 
-pub(super) fn sds_not_yet(field: &str) -> Rejection {
-    Rejection::new(field, "SDS secrets are not supported yet")
+/// An SDS secret reference: its name (the secret comes on the ADS stream).
+fn sds_secret(c: &SdsSecretConfig) -> Result<String, Rejection> {
+    let SdsSecretConfig { name, sds_config } = c;
+    if name.is_empty() {
+        return Err(Rejection::new("name", "is required"));
+    }
+    if let Some(cs) = sds_config {
+        config_source(cs).at("sds_config")?;
+    }
+    Ok(name.clone())
 }
 
 fn tls_parameters(p: &TlsParameters) -> Result<Option<&'static str>, Rejection> {
@@ -527,6 +586,15 @@ fn tls_parameters(p: &TlsParameters) -> Result<Option<&'static str>, Rejection> 
 }
 
 fn tls_certificate(c: &TlsCertificate) -> Result<(String, String), Rejection> {
+    tls_certificate_with(c, file)
+}
+
+/// A `TlsCertificate` whose data sources `read` takes (files in a context, inline data in an
+/// SDS secret too).
+pub(super) fn tls_certificate_with<T>(
+    c: &TlsCertificate,
+    read: impl Fn(&DataSource) -> Result<T, Rejection>,
+) -> Result<(T, T), Rejection> {
     let TlsCertificate {
         certificate_chain,
         private_key,
@@ -554,15 +622,23 @@ fn tls_certificate(c: &TlsCertificate) -> Result<(String, String), Rejection> {
         .as_ref()
         .ok_or_else(|| Rejection::new("private_key", "is required"))?;
     Ok((
-        file(chain).at("certificate_chain")?,
-        file(key).at("private_key")?,
+        read(chain).at("certificate_chain")?,
+        read(key).at("private_key")?,
     ))
 }
 
-#[allow(deprecated)] // match_subject_alt_names: still what many control planes send
 fn validation_context(
     v: &CertificateValidationContext,
 ) -> Result<(Option<String>, Vec<San>), Rejection> {
+    validation_context_with(v, file)
+}
+
+/// A `CertificateValidationContext` whose trust bundle `read` takes.
+#[allow(deprecated)] // match_subject_alt_names: still what many control planes send
+pub(super) fn validation_context_with<T>(
+    v: &CertificateValidationContext,
+    read: impl Fn(&DataSource) -> Result<T, Rejection>,
+) -> Result<(Option<T>, Vec<San>), Rejection> {
     let CertificateValidationContext {
         trusted_ca,
         ca_certificate_provider_instance,
@@ -598,7 +674,7 @@ fn validation_context(
     );
     let ca = trusted_ca
         .as_ref()
-        .map(|ds| file(ds).at("trusted_ca"))
+        .map(|ds| read(ds).at("trusted_ca"))
         .transpose()?;
     if !match_typed_subject_alt_names.is_empty() && !match_subject_alt_names.is_empty() {
         return Err(Rejection::new(
@@ -883,14 +959,37 @@ mod tests {
     }
 
     #[test]
-    fn common_tls_refuses_sds_and_unknown_fields_by_name() {
+    fn common_tls_takes_sds_and_refuses_unknown_fields_by_name() {
         let sds = CommonTlsContext {
             tls_certificate_sds_secret_configs: vec![SdsSecretConfig::default()],
             ..Default::default()
         };
         let r = common_tls(&sds).unwrap_err();
-        assert_eq!(r.field, "tls_certificate_sds_secret_configs");
-        assert_eq!(r.message, "SDS secrets are not supported yet");
+        assert_eq!(r.field, "tls_certificate_sds_secret_configs[0].name");
+        // Istio's form: SANs in the context, the bundle from SDS.
+        let combined = CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                name: "default".into(),
+                sds_config: None,
+            }],
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext::default()),
+                    validation_context_sds_secret_config: Some(SdsSecretConfig {
+                        name: "ROOTCA".into(),
+                        sds_config: None,
+                    }),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let t = common_tls(&combined).unwrap();
+        assert_eq!(t.ca.as_deref(), Some("@sds/ca/ROOTCA"));
+        assert_eq!(
+            t.cert,
+            Some(("@sds/cert/default".into(), "@sds/key/default".into()))
+        );
         let crl = CommonTlsContext {
             validation_context_type: Some(ValidationContextType::ValidationContext(
                 CertificateValidationContext {

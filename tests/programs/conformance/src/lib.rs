@@ -41,7 +41,7 @@
 //! | `body` | `body_op`: `prepend`, `append`, `prepend_append`, `replace`, `partial`, `remove` (`replace`); `keep_content_length` (false); `reply_on_body` (false); `response_op`: `upper`, `append` (`upper`) | request headers: removes `content-length`. Request body: returns Pause until `end_of_stream`, logs `body: request chunk size=<n> eos=<b>` each time; at the end reads the whole body (`body: request body=<text>`) and edits it: `prepend` → `set(0,0,"prepend.")`; `append` → `set(len,0,".append")`; `prepend_append` → both (Envoy's `prepend.hello.append`); `replace` → `set(0,len,"replace")`; `partial` → `set(0,1,"partial.replace.")` (`hello` → `partial.replace.ello`); `remove` → `set(0,len,"")`. Response headers: removes `content-length`. Response body: Pause until `end_of_stream`, then replaces the whole body by its ASCII upper-case (`set(0,len,UPPER)`), or with `response_op: append` appends `.append` (`set(len,0,".append")`). With `reply_on_body: true` the request body at `end_of_stream` is answered locally instead of edited: `send_http_response(422, [("x-body-size", <n>)], "rejected")`, Pause. With `keep_content_length: true` neither `content-length` is removed (a filter that forgets to: the proxy must still frame the rewritten body correctly). |
 //! | `trailers` | | request trailers: reads `x-trailer-in`, adds `x-trailer-seen: <value or "none">`, logs `trailers: request trailers=<n>`. Response body at `end_of_stream`: adds response trailer `x-response-trailer: added` (Envoy allows adding trailers at end of stream when there are none). Response trailers: adds `x-filter-trailer: conformance`. |
 //! | `local_reply` | `grpc` (false), `status` (403) | request headers: `send_http_response(status, [("x-denied","1")], "denied")` and Pause; with `grpc: true`: `send_grpc_response(PermissionDenied (7), "denied", [("x-denied","1")])`. Response headers (the local reply flowing back through the filter) log `local_reply: response status=<:status>`. |
-//! | `properties` | `cluster` (`v2`) | request headers: `get_property` of `request.path`, `request.method`, `request.scheme`, `source.address`, `plugin_name`, `plugin_root_id`, `plugin_vm_id`, `xds.node.id`, `node.id`, and the TLS identity of the connection `connection.tls_version`, `connection.requested_server_name`, `connection.uri_san_peer_certificate`, `connection.dns_san_peer_certificate`, `connection.subject_peer_certificate`, `connection.sha256_peer_certificate_digest`, `connection.uri_san_local_certificate`, `connection.subject_local_certificate` (strings, raw), `source.port` (int, 8-byte LE), `connection.mtls` (bool, 1 byte); logs `properties: <name>=<value>` or `properties: <name> not found`; `set_property(["weir","route","cluster"], cluster)` then reads it back as `weir.route.cluster`. Response headers: adds `x-prop-<name>: <value>` for every property found (ints in decimal, bools `true`/`false`, a wrong length as `bad-length-<n>`) and `x-prop-response.code: <int>`. `on_log`: logs `properties: on_log response.code=<int>`. `on_configure` logs `properties: root <name>=<value>` for the three `plugin_*` properties. |
+//! | `properties` | `cluster` (`v2`) | request headers: `get_property` of `request.path`, `request.method`, `request.scheme`, `source.address`, `plugin_name`, `plugin_root_id`, `plugin_vm_id`, `xds.node.id`, `node.id`, `xds.node.cluster`, `xds.node.metadata.team`, `node.metadata.team`, and the TLS identity of the connection `connection.tls_version`, `connection.requested_server_name`, `connection.uri_san_peer_certificate`, `connection.dns_san_peer_certificate`, `connection.subject_peer_certificate`, `connection.sha256_peer_certificate_digest`, `connection.uri_san_local_certificate`, `connection.subject_local_certificate` (strings, raw), `source.port` (int, 8-byte LE), `connection.mtls` (bool, 1 byte); logs `properties: <name>=<value>` or `properties: <name> not found`; `set_property(["weir","route","cluster"], cluster)` then reads it back as `weir.route.cluster`. Response headers: adds `x-prop-<name>: <value>` for every property found (ints in decimal, bools `true`/`false`, a wrong length as `bad-length-<n>`) and `x-prop-response.code: <int>`. `on_log`: logs `properties: on_log response.code=<int>`. `on_configure` logs `properties: root <name>=<value>` for the three `plugin_*` properties. |
 //! | `callout` | `upstream` (`auth`), `path` (`/check`), `echo_token` (false: the callout body is `check`; true: it is the request's `x-token`), `timeout_ms` (1000), `from_tick` (false), `tick_ms` (10) | request headers: `dispatch_http_call(upstream, [(":method","GET"), (":path",<path>), (":authority","auth"), ("x-token", <request x-token or "">)], body "check", trailers [("x-callout-trailer","1")], timeout)`, logs `callout: dispatched token=<t>`, returns Pause (a request with `x-trap: callout` panics instead, before dispatching); a dispatch error sends 500 with `x-callout-error: <Status:?>`. `on_http_call_response`: reads the callout headers, body and trailers, logs `callout: response token=<t> headers=<n> body=<text> trailers=<n> status=<:status or none>` and then `callout: get_status code=<c> message=<m>` (`proxy_get_status`); `:status` 200 → adds request headers `x-auth: ok`, `x-auth-body: <body>`, `x-auth-trailers: <k=v,...>` and resumes the request; anything else (incl. a failed call: no headers) → `send_http_response(403, [("x-auth","denied"), ("x-auth-status", <:status or "none">)], "forbidden")`. With `from_tick: true` the stream does nothing; the root sets `tick_ms` in `on_configure`, dispatches the same call from its first `on_tick` (logs `callout: tick dispatched token=<t>`), disables the tick, and logs `callout: root response status=<s> body=<text>` when the answer arrives. |
 //! | `grpc` | `mode`: `call`, `stream`, `cancel` (`call`); `upstream` (`grpc`), `timeout_ms` (1000), `method` (`Say` for calls, `Chat` for streams) | `call`: request headers dispatch `dispatch_grpc_call(upstream, "weir.test.Echo", method, [("x-md","1")], "ping", timeout)` and Pause; `on_grpc_call_response` with status 0 adds request header `x-grpc-reply: <message>` and resumes; a non-zero status sends 503 with `x-grpc-status: <status>` and `x-grpc-message: <get_grpc_status message or "">`. `stream`: opens `open_grpc_stream(upstream, "weir.test.Echo", method, [("x-md","1")])`, sends `hello` (not end of stream) and Pauses; initial/trailing metadata are logged as `grpc: initial <k>=<v>` / `grpc: trailing <k>=<v>`; every received message `m` is logged (`grpc: message <m>`) and answered with `ack:<m>`, except `bye`, which half-closes the stream (`close_grpc_stream`); on close adds `x-grpc-messages: <m1,m2,...>` and `x-grpc-close: <status>` and resumes. `cancel`: dispatches the unary call and cancels it at once (`cancel_grpc_call`), adds `x-grpc: cancelled`, Continue. |
 //! | `body_callout` | `side`: `request`, `response` (`request`); `upstream` (`auth`) | that side's body: Pause on every chunk; at `end_of_stream` POSTs the whole body to `upstream` `/verify` and Pauses. `on_http_call_response`: a 200 replaces the body with `verified:<answer body>` and resumes that side; anything else answers 403 `unverified` with `x-verify-status: <status>`. |
@@ -512,7 +512,7 @@ impl Http {
     }
 
     fn request_headers_properties(&mut self) -> Action {
-        const STRINGS: [&str; 17] = [
+        const STRINGS: [&str; 20] = [
             "request.path",
             "request.method",
             "request.scheme",
@@ -522,6 +522,9 @@ impl Http {
             "plugin_vm_id",
             "xds.node.id",
             "node.id",
+            "xds.node.cluster",
+            "xds.node.metadata.team",
+            "node.metadata.team",
             // The downstream connection's TLS identity (absent on plain connections).
             "connection.tls_version",
             "connection.requested_server_name",
@@ -609,8 +612,18 @@ impl Http {
         }
         .unwrap_or_default();
         let upstream = self.config.str_or("upstream", "auth");
-        let headers = vec![(":method", "POST"), (":path", "/verify"), (":authority", "auth")];
-        match self.dispatch_http_call(&upstream, headers, Some(&body), vec![], Duration::from_secs(5)) {
+        let headers = vec![
+            (":method", "POST"),
+            (":path", "/verify"),
+            (":authority", "auth"),
+        ];
+        match self.dispatch_http_call(
+            &upstream,
+            headers,
+            Some(&body),
+            vec![],
+            Duration::from_secs(5),
+        ) {
             Ok(t) => info!("body_callout: dispatched token={t} size={body_size}"),
             Err(s) => error!("body_callout: dispatch failed: {s:?}"),
         }
@@ -627,13 +640,20 @@ impl Http {
             return;
         }
         let mut body = b"verified:".to_vec();
-        body.extend(self.get_http_call_response_body(0, body_size).unwrap_or_default());
+        body.extend(
+            self.get_http_call_response_body(0, body_size)
+                .unwrap_or_default(),
+        );
         if self.config.str_or("side", "request") == "response" {
-            let len = self.get_http_response_body(0, usize::MAX).map_or(0, |b| b.len());
+            let len = self
+                .get_http_response_body(0, usize::MAX)
+                .map_or(0, |b| b.len());
             self.set_http_response_body(0, len, &body);
             self.resume_http_response();
         } else {
-            let len = self.get_http_request_body(0, usize::MAX).map_or(0, |b| b.len());
+            let len = self
+                .get_http_request_body(0, usize::MAX)
+                .map_or(0, |b| b.len());
             self.set_http_request_body(0, len, &body);
             self.resume_http_request();
         }
@@ -1090,8 +1110,18 @@ impl HttpContext for Http {
         self.config.enter("on_request_trailers", self.id);
         if self.config.is("trailers_callout") {
             // Asks `auth` about the request before its trailers go on (see on_http_call_response).
-            let headers = vec![(":method", "GET"), (":path", "/check"), (":authority", "auth")];
-            return match self.dispatch_http_call("auth", headers, None, vec![], Duration::from_secs(5)) {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", "/check"),
+                (":authority", "auth"),
+            ];
+            return match self.dispatch_http_call(
+                "auth",
+                headers,
+                None,
+                vec![],
+                Duration::from_secs(5),
+            ) {
                 Ok(_) => Action::Pause,
                 Err(_) => Action::Continue,
             };
