@@ -685,3 +685,70 @@ async fn an_ecds_filter_config_swaps_a_wasm_filter_and_filters_read_the_node() {
     let mut c = H1Client::connect(addr).await;
     assert_eq!(c.get("/x").await.header("x-filter"), Some("conformance"));
 }
+
+#[tokio::test]
+async fn weir_reaches_its_control_plane_over_mutual_tls_and_checks_its_identity() {
+    use weir_tests::tls::{TestCa, TlsFront};
+    let (web, api) = (EchoServer::start().await, EchoServer::start().await);
+    let ads = AdsServer::start().await.unwrap();
+    world(&ads, web.addr, api.addr);
+    let ca = TestCa::new("mesh.test");
+    let server = ca.leaf(
+        "istiod",
+        Some("spiffe://mesh.test/ns/istio-system/sa/istiod"),
+        &[],
+    );
+    let front = TlsFront::start(ads.addr(), &server, Some(&ca)).await;
+    let client = ca.leaf("proxy", Some("spiffe://mesh.test/ns/app/sa/web"), &[]);
+    let ca_pem = ca.pem();
+    let files: [(&str, &[u8]); 3] = [
+        ("ca.pem", ca_pem.as_bytes()),
+        ("cert.pem", client.cert_pem.as_bytes()),
+        ("key.pem", client.key_pem.as_bytes()),
+    ];
+    let tls_manifest = |identity: &str| {
+        manifest(front.addr, "delta", "").replace(
+            &format!("server: {{ address: \"{}\" }}", front.addr),
+            &format!(
+                "server: {{ address: \"{}\", tls: {{ ca: ca.pem, cert: cert.pem, key: key.pem, expect_identity: \"{identity}\" }} }}",
+                front.addr
+            ),
+        )
+    };
+
+    // The right identity: configuration flows over mTLS.
+    let weir = Weir::start_with_files(
+        &tls_manifest("spiffe://mesh.test/ns/istio-system/sa/istiod"),
+        &files,
+        &[],
+    )
+    .await;
+    until_ready(&weir).await;
+    let addr = listener_addr(&weir, "in").await;
+    assert_eq!(reached(addr, "/x").await, Ok(web.addr.to_string()));
+    assert!(front.handshakes.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+
+    // Another identity: weir refuses the server and never gets a configuration.
+    let other = Weir::start_with_files(
+        &tls_manifest("spiffe://mesh.test/ns/istio-system/sa/impostor"),
+        &files,
+        &[],
+    )
+    .await;
+    eventually("the connection attempt fails on the identity", async || {
+        let m = crate::observability::scrape(other.admin_addr()).await;
+        if m.sum("weir_xds_connect_failures_total", &[]) >= 1.0 {
+            Ok(())
+        } else {
+            Err("no failure yet")
+        }
+    })
+    .await;
+    assert!(
+        other.stderr().contains("impostor") || other.stderr().contains("istiod"),
+        "the failure names the identity: {}",
+        other.stderr()
+    );
+    let r = Admin::of(&other).request("GET", "/ready", None, b"").await;
+    assert_eq!(r.status, 503);
+}

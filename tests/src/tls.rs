@@ -248,6 +248,81 @@ impl Leaf {
     }
 }
 
+/// A TLS terminator in front of a plaintext server: accepts TLS (ALPN `h2`, the certificate
+/// `leaf`, client certificates from `client_ca` required when given) on 127.0.0.1 and pipes the
+/// decrypted bytes to `backend`. It puts TLS in front of a test server that has none (the
+/// scripted ADS server) without the server knowing. Stops when dropped.
+pub struct TlsFront {
+    pub addr: SocketAddr,
+    /// Handshakes completed (a client that failed verification is not counted).
+    pub handshakes: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsFront {
+    pub async fn start(backend: SocketAddr, leaf: &Leaf, client_ca: Option<&TestCa>) -> TlsFront {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions");
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                roots.add(ca.der().clone()).expect("CA certificate");
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("leaf key");
+        let mut cfg = builder
+            .with_single_cert(vec![leaf.der.clone()], key)
+            .expect("server certificate");
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the TLS front");
+        let addr = listener.local_addr().expect("local address");
+        let handshakes = Arc::new(AtomicU64::new(0));
+        let counted = handshakes.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, counted) = (acceptor.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    let Ok(mut up) = TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                });
+            }
+        });
+        TlsFront {
+            addr,
+            handshakes,
+            task,
+        }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Concatenates PEM bundles (e.g. `CA1+CA2`).
 pub fn bundle(pems: &[&str]) -> String {
     let mut out = String::new();
