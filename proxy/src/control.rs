@@ -178,7 +178,7 @@ impl Control {
         (listeners, clusters): (Vec<Arc<ListenerVersion>>, Vec<Arc<ClusterShared>>),
     ) -> Result<Started, ControlError> {
         let runtime = FilterSet::runtime()?;
-        let filters = build_filters(&config, &runtime, &Uploads::new())?;
+        let filters = build_filters(&config, &runtime, &Uploads::new(), 1)?;
         let first = Arc::new(Published {
             id: 1,
             listeners: listeners.into(),
@@ -586,21 +586,21 @@ impl Control {
             check_reloadable(&st.current.config, &next)?;
             check_references(&next)?;
             let next = Arc::new(next);
+            // The id this change will publish as (a dry run publishes nothing).
+            let id = if dry_run {
+                st.current.id
+            } else {
+                self.next_id.load(Relaxed)
+            };
             let filters = if same_filters(&st.current.config, &next) {
                 // Nothing the filters see changed: workers keep their VMs.
                 st.current.filters.clone()
             } else {
                 let runtime = self.runtime.clone();
                 let cfg = next.clone();
-                tokio::task::spawn_blocking(move || build_filters(&cfg, &runtime, &uploads))
+                tokio::task::spawn_blocking(move || build_filters(&cfg, &runtime, &uploads, id))
                     .await
                     .map_err(|e| ControlError::Internal(e.to_string()))??
-            };
-            // The id this change will publish as (a dry run publishes nothing).
-            let id = if dry_run {
-                st.current.id
-            } else {
-                self.next_id.load(Relaxed)
             };
             let plan = self
                 .clusters
@@ -654,6 +654,10 @@ impl Control {
             if st.history.len() > HISTORY {
                 st.history.remove(0);
             }
+        }
+        // Callouts may reach the new clusters from the moment a worker serves them.
+        if let Some(f) = &p.filters {
+            f.allow_clusters(&p.config);
         }
         self.publish.send_replace(p.clone());
         self.commit(&p);
@@ -749,15 +753,19 @@ fn modules_of(set: Option<&FilterSet>) -> Vec<(String, String)> {
     .unwrap_or_default()
 }
 
+/// The filter set of `config`, to be published as `generation`.
 fn build_filters(
     config: &Config,
     runtime: &Runtime,
     uploads: &Uploads,
+    generation: u64,
 ) -> Result<Option<Arc<FilterSet>>, ControlError> {
     if config.filters.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Arc::new(FilterSet::load(config, runtime, uploads)?)))
+    let mut set = FilterSet::load(config, runtime, uploads)?;
+    set.since = generation;
+    Ok(Some(Arc::new(set)))
 }
 
 fn remember_upload(st: &mut State, digest: &str, module: Arc<Module>) {
@@ -808,19 +816,15 @@ fn new_filter(name: &str) -> FilterConfig {
 /// Whether `next` leaves everything the filter set is built from as it is (filters, chains, and
 /// the cluster names callouts may reach), so the running set can be reused.
 fn same_filters(running: &Config, next: &Config) -> bool {
-    let same_names = running.clusters.len() == next.clusters.len()
-        && running
-            .clusters
-            .iter()
-            .zip(&next.clusters)
-            .all(|(a, b)| a.name == b.name);
+    // The clusters callouts may reach follow each publish (`FilterSet::allow_clusters`); the
+    // node is restart-only.
     let json = |c: &Config| {
         (
             serde_json::to_value(&c.filters).ok(),
             serde_json::to_value(&c.chains).ok(),
         )
     };
-    same_names && json(running) == json(next)
+    json(running) == json(next)
 }
 
 /// The listener versions for `next` at generation `generation`: `current`'s where a listener

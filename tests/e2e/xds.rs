@@ -644,6 +644,55 @@ async fn an_ecds_filter_config_swaps_a_wasm_filter_and_filters_read_the_node() {
     assert_eq!(r.header("x-prop-xds.node.metadata.team"), Some("edge"));
     assert_eq!(r.header("x-prop-node.metadata.team"), Some("edge"));
 
+    // A cluster added by CDS keeps the filters' VMs (the generation that started them stays).
+    let vms_since = async || {
+        let f = Admin::of(&weir).get_json("/filters").await;
+        f["filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "ecds/props")
+            .and_then(|f| f["vms_since"].as_u64())
+            .unwrap_or_else(|| panic!("no ecds/props in {f}"))
+    };
+    let before = vms_since().await;
+    ads.set(
+        types::ENDPOINT,
+        [(
+            "extra",
+            any(&res::load_assignment("extra", [Ep::from(api.addr)])),
+        )],
+    );
+    let v = ads.set(
+        types::CLUSTER,
+        [
+            ("web", any(&res::eds_cluster("web"))),
+            ("api", any(&res::eds_cluster("api"))),
+            ("extra", any(&res::eds_cluster("extra"))),
+        ],
+    );
+    ack(&ads, types::CLUSTER, &v).await;
+    eventually("the new cluster serves", async || {
+        let c = Admin::of(&weir).get_json("/clusters").await;
+        let names: Vec<String> = c["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect();
+        if names.iter().any(|n| n == "extra") {
+            Ok(())
+        } else {
+            Err(names)
+        }
+    })
+    .await;
+    assert_eq!(
+        vms_since().await,
+        before,
+        "the VMs were rebuilt by a CDS update"
+    );
+
     // ECDS swaps the filter's configuration.
     let v = ads.set(
         types::EXTENSION_CONFIG,

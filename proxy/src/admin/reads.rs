@@ -110,6 +110,7 @@ impl Admin {
                     "sha256": f.module.sha256_hex(),
                     "failure_policy": c.failure_policy,
                     "generation": p.id,
+                    "vms_since": set.since,
                     "callbacks": s.callbacks,
                     "callback_nanos": s.callback_nanos,
                     "traps": s.traps,

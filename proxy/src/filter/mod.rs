@@ -89,10 +89,29 @@ pub struct FilterSet {
     pub filters: Vec<LoadedFilter>,
     /// Indexed like `Config::chains`: filter indexes in chain order.
     pub chains: Vec<Arc<[usize]>>,
-    /// Cluster names, indexed like `Config::clusters` (callouts and route decisions name them).
-    pub clusters: Arc<[String]>,
+    /// The clusters callouts may reach: the names of the generation serving now. Shared and
+    /// swapped (not part of the set's identity), so a change that only adds or removes clusters
+    /// (a control plane's CDS update) keeps every filter's VMs.
+    pub clusters: Arc<arc_swap::ArcSwap<Vec<String>>>,
     /// The xDS node's properties for filters (empty without `xds:`).
     pub node: Arc<NodeProperties>,
+    /// The generation that built this set: workers started its VMs then, and keep them while
+    /// later generations reuse the set (`/filters` shows it as `vms_since`).
+    pub since: u64,
+}
+
+impl FilterSet {
+    /// Lets callouts reach the clusters of `cfg` (the generation being published).
+    pub fn allow_clusters(&self, cfg: &Config) {
+        let names = cluster_names(cfg);
+        if **self.clusters.load() != names {
+            self.clusters.store(Arc::new(names));
+        }
+    }
+}
+
+fn cluster_names(cfg: &Config) -> Vec<String> {
+    cfg.clusters.iter().map(|c| c.name.clone()).collect()
 }
 
 /// Property path (dotted) → value: what filters read of the xDS node.
@@ -168,8 +187,9 @@ impl FilterSet {
             runtime,
             filters,
             chains,
-            clusters: cfg.clusters.iter().map(|c| c.name.clone()).collect(),
+            clusters: Arc::new(arc_swap::ArcSwap::from_pointee(cluster_names(cfg))),
             node: Arc::new(node_properties(cfg.xds.as_ref())),
+            since: 0,
         })
     }
 

@@ -543,7 +543,7 @@ struct WorkerPluginHost {
     filter: usize,
     generation: u64,
     name: Arc<str>,
-    clusters: Arc<[String]>,
+    clusters: Arc<arc_swap::ArcSwap<Vec<String>>>,
     /// What the xDS node says of this proxy (`xds.node.*`, `node.*`).
     node: Arc<super::NodeProperties>,
     tx: mpsc::UnboundedSender<Event>,
@@ -589,8 +589,8 @@ impl PluginHost for WorkerPluginHost {
     }
 
     fn dispatch_http_call(&mut self, request: HttpCallRequest) -> Result<(), Status> {
-        // Callouts reach manifest clusters only (hardening.md: a filter is untrusted code).
-        if !self.clusters.contains(&request.upstream) {
+        // Callouts reach configured clusters only (hardening.md: a filter is untrusted code).
+        if !self.clusters.load().contains(&request.upstream) {
             return Err(Status::BadArgument);
         }
         self.tx
@@ -603,9 +603,10 @@ impl PluginHost for WorkerPluginHost {
     }
 
     fn dispatch_grpc(&mut self, request: GrpcCallRequest) -> Result<(), Status> {
-        // Manifest clusters only (hardening.md: a filter is untrusted code).
+        // Configured clusters only (hardening.md: a filter is untrusted code).
         if !self
             .clusters
+            .load()
             .iter()
             .any(|c| c.as_bytes() == request.upstream)
         {
