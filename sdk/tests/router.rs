@@ -362,6 +362,7 @@ fn no_route_is_a_404_without_config_details() {
     let r = step.local_reply.expect("404");
     assert_eq!(r.status, 404);
     assert_eq!(r.header("x-weir-router"), Some("no_route"));
+    assert_eq!(r.header("x-weir-error"), Some("no_route"));
     assert_eq!(r.body_text(), "weir: no_route");
     assert_eq!(s.route_cluster(), None);
 
@@ -578,26 +579,47 @@ fn an_inverted_header_rule_negates_but_an_absent_header_fails_a_value_rule() {
 }
 
 #[test]
-fn a_repeated_header_is_matched_as_its_values_joined_with_commas() {
+fn a_repeated_header_is_matched_value_by_value_like_envoy() {
+    // Envoy 1.40 (its CVE-2026-26308 fix): each value on its own, never the values joined; a
+    // rule holds when one value passes it, an inverted rule when none does.
     let f = router(json!({"routes": [
         {"match": {"path": {"prefix": "/joined"}, "headers": {"x-tag": {"exact": "a,b"}}}, "to": "joined"},
-        {"match": {"path": {"prefix": "/first"}, "headers": {"x-tag": "a"}}, "to": "first"},
-        {"match": {"path": {"prefix": "/suffix"}, "headers": {"x-tag": {"suffix": ",c"}}}, "to": "suffix"},
-        {"match": {"path": {"prefix": "/regex"}, "headers": {"x-tag": {"regex": "^a,b,c$"}}}, "to": "regex"},
+        {"match": {"path": {"prefix": "/exact"}, "headers": {"x-tag": "b"}}, "to": "exact"},
+        {"match": {"path": {"prefix": "/suffix"}, "headers": {"x-tag": {"suffix": "c"}}}, "to": "suffix"},
+        {"match": {"path": {"prefix": "/regex"}, "headers": {"x-tag": {"regex": "^b+$"}}}, "to": "regex"},
+        {"match": {"path": {"prefix": "/deny"}, "headers": {"x-role": {"exact": "admin", "invert": true}}}, "to": "not-admin"},
         {"match": {"path": {"prefix": "/present"}, "headers": {"x-tag": {"present": true}, "x-other": {"present": false}}}, "to": "present"},
     ]}));
     let two = [("x-tag", "a"), ("x-other-tag", "z"), ("x-tag", "b")];
-    let three = [("x-tag", "a"), ("x-tag", "b"), ("x-tag", "c")];
-    assert_eq!(get(&f, "h", "/joined", &two).as_deref(), Some("joined"));
-    assert_eq!(get(&f, "h", "/joined", &three), None);
-    assert_eq!(get(&f, "h", "/first", &two), None);
-    assert_eq!(
-        get(&f, "h", "/first", &[("x-tag", "a")]).as_deref(),
-        Some("first")
-    );
-    assert_eq!(get(&f, "h", "/suffix", &three).as_deref(), Some("suffix"));
-    assert_eq!(get(&f, "h", "/regex", &three).as_deref(), Some("regex"));
-    assert_eq!(get(&f, "h", "/present", &three).as_deref(), Some("present"));
+    let three = [("x-tag", "a"), ("x-tag", "bb"), ("x-tag", "c")];
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&str, Headers<'_>, Option<&str>); 13] = [
+        ("/joined", &two, None),
+        ("/joined", &[("x-tag", "a,b")], Some("joined")),
+        ("/exact", &two, Some("exact")),
+        ("/exact", &[("x-tag", "b"), ("x-tag", "a")], Some("exact")),
+        ("/exact", &[("x-tag", "a"), ("x-tag", "a")], None),
+        ("/suffix", &three, Some("suffix")),
+        ("/suffix", &[("x-tag", "c"), ("x-tag", "a")], Some("suffix")),
+        ("/regex", &three, Some("regex")),
+        ("/regex", &[("x-tag", "a,bb")], None),
+        // A second value cannot slip past an inverted rule.
+        ("/deny", &[("x-role", "user"), ("x-role", "admin")], None),
+        (
+            "/deny",
+            &[("x-role", "user"), ("x-role", "guest")],
+            Some("not-admin"),
+        ),
+        ("/deny", &[], None),
+        ("/present", &three, Some("present")),
+    ];
+    for (path, headers, want) in cases {
+        assert_eq!(
+            get(&f, "h", path, headers).as_deref(),
+            want,
+            "{path} {headers:?}"
+        );
+    }
 }
 
 #[test]

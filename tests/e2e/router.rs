@@ -149,6 +149,13 @@ async fn redirect_direct_and_no_route_are_answered_by_the_router() {
     assert_eq!(r.status, 404, "{r:?}");
     assert_eq!(r.header("x-weir-router"), Some("no_route"));
     assert_eq!(r.text(), "weir: no_route");
+    // Flagged NR (no route), as Envoy does.
+    weir_tests::eventually("the 404 is flagged NR", async || {
+        let m = crate::observability::scrape(weir.admin_addr()).await;
+        let n = m.sum("weir_downstream_rq_flags_total", &[("flag", "NR")]);
+        if n >= 1.0 { Ok(()) } else { Err(n) }
+    })
+    .await;
 
     let r = send(&mut c, "/web", &[]).await;
     assert_eq!(r.header("x-upstream"), Some(b.addr.to_string().as_str()));

@@ -52,7 +52,12 @@
 //! `rewrite` only with a `match.path.prefix`.
 //!
 //! Header rules (Envoy's `HeaderMatcher`). The value tested is the header's value; a header sent
-//! several times is tested as its values joined with `,` (as Envoy does).
+//! several times is tested value by value, as Envoy (since its fix of CVE-2026-26308) does: a
+//! rule holds when one of the values passes it, and an inverted rule when none does (so a
+//! second `x-role: admin` cannot slip past an inverted `exact: admin`). Envoy still joins the
+//! values of the headers its own header map keeps inline (`user-agent`, `content-type`,
+//! `x-request-id`, `x-forwarded-*`, `te`, `via`, …) with `,` before any rule sees them; Weir tests
+//! those value by value too.
 //!
 //! | rule | holds when |
 //! |---|---|
@@ -104,8 +109,8 @@
 //! {"prefix": "/"}}, "redirect": {"scheme": "https"}}]}], "ignore_port": true}`.
 //!
 //! Behaviour:
-//! * No route matches (or no virtual host): a local `404` with `x-weir-router: no_route` and body
-//!   `weir: no_route`.
+//! * No route matches (or no virtual host): a local `404` with `x-weir-router: no_route`,
+//!   `x-weir-error: no_route` (the response flag `NR`) and body `weir: no_route`.
 //! * Random choices use a per-VM PRNG (splitmix64) seeded from WASI randomness through std's
 //!   `RandomState`, never from the proxy's clock.
 //! * Local replies (redirect, direct, 404) are sent from the request-headers phase, which then
@@ -1015,8 +1020,8 @@ struct Request {
     authority: Option<String>,
     path: Option<String>,
     method: Option<String>,
-    /// The whole header list, fetched at the first header rule that tests a value: Envoy tests a
-    /// repeated header as its values joined, and the ABI's single-value read returns the first.
+    /// The whole header list, fetched at the first header rule that tests a value: Envoy tests
+    /// each value of a repeated header, and the ABI's single-value read returns the first.
     headers: OnceCell<Vec<(String, Vec<u8>)>>,
 }
 
@@ -1092,22 +1097,31 @@ fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 }
 
 impl HeaderRule {
-    /// Envoy's `HeaderUtility::matchHeaders` for one rule: `value` is the header's value (its
-    /// values joined with `,`), `None` when absent.
-    fn holds(&self, value: Option<&[u8]>) -> bool {
-        let hit = match (&self.test, value) {
-            (HeaderTest::Present(want), v) => v.is_some() == *want,
+    /// Envoy's header matcher for one rule over the values the header was sent with (none when
+    /// absent), each tested on its own: a hit on one of them decides.
+    fn holds<'v>(&self, values: impl IntoIterator<Item = &'v [u8]>) -> bool {
+        let mut values = values.into_iter().peekable();
+        let hit = match &self.test {
+            HeaderTest::Present(want) => values.peek().is_some() == *want,
             // An absent header fails a value test, inverted or not.
-            (_, None) => return false,
-            (HeaderTest::Exact(want), Some(v)) => v == want.as_slice(),
-            (HeaderTest::Prefix(want), Some(v)) => v.starts_with(want),
-            (HeaderTest::Suffix(want), Some(v)) => v.ends_with(want),
-            (HeaderTest::Contains(want), Some(v)) => v.windows(want.len()).any(|w| w == want),
-            (HeaderTest::Regex(re), Some(v)) => {
-                std::str::from_utf8(v).is_ok_and(|v| re.is_match(v))
-            }
+            _ if values.peek().is_none() => return false,
+            test => values.any(|v| test.passes(v)),
         };
         hit != self.invert
+    }
+}
+
+impl HeaderTest {
+    /// Whether one value passes a value test (`Present` is answered by the caller).
+    fn passes(&self, v: &[u8]) -> bool {
+        match self {
+            HeaderTest::Exact(want) => v == want.as_slice(),
+            HeaderTest::Prefix(want) => v.starts_with(want),
+            HeaderTest::Suffix(want) => v.ends_with(want),
+            HeaderTest::Contains(want) => v.windows(want.len()).any(|w| w == want),
+            HeaderTest::Regex(re) => std::str::from_utf8(v).is_ok_and(|v| re.is_match(v)),
+            HeaderTest::Present(_) => true,
+        }
     }
 }
 
@@ -1229,37 +1243,25 @@ impl Router {
                 let present = self.get_http_request_header_bytes(name).is_some();
                 rule.holds(present.then_some(&[][..]))
             }
-            _ => rule.holds(self.header_value(req, name).as_deref()),
+            _ => {
+                let all = req
+                    .headers
+                    .get_or_init(|| self.get_http_request_headers_bytes());
+                rule.holds(
+                    all.iter()
+                        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.as_slice()),
+                )
+            }
         })
-    }
-
-    /// Header `name`'s value, its values joined with `,` when it was sent more than once (as
-    /// Envoy's `getAllOfHeaderAsString`); only that case allocates.
-    fn header_value<'r>(&self, req: &'r Request, name: &str) -> Option<Cow<'r, [u8]>> {
-        let all = req
-            .headers
-            .get_or_init(|| self.get_http_request_headers_bytes());
-        let mut values = all
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice());
-        let first = values.next()?;
-        let Some(second) = values.next() else {
-            return Some(Cow::Borrowed(first));
-        };
-        let mut joined = [first, second].join(&b',');
-        for v in values {
-            joined.push(b',');
-            joined.extend_from_slice(v);
-        }
-        Some(Cow::Owned(joined))
     }
 
     /// The local 404 of a request no route takes.
     fn no_route(&mut self) -> Action {
         self.send_http_response(
             404,
-            vec![("x-weir-router", "no_route")],
+            // `x-weir-error` makes the proxy flag it NR in metrics and access logs, as Envoy does.
+            vec![("x-weir-router", "no_route"), ("x-weir-error", "no_route")],
             Some(b"weir: no_route"),
         );
         Action::Pause
