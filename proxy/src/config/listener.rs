@@ -76,7 +76,11 @@ pub(super) fn listeners(
     let mut names = BTreeSet::new();
     let mut listeners = Vec::with_capacity(list.len());
     for (i, l) in list.into_iter().enumerate() {
-        let p = format!("listeners[{i}]");
+        // A control plane's listeners are named by name (their order is the client's).
+        let p = match source {
+            Source::Manifest => format!("listeners[{i}]"),
+            Source::Xds => format!("listeners.{}", l.name),
+        };
         check_name_in(&l.name, &format!("{p}.name"), source, errs);
         if !names.insert(l.name.clone()) {
             errs.push(

@@ -63,7 +63,8 @@ impl ClientTls {
         })
     }
 
-    pub(super) fn refresh(&self) -> bool {
+    /// Re-reads the files; new handshakes use new material that builds. Whether it changed.
+    pub fn refresh(&self) -> bool {
         self.watched.refresh(|c| build(&self.cfg, self.protocol, c))
     }
 

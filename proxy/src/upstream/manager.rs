@@ -550,7 +550,7 @@ impl ClusterManager {
         }
         let _ = writeln!(
             out,
-            "# HELP weir_endpoint_updates_total Endpoint sets replaced through the endpoint API.\n# TYPE weir_endpoint_updates_total counter\nweir_endpoint_updates_total {}",
+            "# HELP weir_endpoint_updates_total Endpoint sets replaced through the endpoint API or by xDS (EDS).\n# TYPE weir_endpoint_updates_total counter\nweir_endpoint_updates_total {}",
             c.endpoint_updates.load(Relaxed)
         );
     }

@@ -77,6 +77,7 @@ pub fn start(control: Arc<Control>, cfg: XdsConfig, status: Arc<XdsStatus>) {
             applied: None,
             tls: None,
             sds,
+            warming: Vec::new(),
             cfg,
         };
         client.run().await;
@@ -98,6 +99,8 @@ struct Client {
     tls: Option<Arc<ClientTls>>,
     /// Where accepted secrets are written.
     sds: SdsDir,
+    /// What the last applied assembly held back.
+    warming: Vec<(Kind, String)>,
 }
 
 /// The outline of an applied assembly: which clusters and listeners serve, and which clusters
@@ -167,6 +170,8 @@ impl Client {
             self.tls = Some(Arc::new(t));
         }
         let tls = self.tls.clone().expect("loaded above");
+        // A short-lived client certificate: each connection uses the files as they are now.
+        tls.refresh();
         endpoint
             .connect_with_connector(TlsConnector(tls))
             .await
@@ -495,6 +500,8 @@ impl Client {
             Ok(()) => {
                 self.got[kind.index()] = true;
                 self.status.accepted(kind, &names, &removed);
+                // Resources seen for the first time are marked now that they are listed.
+                self.status.set_warming(&self.warming);
                 self.check_ready();
                 Ok(())
             }
@@ -527,9 +534,15 @@ impl Client {
                 _ => continue, // checked when it arrived
             };
             for cluster in users {
-                retry_busy(|| self.control.set_xds_endpoints(cluster, endpoints.clone()))
+                match retry_busy(|| self.control.set_xds_endpoints(cluster, endpoints.clone()))
                     .await
-                    .map_err(|e| format!("endpoint {name}: {e}"))?;
+                {
+                    Ok(_) => {}
+                    // The running configuration is not the one last applied (a rollback):
+                    // the whole part again.
+                    Err(ControlError::UnknownCluster(_)) => return self.apply_all().await,
+                    Err(e) => return Err(format!("endpoint {name}: {e}")),
+                }
             }
         }
         Ok(())
@@ -592,7 +605,8 @@ impl Client {
                     "xds: configuration applied"
                 );
                 self.applied = Some(shape);
-                self.status.set_warming(&warming);
+                self.warming = warming;
+                self.status.set_warming(&self.warming);
                 Ok(())
             }
             Err(e) => Err(format!("weir refused the configuration: {e}")),

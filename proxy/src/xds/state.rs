@@ -205,10 +205,13 @@ pub fn assemble(cache: &Cache, now: Instant, timeout: Duration, sds: &SdsDir) ->
                             filters.push((id.clone(), filter));
                             chain.push(id);
                         }
-                        // Envoy serves without a filter config that never came only when the
-                        // filter has a default config; Weir has none, so the listener waits.
                         None if !expired(e) => waiting = true,
-                        None => {}
+                        // Never arrived: as Envoy (NFCF), the filter answers 500 in its place,
+                        // so a policy filter that is missing never lets requests through.
+                        None => {
+                            filters.push((id.clone(), missing_filter_config(config_name)));
+                            chain.push(id);
+                        }
                     }
                 }
             }
@@ -295,6 +298,22 @@ fn ecds(cache: &Cache, name: &str) -> Option<raw::Filter> {
     let e = cache.of(Kind::Extension).get(name)?;
     let tec = decode::<TypedExtensionConfig>(&e.resource).ok()?;
     translate::wasm_filter(&tec.name, tec.typed_config.as_ref()?).ok()
+}
+
+/// What stands in for an ECDS filter config that never came: every request answered 500.
+fn missing_filter_config(name: &str) -> raw::Filter {
+    raw::Filter {
+        module: "builtin:local-reply".into(),
+        sha256: None,
+        config: Some(serde_json::json!({
+            "status": 500,
+            "body": format!("weir: filter_config_not_found ({name})\n"),
+            "headers": {"x-weir-error": "filter_config_not_found"},
+        })),
+        vm_config: None,
+        failure_policy: raw::FailurePolicy::FailClosed,
+        limits: raw::FilterLimits::default(),
+    }
 }
 
 /// The stock router configured with `config`.
