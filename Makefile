@@ -36,6 +36,8 @@ run: toolchain clone-root
 
 test: toolchain clone-root
 	$(CARGO) build -p weir
+	# Programs the tests run beside weir, installed when missing (a release Envoy: e2e/envoy_parity.rs).
+	bash tests/deps.sh
 	$(CARGO) test --workspace --no-fail-fast
 	# The stock filters' own unit tests (their workspace is separate; run natively).
 	$(CARGO) test --manifest-path filters/Cargo.toml --workspace --lib --locked

@@ -17,7 +17,8 @@
 //! | path `/hop-response` | `200` carrying hop-by-hop headers that a proxy must strip |
 //! | anything else | `200`, the request body echoed (and request trailers as response trailers) |
 //!
-//! Every reply carries `x-upstream: <this server's address>` and `x-echo-conn: <connection index>`.
+//! Every reply carries `x-upstream: <this server's address>`, `x-echo-conn: <connection index>` and
+//! `x-echo-path: <the request's path and query, as received>`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -264,6 +265,8 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let _guard = InFlight::new(&st.in_flight);
+    // The request target's path and query as they arrived (a proxy's rewrite shows here).
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned());
     let mut resp = respond(&st, conn, peer, req).await;
     let h = resp.headers_mut();
     h.insert(
@@ -271,6 +274,9 @@ async fn handle(
         HeaderValue::from_str(&st.addr.to_string()).unwrap(),
     );
     h.insert("x-echo-conn", HeaderValue::from(conn));
+    if let Some(v) = path.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        h.insert("x-echo-path", v);
+    }
     Ok(resp)
 }
 
