@@ -78,6 +78,8 @@ pub fn start(control: Arc<Control>, cfg: XdsConfig, status: Arc<XdsStatus>) {
             tls: None,
             sds,
             warming: Vec::new(),
+            deadline: None,
+            wanted: Default::default(),
             cfg,
         };
         client.run().await;
@@ -99,8 +101,11 @@ struct Client {
     tls: Option<Arc<ClientTls>>,
     /// Where accepted secrets are written.
     sds: SdsDir,
-    /// What the last applied assembly held back.
+    /// What the last applied assembly held back, when the first of it stops waiting, and the
+    /// names it wants of each named type.
     warming: Vec<(Kind, String)>,
+    deadline: Option<tokio::time::Instant>,
+    wanted: std::collections::BTreeMap<Kind, BTreeSet<String>>,
 }
 
 /// The outline of an applied assembly: which clusters and listeners serve, and which clusters
@@ -281,14 +286,14 @@ impl Client {
         let mut problems = Vec::new();
         for r in &resp.resources {
             let checked = match &r.resource {
-                Some(any) => state::check(kind, any).map(|_| any.clone()),
+                Some(any) => state::check(kind, any).map(|(_, t)| (any.clone(), t)),
                 None => Err(translate::Rejection {
                     field: "resource".into(),
                     message: "is missing".into(),
                 }),
             };
             match checked {
-                Ok(any) => changed.push((r.name.clone(), r.version.clone(), any)),
+                Ok((any, t)) => changed.push((r.name.clone(), r.version.clone(), any, t)),
                 Err(rej) => problems.push(format!("{} {}: {rej}", kind.name(), r.name)),
             }
         }
@@ -399,9 +404,9 @@ impl Client {
         let mut names = Vec::with_capacity(resp.resources.len());
         for (i, any) in resp.resources.iter().enumerate() {
             match state::check(kind, any) {
-                Ok(name) => {
+                Ok((name, t)) => {
                     names.push(name.clone());
-                    changed.push((name, resp.version_info.clone(), any.clone()));
+                    changed.push((name, resp.version_info.clone(), any.clone(), t));
                 }
                 Err(rej) => {
                     let name = resource_name(kind, any).unwrap_or_else(|| format!("[{i}]"));
@@ -452,12 +457,12 @@ impl Client {
         self.status.rejected(kind, names, message);
     }
 
-    /// Applies checked resources of `kind` (`changed`: name, version, resource) and removals.
-    /// On a refusal the cache is left as it was.
+    /// Applies checked resources of `kind` (`changed`: name, version, resource, translation)
+    /// and removals. On a refusal the cache is left as it was.
     async fn update(
         &mut self,
         kind: Kind,
-        changed: Vec<(String, String, Any)>,
+        changed: Vec<(String, String, Any, state::Translated)>,
         removed: Vec<String>,
         sotw: bool,
     ) -> Result<(), String> {
@@ -466,7 +471,7 @@ impl Client {
         let mut names = Vec::with_capacity(changed.len());
         {
             let map = self.cache.of_mut(kind);
-            for (name, version, resource) in changed {
+            for (name, version, resource, spec) in changed {
                 // An unchanged resource in a state-of-the-world response keeps its history.
                 let since = map.get(&name).map_or(now, |e| e.since);
                 if sotw && map.get(&name).is_some_and(|e| e.resource == resource) {
@@ -479,6 +484,7 @@ impl Client {
                     Entry {
                         version,
                         resource,
+                        spec: Arc::new(spec),
                         since,
                     },
                 );
@@ -512,28 +518,29 @@ impl Client {
         }
     }
 
-    /// An endpoint update: through the endpoint path when the clusters it feeds serve already
-    /// and nothing else changes shape; else the whole part again.
+    /// An endpoint update: through the endpoint path for the serving clusters it feeds (no
+    /// assembly: the translation was made when it arrived); the whole part again when something
+    /// warms (it may be waiting for these endpoints).
     async fn apply_endpoints(&mut self, changed: &[(String, String)]) -> Result<(), String> {
-        let a = self.assemble();
-        let shape = shape_of(&a);
-        if self.applied.as_ref() != Some(&shape) {
+        if !self.warming.is_empty() || self.applied.is_none() {
             return self.apply_all().await;
         }
         for (name, _) in changed {
-            let Some(users) = a.eds_users.get(name) else {
-                continue; // no cluster uses it (yet)
-            };
-            let cla = self
+            let users = self
+                .applied
+                .as_ref()
+                .and_then(|a| a.eds_users.get(name))
+                .cloned()
+                .unwrap_or_default();
+            let spec = self
                 .cache
                 .of(Kind::Endpoint)
                 .get(name)
-                .and_then(|e| state::decode::<ClusterLoadAssignment>(&e.resource).ok());
-            let endpoints = match cla.map(|c| translate::load_assignment(&c)) {
-                Some(Ok(eps)) => eps,
-                _ => continue, // checked when it arrived
+                .map(|e| e.spec.clone());
+            let Some(state::Translated::Endpoint(endpoints)) = spec.as_deref() else {
+                continue;
             };
-            for cluster in users {
+            for cluster in &users {
                 match retry_busy(|| self.control.set_xds_endpoints(cluster, endpoints.clone()))
                     .await
                 {
@@ -554,16 +561,15 @@ impl Client {
     async fn apply_secrets(&mut self, changed: &[(String, String)]) -> Result<(), String> {
         let mut files = Vec::new();
         for (name, _) in changed {
-            let spec = self
-                .cache
-                .of(Kind::Secret)
-                .get(name)
-                .and_then(|e| state::decode(&e.resource).ok())
-                .and_then(|s| translate::secret(&s).ok());
-            let Some(spec) = spec else { continue };
+            let Some(e) = self.cache.of(Kind::Secret).get(name) else {
+                continue;
+            };
+            let state::Translated::Secret(spec) = &*e.spec else {
+                continue;
+            };
             files.extend(
                 self.sds
-                    .prepare(&spec)
+                    .prepare(spec)
                     .map_err(|e| format!("secret {name}: {e}"))?,
             );
         }
@@ -572,8 +578,8 @@ impl Client {
         if rotated > 0 {
             tracing::info!(contexts = rotated, "xds: secrets rotated");
         }
-        let a = self.assemble();
-        if self.applied.as_ref() != Some(&shape_of(&a)) {
+        // A listener or cluster may be waiting for these secrets.
+        if !self.warming.is_empty() || self.applied.is_none() {
             return self.apply_all().await;
         }
         Ok(())
@@ -592,7 +598,7 @@ impl Client {
     async fn apply_all(&mut self) -> Result<(), String> {
         let a = self.assemble();
         let shape = shape_of(&a);
-        let warming = a.warming.clone();
+        let (warming, deadline, wanted) = (a.warming, a.next_deadline, a.wanted);
         let parts = a.parts;
         let applied = retry_busy(|| self.control.apply_dynamic(parts.clone(), false)).await;
         match applied {
@@ -606,6 +612,8 @@ impl Client {
                 );
                 self.applied = Some(shape);
                 self.warming = warming;
+                self.deadline = deadline.map(tokio::time::Instant::from_std);
+                self.wanted = wanted;
                 self.status.set_warming(&self.warming);
                 Ok(())
             }
@@ -623,8 +631,7 @@ impl Client {
 
     /// When the first resource still warming stops waiting.
     fn warming_deadline(&self) -> Option<tokio::time::Instant> {
-        let a = self.assemble();
-        a.next_deadline.map(tokio::time::Instant::from_std)
+        self.deadline
     }
 
     /// Ready once clusters and listeners arrived and nothing warms.
@@ -635,8 +642,7 @@ impl Client {
         {
             return;
         }
-        let a = self.assemble();
-        if a.warming.is_empty() {
+        if self.warming.is_empty() {
             self.status.ready.store(true, Relaxed);
             tracing::info!("xds: first complete configuration applied; ready");
         }
@@ -646,9 +652,8 @@ impl Client {
     /// use: `(type, subscribe, unsubscribe)` for each type that changed. Resources no longer
     /// wanted leave the cache.
     fn resubscribe(&mut self) -> Vec<(Kind, Vec<String>, Vec<String>)> {
-        let a = self.assemble();
         let mut out = Vec::new();
-        for (kind, want) in a.wanted {
+        for (kind, want) in self.wanted.clone() {
             let have = &self.subs[kind.index()];
             let sub: Vec<String> = want.difference(have).cloned().collect();
             let unsub: Vec<String> = have.difference(&want).cloned().collect();

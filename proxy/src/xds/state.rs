@@ -10,6 +10,7 @@
 //! configuration, shared by the listeners that name it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -23,7 +24,7 @@ use prost::Message;
 
 use super::Kind;
 use super::sds::SdsDir;
-use super::translate::secret::parse_sds_path;
+use super::translate::secret::{SecretSpec, parse_sds_path};
 use super::translate::{self, HttpFilterSpec, Rejection, RouteSource};
 use crate::config::{DynamicParts, EndpointConfig, raw};
 
@@ -32,8 +33,25 @@ use crate::config::{DynamicParts, EndpointConfig, raw};
 pub struct Entry {
     pub version: String,
     pub resource: Any,
+    /// What it means to Weir, translated once when it arrived.
+    pub spec: Arc<Translated>,
     /// When it first appeared (its warming deadline counts from here).
     pub since: Instant,
+}
+
+/// A resource translated (see [`translate`]). Held once per resource behind an `Arc`, so the
+/// size of the largest variant costs nothing per copy.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Translated {
+    Cluster(translate::ClusterSpec),
+    Endpoint(Vec<EndpointConfig>),
+    Listener(translate::ListenerSpec),
+    /// The router's configuration.
+    Route(serde_json::Value),
+    Secret(SecretSpec),
+    /// A Wasm filter (ECDS).
+    Extension(raw::Filter),
 }
 
 /// The accepted resources of every type, by name.
@@ -75,8 +93,9 @@ pub fn decode<M: Message + Default>(any: &Any) -> Result<M, Rejection> {
 }
 
 /// Checks one incoming resource on its own (its type, its decoding, its translation): what
-/// can be refused before anything is applied. Returns the name the resource carries.
-pub fn check(kind: Kind, any: &Any) -> Result<String, Rejection> {
+/// can be refused before anything is applied. Returns the name the resource carries and its
+/// translation.
+pub fn check(kind: Kind, any: &Any) -> Result<(String, Translated), Rejection> {
     if any.type_url != kind.type_url() {
         return Err(Rejection {
             field: "type_url".into(),
@@ -88,30 +107,39 @@ pub fn check(kind: Kind, any: &Any) -> Result<String, Rejection> {
         });
     }
     Ok(match kind {
-        Kind::Cluster => translate::cluster(&decode::<Cluster>(any)?)?.name,
+        Kind::Cluster => {
+            let spec = translate::cluster(&decode::<Cluster>(any)?)?;
+            (spec.name.clone(), Translated::Cluster(spec))
+        }
         Kind::Endpoint => {
             let cla = decode::<ClusterLoadAssignment>(any)?;
-            translate::load_assignment(&cla)?;
-            cla.cluster_name
+            let eps = translate::load_assignment(&cla)?;
+            (cla.cluster_name, Translated::Endpoint(eps))
         }
-        Kind::Listener => translate::listener(&decode::<Listener>(any)?)?.name,
+        Kind::Listener => {
+            let spec = translate::listener(&decode::<Listener>(any)?)?;
+            (spec.name.clone(), Translated::Listener(spec))
+        }
         Kind::Route => {
             let rc = decode::<RouteConfiguration>(any)?;
-            translate::route_config(&rc)?;
-            rc.name
+            let config = translate::route_config(&rc)?;
+            (rc.name, Translated::Route(config))
         }
-        Kind::Secret => translate::secret(&decode::<Secret>(any)?)?.name,
+        Kind::Secret => {
+            let spec = translate::secret(&decode::<Secret>(any)?)?;
+            (spec.name.clone(), Translated::Secret(spec))
+        }
         Kind::Extension => {
             let tec = decode::<TypedExtensionConfig>(any)?;
             let typed = tec.typed_config.as_ref().ok_or_else(|| Rejection {
                 field: "typed_config".into(),
                 message: "is required".into(),
             })?;
-            translate::wasm_filter(&tec.name, typed).map_err(|r| Rejection {
+            let filter = translate::wasm_filter(&tec.name, typed).map_err(|r| Rejection {
                 field: format!("typed_config.{}", r.field),
                 message: r.message,
             })?;
-            tec.name
+            (tec.name, Translated::Extension(filter))
         }
     })
 }
@@ -140,10 +168,10 @@ pub fn assemble(cache: &Cache, now: Instant, timeout: Duration, sds: &SdsDir) ->
     };
 
     for (name, e) in cache.of(Kind::Cluster) {
-        let Ok(spec) = decode::<Cluster>(&e.resource).and_then(|c| translate::cluster(&c)) else {
-            continue; // checked when it arrived
+        let Translated::Cluster(spec) = &*e.spec else {
+            continue;
         };
-        let mut cluster = spec.cluster;
+        let mut cluster = spec.cluster.clone();
         if let Some(tls) = &mut cluster.tls {
             let mut paths: Vec<&mut String> = vec![&mut tls.ca];
             paths.extend(tls.cert.as_mut());
@@ -158,27 +186,25 @@ pub fn assemble(cache: &Cache, now: Instant, timeout: Duration, sds: &SdsDir) ->
                 .entry(Kind::Endpoint)
                 .or_default()
                 .insert(svc.clone());
-            let endpoints = match cache.of(Kind::Endpoint).get(svc) {
-                Some(cla) => decode::<ClusterLoadAssignment>(&cla.resource)
-                    .and_then(|c| translate::load_assignment(&c))
-                    .unwrap_or_default(),
-                None if expired(e) => Vec::new(),
-                None => {
+            let endpoints = match cache.of(Kind::Endpoint).get(svc).map(|c| &*c.spec) {
+                Some(Translated::Endpoint(eps)) => eps.iter().map(raw_endpoint).collect(),
+                _ if expired(e) => Vec::new(),
+                _ => {
                     note_wait(&mut a, Kind::Cluster, name, e);
                     continue;
                 }
             };
-            cluster.endpoints = Some(endpoints.iter().map(raw_endpoint).collect());
+            cluster.endpoints = Some(endpoints);
             a.eds_users
                 .entry(svc.clone())
                 .or_default()
                 .push(spec.name.clone());
         }
-        a.parts.clusters.insert(spec.name, cluster);
+        a.parts.clusters.insert(spec.name.clone(), cluster);
     }
 
     for (name, e) in cache.of(Kind::Listener) {
-        let Ok(spec) = decode::<Listener>(&e.resource).and_then(|l| translate::listener(&l)) else {
+        let Translated::Listener(spec) = &*e.spec else {
             continue;
         };
         let mut chain = Vec::with_capacity(spec.filters.len() + 1);
@@ -228,15 +254,13 @@ pub fn assemble(cache: &Cache, now: Instant, timeout: Duration, sds: &SdsDir) ->
                     .or_default()
                     .insert(rname.clone());
                 let id = rds_filter(rname);
-                match cache.of(Kind::Route).get(rname).and_then(|r| {
-                    decode::<RouteConfiguration>(&r.resource)
-                        .and_then(|rc| translate::route_config(&rc))
-                        .ok()
-                }) {
-                    Some(config) => filters.push((id.clone(), router(config))),
-                    None if !expired(e) => waiting = true,
+                match cache.of(Kind::Route).get(rname).map(|r| &*r.spec) {
+                    Some(Translated::Route(config)) => {
+                        filters.push((id.clone(), router(config.clone())));
+                    }
+                    _ if !expired(e) => waiting = true,
                     // Routes that never came: a listener that answers every request 404.
-                    None => filters.push((id.clone(), router(serde_json::json!({"routes": []})))),
+                    _ => filters.push((id.clone(), router(serde_json::json!({"routes": []})))),
                 }
                 id
             }
@@ -246,7 +270,7 @@ pub fn assemble(cache: &Cache, now: Instant, timeout: Duration, sds: &SdsDir) ->
             continue;
         }
         chain.push(router);
-        let mut listener = spec.listener;
+        let mut listener = spec.listener.clone();
         if let Some(tls) = &mut listener.tls {
             let mut paths: Vec<&mut String> = vec![&mut tls.cert, &mut tls.key];
             paths.extend(tls.client_ca.as_mut());
@@ -281,9 +305,7 @@ fn resolve_secrets(a: &mut Assembly, cache: &Cache, sds: &SdsDir, paths: Vec<&mu
         let have = cache
             .of(Kind::Secret)
             .get(name)
-            .and_then(|e| decode::<Secret>(&e.resource).ok())
-            .and_then(|s| translate::secret(&s).ok())
-            .is_some_and(|s| s.has(part));
+            .is_some_and(|e| matches!(&*e.spec, Translated::Secret(s) if s.has(part)));
         if have {
             *path = sds.path(name, part).display().to_string();
         } else {
@@ -295,9 +317,10 @@ fn resolve_secrets(a: &mut Assembly, cache: &Cache, sds: &SdsDir, paths: Vec<&mu
 
 /// An ECDS filter config, translated.
 fn ecds(cache: &Cache, name: &str) -> Option<raw::Filter> {
-    let e = cache.of(Kind::Extension).get(name)?;
-    let tec = decode::<TypedExtensionConfig>(&e.resource).ok()?;
-    translate::wasm_filter(&tec.name, tec.typed_config.as_ref()?).ok()
+    match &*cache.of(Kind::Extension).get(name)?.spec {
+        Translated::Extension(f) => Some(f.clone()),
+        _ => None,
+    }
 }
 
 /// What stands in for an ECDS filter config that never came: every request answered 500.
