@@ -172,6 +172,14 @@ pub fn assemble(cache: &Cache, now: Instant, timeout: Duration, sds: &SdsDir) ->
             continue;
         };
         let mut cluster = spec.cluster.clone();
+        // Everything a resource depends on is asked for at once, as Envoy does (a cluster
+        // waiting for its secrets already wants its endpoints).
+        if let Some(svc) = &spec.eds {
+            a.wanted
+                .entry(Kind::Endpoint)
+                .or_default()
+                .insert(svc.clone());
+        }
         if let Some(tls) = &mut cluster.tls {
             let mut paths: Vec<&mut String> = vec![&mut tls.ca];
             paths.extend(tls.cert.as_mut());
@@ -182,10 +190,6 @@ pub fn assemble(cache: &Cache, now: Instant, timeout: Duration, sds: &SdsDir) ->
             }
         }
         if let Some(svc) = &spec.eds {
-            a.wanted
-                .entry(Kind::Endpoint)
-                .or_default()
-                .insert(svc.clone());
             let endpoints = match cache.of(Kind::Endpoint).get(svc).map(|c| &*c.spec) {
                 Some(Translated::Endpoint(eps)) => eps.iter().map(raw_endpoint).collect(),
                 _ if expired(e) => Vec::new(),
@@ -265,20 +269,24 @@ pub fn assemble(cache: &Cache, now: Instant, timeout: Duration, sds: &SdsDir) ->
                 id
             }
         };
+        let mut listener = spec.listener.clone();
+        let secrets = match &mut listener.tls {
+            Some(tls) => {
+                let mut paths: Vec<&mut String> = vec![&mut tls.cert, &mut tls.key];
+                paths.extend(tls.client_ca.as_mut());
+                resolve_secrets(&mut a, cache, sds, paths)
+            }
+            None => true,
+        };
         if waiting {
             note_wait(&mut a, Kind::Listener, name, e);
             continue;
         }
-        chain.push(router);
-        let mut listener = spec.listener.clone();
-        if let Some(tls) = &mut listener.tls {
-            let mut paths: Vec<&mut String> = vec![&mut tls.cert, &mut tls.key];
-            paths.extend(tls.client_ca.as_mut());
-            if !resolve_secrets(&mut a, cache, sds, paths) {
-                a.warming.push((Kind::Listener, name.clone()));
-                continue;
-            }
+        if !secrets {
+            a.warming.push((Kind::Listener, name.clone()));
+            continue;
         }
+        chain.push(router);
         listener.chain = Some(spec.name.clone());
         for (id, f) in filters {
             a.parts.filters.insert(id, f);
@@ -360,4 +368,70 @@ pub fn raw_endpoint(e: &EndpointConfig) -> raw::Endpoint {
         zone: e.zone.clone(),
         health: Some(e.health),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(spec: Translated) -> Entry {
+        Entry {
+            version: "1".into(),
+            resource: Any::default(),
+            spec: Arc::new(spec),
+            since: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_resource_waiting_for_one_dependency_already_asks_for_the_others() {
+        let sds = SdsDir::create().unwrap();
+        let mut cache = Cache::default();
+        let cluster: raw::Cluster = serde_yaml_ng::from_str(
+            "{tls: {ca: '@sds/ca/ROOTCA', expect_identity: 'spiffe://td/x'}}",
+        )
+        .unwrap();
+        cache.of_mut(Kind::Cluster).insert(
+            "c".into(),
+            entry(Translated::Cluster(translate::ClusterSpec {
+                name: "c".into(),
+                cluster,
+                eds: Some("c-eds".into()),
+            })),
+        );
+        let listener: raw::Listener = serde_yaml_ng::from_str(
+            "{name: l, address: '127.0.0.1:0', tls: {cert: '@sds/cert/srv', key: '@sds/key/srv'}}",
+        )
+        .unwrap();
+        cache.of_mut(Kind::Listener).insert(
+            "l".into(),
+            entry(Translated::Listener(translate::ListenerSpec {
+                name: "l".into(),
+                listener,
+                filters: vec![],
+                routes: RouteSource::Rds("r".into()),
+            })),
+        );
+        let a = assemble(&cache, Instant::now(), Duration::from_secs(15), &sds);
+        let wanted = |k: Kind| a.wanted[&k].iter().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            wanted(Kind::Endpoint),
+            ["c-eds"],
+            "the cluster waiting for its secret"
+        );
+        assert_eq!(wanted(Kind::Secret), ["ROOTCA", "srv"]);
+        assert_eq!(
+            wanted(Kind::Route),
+            ["r"],
+            "the listener waiting for its secret"
+        );
+        assert_eq!(
+            a.warming,
+            [
+                (Kind::Cluster, "c".to_owned()),
+                (Kind::Listener, "l".to_owned())
+            ]
+        );
+        assert!(a.parts.clusters.is_empty() && a.parts.listeners.is_empty());
+    }
 }
