@@ -17,15 +17,25 @@
 //! Envoy's answer is asserted as observed (it accepts what weir refuses for want of support, and
 //! refuses what it cannot build either).
 //!
-//! Cases to come: mTLS by SDS (once weir takes `Secret`s) is a cluster whose transport socket
-//! names an SDS secret, an echo server behind TLS, a route to that cluster in [`routes`] and a
-//! row in [`cases`]; nothing else changes.
+//! Mutual TLS by SDS, as Istio configures it ([`mtls_world`]): clusters `secure` and `impostor`
+//! (EDS, HTTP/2) whose `UpstreamTlsContext` takes the client certificate from SDS secret `client`
+//! and the trust bundle from SDS secret `ROOTCA` (`combined_validation_context`), expecting the
+//! upstream's SPIFFE ID by a URI `exact` matcher in `default_validation_context`. Each cluster's
+//! endpoint is a [`TlsFront`] (client certificates from the test CA required, ALPN `h2`) in front
+//! of an h2c-only echo server; `secure`'s presents the expected SPIFFE ID, `impostor`'s another
+//! one from the same CA. The rows of [`cases`]: `/secure` is a 200 from the echo server behind
+//! the front (each proxy's first request, sent one proxy after the other, must add a completed
+//! handshake, i.e. a verified client certificate, at that front); `/impostor` is a 503 upstream
+//! connect failure from both (weir's `x-weir-error`, Envoy's body; the bodies differ and are
+//! not compared), with no handshake completed at that front, Envoy counting
+//! `ssl.fail_verify_san` and weir logging both identities.
 //!
 //! Envoy is found as `tests/deps.sh` installs it (`make test` runs the script); without it these
 //! tests fail and say how to install it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use envoy_types::pb::envoy::config::cluster::v3 as cl;
 use envoy_types::pb::envoy::config::core::v3 as core;
@@ -37,6 +47,7 @@ use http::{HeaderName, HeaderValue};
 use weir_tests::client::{Collected, H1Client, body_empty, collect};
 use weir_tests::envoy::Envoy;
 use weir_tests::resources::{self as res, Ep};
+use weir_tests::tls::{Leaf, TestCa, TlsFront};
 use weir_tests::xds::{AdsServer, Kind, Mode, Seen, any, types};
 use weir_tests::{Admin, EchoServer, Weir, eventually};
 
@@ -81,6 +92,11 @@ impl Upstreams {
             .unwrap()
             .1
             .addr
+    }
+
+    /// Adds an upstream started elsewhere (an h2c-only one behind a TLS front, say).
+    fn add(&mut self, label: &'static str, server: EchoServer) {
+        self.servers.push((label, server));
     }
 
     fn labels(&self) -> HashMap<String, &'static str> {
@@ -345,6 +361,8 @@ fn routes() -> rt::RouteConfiguration {
             direct(503, Some("down for maintenance")),
         ),
         route(prefix("/direct/empty"), direct(204, None)),
+        route(prefix("/secure"), to("secure")),
+        route(prefix("/impostor"), to("impostor")),
     ];
     rt::RouteConfiguration {
         name: "routes".into(),
@@ -417,6 +435,95 @@ fn world(ads: &AdsServer, up: &Upstreams) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The trust domain of the mTLS cases.
+const TD: &str = "td.test";
+
+/// The SPIFFE ID clusters `secure` and `impostor` expect of their upstream.
+fn secure_id() -> String {
+    format!("spiffe://{TD}/ns/x/sa/secure-upstream")
+}
+
+/// The mTLS-by-SDS upstreams: an h2c-only echo server behind each TLS front, both fronts
+/// requiring a client certificate from the test CA; `secure` presents the SPIFFE ID the clusters
+/// expect, `impostor` another one from the same CA.
+struct Mtls {
+    secure: TlsFront,
+    impostor: TlsFront,
+}
+
+/// Adds to [`world`] the mTLS-by-SDS upstreams (as `secure` and `impostor` in `up`), SDS secrets
+/// `client` (a leaf with a SPIFFE ID) and `ROOTCA` (the CA), and clusters `secure` and
+/// `impostor` (EDS, HTTP/2, [`res::upstream_mtls_sds`] naming those secrets and expecting
+/// [`secure_id`]). Returns the fronts; `versions` gets the new version of each type.
+async fn mtls_world(
+    ads: &AdsServer,
+    up: &mut Upstreams,
+    versions: &mut Vec<(&'static str, String)>,
+) -> Mtls {
+    let ca = TestCa::new(TD);
+    let client = ca.leaf(
+        "client",
+        Some(&format!("spiffe://{TD}/ns/x/sa/client")),
+        &[],
+    );
+    let mut front = async |label: &'static str, leaf: &Leaf| {
+        let echo = EchoServer::start_h2().await;
+        let front = TlsFront::start(echo.addr, leaf, Some(&ca)).await;
+        up.add(label, echo);
+        front
+    };
+    let secure = front("secure", &ca.leaf("secure", Some(&secure_id()), &[])).await;
+    let other = format!("spiffe://{TD}/ns/x/sa/impostor");
+    let impostor = front("impostor", &ca.leaf("impostor", Some(&other), &[])).await;
+    let sds = ads.set(
+        types::SECRET,
+        [
+            (
+                "client",
+                any(&res::tls_secret(
+                    "client",
+                    &client.cert_pem,
+                    &client.key_pem,
+                )),
+            ),
+            ("ROOTCA", any(&res::validation_secret("ROOTCA", &ca.pem()))),
+        ],
+    );
+    let cluster = |name: &str| cl::Cluster {
+        transport_socket: Some(res::upstream_mtls_sds("client", "ROOTCA", &secure_id())),
+        typed_extension_protocol_options: res::http2_protocol_options(),
+        ..res::eds_cluster(name)
+    };
+    let cds = ads.set(
+        types::CLUSTER,
+        ["secure", "impostor"].map(|c| (c, any(&cluster(c)))),
+    );
+    let eds = ads.set(
+        types::ENDPOINT,
+        [
+            (
+                "secure",
+                any(&res::load_assignment("secure", [Ep::from(secure.addr)])),
+            ),
+            (
+                "impostor",
+                any(&res::load_assignment("impostor", [Ep::from(impostor.addr)])),
+            ),
+        ],
+    );
+    for (t, v) in [
+        (types::SECRET, sds),
+        (types::CLUSTER, cds),
+        (types::ENDPOINT, eds),
+    ] {
+        match versions.iter_mut().find(|(have, _)| *have == t) {
+            Some(entry) => entry.1 = v,
+            None => versions.push((t, v)),
+        }
+    }
+    Mtls { secure, impostor }
+}
+
 fn from(node: &str) -> impl Fn(&Seen) -> bool + '_ {
     move |s| s.node_id.as_deref() == Some(node)
 }
@@ -446,11 +553,25 @@ async fn weir_listener(weir: &Weir, name: &str) -> SocketAddr {
     .await
 }
 
+/// Waits until weir's `/ready` answers 200: its first configuration is whole (nothing warms).
+async fn weir_ready(weir: &Weir) {
+    let admin = Admin::of(weir);
+    eventually("weir's /ready answers 200", async || {
+        let r = admin.request("GET", "/ready", None, b"").await;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.text().trim()))
+        }
+    })
+    .await;
+}
+
 /// Both proxies following one ADS server (running as long as this lives), and the addresses of
 /// their listener `in`.
 struct Pair {
-    _envoy: Envoy,
-    _weir: Weir,
+    envoy: Envoy,
+    weir: Weir,
     envoy_addr: SocketAddr,
     weir_addr: SocketAddr,
 }
@@ -467,11 +588,16 @@ async fn start_pair(ads: &AdsServer, mode: Mode, versions: &[(&str, String)]) ->
     );
     acked(ads, ENVOY, versions).await;
     acked(ads, WEIR, versions).await;
+    // An ACK of a type's version does not say that every resource of it arrived (a cluster
+    // subscribes to its endpoints once it does not wait for its secrets any more, and gets the
+    // same version of the type again): weir's `/ready`, like Envoy's (awaited when it started),
+    // says that nothing warms any more.
+    weir_ready(&weir).await;
     let envoy_addr = envoy.listener_addr("in").await;
     let weir_addr = weir_listener(&weir, "in").await;
     Pair {
-        _envoy: envoy,
-        _weir: weir,
+        envoy,
+        weir,
         envoy_addr,
         weir_addr,
     }
@@ -508,8 +634,13 @@ struct Outcome {
     /// The path and query that echo server received.
     path: Option<String>,
     location: Option<String>,
-    /// The body of a local reply that is neither a redirect nor a 404 (a direct response).
+    /// The body of a local reply that is neither a redirect nor a 404 nor an upstream failure
+    /// (a direct response).
     body: Option<String>,
+    /// The proxy could not connect to the upstream: weir's `x-weir-error:
+    /// upstream_connect_failure`, Envoy's body `upstream connect error or disconnect/reset before
+    /// headers. reset reason: (local|remote) connection failure…` (their bodies differ).
+    connect_failure: bool,
 }
 
 fn outcome(r: &Collected, labels: &HashMap<String, &'static str>) -> Outcome {
@@ -519,14 +650,33 @@ fn outcome(r: &Collected, labels: &HashMap<String, &'static str>) -> Outcome {
             .unwrap_or_else(|| panic!("unknown upstream {a}"))
     });
     let status = r.status.as_u16();
-    let local_body = upstream.is_none() && status != 404 && !(300..400).contains(&status);
+    let connect_failure = upstream.is_none() && is_connect_failure(r);
+    let local_body =
+        upstream.is_none() && status != 404 && !(300..400).contains(&status) && !connect_failure;
     Outcome {
         status,
         upstream,
         path: r.header("x-echo-path").map(str::to_owned),
         location: r.header("location").map(str::to_owned),
         body: local_body.then(|| r.text()),
+        connect_failure,
     }
+}
+
+/// Whether a local reply says the upstream connection failed, in weir's words or Envoy's.
+fn is_connect_failure(r: &Collected) -> bool {
+    if r.header("x-weir-error") == Some("upstream_connect_failure") {
+        return true;
+    }
+    let text = r.text();
+    let Some(rest) = text
+        .strip_prefix("upstream connect error or disconnect/reset before headers. reset reason: ")
+    else {
+        return false;
+    };
+    ["local connection failure", "remote connection failure"]
+        .iter()
+        .any(|reason| rest.starts_with(reason))
 }
 
 /// What a case expects.
@@ -539,6 +689,8 @@ enum Want {
     Direct(u16, &'static str),
     /// No route: 404.
     NoRoute,
+    /// The upstream connection failed: 503.
+    ConnectFailure,
 }
 
 impl Want {
@@ -549,6 +701,7 @@ impl Want {
             path: None,
             location: None,
             body: None,
+            connect_failure: false,
         };
         match *self {
             Want::Up(up, path) => Outcome {
@@ -569,6 +722,11 @@ impl Want {
             },
             Want::NoRoute => Outcome {
                 status: 404,
+                ..none
+            },
+            Want::ConnectFailure => Outcome {
+                status: 503,
+                connect_failure: true,
                 ..none
             },
         }
@@ -850,16 +1008,41 @@ fn cases() -> Vec<Case> {
             Up("c", "/x"),
         ),
         case("no route", get("/nothing"), NoRoute),
+        // mTLS by SDS (client certificate and trust bundle as SDS secrets, the SPIFFE ID in
+        // the cluster's context), HTTP/2 to an h2c-only upstream behind TLS.
+        case("mTLS by SDS", get("/secure/x"), Up("secure", "/secure/x")),
+        case(
+            "mTLS by SDS, the upstream is not the SPIFFE ID expected",
+            get("/impostor"),
+            ConnectFailure,
+        ),
     ]
 }
 
 #[tokio::test]
 async fn weir_routes_as_envoy_does() {
-    let up = Upstreams::start(&["a", "b", "c", "d", "p0", "p1"]).await;
-    let labels = up.labels();
+    let mut up = Upstreams::start(&["a", "b", "c", "d", "p0", "p1"]).await;
     let ads = AdsServer::start().await.unwrap();
-    let versions = world(&ads, &up);
+    let mut versions = world(&ads, &up);
+    let mtls = mtls_world(&ads, &mut up, &mut versions).await;
+    let labels = up.labels();
     let pair = start_pair(&ads, Mode::Delta, &versions).await;
+
+    // mTLS by SDS, one proxy after the other: each one's request is answered through the TLS
+    // front, which completed a handshake for it (client certificate verified) in the meantime.
+    let handshakes = || mtls.secure.handshakes.load(Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for (name, addr) in [(ENVOY, pair.envoy_addr), (WEIR, pair.weir_addr)] {
+        let before = handshakes();
+        let o = outcome(&send(addr, &get("/secure")).await, &labels);
+        seen.push((name, o, handshakes() - before));
+    }
+    let want = Want::Up("secure", "/secure").outcome();
+    assert!(
+        seen.iter().all(|(_, o, new)| *o == want && *new >= 1),
+        "each proxy answers {want:?} through a handshake of its own with the TLS front \
+         (proxy, answer, new handshakes): {seen:?}"
+    );
 
     let mut differences = Vec::new();
     let cases = cases();
@@ -887,6 +1070,42 @@ async fn weir_routes_as_envoy_does() {
         cases.len(),
         differences.join("\n")
     );
+    // Both refused the impostor's certificate for its SPIFFE ID: no handshake completed there,
+    // Envoy counts a SAN verification failure, weir logs the identity it got.
+    assert_eq!(mtls.impostor.handshakes.load(Ordering::Relaxed), 0);
+    let stat = "cluster.impostor.ssl.fail_verify_san";
+    let envoy_admin = Admin::new(pair.envoy.admin_addr());
+    eventually(&format!("Envoy's {stat} is at least 1"), async || {
+        let r = envoy_admin
+            .request("GET", &format!("/stats?filter=^{stat}$"), None, b"")
+            .await;
+        let text = r.text();
+        let n: Option<u64> = text
+            .trim()
+            .strip_prefix(&format!("{stat}: "))
+            .and_then(|n| n.parse().ok());
+        match n {
+            Some(n) if n >= 1 => Ok(()),
+            _ => Err(text),
+        }
+    })
+    .await;
+    let other = format!("spiffe://{TD}/ns/x/sa/impostor");
+    eventually(
+        "weir logs the identity it refused and the one it expected",
+        async || {
+            let log = pair.weir.stderr();
+            if log
+                .lines()
+                .any(|l| l.contains(&other) && l.contains(&secure_id()))
+            {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .await;
 
     // Repeated: 100/0 always the first; priority 1 always while priority 0 is unhealthy;
     // 50/50 reaches both (all 64 on one side: 2⁻⁶³).

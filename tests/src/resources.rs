@@ -282,6 +282,98 @@ pub fn tls_secret(
     }
 }
 
+/// An SDS secret holding a trust bundle (`validation_context.trusted_ca`, PEM, inline).
+pub fn validation_secret(
+    name: &str,
+    ca_pem: &str,
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    tls::Secret {
+        name: name.into(),
+        r#type: Some(tls::secret::Type::ValidationContext(
+            tls::CertificateValidationContext {
+                trusted_ca: Some(core::DataSource {
+                    specifier: Some(core::data_source::Specifier::InlineString(ca_pem.into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// A cluster's `transport_socket` as Istio writes it: mutual TLS to the endpoints with the client
+/// certificate of SDS secret `cert`, the trust bundle of SDS secret `ca`
+/// (`combined_validation_context`), and the upstream's SPIFFE ID `san` (URI `exact`) in the
+/// context's `default_validation_context`.
+pub fn upstream_mtls_sds(cert: &str, ca: &str, san: &str) -> core::TransportSocket {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as m;
+    let sds = |name: &str| tls::SdsSecretConfig {
+        name: name.into(),
+        sds_config: Some(ads()),
+    };
+    let context = tls::UpstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds(cert)],
+            validation_context_type: Some(
+                tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+                    tls::common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(tls::CertificateValidationContext {
+                            match_typed_subject_alt_names: vec![tls::SubjectAltNameMatcher {
+                                san_type: tls::subject_alt_name_matcher::SanType::Uri as i32,
+                                matcher: Some(m::StringMatcher {
+                                    match_pattern: Some(m::string_matcher::MatchPattern::Exact(
+                                        san.into(),
+                                    )),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(sds(ca)),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(
+            &context,
+        ))),
+    }
+}
+
+/// A cluster's `typed_extension_protocol_options` speaking HTTP/2 to the endpoints
+/// (`explicit_http_config.http2_protocol_options {}`).
+pub fn http2_protocol_options()
+-> std::collections::HashMap<String, envoy_types::pb::google::protobuf::Any> {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        HttpProtocolOptions,
+        http_protocol_options::{
+            ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+        },
+    };
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Default::default())),
+            },
+        )),
+        ..Default::default()
+    };
+    [(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+        any(&options),
+    )]
+    .into()
+}
+
 /// An HTTP filter whose configuration comes by ECDS under `name` (a Wasm filter).
 pub fn ecds_filter(name: &str) -> hcm::HttpFilter {
     hcm::HttpFilter {
