@@ -411,6 +411,8 @@ pub enum LbPolicy {
     LeastRequest,
     /// Power of two choices over peak-EWMA latency × requests in flight (Linkerd's default).
     P2cEwma,
+    /// A random endpoint, by weight (Envoy's RANDOM).
+    Random,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

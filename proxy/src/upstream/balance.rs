@@ -221,6 +221,8 @@ impl Cluster {
                     level.eps[i % n]
                 }
                 LbPolicy::RoundRobin => self.smooth_weighted(level),
+                // By weight (a binary search over the level's cumulative weights).
+                LbPolicy::Random => level.eps[level.random()],
                 LbPolicy::LeastRequest => {
                     // P2C: the fewer requests in flight per unit of weight wins (ties: the first).
                     let (a, b) = level.two();
@@ -416,6 +418,20 @@ pub(crate) mod tests {
             !picks.windows(3).any(|w| w.iter().all(|&p| p == 1)),
             "{picks:?}"
         );
+    }
+
+    #[test]
+    fn random_spreads_by_weight() {
+        let c = cluster_with(LbPolicy::Random, &[(3, 0), (1, 0)]);
+        let picks = ports(&c, 4000);
+        let heavy = picks.iter().filter(|&&p| p == 1).count();
+        // 3,000 expected; the bounds are over ten standard deviations (27) wide.
+        assert!((2700..3300).contains(&heavy), "{heavy} of 4000");
+        let c = cluster(LbPolicy::Random, 3);
+        let picks = ports(&c, 300);
+        for port in 1..=3 {
+            assert!(picks.contains(&port), "endpoint {port} never picked");
+        }
     }
 
     #[test]

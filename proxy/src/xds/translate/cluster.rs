@@ -10,7 +10,7 @@
 //! | `eds_cluster_config` | `eds` | `service_name`, else the cluster's name; `eds_config` must be `ads {}` or `self {}` (or absent) |
 //! | `load_assignment` | `endpoints` | STATIC and DNS clusters, with the EDS rules (`endpoint.rs`); an EDS cluster must not have one |
 //! | `connect_timeout` | `timeouts.connect` | default 5 s (Envoy's) |
-//! | `lb_policy` | `lb` | ROUND_ROBIN, LEAST_REQUEST (Weir's is power-of-two-choices, Envoy's default `choice_count`); RANDOM and the rest refused |
+//! | `lb_policy` | `lb` | ROUND_ROBIN, LEAST_REQUEST (Weir's is power-of-two-choices, Envoy's default `choice_count`), RANDOM (by weight); the rest refused |
 //! | `round_robin_lb_config`, `least_request_lb_config` | checked | only when empty (`choice_count` 2 allowed), and only with their policy |
 //! | `common_lb_config.healthy_panic_threshold` | `failover.panic_threshold` | a whole percent; default 50 |
 //! | `circuit_breakers.thresholds[]` (DEFAULT priority) | `circuit_breaker` | `max_connections`, `max_pending_requests` → `max_pending`, `max_requests`, `max_retries`; Envoy's defaults 1024/1024/1024/3 when absent; `track_remaining` accepted (stats only) |
@@ -404,11 +404,12 @@ fn lb(policy: i32, config: Option<&LbConfig>) -> Result<raw::LbPolicy, Rejection
     let lb = match policy {
         LbPolicy::RoundRobin => raw::LbPolicy::RoundRobin,
         LbPolicy::LeastRequest => raw::LbPolicy::LeastRequest,
+        LbPolicy::Random => raw::LbPolicy::Random,
         other => {
             return Err(Rejection::new(
                 "lb_policy",
                 format!(
-                    "{} is not supported by Weir: use ROUND_ROBIN or LEAST_REQUEST",
+                    "{} is not supported by Weir: use ROUND_ROBIN, LEAST_REQUEST or RANDOM",
                     other.as_str_name()
                 ),
             ));
@@ -1369,9 +1370,10 @@ mod tests {
             raw::LbPolicy::LeastRequest
         );
         assert_eq!(refused(&with(LbPolicy::RingHash, None)), "lb_policy");
-        let random = cluster(&with(LbPolicy::Random, None)).unwrap_err();
-        assert_eq!(random.field, "lb_policy");
-        assert!(random.message.contains("RANDOM"), "{random}");
+        assert_eq!(
+            cluster(&with(LbPolicy::Random, None)).unwrap().cluster.lb,
+            raw::LbPolicy::Random
+        );
         let ring = with(
             LbPolicy::LeastRequest,
             Some(LbConfig::RingHashLbConfig(Default::default())),
