@@ -165,6 +165,9 @@ pub struct Control {
     /// Listeners added, removed and updated by published changes.
     pub listener_changes: [AtomicU64; 3],
     pub reloads_failed: AtomicU64,
+    /// Built-in modules compiled ahead of need (the compile cache holds modules only while
+    /// something uses them).
+    kept: std::sync::Mutex<Vec<Arc<Module>>>,
 }
 
 impl Control {
@@ -209,6 +212,7 @@ impl Control {
             reloads_ok: AtomicU64::new(0),
             listener_changes: Default::default(),
             reloads_failed: AtomicU64::new(0),
+            kept: std::sync::Mutex::new(Vec::new()),
         });
         Ok((control, rx, ack_tx))
     }
@@ -218,6 +222,18 @@ impl Control {
     pub async fn wait_started(&self) -> Result<(), ControlError> {
         self.commit(&self.current());
         self.wait_acks(1).await
+    }
+
+    /// Compiles built-in filter `name` now, off the control thread, and keeps it: a later
+    /// change that uses it (the xDS client's first routes) finds it compiled.
+    pub async fn keep_builtin(&self, name: &str) {
+        let Some(bytes) = crate::filter::builtin::lookup(name) else {
+            return;
+        };
+        let runtime = self.runtime.clone();
+        if let Ok(Ok(m)) = tokio::task::spawn_blocking(move || runtime.compile(bytes)).await {
+            self.kept.lock().unwrap_or_else(|e| e.into_inner()).push(m);
+        }
     }
 
     /// The generation serving now.

@@ -67,6 +67,10 @@ pub fn start(control: Arc<Control>, cfg: XdsConfig, status: Arc<XdsStatus>) {
             return;
         }
     };
+    // Every listener from a control plane ends in the stock router: compiling it while the
+    // stream connects takes it off the time to the first configuration.
+    let warm = control.clone();
+    tokio::spawn(async move { warm.keep_builtin("router").await });
     tokio::spawn(async move {
         let mut client = Client {
             control,
@@ -78,6 +82,7 @@ pub fn start(control: Arc<Control>, cfg: XdsConfig, status: Arc<XdsStatus>) {
             tls: None,
             sds,
             warming: Vec::new(),
+            was_warming: false,
             deadline: None,
             wanted: Default::default(),
             cfg,
@@ -104,6 +109,8 @@ struct Client {
     /// What the last applied assembly held back, when the first of it stops waiting, and the
     /// names it wants of each named type.
     warming: Vec<(Kind, String)>,
+    /// Whether `/config_dump` shows something warming (so marks are cleared once).
+    was_warming: bool,
     deadline: Option<tokio::time::Instant>,
     wanted: std::collections::BTreeMap<Kind, BTreeSet<String>>,
 }
@@ -466,7 +473,9 @@ impl Client {
         removed: Vec<String>,
         sotw: bool,
     ) -> Result<(), String> {
-        let before = self.cache.of(kind).clone();
+        // What to put back on a refusal: the previous entry of each name touched (not a copy of
+        // the whole type: an endpoint update of one cluster among thousands copies one entry).
+        let mut undo: Vec<(String, Option<Entry>)> = Vec::with_capacity(changed.len());
         let now = Instant::now();
         let mut names = Vec::with_capacity(changed.len());
         {
@@ -479,8 +488,8 @@ impl Client {
                     continue;
                 }
                 names.push((name.clone(), version.clone()));
-                map.insert(
-                    name,
+                let old = map.insert(
+                    name.clone(),
                     Entry {
                         version,
                         resource,
@@ -488,9 +497,11 @@ impl Client {
                         since,
                     },
                 );
+                undo.push((name, old));
             }
             for name in &removed {
-                map.remove(name);
+                let old = map.remove(name);
+                undo.push((name.clone(), old));
             }
         }
         let first = !self.got[kind.index()];
@@ -507,12 +518,22 @@ impl Client {
                 self.got[kind.index()] = true;
                 self.status.accepted(kind, &names, &removed);
                 // Resources seen for the first time are marked now that they are listed.
-                self.status.set_warming(&self.warming);
+                if !self.warming.is_empty() || self.was_warming {
+                    self.status.set_warming(&self.warming);
+                    self.was_warming = !self.warming.is_empty();
+                }
                 self.check_ready();
                 Ok(())
             }
             Err(e) => {
-                *self.cache.of_mut(kind) = before;
+                // Back in reverse order, so a name touched twice ends as it began.
+                let map = self.cache.of_mut(kind);
+                for (name, old) in undo.into_iter().rev() {
+                    match old {
+                        Some(entry) => map.insert(name, entry),
+                        None => map.remove(&name),
+                    };
+                }
                 Err(e)
             }
         }
@@ -615,6 +636,7 @@ impl Client {
                 self.deadline = deadline.map(tokio::time::Instant::from_std);
                 self.wanted = wanted;
                 self.status.set_warming(&self.warming);
+                self.was_warming = !self.warming.is_empty();
                 Ok(())
             }
             Err(e) => Err(format!("weir refused the configuration: {e}")),
@@ -653,21 +675,25 @@ impl Client {
     /// wanted leave the cache.
     fn resubscribe(&mut self) -> Vec<(Kind, Vec<String>, Vec<String>)> {
         let mut out = Vec::new();
-        for (kind, want) in self.wanted.clone() {
+        for (&kind, want) in &self.wanted {
             let have = &self.subs[kind.index()];
-            let sub: Vec<String> = want.difference(have).cloned().collect();
-            let unsub: Vec<String> = have.difference(&want).cloned().collect();
-            if sub.is_empty() && unsub.is_empty() {
+            // The usual case (an endpoint update): nothing to compare beyond the sizes' walk.
+            if have == want {
                 continue;
             }
-            for n in &unsub {
+            let sub: Vec<String> = want.difference(have).cloned().collect();
+            let unsub: Vec<String> = have.difference(want).cloned().collect();
+            out.push((kind, sub, unsub));
+        }
+        for (kind, _, unsub) in &out {
+            let kind = *kind;
+            for n in unsub {
                 self.cache.of_mut(kind).remove(n);
                 if kind == Kind::Secret {
                     self.sds.remove(n);
                 }
             }
-            self.subs[kind.index()] = want;
-            out.push((kind, sub, unsub));
+            self.subs[kind.index()] = self.wanted[&kind].clone();
         }
         out
     }
