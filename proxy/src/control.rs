@@ -407,6 +407,20 @@ impl Control {
         endpoints: Vec<EndpointConfig>,
         dry_run: bool,
     ) -> Result<Applied, ControlError> {
+        self.replace_endpoints(cluster, endpoints, dry_run, EndpointSource::Admin)
+            .await
+    }
+
+    /// A cluster's endpoint set replaced through the transaction (only that cluster gets a new
+    /// version). From xDS, the control plane's part remembers the new set too, so a reload
+    /// that lays it over the manifest again keeps it.
+    async fn replace_endpoints(
+        &self,
+        cluster: &str,
+        endpoints: Vec<EndpointConfig>,
+        dry_run: bool,
+        source: EndpointSource,
+    ) -> Result<Applied, ControlError> {
         let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
         let mut next = (*st.current.config).clone();
         let c = next
@@ -416,6 +430,13 @@ impl Control {
             .ok_or_else(|| ControlError::UnknownCluster(cluster.to_owned()))?;
         check_endpoints(&endpoints)?;
         Arc::make_mut(c).endpoints = Endpoints::Static(endpoints);
+        let dynamic = (source == EndpointSource::Xds).then(|| {
+            let mut dynamic = (*st.current.dynamic).clone();
+            if let Some(d) = dynamic.clusters.iter_mut().find(|d| d.name == cluster) {
+                *d = c.clone();
+            }
+            Arc::new(dynamic)
+        });
         let uploads = st.uploads.clone();
         let r = self
             .transact_from(
@@ -424,7 +445,7 @@ impl Control {
                 dry_run,
                 uploads,
                 Instant::now(),
-                (EndpointSource::Admin, None, None),
+                (source, None, dynamic),
             )
             .await;
         if r.is_ok() && !dry_run {
@@ -507,35 +528,8 @@ impl Control {
         cluster: &str,
         endpoints: Vec<EndpointConfig>,
     ) -> Result<Applied, ControlError> {
-        let mut st = self.state.try_lock().map_err(|_| ControlError::Busy)?;
-        let mut next = (*st.current.config).clone();
-        let c = next
-            .clusters
-            .iter_mut()
-            .find(|c| c.name == cluster)
-            .ok_or_else(|| ControlError::UnknownCluster(cluster.to_owned()))?;
-        check_endpoints(&endpoints)?;
-        Arc::make_mut(c).endpoints = Endpoints::Static(endpoints);
-        let changed = c.clone();
-        let mut dynamic = (*st.current.dynamic).clone();
-        if let Some(d) = dynamic.clusters.iter_mut().find(|d| d.name == cluster) {
-            *d = changed;
-        }
-        let uploads = st.uploads.clone();
-        let r = self
-            .transact_from(
-                &mut st,
-                next,
-                false,
-                uploads,
-                Instant::now(),
-                (EndpointSource::Xds, None, Some(Arc::new(dynamic))),
-            )
-            .await;
-        if r.is_ok() {
-            self.clusters.counts.endpoint_updates.fetch_add(1, Relaxed);
-        }
-        r
+        self.replace_endpoints(cluster, endpoints, false, EndpointSource::Xds)
+            .await
     }
 
     /// Publishes the endpoints DNS discovery found for `cluster` (only it gets a new version).
