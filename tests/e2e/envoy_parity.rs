@@ -217,10 +217,7 @@ fn code(c: rt::redirect_action::RedirectResponseCode) -> i32 {
 fn direct(status: u32, body: Option<&str>) -> rt::route::Action {
     rt::route::Action::DirectResponse(rt::DirectResponseAction {
         status,
-        body: body.map(|b| core::DataSource {
-            specifier: Some(core::data_source::Specifier::InlineString(b.into())),
-            ..Default::default()
-        }),
+        body: body.map(res::inline),
         ..Default::default()
     })
 }

@@ -196,30 +196,59 @@ pub fn route_config(name: &str, routes: Vec<rt::Route>) -> rt::RouteConfiguratio
     }
 }
 
+/// A data source holding `s` inline.
+pub fn inline(s: &str) -> core::DataSource {
+    core::DataSource {
+        specifier: Some(core::data_source::Specifier::InlineString(s.into())),
+        ..Default::default()
+    }
+}
+
+/// A data source naming the file at `path`.
+pub fn file(path: &str) -> core::DataSource {
+    core::DataSource {
+        specifier: Some(core::data_source::Specifier::Filename(path.into())),
+        ..Default::default()
+    }
+}
+
+/// A subject-alt-name matcher: a URI SAN equal to `san` (a SPIFFE ID).
+fn uri_san(
+    san: &str,
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SubjectAltNameMatcher {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as m;
+    tls::SubjectAltNameMatcher {
+        san_type: tls::subject_alt_name_matcher::SanType::Uri as i32,
+        matcher: Some(m::StringMatcher {
+            match_pattern: Some(m::string_matcher::MatchPattern::Exact(san.into())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The `envoy.transport_sockets.tls` transport socket carrying `context` (a TLS context).
+fn tls_socket<M: prost::Message + prost::Name>(context: &M) -> core::TransportSocket {
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(
+            context,
+        ))),
+    }
+}
+
 /// A cluster's `transport_socket`: TLS to the endpoints, whose certificates must chain to the PEM
 /// bundle at `ca` and carry the SPIFFE ID `san` (a URI SAN).
 pub fn upstream_tls(ca: &str, san: &str) -> core::TransportSocket {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
-    use envoy_types::pb::envoy::r#type::matcher::v3 as m;
     let context = tls::UpstreamTlsContext {
         common_tls_context: Some(tls::CommonTlsContext {
             validation_context_type: Some(
                 tls::common_tls_context::ValidationContextType::ValidationContext(
                     tls::CertificateValidationContext {
-                        trusted_ca: Some(core::DataSource {
-                            specifier: Some(core::data_source::Specifier::Filename(ca.into())),
-                            ..Default::default()
-                        }),
-                        match_typed_subject_alt_names: vec![tls::SubjectAltNameMatcher {
-                            san_type: tls::subject_alt_name_matcher::SanType::Uri as i32,
-                            matcher: Some(m::StringMatcher {
-                                match_pattern: Some(m::string_matcher::MatchPattern::Exact(
-                                    san.into(),
-                                )),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }],
+                        trusted_ca: Some(file(ca)),
+                        match_typed_subject_alt_names: vec![uri_san(san)],
                         ..Default::default()
                     },
                 ),
@@ -228,12 +257,7 @@ pub fn upstream_tls(ca: &str, san: &str) -> core::TransportSocket {
         }),
         ..Default::default()
     };
-    core::TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(
-            &context,
-        ))),
-    }
+    tls_socket(&context)
 }
 
 /// [`listener`] terminating TLS with the certificate of SDS secret `secret`.
@@ -250,12 +274,7 @@ pub fn tls_listener(name: &str, addr: SocketAddr, routes: &str, secret: &str) ->
         ..Default::default()
     };
     let mut l = listener(name, addr, routes, vec![]);
-    l.filter_chains[0].transport_socket = Some(core::TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(
-            &context,
-        ))),
-    });
+    l.filter_chains[0].transport_socket = Some(tls_socket(&context));
     l
 }
 
@@ -266,17 +285,11 @@ pub fn tls_secret(
     key_pem: &str,
 ) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
-    let inline = |s: &str| {
-        Some(core::DataSource {
-            specifier: Some(core::data_source::Specifier::InlineString(s.into())),
-            ..Default::default()
-        })
-    };
     tls::Secret {
         name: name.into(),
         r#type: Some(tls::secret::Type::TlsCertificate(tls::TlsCertificate {
-            certificate_chain: inline(cert_pem),
-            private_key: inline(key_pem),
+            certificate_chain: Some(inline(cert_pem)),
+            private_key: Some(inline(key_pem)),
             ..Default::default()
         })),
     }
@@ -292,10 +305,7 @@ pub fn validation_secret(
         name: name.into(),
         r#type: Some(tls::secret::Type::ValidationContext(
             tls::CertificateValidationContext {
-                trusted_ca: Some(core::DataSource {
-                    specifier: Some(core::data_source::Specifier::InlineString(ca_pem.into())),
-                    ..Default::default()
-                }),
+                trusted_ca: Some(inline(ca_pem)),
                 ..Default::default()
             },
         )),
@@ -308,7 +318,6 @@ pub fn validation_secret(
 /// context's `default_validation_context`.
 pub fn upstream_mtls_sds(cert: &str, ca: &str, san: &str) -> core::TransportSocket {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
-    use envoy_types::pb::envoy::r#type::matcher::v3 as m;
     let sds = |name: &str| tls::SdsSecretConfig {
         name: name.into(),
         sds_config: Some(ads()),
@@ -320,16 +329,7 @@ pub fn upstream_mtls_sds(cert: &str, ca: &str, san: &str) -> core::TransportSock
                 tls::common_tls_context::ValidationContextType::CombinedValidationContext(
                     tls::common_tls_context::CombinedCertificateValidationContext {
                         default_validation_context: Some(tls::CertificateValidationContext {
-                            match_typed_subject_alt_names: vec![tls::SubjectAltNameMatcher {
-                                san_type: tls::subject_alt_name_matcher::SanType::Uri as i32,
-                                matcher: Some(m::StringMatcher {
-                                    match_pattern: Some(m::string_matcher::MatchPattern::Exact(
-                                        san.into(),
-                                    )),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            }],
+                            match_typed_subject_alt_names: vec![uri_san(san)],
                             ..Default::default()
                         }),
                         validation_context_sds_secret_config: Some(sds(ca)),
@@ -341,12 +341,7 @@ pub fn upstream_mtls_sds(cert: &str, ca: &str, san: &str) -> core::TransportSock
         }),
         ..Default::default()
     };
-    core::TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(
-            &context,
-        ))),
-    }
+    tls_socket(&context)
 }
 
 /// A cluster's `typed_extension_protocol_options` speaking HTTP/2 to the endpoints
@@ -404,12 +399,7 @@ pub fn wasm_extension(name: &str, module: &str, config: &str) -> core::TypedExte
         vm: Some(w::plugin_config::Vm::VmConfig(w::VmConfig {
             runtime: "envoy.wasm.runtime.v8".into(),
             code: Some(core::AsyncDataSource {
-                specifier: Some(core::async_data_source::Specifier::Local(
-                    core::DataSource {
-                        specifier: Some(core::data_source::Specifier::Filename(module.into())),
-                        ..Default::default()
-                    },
-                )),
+                specifier: Some(core::async_data_source::Specifier::Local(file(module))),
             }),
             ..Default::default()
         })),
