@@ -292,8 +292,8 @@ fn rejects_a_bad_size_with_its_path() {
 
 #[test]
 fn rejects_an_unknown_enum_value_with_its_path() {
-    let m = good().replace("lb: least_request", "lb: random");
-    assert_rejected(&m, "clusters.web.lb", &["random"]);
+    let m = good().replace("lb: least_request", "lb: fastest_guess");
+    assert_rejected(&m, "clusters.web.lb", &["fastest_guess"]);
 }
 
 #[test]
