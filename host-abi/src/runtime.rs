@@ -47,6 +47,11 @@ struct Inner {
     /// (module, name) → host function type, for load-time import checks.
     imports: HashMap<(String, String), FuncType>,
     cache: DashMap<[u8; 32], Weak<Module>>,
+    /// One gate per module being compiled: a second caller with the same bytes waits for the
+    /// first one's result instead of compiling them again beside it.
+    compiling: DashMap<[u8; 32], Arc<std::sync::Mutex<()>>>,
+    /// Modules compiled (not fetched from the cache) since start.
+    compiles: std::sync::atomic::AtomicU64,
     shared: SharedState,
     metrics: MetricsRegistry,
     config: RuntimeConfig,
@@ -110,6 +115,8 @@ impl Runtime {
                 linker,
                 imports,
                 cache: DashMap::new(),
+                compiling: DashMap::new(),
+                compiles: std::sync::atomic::AtomicU64::new(0),
                 shared,
                 metrics,
                 config,
@@ -173,9 +180,28 @@ impl Runtime {
             });
         }
         let sha256: [u8; 32] = Sha256::digest(wasm).into();
-        if let Some(m) = self.inner.cache.get(&sha256).and_then(|w| w.upgrade()) {
+        let cached = || self.inner.cache.get(&sha256).and_then(|w| w.upgrade());
+        if let Some(m) = cached() {
             return Ok(m);
         }
+        let gate = self.inner.compiling.entry(sha256).or_default().clone();
+        let _compiling = gate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = cached() {
+            return Ok(m);
+        }
+        let m = self.compile_new(wasm, sha256);
+        // Waiters find the module in the cache (or, if it failed, try once more themselves).
+        self.inner.compiling.remove(&sha256);
+        m
+    }
+
+    /// Modules compiled rather than found in the cache since the runtime started.
+    pub fn compiles(&self) -> u64 {
+        self.inner.compiles.load(Ordering::Relaxed)
+    }
+
+    fn compile_new(&self, wasm: &[u8], sha256: [u8; 32]) -> Result<Arc<Module>, LoadError> {
+        self.inner.compiles.fetch_add(1, Ordering::Relaxed);
         let module = wasmtime::Module::new(&self.inner.engine, wasm)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         check_exports(&module)?;
@@ -405,6 +431,26 @@ mod tests {
         let _e = rt.compile(third.as_bytes()).unwrap();
         assert_eq!(rt.inner.cache.len(), 2, "only the live modules remain");
         drop(c);
+    }
+
+    #[test]
+    fn concurrent_compiles_of_the_same_bytes_share_one() {
+        let rt = Runtime::new().unwrap();
+        let start = Arc::new(std::sync::Barrier::new(4));
+        let modules: Vec<Arc<Module>> = (0..4)
+            .map(|_| {
+                let (rt, start) = (rt.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    rt.compile(MINIMAL.as_bytes()).unwrap()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(rt.compiles(), 1, "one compile, three waiters");
+        assert!(modules.iter().all(|m| Arc::ptr_eq(m, &modules[0])));
     }
 
     #[test]

@@ -616,6 +616,23 @@ impl Control {
                 .clusters
                 .plan(&next, &st.current.clusters, id, source, rediscovered)
                 .await?;
+            // A version reused because its settings compare equal keeps its own copy of them;
+            // the published configuration shares that copy, so the next endpoint update finds
+            // every unchanged cluster by a pointer comparison instead of by value.
+            let mut next = next;
+            if next
+                .clusters
+                .iter()
+                .zip(plan.clusters.iter())
+                .any(|(c, v)| !Arc::ptr_eq(c, &v.config))
+            {
+                let cfg = Arc::make_mut(&mut next);
+                for (c, v) in cfg.clusters.iter_mut().zip(plan.clusters.iter()) {
+                    if !Arc::ptr_eq(c, &v.config) {
+                        *c = v.config.clone();
+                    }
+                }
+            }
             let (listeners, telemetry) = self.edges(&next, &st.current, id).await?;
             if dry_run {
                 return Ok(Applied {

@@ -699,6 +699,10 @@ struct DeltaType {
     /// Whether a response of this type was sent (the first is sent even if empty, so a client
     /// waiting on its first answer gets one).
     responded: bool,
+    /// The type version everything up to which the stream was last compared against; `None`
+    /// after a subscription change (the next comparison looks at every resource). Keeps an
+    /// update of one resource among thousands from costing a scan of all of them.
+    scanned: Option<u64>,
 }
 
 impl Protocol for Delta {
@@ -744,6 +748,12 @@ impl Protocol for Delta {
         // The client drops what it no longer subscribes to: sent again if it subscribes again.
         let sub = &t.sub;
         t.known.retain(|name, _| sub.covers(name));
+        if first
+            || !req.resource_names_subscribe.is_empty()
+            || !req.resource_names_unsubscribe.is_empty()
+        {
+            t.scanned = None;
+        }
         state.requests.push(Seen {
             stream,
             mode: Mode::Delta,
@@ -771,11 +781,19 @@ impl Protocol for Delta {
             let Some(ts) = state.types.get(type_url) else {
                 continue;
             };
+            if t.responded && t.scanned == Some(ts.version) {
+                continue;
+            }
+            // Only what changed since the last comparison, unless the subscription moved.
+            let since = t.scanned.unwrap_or(0);
+            let full = t.scanned.is_none();
             let resources: Vec<Resource> = ts
                 .resources
                 .iter()
                 .filter(|(name, e)| {
-                    t.sub.covers(name) && t.known.get(name.as_str()) != Some(&e.version)
+                    (full || e.changed_at > since)
+                        && t.sub.covers(name)
+                        && t.known.get(name.as_str()) != Some(&e.version)
                 })
                 .map(|(name, e)| Resource {
                     name: name.clone(),
@@ -784,12 +802,20 @@ impl Protocol for Delta {
                     ..Default::default()
                 })
                 .collect();
-            let removed: Vec<String> = t
-                .known
-                .keys()
-                .filter(|name| !ts.resources.contains_key(name.as_str()))
-                .cloned()
-                .collect();
+            let removed: Vec<String> = if full {
+                t.known
+                    .keys()
+                    .filter(|name| !ts.resources.contains_key(name.as_str()))
+                    .cloned()
+                    .collect()
+            } else {
+                ts.removed
+                    .iter()
+                    .filter(|(name, at)| **at > since && t.known.contains_key(name.as_str()))
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            };
+            t.scanned = Some(ts.version);
             if resources.is_empty() && removed.is_empty() && t.responded {
                 continue;
             }
