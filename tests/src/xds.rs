@@ -188,11 +188,16 @@ impl AdsServer {
             shared: Arc::clone(&shared),
         });
         let (stop, stopped) = oneshot::channel::<()>();
+        // No Nagle, as a real control plane's gRPC server: a large response's last segment
+        // would otherwise wait for the client's delayed ACK (40 ms).
+        let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |s| {
+            s.and_then(|s| s.set_nodelay(true).map(|()| s))
+        });
         let task = tokio::spawn(async move {
             // On the signal the listener closes at once, then the server waits for its
             // connections to go (they do: `shutdown` has ended every stream first).
             let _ = tonic::transport::Server::builder()
-                .serve_with_incoming_shutdown(service, TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(service, incoming, async {
                     let _ = stopped.await;
                 })
                 .await;
