@@ -231,7 +231,12 @@ impl Control {
             return;
         };
         let runtime = self.runtime.clone();
-        if let Ok(Ok(m)) = tokio::task::spawn_blocking(move || runtime.compile(bytes)).await {
+        let compiled = tokio::task::spawn_blocking(move || {
+            let m = runtime.compile(bytes);
+            crate::memory::release_after_compile(true);
+            m
+        });
+        if let Ok(Ok(m)) = compiled.await {
             self.kept.lock().unwrap_or_else(|e| e.into_inner()).push(m);
         }
     }
@@ -311,13 +316,17 @@ impl Control {
         match change {
             FilterChange::Module(bytes) => {
                 let runtime = self.runtime.clone();
-                let module = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
-                    .await
-                    .map_err(|e| ControlError::Internal(e.to_string()))?
-                    .map_err(|source| FilterError::Load {
-                        filter: name.to_owned(),
-                        source,
-                    })?;
+                let module = tokio::task::spawn_blocking(move || {
+                    let m = runtime.compile(&bytes);
+                    crate::memory::release_after_compile(true);
+                    m
+                })
+                .await
+                .map_err(|e| ControlError::Internal(e.to_string()))?
+                .map_err(|source| FilterError::Load {
+                    filter: name.to_owned(),
+                    source,
+                })?;
                 let digest = module.sha256_hex();
                 if !dry_run {
                     remember_upload(&mut st, &digest, module.clone());
@@ -790,7 +799,10 @@ fn build_filters(
     if config.filters.is_empty() {
         return Ok(None);
     }
-    let mut set = FilterSet::load(config, runtime, uploads)?;
+    let compiles = runtime.compiles();
+    let set = FilterSet::load(config, runtime, uploads);
+    crate::memory::release_after_compile(runtime.compiles() != compiles);
+    let mut set = set?;
     set.since = generation;
     Ok(Some(Arc::new(set)))
 }

@@ -33,6 +33,7 @@ pub mod discovery;
 pub mod filter;
 pub mod http;
 pub mod listener;
+pub mod memory;
 pub mod proto;
 pub mod rt;
 pub mod telemetry;

@@ -41,7 +41,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("config", &["config"]),
     // Utilities with no state of the data path: the coarse clock, the runtime builder, and the
     // SPIFFE ID grammar (the manifest validates identities with it).
-    ("base", &["timer", "rt", "tls::spiffe"]),
+    ("base", &["timer", "rt", "memory", "tls::spiffe"]),
     ("proto", &["proto"]),
 ];
 
