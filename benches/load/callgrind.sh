@@ -10,7 +10,10 @@
 # wrk -c20 warms up for WARMUP seconds, the counters are zeroed, wrk -c20 runs for DURATION
 # seconds, the counters are dumped; instructions / requests of that run is the figure (start-up
 # and warm-up are not in it; every thread of weir is, idle control threads included).
-# Knobs: DURATION (6), WARMUP (2), CONNS (20), RUN_DIR (/tmp/weir-callgrind).
+# Knobs: DURATION (6), WARMUP (2), CONNS (20), RUN_DIR (/tmp/weir-callgrind), and CHAIN_WASM
+# (a proxy-wasm module: the listener gets a chain of it, one instance per word of CHAIN_CONFIGS,
+# default "one two three", the word as its configuration), e.g. the Wasm-tax filter (issue 27):
+#   CHAIN_WASM=$(ls -t ~/.cache/weir/target/release/build/weir-test-artifacts-*/out/programs-target/wasm32-wasip1/release/tax_bench.wasm | head -1) benches/load/callgrind.sh
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -63,6 +66,16 @@ clusters:
   backend:
     endpoints: [127.0.0.1:$BACKEND_PORT]
 YAML
+if [[ -n ${CHAIN_WASM:-} ]]; then
+  sed -i 's/    default_cluster: backend/    default_cluster: backend\n    chain: measured/' "$RUN_DIR/weir.yaml"
+  n=0 chain=""
+  echo "filters:" >>"$RUN_DIR/weir.yaml"
+  for w in ${CHAIN_CONFIGS:-one two three}; do
+    n=$((n + 1)) chain="$chain${chain:+, }f$n"
+    echo "  f$n: { module: \"$CHAIN_WASM\", config: $w }" >>"$RUN_DIR/weir.yaml"
+  done
+  echo "chains: { measured: [$chain] }" >>"$RUN_DIR/weir.yaml"
+fi
 valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out.%p" \
   "$WEIR_BIN" run --config "$RUN_DIR/weir.yaml" --log-level warn >"$RUN_DIR/weir.log" 2>&1 &
 weir=$!

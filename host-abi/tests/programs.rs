@@ -1552,6 +1552,31 @@ mod other_modules {
     }
 
     #[test]
+    fn tax_bench_reads_a_property_and_a_header_and_adds_three_headers() {
+        let module = load(weir_test_artifacts::TAX_BENCH);
+        let mut f = Filter::start(runtime(), &module, plugin("tax", &json!("two"))).unwrap();
+        let stream =
+            MemStream::http(&[(":method", "GET"), (":path", "/abcd"), (":authority", "h")]);
+        let (out, mut s) = request(&mut f, stream);
+        assert_eq!(out, continued());
+        assert_eq!(
+            text(&s.mem().request_headers, "x-tax-two").as_deref(),
+            Some("5")
+        );
+        f.response_headers(&mut s, headers(&[(":status", "200")]), true)
+            .unwrap();
+        assert_eq!(
+            text(&s.mem().response_headers, "x-tax-two").as_deref(),
+            Some("5")
+        );
+        assert_eq!(
+            text(&s.mem().response_headers, "x-tax-seen").as_deref(),
+            Some("two")
+        );
+        f.finish(&mut s).unwrap();
+    }
+
+    #[test]
     fn header_bench_adds_its_header() {
         let module = load(weir_test_artifacts::HEADER_BENCH);
         let mut f = Filter::start(runtime(), &module, plugin("header-bench", &json!({}))).unwrap();

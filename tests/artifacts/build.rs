@@ -25,6 +25,10 @@ const PROGRAMS: &[(&str, &str)] = &[
         "header_bench",
         "A trivial header filter (reads two headers, adds `x-bench`) for benchmarks.",
     ),
+    (
+        "tax_bench",
+        "The Wasm-tax benchmark's third-party filter (a property, a header, three added headers).",
+    ),
 ];
 
 const TARGET: &str = "wasm32-wasip1";

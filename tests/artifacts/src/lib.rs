@@ -8,7 +8,12 @@ include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 mod tests {
     #[test]
     fn every_artifact_is_a_wasm_module() {
-        for path in [super::CONFORMANCE, super::START_STYLE, super::HEADER_BENCH] {
+        for path in [
+            super::CONFORMANCE,
+            super::START_STYLE,
+            super::HEADER_BENCH,
+            super::TAX_BENCH,
+        ] {
             let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
             assert!(
                 bytes.starts_with(b"\0asm"),
