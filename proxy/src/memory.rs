@@ -5,7 +5,7 @@
 //! mimalloc frees those pages into its arenas and purges them to the OS only when a later
 //! allocation on some thread gets round to it; an idle sidecar never does, so the compile's peak
 //! stayed resident. [`release_after_compile`] asks every thread that compiled to purge at once:
-//! the embedded default's idle anonymous RSS on two workers went from 103 to 70 MB
+//! the embedded default's idle anonymous RSS on two workers went from 103 to 54–57 MB
 //! (benches/README.md, "Idle memory").
 //!
 //! The rest of the gap to a small sidecar is transparent huge pages: mimalloc asks for them for
@@ -22,7 +22,7 @@ pub fn release_after_compile(compiled: bool) {
     if !compiled {
         return;
     }
-    rayon::broadcast(|_| collect(false));
+    rayon::broadcast(|_| collect(true));
     collect(true);
 }
 
