@@ -189,7 +189,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     return Ok(Status::BadArgument.raw());
                 }
                 memory::with_two(&mut caller, name, (kp, kl), (vp, vl), |key, value, st| {
-                    let key = key.to_ascii_lowercase();
+                    // Names nearly always arrive lowercase: copied only when they are not.
+                    let key: std::borrow::Cow<'_, [u8]> = if key.iter().any(u8::is_ascii_uppercase)
+                    {
+                        key.to_ascii_lowercase().into()
+                    } else {
+                        key.into()
+                    };
                     mutate(st, map, |s| {
                         if replace {
                             s.replace_header(map, &key, value)
