@@ -231,11 +231,7 @@ impl Control {
             return;
         };
         let runtime = self.runtime.clone();
-        let compiled = tokio::task::spawn_blocking(move || {
-            let m = runtime.compile(bytes);
-            crate::memory::release_after_compile(true);
-            m
-        });
+        let compiled = tokio::task::spawn_blocking(move || compile(&runtime, bytes));
         if let Ok(Ok(m)) = compiled.await {
             self.kept.lock().unwrap_or_else(|e| e.into_inner()).push(m);
         }
@@ -316,17 +312,13 @@ impl Control {
         match change {
             FilterChange::Module(bytes) => {
                 let runtime = self.runtime.clone();
-                let module = tokio::task::spawn_blocking(move || {
-                    let m = runtime.compile(&bytes);
-                    crate::memory::release_after_compile(true);
-                    m
-                })
-                .await
-                .map_err(|e| ControlError::Internal(e.to_string()))?
-                .map_err(|source| FilterError::Load {
-                    filter: name.to_owned(),
-                    source,
-                })?;
+                let module = tokio::task::spawn_blocking(move || compile(&runtime, &bytes))
+                    .await
+                    .map_err(|e| ControlError::Internal(e.to_string()))?
+                    .map_err(|source| FilterError::Load {
+                        filter: name.to_owned(),
+                        source,
+                    })?;
                 let digest = module.sha256_hex();
                 if !dry_run {
                     remember_upload(&mut st, &digest, module.clone());
@@ -787,6 +779,15 @@ fn modules_of(set: Option<&FilterSet>) -> Vec<(String, String)> {
             .collect()
     })
     .unwrap_or_default()
+}
+
+/// Compiles `wasm` (or finds it in the module cache) off the workers, then gives what compiling
+/// freed back to the OS.
+fn compile(runtime: &Runtime, wasm: &[u8]) -> Result<Arc<Module>, weir_host_abi::LoadError> {
+    let before = runtime.compiles();
+    let m = runtime.compile(wasm);
+    crate::memory::release_after_compile(runtime.compiles() != before);
+    m
 }
 
 /// The filter set of `config`, to be published as `generation`.
