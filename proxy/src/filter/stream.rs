@@ -246,31 +246,31 @@ static KNOWN_NAMES: [HeaderName; 5] = [
 ];
 
 /// How many header names, besides [`KNOWN_NAMES`], a worker keeps parsed.
-const NAME_CACHE: usize = 32;
+const NAME_CACHE: usize = 64;
 
 thread_local! {
     /// The header names filters wrote lately on this worker, parsed once. A filter writes the
     /// same few names on every request; parsing and allocating one each time cost about 300
     /// instructions per header written (benches/README.md, "The Wasm tax"). A name cloned from
-    /// here shares its bytes. Oldest out first once full, so names a filter makes up per
-    /// request cannot grow it.
-    static NAMES: std::cell::RefCell<Vec<HeaderName>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    /// here shares its bytes. Emptied when full, so names a filter makes up per request cannot
+    /// grow it.
+    static NAMES: std::cell::RefCell<rustc_hash::FxHashMap<Box<[u8]>, HeaderName>> =
+        std::cell::RefCell::new(rustc_hash::FxHashMap::default());
 }
 
 fn name(key: &[u8]) -> Result<HeaderName, Status> {
-    if let Some(known) = KNOWN_NAMES.iter().find(|n| n.as_str().as_bytes() == key) {
-        return Ok(known.clone());
-    }
     NAMES.with_borrow_mut(|names| {
-        if let Some(n) = names.iter().find(|n| n.as_str().as_bytes() == key) {
+        if let Some(n) = names.get(key) {
             return Ok(n.clone());
         }
-        let n = HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
+        let n = match KNOWN_NAMES.iter().find(|n| n.as_str().as_bytes() == key) {
+            Some(known) => known.clone(),
+            None => HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?,
+        };
         if names.len() == NAME_CACHE {
-            names.remove(0);
+            names.clear();
         }
-        names.push(n.clone());
+        names.insert(key.into(), n.clone());
         Ok(n)
     })
 }
