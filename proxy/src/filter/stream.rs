@@ -566,6 +566,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn written_header_names_are_parsed_once_and_the_cache_stays_bounded() {
+        let a = name(b"x-cached-name").unwrap();
+        let b = name(b"x-cached-name").unwrap();
+        assert_eq!(a, b);
+        // The second is the cached copy: the same bytes, not a second parse.
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+        assert_eq!(name(b"traceparent").unwrap(), "traceparent");
+        assert_eq!(name(b"bad name").unwrap_err(), Status::BadArgument);
+        for i in 0..3 * NAME_CACHE {
+            name(format!("x-made-up-{i}").as_bytes()).unwrap();
+        }
+        assert!(NAMES.with_borrow(|n| n.len()) <= NAME_CACHE);
+        assert!(NAMES.with_borrow(|n| !n.contains_key(b"bad name".as_slice())));
+    }
+
+    #[test]
     fn property_paths_join_with_dots_short_or_long() {
         let mut s = stream();
         s.set_property(&[b"weir", b"x"], b"1").unwrap();
