@@ -781,13 +781,18 @@ fn modules_of(set: Option<&FilterSet>) -> Vec<(String, String)> {
     .unwrap_or_default()
 }
 
-/// Compiles `wasm` (or finds it in the module cache) off the workers, then gives what compiling
-/// freed back to the OS.
-fn compile(runtime: &Runtime, wasm: &[u8]) -> Result<Arc<Module>, weir_host_abi::LoadError> {
+/// Runs `f`, which may compile modules (off the workers); if it compiled any, gives what
+/// compiling freed back to the OS.
+fn compiling<T>(runtime: &Runtime, f: impl FnOnce() -> T) -> T {
     let before = runtime.compiles();
-    let m = runtime.compile(wasm);
+    let r = f();
     crate::memory::release_after_compile(runtime.compiles() != before);
-    m
+    r
+}
+
+/// Compiles `wasm` (or finds it in the module cache): see [`compiling`].
+fn compile(runtime: &Runtime, wasm: &[u8]) -> Result<Arc<Module>, weir_host_abi::LoadError> {
+    compiling(runtime, || runtime.compile(wasm))
 }
 
 /// The filter set of `config`, to be published as `generation`.
@@ -800,10 +805,7 @@ fn build_filters(
     if config.filters.is_empty() {
         return Ok(None);
     }
-    let compiles = runtime.compiles();
-    let set = FilterSet::load(config, runtime, uploads);
-    crate::memory::release_after_compile(runtime.compiles() != compiles);
-    let mut set = set?;
+    let mut set = compiling(runtime, || FilterSet::load(config, runtime, uploads))?;
     set.since = generation;
     Ok(Some(Arc::new(set)))
 }

@@ -234,23 +234,13 @@ impl HttpStream {
     }
 }
 
-/// Header names the stock filters write on every request, made once: a name the `http` crate
-/// does not know is otherwise copied into a fresh buffer on each write, and `from_static`
-/// validates its argument again at every call.
-static KNOWN_NAMES: [HeaderName; 5] = [
-    HeaderName::from_static("traceparent"),
-    HeaderName::from_static("tracestate"),
-    HeaderName::from_static("x-ratelimit-limit"),
-    HeaderName::from_static("x-ratelimit-remaining"),
-    HeaderName::from_static("x-ratelimit-reset"),
-];
-
-/// How many header names, besides [`KNOWN_NAMES`], a worker keeps parsed.
+/// How many header names a worker keeps parsed.
 const NAME_CACHE: usize = 64;
 
 thread_local! {
     /// The header names filters wrote lately on this worker, parsed once. A filter writes the
-    /// same few names on every request; parsing and allocating one each time cost about 300
+    /// same few names on every request (the stock ones `traceparent`, `x-ratelimit-*`, …);
+    /// parsing and allocating a name the `http` crate does not know each time cost about 300
     /// instructions per header written (benches/README.md, "The Wasm tax"). A name cloned from
     /// here shares its bytes. Emptied when full, so names a filter makes up per request cannot
     /// grow it.
@@ -263,10 +253,7 @@ fn name(key: &[u8]) -> Result<HeaderName, Status> {
         if let Some(n) = names.get(key) {
             return Ok(n.clone());
         }
-        let n = match KNOWN_NAMES.iter().find(|n| n.as_str().as_bytes() == key) {
-            Some(known) => known.clone(),
-            None => HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?,
-        };
+        let n = HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
         if names.len() == NAME_CACHE {
             names.clear();
         }
